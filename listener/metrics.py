@@ -1,0 +1,129 @@
+"""Prometheus metrics and the `/healthz` endpoint, served by aiohttp on LISTENER_METRICS_PORT."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+log = logging.getLogger(__name__)
+
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+
+class Metrics:
+    """Every metric of one listener, in its own registry (so tests can make many)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.messages = Counter(
+            "listener_messages_total", "Messages by outcome", ["outcome"], registry=r
+        )
+        self.attempts = Counter("listener_attempts_total", "Attempts started (claims)", registry=r)
+        self.parts_sent = Counter(
+            "listener_parts_sent_total", "Parts accepted by the sender", registry=r
+        )
+        self.processing_seconds = Histogram(
+            "listener_processing_seconds",
+            "From claim to outcome, per message",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.pickup_seconds = Histogram(
+            "listener_pickup_seconds",
+            "From a row's due time to its claim",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.in_flight = Gauge("listener_in_flight", "Messages being worked on now", registry=r)
+        self.provider_seconds = Histogram(
+            "listener_provider_seconds",
+            "Provider call latency",
+            ["provider"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.provider_errors = Counter(
+            "listener_provider_errors_total",
+            "Provider errors by HTTP status (0 when there was none)",
+            ["provider", "status"],
+            registry=r,
+        )
+        self.holds = Counter(
+            "listener_rate_limit_holds_total",
+            "Times the listener held back from a provider",
+            ["provider", "kind"],
+            registry=r,
+        )
+        self.backlog = Gauge("listener_backlog_due", "Pending rows already due", registry=r)
+        self.batches = Counter(
+            "listener_claims_total", "Claim queries that returned rows", registry=r
+        )
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+@dataclass
+class Health:
+    """What /healthz reports: the database reachable, LISTEN alive, the loop not stuck."""
+
+    db_ok: bool = False
+    listen_ok: bool = False
+    last_tick: float = field(default_factory=time.monotonic)
+    last_error: str = ""
+    stuck_after: float = 30.0
+
+    def tick(self) -> None:
+        self.last_tick = time.monotonic()
+
+    @property
+    def loop_ok(self) -> bool:
+        return time.monotonic() - self.last_tick < self.stuck_after
+
+    @property
+    def ok(self) -> bool:
+        return self.db_ok and self.listen_ok and self.loop_ok
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "ok": self.ok,
+            "database": self.db_ok,
+            "listen": self.listen_ok,
+            "loop": self.loop_ok,
+            "last_error": self.last_error,
+        }
+
+
+async def serve(metrics: Metrics, health: Health, host: str, port: int) -> web.AppRunner:
+    """Start the HTTP server; the caller stops it with `runner.cleanup()`."""
+
+    async def metrics_view(_: web.Request) -> web.Response:
+        return web.Response(body=metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def health_view(_: web.Request) -> web.Response:
+        return web.json_response(health.as_dict(), status=200 if health.ok else 503)
+
+    app = web.Application()
+    app.router.add_get("/metrics", metrics_view)
+    app.router.add_get("/healthz", health_view)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    await site.start()
+    log.info("metrics on %s:%s", host, port, extra={"action": "metrics_started", "port": port})
+    return runner
+
+
+def bound_port(runner: web.AppRunner) -> int:
+    """The port actually bound (useful with port 0 in tests)."""
+    for site in runner.sites:
+        server = getattr(site, "_server", None)
+        if server is not None and server.sockets:
+            return int(server.sockets[0].getsockname()[1])
+    raise RuntimeError("metrics server is not listening")

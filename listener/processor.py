@@ -1,0 +1,632 @@
+"""The pipeline, top to bottom: claim due rows -> load their leads' contexts in one query ->
+a sliding window of LISTENER_CONCURRENCY messages -> write (LLM) -> split -> send the parts in
+order -> record. No HTTP details here: providers come in behind their Protocols.
+
+Every write is guarded by the state and owner it expects (`status = 'processing' AND
+locked_by = me`), so a worker whose lease was taken over can never finish a message twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import time
+from collections.abc import Awaitable, Callable, Hashable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
+from uuid import UUID
+
+import psycopg
+from psycopg.rows import dict_row
+from psycopg_pool import AsyncConnectionPool
+
+from listener.batch import GroupCommit
+from listener.errors import (
+    HoldBackError,
+    PermanentProviderError,
+    ProviderError,
+    RateLimitedError,
+)
+from listener.gate import Gate
+from listener.metrics import Health, Metrics
+from listener.providers.base import LLM, Sender
+from listener.providers._http import mask_phone
+from listener.queries import q
+from listener.retry import after_failure, rate_limit_backoff
+from listener.settings import Settings
+from listener.split import UnsplittableReply, split_content, split_reply
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+FORMAT_INSTRUCTIONS = (
+    "Write the outbound WhatsApp message for the lead described in the user message. "
+    'Answer with JSON only: {"messages": ["first part", "second part"]}, one short part per '
+    "WhatsApp bubble, at most {max_parts} parts, in the lead's language. Do not repeat what "
+    "the lead's recent_messages already said."
+)
+
+# Rate-limit waits up to this long are slept through in place (the message keeps its slot and
+# its lease); longer ones hand the message back to the queue for when the hold ends.
+_MAX_IN_PLACE_WAIT = 60.0
+
+_NOT_DIGIT = re.compile(r"\D")
+
+
+def normalize_phone(raw: str | None) -> str | None:
+    """Digits only, with country code; None when it cannot be a phone number (10-15 digits)."""
+    if not raw:
+        return None
+    digits = _NOT_DIGIT.sub("", raw)
+    return digits if 10 <= len(digits) <= 15 else None
+
+
+@dataclass
+class Job:
+    """One claimed message and what the worker knows of it."""
+
+    id: UUID
+    campaign_id: UUID
+    lead_id: UUID
+    run_id: UUID | None
+    attempts: int
+    content: str | None
+    parts: list[str] | None
+    parts_sent: int
+    scheduled_at: datetime
+    campaign_prompt: str | None
+    campaign_model: str | None
+    campaign_instance: str | None
+    campaign_status: str
+    context: dict[str, Any] | None = None
+    lost: bool = False
+    claimed_at: float = field(default_factory=time.monotonic)
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> Job:
+        parts = row["parts"]
+        return cls(
+            id=row["id"],
+            campaign_id=row["campaign_id"],
+            lead_id=row["lead_id"],
+            run_id=row["run_id"],
+            attempts=row["attempts"],
+            content=row["content"],
+            parts=list(parts) if parts is not None else None,
+            parts_sent=row["parts_sent"],
+            scheduled_at=row["scheduled_at"],
+            campaign_prompt=row["campaign_prompt"],
+            campaign_model=row["campaign_model"],
+            campaign_instance=row["campaign_instance"],
+            campaign_status=row["campaign_status"],
+        )
+
+
+class LeaseLost(Exception):
+    """Our lease on a message was taken over; stop working on it without writing."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Finish:
+    id: UUID
+    status: str
+    scheduled_at: datetime | None
+    refund: int
+    last_error: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class _Record:
+    id: UUID
+    part_no: int
+    provider_id: str
+    final: bool
+
+
+@dataclass(frozen=True, slots=True)
+class _Store:
+    id: UUID
+    text: str | None
+    parts: list[str]
+
+
+class Processor:
+    """Claims and processes messages; one per listener process."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        pool: AsyncConnectionPool,
+        llm: LLM,
+        sender: Sender,
+        *,
+        metrics: Metrics | None = None,
+        health: Health | None = None,
+        on_request: Callable[[Job], None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.pool = pool
+        self.llm = llm
+        self.sender = sender
+        self.metrics = metrics or Metrics()
+        self.health = health or Health()
+        self.worker = settings.worker_id
+        self.wake = asyncio.Event()
+        self.llm_gate = Gate("llm")
+        self.sender_gate = Gate("sender")
+        self._held: dict[UUID, Job] = {}
+        self._tasks: dict[UUID, asyncio.Task[None]] = {}
+        self._slots = asyncio.Semaphore(settings.concurrency)
+        self._room = asyncio.Event()
+        self._stopping = False
+        self._on_request = on_request
+        # Claim ahead at most one window's worth beyond the window itself: enough to keep the
+        # slots busy while the next claim runs, never a whole backlog in memory.
+        self._high_water = settings.concurrency * 2
+        self._store = GroupCommit(self._flush_store, key=lambda i: i.id)
+        self._record = GroupCommit(self._flush_record, key=lambda i: i.id)
+        self._finish = GroupCommit(self._flush_finish, key=lambda i: i.id)
+        self.next_due: datetime | None = None
+
+    # ----------------------------------------------------------------------------------------
+    # Claiming
+    # ----------------------------------------------------------------------------------------
+
+    @property
+    def held(self) -> int:
+        return len(self._held)
+
+    def stop_claiming(self) -> None:
+        self._stopping = True
+        self.wake.set()
+        self._room.set()
+
+    async def claim_loop(self) -> None:
+        """Claim whenever woken (or every poll interval), as much as the window can use soon.
+
+        The first wake-up after an idle spell is handled at once; wake-ups that follow within
+        the debounce window are folded into one claim at the window's end."""
+        settings = self.settings
+        debounce = settings.debounce.total_seconds()
+        poll = settings.poll_interval.total_seconds()
+        more = True  # on start, look for due rows without waiting for a notification
+        last_claim = 0.0
+        failures = 0
+        while not self._stopping:
+            self.health.tick()
+            if not more:
+                try:
+                    await asyncio.wait_for(self.wake.wait(), timeout=min(poll, 5.0))
+                except TimeoutError:
+                    if time.monotonic() - last_claim < poll:
+                        continue
+            if self._stopping:
+                break
+            since = time.monotonic() - last_claim
+            if since < debounce:
+                await asyncio.sleep(debounce - since)
+            self.wake.clear()
+            while self.held >= self._high_water and not self._stopping:
+                self._room.clear()
+                await self._room.wait()
+            if self._stopping:
+                break
+            for gate in (self.llm_gate, self.sender_gate):
+                if gate.remaining > 0:
+                    await gate.wait()
+            limit = min(settings.claim_batch, self._high_water - self.held)
+            last_claim = time.monotonic()
+            try:
+                jobs = await self.claim(limit)
+                failures = 0
+                self.health.db_ok = True
+            except psycopg.Error as exc:
+                failures += 1
+                self.health.db_ok = False
+                self.health.last_error = f"claim failed: {exc}"
+                delay = min(0.2 * 2**failures, 10.0)
+                log.warning(
+                    "claim failed, retrying in %.1fs: %s",
+                    delay,
+                    exc,
+                    extra={"action": "claim_failed"},
+                )
+                await asyncio.sleep(delay)
+                more = True
+                continue
+            more = len(jobs) == limit
+            if jobs:
+                self._start(jobs)
+            if not more:
+                await self.refresh_next_due()
+
+    async def claim(self, limit: int) -> list[Job]:
+        """Claim up to `limit` due rows and load their contexts (two round trips in all)."""
+        async with self.pool.connection() as conn:
+            cur = conn.cursor(row_factory=dict_row)
+            await cur.execute(
+                q("claim"),
+                {"limit": limit, "worker": self.worker, "lease": self.settings.lease},
+            )
+            rows = await cur.fetchall()
+            if not rows:
+                return []
+            jobs = [Job.from_row(row) for row in rows]
+            lead_ids = list({job.lead_id for job in jobs})
+            await cur.execute(q("lead_contexts"), {"lead_ids": lead_ids})
+            contexts = {row["lead_id"]: row["context"] for row in await cur.fetchall()}
+        for job in jobs:
+            job.context = contexts.get(job.lead_id)
+        now = datetime.now(UTC)
+        for job in jobs:
+            self.metrics.pickup_seconds.observe(max(0.0, (now - job.scheduled_at).total_seconds()))
+        self.metrics.attempts.inc(len(jobs))
+        self.metrics.batches.inc()
+        log.info(
+            "Loaded %d/%d lead contexts in batch",
+            len(contexts),
+            len(lead_ids),
+            extra={"action": "batch_claimed", "messages": len(jobs), "in_flight": self.held},
+        )
+        return jobs
+
+    def _start(self, jobs: list[Job]) -> None:
+        for job in jobs:
+            self._held[job.id] = job
+            self._tasks[job.id] = asyncio.create_task(self._run(job))
+
+    async def refresh_next_due(self) -> None:
+        """Read when the next future row comes due (for the wake-up timer)."""
+        try:
+            async with self.pool.connection() as conn:
+                cur = await conn.execute(q("next_due"))
+                row = await cur.fetchone()
+            self.next_due = row[0] if row else None
+        except psycopg.Error as exc:
+            log.warning("next due lookup failed: %s", exc, extra={"action": "next_due_failed"})
+
+    # ----------------------------------------------------------------------------------------
+    # One message
+    # ----------------------------------------------------------------------------------------
+
+    async def _run(self, job: Job) -> None:
+        try:
+            async with self._slots:
+                if self._stopping and job.parts_sent == 0 and job.parts is None:
+                    # Shutdown began before this message started: hand it back untouched.
+                    await self._submit_finish(_Finish(job.id, "pending", None, 1, None))
+                    return
+                self.metrics.in_flight.inc()
+                try:
+                    outcome = await self._process(job)
+                finally:
+                    self.metrics.in_flight.dec()
+                self.metrics.messages.labels(outcome=outcome).inc()
+                self.metrics.processing_seconds.observe(time.monotonic() - job.claimed_at)
+        except LeaseLost:
+            log.warning(
+                "lease lost, leaving the message to its new owner",
+                extra={"action": "lease_lost", "message_id": str(job.id)},
+            )
+        except psycopg.Error as exc:
+            # Our writes could not reach the database; the lease will expire and the row will be
+            # taken back by whoever is alive then. Nothing is lost.
+            log.error(
+                "database write failed for a message; its lease will hand it back: %s",
+                exc,
+                extra={"action": "message_db_error", "message_id": str(job.id)},
+            )
+        finally:
+            self._held.pop(job.id, None)
+            self._tasks.pop(job.id, None)
+            self._room.set()
+
+    async def _process(self, job: Job) -> str:
+        """Take one message to an outcome; returns the outcome for metrics and logs."""
+        ctx = job.context
+        if job.campaign_status == "archived":
+            return await self._skip(job, "skipped: the campaign is archived")
+        if ctx is None:
+            return await self._fail_now(job, f"lead {job.lead_id} does not exist")
+        if ctx.get("opted_out"):
+            return await self._skip(job, "skipped: the lead opted out")
+        number = normalize_phone(ctx.get("phone"))
+        if number is None:
+            return await self._fail_now(job, "invalid phone number: not 10 to 15 digits")
+        instance = job.campaign_instance or self.settings.evolution_instance or "sandbox"
+
+        try:
+            parts = await self._parts(job, ctx)
+            await self._send_parts(job, instance, number, parts)
+        except LeaseLost:
+            raise
+        except UnsplittableReply as exc:
+            return await self._fail_now(job, f"the LLM reply has no text to send: {exc}")
+        except PermanentProviderError as exc:
+            return await self._fail_now(job, f"{exc.provider}: {exc}")
+        except HoldBackError as exc:
+            return await self._hand_back(job, exc)
+        except RateLimitedError as exc:
+            return await self._hand_back(job, exc)
+        except ProviderError as exc:
+            return await self._retry_or_fail(job, f"{exc.provider}: {exc}")
+        except psycopg.Error:
+            raise
+        except Exception as exc:  # a bug or an unexpected reply: the message still gets an outcome
+            log.exception(
+                "unexpected error", extra={"action": "message_error", "message_id": str(job.id)}
+            )
+            return await self._retry_or_fail(job, f"unexpected error: {type(exc).__name__}: {exc}")
+        log.info(
+            "message sent to %s (%d parts)",
+            mask_phone(number),
+            len(parts),
+            extra={"action": "message_sent", "message_id": str(job.id), "parts": len(parts)},
+        )
+        return "sent"
+
+    async def _parts(self, job: Job, ctx: dict[str, Any]) -> list[str]:
+        """The message's parts: stored ones on a resume, else from its content or the LLM,
+        stored before the first part goes out so a retry never writes a different text."""
+        if job.parts is not None:
+            return job.parts
+        settings = self.settings
+        text: str | None = None
+        if job.content is not None and job.content.strip():
+            parts = split_content(
+                job.content, max_parts=settings.max_parts, max_chars=settings.max_part_chars
+            )
+        else:
+            text = await self._generate(job, ctx)
+            parts = split_reply(
+                text, max_parts=settings.max_parts, max_chars=settings.max_part_chars
+            )
+        self._check(job)
+        if not await self._store.submit(_Store(job.id, text, parts)):
+            raise LeaseLost()
+        job.parts = parts
+        return parts
+
+    async def _generate(self, job: Job, ctx: dict[str, Any]) -> str:
+        system = (job.campaign_prompt or "").strip()
+        system = (system + "\n\n" if system else "") + FORMAT_INSTRUCTIONS.replace(
+            "{max_parts}", str(self.settings.max_parts)
+        )
+        user = json.dumps({"lead": ctx}, ensure_ascii=False, default=str)
+        model = job.campaign_model or self.settings.model
+        if self._on_request is not None:
+            self._on_request(job)
+        return await self._call(
+            self.llm_gate,
+            "llm",
+            job,
+            lambda: self.llm.generate(model=model, system=system, user=user),
+        )
+
+    async def _send_parts(self, job: Job, instance: str, number: str, parts: list[str]) -> None:
+        delay = self.settings.part_delay.total_seconds()
+        first = job.parts_sent
+        for index in range(first, len(parts)):
+            if index > first and delay > 0:
+                await asyncio.sleep(delay)
+            self._check(job)
+            text = parts[index]
+            sent = await self._call(
+                self.sender_gate,
+                "sender",
+                job,
+                lambda text=text: self.sender.send_text(  # type: ignore[misc]
+                    instance=instance, number=number, text=text
+                ),
+            )
+            final = index == len(parts) - 1
+            recorded = await self._record.submit(
+                _Record(job.id, index, sent.provider_message_id, final)
+            )
+            if not recorded:
+                raise LeaseLost()
+            job.parts_sent = index + 1
+            self.metrics.parts_sent.inc()
+
+    async def _call(
+        self, gate: Gate, provider: str, job: Job, call: Callable[[], Awaitable[T]]
+    ) -> T:
+        """One provider call through its gate. A rate limit holds the whole listener and is
+        waited out in place (spending nothing) when short; longer holds are raised."""
+        while True:
+            await gate.wait()
+            self._check(job)
+            started = time.monotonic()
+            try:
+                result = await call()
+            except RateLimitedError as exc:
+                self._observe(provider, started, exc)
+                seconds = exc.retry_after
+                if seconds is None:
+                    seconds = rate_limit_backoff(
+                        gate.episode_hits + 1,
+                        self.settings.rate_limit_base,
+                        timedelta(seconds=_MAX_IN_PLACE_WAIT),
+                    ).total_seconds()
+                gate.hold(seconds, f"{provider} rate limit (HTTP {exc.status})")
+                self.metrics.holds.labels(provider=provider, kind="rate_limit").inc()
+                if seconds > _MAX_IN_PLACE_WAIT:
+                    exc.retry_after = seconds
+                    raise
+                continue
+            except HoldBackError as exc:
+                self._observe(provider, started, exc)
+                seconds = exc.retry_after or self.settings.hold.total_seconds()
+                gate.hold(seconds, f"{provider} refused: {exc}", loud=True)
+                self.metrics.holds.labels(provider=provider, kind="hold_back").inc()
+                exc.retry_after = seconds
+                raise
+            except ProviderError as exc:
+                self._observe(provider, started, exc)
+                raise
+            self._observe(provider, started, None)
+            return result
+
+    def _observe(self, provider: str, started: float, error: ProviderError | None) -> None:
+        self.metrics.provider_seconds.labels(provider=provider).observe(time.monotonic() - started)
+        if error is not None:
+            status = str(error.status or 0)
+            self.metrics.provider_errors.labels(provider=provider, status=status).inc()
+
+    def _check(self, job: Job) -> None:
+        if job.lost:
+            raise LeaseLost()
+
+    # ----------------------------------------------------------------------------------------
+    # Outcomes other than sent
+    # ----------------------------------------------------------------------------------------
+
+    async def _skip(self, job: Job, reason: str) -> str:
+        await self._submit_finish(_Finish(job.id, "skipped", None, 0, reason))
+        log.info(reason, extra={"action": "message_skipped", "message_id": str(job.id)})
+        return "skipped"
+
+    async def _fail_now(self, job: Job, reason: str) -> str:
+        await self._submit_finish(_Finish(job.id, "failed", None, 0, reason))
+        log.warning(
+            "message failed: %s",
+            reason,
+            extra={"action": "message_failed", "message_id": str(job.id)},
+        )
+        return "failed"
+
+    async def _retry_or_fail(self, job: Job, error: str) -> str:
+        decision = after_failure(job.attempts, self.settings.retry_delays, error)
+        if decision.kind == "retry" and decision.delay is not None:
+            when = datetime.now(UTC) + decision.delay
+            await self._submit_finish(_Finish(job.id, "pending", when, 0, decision.last_error))
+            log.warning(
+                decision.last_error,
+                extra={
+                    "action": "message_retry",
+                    "message_id": str(job.id),
+                    "attempt": job.attempts,
+                },
+            )
+            return "retry"
+        return await self._fail_now(job, decision.last_error)
+
+    async def _hand_back(self, job: Job, exc: RateLimitedError | HoldBackError) -> str:
+        """The provider is holding us back: not the message's failure. It goes back to the
+        queue, its attempt refunded, due when the hold ends."""
+        seconds = exc.retry_after or self.settings.hold.total_seconds()
+        when = datetime.now(UTC) + timedelta(seconds=seconds)
+        note = f"held back by {exc.provider} (HTTP {exc.status}): {exc}"
+        await self._submit_finish(_Finish(job.id, "pending", when, 1, note))
+        return "held"
+
+    async def _submit_finish(self, item: _Finish) -> None:
+        if not await self._finish.submit(item):
+            raise LeaseLost()
+
+    # ----------------------------------------------------------------------------------------
+    # Batched writes (group commit)
+    # ----------------------------------------------------------------------------------------
+
+    async def _execute_returning_ids(self, name: str, params: dict[str, Any]) -> set[Hashable]:
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(q(name), params)
+            return {row[0] for row in await cur.fetchall()}
+
+    async def _flush_store(self, items: list[_Store]) -> set[Hashable]:
+        return await self._execute_returning_ids(
+            "store_parts",
+            {
+                "ids": [i.id for i in items],
+                "texts": [i.text for i in items],
+                "parts": [json.dumps(i.parts, ensure_ascii=False) for i in items],
+                "worker": self.worker,
+            },
+        )
+
+    async def _flush_record(self, items: list[_Record]) -> set[Hashable]:
+        return await self._execute_returning_ids(
+            "record_parts",
+            {
+                "ids": [i.id for i in items],
+                "part_nos": [i.part_no for i in items],
+                "provider_ids": [i.provider_id for i in items],
+                "finals": [i.final for i in items],
+                "worker": self.worker,
+            },
+        )
+
+    async def _flush_finish(self, items: list[_Finish]) -> set[Hashable]:
+        return await self._execute_returning_ids(
+            "finish",
+            {
+                "ids": [i.id for i in items],
+                "statuses": [i.status for i in items],
+                "scheduled": [i.scheduled_at for i in items],
+                "refunds": [i.refund for i in items],
+                "errors": [i.last_error for i in items],
+                "worker": self.worker,
+            },
+        )
+
+    # ----------------------------------------------------------------------------------------
+    # Leases and shutdown
+    # ----------------------------------------------------------------------------------------
+
+    async def renew_leases(self) -> None:
+        """Extend the lease of every message still held; mark the ones taken from us."""
+        ids = list(self._held)
+        if not ids:
+            return
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(
+                q("renew_leases"), {"ids": ids, "worker": self.worker, "lease": self.settings.lease}
+            )
+            kept = {row[0] for row in await cur.fetchall()}
+        for message_id in ids:
+            job = self._held.get(message_id)
+            if job is not None and message_id not in kept:
+                job.lost = True
+
+    async def drain(self, grace: float) -> None:
+        """Stop claiming, let in-flight messages finish within `grace` seconds, then hand the
+        rest back to the queue with their attempt refunded."""
+        self.stop_claiming()
+        tasks = list(self._tasks.values())
+        unfinished: list[UUID] = []
+        if tasks:
+            log.info(
+                "finishing %d messages in flight (grace %.0fs)",
+                len(tasks),
+                grace,
+                extra={"action": "draining", "in_flight": len(tasks)},
+            )
+            _, pending = await asyncio.wait(tasks, timeout=grace)
+            if pending:
+                unfinished = [i for i, t in self._tasks.items() if t in pending]
+                for task in pending:
+                    task.cancel()
+                await asyncio.gather(*pending, return_exceptions=True)
+        leftover = list(set(self._held) | set(unfinished))
+        if leftover:
+            items = [_Finish(i, "pending", None, 1, None) for i in leftover]
+            try:
+                await self._flush_finish(items)
+            except psycopg.Error as exc:
+                log.error(
+                    "could not hand back %d messages; their leases will: %s",
+                    len(leftover),
+                    exc,
+                    extra={"action": "hand_back_failed"},
+                )
+            else:
+                log.info(
+                    "handed back %d messages",
+                    len(leftover),
+                    extra={"action": "handed_back", "messages": len(leftover)},
+                )
+            self._held.clear()

@@ -1,0 +1,73 @@
+"""Offline providers for the demo, the queue benchmarks and tests that are not about HTTP:
+an LLM that writes from a template and a sender that records each part in `sandbox_outbox`."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+from psycopg_pool import AsyncConnectionPool
+
+from listener.batch import GroupCommit
+from listener.providers.base import SentPart
+from listener.queries import q
+
+
+class SandboxLLM:
+    """Writes `{"messages": [...]}` from the lead's context with no network.
+
+    The user message is the lead context as JSON (as the processor builds it); the reply greets
+    the lead by name and mentions the company and city when known."""
+
+    async def generate(self, *, model: str, system: str, user: str) -> str:
+        try:
+            context: dict[str, Any] = json.loads(user).get("lead", {})
+        except (ValueError, AttributeError):
+            context = {}
+        name = (context.get("name") or "").split(" ")[0] or "tudo bem"
+        company = context.get("company")
+        city = context.get("city")
+        where = f" da {company}" if company else ""
+        if city:
+            where += f" em {city}"
+        text = f"Olá, {name}! Vi o trabalho{where} e queria conversar rapidamente."
+        return json.dumps({"messages": [text]}, ensure_ascii=False)
+
+    async def aclose(self) -> None:
+        return None
+
+
+class SandboxSender:
+    """Records every accepted part in the `sandbox_outbox` table (batched, like a fast
+    provider), and answers with a fresh provider message id."""
+
+    def __init__(self, pool: AsyncConnectionPool) -> None:
+        self._pool = pool
+        self._writer: GroupCommit[tuple[str, str, str, str]] = GroupCommit(
+            self._flush, key=lambda item: item[3]
+        )
+
+    async def _flush(self, items: list[tuple[str, str, str, str]]) -> set[Any]:
+        async with self._pool.connection() as conn:
+            await conn.execute(
+                q("sandbox_send"),
+                {
+                    "instances": [i[0] for i in items],
+                    "numbers": [i[1] for i in items],
+                    "texts": [i[2] for i in items],
+                    "provider_ids": [i[3] for i in items],
+                },
+            )
+        return {i[3] for i in items}
+
+    async def send_text(self, *, instance: str, number: str, text: str) -> SentPart:
+        provider_id = "SANDBOX" + uuid.uuid4().hex[:16].upper()
+        await self._writer.submit((instance, number, text, provider_id))
+        return SentPart(provider_message_id=provider_id)
+
+    async def connection_state(self, instance: str) -> str:
+        return "open"
+
+    async def aclose(self) -> None:
+        return None

@@ -1,0 +1,217 @@
+"""The listener's settings: one typed object read from the environment (pydantic-settings).
+
+Every name in DESIGN.md's settings table is read here under that exact environment name.
+Durations accept a number with a unit (`ms`, `s`, `m`, `h`); a bare number means seconds.
+Secrets are `SecretStr`, so they never appear in a repr or a log line.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import uuid
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AliasChoices,
+    BeforeValidator,
+    Field,
+    SecretStr,
+    ValidationError,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from listener.errors import ConfigurationError
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+
+
+def parse_duration(value: Any) -> timedelta:
+    """Turn `250ms`, `5s`, `5m`, `1h`, a number of seconds or a timedelta into a timedelta."""
+    if isinstance(value, timedelta):
+        return value
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        if value < 0:
+            raise ValueError("a duration cannot be negative")
+        return timedelta(seconds=float(value))
+    if isinstance(value, str):
+        match = _DURATION.match(value)
+        if match:
+            number, unit = match.groups()
+            return timedelta(seconds=float(number) * _UNIT_SECONDS[unit])
+    raise ValueError(f"not a duration: {value!r} (use a number with ms, s, m or h, like 5m)")
+
+
+def parse_durations(value: Any) -> tuple[timedelta, ...]:
+    """Parse a comma-separated list of durations such as `5m,15m,30m` (empty means none)."""
+    if isinstance(value, list | tuple):
+        return tuple(parse_duration(v) for v in value)
+    if isinstance(value, str):
+        items = [v for v in (part.strip() for part in value.split(",")) if v]
+        return tuple(parse_duration(v) for v in items)
+    raise ValueError(f"not a list of durations: {value!r}")
+
+
+Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
+Durations = Annotated[tuple[timedelta, ...], NoDecode, BeforeValidator(parse_durations)]
+
+
+def _env(name: str) -> Any:
+    return Field(validation_alias=AliasChoices(name))
+
+
+def _default_worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+class Settings(BaseSettings):
+    """Everything the listener reads from its environment. Fields are named for the code;
+    each one's environment name is its alias (DESIGN.md's table, plus the `LISTENER_*` extras)."""
+
+    model_config = SettingsConfigDict(populate_by_name=True, extra="ignore", frozen=True)
+
+    # --- DESIGN.md's table -------------------------------------------------------------------
+    database_url: str | None = Field(None, validation_alias="DATABASE_URL")
+    openrouter_api_key: SecretStr | None = Field(None, validation_alias="OPENROUTER_API_KEY")
+    openrouter_base_url: str = Field(
+        "https://openrouter.ai/api/v1", validation_alias="OPENROUTER_BASE_URL"
+    )
+    model: str = Field("openai/gpt-4o-mini", validation_alias="LISTENER_MODEL")
+    evolution_api_url: str | None = Field(None, validation_alias="EVOLUTION_API_URL")
+    evolution_api_key: SecretStr | None = Field(None, validation_alias="EVOLUTION_API_KEY")
+    evolution_instance: str | None = Field(None, validation_alias="EVOLUTION_INSTANCE")
+    llm: Literal["openrouter", "sandbox"] = Field("openrouter", validation_alias="LISTENER_LLM")
+    sender: Literal["evolution", "sandbox"] = Field("evolution", validation_alias="LISTENER_SENDER")
+    concurrency: int = Field(5, ge=1, le=1000, validation_alias="LISTENER_CONCURRENCY")
+    retry_delays: Durations = Field(
+        (timedelta(minutes=5), timedelta(minutes=15), timedelta(minutes=30)),
+        validation_alias="LISTENER_RETRY_DELAYS",
+    )
+    part_delay: timedelta = Field(
+        timedelta(milliseconds=1000), validation_alias="LISTENER_PART_DELAY_MS"
+    )
+    metrics_port: int = Field(9464, ge=0, le=65535, validation_alias="LISTENER_METRICS_PORT")
+    max_parts: int = Field(5, ge=1, le=50, validation_alias="LISTENER_MAX_PARTS")
+
+    # --- extras an operator may tune ---------------------------------------------------------
+    max_part_chars: int = Field(1000, ge=50, le=65000, validation_alias="LISTENER_MAX_PART_CHARS")
+    metrics_host: str = Field("0.0.0.0", validation_alias="LISTENER_METRICS_HOST")
+    data_dir: Path = Field(Path(".listener"), validation_alias="LISTENER_DATA_DIR")
+    worker_id: str = Field(
+        default_factory=_default_worker_id, validation_alias="LISTENER_WORKER_ID"
+    )
+    debounce: Duration = Field(timedelta(milliseconds=10), validation_alias="LISTENER_DEBOUNCE")
+    poll_interval: Duration = Field(
+        timedelta(seconds=30), validation_alias="LISTENER_POLL_INTERVAL"
+    )
+    claim_batch: int = Field(100, ge=1, le=10000, validation_alias="LISTENER_CLAIM_BATCH")
+    lease: Duration = Field(timedelta(seconds=30), validation_alias="LISTENER_LEASE")
+    rescue_interval: Duration = Field(
+        timedelta(seconds=10), validation_alias="LISTENER_RESCUE_INTERVAL"
+    )
+    sweep_interval: Duration = Field(
+        timedelta(minutes=5), validation_alias="LISTENER_SWEEP_INTERVAL"
+    )
+    sweep_max_age: Duration = Field(timedelta(hours=24), validation_alias="LISTENER_SWEEP_MAX_AGE")
+    shutdown_grace: Duration = Field(
+        timedelta(seconds=20), validation_alias="LISTENER_SHUTDOWN_GRACE"
+    )
+    health_interval: Duration = Field(
+        timedelta(seconds=5), validation_alias="LISTENER_HEALTH_INTERVAL"
+    )
+    quick_retries: int = Field(3, ge=0, le=20, validation_alias="LISTENER_QUICK_RETRIES")
+    quick_retry_base: Duration = Field(
+        timedelta(milliseconds=500), validation_alias="LISTENER_QUICK_RETRY_BASE"
+    )
+    quick_retry_max: Duration = Field(
+        timedelta(seconds=8), validation_alias="LISTENER_QUICK_RETRY_MAX"
+    )
+    hold: Duration = Field(timedelta(seconds=60), validation_alias="LISTENER_HOLD")
+    rate_limit_base: Duration = Field(
+        timedelta(seconds=2), validation_alias="LISTENER_RATE_LIMIT_BASE"
+    )
+    connect_timeout: Duration = Field(
+        timedelta(seconds=5), validation_alias="LISTENER_CONNECT_TIMEOUT"
+    )
+    llm_timeout: Duration = Field(timedelta(seconds=60), validation_alias="LISTENER_LLM_TIMEOUT")
+    send_timeout: Duration = Field(timedelta(seconds=30), validation_alias="LISTENER_SEND_TIMEOUT")
+    evolution_delay_ms: int = Field(
+        0, ge=0, le=60000, validation_alias="LISTENER_EVOLUTION_DELAY_MS"
+    )
+    log_format: Literal["text", "json"] = Field("text", validation_alias="LISTENER_LOG_FORMAT")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "INFO", validation_alias="LISTENER_LOG_LEVEL"
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _part_delay_in_ms(cls, data: Any) -> Any:
+        # LISTENER_PART_DELAY_MS is a number of milliseconds; a unit is accepted too.
+        if isinstance(data, dict):
+            for key in ("LISTENER_PART_DELAY_MS", "part_delay"):
+                raw = data.get(key)
+                if isinstance(raw, str) and raw.strip().replace(".", "", 1).isdigit():
+                    data[key] = timedelta(milliseconds=float(raw))
+                elif isinstance(raw, int | float) and not isinstance(raw, bool):
+                    data[key] = timedelta(milliseconds=float(raw))
+                elif raw is not None and not isinstance(raw, timedelta):
+                    data[key] = parse_duration(raw)
+        return data
+
+    @model_validator(mode="after")
+    def _providers_configured(self) -> Settings:
+        if self.llm == "openrouter" and self.openrouter_api_key is None:
+            raise ValueError(
+                "OPENROUTER_API_KEY is required (or set LISTENER_LLM=sandbox for the built-in LLM)"
+            )
+        if self.sender == "evolution":
+            missing = [
+                name
+                for name, value in (
+                    ("EVOLUTION_API_URL", self.evolution_api_url),
+                    ("EVOLUTION_API_KEY", self.evolution_api_key),
+                    ("EVOLUTION_INSTANCE", self.evolution_instance),
+                )
+                if not value
+            ]
+            if missing:
+                raise ValueError(
+                    f"{', '.join(missing)} required (or set LISTENER_SENDER=sandbox "
+                    "for the built-in sender)"
+                )
+        if self.sweep_max_age <= timedelta(0) and self.sweep_max_age != timedelta(0):
+            raise ValueError("LISTENER_SWEEP_MAX_AGE cannot be negative")
+        return self
+
+    @property
+    def max_attempts(self) -> int:
+        """First try plus one per retry delay."""
+        return len(self.retry_delays) + 1
+
+
+def _describe(error: ValidationError) -> str:
+    first = error.errors()[0]
+    location = ".".join(str(part) for part in first.get("loc", ()))
+    message = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
+    return f"{location}: {message}" if location else message
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read the settings from the environment (and `overrides`), or raise ConfigurationError
+    with one line naming the first bad setting."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        raise ConfigurationError(f"bad setting {_describe(exc)}") from None
+
+
+def provider_free(**overrides: Any) -> Settings:
+    """Settings with both sandbox providers, for commands that never call a provider."""
+    base: dict[str, Any] = {"llm": "sandbox", "sender": "sandbox"}
+    base.update(overrides)
+    return load_settings(**base)
