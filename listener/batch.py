@@ -36,13 +36,14 @@ class GroupCommit(Generic[T]):
         self._max = max_batch
         self._queue: list[tuple[T, asyncio.Future[bool]]] = []
         self._running = False
+        self._task: asyncio.Task[None] | None = None
 
     async def submit(self, item: T) -> bool:
         future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self._queue.append((item, future))
         if not self._running:
             self._running = True
-            asyncio.create_task(self._drain())
+            self._task = asyncio.create_task(self._drain())
         return await future
 
     async def _drain(self) -> None:

@@ -185,9 +185,7 @@ class Daemon:
         assert self.processor is not None
         self.processor.wake.set()
         async with self.pool.connection() as conn:
-            cur = await conn.execute(
-                "SELECT count(*) FROM campaign_messages WHERE status = 'pending' AND scheduled_at <= now()"
-            )
+            cur = await conn.execute(q("backlog"))
             row = await cur.fetchone()
         self.metrics.backlog.set(row[0] if row else 0)
         self.health.db_ok = True

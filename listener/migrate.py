@@ -91,9 +91,10 @@ async def migrate(url: str, folder: Path | None = None) -> list[str]:
                     continue
                 try:
                     async with conn.transaction():
-                        await conn.execute(cast(LiteralString, migration.sql))
+                        await conn.execute(cast(LiteralString, migration.sql))  # type: ignore[redundant-cast]
                         await conn.execute(
-                            "INSERT INTO listener_migrations (version, name, checksum) VALUES (%s, %s, %s)",
+                            "INSERT INTO listener_migrations (version, name, checksum) "
+                            "VALUES (%s, %s, %s)",
                             (migration.version, migration.name, migration.checksum),
                         )
                 except psycopg.Error as exc:

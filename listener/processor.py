@@ -32,8 +32,8 @@ from listener.errors import (
 )
 from listener.gate import Gate
 from listener.metrics import Health, Metrics
-from listener.providers.base import LLM, Sender
 from listener.providers._http import mask_phone
+from listener.providers.base import LLM, Sender
 from listener.queries import q
 from listener.retry import after_failure, rate_limit_backoff
 from listener.settings import Settings

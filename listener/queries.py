@@ -22,7 +22,7 @@ def _load() -> dict[str, LiteralString]:
         body = text[match.end() : end].strip()
         # Drop the description comment lines; keep the statement.
         lines = [line for line in body.splitlines() if not line.lstrip().startswith("--")]
-        found[match.group("name")] = cast(LiteralString, "\n".join(lines).strip())
+        found[match.group("name")] = cast(LiteralString, "\n".join(lines).strip())  # type: ignore[redundant-cast]
     return found
 
 

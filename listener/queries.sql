@@ -126,3 +126,7 @@ SELECT count(*) AS n FROM pg_listening_channels() AS c WHERE c = 'campaign_messa
 INSERT INTO sandbox_outbox (instance, number, text, provider_message_id)
 SELECT * FROM unnest(%(instances)s::text[], %(numbers)s::text[], %(texts)s::text[],
                      %(provider_ids)s::text[])
+
+-- backlog --
+-- Pending rows already due (a gauge on /metrics).
+SELECT count(*) AS due FROM campaign_messages WHERE status = 'pending' AND scheduled_at <= now()

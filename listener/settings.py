@@ -155,9 +155,9 @@ class Settings(BaseSettings):
         if isinstance(data, dict):
             for key in ("LISTENER_PART_DELAY_MS", "part_delay"):
                 raw = data.get(key)
-                if isinstance(raw, str) and raw.strip().replace(".", "", 1).isdigit():
-                    data[key] = timedelta(milliseconds=float(raw))
-                elif isinstance(raw, int | float) and not isinstance(raw, bool):
+                if (isinstance(raw, str) and raw.strip().replace(".", "", 1).isdigit()) or (
+                    isinstance(raw, int | float) and not isinstance(raw, bool)
+                ):
                     data[key] = timedelta(milliseconds=float(raw))
                 elif raw is not None and not isinstance(raw, timedelta):
                     data[key] = parse_duration(raw)

@@ -11,6 +11,7 @@ while it was away are gone.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -141,10 +142,8 @@ class NotifyListener:
                 delay = min(delay * 2, 10.0)
             finally:
                 if conn is not None:
-                    try:
+                    with contextlib.suppress(psycopg.Error, OSError, TimeoutError):
                         await asyncio.wait_for(conn.close(), timeout=2)
-                    except (psycopg.Error, OSError, TimeoutError):
-                        pass
 
     async def _check(self, conn: psycopg.AsyncConnection[dict[str, object]]) -> None:
         try:

@@ -2,4 +2,4 @@
 
 from listener.providers.base import LLM, Sender, SentPart
 
-__all__ = ["LLM", "SentPart", "Sender"]
+__all__ = ["LLM", "Sender", "SentPart"]

@@ -1,0 +1,226 @@
+"""Evolution API as the `Sender` port: one `sendText` call per part.
+
+Evolution has no idempotency key, so a part whose request timed out may have been delivered;
+retrying it is accepted by the design: at most that one part repeats. A 2xx is an acceptance:
+without `key.id` the part is recorded with an empty id rather than sent again. The optional
+`delay` makes Evolution show "typing" and sleep inside the request, so the read timeout is the
+send timeout plus that delay.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import timedelta
+from typing import Any, TypeVar
+from urllib.parse import quote
+
+import aiohttp
+import httpx
+
+from listener.errors import (
+    HoldBackError,
+    PermanentProviderError,
+    ProviderError,
+    RateLimitedError,
+    TransientProviderError,
+)
+from listener.providers._http import (
+    REQUEST_ERRORS,
+    Scrub,
+    make_client,
+    mask_phone,
+    parse_json,
+    parse_retry_after,
+    redact,
+    request_failure,
+    scrubber,
+    secrets_of,
+    with_quick_retry,
+)
+from listener.providers.base import SentPart
+from listener.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+E = TypeVar("E", bound=ProviderError)
+
+PROVIDER = "evolution"
+
+
+class EvolutionSender:
+    """Sends text parts through an Evolution API instance."""
+
+    def __init__(
+        self, settings: Settings, *, transport: httpx.AsyncBaseTransport | None = None
+    ) -> None:
+        key = settings.evolution_api_key.get_secret_value() if settings.evolution_api_key else ""
+        self._settings = settings
+        self._secrets = secrets_of(settings)
+        self._client = make_client(
+            settings,
+            read_timeout=settings.send_timeout
+            + timedelta(milliseconds=settings.evolution_delay_ms),
+            base_url=(settings.evolution_api_url or "").rstrip("/"),
+            headers={"apikey": key},
+            transport=transport,
+        )
+
+    async def send_text(self, *, instance: str, number: str, text: str) -> SentPart:
+        """Send one part; return Evolution's message id. Transient failures are retried
+        quickly, which may repeat this part if an earlier try was delivered unseen."""
+
+        async def call() -> SentPart:
+            return await self._send_once(instance=instance, number=number, text=text)
+
+        return await with_quick_retry(
+            self._settings, call, provider=PROVIDER, operation="send_text"
+        )
+
+    async def connection_state(self, instance: str) -> str:
+        """The instance's WhatsApp connection state (`open`, `connecting`, `close`), uncached
+        and without quick retries: a health probe should report what it sees now."""
+        path = f"/instance/connectionState/{quote(instance, safe='')}"
+        try:
+            response = await self._client.get(path)
+        except REQUEST_ERRORS as exc:
+            raise self._clean(request_failure(exc, provider=PROVIDER)) from exc
+        payload = parse_json(response)
+        if not response.is_success:
+            raise self._clean(_http_error(response, payload, scrubber(secrets=self._secrets)))
+        state: Any = None
+        if isinstance(payload, dict):
+            inner = payload.get("instance")
+            if isinstance(inner, dict):
+                state = inner.get("state")
+            if state is None:
+                state = payload.get("state")
+        if not isinstance(state, str) or not state:
+            raise TransientProviderError(
+                f"{PROVIDER} HTTP {response.status_code}: connection state missing from reply",
+                provider=PROVIDER,
+                status=response.status_code,
+            )
+        return state
+
+    async def aclose(self) -> None:
+        """Close the HTTP client and its connections."""
+        await self._client.aclose()
+
+    async def _send_once(self, *, instance: str, number: str, text: str) -> SentPart:
+        body: dict[str, Any] = {"number": number, "text": text}
+        if self._settings.evolution_delay_ms > 0:
+            body["delay"] = self._settings.evolution_delay_ms
+        path = f"/message/sendText/{quote(instance, safe='')}"
+        try:
+            response = await self._client.post(path, json=body)
+        except REQUEST_ERRORS as exc:
+            error = request_failure(exc, provider=PROVIDER)
+            if isinstance(error, TransientProviderError) and not _never_connected(exc):
+                error.args = (f"{error}; the part may have been delivered",)
+            raise self._clean(error, number) from exc
+        payload = parse_json(response)
+        if not response.is_success:
+            scrub = scrubber(secrets=self._secrets, numbers=[number])
+            raise self._clean(_http_error(response, payload, scrub), number)
+        message_id = _message_id(payload)
+        if message_id is None:
+            # Accepted all the same: sending it again would deliver it twice.
+            logger.warning(
+                "the provider accepted a part without key.id",
+                extra={"action": "provider_no_message_id", "provider": PROVIDER},
+            )
+            message_id = ""
+        logger.debug(
+            "part sent",
+            extra={
+                "action": "provider_part_sent",
+                "provider": PROVIDER,
+                "number": mask_phone(number),
+                "provider_message_id": message_id,
+            },
+        )
+        return SentPart(provider_message_id=message_id)
+
+    def _clean(self, error: E, number: str = "") -> E:
+        """Keep API keys out of error messages, and mask the phone number in them."""
+        error.args = (redact(str(error), secrets=self._secrets, numbers=[number]),)
+        return error
+
+
+def _never_connected(exc: Exception) -> bool:
+    """True when no connection was made, so the part certainly was not delivered."""
+    cause = exc.__cause__ if isinstance(exc.__cause__, Exception) else exc
+    return isinstance(cause, aiohttp.ClientConnectorError | httpx.ConnectError)
+
+
+def _message_id(payload: Any) -> str | None:
+    """Evolution's message id, `key.id`, when the reply has one."""
+    if not isinstance(payload, dict):
+        return None
+    key = payload.get("key")
+    message_id = key.get("id") if isinstance(key, dict) else None
+    return message_id if isinstance(message_id, str) and message_id else None
+
+
+def _number_missing(payload: Any) -> bool:
+    """True when `"exists": false` appears anywhere in the reply: not on WhatsApp."""
+    if isinstance(payload, dict):
+        if payload.get("exists") is False:
+            return True
+        return any(_number_missing(value) for value in payload.values())
+    if isinstance(payload, list):
+        return any(_number_missing(item) for item in payload)
+    return False
+
+
+def _error_message(payload: Any, response: httpx.Response, scrub: Scrub) -> str:
+    """Evolution's own words: `response.message`, then `message` or `error`, then the body."""
+    if isinstance(payload, dict):
+        for holder in (payload.get("response"), payload):
+            if isinstance(holder, dict) and holder.get("message"):
+                message = holder["message"]
+                if isinstance(message, list):
+                    return scrub(
+                        "; ".join(
+                            item if isinstance(item, str) else json.dumps(item, ensure_ascii=False)
+                            for item in message
+                        )
+                    )
+                return scrub(str(message))
+        if payload.get("error"):
+            return scrub(str(payload["error"]))
+    return scrub(response.text) or response.reason_phrase
+
+
+def _http_error(response: httpx.Response, payload: Any, scrub: Scrub) -> ProviderError:
+    """Classify a non-2xx answer."""
+    status = response.status_code
+    message = f"{PROVIDER} HTTP {status}: {_error_message(payload, response, scrub)}"
+    retry_after = parse_retry_after(response.headers.get("Retry-After"))
+    if status == 400:
+        if _number_missing(payload):
+            return PermanentProviderError(
+                "number is not on WhatsApp", provider=PROVIDER, status=status
+            )
+        return PermanentProviderError(message, provider=PROVIDER, status=status)
+    if status in (401, 403):
+        return HoldBackError(
+            f"{message} (credentials refused)",
+            provider=PROVIDER,
+            status=status,
+            retry_after=retry_after,
+        )
+    if status == 404:
+        return HoldBackError(
+            f"{message} (instance not found)",
+            provider=PROVIDER,
+            status=status,
+            retry_after=retry_after,
+        )
+    if status == 429:
+        return RateLimitedError(message, provider=PROVIDER, status=status, retry_after=retry_after)
+    if status == 408 or status >= 500:
+        return TransientProviderError(message, provider=PROVIDER, status=status)
+    # Other 4xx and unexpected 1xx/3xx: an operator should look; spend no attempt.
+    return HoldBackError(message, provider=PROVIDER, status=status, retry_after=retry_after)

@@ -1,0 +1,753 @@
+"""The HTTP providers against a real HTTP server on 127.0.0.1 (aiohttp), nothing patched.
+
+The fake server plays OpenRouter and Evolution: each test scripts its replies and then checks
+what the provider raised or returned and what the server saw (paths, headers, bodies, counts).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import socket
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from listener.errors import (
+    HoldBackError,
+    PermanentProviderError,
+    ProviderError,
+    RateLimitedError,
+    TransientProviderError,
+)
+from listener.providers._http import mask_phone, parse_retry_after
+from listener.providers.base import SentPart
+from listener.providers.llm import OpenRouterLLM
+from listener.providers.sender import EvolutionSender
+from listener.settings import Settings, load_settings
+
+LLM_KEY = "k-secret"
+EVO_KEY = "evo-secret"
+NUMBER = "5511987654321"
+
+
+@dataclass
+class Reply:
+    """One scripted answer of the fake server."""
+
+    status: int = 200
+    body: Any = None
+    text: str | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    sleep: float = 0.0
+
+
+@dataclass
+class Seen:
+    """One request the fake server received."""
+
+    method: str
+    path: str
+    raw_path: str
+    headers: dict[str, str]
+    body: Any
+
+
+class FakeProvider:
+    """A real aiohttp server that answers with scripted replies (the last one repeats)."""
+
+    def __init__(self) -> None:
+        self.replies: list[Reply] = [Reply(body=completion("hello"))]
+        self.seen: list[Seen] = []
+        self.url = ""
+        self._runner: web.AppRunner | None = None
+
+    def script(self, *replies: Reply) -> None:
+        self.replies = list(replies)
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        raw = await request.read()
+        try:
+            body = json.loads(raw) if raw else None
+        except ValueError:
+            body = raw.decode(errors="replace")
+        self.seen.append(
+            Seen(request.method, request.path, request.raw_path, dict(request.headers), body)
+        )
+        reply = self.replies.pop(0) if len(self.replies) > 1 else self.replies[0]
+        if reply.sleep:
+            await asyncio.sleep(reply.sleep)
+        if reply.text is not None:
+            return web.Response(status=reply.status, text=reply.text, headers=reply.headers)
+        return web.json_response(reply.body, status=reply.status, headers=reply.headers)
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", self.handle)
+        # Cancel handlers whose client went away (read timeouts), so teardown is quick.
+        self._runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=0.5)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        host, port = self._runner.addresses[0][:2]
+        self.url = f"http://{host}:{port}"
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+
+def completion(content: str | None, **choice: Any) -> dict[str, Any]:
+    """An OpenRouter chat completion body."""
+    return {
+        "id": "gen-1",
+        "choices": [{"message": {"role": "assistant", "content": content}, **choice}],
+    }
+
+
+def make_settings(url: str, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "llm": "openrouter",
+        "sender": "evolution",
+        "openrouter_api_key": LLM_KEY,
+        "openrouter_base_url": url,
+        "evolution_api_url": url,
+        "evolution_api_key": EVO_KEY,
+        "evolution_instance": "inst",
+        "quick_retries": 2,
+        "quick_retry_base": "1ms",
+        "quick_retry_max": "5ms",
+    }
+    values.update(overrides)
+    return load_settings(**values)
+
+
+def assert_no_secret(error: BaseException) -> None:
+    for text in (str(error), repr(error), *map(str, error.args)):
+        assert LLM_KEY not in text
+        assert EVO_KEY not in text
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[FakeProvider]:
+    fake = FakeProvider()
+    await fake.start()
+    try:
+        yield fake
+    finally:
+        await fake.stop()
+
+
+@pytest.fixture
+async def llm(server: FakeProvider) -> AsyncIterator[OpenRouterLLM]:
+    client = OpenRouterLLM(make_settings(server.url))
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+@pytest.fixture
+async def sender(server: FakeProvider) -> AsyncIterator[EvolutionSender]:
+    client = EvolutionSender(make_settings(server.url))
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+async def generate(llm: OpenRouterLLM) -> str:
+    return await llm.generate(model="openai/gpt-4o-mini", system="be brief", user="hi")
+
+
+async def send(sender: EvolutionSender, instance: str = "inst") -> SentPart:
+    return await sender.send_text(instance=instance, number=NUMBER, text="olá")
+
+
+# --- OpenRouter ----------------------------------------------------------------------------
+
+
+async def test_llm_sends_the_documented_request_and_returns_the_text(
+    server: FakeProvider, llm: OpenRouterLLM
+) -> None:
+    server.script(Reply(body=completion("Oi, tudo bem?")))
+
+    assert await generate(llm) == "Oi, tudo bem?"
+
+    [seen] = server.seen
+    assert (seen.method, seen.path) == ("POST", "/chat/completions")
+    assert seen.headers["Authorization"] == f"Bearer {LLM_KEY}"
+    assert seen.headers["Content-Type"] == "application/json"
+    assert seen.body["model"] == "openai/gpt-4o-mini"
+    assert seen.body["messages"] == [
+        {"role": "system", "content": "be brief"},
+        {"role": "user", "content": "hi"},
+    ]
+
+
+async def test_llm_base_url_with_a_path_is_kept(server: FakeProvider) -> None:
+    client = OpenRouterLLM(make_settings(server.url + "/api/v1/"))
+    try:
+        assert await generate(client) == "hello"
+    finally:
+        await client.aclose()
+    assert server.seen[0].path == "/api/v1/chat/completions"
+
+
+async def test_llm_429_is_rate_limited_with_retry_after_and_not_retried(
+    server: FakeProvider, llm: OpenRouterLLM
+) -> None:
+    server.script(
+        Reply(429, {"error": {"code": 429, "message": "slow down"}}, headers={"Retry-After": "7"})
+    )
+
+    with pytest.raises(RateLimitedError) as caught:
+        await generate(llm)
+
+    assert caught.value.retry_after == 7
+    assert caught.value.status == 429
+    assert "429" in str(caught.value) and "slow down" in str(caught.value)
+    assert len(server.seen) == 1
+    assert_no_secret(caught.value)
+
+
+async def test_llm_429_retry_after_as_http_date(server: FakeProvider, llm: OpenRouterLLM) -> None:
+    when = format_datetime(datetime.now(UTC) + timedelta(seconds=120), usegmt=True)
+    server.script(Reply(429, {"error": {"message": "slow down"}}, headers={"Retry-After": when}))
+
+    with pytest.raises(RateLimitedError) as caught:
+        await generate(llm)
+
+    assert caught.value.retry_after is not None
+    assert 100 < caught.value.retry_after <= 120
+
+
+async def test_llm_429_without_retry_after(server: FakeProvider, llm: OpenRouterLLM) -> None:
+    server.script(Reply(429, {"error": {"message": "slow down"}}))
+
+    with pytest.raises(RateLimitedError) as caught:
+        await generate(llm)
+
+    assert caught.value.retry_after is None
+
+
+async def test_llm_503_then_200_succeeds_after_a_quick_retry(
+    server: FakeProvider, llm: OpenRouterLLM, caplog: pytest.LogCaptureFixture
+) -> None:
+    server.script(Reply(503, {"error": {"message": "overloaded"}}), Reply(body=completion("ok")))
+
+    with caplog.at_level(logging.WARNING, logger="listener.providers._http"):
+        assert await generate(llm) == "ok"
+
+    assert len(server.seen) == 2
+    [record] = [r for r in caplog.records if getattr(r, "action", None) == "provider_quick_retry"]
+    assert record.__dict__["provider"] == "openrouter"
+    assert record.__dict__["status"] == 503
+    assert LLM_KEY not in caplog.text
+
+
+async def test_llm_503_forever_is_transient_after_all_quick_retries(
+    server: FakeProvider, llm: OpenRouterLLM
+) -> None:
+    server.script(Reply(503, {"error": {"message": "overloaded"}}))
+
+    with pytest.raises(TransientProviderError) as caught:
+        await generate(llm)
+
+    assert len(server.seen) == 1 + 2
+    assert caught.value.status == 503
+    assert "503" in str(caught.value) and "overloaded" in str(caught.value)
+
+
+async def test_llm_without_quick_retries_calls_once(server: FakeProvider) -> None:
+    server.script(Reply(502, text="bad gateway"))
+    client = OpenRouterLLM(make_settings(server.url, quick_retries=0))
+    try:
+        with pytest.raises(TransientProviderError):
+            await generate(client)
+    finally:
+        await client.aclose()
+    assert len(server.seen) == 1
+
+
+@pytest.mark.parametrize("status", [408, 500, 502, 503, 504])
+async def test_llm_408_and_5xx_are_transient(
+    server: FakeProvider, llm: OpenRouterLLM, status: int
+) -> None:
+    server.script(Reply(status, text="nope"))
+
+    with pytest.raises(TransientProviderError) as caught:
+        await generate(llm)
+
+    assert caught.value.status == status
+    assert len(server.seen) == 3
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        pytest.param(
+            {"choices": [{"error": {"code": 502, "message": "upstream died"}, "message": {}}]},
+            id="choice-error",
+        ),
+        pytest.param(completion("partial", finish_reason="error"), id="finish-reason-error"),
+        pytest.param(completion(""), id="empty-content"),
+        pytest.param(completion("  \n "), id="blank-content"),
+        pytest.param(completion(None), id="null-content"),
+        pytest.param({"choices": []}, id="no-choices"),
+        pytest.param({"id": "x"}, id="missing-choices"),
+        pytest.param({"error": {"message": "boom", "code": 500}}, id="error-object"),
+    ],
+)
+async def test_llm_failures_inside_a_200_are_transient_and_retried(
+    server: FakeProvider, llm: OpenRouterLLM, body: Any
+) -> None:
+    server.script(Reply(200, body), Reply(200, completion("second time lucky")))
+
+    assert await generate(llm) == "second time lucky"
+    assert len(server.seen) == 2
+
+
+async def test_llm_failure_inside_a_200_forever_is_transient(
+    server: FakeProvider, llm: OpenRouterLLM
+) -> None:
+    server.script(Reply(200, {"choices": [{"error": {"message": "upstream died"}}]}))
+
+    with pytest.raises(TransientProviderError) as caught:
+        await generate(llm)
+
+    assert "upstream died" in str(caught.value)
+    assert len(server.seen) == 3
+
+
+async def test_llm_invalid_json_in_a_200_is_transient(
+    server: FakeProvider, llm: OpenRouterLLM
+) -> None:
+    server.script(Reply(200, text="<html>gateway</html>"))
+
+    with pytest.raises(TransientProviderError):
+        await generate(llm)
+
+    assert len(server.seen) == 3
+
+
+@pytest.mark.parametrize("status", [400, 401, 403, 404, 422])
+async def test_llm_client_errors_hold_back_without_retry(
+    server: FakeProvider, llm: OpenRouterLLM, status: int
+) -> None:
+    server.script(Reply(status, {"error": {"code": status, "message": "no " * 400}}))
+
+    with pytest.raises(HoldBackError) as caught:
+        await generate(llm)
+
+    assert caught.value.status == status
+    assert str(status) in str(caught.value)
+    assert len(str(caught.value)) < 400
+    assert len(server.seen) == 1
+    assert_no_secret(caught.value)
+
+
+async def test_llm_402_in_flight_budget_is_rate_limited(
+    server: FakeProvider, llm: OpenRouterLLM
+) -> None:
+    server.script(
+        Reply(
+            402,
+            {
+                "error": {
+                    "code": 402,
+                    "message": "Payment required",
+                    "metadata": {"reason": "in-flight budget exhausted"},
+                }
+            },
+            headers={"Retry-After": "3"},
+        )
+    )
+
+    with pytest.raises(RateLimitedError) as caught:
+        await generate(llm)
+
+    assert caught.value.retry_after == 3
+    assert caught.value.status == 402
+    assert len(server.seen) == 1
+
+
+async def test_llm_402_budget_metadata_without_retry_after_is_rate_limited(
+    server: FakeProvider, llm: OpenRouterLLM
+) -> None:
+    server.script(Reply(402, {"error": {"message": "wait", "metadata": {"in_flight_limit": 10}}}))
+
+    with pytest.raises(RateLimitedError) as caught:
+        await generate(llm)
+
+    assert caught.value.retry_after is None
+
+
+async def test_llm_plain_402_holds_back(server: FakeProvider, llm: OpenRouterLLM) -> None:
+    server.script(Reply(402, {"error": {"code": 402, "message": "Insufficient credits"}}))
+
+    with pytest.raises(HoldBackError) as caught:
+        await generate(llm)
+
+    assert "Insufficient credits" in str(caught.value)
+    assert len(server.seen) == 1
+
+
+async def test_llm_read_timeout_is_transient(server: FakeProvider) -> None:
+    server.script(Reply(body=completion("too late"), sleep=2))
+    client = OpenRouterLLM(make_settings(server.url, llm_timeout="50ms"))
+    try:
+        with pytest.raises(TransientProviderError) as caught:
+            await asyncio.wait_for(generate(client), timeout=5)
+    finally:
+        await client.aclose()
+    assert "timed out" in str(caught.value)
+    assert len(server.seen) == 3
+
+
+def closed_port_url() -> str:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}"
+
+
+async def test_llm_connection_refused_is_transient() -> None:
+    client = OpenRouterLLM(make_settings(closed_port_url()))
+    try:
+        with pytest.raises(TransientProviderError) as caught:
+            await generate(client)
+    finally:
+        await client.aclose()
+    assert caught.value.status is None
+    assert_no_secret(caught.value)
+
+
+async def test_llm_key_echoed_by_the_provider_is_redacted(
+    server: FakeProvider, llm: OpenRouterLLM
+) -> None:
+    server.script(Reply(401, {"error": {"message": f"key {LLM_KEY} is not valid"}}))
+
+    with pytest.raises(HoldBackError) as caught:
+        await generate(llm)
+
+    assert_no_secret(caught.value)
+    assert "not valid" in str(caught.value)
+
+
+async def test_llm_key_cut_by_truncation_leaves_no_fragment(
+    server: FakeProvider, llm: OpenRouterLLM
+) -> None:
+    # The key straddles the truncation point of the error text.
+    server.script(Reply(403, {"error": {"message": "x" * 290 + LLM_KEY + "y" * 50}}))
+
+    with pytest.raises(HoldBackError) as caught:
+        await generate(llm)
+
+    assert "k-sec" not in str(caught.value)
+
+
+async def test_scrubbing_never_changes_how_a_reply_is_read(server: FakeProvider) -> None:
+    # A one-letter key occurs everywhere in a body; the reply must still parse, whole.
+    server.script(Reply(body=completion("here we are")))
+    client = OpenRouterLLM(make_settings(server.url, openrouter_api_key="e"))
+    try:
+        assert await generate(client) == "here we are"
+    finally:
+        await client.aclose()
+
+
+# --- Evolution -----------------------------------------------------------------------------
+
+
+async def test_sender_sends_the_documented_request_and_stores_key_id(
+    server: FakeProvider, sender: EvolutionSender
+) -> None:
+    server.script(Reply(201, {"key": {"id": "3EB0ABC", "fromMe": True}, "status": "PENDING"}))
+
+    assert await send(sender) == SentPart(provider_message_id="3EB0ABC")
+
+    [seen] = server.seen
+    assert (seen.method, seen.path) == ("POST", "/message/sendText/inst")
+    assert seen.headers["apikey"] == EVO_KEY
+    assert "Authorization" not in seen.headers
+    assert seen.body == {"number": NUMBER, "text": "olá"}
+
+
+async def test_sender_200_with_key_id_succeeds(
+    server: FakeProvider, sender: EvolutionSender
+) -> None:
+    server.script(Reply(200, {"key": {"id": "ID-200"}}))
+
+    assert (await send(sender)).provider_message_id == "ID-200"
+
+
+async def test_sender_adds_delay_and_quotes_the_instance(server: FakeProvider) -> None:
+    server.script(Reply(201, {"key": {"id": "x"}}))
+    client = EvolutionSender(make_settings(server.url, evolution_delay_ms=1200))
+    try:
+        await send(client, instance="my inst/1")
+    finally:
+        await client.aclose()
+
+    [seen] = server.seen
+    assert seen.raw_path == "/message/sendText/my%20inst%2F1"
+    assert seen.body == {"number": NUMBER, "text": "olá", "delay": 1200}
+
+
+async def test_sender_2xx_without_key_id_is_accepted_and_not_sent_again(
+    server: FakeProvider, sender: EvolutionSender
+) -> None:
+    server.script(Reply(200, {"status": "ok"}))
+
+    sent = await send(sender)
+
+    assert sent.provider_message_id == ""
+    assert len(server.seen) == 1
+
+
+async def test_sender_number_not_on_whatsapp_is_permanent_without_retry(
+    server: FakeProvider, sender: EvolutionSender
+) -> None:
+    server.script(
+        Reply(
+            400,
+            {
+                "status": 400,
+                "error": "Bad Request",
+                "response": {
+                    "message": [
+                        {"exists": False, "jid": f"{NUMBER}@s.whatsapp.net", "number": NUMBER}
+                    ]
+                },
+            },
+        )
+    )
+
+    with pytest.raises(PermanentProviderError) as caught:
+        await send(sender)
+
+    assert str(caught.value) == "number is not on WhatsApp"
+    assert caught.value.status == 400
+    assert len(server.seen) == 1
+
+
+async def test_sender_other_400_is_permanent_with_the_message_and_masked_number(
+    server: FakeProvider, sender: EvolutionSender
+) -> None:
+    server.script(
+        Reply(
+            400,
+            {
+                "status": 400,
+                "error": "Bad Request",
+                "response": {"message": [f"text is required for {NUMBER}"]},
+            },
+        )
+    )
+
+    with pytest.raises(PermanentProviderError) as caught:
+        await send(sender)
+
+    text = str(caught.value)
+    assert "400" in text and "text is required" in text
+    assert NUMBER not in text and mask_phone(NUMBER) in text
+    assert len(server.seen) == 1
+
+
+@pytest.mark.parametrize(
+    ("status", "words"), [(401, "credentials"), (403, "credentials"), (404, "instance")]
+)
+async def test_sender_auth_and_missing_instance_hold_back(
+    server: FakeProvider, sender: EvolutionSender, status: int, words: str
+) -> None:
+    server.script(Reply(status, {"status": status, "error": "nope", "response": {}}))
+
+    with pytest.raises(HoldBackError) as caught:
+        await send(sender)
+
+    assert words in str(caught.value)
+    assert len(server.seen) == 1
+    assert_no_secret(caught.value)
+
+
+async def test_sender_429_is_rate_limited_without_retry(
+    server: FakeProvider, sender: EvolutionSender
+) -> None:
+    server.script(Reply(429, {"error": "Too Many Requests"}, headers={"Retry-After": "7"}))
+
+    with pytest.raises(RateLimitedError) as caught:
+        await send(sender)
+
+    assert caught.value.retry_after == 7
+    assert len(server.seen) == 1
+
+
+async def test_sender_500_then_201_succeeds_after_a_quick_retry(
+    server: FakeProvider, sender: EvolutionSender
+) -> None:
+    server.script(Reply(500, {"error": "Connection Closed"}), Reply(201, {"key": {"id": "k2"}}))
+
+    assert (await send(sender)).provider_message_id == "k2"
+    assert len(server.seen) == 2
+
+
+@pytest.mark.parametrize("status", [408, 502, 503])
+async def test_sender_408_and_5xx_forever_are_transient(
+    server: FakeProvider, sender: EvolutionSender, status: int
+) -> None:
+    server.script(Reply(status, text="down"))
+
+    with pytest.raises(TransientProviderError):
+        await send(sender)
+
+    assert len(server.seen) == 3
+
+
+async def test_sender_read_timeout_is_transient(server: FakeProvider) -> None:
+    server.script(Reply(201, {"key": {"id": "late"}}, sleep=2))
+    client = EvolutionSender(make_settings(server.url, send_timeout="50ms"))
+    try:
+        with pytest.raises(TransientProviderError) as caught:
+            await asyncio.wait_for(send(client), timeout=5)
+    finally:
+        await client.aclose()
+    assert "may have been delivered" in str(caught.value)
+    assert len(server.seen) == 3
+
+
+async def test_sender_read_timeout_includes_the_typing_delay(server: FakeProvider) -> None:
+    # Evolution sleeps `delay` ms inside the request; 300 ms is past send_timeout alone.
+    server.script(Reply(201, {"key": {"id": "typed"}}, sleep=0.3))
+    client = EvolutionSender(
+        make_settings(server.url, send_timeout="200ms", evolution_delay_ms=1000)
+    )
+    try:
+        assert (await send(client)).provider_message_id == "typed"
+    finally:
+        await client.aclose()
+
+
+async def test_sender_connection_refused_is_transient() -> None:
+    client = EvolutionSender(make_settings(closed_port_url()))
+    try:
+        with pytest.raises(TransientProviderError) as caught:
+            await send(client)
+    finally:
+        await client.aclose()
+    assert_no_secret(caught.value)
+    assert NUMBER not in str(caught.value)
+    assert "may have been delivered" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"instance": {"instanceName": "inst", "state": "open"}},
+        {"state": "open"},
+    ],
+)
+async def test_connection_state_is_parsed(
+    server: FakeProvider, sender: EvolutionSender, body: Any
+) -> None:
+    server.script(Reply(200, body))
+
+    assert await sender.connection_state("inst") == "open"
+
+    [seen] = server.seen
+    assert (seen.method, seen.path) == ("GET", "/instance/connectionState/inst")
+    assert seen.headers["apikey"] == EVO_KEY
+
+
+async def test_connection_state_errors_use_the_same_classes(
+    server: FakeProvider, sender: EvolutionSender
+) -> None:
+    server.script(Reply(404, {"status": 404, "error": "Not Found"}))
+    with pytest.raises(HoldBackError):
+        await sender.connection_state("gone")
+
+    server.script(Reply(401, {"status": 401, "error": "Unauthorized"}))
+    with pytest.raises(HoldBackError) as caught:
+        await sender.connection_state("inst")
+    assert_no_secret(caught.value)
+
+    server.script(Reply(200, {"instance": {"instanceName": "inst"}}))
+    with pytest.raises(TransientProviderError):
+        await sender.connection_state("inst")
+
+
+async def test_errors_never_carry_api_keys(server: FakeProvider) -> None:
+    """Every class of failure, both providers: the key is not in the error's text."""
+    settings = make_settings(server.url)
+    llm = OpenRouterLLM(settings)
+    sender = EvolutionSender(settings)
+    echo = {"error": {"message": f"{LLM_KEY} {EVO_KEY}"}, "response": {"message": EVO_KEY}}
+    errors: list[ProviderError] = []
+    try:
+        for status in (400, 401, 402, 403, 404, 408, 429, 500, 503):
+            server.script(Reply(status, echo))
+            for call in (generate(llm), send(sender)):
+                with pytest.raises(ProviderError) as caught:
+                    await call
+                errors.append(caught.value)
+    finally:
+        await llm.aclose()
+        await sender.aclose()
+    assert len(errors) == 18
+    for error in errors:
+        assert_no_secret(error)
+
+
+# --- helpers -------------------------------------------------------------------------------
+
+
+NOW = datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("7", 7.0),
+        (" 2.5 ", 2.5),
+        ("0", 0.0),
+        ("-3", 0.0),
+        ("Wed, 01 May 2024 12:00:30 GMT", 30.0),
+        ("Wed, 01 May 2024 11:59:00 GMT", 0.0),
+        (None, None),
+        ("", None),
+        ("soon", None),
+        ("nan", None),
+        ("inf", None),
+        ("Wed, 99 Foo 2024", None),
+    ],
+)
+def test_parse_retry_after(value: str | None, expected: float | None) -> None:
+    assert parse_retry_after(value, now=NOW) == expected
+
+
+def test_parse_retry_after_defaults_to_now() -> None:
+    later = format_datetime(datetime.now(UTC) + timedelta(seconds=60), usegmt=True)
+    seconds = parse_retry_after(later)
+    assert seconds is not None and 55 <= seconds <= 60
+
+
+@pytest.mark.parametrize(
+    ("number", "masked"),
+    [
+        ("5511987654321", "55119*****321"),
+        ("551187654321", "55118****321"),
+        ("14155552671", "1415****671"),
+        ("12345678", "1*****78"),
+        ("1234", "****"),
+        ("", ""),
+    ],
+)
+def test_mask_phone(number: str, masked: str) -> None:
+    assert mask_phone(number) == masked
+    assert len(mask_phone(number)) == len(number)
