@@ -5,7 +5,8 @@ ListenerError
 ├── DatabaseError             a database operation failed (wraps psycopg errors)
 ├── MigrationError            a migration file is missing, changed or fails
 └── ProviderError             an LLM or sender call did not succeed
-    ├── TransientProviderError    may heal on its own: timeouts, 5xx, 408, empty replies
+    ├── TransientProviderError    may heal on its own: timeouts, 5xx, 408
+    │   └── EmptyReplyError       no text in the LLM's reply; fails after quick retries
     ├── RateLimitedError          429 (or an exhausted in-flight budget): hold, spend nothing
     ├── HoldBackError             credentials refused, credits exhausted: not the message's fault
     └── PermanentProviderError    will never heal for this message: number not on WhatsApp
@@ -41,6 +42,11 @@ class ProviderError(ListenerError):
 
 class TransientProviderError(ProviderError):
     """A failure that may heal by itself: worth a quick retry, then a delayed one."""
+
+
+class EmptyReplyError(TransientProviderError):
+    """The LLM answered with no text. Quick retries may heal it; after them, the message fails
+    at once rather than waiting minutes for the same emptiness."""
 
 
 class RateLimitedError(ProviderError):

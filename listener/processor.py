@@ -25,6 +25,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from listener.batch import GroupCommit
 from listener.errors import (
+    EmptyReplyError,
     HoldBackError,
     PermanentProviderError,
     ProviderError,
@@ -344,6 +345,8 @@ class Processor:
             await self._send_parts(job, instance, number, parts)
         except LeaseLost:
             raise
+        except EmptyReplyError as exc:
+            return await self._fail_now(job, f"the LLM gave an empty reply after retries: {exc}")
         except UnsplittableReply as exc:
             return await self._fail_now(job, f"the LLM reply has no text to send: {exc}")
         except PermanentProviderError as exc:

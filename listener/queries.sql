@@ -130,3 +130,152 @@ SELECT * FROM unnest(%(instances)s::text[], %(numbers)s::text[], %(texts)s::text
 -- backlog --
 -- Pending rows already due (a gauge on /metrics).
 SELECT count(*) AS due FROM campaign_messages WHERE status = 'pending' AND scheduled_at <= now()
+
+-- replay_named --
+-- The status of each message `listener replay --id` names, to report the ones it refuses.
+SELECT id, status FROM campaign_messages WHERE id = ANY (%(ids)s::uuid[])
+
+-- replay_preview --
+-- What `listener replay --dry-run` would re-queue, counted by status. Same filters as
+-- replay_requeue; a NULL filter matches everything. `since` looks at when the row last changed.
+SELECT status, count(*)::integer AS n
+  FROM campaign_messages
+ WHERE status = ANY (%(statuses)s::text[])
+   AND (%(campaign_id)s::uuid IS NULL OR campaign_id = %(campaign_id)s::uuid)
+   AND (%(run_id)s::uuid IS NULL OR run_id = %(run_id)s::uuid)
+   AND (%(ids)s::uuid[] IS NULL OR id = ANY (%(ids)s::uuid[]))
+   AND (%(since)s::interval IS NULL
+        OR COALESCE(updated_at, created_at) > now() - %(since)s::interval)
+ GROUP BY status
+
+-- replay_requeue --
+-- Put failed (and, if asked, skipped) messages back in the queue, due now, with every attempt
+-- back. The text, parts and accepted parts stay, so the message resumes after its last
+-- accepted part. FOR UPDATE re-checks the status of a row changed meanwhile, so a row that
+-- is no longer failed is left alone. The update trigger sends the NOTIFY.
+WITH target AS (
+    SELECT id, status
+      FROM campaign_messages
+     WHERE status = ANY (%(statuses)s::text[])
+       AND (%(campaign_id)s::uuid IS NULL OR campaign_id = %(campaign_id)s::uuid)
+       AND (%(run_id)s::uuid IS NULL OR run_id = %(run_id)s::uuid)
+       AND (%(ids)s::uuid[] IS NULL OR id = ANY (%(ids)s::uuid[]))
+       AND (%(since)s::interval IS NULL
+            OR COALESCE(updated_at, created_at) > now() - %(since)s::interval)
+       FOR UPDATE
+), requeued AS (
+    UPDATE campaign_messages m
+       SET status = 'pending',
+           attempts = 0,
+           scheduled_at = now(),
+           last_error = NULL,
+           locked_by = NULL,
+           locked_until = NULL,
+           updated_at = now()
+      FROM target t
+     WHERE m.id = t.id
+    RETURNING t.status
+)
+SELECT status, count(*)::integer AS n FROM requeued GROUP BY status
+
+-- stats_processing --
+-- Seed step 4.2, "tempo médio de processamento", with the window as a parameter.
+SELECT now() AS now,
+       AVG(EXTRACT(EPOCH FROM (sent_at - scheduled_at)))::float8 AS avg_processing_seconds,
+       COUNT(*)::integer AS total_messages
+  FROM campaign_messages
+ WHERE status = 'sent'
+   AND sent_at > now() - %(window)s::interval
+
+-- stats_per_minute --
+-- Seed step 4.2, "throughput (mensagens/minuto)": sent messages per minute, newest first.
+SELECT DATE_TRUNC('minute', sent_at) AS minute,
+       COUNT(*)::integer AS messages_per_minute
+  FROM campaign_messages
+ WHERE status = 'sent'
+   AND sent_at > now() - %(window)s::interval
+ GROUP BY minute
+ ORDER BY minute DESC
+
+-- stats_by_status --
+-- Seed step 4.2, "taxa de erro": share by status of the messages created in the window.
+SELECT status,
+       COUNT(*)::integer AS count,
+       ROUND(100.0 * COUNT(*) / SUM(COUNT(*)) OVER (), 2)::float8 AS percentage
+  FROM campaign_messages
+ WHERE created_at > now() - %(window)s::interval
+ GROUP BY status
+
+-- stats_queue --
+-- Retries and the due backlog: messages created in the window that needed more than one
+-- attempt, pending rows waiting for a retry (last_error set), and the due pending rows
+-- (how many, and how long the oldest has waited).
+SELECT (SELECT count(*)::integer FROM campaign_messages
+         WHERE created_at > now() - %(window)s::interval AND attempts > 1) AS retried,
+       (SELECT count(*)::integer FROM campaign_messages
+         WHERE status = 'pending' AND last_error IS NOT NULL) AS waiting_retry,
+       due.backlog AS due_backlog,
+       EXTRACT(EPOCH FROM now() - due.oldest)::float8 AS oldest_due_seconds
+  FROM (SELECT count(*)::integer AS backlog, min(scheduled_at) AS oldest
+          FROM campaign_messages
+         WHERE status = 'pending' AND scheduled_at <= now()) AS due
+
+-- demo_guard --
+-- Before the demo runs its sandbox listener on a database it does not own: other listeners
+-- connected (they would send the sample messages for real) and messages already queued (the
+-- sandbox would "send" them).
+SELECT (SELECT count(*)::integer FROM pg_stat_activity
+         WHERE datname = current_database() AND application_name = 'listener'
+           AND pid <> pg_backend_pid()) AS listeners,
+       (SELECT count(*)::integer FROM campaign_messages
+         WHERE status IN ('pending', 'processing')) AS queued
+
+-- demo_campaign --
+-- The demo's sample campaign.
+INSERT INTO campaigns (name, prompt) VALUES (%(name)s, %(prompt)s) RETURNING id
+
+-- demo_run --
+-- The demo campaign's run, whose counts (kept by the trigger) drive the progress bar.
+INSERT INTO campaign_runs (campaign_id) VALUES (%(campaign_id)s) RETURNING id
+
+-- demo_leads --
+-- The demo's sample leads, ids chosen by the caller.
+INSERT INTO leads (id, name, phone, company, city, segment, notes, opted_out)
+SELECT * FROM unnest(%(ids)s::uuid[], %(names)s::text[], %(phones)s::text[],
+                     %(companies)s::text[], %(cities)s::text[], %(segments)s::text[],
+                     %(notes)s::text[], %(opted_out)s::boolean[])
+
+-- demo_messages --
+-- One message per demo lead, in one statement (so one NOTIFY); content NULL = written by the LLM.
+INSERT INTO campaign_messages (campaign_id, run_id, lead_id, content)
+SELECT %(campaign_id)s::uuid, %(run_id)s::uuid, v.lead_id, v.content
+  FROM unnest(%(lead_ids)s::uuid[], %(contents)s::text[]) AS v(lead_id, content)
+
+-- demo_progress --
+-- How far the demo's run is: its counts, kept by the campaign_messages triggers.
+SELECT total_count, sent_count, failed_count, skipped_count
+  FROM campaign_runs WHERE id = %(run_id)s
+
+-- demo_samples --
+-- A few parts the sandbox sender delivered for the demo's run, in delivery order.
+SELECT o.number, o.text
+  FROM sandbox_outbox o
+ WHERE o.provider_message_id IN (
+           SELECT jsonb_array_elements_text(m.provider_message_ids)
+             FROM campaign_messages m WHERE m.run_id = %(run_id)s)
+ ORDER BY o.id
+ LIMIT %(limit)s
+
+-- demo_cleanup --
+-- Remove what the demo created: its outbox rows, messages, leads, run and campaign.
+WITH messages AS (
+    DELETE FROM campaign_messages WHERE campaign_id = %(campaign_id)s
+    RETURNING lead_id, provider_message_ids
+), outbox AS (
+    DELETE FROM sandbox_outbox
+     WHERE provider_message_id IN (
+               SELECT jsonb_array_elements_text(provider_message_ids) FROM messages)
+), gone_leads AS (
+    DELETE FROM leads WHERE id IN (SELECT lead_id FROM messages)
+)
+DELETE FROM campaigns WHERE id = %(campaign_id)s

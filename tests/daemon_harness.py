@@ -32,15 +32,19 @@ FAST: dict[str, Any] = {
 }
 
 
-def test_settings(**overrides: Any) -> Settings:
+def fast_settings(**overrides: Any) -> Settings:
     return load_settings(**{**FAST, **overrides})
 
 
 @contextlib.asynccontextmanager
 async def running(
-    url: str, *, llm: LLM | None = None, sender: Sender | None = None, **overrides: Any
+    url: str,
+    *,
+    llm_provider: LLM | None = None,
+    sender_provider: Sender | None = None,
+    **overrides: Any,
 ) -> AsyncIterator[Daemon]:
-    daemon = Daemon(test_settings(**overrides), url, llm=llm, sender=sender)
+    daemon = Daemon(fast_settings(**overrides), url, llm=llm_provider, sender=sender_provider)
     task = asyncio.create_task(daemon.run())
     try:
         # Wait until it listens, so a test's insert cannot race the LISTEN.

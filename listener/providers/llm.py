@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 import httpx
 
 from listener.errors import (
+    EmptyReplyError,
     HoldBackError,
     ProviderError,
     RateLimitedError,
@@ -116,7 +117,11 @@ class OpenRouterLLM:
         message = choice.get("message")
         content = message.get("content") if isinstance(message, dict) else None
         if not isinstance(content, str) or not content.strip():
-            raise broken("empty content")
+            raise self._clean(
+                EmptyReplyError(
+                    f"{PROVIDER} HTTP {status}: empty content", provider=PROVIDER, status=status
+                )
+            )
         return content
 
     def _clean(self, error: E) -> E:

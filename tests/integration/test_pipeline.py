@@ -1,0 +1,220 @@
+"""The pipeline of DESIGN.md through real HTTP providers faked on 127.0.0.1 (issue 3)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+
+from listener.processor import Processor
+from listener.providers.sandbox import SandboxLLM, SandboxSender
+from tests.daemon_harness import running, fast_settings
+from tests.fakes import http_settings, serve_fakes
+from tests.helpers import (
+    await_until,
+    enqueue,
+    make_campaign,
+    make_leads,
+    make_run,
+    statuses,
+)
+
+Conn = psycopg.Connection[Any]
+
+
+async def test_rows_are_written_by_the_llm_and_sent_in_order(db_url: str, db: Conn) -> None:
+    campaign = make_campaign(db, prompt="Apresente a Acme.", model="acme/model-1")
+    leads = make_leads(db, 4)
+    async with serve_fakes() as fakes:
+        fakes.reply_parts = 3
+        async with running(db_url, **http_settings(fakes)):
+            enqueue(db, campaign, leads)
+            await await_until(lambda: statuses(db).get("sent") == 4)
+    # One LLM request per message, with the campaign's model, prompt and the lead's context.
+    assert len(fakes.llm_requests) == 4
+    request = fakes.llm_requests[0]
+    assert request["headers"]["Authorization"] == "Bearer sk-test-secret"
+    body = request["body"]
+    assert body["model"] == "acme/model-1"
+    assert body["messages"][0]["role"] == "system"
+    assert "Apresente a Acme." in body["messages"][0]["content"]
+    assert json.loads(body["messages"][1]["content"])["lead"]["company"].startswith("Acme")
+    # Every part once, in order, per number.
+    by_number: dict[str, list[str]] = {}
+    for send in fakes.accepted():
+        by_number.setdefault(send["number"], []).append(send["text"])
+    assert len(by_number) == 4
+    for texts in by_number.values():
+        assert [t.split("parte ")[1] for t in texts] == ["1.", "2.", "3."]
+    rows = db.execute(
+        "SELECT parts_sent, jsonb_array_length(parts), jsonb_array_length(provider_message_ids),"
+        " generated_text IS NOT NULL, sent_at IS NOT NULL, locked_by FROM campaign_messages"
+    ).fetchall()
+    assert all(r == (3, 3, 3, True, True, None) for r in rows)
+
+
+async def test_burst_of_1000_inserts_in_one_statement_is_sent_completely(
+    db_url: str, db: Conn
+) -> None:
+    campaign = make_campaign(db)
+    run = make_run(db, campaign)
+    leads = make_leads(db, 1000)
+    async with serve_fakes() as fakes:
+        fakes.reply_parts = 2
+        async with running(db_url, concurrency=50, **http_settings(fakes)) as daemon:
+            enqueue(db, campaign, leads, run_id=run)
+            await await_until(lambda: statuses(db).get("sent") == 1000, timeout=120)
+            assert daemon.listener is not None
+            notifications = daemon.listener.notifications
+    sends = fakes.accepted()
+    assert len(sends) == 2000
+    pairs = [(s["number"], s["text"]) for s in sends]
+    assert len(set(pairs)) == 2000  # each part exactly once
+    order: dict[str, list[str]] = {}
+    for number, text in pairs:
+        order.setdefault(number, []).append(text)
+    assert all(t[0].endswith("parte 1.") and t[1].endswith("parte 2.") for t in order.values())
+    # One NOTIFY for the whole statement, not one per row (updates add their own, later).
+    assert notifications >= 1
+    run_row = db.execute(
+        "SELECT status, total_count, sent_count, finished_at IS NOT NULL FROM campaign_runs"
+    ).fetchone()
+    assert run_row == ("completed", 1000, 1000, True)
+
+
+async def test_future_rows_go_out_at_their_time_and_not_before(db_url: str, db: Conn) -> None:
+    campaign = make_campaign(db)
+    leads = make_leads(db, 2)
+    async with running(db_url):
+        enqueue(db, campaign, leads, delay_seconds=1.5)
+        await asyncio.sleep(1.0)
+        assert statuses(db) == {"pending": 2}
+        await await_until(lambda: statuses(db).get("sent") == 2, timeout=10)
+    late = db.execute(
+        "SELECT bool_and(sent_at >= scheduled_at), max(sent_at - scheduled_at) FROM campaign_messages"
+    ).fetchone()
+    assert late is not None and late[0] is True
+    assert late[1].total_seconds() < 1.0  # woken by its timer, not by the slow poll
+
+
+async def test_two_listeners_split_the_work_and_never_share_a_message(
+    db_url: str, db: Conn
+) -> None:
+    campaign = make_campaign(db)
+    leads = make_leads(db, 400)
+    async with serve_fakes() as fakes:
+        fakes.send_delay = 0.005
+        settings = http_settings(fakes)
+        async with (
+            running(db_url, worker_id="a", concurrency=10, **settings) as a,
+            running(db_url, worker_id="b", concurrency=10, **settings) as b,
+        ):
+            enqueue(db, campaign, leads)
+            await await_until(lambda: statuses(db).get("sent") == 400, timeout=60)
+            done_a = a.metrics.messages.labels(outcome="sent")._value.get()
+            done_b = b.metrics.messages.labels(outcome="sent")._value.get()
+    assert done_a + done_b == 400
+    assert done_a > 0 and done_b > 0
+    numbers = [s["number"] for s in fakes.accepted()]
+    assert len(numbers) == len(set(numbers)) == 400
+    assert db.execute("SELECT max(attempts) FROM campaign_messages").fetchone() == (1,)
+
+
+class CountingCursor(psycopg.AsyncCursor[Any]):
+    statements: list[str] = []
+
+    async def execute(self, query: Any, params: Any = None, **kwargs: Any) -> Any:
+        CountingCursor.statements.append(str(query))
+        return await super().execute(query, params, **kwargs)
+
+
+async def test_contexts_of_a_whole_batch_load_in_one_round_trip(db_url: str, db: Conn) -> None:
+    from psycopg_pool import AsyncConnectionPool
+
+    campaign = make_campaign(db)
+    leads = make_leads(db, 50)
+    enqueue(db, campaign, leads)
+
+    async def configure(conn: psycopg.AsyncConnection[Any]) -> None:
+        conn.cursor_factory = CountingCursor
+
+    CountingCursor.statements = []
+    pool = AsyncConnectionPool(
+        db_url, kwargs={"autocommit": True}, configure=configure, open=False, min_size=1
+    )
+    await pool.open()
+    try:
+        processor = Processor(fast_settings(), pool, SandboxLLM(), SandboxSender(pool))
+        jobs = await processor.claim(50)
+    finally:
+        await pool.close()
+    assert len(jobs) == 50
+    assert all(job.context is not None and job.context["id"] == str(job.lead_id) for job in jobs)
+    context_queries = [s for s in CountingCursor.statements if "get_lead_full_context" in s]
+    assert len(context_queries) == 1
+    assert len(CountingCursor.statements) == 2  # the claim, then the contexts
+
+
+async def test_a_message_with_content_is_sent_as_is_without_the_llm(db_url: str, db: Conn) -> None:
+    campaign = make_campaign(db)
+    leads = make_leads(db, 2)
+    async with serve_fakes() as fakes, running(db_url, **http_settings(fakes)):
+        enqueue(db, campaign, leads, content="Oi! Mensagem pronta.")
+        await await_until(lambda: statuses(db).get("sent") == 2)
+    assert fakes.llm_requests == []
+    assert [s["text"] for s in fakes.accepted()] == ["Oi! Mensagem pronta."] * 2
+
+
+async def test_opted_out_leads_and_archived_campaigns_are_skipped_with_a_reason(
+    db_url: str, db: Conn
+) -> None:
+    active = make_campaign(db)
+    archived = make_campaign(db, status="archived")
+    leads = make_leads(db, 3)
+    db.execute("UPDATE leads SET opted_out = true WHERE id = %s", (leads[0],))
+    async with serve_fakes() as fakes, running(db_url, **http_settings(fakes)):
+        enqueue(db, active, leads[:2])
+        enqueue(db, archived, leads[2:])
+        await await_until(lambda: sum(statuses(db).get(k, 0) for k in ("sent", "skipped")) == 3)
+    rows = db.execute(
+        "SELECT lead_id, status, last_error FROM campaign_messages ORDER BY status, last_error"
+    ).fetchall()
+    reasons = {r[0]: (r[1], r[2]) for r in rows}
+    assert reasons[leads[0]] == ("skipped", "skipped: the lead opted out")
+    assert reasons[leads[1]][0] == "sent"
+    assert reasons[leads[2]] == ("skipped", "skipped: the campaign is archived")
+    assert len(fakes.accepted()) == 1
+
+
+async def test_paused_campaign_messages_wait_and_go_when_it_is_active_again(
+    db_url: str, db: Conn
+) -> None:
+    campaign = make_campaign(db, status="paused")
+    leads = make_leads(db, 3)
+    async with running(db_url):
+        enqueue(db, campaign, leads)
+        await asyncio.sleep(0.6)
+        assert statuses(db) == {"pending": 3}
+        started = time.monotonic()
+        db.execute("UPDATE campaigns SET status = 'active' WHERE id = %s", (campaign,))
+        await await_until(lambda: statuses(db).get("sent") == 3, timeout=10)
+        # Woken by the campaign's NOTIFY, not by the slow poll.
+        assert time.monotonic() - started < 0.9
+
+
+async def test_get_lead_full_context_includes_recent_messages(db_url: str, db: Conn) -> None:
+    campaign = make_campaign(db)
+    leads = make_leads(db, 1)
+    async with running(db_url):
+        enqueue(db, campaign, leads, content="Primeira mensagem.")
+        await await_until(lambda: statuses(db).get("sent") == 1)
+    with db.cursor(row_factory=dict_row) as cur:
+        row = cur.execute(
+            "SELECT context FROM get_lead_full_context(%s::uuid[])", ([leads[0]],)
+        ).fetchone()
+    assert row is not None
+    assert [m["text"] for m in row["context"]["recent_messages"]] == ["Primeira mensagem."]
