@@ -102,6 +102,9 @@ class Daemon:
                 self.metrics, self.health, settings.metrics_host, settings.metrics_port
             )
         self._schedule_jobs(processor, timer)
+        if settings.sweep_max_age.total_seconds() > 0:
+            # Before the first claim, so rows past the age limit are skipped, not sent late.
+            await self._guard(self.sweep, "sweep")()
         self.scheduler.start()
         listen_task = asyncio.create_task(self.listener.run(), name="listen")
         claim_task = asyncio.create_task(processor.claim_loop(), name="claim")
@@ -157,7 +160,6 @@ class Daemon:
                 id="sweep",
                 max_instances=1,
                 coalesce=True,
-                next_run_time=datetime.now().astimezone(),
             )
         self.scheduler.add_job(
             self._guard(self._refresh, "refresh"),

@@ -1,0 +1,255 @@
+"""The delivery promises of DESIGN.md under failure (issue 4), in-process with fault-injecting
+HTTP providers on 127.0.0.1 and short delays through settings."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from typing import Any
+
+import psycopg
+import pytest
+
+from tests.daemon_harness import running
+from tests.fakes import Reply, http_settings, serve_fakes
+from tests.helpers import await_until, enqueue, make_campaign, make_leads, make_run, statuses
+
+Conn = psycopg.Connection[Any]
+
+
+def row(db: Conn, sql: str, *params: Any) -> tuple[Any, ...]:
+    found = db.execute(sql, params).fetchone()  # type: ignore[arg-type]
+    assert found is not None
+    return tuple(found)
+
+
+async def test_full_retry_ladder_ends_failed_after_four_attempts(db_url: str, db: Conn) -> None:
+    campaign = make_campaign(db)
+    leads = make_leads(db, 1)
+    async with serve_fakes() as fakes:
+        fakes.llm_script.extend(
+            Reply(500, {"error": {"code": 500, "message": "boom"}}) for _ in range(20)
+        )
+        async with running(db_url, **http_settings(fakes)):
+            enqueue(db, campaign, leads)
+            await await_until(lambda: statuses(db).get("failed") == 1, timeout=15)
+    status, attempts, last_error = row(
+        db, "SELECT status, attempts, last_error FROM campaign_messages"
+    )
+    assert (status, attempts) == ("failed", 4)
+    assert last_error.startswith("failed after 4 attempts")
+    assert "boom" in last_error
+    # Every try made the first call plus one quick retry: 4 tries, 8 requests, nothing sent.
+    assert len(fakes.llm_requests) == 8
+    assert fakes.sends == []
+
+
+async def test_retries_use_every_delay_of_the_ladder(db_url: str, db: Conn) -> None:
+    campaign = make_campaign(db)
+    leads = make_leads(db, 1)
+    async with serve_fakes() as fakes:
+        fakes.llm_script.extend(
+            Reply(503, {"error": {"code": 503, "message": "down"}}) for _ in range(20)
+        )
+        seen: list[float] = []
+        fakes.on_llm = lambda _: seen.append(asyncio.get_running_loop().time())
+        async with running(
+            db_url, quick_retries=0, retry_delays="300ms,600ms,900ms", **http_settings(fakes)
+        ):
+            enqueue(db, campaign, leads)
+            await await_until(lambda: statuses(db).get("failed") == 1, timeout=15)
+    gaps = [b - a for a, b in zip(seen, seen[1:], strict=False)]
+    assert len(seen) == 4
+    for gap, expected in zip(gaps, (0.3, 0.6, 0.9), strict=True):
+        assert expected - 0.05 <= gap < expected + 0.5
+
+
+async def test_a_failure_then_a_success_sends_once(db_url: str, db: Conn) -> None:
+    campaign = make_campaign(db)
+    leads = make_leads(db, 1)
+    async with serve_fakes() as fakes:
+        fakes.llm_script.extend([Reply(502, {"error": {"code": 502, "message": "bad gw"}})] * 2)
+        async with running(db_url, **http_settings(fakes)):
+            enqueue(db, campaign, leads)
+            await await_until(lambda: statuses(db).get("sent") == 1, timeout=10)
+    assert row(db, "SELECT attempts, last_error FROM campaign_messages") == (2, None)
+    assert len(fakes.accepted()) == 1
+
+
+async def test_a_send_failure_resumes_after_the_last_accepted_part(db_url: str, db: Conn) -> None:
+    campaign = make_campaign(db)
+    leads = make_leads(db, 1)
+    async with serve_fakes() as fakes:
+        fakes.reply_parts = 3
+        # Part 1 goes, part 2 fails (and its quick retry), then everything heals.
+        fakes.send_script.extend([Reply(201, None), Reply(500, {"e": 1}), Reply(500, {"e": 1})])
+        async with running(db_url, **http_settings(fakes)):
+            enqueue(db, campaign, leads)
+            await await_until(lambda: statuses(db).get("sent") == 1, timeout=10)
+    texts = [s["text"] for s in fakes.accepted()]
+    assert [t.split("parte ")[1] for t in texts] == ["1.", "2.", "3."]
+    # The retry did not ask the LLM for a new text.
+    assert len(fakes.llm_requests) == 1
+    assert row(db, "SELECT attempts, parts_sent FROM campaign_messages") == (2, 3)
+
+
+@pytest.mark.parametrize("retry_after", ["1", None])
+async def test_429_storm_loses_nothing_and_spends_no_attempt(
+    db_url: str, db: Conn, retry_after: str | None, caplog: pytest.LogCaptureFixture
+) -> None:
+    campaign = make_campaign(db)
+    leads = make_leads(db, 10)
+    headers = {"Retry-After": retry_after} if retry_after else {}
+    async with serve_fakes() as fakes:
+        storm = [Reply(429, {"error": {"code": 429, "message": "slow down"}}, headers)] * 3
+        fakes.llm_script.extend(storm)
+        fakes.send_script.extend(storm)
+        caplog.set_level(logging.WARNING, logger="listener.gate")
+        async with running(db_url, **http_settings(fakes)):
+            enqueue(db, campaign, leads)
+            await await_until(lambda: statuses(db).get("sent") == 10, timeout=30)
+    assert row(db, "SELECT max(attempts), min(attempts) FROM campaign_messages") == (1, 1)
+    assert len({s["number"] for s in fakes.accepted()}) == 10
+    assert len(fakes.accepted()) == 10
+    holds = [r for r in caplog.records if getattr(r, "action", "") == "provider_hold"]
+    # Logged once per episode, not once per message: far fewer lines than 429s.
+    assert 1 <= len(holds) <= 4
+
+
+async def test_credentials_refused_hold_back_and_spend_nothing(
+    db_url: str, db: Conn, caplog: pytest.LogCaptureFixture
+) -> None:
+    campaign = make_campaign(db)
+    leads = make_leads(db, 2)
+    async with serve_fakes() as fakes:
+        fakes.llm_script.append(Reply(401, {"error": {"code": 401, "message": "No auth"}}))
+        caplog.set_level(logging.ERROR, logger="listener.gate")
+        async with running(db_url, hold="400ms", **http_settings(fakes)):
+            enqueue(db, campaign, leads)
+            await await_until(lambda: statuses(db).get("sent") == 2, timeout=15)
+    assert row(db, "SELECT max(attempts) FROM campaign_messages") == (1,)
+    assert any(getattr(r, "action", "") == "provider_hold" for r in caplog.records)
+    assert "sk-test-secret" not in caplog.text
+
+
+async def test_number_not_on_whatsapp_fails_at_once(db_url: str, db: Conn) -> None:
+    campaign = make_campaign(db)
+    leads = make_leads(db, 1)
+    not_there = {
+        "status": 400,
+        "error": "Bad Request",
+        "response": {"message": [{"exists": False, "jid": "x@s.whatsapp.net", "number": "x"}]},
+    }
+    async with serve_fakes() as fakes:
+        fakes.send_script.append(Reply(400, not_there))
+        async with running(db_url, **http_settings(fakes)):
+            enqueue(db, campaign, leads)
+            await await_until(lambda: statuses(db).get("failed") == 1)
+    status, attempts, last_error = row(
+        db, "SELECT status, attempts, last_error FROM campaign_messages"
+    )
+    assert (status, attempts) == ("failed", 1)
+    assert "not on WhatsApp" in last_error
+    assert len(fakes.sends) == 1
+
+
+async def test_invalid_phone_and_missing_lead_fail_at_once(db_url: str, db: Conn) -> None:
+    campaign = make_campaign(db)
+    leads = make_leads(db, 1)
+    db.execute("UPDATE leads SET phone = '12-34' WHERE id = %s", (leads[0],))
+    ghost = uuid.uuid4()
+    async with serve_fakes() as fakes, running(db_url, **http_settings(fakes)):
+        enqueue(db, campaign, [leads[0], ghost])
+        await await_until(lambda: statuses(db).get("failed") == 2)
+    errors = dict(db.execute("SELECT lead_id, last_error FROM campaign_messages").fetchall())
+    assert errors[leads[0]].startswith("invalid phone number")
+    assert errors[ghost] == f"lead {ghost} does not exist"
+    assert fakes.sends == [] and fakes.llm_requests == []
+
+
+async def test_empty_reply_after_quick_retries_fails_at_once(db_url: str, db: Conn) -> None:
+    campaign = make_campaign(db)
+    leads = make_leads(db, 1)
+    empty = {"choices": [{"message": {"role": "assistant", "content": "  "}}]}
+    async with serve_fakes() as fakes:
+        fakes.llm_script.extend([Reply(200, empty)] * 5)
+        async with running(db_url, **http_settings(fakes)):
+            enqueue(db, campaign, leads)
+            await await_until(lambda: statuses(db).get("failed") == 1)
+    status, attempts, last_error = row(
+        db, "SELECT status, attempts, last_error FROM campaign_messages"
+    )
+    assert (status, attempts) == ("failed", 1)
+    assert "empty" in last_error
+    assert len(fakes.llm_requests) == 2  # the call and its one quick retry
+
+
+async def test_a_slow_provider_keeps_its_lease_and_is_not_taken_over(db_url: str, db: Conn) -> None:
+    campaign = make_campaign(db)
+    leads = make_leads(db, 1)
+    async with serve_fakes() as fakes:
+        fakes.llm_delay = 2.0  # twice the lease
+        settings = {**http_settings(fakes), "lease": "1s", "llm_timeout": "10s"}
+        async with (
+            running(db_url, worker_id="slow", **settings),
+            running(db_url, worker_id="rescuer", **settings),
+        ):
+            enqueue(db, campaign, leads)
+            await await_until(lambda: statuses(db).get("sent") == 1, timeout=15)
+            await asyncio.sleep(0.5)
+    assert len(fakes.llm_requests) == 1
+    assert len(fakes.accepted()) == 1
+    assert row(db, "SELECT attempts FROM campaign_messages") == (1,)
+
+
+async def test_expired_lease_is_taken_back_and_resumes_after_the_last_part(
+    db_url: str, db: Conn
+) -> None:
+    campaign = make_campaign(db)
+    run = make_run(db, campaign)
+    leads = make_leads(db, 1)
+    # A worker that died after storing the text and sending part 1 of 2.
+    enqueue(db, campaign, leads, run_id=run)
+    db.execute(
+        "UPDATE campaign_messages SET status = 'processing', attempts = 1, locked_by = 'dead',"
+        " locked_until = now() - interval '1 second', parts = '[\"um\", \"dois\"]',"
+        " parts_sent = 1, provider_message_ids = '[\"EVO-old\"]'"
+    )
+    async with serve_fakes() as fakes, running(db_url, **http_settings(fakes)):
+        await await_until(lambda: statuses(db).get("sent") == 1)
+    assert [s["text"] for s in fakes.accepted()] == ["dois"]
+    assert fakes.llm_requests == []
+    ids = row(db, "SELECT provider_message_ids, attempts FROM campaign_messages")
+    assert ids[0][0] == "EVO-old" and len(ids[0]) == 2 and ids[1] == 2
+    assert row(db, "SELECT status, sent_count FROM campaign_runs") == ("completed", 1)
+
+
+async def test_the_sweep_skips_messages_past_the_age_limit_and_never_deletes(
+    db_url: str, db: Conn
+) -> None:
+    campaign = make_campaign(db)
+    leads = make_leads(db, 2)
+    enqueue(db, campaign, leads[:1], delay_seconds=-7200)  # due two hours ago
+    enqueue(db, campaign, leads[1:], delay_seconds=-600)  # due ten minutes ago
+    async with running(db_url, sweep_max_age="1h", sweep_interval="1s"):
+        await await_until(lambda: statuses(db) == {"sent": 1, "skipped": 1})
+    reason = row(db, "SELECT last_error FROM campaign_messages WHERE status = 'skipped'")[0]
+    assert "age limit" in reason
+
+
+async def test_terminated_backends_reconnect_and_keep_sending(db_url: str, db: Conn) -> None:
+    campaign = make_campaign(db)
+    leads = make_leads(db, 6)
+    async with running(db_url, health_interval="200ms") as daemon:
+        enqueue(db, campaign, leads[:3])
+        await await_until(lambda: statuses(db).get("sent") == 3)
+        killed = db.execute(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        ).fetchone()
+        assert killed is not None and killed[0] >= 2  # the pool and the LISTEN connection
+        await await_until(lambda: not daemon.health.listen_ok, timeout=5)
+        await await_until(lambda: daemon.health.listen_ok, timeout=10)
+        enqueue(db, campaign, leads[3:])
+        await await_until(lambda: statuses(db).get("sent") == 6, timeout=15)
