@@ -4,6 +4,7 @@ HTTP providers on 127.0.0.1 and short delays through settings."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import uuid
 from typing import Any
@@ -59,7 +60,7 @@ async def test_retries_use_every_delay_of_the_ladder(db_url: str, db: Conn) -> N
         ):
             enqueue(db, campaign, leads)
             await await_until(lambda: statuses(db).get("failed") == 1, timeout=15)
-    gaps = [b - a for a, b in zip(seen, seen[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(seen)]
     assert len(seen) == 4
     for gap, expected in zip(gaps, (0.3, 0.6, 0.9), strict=True):
         assert expected - 0.05 <= gap < expected + 0.5

@@ -12,7 +12,7 @@ from psycopg.rows import dict_row
 
 from listener.processor import Processor
 from listener.providers.sandbox import SandboxLLM, SandboxSender
-from tests.daemon_harness import running, fast_settings
+from tests.daemon_harness import fast_settings, running
 from tests.fakes import http_settings, serve_fakes
 from tests.helpers import (
     await_until,
@@ -95,7 +95,8 @@ async def test_future_rows_go_out_at_their_time_and_not_before(db_url: str, db: 
         assert statuses(db) == {"pending": 2}
         await await_until(lambda: statuses(db).get("sent") == 2, timeout=10)
     late = db.execute(
-        "SELECT bool_and(sent_at >= scheduled_at), max(sent_at - scheduled_at) FROM campaign_messages"
+        "SELECT bool_and(sent_at >= scheduled_at), max(sent_at - scheduled_at)"
+        " FROM campaign_messages"
     ).fetchone()
     assert late is not None and late[0] is True
     assert late[1].total_seconds() < 1.0  # woken by its timer, not by the slow poll

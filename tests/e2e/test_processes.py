@@ -1,0 +1,129 @@
+"""Whole listener processes: kill -9 mid-batch, and SIGTERM mid-batch (issue 4)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from collections import Counter
+from typing import Any
+
+import psycopg
+
+from tests.fakes import FakeProviders, http_settings, serve_fakes
+from tests.helpers import await_until, enqueue, make_campaign, make_leads, statuses
+
+Conn = psycopg.Connection[Any]
+
+ENV_NAMES = {
+    "llm": "LISTENER_LLM",
+    "sender": "LISTENER_SENDER",
+    "openrouter_api_key": "OPENROUTER_API_KEY",
+    "openrouter_base_url": "OPENROUTER_BASE_URL",
+    "evolution_api_url": "EVOLUTION_API_URL",
+    "evolution_api_key": "EVOLUTION_API_KEY",
+    "evolution_instance": "EVOLUTION_INSTANCE",
+}
+
+
+def listener_env(db_url: str, fakes: FakeProviders, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LISTENER_", "OPENROUTER_"))}
+    env.update({ENV_NAMES[k]: str(v) for k, v in http_settings(fakes).items()})
+    env.update(
+        {
+            "DATABASE_URL": db_url,
+            "LISTENER_METRICS_PORT": "0",
+            "LISTENER_PART_DELAY_MS": "0",
+            "LISTENER_LEASE": "1s",
+            "LISTENER_RESCUE_INTERVAL": "200ms",
+            "LISTENER_RETRY_DELAYS": "200ms,400ms,600ms",
+            "LISTENER_QUICK_RETRY_BASE": "1ms",
+            "LISTENER_QUICK_RETRY_MAX": "5ms",
+            "LISTENER_SWEEP_MAX_AGE": "0s",
+            "LISTENER_LOG_FORMAT": "json",
+        }
+    )
+    env.update(extra)
+    return env
+
+
+async def start(env: dict[str, str]) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "listener",
+        "run",
+        env=env,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+
+
+def parts_per_number(fakes: FakeProviders) -> dict[str, list[str]]:
+    sent: dict[str, list[str]] = {}
+    for send in fakes.accepted():
+        sent.setdefault(send["number"], []).append(send["text"].split("parte ")[1])
+    return sent
+
+
+async def test_kill_9_mid_batch_then_a_new_listener_sends_everything_once(
+    db_url: str, db: Conn
+) -> None:
+    campaign = make_campaign(db)
+    leads = make_leads(db, 20)
+    async with serve_fakes() as fakes:
+        fakes.reply_parts = 3
+        fakes.send_delay = 0.1
+        env = listener_env(db_url, fakes)
+        first = await start(env)
+        enqueue(db, campaign, leads)
+        await await_until(lambda: len(fakes.accepted()) >= 8, timeout=30)
+        first.kill()  # SIGKILL: no drain, no hand-back
+        await first.wait()
+        assert statuses(db).get("processing", 0) > 0
+        second = await start(env)
+        try:
+            await await_until(lambda: statuses(db).get("sent") == 20, timeout=60)
+        finally:
+            second.send_signal(signal.SIGTERM)
+            assert await asyncio.wait_for(second.wait(), 30) == 0
+    assert statuses(db) == {"sent": 20}
+    for parts in parts_per_number(fakes).values():
+        counts = Counter(parts)
+        # Each message's parts in order; at most one part repeated (the one in flight at the kill).
+        assert [p for i, p in enumerate(parts) if i == 0 or parts[i - 1] != p] == ["1.", "2.", "3."]
+        assert sum(n - 1 for n in counts.values()) <= 1
+    # Only messages whose text was not stored yet (at most the 10 held) are written again.
+    assert 20 <= len(fakes.llm_requests) <= 30
+    stored_once = db.execute("SELECT count(*) FROM campaign_messages WHERE parts IS NOT NULL")
+    assert stored_once.fetchone() == (20,)
+
+
+async def test_sigterm_finishes_in_flight_hands_back_the_rest_and_exits_0(
+    db_url: str, db: Conn
+) -> None:
+    campaign = make_campaign(db)
+    leads = make_leads(db, 30)
+    async with serve_fakes() as fakes:
+        fakes.reply_parts = 3
+        fakes.send_delay = 0.15
+        env = listener_env(db_url, fakes, LISTENER_SHUTDOWN_GRACE="300ms", LISTENER_LEASE="30s")
+        proc = await start(env)
+        enqueue(db, campaign, leads)
+        await await_until(lambda: len(fakes.accepted()) >= 4, timeout=30)
+        proc.send_signal(signal.SIGTERM)
+        code = await asyncio.wait_for(proc.wait(), 30)
+        assert proc.stderr is not None
+        log = (await proc.stderr.read()).decode()
+    assert code == 0, log
+    counts = statuses(db)
+    assert counts.get("processing", 0) == 0
+    assert counts.get("sent", 0) + counts.get("pending", 0) == 30
+    assert counts.get("pending", 0) > 0
+    # Handed back without spending their attempt, keeping the parts already accepted.
+    leftovers = db.execute(
+        "SELECT attempts, parts_sent, locked_by FROM campaign_messages WHERE status = 'pending'"
+    ).fetchall()
+    assert all(a == 0 and locked is None for a, _, locked in leftovers)
+    assert '"handed_back"' in log or '"draining"' in log
