@@ -135,7 +135,8 @@ def test_run_counts_follow_message_outcomes(db: Conn) -> None:
     db.execute("UPDATE campaign_messages SET status = 'sent', sent_at = now()")
     assert db.execute(counts).fetchone() == ("completed", 3, 3, 0, 0)
     db.execute(
-        "UPDATE campaign_messages SET status = 'pending' WHERE ctid = (SELECT min(ctid) FROM campaign_messages)"
+        "UPDATE campaign_messages SET status = 'pending'"
+        " WHERE ctid = (SELECT min(ctid) FROM campaign_messages)"
     )
     assert db.execute(counts).fetchone() == ("running", 3, 2, 0, 0)
 
