@@ -1,0 +1,156 @@
+"""Pure decisions: settings parsing, the retry ladder, rate-limit backoff, group commit."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+
+import pytest
+
+from listener.batch import GroupCommit
+from listener.errors import ConfigurationError
+from listener.gate import Gate
+from listener.processor import normalize_phone
+from listener.retry import after_failure, rate_limit_backoff
+from listener.settings import load_settings, parse_duration
+
+LADDER = (timedelta(minutes=5), timedelta(minutes=15), timedelta(minutes=30))
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("250ms", 0.25), ("5s", 5), ("5m", 300), ("1h", 3600), ("2", 2), (" 1.5s ", 1.5)],
+)
+def test_durations_take_units(text: str, seconds: float) -> None:
+    assert parse_duration(text).total_seconds() == seconds
+
+
+@pytest.mark.parametrize("text", ["5x", "", "-1s", "m5", "abc"])
+def test_bad_durations_are_refused(text: str) -> None:
+    with pytest.raises(ValueError):
+        parse_duration(text)
+
+
+def test_design_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("LISTENER_RETRY_DELAYS", "LISTENER_CONCURRENCY", "LISTENER_PART_DELAY_MS"):
+        monkeypatch.delenv(name, raising=False)
+    settings = load_settings(llm="sandbox", sender="sandbox")
+    assert settings.retry_delays == LADDER
+    assert settings.max_attempts == 4
+    assert settings.concurrency == 5
+    assert settings.openrouter_base_url == "https://openrouter.ai/api/v1"
+    assert settings.part_delay == timedelta(seconds=1)
+    assert settings.max_parts == 5
+
+
+def test_environment_names_are_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LISTENER_RETRY_DELAYS", "1s, 2s")
+    monkeypatch.setenv("LISTENER_PART_DELAY_MS", "250")
+    monkeypatch.setenv("LISTENER_CONCURRENCY", "7")
+    monkeypatch.setenv("LISTENER_LLM", "sandbox")
+    monkeypatch.setenv("LISTENER_SENDER", "sandbox")
+    settings = load_settings()
+    assert settings.retry_delays == (timedelta(seconds=1), timedelta(seconds=2))
+    assert settings.part_delay == timedelta(milliseconds=250)
+    assert settings.concurrency == 7
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"LISTENER_CONCURRENCY": "zero"}, "LISTENER_CONCURRENCY"),
+        ({"LISTENER_CONCURRENCY": "0"}, "LISTENER_CONCURRENCY"),
+        ({"LISTENER_RETRY_DELAYS": "5m,soon"}, "LISTENER_RETRY_DELAYS"),
+        ({"LISTENER_LLM": "gpt"}, "LISTENER_LLM"),
+        ({"LISTENER_SENDER": "sandbox", "LISTENER_LLM": "openrouter"}, "OPENROUTER_API_KEY"),
+        ({"LISTENER_LLM": "sandbox", "LISTENER_SENDER": "evolution"}, "EVOLUTION_API_URL"),
+    ],
+)
+def test_bad_settings_give_one_clear_line(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], message: str
+) -> None:
+    monkeypatch.delenv("OPENROUTER_API_KEY", raising=False)
+    monkeypatch.delenv("EVOLUTION_API_URL", raising=False)
+    monkeypatch.setenv("LISTENER_LLM", "sandbox")
+    monkeypatch.setenv("LISTENER_SENDER", "sandbox")
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigurationError) as caught:
+        load_settings()
+    text = str(caught.value)
+    assert message in text and "\n" not in text
+
+
+def test_secrets_never_show_in_a_repr() -> None:
+    settings = load_settings(llm="openrouter", sender="sandbox", openrouter_api_key="sk-top")
+    assert "sk-top" not in repr(settings) and "sk-top" not in str(settings.model_dump())
+
+
+def test_every_delay_of_the_ladder_is_used_then_the_message_fails() -> None:
+    decisions = [after_failure(n, LADDER, "boom") for n in (1, 2, 3, 4)]
+    assert [d.kind for d in decisions] == ["retry", "retry", "retry", "fail"]
+    assert [d.delay for d in decisions[:3]] == list(LADDER)
+    assert decisions[0].last_error == "attempt 1 failed, retry in 5m: boom"
+    assert decisions[3].last_error == "failed after 4 attempts: boom"
+
+
+def test_no_delays_means_one_try() -> None:
+    assert after_failure(1, (), "x").kind == "fail"
+
+
+def test_rate_limit_backoff_grows_and_is_capped() -> None:
+    base, cap = timedelta(seconds=1), timedelta(seconds=10)
+    for hits, ceiling in ((1, 1), (2, 2), (3, 4), (10, 10)):
+        value = rate_limit_backoff(hits, base, cap).total_seconds()
+        assert ceiling / 2 <= value <= ceiling
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("+55 (11) 98765-4321", "5511987654321"),
+        ("5511987654321", "5511987654321"),
+        ("12-34", None),
+        ("", None),
+        (None, None),
+        ("1" * 16, None),
+    ],
+)
+def test_phone_numbers_are_digits_with_country_code(raw: str | None, expected: str | None) -> None:
+    assert normalize_phone(raw) == expected
+
+
+async def test_group_commit_batches_writes_that_queue_during_a_flush() -> None:
+    calls: list[list[int]] = []
+
+    async def flush(items: list[int]) -> set[object]:
+        calls.append(items)
+        await asyncio.sleep(0.01)
+        return {i for i in items if i % 2 == 0}
+
+    writer: GroupCommit[int] = GroupCommit(flush, key=lambda i: i)
+    first = asyncio.create_task(writer.submit(0))
+    await asyncio.sleep(0)  # the lone write starts its flush at once, with no timer
+    rest = await asyncio.gather(*(writer.submit(i) for i in range(1, 10)))
+    assert [await first, *rest] == [i % 2 == 0 for i in range(10)]
+    # The nine writes that arrived during the first flush went together in the second.
+    assert calls == [[0], list(range(1, 10))]
+
+
+async def test_group_commit_hands_an_error_to_every_waiter() -> None:
+    async def flush(items: list[int]) -> set[object]:
+        raise RuntimeError("db down")
+
+    writer: GroupCommit[int] = GroupCommit(flush, key=lambda i: i)
+    results = await asyncio.gather(writer.submit(1), writer.submit(2), return_exceptions=True)
+    assert all(isinstance(r, RuntimeError) for r in results)
+
+
+async def test_gate_holds_everyone_until_it_opens() -> None:
+    gate = Gate("llm")
+    gate.hold(0.05, "429")
+    gate.hold(0.01, "429 again")  # never shortens the longer hold
+    started = asyncio.get_running_loop().time()
+    await asyncio.gather(gate.wait(), gate.wait())
+    assert asyncio.get_running_loop().time() - started >= 0.045
+    assert gate.remaining == 0
