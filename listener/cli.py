@@ -69,6 +69,11 @@ def _register() -> None:
     main.add_command(demo)
 
 
+def _one_line(exc: BaseException) -> str:
+    """Driver messages span lines; an operator gets one."""
+    return " ".join(str(exc).split())
+
+
 def entry(argv: list[str] | None = None, *, prog: str = "listener") -> int:
     """Run the CLI and return the exit code (used by `main` and by tests)."""
     try:
@@ -85,10 +90,10 @@ def entry(argv: list[str] | None = None, *, prog: str = "listener") -> int:
         click.echo(f"{prog}: error: {exc.format_message()}", err=True)
         return exc.exit_code
     except ConfigurationError as exc:
-        click.echo(f"{prog}: {exc}", err=True)
+        click.echo(f"{prog}: {_one_line(exc)}", err=True)
         return 2
     except ListenerError as exc:
-        click.echo(f"{prog}: {exc}", err=True)
+        click.echo(f"{prog}: {_one_line(exc)}", err=True)
         return 1
     except KeyboardInterrupt:
         return 130
@@ -98,3 +103,6 @@ def entry(argv: list[str] | None = None, *, prog: str = "listener") -> int:
 def console() -> None:
     """Console-script entry point."""
     sys.exit(entry())
+
+
+_register()

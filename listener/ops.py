@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import random
 import time
 import uuid
@@ -27,7 +26,6 @@ from listener.settings import Settings
 if TYPE_CHECKING:
     from listener.daemon import Daemon
 
-log = logging.getLogger(__name__)
 
 #: Statuses a replay takes back into the queue; every other one is refused.
 REPLAYABLE = ("failed", "skipped")
@@ -84,6 +82,14 @@ class ReplayFilter:
     def filtered(self) -> bool:
         return bool(self.campaign_id or self.run_id or self.ids or self.since)
 
+    def check(self) -> None:
+        """Refuse a replay without any filter unless `everything` says it is meant."""
+        if not self.filtered and not self.everything:
+            raise ConfigurationError(
+                "refusing to re-queue without a filter: give --campaign, --run, --id or "
+                "--since, or --all to re-queue every failed message"
+            )
+
     def describe(self) -> str:
         """One line saying what the replay takes back, for the operator to check."""
         what = " and ".join(self.statuses) + " messages"
@@ -130,11 +136,7 @@ class ReplayResult:
 async def replay(url: str, filters: ReplayFilter, *, dry_run: bool = False) -> ReplayResult:
     """Re-queue the messages `filters` selects: pending, due now, attempts back to 0, error
     cleared, stored text and accepted parts kept. The update trigger wakes running listeners."""
-    if not filters.filtered and not filters.everything:
-        raise ConfigurationError(
-            "refusing to re-queue without a filter: give --campaign, --run, --id or --since, "
-            "or --all to re-queue every failed message"
-        )
+    filters.check()
     params = filters.params()
     async with _connection(url, "replay") as conn, conn.transaction():
         refused: list[tuple[UUID, str]] = []
@@ -150,14 +152,7 @@ async def replay(url: str, filters: ReplayFilter, *, dry_run: bool = False) -> R
                     refused.append((message_id, status))
         cur = await conn.execute(q("replay_preview" if dry_run else "replay_requeue"), params)
         by_status = {row["status"]: row["n"] for row in await cur.fetchall()}
-    result = ReplayResult(dry_run=dry_run, by_status=by_status, refused=refused, missing=missing)
-    if not dry_run:
-        log.info(
-            "re-queued %d messages",
-            result.count,
-            extra={"action": "replayed", "messages": result.count, **by_status},
-        )
-    return result
+    return ReplayResult(dry_run=dry_run, by_status=by_status, refused=refused, missing=missing)
 
 
 # --------------------------------------------------------------------------------------------
