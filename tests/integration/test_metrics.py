@@ -1,0 +1,74 @@
+"""/metrics and /healthz answer and reflect what the listener did; logs in text or JSON."""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+
+from listener.logs import JsonFormatter, TextFormatter
+from tests.daemon_harness import running
+from tests.helpers import await_until, enqueue, make_campaign, make_leads, statuses
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def test_metrics_and_health_reflect_a_processed_message(
+    db_url: str, db: psycopg.Connection[Any]
+) -> None:
+    port = free_port()
+    campaign = make_campaign(db)
+    leads = make_leads(db, 2)
+    async with running(db_url, metrics_port=port, metrics_host="127.0.0.1"):
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+            await await_until(lambda: True)
+            health = await client.get("/healthz")
+            assert health.status_code == 200
+            assert health.json() == {
+                "ok": True,
+                "database": True,
+                "listen": True,
+                "loop": True,
+                "last_error": "",
+            }
+            enqueue(db, campaign, leads)
+            await await_until(lambda: statuses(db).get("sent") == 2)
+            text = (await client.get("/metrics")).text
+    assert 'listener_messages_total{outcome="sent"} 2.0' in text
+    assert "listener_attempts_total 2.0" in text
+    assert "listener_parts_sent_total 2.0" in text
+    assert "listener_pickup_seconds_count 2.0" in text
+    assert 'listener_provider_seconds_count{provider="sender"} 2.0' in text
+
+
+async def test_health_says_503_when_the_database_is_unreachable() -> None:
+    port = free_port()
+    url = "postgresql://postgres@127.0.0.1:1/nowhere?connect_timeout=1"
+    async with running(url, metrics_port=port, metrics_host="127.0.0.1") as daemon:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+            response = await client.get("/healthz")
+    assert response.status_code == 503
+    assert response.json()["listen"] is False
+    assert daemon.health.last_error  # says what failed
+
+
+@pytest.mark.parametrize("formatter", [TextFormatter(), JsonFormatter()])
+def test_logs_carry_the_same_event_in_text_or_json(formatter: logging.Formatter) -> None:
+    record = logging.LogRecord("listener.processor", logging.INFO, __file__, 1, "sent", (), None)
+    record.action = "message_sent"
+    record.message_id = "abc"
+    line = formatter.format(record)
+    if isinstance(formatter, JsonFormatter):
+        payload = json.loads(line)
+        assert payload["action"] == "message_sent" and payload["message"] == "sent"
+    else:
+        assert "action=message_sent" in line and "sent" in line
