@@ -28,21 +28,22 @@ async def test_metrics_and_health_reflect_a_processed_message(
     port = free_port()
     campaign = make_campaign(db)
     leads = make_leads(db, 2)
-    async with running(db_url, metrics_port=port, metrics_host="127.0.0.1"):
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
-            await await_until(lambda: True)
-            health = await client.get("/healthz")
-            assert health.status_code == 200
-            assert health.json() == {
-                "ok": True,
-                "database": True,
-                "listen": True,
-                "loop": True,
-                "last_error": "",
-            }
-            enqueue(db, campaign, leads)
-            await await_until(lambda: statuses(db).get("sent") == 2)
-            text = (await client.get("/metrics")).text
+    async with (
+        running(db_url, metrics_port=port, metrics_host="127.0.0.1"),
+        httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client,
+    ):
+        health = await client.get("/healthz")
+        assert health.status_code == 200
+        assert health.json() == {
+            "ok": True,
+            "database": True,
+            "listen": True,
+            "loop": True,
+            "last_error": "",
+        }
+        enqueue(db, campaign, leads)
+        await await_until(lambda: statuses(db).get("sent") == 2)
+        text = (await client.get("/metrics")).text
     assert 'listener_messages_total{outcome="sent"} 2.0' in text
     assert "listener_attempts_total 2.0" in text
     assert "listener_parts_sent_total 2.0" in text
@@ -53,9 +54,11 @@ async def test_metrics_and_health_reflect_a_processed_message(
 async def test_health_says_503_when_the_database_is_unreachable() -> None:
     port = free_port()
     url = "postgresql://postgres@127.0.0.1:1/nowhere?connect_timeout=1"
-    async with running(url, metrics_port=port, metrics_host="127.0.0.1") as daemon:
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
-            response = await client.get("/healthz")
+    async with (
+        running(url, metrics_port=port, metrics_host="127.0.0.1") as daemon,
+        httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client,
+    ):
+        response = await client.get("/healthz")
     assert response.status_code == 503
     assert response.json()["listen"] is False
     assert daemon.health.last_error  # says what failed
