@@ -18,7 +18,12 @@ T = TypeVar("T")
 
 
 def run_async(coro: Coroutine[Any, Any, T]) -> T:
-    return asyncio.run(coro)
+    """Run a command's coroutine on uvloop (a faster event loop; asyncio's when missing)."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - a dependency, but the daemon works without it
+        return asyncio.run(coro)
+    return uvloop.run(coro)
 
 
 def _settings(need_providers: bool) -> Settings:

@@ -31,7 +31,7 @@ RETURNING m.id, m.campaign_id, m.lead_id, m.run_id, m.attempts, m.content, m.par
 
 -- lead_contexts --
 -- Every lead's context for a whole batch in one round trip.
-SELECT lead_id, context FROM get_lead_full_context(%(lead_ids)s::uuid[])
+SELECT lead_id, context FROM get_lead_full_context(%(lead_ids)b::uuid[])
 
 -- store_parts --
 -- Fix the text and parts of messages before their first part goes out (guarded by the lease).
@@ -39,8 +39,8 @@ UPDATE campaign_messages m
    SET generated_text = v.generated_text,
        parts = v.parts,
        updated_at = now()
-  FROM unnest(%(ids)s::uuid[], %(texts)s::text[], %(parts)s::jsonb[]) AS v(id, generated_text, parts)
- WHERE m.id = v.id AND m.status = 'processing' AND m.locked_by = %(worker)s
+  FROM unnest(%(ids)b::uuid[], %(texts)b::text[], %(parts)b::jsonb[]) AS v(id, generated_text, parts)
+ WHERE m.id = v.id AND m.status = 'processing' AND m.locked_by = %(worker)b
 RETURNING m.id
 
 -- record_parts --
@@ -55,9 +55,9 @@ UPDATE campaign_messages m
        locked_by = CASE WHEN v.final THEN NULL ELSE m.locked_by END,
        locked_until = CASE WHEN v.final THEN NULL ELSE m.locked_until END,
        updated_at = now()
-  FROM unnest(%(ids)s::uuid[], %(part_nos)s::int[], %(provider_ids)s::text[], %(finals)s::bool[])
+  FROM unnest(%(ids)b::uuid[], %(part_nos)b::int[], %(provider_ids)b::text[], %(finals)b::bool[])
        AS v(id, part_no, provider_id, final)
- WHERE m.id = v.id AND m.status = 'processing' AND m.locked_by = %(worker)s
+ WHERE m.id = v.id AND m.status = 'processing' AND m.locked_by = %(worker)b
    AND m.parts_sent = v.part_no
 RETURNING m.id
 
@@ -72,18 +72,18 @@ UPDATE campaign_messages m
        locked_by = NULL,
        locked_until = NULL,
        updated_at = now()
-  FROM unnest(%(ids)s::uuid[], %(statuses)s::text[], %(scheduled)s::timestamptz[],
-              %(refunds)s::int[], %(errors)s::text[])
+  FROM unnest(%(ids)b::uuid[], %(statuses)b::text[], %(scheduled)b::timestamptz[],
+              %(refunds)b::int[], %(errors)b::text[])
        AS v(id, status, scheduled_at, refund, last_error)
- WHERE m.id = v.id AND m.status = 'processing' AND m.locked_by = %(worker)s
+ WHERE m.id = v.id AND m.status = 'processing' AND m.locked_by = %(worker)b
 RETURNING m.id
 
 -- renew_leases --
 -- A live worker extends the lease of what it still holds; ids missing from the result were
 -- taken from it (their lease expired) and must not be worked on any more.
 UPDATE campaign_messages
-   SET locked_until = now() + %(lease)s
- WHERE id = ANY (%(ids)s::uuid[]) AND status = 'processing' AND locked_by = %(worker)s
+   SET locked_until = now() + %(lease)b
+ WHERE id = ANY (%(ids)b::uuid[]) AND status = 'processing' AND locked_by = %(worker)b
 RETURNING id
 
 -- rescue_expired --
@@ -124,8 +124,8 @@ SELECT count(*) AS n FROM pg_listening_channels() AS c WHERE c = 'campaign_messa
 -- sandbox_send --
 -- The sandbox sender's "delivery": one row per accepted part.
 INSERT INTO sandbox_outbox (instance, number, text, provider_message_id)
-SELECT * FROM unnest(%(instances)s::text[], %(numbers)s::text[], %(texts)s::text[],
-                     %(provider_ids)s::text[])
+SELECT * FROM unnest(%(instances)b::text[], %(numbers)b::text[], %(texts)b::text[],
+                     %(provider_ids)b::text[])
 
 -- backlog --
 -- Pending rows already due (a gauge on /metrics).
