@@ -33,6 +33,7 @@ from listener.errors import (
 )
 from listener.gate import Gate
 from listener.metrics import Health, Metrics
+from listener.pacing import CapSlot, InstanceHealth, Wait
 from listener.providers._http import mask_phone
 from listener.providers.base import LLM, Sender
 from listener.queries import q
@@ -83,7 +84,10 @@ class Job:
     campaign_model: str | None
     campaign_instance: str | None
     campaign_status: str
+    paced: bool = False
+    gap: tuple[int, int] | None = None
     context: dict[str, Any] | None = None
+    cap_slot: CapSlot | None = None
     lost: bool = False
     claimed_at: float = field(default_factory=time.monotonic)
 
@@ -104,6 +108,10 @@ class Job:
             campaign_model=row["campaign_model"],
             campaign_instance=row["campaign_instance"],
             campaign_status=row["campaign_status"],
+            paced=bool(row.get("paced")),
+            gap=(row["gap_min_seconds"], row["gap_max_seconds"])
+            if row.get("gap_max_seconds")
+            else None,
         )
 
 
@@ -118,6 +126,7 @@ class _Finish:
     scheduled_at: datetime | None
     refund: int
     last_error: str | None
+    wait_reason: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,6 +181,9 @@ class Processor:
         self._record = GroupCommit(self._flush_record, key=lambda i: i.id)
         self._finish = GroupCommit(self._flush_finish, key=lambda i: i.id)
         self.next_due: datetime | None = None
+        self.instances = InstanceHealth(
+            sender.connection_state, settings.instance_check_ttl.total_seconds()
+        )
 
     # ----------------------------------------------------------------------------------------
     # Claiming
@@ -340,8 +352,28 @@ class Processor:
             return await self._fail_now(job, "invalid phone number: not 10 to 15 digits")
         instance = job.campaign_instance or self.settings.evolution_instance or "sandbox"
 
+        outcome = await self._attempt(job, ctx, instance, number)
+        if outcome != "sent" and job.cap_slot is not None:
+            await self._release_cap(job.cap_slot)
+        return outcome
+
+    async def _attempt(self, job: Job, ctx: dict[str, Any], instance: str, number: str) -> str:
+        """Pace, write, split and send one message; returns its outcome."""
         try:
+            if await self.instances.is_down(instance):
+                return await self._defer(
+                    job,
+                    Wait(datetime.now(UTC) + self.settings.instance_recheck, "instance down"),
+                )
+            if job.paced:
+                wait = await self._pace_start(job)
+                if wait is not None:
+                    return await self._defer(job, wait)
             parts = await self._parts(job, ctx)
+            if job.gap is not None and job.parts_sent == 0:
+                wait = await self._take_gap(job, instance)
+                if wait is not None:
+                    return await self._defer(job, wait)
             await self._send_parts(job, instance, number, parts)
         except LeaseLost:
             raise
@@ -371,6 +403,58 @@ class Processor:
             extra={"action": "message_sent", "message_id": str(job.id), "parts": len(parts)},
         )
         return "sent"
+
+    # ----------------------------------------------------------------------------------------
+    # Pacing
+    # ----------------------------------------------------------------------------------------
+
+    async def _pace_start(self, job: Job) -> Wait | None:
+        """The campaign's window and daily cap (atomic in SQL; takes a cap slot on success)."""
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(q("pace_start"), {"campaign_id": job.campaign_id})
+            row = await cur.fetchone()
+        assert row is not None
+        go, until, reason, day = row
+        if go:
+            if day is not None:
+                job.cap_slot = CapSlot(job.campaign_id, day)
+            return None
+        return Wait(until, reason)
+
+    async def _take_gap(self, job: Job, instance: str) -> Wait | None:
+        """Take the instance's next send slot; a wait of under half a second is slept through."""
+        assert job.gap is not None
+        until = datetime.now(UTC)
+        for _ in range(3):
+            async with self.pool.connection() as conn:
+                cur = await conn.execute(
+                    q("take_gap"), {"instance": instance, "min": job.gap[0], "max": job.gap[1]}
+                )
+                row = await cur.fetchone()
+            assert row is not None
+            if row[0]:
+                return None
+            until = row[1]
+            remaining = (until - datetime.now(UTC)).total_seconds()
+            if remaining > 0.5:
+                break
+            await asyncio.sleep(max(remaining, 0.0))
+        return Wait(until, "gap")
+
+    async def _release_cap(self, slot: CapSlot) -> None:
+        async with self.pool.connection() as conn:
+            await conn.execute(q("release_cap"), {"campaign_id": slot.campaign_id, "day": slot.day})
+
+    async def _defer(self, job: Job, wait: Wait) -> str:
+        """Not now: back to pending, due when it may go, attempt refunded, reason recorded."""
+        await self._submit_finish(_Finish(job.id, "pending", wait.until, 1, None, wait.reason))
+        log.info(
+            "message waits until %s (%s)",
+            wait.until.isoformat(timespec="seconds"),
+            wait.reason,
+            extra={"action": "message_deferred", "message_id": str(job.id), "reason": wait.reason},
+        )
+        return "deferred"
 
     async def _parts(self, job: Job, ctx: dict[str, Any]) -> list[str]:
         """The message's parts: stored ones on a resume, else from its content or the LLM,
@@ -572,6 +656,7 @@ class Processor:
                 "scheduled": [i.scheduled_at for i in items],
                 "refunds": [i.refund for i in items],
                 "errors": [i.last_error for i in items],
+                "reasons": [i.wait_reason for i in items],
                 "worker": self.worker,
             },
         )

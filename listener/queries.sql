@@ -27,7 +27,10 @@ UPDATE campaign_messages m
 RETURNING m.id, m.campaign_id, m.lead_id, m.run_id, m.attempts, m.content, m.parts,
           m.parts_sent, m.provider_message_ids, m.scheduled_at,
           c.prompt AS campaign_prompt, c.model AS campaign_model,
-          c.instance AS campaign_instance, c.status AS campaign_status, c.name AS campaign_name
+          c.instance AS campaign_instance, c.status AS campaign_status, c.name AS campaign_name,
+          (c.send_window_start IS NOT NULL OR c.send_days IS NOT NULL
+           OR c.daily_cap IS NOT NULL) AS paced,
+          c.gap_min_seconds, c.gap_max_seconds
 
 -- lead_contexts --
 -- Every lead's context for a whole batch in one round trip.
@@ -52,6 +55,7 @@ UPDATE campaign_messages m
        status = CASE WHEN v.final THEN 'sent' ELSE m.status END,
        sent_at = CASE WHEN v.final THEN now() ELSE m.sent_at END,
        last_error = CASE WHEN v.final THEN NULL ELSE m.last_error END,
+       wait_reason = CASE WHEN v.final THEN NULL ELSE m.wait_reason END,
        locked_by = CASE WHEN v.final THEN NULL ELSE m.locked_by END,
        locked_until = CASE WHEN v.final THEN NULL ELSE m.locked_until END,
        updated_at = now()
@@ -69,12 +73,13 @@ UPDATE campaign_messages m
        scheduled_at = COALESCE(v.scheduled_at, m.scheduled_at),
        attempts = GREATEST(m.attempts - v.refund, 0),
        last_error = COALESCE(v.last_error, m.last_error),
+       wait_reason = v.wait_reason,
        locked_by = NULL,
        locked_until = NULL,
        updated_at = now()
   FROM unnest(%(ids)b::uuid[], %(statuses)b::text[], %(scheduled)b::timestamptz[],
-              %(refunds)b::int[], %(errors)b::text[])
-       AS v(id, status, scheduled_at, refund, last_error)
+              %(refunds)b::int[], %(errors)b::text[], %(reasons)b::text[])
+       AS v(id, status, scheduled_at, refund, last_error, wait_reason)
  WHERE m.id = v.id AND m.status = 'processing' AND m.locked_by = %(worker)b
 RETURNING m.id
 
@@ -279,3 +284,15 @@ WITH messages AS (
     DELETE FROM leads WHERE id IN (SELECT lead_id FROM messages)
 )
 DELETE FROM campaigns WHERE id = %(campaign_id)s
+
+-- pace_start --
+-- A paced campaign's window and daily cap: may this message be worked on now? Takes a cap slot.
+SELECT go, wait_until, reason, cap_day FROM listener_pace_start(%(campaign_id)s, now())
+
+-- release_cap --
+-- Give back the cap slot of a message that did not end up sent.
+SELECT listener_release_cap(%(campaign_id)s, %(day)s)
+
+-- take_gap --
+-- Take the sender instance's next slot right before a message's first part goes out.
+SELECT go, wait_until FROM listener_take_gap(%(instance)s, %(min)s, %(max)s, now())

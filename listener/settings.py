@@ -143,6 +143,12 @@ class Settings(BaseSettings):
     evolution_delay_ms: int = Field(
         0, ge=0, le=60000, validation_alias="LISTENER_EVOLUTION_DELAY_MS"
     )
+    instance_check_ttl: Duration = Field(
+        timedelta(seconds=30), validation_alias="LISTENER_INSTANCE_CHECK_TTL"
+    )
+    instance_recheck: Duration = Field(
+        timedelta(seconds=60), validation_alias="LISTENER_INSTANCE_RECHECK"
+    )
     log_format: Literal["text", "json"] = Field("text", validation_alias="LISTENER_LOG_FORMAT")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         "INFO", validation_alias="LISTENER_LOG_LEVEL"

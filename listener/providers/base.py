@@ -33,6 +33,10 @@ class Sender(Protocol):
         Raises a ProviderError subclass on failure."""
         ...
 
+    async def connection_state(self, instance: str) -> str:
+        """The instance's connection state (`open` when it can send)."""
+        ...
+
     async def aclose(self) -> None: ...
 
 

@@ -1,0 +1,87 @@
+"""Campaign pacing that needs the database's atomicity (send windows, daily caps, gaps per
+sender instance; the SQL lives in migrations/0003_pacing.sql) and the cached health of each
+sender instance.
+
+A message that may not go now is never failed or skipped for it: it goes back to `pending`,
+its attempt refunded, due when it may go, with `wait_reason` saying why. It holds no slot of
+the window meanwhile, so other campaigns and instances keep flowing."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import date, datetime
+
+from listener.errors import ProviderError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Wait:
+    """The message may not go now: come back at `until`, because of `reason`."""
+
+    until: datetime
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class CapSlot:
+    """A slot of a campaign's daily cap, taken for one message on one local day."""
+
+    campaign_id: object
+    day: date
+
+
+class InstanceHealth:
+    """Each sender instance's connection state, asked of the provider at most once per `ttl`
+    seconds. A state check that fails says nothing (the send itself will tell); only a state
+    other than `open` holds the instance's messages. Logged once per episode."""
+
+    def __init__(self, check: Callable[[str], Awaitable[str]], ttl: float) -> None:
+        self._check = check
+        self._ttl = ttl
+        self._cache: dict[str, tuple[str, float]] = {}
+        self._down: set[str] = set()
+
+    async def state(self, instance: str) -> str:
+        cached = self._cache.get(instance)
+        now = time.monotonic()
+        if cached is not None and now - cached[1] < self._ttl:
+            return cached[0]
+        try:
+            state = await self._check(instance)
+        except ProviderError as exc:
+            log.warning(
+                "could not read the state of instance %s: %s",
+                instance,
+                exc,
+                extra={"action": "instance_state_unknown", "instance": instance},
+            )
+            state = "unknown"
+        self._cache[instance] = (state, now)
+        self._note(instance, state)
+        return state
+
+    async def is_down(self, instance: str) -> bool:
+        return await self.state(instance) not in ("open", "unknown")
+
+    def _note(self, instance: str, state: str) -> None:
+        down = state not in ("open", "unknown")
+        if down and instance not in self._down:
+            self._down.add(instance)
+            log.error(
+                "sender instance %s is %s: holding its messages until it reconnects",
+                instance,
+                state,
+                extra={"action": "instance_down", "instance": instance, "state": state},
+            )
+        elif not down and instance in self._down:
+            self._down.discard(instance)
+            log.info(
+                "sender instance %s is open again",
+                instance,
+                extra={"action": "instance_up", "instance": instance},
+            )
