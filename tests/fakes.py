@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -80,7 +81,13 @@ class FakeProviders:
         self._counter += 1
         message_id = f"EVO{self._counter:08d}"
         self.sends.append(
-            {"instance": request.match_info["instance"], **body, "accepted": True, "id": message_id}
+            {
+                "instance": request.match_info["instance"],
+                **body,
+                "accepted": True,
+                "id": message_id,
+                "at": time.monotonic(),
+            }
         )
         return web.json_response({"key": {"id": message_id}, "status": "PENDING"}, status=201)
 

@@ -1,0 +1,203 @@
+"""Campaign pacing (issue 6): send windows, daily caps, gaps per instance, instance health."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+import psycopg
+import pytest
+
+from tests.daemon_harness import running
+from tests.fakes import http_settings, serve_fakes
+from tests.helpers import await_until, enqueue, make_campaign, make_leads, statuses
+
+Conn = psycopg.Connection[Any]
+SP = "America/Sao_Paulo"
+
+
+def opens(db: Conn, start: str | None, end: str | None, days: list[int] | None, at: str) -> Any:
+    row = db.execute(
+        "SELECT listener_window_opens(%s::time, %s::time, %s, %s::smallint[], %s::timestamptz)",
+        (start, end, SP, days, at),
+    ).fetchone()
+    assert row is not None
+    return row[0]
+
+
+def test_window_opening_times_with_a_controllable_clock(db: Conn) -> None:
+    def at(text: str) -> datetime:
+        return datetime.fromisoformat(text)
+
+    # Inside the window: now. After it: tomorrow's opening. Weekend: Monday's.
+    assert opens(db, "09:00", "18:00", None, "2026-11-25 10:00-03") == at("2026-11-25 10:00-03")
+    assert opens(db, "09:00", "18:00", None, "2026-11-25 19:00-03") == at("2026-11-26 09:00-03")
+    assert opens(db, "09:00", "18:00", [1, 2, 3, 4, 5], "2026-11-28 10:00-03") == at(
+        "2026-11-30 09:00-03"
+    )
+    # A window across midnight, and days without hours.
+    assert opens(db, "22:00", "02:00", None, "2026-11-25 01:00-03") == at("2026-11-25 01:00-03")
+    assert opens(db, "22:00", "02:00", None, "2026-11-25 03:00-03") == at("2026-11-25 22:00-03")
+    assert opens(db, None, None, [7], "2026-11-25 03:00-03") == at("2026-11-29 00:00-03")
+    # No pacing at all: always open.
+    assert opens(db, None, None, None, "2026-11-25 03:00-03") == at("2026-11-25 03:00-03")
+
+
+def test_daily_cap_counts_per_local_day(db: Conn) -> None:
+    campaign = make_campaign(db, daily_cap=2, send_window_start="09:00", send_window_end="18:00")
+
+    def pace(at: str) -> tuple[Any, ...]:
+        row = db.execute(
+            "SELECT go, wait_until, reason, cap_day FROM listener_pace_start(%s, %s)",
+            (campaign, at),
+        ).fetchone()
+        assert row is not None
+        return tuple(row)
+
+    assert pace("2026-11-25 10:00-03")[0] is True
+    assert pace("2026-11-25 11:00-03")[3] == date(2026, 11, 25)
+    go, until, reason, _ = pace("2026-11-25 12:00-03")
+    assert (go, reason) == (False, "cap")
+    assert until == datetime.fromisoformat("2026-11-26 09:00-03")
+    db.execute("SELECT listener_release_cap(%s, '2026-11-25')", (campaign,))
+    assert pace("2026-11-25 12:30-03")[0] is True  # a released slot can be taken again
+    assert pace("2026-11-26 09:30-03")[0] is True  # a new local day, a new cap
+    go, _, reason, _ = pace("2026-11-26 20:00-03")
+    assert (go, reason) == (False, "window")
+
+
+def test_bad_pacing_settings_are_refused_by_the_table(db: Conn) -> None:
+    for fields in (
+        {"send_timezone": "Mars/Olympus"},
+        {"send_window_start": "09:00"},
+        {"send_days": [0]},
+        {"daily_cap": -1},
+        {"gap_min_seconds": 10, "gap_max_seconds": 5},
+    ):
+        with pytest.raises(psycopg.errors.DatabaseError):
+            make_campaign(db, **fields)
+
+
+async def test_rows_outside_the_window_wait_and_go_when_it_opens(db_url: str, db: Conn) -> None:
+    now = datetime.now(UTC)
+    start = (now + timedelta(seconds=2)).time()
+    end = (now + timedelta(hours=1)).time()
+    campaign = make_campaign(db, send_window_start=start, send_window_end=end, send_timezone="UTC")
+    leads = make_leads(db, 3)
+    async with running(db_url):
+        enqueue(db, campaign, leads)
+        await await_until(
+            lambda: (
+                db.execute(
+                    "SELECT count(*) FROM campaign_messages WHERE wait_reason = 'window'"
+                ).fetchone()
+                == (3,)
+            )
+        )
+        rows = db.execute(
+            "SELECT status, attempts, scheduled_at > now() FROM campaign_messages"
+        ).fetchall()
+        assert rows == [("pending", 0, True)] * 3
+        await await_until(lambda: statuses(db).get("sent") == 3, timeout=10)
+    sent = db.execute("SELECT min(sent_at), bool_and(wait_reason IS NULL) FROM campaign_messages")
+    first, cleared = sent.fetchone()  # type: ignore[misc]
+    assert first.timetz().replace(tzinfo=None) >= start.replace(microsecond=0)
+    assert cleared is True
+
+
+async def test_the_daily_cap_holds_across_two_listeners(db_url: str, db: Conn) -> None:
+    campaign = make_campaign(db, daily_cap=3)
+    leads = make_leads(db, 10)
+    async with running(db_url, worker_id="a"), running(db_url, worker_id="b"):
+        enqueue(db, campaign, leads)
+        await await_until(lambda: statuses(db) == {"sent": 3, "pending": 7}, timeout=15)
+        await asyncio.sleep(0.3)
+        assert statuses(db) == {"sent": 3, "pending": 7}
+    waiting = db.execute(
+        "SELECT count(*) FROM campaign_messages WHERE status = 'pending'"
+        " AND wait_reason = 'cap' AND attempts = 0 AND scheduled_at > now() + interval '1 minute'"
+    ).fetchone()
+    assert waiting == (7,)
+    assert db.execute("SELECT taken FROM listener_campaign_days").fetchone() == (3,)
+    assert db.execute("SELECT count(*) FROM sandbox_outbox").fetchone() == (3,)
+
+
+async def test_two_listeners_never_send_through_one_instance_closer_than_the_gap(
+    db_url: str, db: Conn
+) -> None:
+    campaign = make_campaign(db, instance="shared", gap_min_seconds=1, gap_max_seconds=1)
+    leads = make_leads(db, 4)
+    async with serve_fakes() as fakes:
+        settings = http_settings(fakes)
+        async with (
+            running(db_url, worker_id="a", **settings),
+            running(db_url, worker_id="b", **settings),
+        ):
+            enqueue(db, campaign, leads)
+            await await_until(lambda: statuses(db).get("sent") == 4, timeout=20)
+    times = sorted(s["at"] for s in fakes.accepted())
+    assert len(times) == 4
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    assert min(gaps) >= 0.95, gaps
+    assert db.execute("SELECT max(attempts) FROM campaign_messages").fetchone() == (1,)
+
+
+async def test_a_disconnected_instance_holds_its_messages_and_resumes(
+    db_url: str, db: Conn
+) -> None:
+    campaign = make_campaign(db)
+    leads = make_leads(db, 3)
+    async with serve_fakes() as fakes:
+        fakes.state = "close"
+        settings = {
+            **http_settings(fakes),
+            "instance_check_ttl": "100ms",
+            "instance_recheck": "300ms",
+        }
+        async with running(db_url, **settings):
+            enqueue(db, campaign, leads)
+            await await_until(
+                lambda: (
+                    db.execute(
+                        "SELECT count(*) FROM campaign_messages WHERE wait_reason = 'instance down'"
+                    ).fetchone()
+                    == (3,)
+                )
+            )
+            assert fakes.sends == [] and fakes.llm_requests == []
+            assert db.execute("SELECT max(attempts) FROM campaign_messages").fetchone() == (0,)
+            fakes.state = "open"
+            await await_until(lambda: statuses(db).get("sent") == 3, timeout=10)
+    assert db.execute("SELECT max(attempts) FROM campaign_messages").fetchone() == (1,)
+
+
+async def test_a_waiting_instance_does_not_slow_the_others(db_url: str, db: Conn) -> None:
+    slow = make_campaign(db, instance="slow", gap_min_seconds=60, gap_max_seconds=60)
+    fast = make_campaign(db, instance="fast")
+    leads = make_leads(db, 23)
+    async with serve_fakes() as fakes, running(db_url, **http_settings(fakes)):
+        started = time.monotonic()
+        enqueue(db, slow, leads[:3])
+        enqueue(db, fast, leads[3:])
+        await await_until(
+            lambda: (
+                db.execute(
+                    "SELECT count(*) FROM campaign_messages WHERE campaign_id = %s AND status = 'sent'",
+                    (fast,),
+                ).fetchone()
+                == (20,)
+            ),
+            timeout=10,
+        )
+        elapsed = time.monotonic() - started
+    assert elapsed < 5
+    slow_rows = db.execute(
+        "SELECT status, wait_reason, count(*) FROM campaign_messages WHERE campaign_id = %s"
+        " GROUP BY 1, 2 ORDER BY 1",
+        (slow,),
+    ).fetchall()
+    assert slow_rows == [("pending", "gap", 2), ("sent", None, 1)]
+    assert [s["instance"] for s in fakes.accepted()].count("slow") == 1
