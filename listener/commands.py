@@ -224,6 +224,16 @@ def render_stats(figures: Stats) -> str:
         ],
         indent="",
     )
+    lines += ["", "waiting, per campaign and why"]
+    if figures.waiting:
+        waiting = [("campaign", "why", "count", "next at")]
+        waiting += [
+            (name, reason, str(count), next_at.isoformat(timespec="seconds"))
+            for name, _, reason, count, next_at in figures.waiting
+        ]
+        lines += _table(waiting)
+    else:
+        lines.append("  nothing pending")
     return "\n".join(lines)
 
 

@@ -175,6 +175,7 @@ class Stats:
     waiting_retry: int
     due_backlog: int
     oldest_due_seconds: float | None
+    waiting: list[tuple[str, UUID, str, int, datetime]] = field(default_factory=list)
 
     @property
     def since(self) -> datetime:
@@ -210,6 +211,16 @@ class Stats:
                 "due_backlog": self.due_backlog,
                 "oldest_due_seconds": self.oldest_due_seconds,
             },
+            "waiting": [
+                {
+                    "campaign": name,
+                    "campaign_id": str(campaign_id),
+                    "reason": reason,
+                    "count": count,
+                    "next_at": next_at.isoformat(),
+                }
+                for name, campaign_id, reason, count, next_at in self.waiting
+            ],
         }
 
 
@@ -223,6 +234,7 @@ async def collect_stats(url: str, window: timedelta) -> Stats:
         minutes = await (await conn.execute(q("stats_per_minute"), params)).fetchall()
         statuses = await (await conn.execute(q("stats_by_status"), params)).fetchall()
         queue = await _one(conn, "stats_queue", params)
+        waiting = await (await conn.execute(q("stats_waiting"))).fetchall()
     rank = {status: index for index, status in enumerate(STATUS_ORDER)}
     by_status = sorted(
         ((row["status"], row["count"], row["percentage"]) for row in statuses),
@@ -239,6 +251,10 @@ async def collect_stats(url: str, window: timedelta) -> Stats:
         waiting_retry=queue["waiting_retry"],
         due_backlog=queue["due_backlog"],
         oldest_due_seconds=queue["oldest_due_seconds"],
+        waiting=[
+            (r["campaign"], r["campaign_id"], r["reason"], r["count"], r["next_at"])
+            for r in waiting
+        ],
     )
 
 

@@ -296,3 +296,20 @@ SELECT listener_release_cap(%(campaign_id)s, %(day)s)
 -- take_gap --
 -- Take the sender instance's next slot right before a message's first part goes out.
 SELECT go, wait_until FROM listener_take_gap(%(instance)s, %(min)s, %(max)s, now())
+
+-- stats_waiting --
+-- What is waiting per campaign, and why: a paused campaign, a pacing reason (window, cap,
+-- gap, instance down), a retry, a future schedule, or simply due.
+SELECT c.name AS campaign, c.id AS campaign_id,
+       CASE WHEN c.status = 'paused' THEN 'paused'
+            WHEN m.wait_reason IS NOT NULL THEN m.wait_reason
+            WHEN m.last_error IS NOT NULL THEN 'retry'
+            WHEN m.scheduled_at > now() THEN 'scheduled'
+            ELSE 'due' END AS reason,
+       count(*)::integer AS count,
+       min(m.scheduled_at) AS next_at
+  FROM campaign_messages m
+  JOIN campaigns c ON c.id = m.campaign_id
+ WHERE m.status = 'pending'
+ GROUP BY 1, 2, 3
+ ORDER BY 1, 3

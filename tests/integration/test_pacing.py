@@ -185,7 +185,8 @@ async def test_a_waiting_instance_does_not_slow_the_others(db_url: str, db: Conn
         await await_until(
             lambda: (
                 db.execute(
-                    "SELECT count(*) FROM campaign_messages WHERE campaign_id = %s AND status = 'sent'",
+                    "SELECT count(*) FROM campaign_messages"
+                    " WHERE campaign_id = %s AND status = 'sent'",
                     (fast,),
                 ).fetchone()
                 == (20,)
@@ -201,3 +202,28 @@ async def test_a_waiting_instance_does_not_slow_the_others(db_url: str, db: Conn
     ).fetchall()
     assert slow_rows == [("pending", "gap", 2), ("sent", None, 1)]
     assert [s["instance"] for s in fakes.accepted()].count("slow") == 1
+
+
+def test_stats_show_what_waits_per_campaign_and_why(
+    db_url: str, db: Conn, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    from listener.cli import entry
+
+    capped = make_campaign(db, name="Capped")
+    paused = make_campaign(db, name="Paused", status="paused")
+    leads = make_leads(db, 4)
+    enqueue(db, capped, leads[:2], delay_seconds=3600)
+    enqueue(db, paused, leads[2:])
+    db.execute("UPDATE campaign_messages SET wait_reason = 'cap' WHERE campaign_id = %s", (capped,))
+    monkeypatch.setenv("DATABASE_URL", db_url)
+    assert entry(["stats", "--json"]) == 0
+    waiting = json.loads(capsys.readouterr().out)["waiting"]
+    assert [(w["campaign"], w["reason"], w["count"]) for w in waiting] == [
+        ("Capped", "cap", 2),
+        ("Paused", "paused", 2),
+    ]
+    assert entry(["stats"]) == 0
+    text = capsys.readouterr().out
+    assert "waiting, per campaign and why" in text and "Capped" in text
