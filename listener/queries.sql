@@ -174,6 +174,7 @@ WITH target AS (
            attempts = 0,
            scheduled_at = now(),
            last_error = NULL,
+           wait_reason = NULL,
            locked_by = NULL,
            locked_until = NULL,
            updated_at = now()
