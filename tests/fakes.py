@@ -38,6 +38,12 @@ class FakeProviders:
     reply_parts: int = 1
     state: str = "open"
     on_llm: Callable[[dict[str, Any]], None] | None = None
+    # Fault injection: called with "llm" or "send" per request; returns None (answer normally),
+    # "429", "500", "timeout" (answer 504 after `timeout_sleep`) or "drop" (close the socket).
+    # A faulted send is never accepted, so it cannot be delivered twice.
+    chaos: Callable[[str], str | None] | None = None
+    timeout_sleep: float = 0.5
+    faults: int = 0
     _counter: int = 0
 
     def llm_text(self, body: dict[str, Any]) -> str:
@@ -46,8 +52,29 @@ class FakeProviders:
         parts = [f"Olá {name}, parte {i + 1}." for i in range(self.reply_parts)]
         return json.dumps({"messages": parts}, ensure_ascii=False)
 
+    async def _fault(self, request: web.Request, endpoint: str) -> web.Response | None:
+        kind = self.chaos(endpoint) if self.chaos is not None else None
+        if kind is None:
+            return None
+        self.faults += 1
+        error = {"error": {"code": 0, "message": f"injected {kind}"}}
+        if kind == "429":
+            return web.json_response(error, status=429, headers={"Retry-After": "0"})
+        if kind == "500":
+            return web.json_response(error, status=500)
+        if kind == "timeout":
+            await asyncio.sleep(self.timeout_sleep)
+            return web.json_response(error, status=504)
+        assert kind == "drop"
+        assert request.transport is not None
+        request.transport.close()
+        raise ConnectionResetError("injected drop")
+
     async def _chat(self, request: web.Request) -> web.Response:
         body = await request.json()
+        fault = await self._fault(request, "llm")
+        if fault is not None:
+            return fault
         self.llm_requests.append({"body": body, "headers": dict(request.headers)})
         if self.on_llm is not None:
             self.on_llm(body)
@@ -69,6 +96,9 @@ class FakeProviders:
 
     async def _send(self, request: web.Request) -> web.Response:
         body = await request.json()
+        fault = await self._fault(request, "send")
+        if fault is not None:
+            return fault
         reply = self.send_script.popleft() if self.send_script else None
         delay = reply.delay if reply and reply.delay else self.send_delay
         if delay:
