@@ -217,11 +217,13 @@ class Processor:
                 except TimeoutError:
                     if time.monotonic() - last_claim < poll:
                         continue
-            if self._stopping:
-                break
-            since = time.monotonic() - last_claim
-            if since < debounce:
-                await asyncio.sleep(debounce - since)
+                if self._stopping:
+                    break
+                # Woken by a notification: fold the ones that follow within the window into
+                # this claim. A backlog (the last claim came back full) claims back to back.
+                since = time.monotonic() - last_claim
+                if since < debounce:
+                    await asyncio.sleep(debounce - since)
             self.wake.clear()
             while self.held >= self._high_water and not self._stopping:
                 self._room.clear()

@@ -226,8 +226,20 @@ async def with_quick_retry(
     operation: str,
 ) -> T:
     """Run `call` under `quick_retry`; return its result or raise its last error."""
+    # The first try runs bare: building a tenacity retrier costs about 28 us, a few percent of
+    # a whole message on loopback, and most calls succeed. A failed first try is handed to the
+    # retrier as its first attempt, so the policy, waits and logs are exactly tenacity's.
+    try:
+        return await call()
+    except TransientProviderError as exc:
+        if settings.quick_retries == 0:
+            raise
+        first: TransientProviderError | None = exc
     # The loop ends after a success; after the last failed attempt tenacity re-raises.
     async for attempt in quick_retry(settings, provider=provider, operation=operation):
         with attempt:
+            if first is not None:
+                error, first = first, None
+                raise error
             result = await call()
     return result

@@ -60,6 +60,10 @@ class OpenRouterLLM:
             headers={"Authorization": f"Bearer {key}"},
             transport=transport,
         )
+        # An absolute URL object, parsed once: httpx re-parses and joins a path on every call.
+        self._completions = httpx.URL(
+            settings.openrouter_base_url.rstrip("/") + "/chat/completions"
+        )
 
     async def generate(self, *, model: str, system: str, user: str) -> str:
         """Return the reply text, after quick retries of transient failures."""
@@ -84,7 +88,7 @@ class OpenRouterLLM:
             ],
         }
         try:
-            response = await self._client.post("/chat/completions", json=body)
+            response = await self._client.post(self._completions, json=body)
         except REQUEST_ERRORS as exc:
             raise self._clean(request_failure(exc, provider=PROVIDER)) from exc
         payload = parse_json(response)

@@ -65,6 +65,9 @@ class EvolutionSender:
             headers={"apikey": key},
             transport=transport,
         )
+        self._root = (settings.evolution_api_url or "").rstrip("/")
+        # Absolute URL objects per instance, parsed once (httpx re-parses a path on every call).
+        self._send_urls: dict[str, httpx.URL] = {}
 
     async def send_text(self, *, instance: str, number: str, text: str) -> SentPart:
         """Send one part; return Evolution's message id. Transient failures are retried
@@ -111,9 +114,12 @@ class EvolutionSender:
         body: dict[str, Any] = {"number": number, "text": text}
         if self._settings.evolution_delay_ms > 0:
             body["delay"] = self._settings.evolution_delay_ms
-        path = f"/message/sendText/{quote(instance, safe='')}"
+        url = self._send_urls.get(instance)
+        if url is None:
+            url = httpx.URL(f"{self._root}/message/sendText/{quote(instance, safe='')}")
+            self._send_urls[instance] = url
         try:
-            response = await self._client.post(path, json=body)
+            response = await self._client.post(url, json=body)
         except REQUEST_ERRORS as exc:
             error = request_failure(exc, provider=PROVIDER)
             if isinstance(error, TransientProviderError) and not _never_connected(exc):
