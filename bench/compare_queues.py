@@ -1,0 +1,229 @@
+"""The same drain through our queue, Procrastinate and PgQueuer, in one run, as ratios.
+
+Run it with the two libraries added to this run's environment only (they are not project
+dependencies):
+
+    uv run --with procrastinate --with pgqueuer python bench/compare_queues.py [--url DSN]
+        [-n 20000] [--concurrency 50]
+
+Each queue gets a fresh scratch database, a backlog of N jobs inserted before its worker starts,
+and a worker in this process and event loop at the same concurrency (default 50); the figure is
+N over the time from starting the worker to the last job done.
+
+- listener (sandbox): the real `Daemon` with the sandbox providers, one part per message: the
+  full pipeline (claim, context query, template, split, a row in `sandbox_outbox`, record,
+  complete) - much more work per job than a no-op.
+- listener (no-op providers): the same `Daemon` with an LLM and a sender that answer at once
+  and touch nothing: the queue machinery alone (claim, context, store, record), the closest to
+  a no-op job.
+- Procrastinate: `App(connector=PsycopgConnector(...))`, `apply_schema_async()`, a no-op
+  `@app.task`, `batch_defer_async` of N jobs, `run_worker_async(concurrency=C, wait=False)`
+  (returns once the queue is empty).
+- PgQueuer: `PgQueuer.from_psycopg_connection`, `Queries.install()`, a no-op
+  `@pgq.entrypoint`, `Queries.enqueue` of N jobs in one batch, `qm.run(mode=drain,
+  batch_size=B)` (returns once the queue is empty). PgQueuer runs its jobs as tasks with no
+  concurrency cap by default; `--pgq-batch` sets the dequeue batch (default 10, its default).
+  It runs on psycopg, and also on asyncpg (its other driver) when asyncpg is installed
+  (`--with asyncpg`).
+
+For the two libraries the figure runs to the last job's completion (stamped inside the job);
+the time until the worker returned is kept in the JSON too (their drain modes notice the empty
+queue only after a poll interval).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.metadata
+import logging
+import time
+from typing import Any
+
+import _common as c
+import psycopg
+
+from listener.cli import run_async  # the loop `listener run` uses (uvloop)
+from listener.providers.base import SentPart
+
+log = logging.getLogger("compare_queues")
+
+
+class NoopLLM:
+    async def generate(self, *, model: str, system: str, user: str) -> str:
+        return '{"messages": ["Olá!"]}'
+
+    async def aclose(self) -> None:
+        return None
+
+
+class NoopSender:
+    async def send_text(self, *, instance: str, number: str, text: str) -> SentPart:
+        return SentPart(provider_message_id="NOOP")
+
+    async def connection_state(self, instance: str) -> str:
+        return "open"
+
+    async def aclose(self) -> None:
+        return None
+
+
+def run_listener(admin: str, db: str, n: int, concurrency: int, noop: bool) -> dict[str, Any]:
+    url = c.recreate_db(admin, db)
+    c.seed_leads(url, n)
+    campaign = c.seed_campaign(url)
+    c.seed_messages(url, campaign, n)
+    settings = c.bench_settings(concurrency=concurrency)
+    extra: dict[str, Any] = {"llm": NoopLLM(), "sender": NoopSender()} if noop else {}
+    result = run_async(c.drain(url, settings, n, **extra))
+    return {"seconds": result.seconds, "per_second": result.per_second, "check": result.statuses}
+
+
+async def run_procrastinate(url: str, n: int, concurrency: int) -> dict[str, Any]:
+    import procrastinate
+
+    app = procrastinate.App(connector=procrastinate.PsycopgConnector(conninfo=url))
+    last = 0.0
+
+    @app.task(name="noop")
+    async def noop() -> None:
+        nonlocal last
+        last = time.perf_counter()
+
+    async with app.open_async():
+        await app.schema_manager.apply_schema_async()
+        await noop.batch_defer_async(*({} for _ in range(n)))
+        started = time.perf_counter()
+        await app.run_worker_async(
+            concurrency=concurrency, wait=False, install_signal_handlers=False
+        )
+        exited = time.perf_counter() - started
+    with psycopg.connect(url, autocommit=True) as conn:
+        rows = conn.execute("SELECT status::text, count(*) FROM procrastinate_jobs GROUP BY 1")
+        check = {str(r[0]): int(r[1]) for r in rows}
+    return _figures(n, last - started, exited, check)
+
+
+def _figures(n: int, to_last: float, exited: float, check: dict[str, Any]) -> dict[str, Any]:
+    """Rate to the last job done (the figure), and the time until the worker returned."""
+    return {
+        "seconds": round(to_last, 4),
+        "per_second": round(n / to_last, 1),
+        "worker_exit_seconds": round(exited, 4),
+        "check": check,
+    }
+
+
+async def run_pgqueuer(url: str, n: int, batch: int, driver: str) -> dict[str, Any]:
+    from pgqueuer import PgQueuer, Queries
+    from pgqueuer.domain.types import QueueExecutionMode
+
+    setup = await psycopg.AsyncConnection.connect(url, autocommit=True)
+    try:
+        await Queries.from_psycopg_connection(setup).install()
+        await Queries.from_psycopg_connection(setup).enqueue(["noop"] * n, [None] * n, [0] * n)
+    finally:
+        await setup.close()
+    conn: Any
+    if driver == "asyncpg":
+        import asyncpg
+
+        conn = await asyncpg.connect(_asyncpg_dsn(url))
+        pgq = PgQueuer.from_asyncpg_connection(conn)
+    else:
+        conn = await psycopg.AsyncConnection.connect(url, autocommit=True)
+        pgq = PgQueuer.from_psycopg_connection(conn)
+    done = 0
+    last = 0.0
+    try:
+
+        @pgq.entrypoint("noop")
+        async def noop(job: Any) -> None:
+            nonlocal done, last
+            done += 1
+            last = time.perf_counter()
+
+        started = time.perf_counter()
+        await pgq.qm.run(mode=QueueExecutionMode.drain, batch_size=batch)
+        exited = time.perf_counter() - started
+    finally:
+        await conn.close()
+    with psycopg.connect(url, autocommit=True) as check_conn:
+        row = check_conn.execute("SELECT count(*) FROM pgqueuer").fetchone()
+    check = {"executed": done, "left_in_queue": int(row[0]) if row else -1}
+    return _figures(n, last - started, exited, check)
+
+
+def _asyncpg_dsn(url: str) -> str:
+    """asyncpg takes URLs only: turn a key=value DSN into postgresql://user@host:port/db."""
+    info = psycopg.conninfo.conninfo_to_dict(url)
+    user = info.get("user", "postgres")
+    password = f":{info['password']}" if info.get("password") else ""
+    host = info.get("host", "127.0.0.1")
+    port = info.get("port", 5432)
+    return f"postgresql://{user}{password}@{host}:{port}/{info.get('dbname', 'postgres')}"
+
+
+def main() -> None:
+    parser = c.base_parser(__doc__)
+    parser.add_argument("-n", type=int, default=20_000, help="jobs per queue")
+    parser.add_argument("--concurrency", type=int, default=50)
+    parser.add_argument("--pgq-batch", type=int, default=10, help="PgQueuer dequeue batch")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    versions = {}
+    for package in ("procrastinate", "pgqueuer", "psycopg", "asyncpg"):
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            versions[package] = None
+    if not versions["procrastinate"] or not versions["pgqueuer"]:
+        raise SystemExit(
+            "run me with: uv run --with procrastinate --with pgqueuer python "
+            "bench/compare_queues.py"
+        )
+    n, conc = args.n, args.concurrency
+    print(
+        f"compare queues: {n:,} jobs each, concurrency {conc}; Procrastinate "
+        f"{versions['procrastinate']}, PgQueuer {versions['pgqueuer']}, psycopg "
+        f"{versions['psycopg']}"
+    )
+    results: dict[str, dict[str, Any]] = {}
+    results["listener_sandbox"] = run_listener(args.url, args.db, n, conc, noop=False)
+    results["listener_noop"] = run_listener(args.url, args.db, n, conc, noop=True)
+    url = c.recreate_db(args.url, args.db)
+    results["procrastinate"] = asyncio.run(run_procrastinate(url, n, conc))
+    drivers = ["psycopg"]
+    try:
+        import asyncpg  # noqa: F401
+
+        drivers.append("asyncpg")
+    except ImportError:
+        print("  (asyncpg not installed: PgQueuer runs on psycopg only; add --with asyncpg)")
+    for driver in drivers:
+        url = c.recreate_db(args.url, args.db)
+        results[f"pgqueuer_{driver}"] = asyncio.run(
+            run_pgqueuer(c.with_dbname(args.url, args.db), n, args.pgq_batch, driver)
+        )
+    ours = results["listener_sandbox"]["per_second"]
+    for name, result in results.items():
+        result["ratio_listener_sandbox_to_this"] = round(ours / result["per_second"], 3)
+        print(
+            f"  {name:<18} {result['per_second']:>9,.0f} jobs/s  ({result['seconds']:.2f}s)  "
+            f"listener(sandbox)/this = {result['ratio_listener_sandbox_to_this']:.2f}  "
+            f"{result['check']}"
+        )
+    c.write_result(
+        "compare_queues",
+        {
+            "n": n,
+            "concurrency": conc,
+            "pgqueuer_batch": args.pgq_batch,
+            "versions": versions,
+            "results": results,
+            "machine": c.machine(args.url),
+        },
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,122 @@
+"""Queue throughput with the sandbox providers: messages per second drained from a backlog.
+
+For each concurrency (default 5, 50, 200) the scratch database gets a backlog of N due
+messages (default 20,000; one lead each, one part each, no prior history), then the real
+`listener.daemon.Daemon` runs in this process with LISTENER_LLM=sandbox,
+LISTENER_SENDER=sandbox and LISTENER_PART_DELAY_MS=0 until every message is `sent`: claim,
+context, generate, split, send (a row in `sandbox_outbox`), record, complete. The figure is N
+divided by the time from `Daemon.run()` to the last message counted by the daemon's own
+metrics; the database's own span (first `started_at` to last `sent_at`) is shown beside it.
+
+Logging is left unconfigured (WARNING and above), as a benchmark of the queue; pass
+`--log-info` to add one run at INFO with the text formatter writing to /dev/null, which is what
+`listener run` does by default, to see what the per-message log lines cost.
+
+    uv run python bench/queue_throughput.py [--url DSN] [-n 20000] [--concurrency 5 50 200]
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import statistics
+import sys
+from typing import Any
+
+import _common as c
+import psycopg
+
+from listener.cli import run_async  # the loop `listener run` uses (uvloop)
+
+TARGET = 5000.0
+
+
+def prepare(url: str, campaign: str, n: int) -> None:
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("TRUNCATE campaign_messages, sandbox_outbox")
+    c.seed_messages(url, campaign, n)
+
+
+def main() -> None:
+    parser = c.base_parser(__doc__)
+    parser.add_argument("-n", type=int, default=20_000, help="backlog size (messages)")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[5, 50, 200])
+    parser.add_argument("--repeat", type=int, default=3, help="runs per concurrency")
+    parser.add_argument(
+        "--debounce",
+        default=None,
+        help="override LISTENER_DEBOUNCE (e.g. 0ms) to see what the claim debounce costs",
+    )
+    parser.add_argument(
+        "--log-info", action="store_true", help="also one run with INFO logging to /dev/null"
+    )
+    args = parser.parse_args()
+
+    url = c.recreate_db(args.url, args.db)
+    c.seed_leads(url, args.n)
+    campaign = c.seed_campaign(url)
+    runs: list[dict[str, Any]] = []
+    print(f"queue throughput, sandbox providers, backlog of {args.n:,} messages (target 5,000/s)")
+    plan: list[tuple[int, bool]] = [
+        (conc, False) for conc in args.concurrency for _ in range(args.repeat)
+    ]
+    if args.log_info:
+        plan.append((max(args.concurrency), True))
+    for concurrency, log_info in plan:
+        prepare(url, campaign, args.n)
+        handler: logging.Handler | None = None
+        if log_info:
+            from listener import logs
+
+            logs.setup("INFO", "text")
+            handler = logging.getLogger().handlers[0]
+            assert isinstance(handler, logging.StreamHandler)
+            devnull = open(os.devnull, "w")  # noqa: SIM115
+            handler.setStream(devnull)
+        extra = {"debounce": args.debounce} if args.debounce is not None else {}
+        settings = c.bench_settings(concurrency=concurrency, **extra)
+        result = run_async(c.drain(url, settings, args.n, cpu=c.CpuMeter()))
+        if handler is not None:
+            logging.getLogger().handlers.clear()
+            logging.getLogger().setLevel(logging.WARNING)
+        label = f"concurrency {concurrency:>4}" + (" (INFO logs)" if log_info else "")
+        print(
+            f"  {label}: {result.per_second:>8,.0f} msg/s  ({result.seconds:.2f}s wall; "
+            f"db span {result.db_seconds:.2f}s = {result.db_per_second:,.0f}/s; "
+            f"{result.claims} claims; {result.statuses})"
+        )
+        print(f"      {c.cpu_line(result.cpu)}")
+        if result.statuses.get("sent") != args.n:
+            print("  !! not every message ended sent", file=sys.stderr)
+        runs.append({"concurrency": concurrency, "log_info": log_info, **result.as_dict()})
+    summary: dict[int, dict[str, float]] = {}
+    for concurrency in args.concurrency:
+        rates = [
+            r["per_second"] for r in runs if r["concurrency"] == concurrency and not r["log_info"]
+        ]
+        summary[concurrency] = {"median": statistics.median(rates), "max": max(rates)}
+        verdict = "met" if summary[concurrency]["median"] >= TARGET else "missed"
+        print(
+            f"concurrency {concurrency:>4}: median {summary[concurrency]['median']:>7,.0f} msg/s, "
+            f"best {summary[concurrency]['max']:>7,.0f} (target {TARGET:,.0f}: {verdict})"
+        )
+    name = (
+        "queue_throughput"
+        if args.debounce is None
+        else f"queue_throughput_debounce_{args.debounce}"
+    )
+    c.write_result(
+        name,
+        {
+            "n": args.n,
+            "debounce": args.debounce or "default",
+            "target_per_second": TARGET,
+            "summary": summary,
+            "runs": runs,
+            "machine": c.machine(url),
+        },
+    )
+
+
+if __name__ == "__main__":
+    main()
