@@ -320,7 +320,7 @@ class Processor:
                     outcome = await self._process(job)
                 finally:
                     self.metrics.in_flight.dec()
-                self.metrics.messages.labels(outcome=outcome).inc()
+                self.metrics.outcome(outcome).inc()
                 self.metrics.processing_seconds.observe(time.monotonic() - job.claimed_at)
         except LeaseLost:
             log.warning(
@@ -561,7 +561,7 @@ class Processor:
             return result
 
     def _observe(self, provider: str, started: float, error: ProviderError | None) -> None:
-        self.metrics.provider_seconds.labels(provider=provider).observe(time.monotonic() - started)
+        self.metrics.provider_latency(provider).observe(time.monotonic() - started)
         if error is not None:
             status = str(error.status or 0)
             self.metrics.provider_errors.labels(provider=provider, status=status).inc()
