@@ -64,6 +64,22 @@ class Metrics:
         self.batches = Counter(
             "listener_claims_total", "Claim queries that returned rows", registry=r
         )
+        self._outcomes: dict[str, Counter] = {}
+        self._latencies: dict[str, Histogram] = {}
+
+    def outcome(self, outcome: str) -> Counter:
+        """The counter of one outcome (children are cached: `labels()` is slow on a hot path)."""
+        child = self._outcomes.get(outcome)
+        if child is None:
+            child = self._outcomes[outcome] = self.messages.labels(outcome=outcome)
+        return child
+
+    def provider_latency(self, provider: str) -> Histogram:
+        """The latency histogram of one provider (cached like `outcome`)."""
+        child = self._latencies.get(provider)
+        if child is None:
+            child = self._latencies[provider] = self.provider_seconds.labels(provider=provider)
+        return child
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
