@@ -62,6 +62,12 @@ def base_parser(description: str | None) -> argparse.ArgumentParser:
         help="a maintenance DSN of the Postgres server (the scratch database is made beside it)",
     )
     parser.add_argument("--db", default="listener_bench", help="scratch database name")
+    parser.add_argument(
+        "--tag",
+        default=None,
+        help="write bench/results/<name>.<tag>.json instead of <name>.json (an extra run that "
+        "must not replace the reported one)",
+    )
     return parser
 
 
@@ -262,12 +268,14 @@ def machine(url: str | None = None) -> dict[str, Any]:
     return info
 
 
-def write_result(name: str, payload: dict[str, Any]) -> Path:
-    """Write `bench/results/<name>.json` (the figures plus when and where)."""
+def write_result(name: str, payload: dict[str, Any], tag: str | None = None) -> Path:
+    """Write `bench/results/<name>.json`, or `<name>.<tag>.json` when tagged (the figures plus
+    when and where)."""
     RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"{name}.json"
+    path = RESULTS / (f"{name}.{tag}.json" if tag else f"{name}.json")
     body = {
         "benchmark": name,
+        "tag": tag,
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
         **payload,
     }

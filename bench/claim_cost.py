@@ -162,7 +162,7 @@ def main() -> None:
         f"{out['backlog_ms_median']:.2f} ms (medians, big table)"
     )
     out["machine"] = c.machine(url)
-    c.write_result("claim_cost", out)
+    c.write_result("claim_cost", out, tag=args.tag)
 
 
 if __name__ == "__main__":

@@ -26,6 +26,9 @@ N over the time from starting the worker to the last job done.
   It runs on psycopg, and also on asyncpg (its other driver) when asyncpg is installed
   (`--with asyncpg`).
 
+Every queue runs on the same event loop: uvloop, which `listener run` uses (`--loop asyncio`
+runs them all on asyncio's own loop instead).
+
 For the two libraries the figure runs to the last job's completion (stamped inside the job);
 the time until the worker returned is kept in the JSON too (their drain modes notice the empty
 queue only after a poll interval).
@@ -37,6 +40,7 @@ import asyncio
 import importlib.metadata
 import logging
 import time
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import _common as c
@@ -67,14 +71,19 @@ class NoopSender:
         return None
 
 
-def run_listener(admin: str, db: str, n: int, concurrency: int, noop: bool) -> dict[str, Any]:
+Runner = Callable[[Coroutine[Any, Any, Any]], Any]
+
+
+def run_listener(
+    admin: str, db: str, n: int, concurrency: int, noop: bool, run: Runner
+) -> dict[str, Any]:
     url = c.recreate_db(admin, db)
     c.seed_leads(url, n)
     campaign = c.seed_campaign(url)
     c.seed_messages(url, campaign, n)
     settings = c.bench_settings(concurrency=concurrency)
     extra: dict[str, Any] = {"llm": NoopLLM(), "sender": NoopSender()} if noop else {}
-    result = run_async(c.drain(url, settings, n, **extra))
+    result = run(c.drain(url, settings, n, **extra))
     return {"seconds": result.seconds, "per_second": result.per_second, "check": result.statuses}
 
 
@@ -168,6 +177,12 @@ def main() -> None:
     parser.add_argument("-n", type=int, default=20_000, help="jobs per queue")
     parser.add_argument("--concurrency", type=int, default=50)
     parser.add_argument("--pgq-batch", type=int, default=10, help="PgQueuer dequeue batch")
+    parser.add_argument(
+        "--loop",
+        choices=["uvloop", "asyncio"],
+        default="uvloop",
+        help="the event loop every queue runs on (uvloop: what `listener run` uses)",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     versions = {}
@@ -185,13 +200,14 @@ def main() -> None:
     print(
         f"compare queues: {n:,} jobs each, concurrency {conc}; Procrastinate "
         f"{versions['procrastinate']}, PgQueuer {versions['pgqueuer']}, psycopg "
-        f"{versions['psycopg']}"
+        f"{versions['psycopg']}; event loop {args.loop}"
     )
     results: dict[str, dict[str, Any]] = {}
-    results["listener_sandbox"] = run_listener(args.url, args.db, n, conc, noop=False)
-    results["listener_noop"] = run_listener(args.url, args.db, n, conc, noop=True)
+    run: Runner = run_async if args.loop == "uvloop" else asyncio.run
+    results["listener_sandbox"] = run_listener(args.url, args.db, n, conc, False, run)
+    results["listener_noop"] = run_listener(args.url, args.db, n, conc, True, run)
     url = c.recreate_db(args.url, args.db)
-    results["procrastinate"] = asyncio.run(run_procrastinate(url, n, conc))
+    results["procrastinate"] = run(run_procrastinate(url, n, conc))
     drivers = ["psycopg"]
     try:
         import asyncpg  # noqa: F401
@@ -201,7 +217,7 @@ def main() -> None:
         print("  (asyncpg not installed: PgQueuer runs on psycopg only; add --with asyncpg)")
     for driver in drivers:
         url = c.recreate_db(args.url, args.db)
-        results[f"pgqueuer_{driver}"] = asyncio.run(
+        results[f"pgqueuer_{driver}"] = run(
             run_pgqueuer(c.with_dbname(args.url, args.db), n, args.pgq_batch, driver)
         )
     ours = results["listener_sandbox"]["per_second"]
@@ -217,11 +233,13 @@ def main() -> None:
         {
             "n": n,
             "concurrency": conc,
+            "loop": args.loop,
             "pgqueuer_batch": args.pgq_batch,
             "versions": versions,
             "results": results,
             "machine": c.machine(args.url),
         },
+        tag=args.tag,
     )
 
 

@@ -152,6 +152,7 @@ def main() -> None:
             **result,
             "machine": c.machine(url),
         },
+        tag=args.tag,
     )
 
 

@@ -151,7 +151,7 @@ def main() -> None:
         )
 
         fake.post("/reset")
-        seconds = asyncio.run(lock_step(fake, contexts, conc, prompt))
+        seconds = run_async(lock_step(fake, contexts, conc, prompt))
         stats = fake.get("/stats")
         mean_ls = statistics.fmean(stats["llm_delays"]) + (
             statistics.fmean(stats["send_delays"]) if stats["send_delays"] else 0.0
@@ -176,7 +176,7 @@ def main() -> None:
     print(f"  sliding window / lock-step: x{gain:.2f}; target {TARGET:.0%} -> {verdict}")
     out.update({"sliding_window": window, "lock_step": lock, "gain": round(gain, 3)})
     out["machine"] = c.machine(url)
-    c.write_result("efficiency", out)
+    c.write_result("efficiency", out, tag=args.tag)
 
 
 if __name__ == "__main__":

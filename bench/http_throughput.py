@@ -135,7 +135,7 @@ def main() -> None:
             )
         ceiling: dict[str, Any] = {}
         if args.client_n:
-            ceiling = asyncio.run(client_ceiling(fake, args.client_n, TARGET_CONCURRENCY))
+            ceiling = run_async(client_ceiling(fake, args.client_n, TARGET_CONCURRENCY))
             print(
                 f"  HTTP client alone, {args.client_n:,} POSTs at {TARGET_CONCURRENCY} concurrent: "
                 f"httpx + aiohttp transport {ceiling['httpx_aiohttp_transport_per_s']:,.0f} req/s, "
@@ -156,6 +156,7 @@ def main() -> None:
             "client_ceiling": ceiling,
             "machine": c.machine(url),
         },
+        tag=args.tag,
     )
 
 

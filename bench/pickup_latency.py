@@ -270,6 +270,7 @@ def main() -> None:
             **results,
             "machine": c.machine(url),
         },
+        tag=args.tag,
     )
 
 

@@ -12,6 +12,12 @@ Logging is left unconfigured (WARNING and above), as a benchmark of the queue; p
 `--log-info` to add one run at INFO with the text formatter writing to /dev/null, which is what
 `listener run` does by default, to see what the per-message log lines cost.
 
+`--step-times` wraps the awaited database steps of the pipeline (the claim with its context
+query, and the group-commit flushes of store_parts, sandbox_outbox, record_parts and finish)
+and a message's whole time in its slot (`Processor._process`) in timers, and adds each step's
+count, mean, p50 and mean batch to the JSON: where a message's time goes. The timers cost
+some throughput themselves, so such a run is for the breakdown, not the rate (use `--tag`).
+
     uv run python bench/queue_throughput.py [--url DSN] [-n 20000] [--concurrency 5 50 200]
 """
 
@@ -21,6 +27,9 @@ import logging
 import os
 import statistics
 import sys
+import time
+from collections import defaultdict
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import _common as c
@@ -29,6 +38,61 @@ import psycopg
 from listener.cli import run_async  # the loop `listener run` uses (uvloop)
 
 TARGET = 5000.0
+
+#: The steps `--step-times` times: (class, method, label). Patched in this process only.
+STEPS = (
+    ("listener.processor:Processor", "claim", "claim + context (2 statements)"),
+    ("listener.processor:Processor", "_flush_store", "store_parts flush"),
+    ("listener.providers.sandbox:SandboxSender", "_flush", "sandbox_outbox flush"),
+    ("listener.processor:Processor", "_flush_record", "record_parts flush"),
+    ("listener.processor:Processor", "_flush_finish", "finish flush"),
+    ("listener.processor:Processor", "_process", "message in its slot (_process)"),
+)
+
+
+def time_steps() -> Callable[[], dict[str, dict[str, float]]]:
+    """Wrap each of STEPS in a timer; return a function that reads and resets the timings."""
+    import importlib
+
+    times: dict[str, list[float]] = defaultdict(list)
+    batches: dict[str, list[int]] = defaultdict(list)
+    for target, method, label in STEPS:
+        module, _, name = target.partition(":")
+        cls = getattr(importlib.import_module(module), name)
+        original = getattr(cls, method)
+
+        def timed(orig: Callable[..., Awaitable[Any]], label: str) -> Callable[..., Awaitable[Any]]:
+            async def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+                started = time.perf_counter()
+                try:
+                    return await orig(self, *args, **kwargs)
+                finally:
+                    times[label].append(time.perf_counter() - started)
+                    if args and isinstance(args[0], list):
+                        batches[label].append(len(args[0]))
+                    elif args and isinstance(args[0], int):
+                        batches[label].append(args[0])  # the claim's limit
+
+            return wrapper
+
+        setattr(cls, method, timed(original, label))
+
+    def read() -> dict[str, dict[str, float]]:
+        out: dict[str, dict[str, float]] = {}
+        for label, values in times.items():
+            out[label] = {
+                "n": len(values),
+                "mean_ms": round(statistics.fmean(values) * 1000, 3),
+                "p50_ms": round(statistics.median(values) * 1000, 3),
+                "total_s": round(sum(values), 3),
+            }
+            if batches[label]:
+                out[label]["mean_batch"] = round(statistics.fmean(batches[label]), 2)
+        times.clear()
+        batches.clear()
+        return out
+
+    return read
 
 
 def prepare(url: str, campaign: str, n: int) -> None:
@@ -50,7 +114,13 @@ def main() -> None:
     parser.add_argument(
         "--log-info", action="store_true", help="also one run with INFO logging to /dev/null"
     )
+    parser.add_argument(
+        "--step-times",
+        action="store_true",
+        help="time each database step of the pipeline (costs throughput; see the docstring)",
+    )
     args = parser.parse_args()
+    read_steps = time_steps() if args.step_times else None
 
     url = c.recreate_db(args.url, args.db)
     c.seed_leads(url, args.n)
@@ -88,7 +158,16 @@ def main() -> None:
         print(f"      {c.cpu_line(result.cpu)}")
         if result.statuses.get("sent") != args.n:
             print("  !! not every message ended sent", file=sys.stderr)
-        runs.append({"concurrency": concurrency, "log_info": log_info, **result.as_dict()})
+        run: dict[str, Any] = {"concurrency": concurrency, "log_info": log_info}
+        run.update(result.as_dict())
+        if read_steps is not None:
+            run["step_times"] = read_steps()
+            for label, step in run["step_times"].items():
+                print(
+                    f"      {label:<32} n {step['n']:>6}, mean {step['mean_ms']:6.3f} ms, "
+                    f"p50 {step['p50_ms']:6.3f} ms, mean batch {step.get('mean_batch', '-')}"
+                )
+        runs.append(run)
     summary: dict[int, dict[str, float]] = {}
     for concurrency in args.concurrency:
         rates = [
@@ -115,6 +194,7 @@ def main() -> None:
             "runs": runs,
             "machine": c.machine(url),
         },
+        tag=args.tag,
     )
 
 

@@ -10,11 +10,13 @@ run() {
     echo "=== $* ==="
     "$@" "${args[@]}"
 }
+run uv run python bench/machine.py
 run uv run python bench/queue_throughput.py --log-info
 run uv run python bench/http_throughput.py
 run uv run python bench/efficiency.py
 run uv run python bench/pickup_latency.py
 run uv run python bench/context_load.py
 run uv run python bench/memory.py
+run uv run python bench/memory.py --analyze-every 0
 run uv run python bench/claim_cost.py
 run uv run --with procrastinate --with pgqueuer --with asyncpg python bench/compare_queues.py
