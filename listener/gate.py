@@ -18,7 +18,6 @@ class Gate:
         self.name = name
         self._until = 0.0
         self.episode_hits = 0
-        self.holds = 0
         self._reason = ""
 
     @property
@@ -37,7 +36,6 @@ class Gate:
         if starting:
             self.episode_hits = 0
         self.episode_hits += 1
-        self.holds += 1
         self._until = max(self._until, now + seconds)
         self._reason = reason
         if starting or loud:

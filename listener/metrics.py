@@ -134,12 +134,3 @@ async def serve(metrics: Metrics, health: Health, host: str, port: int) -> web.A
     await site.start()
     log.info("metrics on %s:%s", host, port, extra={"action": "metrics_started", "port": port})
     return runner
-
-
-def bound_port(runner: web.AppRunner) -> int:
-    """The port actually bound (useful with port 0 in tests)."""
-    for site in runner.sites:
-        server = getattr(site, "_server", None)
-        if server is not None and server.sockets:
-            return int(server.sockets[0].getsockname()[1])
-    raise RuntimeError("metrics server is not listening")

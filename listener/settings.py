@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
-    AliasChoices,
     BeforeValidator,
     Field,
     SecretStr,
@@ -59,10 +58,6 @@ def parse_durations(value: Any) -> tuple[timedelta, ...]:
 
 Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
 Durations = Annotated[tuple[timedelta, ...], NoDecode, BeforeValidator(parse_durations)]
-
-
-def _env(name: str) -> Any:
-    return Field(validation_alias=AliasChoices(name))
 
 
 def _default_worker_id() -> str:

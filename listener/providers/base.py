@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +38,3 @@ class Sender(Protocol):
         ...
 
     async def aclose(self) -> None: ...
-
-
-JSON = dict[str, Any]
