@@ -15,7 +15,7 @@ from typing import Any
 
 import psycopg
 
-from tests.e2e.test_processes import listener_env, start
+from tests.e2e.test_processes import listener_env, parts_per_number, start
 from tests.fakes import serve_fakes
 from tests.helpers import await_until, enqueue, make_campaign, make_leads, make_run, statuses
 
@@ -94,9 +94,7 @@ async def test_soak_with_kills_backend_restarts_and_provider_faults(db_url: str,
 
     # Parts: every sent message's parts arrived in order; a part arrived twice only for a
     # message in flight when the listener was killed, and at most one part per message.
-    texts: dict[str, list[str]] = {}
-    for send in fakes.accepted():
-        texts.setdefault(send["number"], []).append(send["text"].split("parte ")[1])
+    texts = parts_per_number(fakes)
     sent_numbers = {
         r[0]
         for r in db.execute(
