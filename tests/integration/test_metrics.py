@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import socket
@@ -43,7 +44,13 @@ async def test_metrics_and_health_reflect_a_processed_message(
         }
         enqueue(db, campaign, leads)
         await await_until(lambda: statuses(db).get("sent") == 2)
-        text = (await client.get("/metrics")).text
+        # A row turns `sent` a moment before its worker counts it: scrape until it has.
+        text = ""
+        for _ in range(250):
+            text = (await client.get("/metrics")).text
+            if 'listener_messages_total{outcome="sent"} 2.0' in text:
+                break
+            await asyncio.sleep(0.02)
     assert 'listener_messages_total{outcome="sent"} 2.0' in text
     assert "listener_attempts_total 2.0" in text
     assert "listener_parts_sent_total 2.0" in text
