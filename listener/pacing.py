@@ -1,6 +1,6 @@
 """Campaign pacing that needs the database's atomicity (send windows, daily caps, gaps per
-sender instance; the SQL lives in migrations/0003_pacing.sql) and the cached health of each
-sender instance.
+sender instance; the SQL lives in migrations/0003_pacing.sql and 0005_cap_slots.sql) and the
+cached health of each sender instance.
 
 A message that may not go now is never failed or skipped for it: it goes back to `pending`,
 its attempt refunded, due when it may go, with `wait_reason` saying why. It holds no slot of
@@ -12,7 +12,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import datetime
 
 from listener.errors import ProviderError
 
@@ -25,14 +25,6 @@ class Wait:
 
     until: datetime
     reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class CapSlot:
-    """A slot of a campaign's daily cap, taken for one message on one local day."""
-
-    campaign_id: object
-    day: date
 
 
 class InstanceHealth:

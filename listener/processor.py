@@ -33,7 +33,7 @@ from listener.errors import (
 )
 from listener.gate import Gate
 from listener.metrics import Health, Metrics
-from listener.pacing import CapSlot, InstanceHealth, Wait
+from listener.pacing import InstanceHealth, Wait
 from listener.providers._http import mask_phone
 from listener.providers.base import LLM, Sender
 from listener.queries import q
@@ -87,7 +87,6 @@ class Job:
     paced: bool = False
     gap: tuple[int, int] | None = None
     context: dict[str, Any] | None = None
-    cap_slot: CapSlot | None = None
     lost: bool = False
     claimed_at: float = field(default_factory=time.monotonic)
 
@@ -354,10 +353,7 @@ class Processor:
             return await self._fail_now(job, "invalid phone number: not 10 to 15 digits")
         instance = job.campaign_instance or self.settings.evolution_instance or "sandbox"
 
-        outcome = await self._attempt(job, ctx, instance, number)
-        if outcome != "sent" and job.cap_slot is not None:
-            await self._release_cap(job.cap_slot)
-        return outcome
+        return await self._attempt(job, ctx, instance, number)
 
     async def _attempt(self, job: Job, ctx: dict[str, Any], instance: str, number: str) -> str:
         """Pace, write, split and send one message; returns its outcome."""
@@ -411,17 +407,17 @@ class Processor:
     # ----------------------------------------------------------------------------------------
 
     async def _pace_start(self, job: Job) -> Wait | None:
-        """The campaign's window and daily cap (atomic in SQL; takes a cap slot on success)."""
+        """The campaign's window and daily cap, atomic in SQL. On success the message holds a
+        slot of today's cap; the database takes it back if the message ends up anything but
+        sent, whoever moves it (this worker, a rescue after a crash, a person)."""
         async with self.pool.connection() as conn:
-            cur = await conn.execute(q("pace_start"), {"campaign_id": job.campaign_id})
+            cur = await conn.execute(
+                q("pace_start"), {"campaign_id": job.campaign_id, "message_id": job.id}
+            )
             row = await cur.fetchone()
         assert row is not None
-        go, until, reason, day = row
-        if go:
-            if day is not None:
-                job.cap_slot = CapSlot(job.campaign_id, day)
-            return None
-        return Wait(until, reason)
+        go, until, reason, _ = row
+        return None if go else Wait(until, reason)
 
     async def _take_gap(self, job: Job, instance: str) -> Wait | None:
         """Take the instance's next send slot; a wait of under half a second is slept through."""
@@ -442,10 +438,6 @@ class Processor:
                 break
             await asyncio.sleep(max(remaining, 0.0))
         return Wait(until, "gap")
-
-    async def _release_cap(self, slot: CapSlot) -> None:
-        async with self.pool.connection() as conn:
-            await conn.execute(q("release_cap"), {"campaign_id": slot.campaign_id, "day": slot.day})
 
     async def _defer(self, job: Job, wait: Wait) -> str:
         """Not now: back to pending, due when it may go, attempt refunded, reason recorded."""

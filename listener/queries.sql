@@ -287,12 +287,10 @@ WITH messages AS (
 DELETE FROM campaigns WHERE id = %(campaign_id)s
 
 -- pace_start --
--- A paced campaign's window and daily cap: may this message be worked on now? Takes a cap slot.
-SELECT go, wait_until, reason, cap_day FROM listener_pace_start(%(campaign_id)s, now())
-
--- release_cap --
--- Give back the cap slot of a message that did not end up sent.
-SELECT listener_release_cap(%(campaign_id)s, %(day)s)
+-- A paced campaign's window and daily cap: may this message be worked on now? Gives it a slot of
+-- today's cap, which it lets go of by itself if it leaves `processing` for anything but `sent`.
+SELECT go, wait_until, reason, cap_day
+  FROM listener_pace_start(%(campaign_id)s, %(message_id)s, now())
 
 -- take_gap --
 -- Take the sender instance's next slot right before a message's first part goes out.

@@ -7,6 +7,7 @@ import itertools
 import time
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import psycopg
 import pytest
@@ -46,27 +47,67 @@ def test_window_opening_times_with_a_controllable_clock(db: Conn) -> None:
     assert opens(db, None, None, None, "2026-11-25 03:00-03") == at("2026-11-25 03:00-03")
 
 
+def claimed(db: Conn, campaign: Any, n: int, *, lease_seconds: float = 60.0) -> list[Any]:
+    """n messages of the campaign, taken by a worker `w` whose lease ends in lease_seconds."""
+    ids = enqueue(db, campaign, make_leads(db, n))
+    db.execute(
+        "UPDATE campaign_messages SET status = 'processing', attempts = 1, locked_by = 'w',"
+        " locked_until = now() + make_interval(secs => %s) WHERE id = ANY(%s)",
+        (lease_seconds, ids),
+    )
+    return ids
+
+
+def pace(db: Conn, campaign: Any, message: Any, at: str) -> tuple[Any, ...]:
+    row = db.execute(
+        "SELECT go, wait_until, reason, cap_day FROM listener_pace_start(%s, %s, %s)",
+        (campaign, message, at),
+    ).fetchone()
+    assert row is not None
+    return tuple(row)
+
+
+def held(db: Conn) -> dict[Any, date]:
+    rows = db.execute("SELECT id, cap_day FROM campaign_messages WHERE cap_day IS NOT NULL")
+    return {r[0]: r[1] for r in rows.fetchall()}
+
+
 def test_daily_cap_counts_per_local_day(db: Conn) -> None:
     campaign = make_campaign(db, daily_cap=2, send_window_start="09:00", send_window_end="18:00")
+    m1, m2, m3, m4 = claimed(db, campaign, 4)
 
-    def pace(at: str) -> tuple[Any, ...]:
-        row = db.execute(
-            "SELECT go, wait_until, reason, cap_day FROM listener_pace_start(%s, %s)",
-            (campaign, at),
-        ).fetchone()
-        assert row is not None
-        return tuple(row)
-
-    assert pace("2026-11-25 10:00-03")[0] is True
-    assert pace("2026-11-25 11:00-03")[3] == date(2026, 11, 25)
-    go, until, reason, _ = pace("2026-11-25 12:00-03")
+    assert pace(db, campaign, m1, "2026-11-25 10:00-03")[0] is True
+    assert pace(db, campaign, m2, "2026-11-25 11:00-03")[3] == date(2026, 11, 25)
+    assert pace(db, campaign, m2, "2026-11-25 11:05-03")[0] is True  # keeps the slot it holds
+    go, until, reason, _ = pace(db, campaign, m3, "2026-11-25 12:00-03")
     assert (go, reason) == (False, "cap")
     assert until == datetime.fromisoformat("2026-11-26 09:00-03")
-    db.execute("SELECT listener_release_cap(%s, '2026-11-25')", (campaign,))
-    assert pace("2026-11-25 12:30-03")[0] is True  # a released slot can be taken again
-    assert pace("2026-11-26 09:30-03")[0] is True  # a new local day, a new cap
-    go, _, reason, _ = pace("2026-11-26 20:00-03")
+    assert held(db) == {m1: date(2026, 11, 25), m2: date(2026, 11, 25)}
+    # m1 goes back to the queue (a retry, a deferral, a hand-back): its slot comes free.
+    db.execute("UPDATE campaign_messages SET status = 'pending' WHERE id = %s", (m1,))
+    assert pace(db, campaign, m3, "2026-11-25 12:30-03")[0] is True
+    # A sent message keeps its slot for good; a new local day is a new cap.
+    db.execute("UPDATE campaign_messages SET status = 'sent', sent_at = now() WHERE id = %s", (m2,))
+    assert held(db) == {m2: date(2026, 11, 25), m3: date(2026, 11, 25)}
+    assert pace(db, campaign, m4, "2026-11-26 09:30-03")[3] == date(2026, 11, 26)
+    go, _, reason, _ = pace(db, campaign, m4, "2026-11-26 20:00-03")
     assert (go, reason) == (False, "window")
+
+
+def test_a_dead_workers_cap_slots_come_back_with_its_rows(db: Conn) -> None:
+    from listener.queries import q
+
+    campaign = make_campaign(db, daily_cap=2)
+    now = datetime.now(UTC).isoformat()
+    m1, m2 = claimed(db, campaign, 2, lease_seconds=-1)  # its worker died; the lease is over
+    assert pace(db, campaign, m1, now)[0] is True
+    assert pace(db, campaign, m2, now)[0] is True
+    [m3] = claimed(db, campaign, 1)
+    assert pace(db, campaign, m3, now)[2] == "cap"
+    taken_back = db.execute(q("rescue_expired"), {"max_attempts": 4}).fetchall()
+    assert sorted(r[0] for r in taken_back) == sorted([m1, m2])
+    assert held(db) == {}
+    assert pace(db, campaign, m3, now)[0] is True  # the cap is whole again
 
 
 def test_bad_pacing_settings_are_refused_by_the_table(db: Conn) -> None:
@@ -121,8 +162,29 @@ async def test_the_daily_cap_holds_across_two_listeners(db_url: str, db: Conn) -
         " AND wait_reason = 'cap' AND attempts = 0 AND scheduled_at > now() + interval '1 minute'"
     ).fetchone()
     assert waiting == (7,)
-    assert db.execute("SELECT taken FROM listener_campaign_days").fetchone() == (3,)
+    assert db.execute(
+        "SELECT count(*) FROM campaign_messages WHERE cap_day IS NOT NULL AND status = 'sent'"
+    ).fetchone() == (3,)
     assert db.execute("SELECT count(*) FROM sandbox_outbox").fetchone() == (3,)
+
+
+async def test_a_message_handed_back_at_shutdown_gives_back_its_cap_slot(
+    db_url: str, db: Conn
+) -> None:
+    campaign = make_campaign(db, daily_cap=1)
+    [message] = enqueue(db, campaign, make_leads(db, 1))
+    async with serve_fakes() as fakes:
+        fakes.send_delay = 5.0  # the send outlives the grace period
+        async with running(db_url, shutdown_grace="100ms", **http_settings(fakes)):
+            await await_until(lambda: bool(held(db)))
+        row = db.execute(
+            "SELECT status, attempts, cap_day FROM campaign_messages WHERE id = %s", (message,)
+        ).fetchone()
+        assert row == ("pending", 0, None)
+        fakes.send_delay = 0.0
+        async with running(db_url, **http_settings(fakes)):
+            await await_until(lambda: statuses(db) == {"sent": 1}, timeout=15)
+    assert held(db) == {message: datetime.now(ZoneInfo(SP)).date()}
 
 
 async def test_two_listeners_never_send_through_one_instance_closer_than_the_gap(

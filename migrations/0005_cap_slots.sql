@@ -1,0 +1,87 @@
+-- listener 0005: a daily-cap slot belongs to the message that took it.
+-- Until now the cap was a counter per campaign and local day, taken when a message started and
+-- given back by the worker when the message did not end up sent. A worker killed (or stopped)
+-- between the two never gave its slot back, so the cap grew stricter by one. Now the message
+-- itself records the local day whose slot it holds (`cap_day`): the slots of a day are the
+-- messages that hold one, counted when a slot is asked for. A message that leaves `processing`
+-- for anything but `sent` (retry, deferral, failure, hand-back, a rescued lease, manual SQL)
+-- lets go of its slot in the same write, through the trigger below, whoever makes the change.
+
+ALTER TABLE campaign_messages ADD COLUMN IF NOT EXISTS cap_day date;
+COMMENT ON COLUMN campaign_messages.cap_day IS
+    'local day of the campaign''s daily cap whose slot this message holds (processing or sent)';
+
+CREATE INDEX IF NOT EXISTS idx_campaign_messages_cap_day
+    ON campaign_messages (campaign_id, cap_day)
+    WHERE cap_day IS NOT NULL;
+
+-- The per-day row is now only what takers of one campaign's slots queue on (a row lock); the
+-- count lives in the messages.
+ALTER TABLE listener_campaign_days DROP COLUMN IF EXISTS taken;
+DROP FUNCTION IF EXISTS listener_release_cap(uuid, date);
+DROP FUNCTION IF EXISTS listener_pace_start(uuid, timestamptz);
+
+-- Before a paced message is worked on: is its campaign's window open, and is there room in
+-- today's cap? Gives the message a slot of today's cap when it may go (keeps the one it holds).
+-- p_at is the clock (now() in production, any time in tests).
+CREATE OR REPLACE FUNCTION listener_pace_start(p_campaign uuid, p_message uuid, p_at timestamptz)
+RETURNS TABLE (go boolean, wait_until timestamptz, reason text, cap_day date)
+LANGUAGE plpgsql AS $$
+DECLARE
+    c campaigns;
+    opens timestamptz;
+    today date;
+    held integer;
+BEGIN
+    SELECT * INTO c FROM campaigns WHERE id = p_campaign;
+    opens := listener_window_opens(c.send_window_start, c.send_window_end, c.send_timezone,
+                                   c.send_days, p_at);
+    IF opens IS NULL OR opens > p_at THEN
+        RETURN QUERY SELECT false, COALESCE(opens, p_at + interval '1 day'), 'window'::text, NULL::date;
+        RETURN;
+    END IF;
+    IF c.daily_cap IS NULL THEN
+        RETURN QUERY SELECT true, NULL::timestamptz, NULL::text, NULL::date;
+        RETURN;
+    END IF;
+    today := (p_at AT TIME ZONE c.send_timezone)::date;
+    -- Takers of this campaign's slots for today queue here, so two cannot both see room.
+    INSERT INTO listener_campaign_days (campaign_id, day) VALUES (c.id, today)
+        ON CONFLICT DO NOTHING;
+    PERFORM 1 FROM listener_campaign_days
+      WHERE campaign_id = c.id AND day = today FOR UPDATE;
+    IF EXISTS (SELECT 1 FROM campaign_messages m
+                WHERE m.id = p_message AND m.cap_day = today) THEN
+        RETURN QUERY SELECT true, NULL::timestamptz, NULL::text, today;
+        RETURN;
+    END IF;
+    SELECT count(*) INTO held FROM campaign_messages m
+     WHERE m.campaign_id = c.id AND m.cap_day = today;
+    IF held >= c.daily_cap THEN
+        -- Full for today: wait for the first window of the next local day.
+        opens := listener_window_opens(c.send_window_start, c.send_window_end, c.send_timezone,
+                                       c.send_days, (today + 1)::timestamp AT TIME ZONE c.send_timezone);
+        RETURN QUERY SELECT false, COALESCE(opens, p_at + interval '1 day'), 'cap'::text, NULL::date;
+        RETURN;
+    END IF;
+    UPDATE campaign_messages m SET cap_day = today WHERE m.id = p_message;
+    RETURN QUERY SELECT true, NULL::timestamptz, NULL::text, today;
+END
+$$;
+
+-- A message that leaves `processing` for anything but `sent` lets go of its cap slot.
+CREATE OR REPLACE FUNCTION listener_cap_slot_release()
+RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    NEW.cap_day := NULL;
+    RETURN NEW;
+END
+$$;
+
+DROP TRIGGER IF EXISTS campaign_messages_cap_slot_release ON campaign_messages;
+CREATE TRIGGER campaign_messages_cap_slot_release
+    BEFORE UPDATE ON campaign_messages
+    FOR EACH ROW
+    WHEN (NEW.cap_day IS NOT NULL AND NEW.status NOT IN ('processing', 'sent'))
+    EXECUTE FUNCTION listener_cap_slot_release();
