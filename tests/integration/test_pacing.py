@@ -174,7 +174,7 @@ async def test_a_message_handed_back_at_shutdown_gives_back_its_cap_slot(
     campaign = make_campaign(db, daily_cap=1)
     [message] = enqueue(db, campaign, make_leads(db, 1))
     async with serve_fakes() as fakes:
-        fakes.send_delay = 5.0  # the send outlives the grace period
+        fakes.send_delay = 1.0  # the send outlives the grace period
         async with running(db_url, shutdown_grace="100ms", **http_settings(fakes)):
             await await_until(lambda: bool(held(db)))
         row = db.execute(
