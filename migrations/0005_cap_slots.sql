@@ -2,14 +2,15 @@
 -- Until now the cap was a counter per campaign and local day, taken when a message started and
 -- given back by the worker when the message did not end up sent. A worker killed (or stopped)
 -- between the two never gave its slot back, so the cap grew stricter by one. Now the message
--- itself records the local day whose slot it holds (`cap_day`): the slots of a day are the
--- messages that hold one, counted when a slot is asked for. A message that leaves `processing`
--- for anything but `sent` (retry, deferral, failure, hand-back, a rescued lease, manual SQL)
--- lets go of its slot in the same write, through the trigger below, whoever makes the change.
+-- itself records the local day whose slot it took (`cap_day`), and the slots of a day are the
+-- messages that took one and are `processing` or `sent`. A message that leaves `processing` for
+-- anything else (a retry, a wait, a failure, a hand-back, a rescued lease, manual SQL) stops
+-- counting at once, whoever moves it; nothing has to be given back.
 
 ALTER TABLE campaign_messages ADD COLUMN IF NOT EXISTS cap_day date;
 COMMENT ON COLUMN campaign_messages.cap_day IS
-    'local day of the campaign''s daily cap whose slot this message holds (processing or sent)';
+    'local day of the campaign''s daily cap whose slot this message took; it counts while the'
+    ' message is processing or sent';
 
 CREATE INDEX IF NOT EXISTS idx_campaign_messages_cap_day
     ON campaign_messages (campaign_id, cap_day)
@@ -22,7 +23,7 @@ DROP FUNCTION IF EXISTS listener_release_cap(uuid, date);
 DROP FUNCTION IF EXISTS listener_pace_start(uuid, timestamptz);
 
 -- Before a paced message is worked on: is its campaign's window open, and is there room in
--- today's cap? Gives the message a slot of today's cap when it may go (keeps the one it holds).
+-- today's cap? Gives the message a slot of today's cap when it may go.
 -- p_at is the clock (now() in production, any time in tests).
 CREATE OR REPLACE FUNCTION listener_pace_start(p_campaign uuid, p_message uuid, p_at timestamptz)
 RETURNS TABLE (go boolean, wait_until timestamptz, reason text, cap_day date)
@@ -50,15 +51,13 @@ BEGIN
         ON CONFLICT DO NOTHING;
     PERFORM 1 FROM listener_campaign_days
       WHERE campaign_id = c.id AND day = today FOR UPDATE;
-    IF EXISTS (SELECT 1 FROM campaign_messages m
-                WHERE m.id = p_message AND m.cap_day = today) THEN
-        RETURN QUERY SELECT true, NULL::timestamptz, NULL::text, today;
-        RETURN;
-    END IF;
     SELECT count(*) INTO held FROM campaign_messages m
-     WHERE m.campaign_id = c.id AND m.cap_day = today;
+     WHERE m.campaign_id = c.id AND m.cap_day = today AND m.id <> p_message
+       AND m.status IN ('processing', 'sent');
     IF held >= c.daily_cap THEN
-        -- Full for today: wait for the first window of the next local day.
+        -- Full for today: wait for the first window of the next local day, holding nothing.
+        UPDATE campaign_messages m SET cap_day = NULL
+         WHERE m.id = p_message AND m.cap_day IS NOT NULL;
         opens := listener_window_opens(c.send_window_start, c.send_window_end, c.send_timezone,
                                        c.send_days, (today + 1)::timestamp AT TIME ZONE c.send_timezone);
         RETURN QUERY SELECT false, COALESCE(opens, p_at + interval '1 day'), 'cap'::text, NULL::date;
@@ -68,20 +67,3 @@ BEGIN
     RETURN QUERY SELECT true, NULL::timestamptz, NULL::text, today;
 END
 $$;
-
--- A message that leaves `processing` for anything but `sent` lets go of its cap slot.
-CREATE OR REPLACE FUNCTION listener_cap_slot_release()
-RETURNS trigger
-LANGUAGE plpgsql AS $$
-BEGIN
-    NEW.cap_day := NULL;
-    RETURN NEW;
-END
-$$;
-
-DROP TRIGGER IF EXISTS campaign_messages_cap_slot_release ON campaign_messages;
-CREATE TRIGGER campaign_messages_cap_slot_release
-    BEFORE UPDATE ON campaign_messages
-    FOR EACH ROW
-    WHEN (NEW.cap_day IS NOT NULL AND NEW.status NOT IN ('processing', 'sent'))
-    EXECUTE FUNCTION listener_cap_slot_release();

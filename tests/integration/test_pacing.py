@@ -68,7 +68,11 @@ def pace(db: Conn, campaign: Any, message: Any, at: str) -> tuple[Any, ...]:
 
 
 def held(db: Conn) -> dict[Any, date]:
-    rows = db.execute("SELECT id, cap_day FROM campaign_messages WHERE cap_day IS NOT NULL")
+    """The cap slots held: messages that took one and are processing or sent."""
+    rows = db.execute(
+        "SELECT id, cap_day FROM campaign_messages"
+        " WHERE cap_day IS NOT NULL AND status IN ('processing', 'sent')"
+    )
     return {r[0]: r[1] for r in rows.fetchall()}
 
 
@@ -78,7 +82,7 @@ def test_daily_cap_counts_per_local_day(db: Conn) -> None:
 
     assert pace(db, campaign, m1, "2026-11-25 10:00-03")[0] is True
     assert pace(db, campaign, m2, "2026-11-25 11:00-03")[3] == date(2026, 11, 25)
-    assert pace(db, campaign, m2, "2026-11-25 11:05-03")[0] is True  # keeps the slot it holds
+    assert pace(db, campaign, m2, "2026-11-25 11:05-03")[0] is True  # its own slot is no rival
     go, until, reason, _ = pace(db, campaign, m3, "2026-11-25 12:00-03")
     assert (go, reason) == (False, "cap")
     assert until == datetime.fromisoformat("2026-11-26 09:00-03")
@@ -86,6 +90,11 @@ def test_daily_cap_counts_per_local_day(db: Conn) -> None:
     # m1 goes back to the queue (a retry, a deferral, a hand-back): its slot comes free.
     db.execute("UPDATE campaign_messages SET status = 'pending' WHERE id = %s", (m1,))
     assert pace(db, campaign, m3, "2026-11-25 12:30-03")[0] is True
+    # Claimed again, m1 must win a slot anew like any other message: the cap is full.
+    db.execute("UPDATE campaign_messages SET status = 'processing' WHERE id = %s", (m1,))
+    assert pace(db, campaign, m1, "2026-11-25 13:00-03")[2] == "cap"
+    assert held(db) == {m2: date(2026, 11, 25), m3: date(2026, 11, 25)}
+    db.execute("UPDATE campaign_messages SET status = 'pending' WHERE id = %s", (m1,))
     # A sent message keeps its slot for good; a new local day is a new cap.
     db.execute("UPDATE campaign_messages SET status = 'sent', sent_at = now() WHERE id = %s", (m2,))
     assert held(db) == {m2: date(2026, 11, 25), m3: date(2026, 11, 25)}
@@ -162,9 +171,7 @@ async def test_the_daily_cap_holds_across_two_listeners(db_url: str, db: Conn) -
         " AND wait_reason = 'cap' AND attempts = 0 AND scheduled_at > now() + interval '1 minute'"
     ).fetchone()
     assert waiting == (7,)
-    assert db.execute(
-        "SELECT count(*) FROM campaign_messages WHERE cap_day IS NOT NULL AND status = 'sent'"
-    ).fetchone() == (3,)
+    assert len(held(db)) == 3
     assert db.execute("SELECT count(*) FROM sandbox_outbox").fetchone() == (3,)
 
 
@@ -178,9 +185,10 @@ async def test_a_message_handed_back_at_shutdown_gives_back_its_cap_slot(
         async with running(db_url, shutdown_grace="100ms", **http_settings(fakes)):
             await await_until(lambda: bool(held(db)))
         row = db.execute(
-            "SELECT status, attempts, cap_day FROM campaign_messages WHERE id = %s", (message,)
+            "SELECT status, attempts FROM campaign_messages WHERE id = %s", (message,)
         ).fetchone()
-        assert row == ("pending", 0, None)
+        assert row == ("pending", 0)
+        assert held(db) == {}
         fakes.send_delay = 0.0
         async with running(db_url, **http_settings(fakes)):
             await await_until(lambda: statuses(db) == {"sent": 1}, timeout=15)
