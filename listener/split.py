@@ -10,8 +10,9 @@ import re
 
 _TERMINATORS = frozenset(".!?…")
 
-# The whole reply is one fence, optionally tagged json: ```json\n...\n``` or ```\n...\n```.
-_FENCE = re.compile(r"\A```(?:json)?\s*(.*?)\s*```\Z", re.DOTALL | re.IGNORECASE)
+# A fence anywhere in the reply, optionally tagged json: ```json\n...\n``` or ```\n...\n```.
+# Models often put a line of their own before or after it ("Here it is:").
+_FENCE = re.compile(r"```(?:json)?[^\S\n]*\n?(.*?)\s*```", re.DOTALL | re.IGNORECASE)
 # A line holding only `|||`, with optional horizontal whitespace around it.
 _BAR_LINE = re.compile(r"^[^\S\n]*\|\|\|[^\S\n]*$", re.MULTILINE)
 # One or more blank (empty or whitespace-only) lines.
@@ -55,9 +56,12 @@ def _parse(text: str) -> list[str]:
     stripped = text.strip()
     parts = _json_parts(stripped)
     if parts is None:
-        fence = _FENCE.match(stripped)
-        if fence is not None:
+        # The first fence holding JSON of the right shape; the words around it are the model
+        # talking to us, not to the lead.
+        for fence in _FENCE.finditer(stripped):
             parts = _json_parts(fence.group(1))
+            if parts is not None:
+                break
     if parts is not None:
         return parts
     # Invalid or wrong-shaped JSON lands here too, so the whole text is kept.

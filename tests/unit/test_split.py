@@ -39,6 +39,25 @@ def test_fenced_json_is_parsed() -> None:
     assert split_reply(reply) == ["first", "second"]
 
 
+def test_a_fence_with_words_around_it_is_parsed_and_the_words_left_out() -> None:
+    before = 'Aqui está:\n\n```json\n{"messages": ["Oi João", "Tudo bem?"]}\n```'
+    after = '```json\n{"messages": ["a", "b"]}\n```\nEspero que ajude!'
+    both = 'Claro!\n```\n["x", "y"]\n```\nAté mais.'
+    assert split_reply(before) == ["Oi João", "Tudo bem?"]
+    assert split_reply(after) == ["a", "b"]
+    assert split_reply(both) == ["x", "y"]
+
+
+def test_the_first_fence_of_the_right_shape_wins() -> None:
+    reply = 'Exemplo:\n```\nprint(1)\n```\nResposta:\n```json\n{"messages": ["ok"]}\n```'
+    assert split_reply(reply) == ["ok"]
+
+
+def test_a_fence_without_json_is_ordinary_text() -> None:
+    reply = "Veja ```print(1)``` aqui\n\nOutro parágrafo"
+    assert split_reply(reply) == ["Veja ```print(1)``` aqui", "Outro parágrafo"]
+
+
 def test_plain_fence_is_parsed() -> None:
     assert split_reply('```\n["first", "second"]\n```') == ["first", "second"]
 
