@@ -73,9 +73,18 @@ def make_client(
     )
 
 
+RETRY_AFTER_CAP = 3600.0
+
+
 def parse_retry_after(value: str | None, *, now: datetime | None = None) -> float | None:
     """Seconds to wait from a `Retry-After` header: a number of seconds or an HTTP date.
-    A negative or past value gives 0; a missing or unreadable one gives None."""
+    A negative or past value gives 0; a missing or unreadable one gives None; anything over
+    an hour gives an hour (a provider's typo must not freeze the listener for years)."""
+    seconds = _retry_after_seconds(value, now)
+    return None if seconds is None else min(seconds, RETRY_AFTER_CAP)
+
+
+def _retry_after_seconds(value: str | None, now: datetime | None) -> float | None:
     if value is None:
         return None
     text = value.strip()
@@ -91,7 +100,7 @@ def parse_retry_after(value: str | None, *, now: datetime | None = None) -> floa
         return max(0.0, seconds)
     try:
         when = parsedate_to_datetime(text)
-    except (TypeError, ValueError, IndexError):
+    except (TypeError, ValueError, IndexError, OverflowError):
         return None
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)

@@ -149,10 +149,9 @@ def _error_message(payload: Any, scrub: Scrub) -> str:
     return ""
 
 
-def _budget_exhausted(payload: Any, retry_after: str | None) -> bool:
-    """True when a 402 is OpenRouter's in-flight budget, not the account running dry."""
-    if retry_after is not None:
-        return True
+def _budget_exhausted(payload: Any) -> bool:
+    """True when a 402's `error.metadata` says OpenRouter's in-flight budget is exhausted, not
+    that the account ran dry (DESIGN.md: only the metadata decides, not a Retry-After)."""
     if not isinstance(payload, dict) or not isinstance(payload.get("error"), dict):
         return False
     metadata = payload["error"].get("metadata")
@@ -167,11 +166,10 @@ def _http_error(response: httpx.Response, payload: Any, scrub: Scrub) -> Provide
     status = response.status_code
     detail = _error_message(payload, scrub) or scrub(response.text) or response.reason_phrase
     message = f"{PROVIDER} HTTP {status}: {detail}"
-    header = response.headers.get("Retry-After")
-    retry_after = parse_retry_after(header)
+    retry_after = parse_retry_after(response.headers.get("Retry-After"))
     if status == 429:
         return RateLimitedError(message, provider=PROVIDER, status=status, retry_after=retry_after)
-    if status == 402 and _budget_exhausted(payload, header):
+    if status == 402 and _budget_exhausted(payload):
         return RateLimitedError(
             f"{message} (in-flight budget exhausted)",
             provider=PROVIDER,

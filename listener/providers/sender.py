@@ -209,7 +209,10 @@ def _http_error(response: httpx.Response, payload: Any, scrub: Scrub) -> Provide
             return PermanentProviderError(
                 "number is not on WhatsApp", provider=PROVIDER, status=status
             )
-        return PermanentProviderError(message, provider=PROVIDER, status=status)
+        # Another 400 names no cause we can trust to be permanent (a passing state of the
+        # instance, a format the provider refused once): the attempt fails and the message
+        # takes the retry ladder, so one bad message neither fails at once nor stops the rest.
+        return ProviderError(message, provider=PROVIDER, status=status)
     if status in (401, 403):
         return HoldBackError(
             f"{message} (credentials refused)",

@@ -399,6 +399,22 @@ async def test_llm_plain_402_holds_back(server: FakeProvider, llm: OpenRouterLLM
     assert len(server.seen) == 1
 
 
+async def test_llm_402_out_of_credits_holds_back_even_with_retry_after(
+    server: FakeProvider, llm: OpenRouterLLM
+) -> None:
+    # Only error.metadata makes a 402 a budget wait; a Retry-After alone does not.
+    server.script(
+        Reply(
+            402,
+            {"error": {"code": 402, "message": "Insufficient credits"}},
+            headers={"Retry-After": "60"},
+        )
+    )
+
+    with pytest.raises(HoldBackError):
+        await generate(llm)
+
+
 async def test_llm_read_timeout_is_transient(server: FakeProvider) -> None:
     server.script(Reply(body=completion("too late"), sleep=2))
     client = OpenRouterLLM(make_settings(server.url, llm_timeout="50ms"))
@@ -538,9 +554,11 @@ async def test_sender_number_not_on_whatsapp_is_permanent_without_retry(
     assert len(server.seen) == 1
 
 
-async def test_sender_other_400_is_permanent_with_the_message_and_masked_number(
+async def test_sender_other_400_fails_the_attempt_with_the_message_and_masked_number(
     server: FakeProvider, sender: EvolutionSender
 ) -> None:
+    # Only `exists: false` is permanent; another 400 fails this attempt (the retry ladder),
+    # neither failing the message at once nor holding back the whole listener.
     server.script(
         Reply(
             400,
@@ -552,9 +570,10 @@ async def test_sender_other_400_is_permanent_with_the_message_and_masked_number(
         )
     )
 
-    with pytest.raises(PermanentProviderError) as caught:
+    with pytest.raises(ProviderError) as caught:
         await send(sender)
 
+    assert type(caught.value) is ProviderError
     text = str(caught.value)
     assert "400" in text and "text is required" in text
     assert NUMBER not in text and mask_phone(NUMBER) in text
@@ -725,6 +744,9 @@ NOW = datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC)
         ("nan", None),
         ("inf", None),
         ("Wed, 99 Foo 2024", None),
+        ("86400", 3600.0),  # a day, or a typo: at most an hour
+        ("1000000000000", 3600.0),
+        ("Fri, 31 Dec 9999 23:59:59 GMT", 3600.0),
     ],
 )
 def test_parse_retry_after(value: str | None, expected: float | None) -> None:
