@@ -94,6 +94,7 @@ class Daemon:
         )
         self.processor = processor
         timer = WakeTimer(self.scheduler, processor.wake.set)
+        processor.on_next_due = timer.schedule
         self.listener = NotifyListener(
             self.url, settings, self.health, on_due=processor.wake.set, on_future=timer.schedule
         )
@@ -118,7 +119,14 @@ class Daemon:
                     raise task.exception()  # type: ignore[misc]
         finally:
             log.info("stopping: no more claims", extra={"action": "stopping"})
-            await processor.drain(settings.shutdown_grace.total_seconds())
+            grace = settings.shutdown_grace.total_seconds()
+            processor.stop_claiming()
+            # Let a claim already under way finish (its rows are then handed back by the
+            # drain); one stuck past the grace period is cancelled, its rows left to the lease.
+            _, late = await asyncio.wait({claim_task}, timeout=max(grace, 1.0))
+            for task in late:
+                task.cancel()
+            await processor.drain(grace)
             self.listener.stop()
             for task in (listen_task, claim_task, stop_task):
                 task.cancel()

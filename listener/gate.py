@@ -1,6 +1,7 @@
 """A hold on one provider, shared by every message in flight: when a provider says "slow
 down" (429) or "I refuse" (credentials, credits), the whole listener waits instead of five
-workers hammering it, and the episode is logged once when it starts and once when it ends."""
+workers hammering it. An episode runs from the first refusal to the next call that goes
+through, however many holds it takes; it is logged once when it starts and once when it ends."""
 
 from __future__ import annotations
 
@@ -32,9 +33,7 @@ class Gate:
     def hold(self, seconds: float, reason: str, *, loud: bool = False) -> None:
         """Close the gate for `seconds` from now (never shortening a longer hold)."""
         now = time.monotonic()
-        starting = self._until <= now
-        if starting:
-            self.episode_hits = 0
+        starting = self.episode_hits == 0
         self.episode_hits += 1
         self._until = max(self._until, now + seconds)
         self._reason = reason
@@ -50,15 +49,19 @@ class Gate:
             )
 
     async def wait(self) -> None:
-        """Return once the gate is open; log the end of an episode once."""
-        waited = False
-        while (remaining := self.remaining) > 0:
-            waited = True
-            await asyncio.sleep(remaining)
-        if waited and self.episode_hits:
+        """Return once the gate is open."""
+        while True:
+            remaining = self.remaining
+            if remaining <= 0:
+                return
+            await asyncio.sleep(remaining)  # a hold may be extended meanwhile: look again
+
+    def passed(self) -> None:
+        """A call went through: the episode, if there was one, is over (logged once)."""
+        if self.episode_hits:
+            self.episode_hits = 0
             log.info(
                 "%s hold is over",
                 self.name,
                 extra={"action": "provider_hold_over", "provider": self.name},
             )
-            self.episode_hits = 0

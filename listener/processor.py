@@ -9,6 +9,7 @@ locked_by = me`), so a worker whose lease was taken over can never finish a mess
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import re
@@ -172,6 +173,7 @@ class Processor:
         self._slots = asyncio.Semaphore(settings.concurrency)
         self._room = asyncio.Event()
         self._stopping = False
+        self._stopped = asyncio.Event()
         self._on_request = on_request
         # Claim ahead at most one window's worth beyond the window itself: enough to keep the
         # slots busy while the next claim runs, never a whole backlog in memory.
@@ -180,6 +182,8 @@ class Processor:
         self._record = GroupCommit(self._flush_record, key=lambda i: i.id)
         self._finish = GroupCommit(self._flush_finish, key=lambda i: i.id)
         self.next_due: datetime | None = None
+        # Called with the next future due time whenever it is read (the daemon's wake timer).
+        self.on_next_due: Callable[[datetime], None] | None = None
         self.instances = InstanceHealth(
             sender.connection_state, settings.instance_check_ttl.total_seconds()
         )
@@ -194,8 +198,16 @@ class Processor:
 
     def stop_claiming(self) -> None:
         self._stopping = True
+        self._stopped.set()
         self.wake.set()
         self._room.set()
+
+    async def _wait_for_gates(self) -> None:
+        """Sleep while a provider holds the listener back; wake at once on shutdown."""
+        for gate in (self.llm_gate, self.sender_gate):
+            while (remaining := gate.remaining) > 0 and not self._stopping:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopped.wait(), timeout=remaining)
 
     async def claim_loop(self) -> None:
         """Claim whenever woken (or every poll interval), as much as the window can use soon.
@@ -229,9 +241,9 @@ class Processor:
                 await self._room.wait()
             if self._stopping:
                 break
-            for gate in (self.llm_gate, self.sender_gate):
-                if gate.remaining > 0:
-                    await gate.wait()
+            await self._wait_for_gates()
+            if self._stopping:
+                break
             limit = min(settings.claim_batch, self._high_water - self.held)
             last_claim = time.monotonic()
             try:
@@ -300,6 +312,8 @@ class Processor:
                 cur = await conn.execute(q("next_due"))
                 row = await cur.fetchone()
             self.next_due = row[0] if row else None
+            if self.next_due is not None and self.on_next_due is not None:
+                self.on_next_due(self.next_due)
         except psycopg.Error as exc:
             log.warning("next due lookup failed: %s", exc, extra={"action": "next_due_failed"})
 
@@ -310,7 +324,7 @@ class Processor:
     async def _run(self, job: Job) -> None:
         try:
             async with self._slots:
-                if self._stopping and job.parts_sent == 0 and job.parts is None:
+                if self._stopping:
                     # Shutdown began before this message started: hand it back untouched.
                     await self._submit_finish(_Finish(job.id, "pending", None, 1, None))
                     return
@@ -334,6 +348,14 @@ class Processor:
                 exc,
                 extra={"action": "message_db_error", "message_id": str(job.id)},
             )
+        except Exception as exc:  # a bug outside the provider calls: still give it an outcome
+            log.exception(
+                "unexpected error while finishing a message",
+                extra={"action": "message_error", "message_id": str(job.id)},
+            )
+            error = f"unexpected error: {type(exc).__name__}: {exc}"
+            with contextlib.suppress(Exception):  # else its lease hands it back
+                await self._retry_or_fail(job, error)
         finally:
             self._held.pop(job.id, None)
             self._tasks.pop(job.id, None)
@@ -462,15 +484,38 @@ class Processor:
                 job.content, max_parts=settings.max_parts, max_chars=settings.max_part_chars
             )
         else:
-            text = await self._generate(job, ctx)
-            parts = split_reply(
-                text, max_parts=settings.max_parts, max_chars=settings.max_part_chars
-            )
+            text, parts = await self._write(job, ctx)
         self._check(job)
         if not await self._store.submit(_Store(job.id, text, parts)):
             raise LeaseLost()
         job.parts = parts
         return parts
+
+    async def _write(self, job: Job, ctx: dict[str, Any]) -> tuple[str, list[str]]:
+        """Ask the LLM and split its reply; a reply with nothing to send is asked again, with
+        the quick retries' backoff, before the message fails for it."""
+        settings = self.settings
+        for retry in range(settings.quick_retries + 1):
+            text = await self._generate(job, ctx)
+            try:
+                return text, split_reply(
+                    text, max_parts=settings.max_parts, max_chars=settings.max_part_chars
+                )
+            except UnsplittableReply as exc:
+                if retry == settings.quick_retries:
+                    raise
+                pause = min(
+                    settings.quick_retry_base.total_seconds() * 2**retry,
+                    settings.quick_retry_max.total_seconds(),
+                )
+                log.warning(
+                    "the LLM reply has nothing to send, asking again in %.1fs: %s",
+                    pause,
+                    exc,
+                    extra={"action": "llm_reply_unsplittable", "message_id": str(job.id)},
+                )
+                await asyncio.sleep(pause)
+        raise AssertionError("unreachable")
 
     async def _generate(self, job: Job, ctx: dict[str, Any]) -> str:
         system = (job.campaign_prompt or "").strip()
@@ -527,7 +572,9 @@ class Processor:
             except RateLimitedError as exc:
                 self._observe(provider, started, exc)
                 seconds = exc.retry_after
-                if seconds is None:
+                if seconds is None or seconds <= 0:
+                    # No usable Retry-After (missing, 0, a date already past): back off
+                    # exponentially over the episode rather than ask again at once.
                     seconds = rate_limit_backoff(
                         gate.episode_hits + 1,
                         self.settings.rate_limit_base,
@@ -550,6 +597,7 @@ class Processor:
                 self._observe(provider, started, exc)
                 raise
             self._observe(provider, started, None)
+            gate.passed()
             return result
 
     def _observe(self, provider: str, started: float, error: ProviderError | None) -> None:
@@ -676,23 +724,24 @@ class Processor:
 
     async def drain(self, grace: float) -> None:
         """Stop claiming, let in-flight messages finish within `grace` seconds, then hand the
-        rest back to the queue with their attempt refunded."""
+        rest back to the queue with their attempt refunded. Call it once the claim loop has
+        ended, so no message starts after the drain began."""
         self.stop_claiming()
-        tasks = list(self._tasks.values())
-        unfinished: list[UUID] = []
-        if tasks:
+        deadline = time.monotonic() + grace
+        if self._tasks:
             log.info(
                 "finishing %d messages in flight (grace %.0fs)",
-                len(tasks),
+                len(self._tasks),
                 grace,
-                extra={"action": "draining", "in_flight": len(tasks)},
+                extra={"action": "draining", "in_flight": len(self._tasks)},
             )
-            _, pending = await asyncio.wait(tasks, timeout=grace)
-            if pending:
-                unfinished = [i for i, t in self._tasks.items() if t in pending]
-                for task in pending:
-                    task.cancel()
-                await asyncio.gather(*pending, return_exceptions=True)
+        while self._tasks and (left := deadline - time.monotonic()) > 0:
+            await asyncio.wait(list(self._tasks.values()), timeout=left)
+        unfinished = list(self._tasks)
+        late = list(self._tasks.values())
+        for task in late:
+            task.cancel()
+        await asyncio.gather(*late, return_exceptions=True)
         leftover = list(set(self._held) | set(unfinished))
         if leftover:
             items = [_Finish(i, "pending", None, 1, None) for i in leftover]

@@ -105,7 +105,12 @@ class FakeProviders:
             await asyncio.sleep(delay)
         if reply is not None and (reply.body is not None or reply.status >= 300):
             self.sends.append(
-                {"instance": request.match_info["instance"], **body, "accepted": False}
+                {
+                    "instance": request.match_info["instance"],
+                    **body,
+                    "accepted": False,
+                    "at": time.monotonic(),
+                }
             )
             return web.json_response(reply.body or {}, status=reply.status, headers=reply.headers)
         self._counter += 1

@@ -254,3 +254,111 @@ async def test_terminated_backends_reconnect_and_keep_sending(db_url: str, db: C
         await await_until(lambda: daemon.health.listen_ok, timeout=10)
         enqueue(db, campaign, leads[3:])
         await await_until(lambda: statuses(db).get("sent") == 6, timeout=15)
+
+
+def hold_lines(caplog: pytest.LogCaptureFixture) -> int:
+    return sum(1 for r in caplog.records if getattr(r, "action", "") == "provider_hold")
+
+
+async def test_retry_after_zero_backs_off_instead_of_asking_again_at_once(
+    db_url: str, db: Conn, caplog: pytest.LogCaptureFixture
+) -> None:
+    campaign = make_campaign(db)
+    leads = make_leads(db, 1)
+    async with serve_fakes() as fakes:
+        slow_down = Reply(429, {"error": {"code": 429, "message": "slow"}}, {"Retry-After": "0"})
+        fakes.send_script.extend([slow_down] * 6)
+        caplog.set_level(logging.INFO, logger="listener.gate")
+        async with running(db_url, rate_limit_base="20ms", **http_settings(fakes)):
+            enqueue(db, campaign, leads)
+            await await_until(lambda: statuses(db) == {"sent": 1}, timeout=15)
+    times = [s["at"] for s in fakes.sends]
+    assert len(times) == 7  # six refusals, then the one accepted send
+    # Exponential backoff from 20 ms over the episode: at least 10+20+40+80+160+320 ms.
+    assert times[-1] - times[0] >= 0.6, times
+    assert hold_lines(caplog) == 1  # one episode, however many 429s it took
+    overs = [r for r in caplog.records if getattr(r, "action", "") == "provider_hold_over"]
+    assert len(overs) == 1
+    assert row(db, "SELECT attempts FROM campaign_messages") == (1,)
+
+
+async def test_a_huge_retry_after_is_capped_and_hands_the_message_back(
+    db_url: str, db: Conn
+) -> None:
+    campaign = make_campaign(db)
+    leads = make_leads(db, 1)
+    async with serve_fakes() as fakes:
+        fakes.send_script.append(
+            Reply(429, {"error": {"message": "later"}}, {"Retry-After": "1000000000000"})
+        )
+        async with running(db_url, **http_settings(fakes)) as daemon:
+            enqueue(db, campaign, leads)
+            await await_until(lambda: statuses(db) == {"pending": 1} and bool(fakes.sends))
+            await await_until(
+                lambda: row(db, "SELECT locked_by IS NULL FROM campaign_messages") == (True,)
+            )
+            assert daemon.processor is not None
+            assert daemon.processor.sender_gate.remaining <= 3600
+    waits = row(
+        db,
+        "SELECT attempts, round(extract(epoch FROM scheduled_at - now()) / 60) "
+        "FROM campaign_messages",
+    )
+    assert waits == (0, 60)  # refunded, and due again in an hour, not in 31,000 years
+
+
+async def test_sigterm_during_a_provider_hold_claims_nothing_more(
+    db_url: str, db: Conn, caplog: pytest.LogCaptureFixture
+) -> None:
+    campaign = make_campaign(db)
+    first, second = make_leads(db, 2)
+    async with serve_fakes() as fakes:
+        fakes.send_script.append(Reply(429, {"error": {"message": "slow"}}, {"Retry-After": "1.5"}))
+        caplog.set_level(logging.INFO, logger="listener")
+        async with running(db_url, shutdown_grace="3s", **http_settings(fakes)):
+            [held] = enqueue(db, campaign, [first])
+            await await_until(lambda: len(fakes.sends) == 1)  # refused: the sender is held
+            [late] = enqueue(db, campaign, [second])
+            await asyncio.sleep(0.3)  # its notification arrives while the gate is closed
+            stop_at = len(caplog.records)
+        # the stop: the held message finishes within the grace period, the other is untouched
+        after_stop = caplog.records[stop_at:]
+    by_id = dict(
+        (r[0], r[1:])
+        for r in db.execute(
+            "SELECT id, status, attempts, locked_by FROM campaign_messages"
+        ).fetchall()
+    )
+    assert by_id[held] == ("sent", 1, None)
+    assert by_id[late] == ("pending", 0, None)
+    assert not [r for r in after_stop if getattr(r, "action", "") == "batch_claimed"]
+    assert len(fakes.accepted()) == 1
+
+
+async def test_a_reply_with_nothing_to_send_is_asked_again(db_url: str, db: Conn) -> None:
+    campaign = make_campaign(db)
+    leads = make_leads(db, 1)
+    empty_list = {"choices": [{"message": {"content": '{"messages": []}'}}]}
+    async with serve_fakes() as fakes:
+        fakes.llm_script.append(Reply(200, empty_list))
+        async with running(db_url, **http_settings(fakes)):
+            enqueue(db, campaign, leads)
+            await await_until(lambda: statuses(db) == {"sent": 1}, timeout=15)
+    assert len(fakes.llm_requests) == 2
+    assert row(db, "SELECT attempts FROM campaign_messages") == (1,)
+
+
+async def test_a_reply_with_nothing_to_send_fails_after_the_quick_retries(
+    db_url: str, db: Conn
+) -> None:
+    campaign = make_campaign(db)
+    leads = make_leads(db, 1)
+    empty_list = {"choices": [{"message": {"content": '{"messages": []}'}}]}
+    async with serve_fakes() as fakes:
+        fakes.llm_script.extend([Reply(200, empty_list)] * 3)
+        async with running(db_url, quick_retries=2, **http_settings(fakes)):
+            enqueue(db, campaign, leads)
+            await await_until(lambda: statuses(db) == {"failed": 1}, timeout=15)
+    assert len(fakes.llm_requests) == 3
+    error = row(db, "SELECT last_error FROM campaign_messages")[0]
+    assert "no text to send" in error

@@ -102,6 +102,24 @@ async def test_future_rows_go_out_at_their_time_and_not_before(db_url: str, db: 
     assert late[1].total_seconds() < 1.0  # woken by its timer, not by the slow poll
 
 
+async def test_each_future_row_is_woken_at_its_time_with_a_slow_poll(db_url: str, db: Conn) -> None:
+    """The timer knows only the earliest due time; once it fires (or on start) the next one
+    must be armed at once, not at the next poll (here a minute away)."""
+    campaign = make_campaign(db)
+    a, b, c = make_leads(db, 3)
+    enqueue(db, campaign, [a], delay_seconds=1.0)  # due while nothing has started yet
+    async with running(db_url, poll_interval="60s"):
+        enqueue(db, campaign, [b], delay_seconds=2.0)
+        enqueue(db, campaign, [c], delay_seconds=3.0)  # later than the armed timer: not armed
+        await await_until(lambda: statuses(db).get("sent") == 3, timeout=15)
+    late = db.execute(
+        "SELECT bool_and(sent_at >= scheduled_at), max(sent_at - scheduled_at)"
+        " FROM campaign_messages"
+    ).fetchone()
+    assert late is not None and late[0] is True
+    assert late[1].total_seconds() < 0.5
+
+
 async def test_two_listeners_split_the_work_and_never_share_a_message(
     db_url: str, db: Conn
 ) -> None:
