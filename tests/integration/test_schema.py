@@ -102,6 +102,19 @@ def test_mark_old_messages_as_skipped_returns_the_count_and_keeps_rows(db: Conn)
     assert db.execute("SELECT mark_old_campaign_messages_as_skipped()").fetchone() == (0,)
 
 
+def test_the_sweep_spares_a_paused_campaign_until_it_is_active_again(db: Conn) -> None:
+    paused = make_campaign(db, status="paused")
+    active = make_campaign(db)
+    enqueue(db, paused, make_leads(db, 2, prefix="55218"), delay_seconds=-3 * 86400)
+    enqueue(db, active, make_leads(db, 1), delay_seconds=-3 * 86400)
+    assert db.execute("SELECT mark_old_campaign_messages_as_skipped()").fetchone() == (1,)
+    waiting = db.execute(
+        "SELECT count(*) FROM campaign_messages WHERE campaign_id = %s AND status = 'pending'",
+        (paused,),
+    )
+    assert waiting.fetchone() == (2,)
+
+
 def test_trigger_notifies_once_per_statement_with_the_earliest_due_time(
     db_url: str, db: Conn
 ) -> None:
