@@ -49,6 +49,12 @@ class EmptyReplyError(TransientProviderError):
     at once rather than waiting minutes for the same emptiness."""
 
 
+class UncertainDeliveryError(ProviderError):
+    """A send that reached the provider but got no answer (a read timeout, a connection cut
+    mid-reply): the part may have been delivered. Not repeated within the attempt; the next try
+    sends it again, so that one part may arrive twice, as a crash after the answer may."""
+
+
 class RateLimitedError(ProviderError):
     """The provider asked us to slow down. `retry_after` is in seconds when it said how long."""
 

@@ -24,6 +24,7 @@ from listener.errors import (
     ProviderError,
     RateLimitedError,
     TransientProviderError,
+    UncertainDeliveryError,
 )
 from listener.providers._http import (
     REQUEST_ERRORS,
@@ -123,7 +124,11 @@ class EvolutionSender:
         except REQUEST_ERRORS as exc:
             error = request_failure(exc, provider=PROVIDER)
             if isinstance(error, TransientProviderError) and not _never_connected(exc):
-                error.args = (f"{error}; the part may have been delivered",)
+                # Asking again at once could deliver it twice within seconds; the next try
+                # of the message (minutes later) sends it again instead.
+                error = UncertainDeliveryError(
+                    f"{error}; the part may have been delivered", provider=PROVIDER
+                )
             raise self._clean(error, number) from exc
         payload = parse_json(response)
         if not response.is_success:

@@ -362,3 +362,20 @@ async def test_a_reply_with_nothing_to_send_fails_after_the_quick_retries(
     assert len(fakes.llm_requests) == 3
     error = row(db, "SELECT last_error FROM campaign_messages")[0]
     assert "no text to send" in error
+
+
+async def test_a_send_that_timed_out_is_not_repeated_until_the_next_try(
+    db_url: str, db: Conn, caplog: pytest.LogCaptureFixture
+) -> None:
+    campaign = make_campaign(db)
+    leads = make_leads(db, 1)
+    async with serve_fakes() as fakes:
+        fakes.send_script.append(Reply(delay=0.5))  # answers after the read timeout
+        async with running(db_url, send_timeout="100ms", **http_settings(fakes)):
+            enqueue(db, campaign, leads)
+            await await_until(lambda: statuses(db) == {"sent": 1}, timeout=15)
+    # The first try ended on the timeout (it may have been delivered): no quick retry within
+    # it; the second try, after the first retry delay, sent the part again.
+    assert row(db, "SELECT attempts FROM campaign_messages") == (2,)
+    retries = [r for r in caplog.records if getattr(r, "action", "") == "message_retry"]
+    assert len(retries) == 1 and "may have been delivered" in retries[0].getMessage()
