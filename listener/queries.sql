@@ -4,11 +4,14 @@
 -- claim --
 -- Take up to %(limit)s due rows. SKIP LOCKED lets listeners share the queue without waiting on
 -- each other; the lease (locked_by, locked_until) says who has a row and until when. Rows of
--- paused campaigns stay pending and are passed over.
+-- paused campaigns stay pending and are passed over: those marked `paused` are not even in the
+-- index (its predicate is repeated here so the planner can use it); the NOT EXISTS catches a
+-- row inserted while its campaign was being paused.
 WITH due AS (
     SELECT m.id
       FROM campaign_messages m
      WHERE m.status = 'pending'
+       AND m.wait_reason IS DISTINCT FROM 'paused'
        AND m.scheduled_at <= now()
        AND NOT EXISTS (SELECT 1 FROM campaigns c WHERE c.id = m.campaign_id AND c.status = 'paused')
      ORDER BY m.scheduled_at
@@ -116,7 +119,7 @@ RETURNING id, status
 -- When the next pending row comes due, to set the wake-up timer.
 SELECT min(scheduled_at) AS next_due
   FROM campaign_messages
- WHERE status = 'pending' AND scheduled_at > now()
+ WHERE status = 'pending' AND wait_reason IS DISTINCT FROM 'paused' AND scheduled_at > now()
 
 -- sweep_old --
 -- The seed's sweep: skip pending rows due longer ago than the age limit.
@@ -133,8 +136,9 @@ SELECT * FROM unnest(%(instances)b::text[], %(numbers)b::text[], %(texts)b::text
                      %(provider_ids)b::text[])
 
 -- backlog --
--- Pending rows already due (a gauge on /metrics).
-SELECT count(*) AS due FROM campaign_messages WHERE status = 'pending' AND scheduled_at <= now()
+-- Pending rows already due (a gauge on /metrics); paused campaigns' rows are not due.
+SELECT count(*) AS due FROM campaign_messages
+ WHERE status = 'pending' AND wait_reason IS DISTINCT FROM 'paused' AND scheduled_at <= now()
 
 -- replay_named --
 -- The status of each message `listener replay --id` names, to report the ones it refuses.
@@ -224,7 +228,8 @@ SELECT (SELECT count(*)::integer FROM campaign_messages
        EXTRACT(EPOCH FROM now() - due.oldest)::float8 AS oldest_due_seconds
   FROM (SELECT count(*)::integer AS backlog, min(scheduled_at) AS oldest
           FROM campaign_messages
-         WHERE status = 'pending' AND scheduled_at <= now()) AS due
+         WHERE status = 'pending' AND wait_reason IS DISTINCT FROM 'paused'
+           AND scheduled_at <= now()) AS due
 
 -- demo_guard --
 -- Before the demo runs its sandbox listener on a database it does not own: other listeners

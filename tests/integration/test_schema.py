@@ -13,6 +13,7 @@ import pytest
 
 from listener.errors import MigrationError
 from listener.migrate import load_migrations, migrate, migrations_dir
+from listener.queries import q
 from tests.helpers import enqueue, make_campaign, make_leads, make_run
 
 Conn = psycopg.Connection[Any]
@@ -108,11 +109,45 @@ def test_the_sweep_spares_a_paused_campaign_until_it_is_active_again(db: Conn) -
     enqueue(db, paused, make_leads(db, 2, prefix="55218"), delay_seconds=-3 * 86400)
     enqueue(db, active, make_leads(db, 1), delay_seconds=-3 * 86400)
     assert db.execute("SELECT mark_old_campaign_messages_as_skipped()").fetchone() == (1,)
+    # Resumed (with no listener running): due from the resume, so the sweep spares them still.
+    db.execute("UPDATE campaigns SET status = 'active' WHERE id = %s", (paused,))
+    assert db.execute("SELECT mark_old_campaign_messages_as_skipped()").fetchone() == (0,)
     waiting = db.execute(
-        "SELECT count(*) FROM campaign_messages WHERE campaign_id = %s AND status = 'pending'",
+        "SELECT count(*), bool_and(scheduled_at > now() - interval '1 minute')"
+        " FROM campaign_messages WHERE campaign_id = %s AND status = 'pending'",
         (paused,),
     )
-    assert waiting.fetchone() == (2,)
+    assert waiting.fetchone() == (2, True)
+
+
+def test_a_paused_campaigns_messages_leave_the_claim_index_until_it_resumes(db: Conn) -> None:
+    campaign = make_campaign(db)
+    early = enqueue(db, campaign, make_leads(db, 2), delay_seconds=-60)
+    future = enqueue(db, campaign, make_leads(db, 1, prefix="55218"), delay_seconds=3600)
+
+    def marks() -> dict[str, int]:
+        rows = db.execute(
+            "SELECT COALESCE(wait_reason, '-'), count(*) FROM campaign_messages"
+            " WHERE status = 'pending' GROUP BY 1"
+        ).fetchall()
+        return {r[0]: r[1] for r in rows}
+
+    db.execute("UPDATE campaigns SET status = 'paused' WHERE id = %s", (campaign,))
+    assert marks() == {"paused": 3}
+    enqueue(db, campaign, make_leads(db, 1, prefix="55219"))  # inserted while paused
+    assert marks() == {"paused": 4}
+    backlog = db.execute(q("backlog")).fetchone()
+    assert backlog == (0,)  # paused rows are not due backlog
+    index = db.execute("SELECT pg_get_indexdef('idx_campaign_messages_due'::regclass)").fetchone()
+    assert index is not None and "'paused'" in index[0]
+
+    db.execute("UPDATE campaigns SET status = 'archived' WHERE id = %s", (campaign,))
+    assert marks() == {"-": 4}  # leaving `paused` for any status clears the mark
+    due = db.execute(
+        "SELECT id FROM campaign_messages WHERE scheduled_at > now() + interval '30 minutes'"
+    ).fetchall()
+    assert [r[0] for r in due] == future  # a later due time is kept
+    assert len(early) == 2
 
 
 def test_trigger_notifies_once_per_statement_with_the_earliest_due_time(
