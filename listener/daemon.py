@@ -84,29 +84,41 @@ class Daemon:
                 "concurrency": settings.concurrency,
             },
         )
-        await self.pool.open(wait=False)
-        if self._llm is None or self._sender is None:
-            llm, sender = build_providers(settings, self.pool)
-            self._llm = self._llm or llm
-            self._sender = self._sender or sender
-        processor = Processor(
-            settings, self.pool, self._llm, self._sender, metrics=self.metrics, health=self.health
-        )
-        self.processor = processor
-        timer = WakeTimer(self.scheduler, processor.wake.set)
-        processor.on_next_due = timer.schedule
-        self.listener = NotifyListener(
-            self.url, settings, self.health, on_due=processor.wake.set, on_future=timer.schedule
-        )
         if settings.metrics_port:
+            # First, so a port already taken ends the start with one clear line.
             self._runner = await serve(
                 self.metrics, self.health, settings.metrics_host, settings.metrics_port
             )
-        self._schedule_jobs(processor, timer)
-        if settings.sweep_max_age.total_seconds() > 0:
-            # Before the first claim, so rows past the age limit are skipped, not sent late.
-            await self._guard(self.sweep, "sweep")()
-        self.scheduler.start()
+        try:
+            await self.pool.open(wait=False)
+            if self._llm is None or self._sender is None:
+                llm, sender = build_providers(settings, self.pool)
+                self._llm = self._llm or llm
+                self._sender = self._sender or sender
+            processor = Processor(
+                settings,
+                self.pool,
+                self._llm,
+                self._sender,
+                metrics=self.metrics,
+                health=self.health,
+            )
+            self.processor = processor
+            timer = WakeTimer(self.scheduler, processor.wake.set)
+            processor.on_next_due = timer.schedule
+            self.listener = NotifyListener(
+                self.url, settings, self.health, on_due=processor.wake.set, on_future=timer.schedule
+            )
+            self._schedule_jobs(processor, timer)
+            if settings.sweep_max_age.total_seconds() > 0:
+                # Before the first claim, so rows past the age limit are skipped, not sent late.
+                await self._guard(self.sweep, "sweep")()
+            self.scheduler.start()
+        except BaseException:
+            # A start that fails halfway must not leave the pool's or the server's tasks
+            # behind: the process would hang instead of exiting with the error.
+            await self._close_resources()
+            raise
         listen_task = asyncio.create_task(self.listener.run(), name="listen")
         claim_task = asyncio.create_task(processor.claim_loop(), name="claim")
         stop_task = asyncio.create_task(self._stop.wait(), name="stop")
@@ -131,14 +143,21 @@ class Daemon:
             for task in (listen_task, claim_task, stop_task):
                 task.cancel()
             await asyncio.gather(listen_task, claim_task, stop_task, return_exceptions=True)
+            await self._close_resources()
+            log.info("listener stopped", extra={"action": "stopped"})
+
+    async def _close_resources(self) -> None:
+        """Stop the scheduler, the metrics server, the provider clients and the pool."""
+        if self.scheduler.running:
             self.scheduler.shutdown(wait=False)
-            if self._runner is not None:
-                await self._runner.cleanup()
-            for provider in (self._llm, self._sender):
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        for provider in (self._llm, self._sender):
+            if provider is not None:
                 with contextlib.suppress(Exception):
                     await provider.aclose()
-            await self.pool.close()
-            log.info("listener stopped", extra={"action": "stopped"})
+        await self.pool.close()
 
     def _schedule_jobs(self, processor: Processor, timer: WakeTimer) -> None:
         settings = self.settings

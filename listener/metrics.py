@@ -10,6 +10,8 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from listener.errors import ConfigurationError
+
 log = logging.getLogger(__name__)
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
@@ -131,6 +133,14 @@ async def serve(metrics: Metrics, health: Health, host: str, port: int) -> web.A
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
-    await site.start()
+    try:
+        await site.start()
+    except OSError as exc:  # the port is taken, or the host is not an address of this machine
+        await runner.cleanup()
+        reason = exc.strerror or str(exc) or type(exc).__name__
+        raise ConfigurationError(
+            f"bad setting LISTENER_METRICS_HOST/LISTENER_METRICS_PORT: cannot listen on "
+            f"{host}:{port}: {reason}"
+        ) from exc
     log.info("metrics on %s:%s", host, port, extra={"action": "metrics_started", "port": port})
     return runner

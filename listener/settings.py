@@ -14,6 +14,7 @@ import uuid
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     BeforeValidator,
@@ -30,20 +31,33 @@ _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 
 
-def parse_duration(value: Any) -> timedelta:
-    """Turn `250ms`, `5s`, `5m`, `1h`, a number of seconds or a timedelta into a timedelta."""
+#: The longest duration any setting or option takes (ten years): longer is a typo, and would
+#: overflow dates.
+MAX_DURATION = timedelta(days=3650)
+
+
+def parse_duration(value: Any, *, bare_unit: str | None = None) -> timedelta:
+    """Turn `250ms`, `5s`, `5m`, `1h`, a bare number (seconds, or `bare_unit`) or a timedelta
+    into a timedelta of at most ten years."""
     if isinstance(value, timedelta):
-        return value
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        if value < 0:
-            raise ValueError("a duration cannot be negative")
-        return timedelta(seconds=float(value))
-    if isinstance(value, str):
-        match = _DURATION.match(value)
-        if match:
-            number, unit = match.groups()
-            return timedelta(seconds=float(number) * _UNIT_SECONDS[unit])
-    raise ValueError(f"not a duration: {value!r} (use a number with ms, s, m or h, like 5m)")
+        seconds = value.total_seconds()
+    elif isinstance(value, int | float) and not isinstance(value, bool):
+        seconds = float(value) * _UNIT_SECONDS[bare_unit]
+    elif isinstance(value, str) and (match := _DURATION.match(value)):
+        number, unit = match.groups()
+        seconds = float(number) * _UNIT_SECONDS[unit or bare_unit]
+    else:
+        raise ValueError(f"not a duration: {value!r} (use a number with ms, s, m or h, like 5m)")
+    if seconds < 0:
+        raise ValueError("a duration cannot be negative")
+    if seconds > MAX_DURATION.total_seconds():
+        raise ValueError(f"too long: {value!r} (at most {MAX_DURATION.days} days)")
+    return timedelta(seconds=seconds)
+
+
+def parse_milliseconds(value: Any) -> timedelta:
+    """A duration whose bare numbers are milliseconds (LISTENER_PART_DELAY_MS)."""
+    return parse_duration(value, bare_unit="ms")
 
 
 def parse_durations(value: Any) -> tuple[timedelta, ...]:
@@ -57,6 +71,7 @@ def parse_durations(value: Any) -> tuple[timedelta, ...]:
 
 
 Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
+Milliseconds = Annotated[timedelta, BeforeValidator(parse_milliseconds)]
 Durations = Annotated[tuple[timedelta, ...], NoDecode, BeforeValidator(parse_durations)]
 
 
@@ -87,7 +102,7 @@ class Settings(BaseSettings):
         (timedelta(minutes=5), timedelta(minutes=15), timedelta(minutes=30)),
         validation_alias="LISTENER_RETRY_DELAYS",
     )
-    part_delay: timedelta = Field(
+    part_delay: Milliseconds = Field(
         timedelta(milliseconds=1000), validation_alias="LISTENER_PART_DELAY_MS"
     )
     metrics_port: int = Field(9464, ge=0, le=65535, validation_alias="LISTENER_METRICS_PORT")
@@ -149,24 +164,10 @@ class Settings(BaseSettings):
         "INFO", validation_alias="LISTENER_LOG_LEVEL"
     )
 
-    @model_validator(mode="before")
-    @classmethod
-    def _part_delay_in_ms(cls, data: Any) -> Any:
-        # LISTENER_PART_DELAY_MS is a number of milliseconds; a unit is accepted too.
-        if isinstance(data, dict):
-            for key in ("LISTENER_PART_DELAY_MS", "part_delay"):
-                raw = data.get(key)
-                if (isinstance(raw, str) and raw.strip().replace(".", "", 1).isdigit()) or (
-                    isinstance(raw, int | float) and not isinstance(raw, bool)
-                ):
-                    data[key] = timedelta(milliseconds=float(raw))
-                elif raw is not None and not isinstance(raw, timedelta):
-                    data[key] = parse_duration(raw)
-        return data
-
     @model_validator(mode="after")
     def _providers_configured(self) -> Settings:
-        if self.llm == "openrouter" and self.openrouter_api_key is None:
+        key = self.openrouter_api_key
+        if self.llm == "openrouter" and (key is None or not key.get_secret_value().strip()):
             raise ValueError(
                 "OPENROUTER_API_KEY is required (or set LISTENER_LLM=sandbox for the built-in LLM)"
             )
@@ -178,21 +179,67 @@ class Settings(BaseSettings):
                     ("EVOLUTION_API_KEY", self.evolution_api_key),
                     ("EVOLUTION_INSTANCE", self.evolution_instance),
                 )
-                if not value
+                if not _present(value)
             ]
             if missing:
                 raise ValueError(
                     f"{', '.join(missing)} required (or set LISTENER_SENDER=sandbox "
                     "for the built-in sender)"
                 )
-        if self.sweep_max_age <= timedelta(0) and self.sweep_max_age != timedelta(0):
-            raise ValueError("LISTENER_SWEEP_MAX_AGE cannot be negative")
+        for name, value, least in (
+            ("LISTENER_LEASE", self.lease, _LEAST_LEASE),
+            ("LISTENER_POLL_INTERVAL", self.poll_interval, _LEAST_INTERVAL),
+            ("LISTENER_RESCUE_INTERVAL", self.rescue_interval, _LEAST_INTERVAL),
+            ("LISTENER_SWEEP_INTERVAL", self.sweep_interval, _LEAST_INTERVAL),
+            ("LISTENER_HEALTH_INTERVAL", self.health_interval, _LEAST_INTERVAL),
+            ("LISTENER_INSTANCE_RECHECK", self.instance_recheck, _LEAST_INTERVAL),
+            ("LISTENER_HOLD", self.hold, _LEAST_INTERVAL),
+            ("LISTENER_RATE_LIMIT_BASE", self.rate_limit_base, _LEAST_INTERVAL),
+            ("LISTENER_CONNECT_TIMEOUT", self.connect_timeout, _LEAST_INTERVAL),
+            ("LISTENER_LLM_TIMEOUT", self.llm_timeout, _LEAST_INTERVAL),
+            ("LISTENER_SEND_TIMEOUT", self.send_timeout, _LEAST_INTERVAL),
+        ):
+            if value < least:
+                raise ValueError(f"{name} must be at least {_show(least)}, got {_show(value)}")
+        if not self.worker_id.strip():
+            raise ValueError("LISTENER_WORKER_ID cannot be empty (leave it unset for a unique id)")
+        for name, url, wanted in (
+            ("OPENROUTER_BASE_URL", self.openrouter_base_url, self.llm == "openrouter"),
+            ("EVOLUTION_API_URL", self.evolution_api_url, self.sender == "evolution"),
+        ):
+            if wanted and url and not _http_url(url):
+                raise ValueError(f"{name} is not an http(s) URL: {url!r}")
         return self
 
     @property
     def max_attempts(self) -> int:
         """First try plus one per retry delay."""
         return len(self.retry_delays) + 1
+
+
+# A lease shorter than this could expire between two renewals; intervals shorter than this
+# are a typo (0 would spin).
+_LEAST_LEASE = timedelta(seconds=1)
+_LEAST_INTERVAL = timedelta(milliseconds=10)
+
+
+def _show(value: timedelta) -> str:
+    seconds = value.total_seconds()
+    return f"{seconds * 1000:g}ms" if seconds < 1 else f"{seconds:g}s"
+
+
+def _present(value: str | SecretStr | None) -> bool:
+    text = value.get_secret_value() if isinstance(value, SecretStr) else value
+    return bool(text and text.strip())
+
+
+def _http_url(text: str) -> bool:
+    try:
+        parts = urlsplit(text.strip())
+        parts.port  # noqa: B018 (raises on a port that is not a number)
+    except ValueError:  # e.g. an unclosed [ in the host
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname)
 
 
 def _describe(error: ValidationError) -> str:

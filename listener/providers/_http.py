@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 from collections.abc import Awaitable, Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
@@ -130,15 +131,29 @@ def secrets_of(settings: Settings) -> tuple[str, ...]:
     return tuple(key.get_secret_value() for key in keys if key and key.get_secret_value())
 
 
+# Something that may be a phone number in any form a provider echoes it: digits with optional
+# spaces, dashes, dots, parentheses and a leading +, as in `+55 (11) 98765-4321` or the JID
+# `551187654321@s.whatsapp.net`. Masked when it holds 8 digits or more; a date is left alone.
+_NOT_DIGIT = re.compile(r"\D")
+_PHONE_LIKE = re.compile(r"(?<![\w*])(?!\d{4}-\d\d-\d\d)\+?\d[\d ().-]*\d(?![\w*])")
+_LEAST_PHONE_DIGITS = 8
+
+
+def _mask_phone_like(match: re.Match[str]) -> str:
+    digits = _NOT_DIGIT.sub("", match.group(0))
+    return mask_phone(digits) if len(digits) >= _LEAST_PHONE_DIGITS else match.group(0)
+
+
 def redact(text: str, *, secrets: Iterable[str] = (), numbers: Iterable[str] = ()) -> str:
-    """Remove secrets and unmask-worthy phone numbers from text that may reach a log line."""
+    """Remove secrets, and mask phone numbers (the ones named and anything that looks like
+    one), in text that may reach a log line or `last_error`."""
     for secret in secrets:
         if secret:
             text = text.replace(secret, "***")
     for number in numbers:
         if number:
             text = text.replace(number, mask_phone(number))
-    return text
+    return _PHONE_LIKE.sub(_mask_phone_like, text)
 
 
 def shorten(text: str, limit: int = MAX_DETAIL) -> str:

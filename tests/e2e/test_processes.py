@@ -127,3 +127,26 @@ async def test_sigterm_finishes_in_flight_hands_back_the_rest_and_exits_0(
     ).fetchall()
     assert all(a == 0 and locked is None for a, _, locked in leftovers)
     assert '"handed_back"' in log or '"draining"' in log
+
+
+async def test_a_metrics_port_already_taken_ends_the_start_with_one_line(db_url: str) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        async with serve_fakes() as fakes:
+            env = listener_env(
+                db_url,
+                fakes,
+                LISTENER_METRICS_PORT=str(port),
+                LISTENER_METRICS_HOST="127.0.0.1",
+                LISTENER_LOG_LEVEL="ERROR",
+            )
+            process = await start(env)
+            _, err = await asyncio.wait_for(process.communicate(), timeout=30)
+    assert process.returncode == 2
+    text = err.decode().strip()
+    assert len(text.splitlines()) == 1, text
+    assert "LISTENER_METRICS_PORT" in text and str(port) in text

@@ -27,7 +27,7 @@ from listener.errors import (
     TransientProviderError,
     UncertainDeliveryError,
 )
-from listener.providers._http import mask_phone, parse_retry_after
+from listener.providers._http import mask_phone, parse_retry_after, redact
 from listener.providers.base import SentPart
 from listener.providers.llm import OpenRouterLLM
 from listener.providers.sender import EvolutionSender
@@ -776,3 +776,32 @@ def test_parse_retry_after_defaults_to_now() -> None:
 def test_mask_phone(number: str, masked: str) -> None:
     assert mask_phone(number) == masked
     assert len(mask_phone(number)) == len(number)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            "Connection Closed for 551187654321@s.whatsapp.net",
+            "Connection Closed for 55118****321@s.whatsapp.net",
+        ),
+        ("number +55 (11) 98765-4321 unknown", "number 55119*****321 unknown"),
+        ("already 55119*****321 masked", "already 55119*****321 masked"),
+        ("at 2026-11-25 12:00:30, code 429, id 3EB0C767D71C4B0F", None),
+        ("retry 1234567 times", None),  # seven digits: not a phone
+    ],
+)
+def test_anything_like_a_phone_number_is_masked(text: str, expected: str | None) -> None:
+    assert redact(text) == (expected if expected is not None else text)
+
+
+async def test_sender_error_echoing_the_number_in_another_form_is_masked(
+    server: FakeProvider, sender: EvolutionSender
+) -> None:
+    jid = NUMBER[:4] + NUMBER[5:]  # the JID without the ninth digit
+    server.script(Reply(500, {"error": f"Connection Closed for {jid}@s.whatsapp.net"}))
+
+    with pytest.raises(TransientProviderError) as caught:
+        await send(sender)
+
+    assert jid not in str(caught.value) and NUMBER not in str(caught.value)

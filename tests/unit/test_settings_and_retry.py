@@ -25,7 +25,9 @@ def test_durations_take_units(text: str, seconds: float) -> None:
     assert parse_duration(text).total_seconds() == seconds
 
 
-@pytest.mark.parametrize("text", ["5x", "", "-1s", "m5", "abc"])
+@pytest.mark.parametrize(
+    "text", ["5x", "", "-1s", "m5", "abc", "999999999999h", "87601h", "1" + "0" * 400]
+)
 def test_bad_durations_are_refused(text: str) -> None:
     with pytest.raises(ValueError):
         parse_duration(text)
@@ -52,6 +54,8 @@ def test_environment_names_are_read(monkeypatch: pytest.MonkeyPatch) -> None:
     settings = load_settings()
     assert settings.retry_delays == (timedelta(seconds=1), timedelta(seconds=2))
     assert settings.part_delay == timedelta(milliseconds=250)
+    monkeypatch.setenv("LISTENER_PART_DELAY_MS", "2s")  # a unit is taken too
+    assert load_settings().part_delay == timedelta(seconds=2)
     assert settings.concurrency == 7
 
 
@@ -64,13 +68,55 @@ def test_environment_names_are_read(monkeypatch: pytest.MonkeyPatch) -> None:
         ({"LISTENER_LLM": "gpt"}, "LISTENER_LLM"),
         ({"LISTENER_SENDER": "sandbox", "LISTENER_LLM": "openrouter"}, "OPENROUTER_API_KEY"),
         ({"LISTENER_LLM": "sandbox", "LISTENER_SENDER": "evolution"}, "EVOLUTION_API_URL"),
+        ({"LISTENER_LLM": "openrouter", "OPENROUTER_API_KEY": "  "}, "OPENROUTER_API_KEY"),
+        (
+            {
+                "LISTENER_SENDER": "evolution",
+                "EVOLUTION_API_URL": "http://evo",
+                "EVOLUTION_API_KEY": "",
+                "EVOLUTION_INSTANCE": "main",
+            },
+            "EVOLUTION_API_KEY",
+        ),
+        ({"LISTENER_PART_DELAY_MS": "abc"}, "LISTENER_PART_DELAY_MS"),
+        ({"LISTENER_PART_DELAY_MS": "99999999999999999"}, "LISTENER_PART_DELAY_MS"),
+        ({"LISTENER_LEASE": "999999999999h"}, "LISTENER_LEASE"),
+        ({"LISTENER_LEASE": "0"}, "LISTENER_LEASE must be at least 1s"),
+        ({"LISTENER_LEASE": "500ms"}, "LISTENER_LEASE"),
+        ({"LISTENER_POLL_INTERVAL": "0s"}, "LISTENER_POLL_INTERVAL"),
+        ({"LISTENER_RESCUE_INTERVAL": "0"}, "LISTENER_RESCUE_INTERVAL"),
+        ({"LISTENER_SWEEP_INTERVAL": "0ms"}, "LISTENER_SWEEP_INTERVAL"),
+        ({"LISTENER_HEALTH_INTERVAL": "0"}, "LISTENER_HEALTH_INTERVAL"),
+        ({"LISTENER_SEND_TIMEOUT": "0"}, "LISTENER_SEND_TIMEOUT"),
+        ({"LISTENER_WORKER_ID": " "}, "LISTENER_WORKER_ID"),
+        (
+            {"LISTENER_LLM": "openrouter", "OPENROUTER_API_KEY": "k", "OPENROUTER_BASE_URL": "x"},
+            "OPENROUTER_BASE_URL",
+        ),
+        (
+            {
+                "LISTENER_LLM": "openrouter",
+                "OPENROUTER_API_KEY": "k",
+                "OPENROUTER_BASE_URL": "http://[bad",
+            },
+            "OPENROUTER_BASE_URL",
+        ),
+        (
+            {
+                "LISTENER_SENDER": "evolution",
+                "EVOLUTION_API_URL": "evo.example.com",
+                "EVOLUTION_API_KEY": "k",
+                "EVOLUTION_INSTANCE": "main",
+            },
+            "EVOLUTION_API_URL",
+        ),
     ],
 )
 def test_bad_settings_give_one_clear_line(
     monkeypatch: pytest.MonkeyPatch, env: dict[str, str], message: str
 ) -> None:
-    monkeypatch.delenv("OPENROUTER_API_KEY", raising=False)
-    monkeypatch.delenv("EVOLUTION_API_URL", raising=False)
+    for name in ("OPENROUTER_API_KEY", "EVOLUTION_API_URL", "EVOLUTION_API_KEY"):
+        monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("LISTENER_LLM", "sandbox")
     monkeypatch.setenv("LISTENER_SENDER", "sandbox")
     for name, value in env.items():
