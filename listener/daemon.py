@@ -20,7 +20,7 @@ from listener.metrics import Health, Metrics, serve
 from listener.processor import Processor
 from listener.providers.base import LLM, Sender
 from listener.queries import q
-from listener.settings import Settings
+from listener.settings import Settings, format_duration
 from listener.wakeup import NotifyListener, WakeTimer
 
 log = logging.getLogger(__name__)
@@ -247,7 +247,7 @@ class Daemon:
         log.info(
             "sweep skipped %d messages older than %s",
             skipped,
-            self.settings.sweep_max_age,
+            format_duration(self.settings.sweep_max_age),
             extra={"action": "swept", "skipped": skipped},
         )
         return skipped

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -83,7 +84,13 @@ def check_url(url: str) -> None:
     try:
         psycopg.conninfo.conninfo_to_dict(url)
     except psycopg.ProgrammingError as exc:
-        raise ConfigurationError(f"bad setting DATABASE_URL: {exc}") from None
+        # libpq quotes the part it could not read, which may be the password: leave it out.
+        reason = re.sub(
+            r'"[^"]*"',
+            lambda m: m.group(0) if len(m.group(0)) <= 3 else '"..."',
+            " ".join(str(exc).split()),
+        )
+        raise ConfigurationError(f"bad setting DATABASE_URL: {reason}") from None
 
 
 async def _configure(conn: psycopg.AsyncConnection[Any]) -> None:

@@ -19,7 +19,10 @@ class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         when = datetime.fromtimestamp(record.created, UTC).strftime("%H:%M:%S.%f")[:-3]
         fields = " ".join(f"{k}={v}" for k, v in _fields(record).items())
-        line = f"{when} {record.levelname:<7} {record.name}: {record.getMessage()}"
+        message = record.getMessage()
+        if "\n" in message:  # one event, one line (psycopg's errors span several)
+            message = " ".join(message.split())
+        line = f"{when} {record.levelname:<7} {record.name}: {message}"
         if fields:
             line += f"  [{fields}]"
         if record.exc_info:

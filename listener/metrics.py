@@ -114,7 +114,7 @@ class Health:
             "database": self.db_ok,
             "listen": self.listen_ok,
             "loop": self.loop_ok,
-            "last_error": self.last_error,
+            "last_error": " ".join(self.last_error.split()),  # psycopg's errors span lines
         }
 
 

@@ -55,6 +55,15 @@ def parse_duration(value: Any, *, bare_unit: str | None = None) -> timedelta:
     return timedelta(seconds=seconds)
 
 
+def format_duration(value: timedelta) -> str:
+    """A duration the way settings are written: `250ms`, `1.5s`, `5m`, `24h`."""
+    seconds = value.total_seconds()
+    for unit, size in (("h", 3600.0), ("m", 60.0), ("s", 1.0)):
+        if seconds >= size and (seconds / size).is_integer():
+            return f"{seconds / size:g}{unit}"
+    return f"{seconds:g}s" if seconds >= 1 else f"{seconds * 1000:g}ms"
+
+
 def parse_milliseconds(value: Any) -> timedelta:
     """A duration whose bare numbers are milliseconds (LISTENER_PART_DELAY_MS)."""
     return parse_duration(value, bare_unit="ms")
@@ -200,7 +209,8 @@ class Settings(BaseSettings):
             ("LISTENER_SEND_TIMEOUT", self.send_timeout, _LEAST_INTERVAL),
         ):
             if value < least:
-                raise ValueError(f"{name} must be at least {_show(least)}, got {_show(value)}")
+                shown = f"{format_duration(least)}, got {format_duration(value)}"
+                raise ValueError(f"{name} must be at least {shown}")
         if not self.worker_id.strip():
             raise ValueError("LISTENER_WORKER_ID cannot be empty (leave it unset for a unique id)")
         for name, url, wanted in (
@@ -221,11 +231,6 @@ class Settings(BaseSettings):
 # are a typo (0 would spin).
 _LEAST_LEASE = timedelta(seconds=1)
 _LEAST_INTERVAL = timedelta(milliseconds=10)
-
-
-def _show(value: timedelta) -> str:
-    seconds = value.total_seconds()
-    return f"{seconds * 1000:g}ms" if seconds < 1 else f"{seconds:g}s"
 
 
 def _present(value: str | SecretStr | None) -> bool:

@@ -82,3 +82,14 @@ def test_logs_carry_the_same_event_in_text_or_json(formatter: logging.Formatter)
         assert payload["action"] == "message_sent" and payload["message"] == "sent"
     else:
         assert "action=message_sent" in line and "sent" in line
+
+
+def test_a_multi_line_error_is_one_log_line_and_one_health_field() -> None:
+    from listener.metrics import Health
+
+    error = 'connection failed: FATAL:  terminating connection\nDETAIL:  "x"\nHINT:  retry'
+    record = logging.LogRecord("listener.wakeup", logging.WARNING, __file__, 1, error, (), None)
+    line = TextFormatter().format(record)
+    assert "\n" not in line and "DETAIL:" in line
+    health = Health(last_error=error)
+    assert "\n" not in str(health.as_dict()["last_error"])

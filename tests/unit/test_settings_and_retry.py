@@ -12,7 +12,7 @@ from listener.errors import ConfigurationError
 from listener.gate import Gate
 from listener.processor import normalize_phone
 from listener.retry import after_failure, rate_limit_backoff
-from listener.settings import load_settings, parse_duration
+from listener.settings import format_duration, load_settings, parse_duration
 
 LADDER = (timedelta(minutes=5), timedelta(minutes=15), timedelta(minutes=30))
 
@@ -200,3 +200,21 @@ async def test_gate_holds_everyone_until_it_opens() -> None:
     await asyncio.gather(gate.wait(), gate.wait())
     assert asyncio.get_running_loop().time() - started >= 0.045
     assert gate.remaining == 0
+
+
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [("24h", "24h"), ("5m", "5m"), ("1.5s", "1.5s"), ("250ms", "250ms"), ("90s", "90s")],
+)
+def test_durations_are_shown_as_they_are_written(text: str, shown: str) -> None:
+    assert format_duration(parse_duration(text)) == shown
+
+
+def test_an_unreadable_database_url_is_refused_without_echoing_its_password() -> None:
+    from listener.db import check_url
+
+    with pytest.raises(ConfigurationError) as caught:
+        check_url("host=localhost password=s3cret pw dbname=x")
+    text = str(caught.value)
+    assert text.startswith("bad setting DATABASE_URL") and "\n" not in text
+    assert "s3cret" not in text and "pw" not in text
