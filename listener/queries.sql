@@ -21,6 +21,7 @@ WITH due AS (
 UPDATE campaign_messages m
    SET status = 'processing',
        attempts = m.attempts + 1,
+       cap_day = CASE WHEN m.parts_sent > 0 THEN m.cap_day END,  -- see 0005_cap_slots.sql
        locked_by = %(worker)s,
        locked_until = now() + %(lease)s,
        started_at = now(),

@@ -3,14 +3,16 @@
 -- given back by the worker when the message did not end up sent. A worker killed (or stopped)
 -- between the two never gave its slot back, so the cap grew stricter by one. Now the message
 -- itself records the local day whose slot it took (`cap_day`), and the slots of a day are the
--- messages that took one and are `processing` or `sent`. A message that leaves `processing` for
--- anything else (a retry, a wait, a failure, a hand-back, a rescued lease, manual SQL) stops
--- counting at once, whoever moves it; nothing has to be given back.
+-- messages that took one and are `processing` or `sent`, or have reached the lead with a part
+-- already. A message that leaves `processing` before any part went out (a retry, a wait, a
+-- failure, a hand-back, a rescued lease, manual SQL) stops counting at once, whoever moves it;
+-- nothing has to be given back. The claim drops such a stale slot, so a message counts again
+-- only once it wins a slot anew.
 
 ALTER TABLE campaign_messages ADD COLUMN IF NOT EXISTS cap_day date;
 COMMENT ON COLUMN campaign_messages.cap_day IS
     'local day of the campaign''s daily cap whose slot this message took; it counts while the'
-    ' message is processing or sent';
+    ' message is processing or sent, or once a part of it went out';
 
 CREATE INDEX IF NOT EXISTS idx_campaign_messages_cap_day
     ON campaign_messages (campaign_id, cap_day)
@@ -53,7 +55,7 @@ BEGIN
       WHERE campaign_id = c.id AND day = today FOR UPDATE;
     SELECT count(*) INTO held FROM campaign_messages m
      WHERE m.campaign_id = c.id AND m.cap_day = today AND m.id <> p_message
-       AND m.status IN ('processing', 'sent');
+       AND (m.status IN ('processing', 'sent') OR m.parts_sent > 0);
     IF held >= c.daily_cap THEN
         -- Full for today: wait for the first window of the next local day, holding nothing.
         UPDATE campaign_messages m SET cap_day = NULL

@@ -68,10 +68,11 @@ def pace(db: Conn, campaign: Any, message: Any, at: str) -> tuple[Any, ...]:
 
 
 def held(db: Conn) -> dict[Any, date]:
-    """The cap slots held: messages that took one and are processing or sent."""
+    """The cap slots held: messages that took one and are processing or sent, or reached the
+    lead with a part already."""
     rows = db.execute(
-        "SELECT id, cap_day FROM campaign_messages"
-        " WHERE cap_day IS NOT NULL AND status IN ('processing', 'sent')"
+        "SELECT id, cap_day FROM campaign_messages WHERE cap_day IS NOT NULL"
+        " AND (status IN ('processing', 'sent') OR parts_sent > 0)"
     )
     return {r[0]: r[1] for r in rows.fetchall()}
 
@@ -117,6 +118,33 @@ def test_a_dead_workers_cap_slots_come_back_with_its_rows(db: Conn) -> None:
     assert sorted(r[0] for r in taken_back) == sorted([m1, m2])
     assert held(db) == {}
     assert pace(db, campaign, m3, now)[0] is True  # the cap is whole again
+
+
+def test_a_message_partly_sent_keeps_its_slot_and_a_stale_one_is_dropped_by_the_claim(
+    db: Conn,
+) -> None:
+    from listener.queries import q
+
+    campaign = make_campaign(db, daily_cap=1)
+    now = datetime.now(UTC).isoformat()
+    first, second = claimed(db, campaign, 2)
+    assert pace(db, campaign, first, now)[0] is True
+    # Part 1 reached the lead, part 2 failed: back to the queue for a retry, but that lead was
+    # messaged today, so the slot stays taken.
+    db.execute(
+        "UPDATE campaign_messages SET status = 'pending', parts_sent = 1 WHERE id = %s", (first,)
+    )
+    assert pace(db, campaign, second, now)[2] == "cap"
+    # A message that took a slot and went back before any part went out holds nothing, and
+    # the claim drops its stale day so it does not count while it is being worked on.
+    db.execute("UPDATE campaign_messages SET status = 'pending' WHERE id = %s", (second,))
+    db.execute("UPDATE campaign_messages SET cap_day = current_date WHERE id = %s", (second,))
+    db.execute("UPDATE campaign_messages SET parts_sent = 0 WHERE id = %s", (first,))
+    claimed_rows = db.execute(
+        q("claim"), {"limit": 10, "worker": "w2", "lease": timedelta(seconds=30)}
+    ).fetchall()
+    assert len(claimed_rows) == 2
+    assert held(db) == {}
 
 
 def test_bad_pacing_settings_are_refused_by_the_table(db: Conn) -> None:
