@@ -119,6 +119,14 @@ class LeaseLost(Exception):
     """Our lease on a message was taken over; stop working on it without writing."""
 
 
+class MustWait(Exception):
+    """Pacing says the message may not go now (its instance's gap); it is deferred."""
+
+    def __init__(self, wait: Wait) -> None:
+        super().__init__(wait.reason)
+        self.wait = wait
+
+
 @dataclass(frozen=True, slots=True)
 class _Finish:
     id: UUID
@@ -390,13 +398,11 @@ class Processor:
                 if wait is not None:
                     return await self._defer(job, wait)
             parts = await self._parts(job, ctx)
-            if job.gap is not None and job.parts_sent == 0:
-                wait = await self._take_gap(job, instance)
-                if wait is not None:
-                    return await self._defer(job, wait)
             await self._send_parts(job, instance, number, parts)
         except LeaseLost:
             raise
+        except MustWait as exc:
+            return await self._defer(job, exc.wait)
         except EmptyReplyError as exc:
             return await self._fail_now(job, f"the LLM gave an empty reply after retries: {exc}")
         except UnsplittableReply as exc:
@@ -460,6 +466,15 @@ class Processor:
                 break
             await asyncio.sleep(max(remaining, 0.0))
         return Wait(until, "gap")
+
+    async def _gap_sent(self, job: Job, instance: str) -> None:
+        """The first part was accepted: the next message through this instance goes a whole
+        gap after this send, even if the send came late for its booking."""
+        assert job.gap is not None
+        async with self.pool.connection() as conn:
+            await conn.execute(
+                q("gap_sent"), {"instance": instance, "min": job.gap[0], "max": job.gap[1]}
+            )
 
     async def _defer(self, job: Job, wait: Wait) -> str:
         """Not now: back to pending, due when it may go, attempt refunded, reason recorded."""
@@ -541,6 +556,10 @@ class Processor:
                 await asyncio.sleep(delay)
             self._check(job)
             text = parts[index]
+            # A paced instance: the gap is taken right before each try of the first part (a
+            # rate-limit wait in between takes a fresh one), and stamped again once it is
+            # accepted, so the spacing holds from the real send, not from the booking.
+            gapped = job.gap is not None and index == 0
             sent = await self._call(
                 self.sender_gate,
                 "sender",
@@ -548,7 +567,10 @@ class Processor:
                 lambda text=text: self.sender.send_text(  # type: ignore[misc]
                     instance=instance, number=number, text=text
                 ),
+                before=(lambda: self._take_gap(job, instance)) if gapped else None,
             )
+            if gapped:
+                await self._gap_sent(job, instance)
             final = index == len(parts) - 1
             recorded = await self._record.submit(
                 _Record(job.id, index, sent.provider_message_id, final)
@@ -559,13 +581,22 @@ class Processor:
             self.metrics.parts_sent.inc()
 
     async def _call(
-        self, gate: Gate, provider: str, job: Job, call: Callable[[], Awaitable[T]]
+        self,
+        gate: Gate,
+        provider: str,
+        job: Job,
+        call: Callable[[], Awaitable[T]],
+        *,
+        before: Callable[[], Awaitable[Wait | None]] | None = None,
     ) -> T:
         """One provider call through its gate. A rate limit holds the whole listener and is
-        waited out in place (spending nothing) when short; longer holds are raised."""
+        waited out in place (spending nothing) when short; longer holds are raised. `before`
+        runs right before each try; a wait it returns defers the message (MustWait)."""
         while True:
             await gate.wait()
             self._check(job)
+            if before is not None and (wait := await before()) is not None:
+                raise MustWait(wait)
             started = time.monotonic()
             try:
                 result = await call()

@@ -298,6 +298,10 @@ DELETE FROM campaigns WHERE id = %(campaign_id)s
 SELECT go, wait_until, reason, cap_day
   FROM listener_pace_start(%(campaign_id)s, %(message_id)s, now())
 
+-- gap_sent --
+-- A message's first part was accepted through the instance: its next send waits a gap from now.
+SELECT listener_gap_sent(%(instance)s, %(min)s, %(max)s, now())
+
 -- take_gap --
 -- Take the sender instance's next slot right before a message's first part goes out.
 SELECT go, wait_until FROM listener_take_gap(%(instance)s, %(min)s, %(max)s, now())

@@ -13,7 +13,7 @@ import psycopg
 import pytest
 
 from tests.daemon_harness import running
-from tests.fakes import http_settings, serve_fakes
+from tests.fakes import Reply, http_settings, serve_fakes
 from tests.helpers import await_until, enqueue, make_campaign, make_leads, statuses
 
 Conn = psycopg.Connection[Any]
@@ -241,6 +241,22 @@ async def test_two_listeners_never_send_through_one_instance_closer_than_the_gap
     gaps = [b - a for a, b in itertools.pairwise(times)]
     assert min(gaps) >= 0.95, gaps
     assert db.execute("SELECT max(attempts) FROM campaign_messages").fetchone() == (1,)
+
+
+async def test_the_gap_counts_from_the_real_send_after_a_rate_limit_wait(
+    db_url: str, db: Conn
+) -> None:
+    campaign = make_campaign(db, instance="shared", gap_min_seconds=2, gap_max_seconds=2)
+    leads = make_leads(db, 2)
+    async with serve_fakes() as fakes:
+        # The first send is refused for 1.5 s after its booking: waited out in place.
+        fakes.send_script.append(Reply(429, {"error": {"message": "slow"}}, {"Retry-After": "1.5"}))
+        async with running(db_url, **http_settings(fakes)):
+            enqueue(db, campaign, leads)
+            await await_until(lambda: statuses(db).get("sent") == 2, timeout=20)
+    times = sorted(s["at"] for s in fakes.accepted())
+    assert len(times) == 2
+    assert times[1] - times[0] >= 1.95, times
 
 
 async def test_a_disconnected_instance_holds_its_messages_and_resumes(
