@@ -85,5 +85,10 @@ class HoldBackError(ProviderError):
         self.retry_after = retry_after
 
 
+class InstanceMissingError(ProviderError):
+    """The sender instance does not exist (Evolution's 404): hold that instance's messages, as
+    for a disconnected one, without stopping the other instances or spending attempts."""
+
+
 class PermanentProviderError(ProviderError):
     """This message can never succeed this way (e.g. the number is not on WhatsApp)."""

@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 
-from listener.errors import ProviderError
+from listener.errors import InstanceMissingError, ProviderError
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +45,8 @@ class InstanceHealth:
             return cached[0]
         try:
             state = await self._check(instance)
+        except InstanceMissingError:
+            state = "missing"
         except ProviderError as exc:
             log.warning(
                 "could not read the state of instance %s: %s",
@@ -59,6 +61,11 @@ class InstanceHealth:
 
     async def is_down(self, instance: str) -> bool:
         return await self.state(instance) not in ("open", "unknown")
+
+    def mark(self, instance: str, state: str) -> None:
+        """What a send found out (e.g. `missing`), held for `ttl` like a state check's."""
+        self._cache[instance] = (state, time.monotonic())
+        self._note(instance, state)
 
     def _note(self, instance: str, state: str) -> None:
         down = state not in ("open", "unknown")

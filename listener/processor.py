@@ -28,6 +28,7 @@ from listener.batch import GroupCommit
 from listener.errors import (
     EmptyReplyError,
     HoldBackError,
+    InstanceMissingError,
     PermanentProviderError,
     ProviderError,
     RateLimitedError,
@@ -403,6 +404,11 @@ class Processor:
             raise
         except MustWait as exc:
             return await self._defer(job, exc.wait)
+        except InstanceMissingError:
+            self.instances.mark(instance, "missing")
+            return await self._defer(
+                job, Wait(datetime.now(UTC) + self.settings.instance_recheck, "instance down")
+            )
         except EmptyReplyError as exc:
             return await self._fail_now(job, f"the LLM gave an empty reply after retries: {exc}")
         except UnsplittableReply as exc:

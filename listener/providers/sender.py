@@ -20,6 +20,7 @@ import httpx
 
 from listener.errors import (
     HoldBackError,
+    InstanceMissingError,
     PermanentProviderError,
     ProviderError,
     RateLimitedError,
@@ -226,11 +227,8 @@ def _http_error(response: httpx.Response, payload: Any, scrub: Scrub) -> Provide
             retry_after=retry_after,
         )
     if status == 404:
-        return HoldBackError(
-            f"{message} (instance not found)",
-            provider=PROVIDER,
-            status=status,
-            retry_after=retry_after,
+        return InstanceMissingError(
+            f"{message} (instance not found)", provider=PROVIDER, status=status
         )
     if status == 429:
         return RateLimitedError(message, provider=PROVIDER, status=status, retry_after=retry_after)

@@ -288,6 +288,32 @@ async def test_a_disconnected_instance_holds_its_messages_and_resumes(
     assert db.execute("SELECT max(attempts) FROM campaign_messages").fetchone() == (1,)
 
 
+async def test_a_missing_instance_holds_only_its_own_messages(db_url: str, db: Conn) -> None:
+    ghost = make_campaign(db, instance="ghost")
+    main = make_campaign(db, instance="main")
+    ghost_leads = make_leads(db, 2, prefix="55218")
+    main_leads = make_leads(db, 20)
+    async with serve_fakes() as fakes:
+        fakes.send_script.extend([Reply(404, {"status": 404, "error": "Not Found"})] * 2)
+        async with running(db_url, hold="30s", **http_settings(fakes)):
+            enqueue(db, ghost, ghost_leads)
+            await await_until(  # both ghost messages refused (404) and put back
+                lambda: statuses(db) == {"pending": 2} and len(fakes.sends) == 2
+            )
+            started = time.monotonic()
+            enqueue(db, main, main_leads)
+            await await_until(lambda: len(fakes.accepted()) == 20, timeout=10)
+            took = time.monotonic() - started
+            ghost_rows = db.execute(
+                "SELECT status, attempts, wait_reason FROM campaign_messages"
+                " WHERE campaign_id = %s",
+                (ghost,),
+            ).fetchall()
+    assert took < 5  # not held back listener-wide for LISTENER_HOLD (30 s)
+    assert ghost_rows == [("pending", 0, "instance down")] * 2
+    assert len([s for s in fakes.sends if s["instance"] == "ghost"]) == 2
+
+
 async def test_a_waiting_instance_does_not_slow_the_others(db_url: str, db: Conn) -> None:
     slow = make_campaign(db, instance="slow", gap_min_seconds=60, gap_max_seconds=60)
     fast = make_campaign(db, instance="fast")

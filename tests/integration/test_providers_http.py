@@ -21,6 +21,7 @@ from aiohttp import web
 
 from listener.errors import (
     HoldBackError,
+    InstanceMissingError,
     PermanentProviderError,
     ProviderError,
     RateLimitedError,
@@ -581,10 +582,21 @@ async def test_sender_other_400_fails_the_attempt_with_the_message_and_masked_nu
     assert len(server.seen) == 1
 
 
-@pytest.mark.parametrize(
-    ("status", "words"), [(401, "credentials"), (403, "credentials"), (404, "instance")]
-)
-async def test_sender_auth_and_missing_instance_hold_back(
+async def test_sender_missing_instance_is_that_instances_problem(
+    server: FakeProvider, sender: EvolutionSender
+) -> None:
+    server.script(Reply(404, {"status": 404, "error": "nope", "response": {}}))
+
+    with pytest.raises(InstanceMissingError) as caught:
+        await send(sender)
+
+    assert "instance not found" in str(caught.value)
+    assert len(server.seen) == 1
+    assert_no_secret(caught.value)
+
+
+@pytest.mark.parametrize(("status", "words"), [(401, "credentials"), (403, "credentials")])
+async def test_sender_auth_refused_holds_back(
     server: FakeProvider, sender: EvolutionSender, status: int, words: str
 ) -> None:
     server.script(Reply(status, {"status": status, "error": "nope", "response": {}}))
@@ -691,7 +703,7 @@ async def test_connection_state_errors_use_the_same_classes(
     server: FakeProvider, sender: EvolutionSender
 ) -> None:
     server.script(Reply(404, {"status": 404, "error": "Not Found"}))
-    with pytest.raises(HoldBackError):
+    with pytest.raises(InstanceMissingError):
         await sender.connection_state("gone")
 
     server.script(Reply(401, {"status": 401, "error": "Unauthorized"}))
