@@ -32,9 +32,13 @@ BEGIN
          WHERE campaign_id = NEW.id AND status = 'pending'
            AND wait_reason IS DISTINCT FROM 'paused';
     ELSIF OLD.status = 'paused' THEN
+        -- Every pending row, marked or not: rows can come back to `pending` during the pause
+        -- (a replay, a retry, a hand-back, a rescued lease) without the mark.
         UPDATE campaign_messages
-           SET wait_reason = NULL, scheduled_at = greatest(scheduled_at, now()), updated_at = now()
-         WHERE campaign_id = NEW.id AND status = 'pending' AND wait_reason = 'paused';
+           SET wait_reason = CASE WHEN wait_reason = 'paused' THEN NULL ELSE wait_reason END,
+               scheduled_at = greatest(scheduled_at, now()),
+               updated_at = now()
+         WHERE campaign_id = NEW.id AND status = 'pending';
     END IF;
     RETURN NULL;
 END

@@ -109,6 +109,12 @@ def test_the_sweep_spares_a_paused_campaign_until_it_is_active_again(db: Conn) -
     enqueue(db, paused, make_leads(db, 2, prefix="55218"), delay_seconds=-3 * 86400)
     enqueue(db, active, make_leads(db, 1), delay_seconds=-3 * 86400)
     assert db.execute("SELECT mark_old_campaign_messages_as_skipped()").fetchone() == (1,)
+    # A row back in the queue during the pause (a replay, a retry) carries no mark.
+    db.execute(
+        "UPDATE campaign_messages SET wait_reason = NULL WHERE id IN"
+        " (SELECT id FROM campaign_messages WHERE campaign_id = %s LIMIT 1)",
+        (paused,),
+    )
     # Resumed (with no listener running): due from the resume, so the sweep spares them still.
     db.execute("UPDATE campaigns SET status = 'active' WHERE id = %s", (paused,))
     assert db.execute("SELECT mark_old_campaign_messages_as_skipped()").fetchone() == (0,)
