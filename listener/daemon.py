@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import time
 from datetime import datetime
 from typing import Any
 
@@ -132,13 +133,14 @@ class Daemon:
         finally:
             log.info("stopping: no more claims", extra={"action": "stopping"})
             grace = settings.shutdown_grace.total_seconds()
+            deadline = time.monotonic() + grace
             processor.stop_claiming()
             # Let a claim already under way finish (its rows are then handed back by the
             # drain); one stuck past the grace period is cancelled, its rows left to the lease.
             _, late = await asyncio.wait({claim_task}, timeout=max(grace, 1.0))
             for task in late:
                 task.cancel()
-            await processor.drain(grace)
+            await processor.drain(max(deadline - time.monotonic(), 0.0))
             self.listener.stop()
             for task in (listen_task, claim_task, stop_task):
                 task.cancel()

@@ -57,8 +57,9 @@ class Gate:
             await asyncio.sleep(remaining)  # a hold may be extended meanwhile: look again
 
     def passed(self) -> None:
-        """A call went through: the episode, if there was one, is over (logged once)."""
-        if self.episode_hits:
+        """A call went through: the episode, if there was one, is over (logged once). A call
+        that was already under way when another was refused does not end it."""
+        if self.episode_hits and self.remaining <= 0:
             self.episode_hits = 0
             log.info(
                 "%s hold is over",

@@ -270,7 +270,8 @@ class Processor:
                     exc,
                     extra={"action": "claim_failed"},
                 )
-                await asyncio.sleep(delay)
+                with contextlib.suppress(TimeoutError):  # a shutdown does not wait it out
+                    await asyncio.wait_for(self._stopped.wait(), timeout=delay)
                 more = True
                 continue
             more = len(jobs) == limit

@@ -21,6 +21,8 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    ValidationInfo,
+    field_validator,
     model_validator,
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -172,6 +174,15 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         "INFO", validation_alias="LISTENER_LOG_LEVEL"
     )
+
+    @field_validator("log_level", "log_format", "llm", "sender", mode="before")
+    @classmethod
+    def _any_case(cls, value: Any, info: ValidationInfo) -> Any:
+        # `debug` means DEBUG, `JSON` means json: the choice is a word, its case is noise.
+        if not isinstance(value, str):
+            return value
+        text = value.strip()
+        return text.upper() if info.field_name == "log_level" else text.lower()
 
     @model_validator(mode="after")
     def _providers_configured(self) -> Settings:

@@ -133,9 +133,15 @@ def secrets_of(settings: Settings) -> tuple[str, ...]:
 
 # Something that may be a phone number in any form a provider echoes it: digits with optional
 # spaces, dashes, dots, parentheses and a leading +, as in `+55 (11) 98765-4321` or the JID
-# `551187654321@s.whatsapp.net`. Masked when it holds 8 digits or more; a date is left alone.
+# `551187654321@s.whatsapp.net`, or glued to a word. Masked when it holds 8 digits or more;
+# dates and IPv4 addresses are left alone.
 _NOT_DIGIT = re.compile(r"\D")
-_PHONE_LIKE = re.compile(r"(?<![\w*])(?!\d{4}-\d\d-\d\d)\+?\d[\d ().-]*\d(?![\w*])")
+_PHONE_LIKE = re.compile(
+    r"(?<![\d*])"  # not the tail of a longer number, nor next to an already masked one
+    r"(?!\d{4}-\d\d-\d\d)"  # a date
+    r"(?!\d{1,3}(?:\.\d{1,3}){3}(?!\d))"  # an IPv4 address
+    r"\+?\d[\d ().-]*\d(?![\d*])"
+)
 _LEAST_PHONE_DIGITS = 8
 
 

@@ -232,6 +232,11 @@ def _http_error(response: httpx.Response, payload: Any, scrub: Scrub) -> Provide
         )
     if status == 429:
         return RateLimitedError(message, provider=PROVIDER, status=status, retry_after=retry_after)
+    if status == 504:
+        # A gateway in front of Evolution gave up waiting: the part may have gone out.
+        return UncertainDeliveryError(
+            f"{message}; the part may have been delivered", provider=PROVIDER, status=status
+        )
     if status == 408 or status >= 500:
         return TransientProviderError(message, provider=PROVIDER, status=status)
     # Other 4xx and unexpected 1xx/3xx: an operator should look; spend no attempt.

@@ -801,6 +801,8 @@ def test_mask_phone(number: str, masked: str) -> None:
         ("already 55119*****321 masked", "already 55119*****321 masked"),
         ("at 2026-11-25 12:00:30, code 429, id 3EB0C767D71C4B0F", None),
         ("retry 1234567 times", None),  # seven digits: not a phone
+        ("upstream 10.20.30.40:8080 refused", None),
+        ("phone5511987654321 unknown", "phone55119*****321 unknown"),
     ],
 )
 def test_anything_like_a_phone_number_is_masked(text: str, expected: str | None) -> None:
@@ -817,3 +819,15 @@ async def test_sender_error_echoing_the_number_in_another_form_is_masked(
         await send(sender)
 
     assert jid not in str(caught.value) and NUMBER not in str(caught.value)
+
+
+async def test_sender_gateway_timeout_is_uncertain_and_not_sent_again_at_once(
+    server: FakeProvider, sender: EvolutionSender
+) -> None:
+    server.script(Reply(504, {"message": "Gateway Timeout"}))
+
+    with pytest.raises(UncertainDeliveryError) as caught:
+        await send(sender)
+
+    assert "may have been delivered" in str(caught.value)
+    assert len(server.seen) == 1

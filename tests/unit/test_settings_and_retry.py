@@ -218,3 +218,20 @@ def test_an_unreadable_database_url_is_refused_without_echoing_its_password() ->
     text = str(caught.value)
     assert text.startswith("bad setting DATABASE_URL") and "\n" not in text
     assert "s3cret" not in text and "pw" not in text
+
+
+def test_choices_take_any_case() -> None:
+    settings = load_settings(llm="Sandbox", sender="SANDBOX", log_level="debug", log_format="JSON")
+    assert (settings.llm, settings.sender, settings.log_level, settings.log_format) == (
+        "sandbox",
+        "sandbox",
+        "DEBUG",
+        "json",
+    )
+
+
+def test_a_call_that_went_through_while_the_gate_is_closed_does_not_end_the_episode() -> None:
+    gate = Gate("sender")
+    gate.hold(30, "429")
+    gate.passed()  # a call already under way came back fine: the hold still stands
+    assert gate.episode_hits == 1 and gate.remaining > 0
