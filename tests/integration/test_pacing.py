@@ -259,6 +259,26 @@ async def test_the_gap_counts_from_the_real_send_after_a_rate_limit_wait(
     assert times[1] - times[0] >= 1.95, times
 
 
+def test_messages_refused_a_gap_come_back_spread_out_not_all_at_once(db: Conn) -> None:
+    at = datetime.now(UTC)
+
+    def take(when: datetime) -> tuple[Any, ...]:
+        row = db.execute(
+            "SELECT go, wait_until FROM listener_take_gap('busy', 120, 300, %s)", (when,)
+        ).fetchone()
+        assert row is not None
+        return tuple(row)
+
+    assert take(at)[0] is True
+    waits = [take(at)[1] for _ in range(200)]  # 200 messages turned away in one slot's wait
+    first = min(waits)
+    spread = [(w - first).total_seconds() for w in waits]
+    assert waits[0] == first  # the first in line comes back when the slot frees
+    assert len(set(waits)) > 190  # not one thundering herd at the same instant
+    assert max(spread) > 60 * 210  # spread over the time 200 gaps will take (~210 s each)
+    assert sum(1 for x in spread if x < 210) < 20  # only a few wake for the next slot
+
+
 async def test_a_disconnected_instance_holds_its_messages_and_resumes(
     db_url: str, db: Conn
 ) -> None:
