@@ -58,6 +58,9 @@ FORMAT_INSTRUCTIONS = (
 # its lease); longer ones hand the message back to the queue for when the hold ends.
 _MAX_IN_PLACE_WAIT = 60.0
 
+# A batched write chosen as a deadlock's victim is run again this many times.
+_DEADLOCK_RETRIES = 3
+
 _NOT_DIGIT = re.compile(r"\D")
 
 
@@ -151,6 +154,12 @@ class _Store:
     id: UUID
     text: str | None
     parts: list[str]
+
+
+def _by_id(item: _Store | _Record | _Finish) -> UUID:
+    """Batched writes touch their rows in id order, the order `id = ANY(...)` scans (renewing
+    leases) uses too: two writes of one listener can then never deadlock on each other."""
+    return item.id
 
 
 class Processor:
@@ -700,11 +709,28 @@ class Processor:
     # ----------------------------------------------------------------------------------------
 
     async def _execute_returning_ids(self, name: str, params: dict[str, Any]) -> set[Hashable]:
-        async with self.pool.connection() as conn:
-            cur = await conn.execute(q(name), params)
-            return {row[0] for row in await cur.fetchall()}
+        """Run one batched write. Each is a single guarded statement (state, owner, part
+        number), so when Postgres picks it as the victim of a deadlock with another of our
+        writes it is simply run again."""
+        for retry in range(_DEADLOCK_RETRIES + 1):
+            try:
+                async with self.pool.connection() as conn:
+                    cur = await conn.execute(q(name), params)
+                    return {row[0] for row in await cur.fetchall()}
+            except psycopg.errors.DeadlockDetected:
+                if retry == _DEADLOCK_RETRIES:
+                    raise
+                log.info(
+                    "%s was a deadlock victim, running it again",
+                    name,
+                    extra={"action": "deadlock_retry", "statement": name},
+                )
+                # Let the other side, already waiting, take the rows and finish first.
+                await asyncio.sleep(0.05 * (retry + 1))
+        raise AssertionError("unreachable")
 
     async def _flush_store(self, items: list[_Store]) -> set[Hashable]:
+        items = sorted(items, key=_by_id)  # every batched write locks rows in id order
         return await self._execute_returning_ids(
             "store_parts",
             {
@@ -716,6 +742,7 @@ class Processor:
         )
 
     async def _flush_record(self, items: list[_Record]) -> set[Hashable]:
+        items = sorted(items, key=_by_id)  # every batched write locks rows in id order
         return await self._execute_returning_ids(
             "record_parts",
             {
@@ -728,6 +755,7 @@ class Processor:
         )
 
     async def _flush_finish(self, items: list[_Finish]) -> set[Hashable]:
+        items = sorted(items, key=_by_id)  # every batched write locks rows in id order
         return await self._execute_returning_ids(
             "finish",
             {
@@ -750,11 +778,9 @@ class Processor:
         ids = list(self._held)
         if not ids:
             return
-        async with self.pool.connection() as conn:
-            cur = await conn.execute(
-                q("renew_leases"), {"ids": ids, "worker": self.worker, "lease": self.settings.lease}
-            )
-            kept = {row[0] for row in await cur.fetchall()}
+        kept = await self._execute_returning_ids(
+            "renew_leases", {"ids": ids, "worker": self.worker, "lease": self.settings.lease}
+        )
         for message_id in ids:
             job = self._held.get(message_id)
             if job is not None and message_id not in kept:

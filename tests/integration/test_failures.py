@@ -7,6 +7,7 @@ import asyncio
 import itertools
 import logging
 import uuid
+from datetime import timedelta
 from typing import Any
 
 import psycopg
@@ -379,3 +380,55 @@ async def test_a_send_that_timed_out_is_not_repeated_until_the_next_try(
     assert row(db, "SELECT attempts FROM campaign_messages") == (2,)
     retries = [r for r in caplog.records if getattr(r, "action", "") == "message_retry"]
     assert len(retries) == 1 and "may have been delivered" in retries[0].getMessage()
+
+
+async def test_a_batched_write_chosen_as_a_deadlock_victim_runs_again(
+    db_url: str, db: Conn
+) -> None:
+    from psycopg_pool import AsyncConnectionPool
+
+    from listener.processor import Processor
+    from listener.providers.sandbox import SandboxLLM, SandboxSender
+    from tests.daemon_harness import fast_settings
+
+    campaign = make_campaign(db)
+    ids = sorted(enqueue(db, campaign, make_leads(db, 2)))
+    db.execute(
+        "UPDATE campaign_messages SET status = 'processing', attempts = 1, locked_by = 'w',"
+        " locked_until = now() + interval '1 minute'"
+    )
+    first, second = ids
+    touch = "UPDATE campaign_messages SET updated_at = now() WHERE id = %s"
+    # The other side waits long before it looks for deadlocks, so ours is the victim.
+    other = await psycopg.AsyncConnection.connect(db_url, options="-c deadlock_timeout=30s")
+    pool = AsyncConnectionPool(
+        db_url,
+        kwargs={"autocommit": True, "options": "-c deadlock_timeout=100ms"},
+        open=False,
+        min_size=1,
+    )
+    await pool.open(wait=True)
+    try:
+        await other.execute(touch, (second,))  # holds the second row
+        processor = Processor(fast_settings(worker_id="w"), pool, SandboxLLM(), SandboxSender(pool))
+        renew = asyncio.create_task(
+            processor._execute_returning_ids(
+                "renew_leases", {"ids": ids, "worker": "w", "lease": timedelta(minutes=5)}
+            )
+        )
+
+        def ours_waits() -> bool:  # ours holds the first row and waits for the second
+            row = db.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                " AND query LIKE '%%locked_until = now()%%' AND pid <> pg_backend_pid()"
+            ).fetchone()
+            return row is not None and row[0] == 1
+
+        await await_until(ours_waits, timeout=10)
+        await other.execute(touch, (first,))  # the cycle: ours is chosen, and runs again
+        await other.commit()
+        kept = await asyncio.wait_for(renew, timeout=20)
+    finally:
+        await other.close()
+        await pool.close()
+    assert kept == {first, second}
