@@ -47,7 +47,13 @@ BEGIN
         RETURN QUERY SELECT true, NULL::timestamptz, NULL::text, NULL::date;
         RETURN;
     END IF;
+    -- The cap's day is the day the current window began: the early hours of a window that
+    -- crosses midnight (22:00-02:00) still belong to the evening before.
     today := (p_at AT TIME ZONE c.send_timezone)::date;
+    IF c.send_window_start IS NOT NULL AND c.send_window_end <= c.send_window_start
+       AND (p_at AT TIME ZONE c.send_timezone)::time < c.send_window_end THEN
+        today := today - 1;
+    END IF;
     -- Takers of this campaign's slots for today queue here, so two cannot both see room.
     INSERT INTO listener_campaign_days (campaign_id, day) VALUES (c.id, today)
         ON CONFLICT DO NOTHING;
@@ -57,11 +63,13 @@ BEGIN
      WHERE m.campaign_id = c.id AND m.cap_day = today AND m.id <> p_message
        AND (m.status IN ('processing', 'sent') OR m.parts_sent > 0);
     IF held >= c.daily_cap THEN
-        -- Full for today: wait for the first window of the next local day, holding nothing.
+        -- Full for today: wait for the next day's window (not for midnight, which may fall
+        -- inside this very window), holding nothing.
         UPDATE campaign_messages m SET cap_day = NULL
          WHERE m.id = p_message AND m.cap_day IS NOT NULL;
-        opens := listener_window_opens(c.send_window_start, c.send_window_end, c.send_timezone,
-                                       c.send_days, (today + 1)::timestamp AT TIME ZONE c.send_timezone);
+        opens := listener_window_opens(
+            c.send_window_start, c.send_window_end, c.send_timezone, c.send_days,
+            ((today + 1) + COALESCE(c.send_window_start, time '00:00')) AT TIME ZONE c.send_timezone);
         RETURN QUERY SELECT false, COALESCE(opens, p_at + interval '1 day'), 'cap'::text, NULL::date;
         RETURN;
     END IF;

@@ -104,6 +104,23 @@ def test_daily_cap_counts_per_local_day(db: Conn) -> None:
     assert (go, reason) == (False, "window")
 
 
+def test_a_window_across_midnight_has_one_cap_not_two(db: Conn) -> None:
+    campaign = make_campaign(
+        db,
+        daily_cap=1,
+        send_window_start="22:00",
+        send_window_end="02:00",
+        send_timezone="UTC",
+    )
+    m1, m2 = claimed(db, campaign, 2)
+    assert pace(db, campaign, m1, "2026-11-25 23:00Z")[3] == date(2026, 11, 25)
+    # After midnight, still the window that began on the 25th: its cap is spent.
+    go, until, reason, _ = pace(db, campaign, m2, "2026-11-26 00:30Z")
+    assert (go, reason) == (False, "cap")
+    assert until == datetime.fromisoformat("2026-11-26 22:00Z")
+    assert pace(db, campaign, m2, "2026-11-26 22:30Z")[3] == date(2026, 11, 26)
+
+
 def test_a_dead_workers_cap_slots_come_back_with_its_rows(db: Conn) -> None:
     from listener.queries import q
 
