@@ -61,7 +61,7 @@ _MAX_IN_PLACE_WAIT = 60.0
 # A batched write chosen as a deadlock's victim is run again this many times.
 _DEADLOCK_RETRIES = 3
 
-_NOT_DIGIT = re.compile(r"\D")
+_NOT_DIGIT = re.compile(r"[^0-9]")  # ASCII digits only: Evolution wants 0-9
 
 
 def normalize_phone(raw: str | None) -> str | None:

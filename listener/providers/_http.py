@@ -135,7 +135,7 @@ def secrets_of(settings: Settings) -> tuple[str, ...]:
 # spaces, dashes, dots, parentheses and a leading +, as in `+55 (11) 98765-4321` or the JID
 # `551187654321@s.whatsapp.net`, or glued to a word. Masked when it holds 8 digits or more;
 # dates and IPv4 addresses are left alone.
-_NOT_DIGIT = re.compile(r"\D")
+_NOT_DIGIT = re.compile(r"[^0-9]")
 _PHONE_LIKE = re.compile(
     r"(?<![\d*])"  # not the tail of a longer number, nor next to an already masked one
     r"(?!\d{4}-\d\d-\d\d)"  # a date

@@ -160,6 +160,7 @@ def test_rate_limit_backoff_grows_and_is_capped() -> None:
         ("", None),
         (None, None),
         ("1" * 16, None),
+        ("\u0665\u0665\u0661\u0661\u0669\u0668\u0667\u0666\u0665\u0664\u0663", None),
     ],
 )
 def test_phone_numbers_are_digits_with_country_code(raw: str | None, expected: str | None) -> None:
