@@ -157,8 +157,9 @@ class _Store:
 
 
 def _by_id(item: _Store | _Record | _Finish) -> UUID:
-    """Batched writes touch their rows in id order, the order `id = ANY(...)` scans (renewing
-    leases) uses too: two writes of one listener can then never deadlock on each other."""
+    """Batched writes touch their rows in id order, the order an index scan of `id = ANY(...)`
+    (renewing leases) uses too, which keeps deadlocks between them rare; a plan that does not
+    follow it is covered by running the victim again."""
     return item.id
 
 
@@ -452,8 +453,8 @@ class Processor:
 
     async def _pace_start(self, job: Job) -> Wait | None:
         """The campaign's window and daily cap, atomic in SQL. On success the message holds a
-        slot of today's cap; the database takes it back if the message ends up anything but
-        sent, whoever moves it (this worker, a rescue after a crash, a person)."""
+        slot of today's cap for as long as it is processing or sent, or once a part of it went
+        out; back in the queue before that, whoever moved it, it holds nothing (0005)."""
         async with self.pool.connection() as conn:
             cur = await conn.execute(
                 q("pace_start"), {"campaign_id": job.campaign_id, "message_id": job.id}
