@@ -1,4 +1,3 @@
-# syntax=docker/dockerfile:1
 # The listener daemon. Build:  docker build -t listener .
 # Run:  docker run --env-file .env -p 9464:9464 listener          (the daemon, `listener run`)
 #       docker run --env-file .env listener migrate               (apply migrations/ once)
