@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Callable
+from functools import partial
 
 import pytest
 
-from listener.split import UnsplittableReply, split_content, split_reply
+from listener.split import ReplyTooLong, UnsplittableReply, split_content, split_reply
 
 
 def _words(parts: list[str]) -> list[str]:
@@ -164,11 +166,59 @@ def test_extra_parts_are_merged_into_the_last() -> None:
     assert split_reply(json.dumps(items), max_parts=3) == ["a", "b", "c\n\nd\n\ne\n\nf\n\ng"]
 
 
-def test_merge_applies_after_the_cut_and_may_exceed_max_chars() -> None:
-    text = "Um dois. Três quatro. Cinco seis."
-    parts = split_reply(text, max_chars=12, max_parts=2)
-    assert parts == ["Um dois.", "Três quatro.\n\nCinco seis."]
-    assert len(parts[-1]) > 12
+def test_merge_applies_after_the_cut() -> None:
+    reply = json.dumps(["Oi.", "Um dois. Três quatro.", "Fim."])
+    parts = split_reply(reply, max_chars=20, max_parts=3)
+    assert parts == ["Oi.", "Um dois.", "Três quatro.\n\nFim."]
+
+
+def test_a_merge_that_would_overflow_the_last_part_re_packs_the_parts() -> None:
+    items = ["aaaa", "bbbb", "cccc", "dddd", "eeee"]
+    # Merging c, d and e would make a 16-character part; packed in order, all fit in 10.
+    parts = split_reply(json.dumps(items), max_parts=3, max_chars=10)
+    assert parts == ["aaaa\n\nbbbb", "cccc\n\ndddd", "eeee"]
+
+
+def test_re_packing_crosses_the_replys_own_boundaries_at_sentence_ends() -> None:
+    # Kept as given, the three parts need three messages; re-cut as one text, two suffice.
+    parts = split_reply(json.dumps(["Aa.", "Bb. Cc.", "Dd."]), max_parts=2, max_chars=8)
+    assert parts == ["Aa.\n\nBb.", "Cc.\n\nDd."]
+
+
+def test_re_packing_prefers_whitespace_to_a_cut_inside_a_word() -> None:
+    # Sentence ends come early in each window; cutting at the last space fits in two parts.
+    text = "Oi. abc def ghi. jkl mno"
+    parts = split_reply(text, max_parts=2, max_chars=12)
+    assert parts == ["Oi. abc def", "ghi. jkl mno"]
+
+
+def test_text_that_fits_only_with_hard_cuts_is_hard_cut() -> None:
+    assert split_reply("x" * 50, max_parts=5, max_chars=10) == ["x" * 10] * 5
+    # Cut at the space, "ab abcdefg" needs three parts of five; cut hard it fits in two.
+    assert split_reply("ab abcdefg", max_parts=2, max_chars=5) == ["ab ab", "cdefg"]
+
+
+def test_a_text_longer_than_every_part_together_is_too_long() -> None:
+    with pytest.raises(ReplyTooLong) as caught:
+        split_reply("x" * 51, max_parts=5, max_chars=10)
+    assert str(caught.value) == "the reply is 51 characters: more than 5 parts of 10 characters"
+    assert (caught.value.length, caught.value.max_parts, caught.value.max_chars) == (51, 5, 10)
+
+
+def test_a_megabyte_reply_is_refused_with_its_length_not_sent_as_one_part() -> None:
+    reply = json.dumps({"messages": ["Olá! Tudo bem? " * 67_000]})
+    with pytest.raises(ReplyTooLong) as caught:
+        split_reply(reply, max_parts=5, max_chars=1000)
+    assert str(caught.value) == (
+        "the reply is 1,004,999 characters: more than 5 parts of 1,000 characters"
+    )
+    # The processor catches UnsplittableReply: asks the LLM again, then fails the message.
+    assert isinstance(caught.value, UnsplittableReply)
+
+
+def test_words_too_many_for_the_limits_are_too_long() -> None:
+    with pytest.raises(ReplyTooLong, match="the reply is 33 characters"):
+        split_reply("Um dois. Três quatro. Cinco seis.", max_chars=12, max_parts=2)
 
 
 def test_max_parts_one_merges_everything() -> None:
@@ -278,7 +328,10 @@ def test_long_content_is_cut_at_sentence_boundaries() -> None:
 
 def test_long_content_is_capped_by_max_parts() -> None:
     content = "Aa. Bb. Cc. Dd."
-    assert split_content(content, max_chars=3, max_parts=2) == ["Aa.", "Bb.\n\nCc.\n\nDd."]
+    assert split_content(content, max_chars=7, max_parts=2) == ["Aa. Bb.", "Cc. Dd."]
+    with pytest.raises(ReplyTooLong) as caught:
+        split_content(content, max_chars=3, max_parts=2)
+    assert str(caught.value) == "the content is 15 characters: more than 2 parts of 3 characters"
 
 
 @pytest.mark.parametrize("content", ["", " ", "\n\t\n"])
@@ -355,28 +408,47 @@ def _generated_cases() -> list[tuple[list[str], str, int, int]]:
 def _assert_well_formed(parts: list[str], max_parts: int, max_chars: int) -> None:
     assert 1 <= len(parts) <= max_parts
     assert all(p and p == p.strip() for p in parts)
-    assert all(len(p) <= max_chars for p in parts[:-1])
-    if len(parts[-1]) > max_chars:
-        assert len(parts) == max_parts  # only a merge may overflow the last part
+    assert all(len(p) <= max_chars for p in parts)  # the last one too, merged or not
+
+
+def _whole(parts: list[str]) -> str:
+    """The text the parts make together, as split.py measures it."""
+    return "\n\n".join(p.strip() for p in parts if p.strip())
+
+
+def _check_split(
+    split: Callable[[], list[str]], original: list[str], max_parts: int, max_chars: int
+) -> bool:
+    """Split and check the promises: nothing lost, no part too long, or refused only when the
+    text is longer than every part together. Returns whether it was refused."""
+    whole = _whole(original)
+    try:
+        parts = split()
+    except ReplyTooLong as exc:
+        assert exc.length == len(whole) > max_parts * max_chars
+        return True
+    _assert_well_formed(parts, max_parts, max_chars)
+    assert _glyphs(parts) == _glyphs([whole])
+    longest = max(len(w) for w in whole.split())
+    if longest < max_chars and len(whole) <= max_parts * (max_chars - longest):
+        # Room to spare for cutting at whitespace: no word is cut.
+        assert _words(parts) == whole.split()
+    return False
 
 
 def test_split_reply_is_lossless_over_generated_inputs() -> None:
-    for original, reply, max_parts, max_chars in _generated_cases():
-        parts = split_reply(reply, max_parts=max_parts, max_chars=max_chars)
-        _assert_well_formed(parts, max_parts, max_chars)
-        assert _glyphs(parts) == _glyphs(original)
-        if all(len(w) <= max_chars for w in _words(original)):
-            # No hard cut happened, so whole words survive in order.
-            assert _words(parts) == _words(original)
+    cases = _generated_cases()
+    refused = 0
+    for original, reply, max_parts, max_chars in cases:
+        split = partial(split_reply, reply, max_parts=max_parts, max_chars=max_chars)
+        refused += _check_split(split, original, max_parts, max_chars)
+    assert 0 < refused < len(cases)  # both outcomes are exercised
 
 
 def test_split_content_is_lossless_over_generated_inputs() -> None:
     for _, content, max_parts, max_chars in _generated_cases():
-        parts = split_content(content, max_parts=max_parts, max_chars=max_chars)
-        _assert_well_formed(parts, max_parts, max_chars)
-        assert _glyphs(parts) == _glyphs([content])
-        if all(len(w) <= max_chars for w in content.split()):
-            assert _words(parts) == content.split()
+        split = partial(split_content, content, max_parts=max_parts, max_chars=max_chars)
+        _check_split(split, [content], max_parts, max_chars)
 
 
 def test_malformed_json_is_lossless_over_generated_inputs() -> None:
@@ -386,9 +458,42 @@ def test_malformed_json_is_lossless_over_generated_inputs() -> None:
         broken = reply[: rng.randint(1, len(reply) - 1)]  # a truncated, never-valid reply
         if not broken.strip() or _is_valid_json(broken):
             continue
-        parts = split_reply(broken, max_parts=max_parts, max_chars=max_chars)
+        try:
+            parts = split_reply(broken, max_parts=max_parts, max_chars=max_chars)
+        except ReplyTooLong as exc:
+            # Blank lines or `|||` between parts are at least as long as the separator.
+            assert len(broken.strip()) >= exc.length > max_parts * max_chars
+            continue
         _assert_well_formed(parts, max_parts, max_chars)
         assert _glyphs(parts) == _glyphs([broken])
+
+
+def _near_the_limit_cases() -> list[tuple[list[str], int, int]]:
+    """Replies from half to one and a half times what the limits hold, where re-packing and
+    re-cutting decide whether the reply fits."""
+    rng = random.Random(20261127)
+    cases = []
+    for _ in range(400):
+        max_parts, max_chars = rng.randint(1, 6), rng.randint(12, 120)
+        target = int(max_parts * max_chars * rng.uniform(0.5, 1.5))
+        parts: list[str] = []
+        while len(_whole(parts)) < target:
+            words = [_random_word(rng, rng.random() < 0.2) for _ in range(rng.randint(1, 12))]
+            parts.append(" ".join(words))
+        cases.append((parts, max_parts, max_chars))
+    return cases
+
+
+def test_replies_near_the_limits_fit_whenever_their_length_does() -> None:
+    refused = fitted = 0
+    for original, max_parts, max_chars in _near_the_limit_cases():
+        reply = json.dumps({"messages": original}, ensure_ascii=False)
+        split = partial(split_reply, reply, max_parts=max_parts, max_chars=max_chars)
+        if _check_split(split, original, max_parts, max_chars):
+            refused += 1
+        else:
+            fitted += 1
+    assert refused > 50 and fitted > 50
 
 
 def _is_valid_json(text: str) -> bool:
