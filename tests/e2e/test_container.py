@@ -1,10 +1,13 @@
 """The container: Dockerfile, compose.yaml, .env.example, and the image's entry command.
 
-No Docker engine runs on the test machines, so the image is checked in three ways instead:
-compose.yaml against a compact Compose schema plus the semantics we rely on; the Dockerfile's
-instructions; and the entry command itself, from the wheel the image installs (built with
-`uv build`, installed with the lock file's pins into a fresh venv), run against a real database,
-with the Dockerfile's own HEALTHCHECK command pointed at it.
+Everywhere: compose.yaml against a compact Compose schema plus the semantics we rely on; the
+Dockerfile's instructions; and the entry command itself, from the wheel the image installs (built
+with `uv build`, installed with the lock file's pins into a fresh venv), run against a real
+database, with the Dockerfile's own HEALTHCHECK command pointed at it.
+
+With LISTENER_TEST_IMAGE=1 and a Docker engine (see the last section): the image built and run,
+and the compose stack brought up, stopped, brought up again and taken down, with the commands
+README.md prints.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -471,6 +475,12 @@ def test_dockerfile_is_multi_stage_from_slim(stages: list[Stage]) -> None:
         assert "pip install" not in run and "uv " not in run
 
 
+def test_dockerfile_needs_nothing_from_docker_hub_but_its_base_image() -> None:
+    # A `# syntax=` line makes BuildKit fetch a frontend image from Docker Hub before building.
+    first = DOCKERFILE.read_text(encoding="utf-8").lstrip().splitlines()[0]
+    assert not re.match(r"#\s*syntax\s*=", first, re.IGNORECASE), first
+
+
 def test_dockerfile_installs_from_the_lock_file(stages: list[Stage]) -> None:
     build = stages[0]
     runs = build.all("RUN")
@@ -744,3 +754,381 @@ def test_entry_command_runs_is_healthy_sends_and_drains_on_sigterm(
         if process.poll() is None:
             process.kill()
             process.communicate()
+
+
+# --------------------------------------------------------------------------------------------
+# The image and the compose stack on a Docker engine: what an operator does, with the commands
+# README.md prints
+# --------------------------------------------------------------------------------------------
+#
+# They build images and start containers (a minute or two), so one run of CI does them, not
+# every suite pass: LISTENER_TEST_IMAGE=1 turns them on. They need an engine that answers and
+# the base images (../shared/tools/offline-docker.sh starts one and builds stand-ins where no
+# registry is reachable); without either they skip, saying which.
+
+README = ROOT / "README.md"
+BASE_IMAGES = ("python:3.11-slim", "postgres:15")
+SANDBOX_OVERRIDE = Path(__file__).with_name("compose.sandbox.yaml")
+IMAGE_ENABLED = os.environ.get("LISTENER_TEST_IMAGE", "").strip().lower() in {"1", "true", "yes"}
+
+
+def _docker(
+    *argv: str, timeout: float = 60, cwd: Path = ROOT, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["docker", *argv],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def _ok(done: subprocess.CompletedProcess[str]) -> str:
+    assert done.returncode == 0, (
+        f"{shlex.join(done.args)} exited {done.returncode}:\n{done.stdout[-3000:]}\n"
+        f"{done.stderr[-3000:]}"
+    )
+    return done.stdout
+
+
+@pytest.fixture(scope="module")
+def docker_engine() -> None:
+    """Skips, saying why, unless turned on and an engine with the base images answers."""
+    if not IMAGE_ENABLED:
+        pytest.skip(
+            "builds and runs the image (a minute or two): set LISTENER_TEST_IMAGE=1 "
+            "(.ci/run does, once)"
+        )
+    if shutil.which("docker") is None:
+        pytest.skip("no docker command on PATH")
+    info = _docker("info", "--format", "{{.ServerVersion}}", timeout=20)
+    if info.returncode != 0 or not info.stdout.strip():
+        why = " ".join((info.stderr or info.stdout).split())[:200]
+        pytest.skip(f"no Docker engine answers ({why})")
+    missing = [i for i in BASE_IMAGES if _docker("image", "inspect", i).returncode != 0]
+    if missing:
+        pytest.skip(
+            f"base images absent: {', '.join(missing)} "
+            "(no registry here? ../shared/tools/offline-docker.sh builds stand-ins)"
+        )
+
+
+def _readme_commands() -> list[str]:
+    """The command lines of the bash blocks in README.md's container section, comments cut."""
+    text = README.read_text(encoding="utf-8")
+    assert "\n## The container\n" in text, "README.md has no '## The container' section"
+    section = text.split("\n## The container\n", 1)[1].split("\n## ", 1)[0]
+    lines = []
+    for block in re.findall(r"```bash\n(.*?)```", section, re.DOTALL):
+        for line in block.splitlines():
+            command = re.split(r"\s+#\s", line, maxsplit=1)[0].strip()
+            if command:
+                lines.append(command)
+    return lines
+
+
+def readme_command(start: str, **names: str) -> list[str]:
+    """The README's one command line starting with `start`, as argv, each word found in `names`
+    replaced (the test's own image tag, container name, host port...)."""
+    found = [c for c in _readme_commands() if c.startswith(start)]
+    assert len(found) == 1, f"README's container section should hold one `{start} ...`: {found}"
+    return [names.get(word, word) for word in shlex.split(found[0])]
+
+
+def test_readme_prints_the_commands_these_tests_run() -> None:
+    # The same lookups as the tests below, so a README edit that breaks them fails everywhere,
+    # not only where Docker runs.
+    for start in (
+        "docker build",
+        "docker run --rm",
+        "docker run -d",
+        "docker inspect",
+        "curl",
+        "docker stop",
+        "cp .env.example",
+        "docker compose up",
+        "docker compose ps",
+        "docker compose logs",
+        "docker compose stop",
+        "docker compose down",
+    ):
+        assert readme_command(start)[0] in {"docker", "curl", "cp"}
+    assert readme_command("docker run -d")[-1] == readme_command("docker build")[-2]
+
+
+def _wait_for(check: Any, what: str, timeout: float, interval: float = 0.5) -> Any:
+    """Poll `check` until it returns something truthy; fail naming `what` after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"{what}: not within {timeout:.0f}s"
+        time.sleep(interval)
+
+
+def _healthz(port: int) -> dict[str, Any]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as answer:
+        assert answer.status == 200
+        body = json.loads(answer.read())
+    assert isinstance(body, dict)
+    return body
+
+
+def _multi_part_content() -> tuple[str, int]:
+    """Content that the default part limit cuts into several parts, and how many."""
+    from listener.split import split_content
+
+    content = " ".join(f"Frase {i}: " + "palavra " * 70 + "fim." for i in range(3))
+    parts = len(split_content(content))
+    assert parts >= 2
+    return content, parts
+
+
+@dataclass
+class DockerRun:
+    """Names for one test's containers, all removed at the end."""
+
+    suffix: str = field(default_factory=lambda: os.urandom(4).hex())
+    containers: list[str] = field(default_factory=list)
+    networks: list[str] = field(default_factory=list)
+    images: list[str] = field(default_factory=list)
+
+    def name(self, role: str) -> str:
+        return f"listener-test-{role}-{self.suffix}"
+
+    def cleanup(self) -> None:
+        for container in self.containers:
+            _docker("rm", "--force", "--volumes", container)
+        for network in self.networks:
+            _docker("network", "rm", network)
+        for image in self.images:
+            _docker("image", "rm", "--force", image)
+
+
+@pytest.fixture
+def docker_run(docker_engine: None) -> Iterator[DockerRun]:
+    run = DockerRun()
+    try:
+        yield run
+    finally:
+        run.cleanup()
+
+
+def _start_postgres(run: DockerRun, network: str, password: str) -> tuple[str, str]:
+    """A fresh postgres:15 on `network`: its name there, and a DSN from this host."""
+    name = run.name("pg")
+    run.containers.append(name)
+    _ok(
+        _docker(
+            *("run", "--detach", "--name", name, "--network", network),
+            *("--env", f"POSTGRES_PASSWORD={password}", "--publish", "127.0.0.1::5432"),
+            "postgres:15",
+        )
+    )
+    port = _ok(_docker("port", name, "5432/tcp")).split()[0].rsplit(":", 1)[1]
+    url = f"postgresql://postgres:{password}@127.0.0.1:{port}/postgres"
+
+    def answers() -> bool:
+        try:
+            psycopg.connect(url, connect_timeout=2).close()
+        except psycopg.OperationalError:
+            return False
+        return True
+
+    _wait_for(answers, "the test Postgres container answers", timeout=60)
+    return name, url
+
+
+@pytest.mark.timeout(600)
+def test_docker_image_migrates_runs_healthy_sends_and_drains_on_stop(
+    docker_run: DockerRun, tmp_path: Path
+) -> None:
+    tag = docker_run.name("image")
+    docker_run.images.append(tag)
+    _ok(_docker(*readme_command("docker build", listener=tag)[1:], timeout=540))
+
+    # The service user, not root.
+    assert _ok(_docker("run", "--rm", "--entrypoint", "id", tag, "-u")).strip() == "10001"
+
+    # A fresh database in a Postgres container; the listener's containers reach it by name on
+    # a network of their own (the one word the README's commands do not carry).
+    network = docker_run.name("net")
+    _ok(_docker("network", "create", network))
+    docker_run.networks.append(network)
+    password = os.urandom(8).hex()
+    pg_name, db_url = _start_postgres(docker_run, network, password)
+    content, parts = _multi_part_content()
+    (tmp_path / ".env").write_text(
+        f"DATABASE_URL=postgresql://postgres:{password}@{pg_name}:5432/postgres\n"
+        "LISTENER_LLM=sandbox\n"
+        "LISTENER_SENDER=sandbox\n"
+        # Between the parts of one message: long enough to stop the container mid-message.
+        "LISTENER_PART_DELAY_MS=3000\n",
+        encoding="utf-8",
+    )
+
+    def on_network(argv: list[str]) -> list[str]:
+        assert argv[:2] == ["docker", "run"]
+        return ["run", "--network", network, *argv[2:]]
+
+    migrate = _docker(*on_network(readme_command("docker run --rm", listener=tag)), cwd=tmp_path)
+    applied = sorted(p.name for p in (ROOT / "migrations").glob("*.sql"))
+    assert all(f"applied {name}" in _ok(migrate) for name in applied), migrate.stdout
+    with psycopg.connect(db_url, autocommit=True) as db:
+        count = db.execute("SELECT count(*) FROM listener_migrations").fetchone()
+        assert count == (len(applied),)
+
+    port = _free_port()
+    name = docker_run.name("listener")
+    docker_run.containers.append(name)
+    start = readme_command("docker run -d", listener=tag, **{"9464:9464": f"127.0.0.1:{port}:9464"})
+    # `--name listener` and the image `listener`: the first becomes the container's name.
+    start[start.index("--name") + 1] = name
+    _ok(_docker(*on_network(start), cwd=tmp_path))
+
+    health = readme_command("docker inspect", listener=name)[1:]
+
+    def healthy() -> bool:
+        status = _ok(_docker(*health)).strip()
+        assert status in {"starting", "healthy"}, (status, _docker("logs", name).stderr[-3000:])
+        return status == "healthy"
+
+    # The first check runs 15 s (the interval) after the start.
+    _wait_for(healthy, "HEALTHCHECK says healthy", timeout=90)
+    curl = readme_command(
+        "curl", **{"http://localhost:9464/healthz": f"http://127.0.0.1:{port}/healthz"}
+    )
+    if shutil.which("curl"):
+        assert json.loads(
+            _ok(subprocess.run(curl, capture_output=True, text=True, timeout=20, check=False))
+        )
+    assert _healthz(port)
+
+    with psycopg.connect(db_url, autocommit=True) as db:
+        campaign = make_campaign(db)
+        enqueue(db, campaign, make_leads(db, 3))
+
+        def all_sent() -> bool:
+            row = db.execute("SELECT count(*) FROM campaign_messages WHERE status = 'sent'")
+            return row.fetchone() == (3,)
+
+        _wait_for(all_sent, "three rows inserted with SQL are sent", timeout=60)
+        outbox = db.execute("SELECT count(*) FROM sandbox_outbox").fetchone()
+        assert outbox == (3,)
+
+        # One message of several parts, 3 s apart: stop the container once its first part is
+        # out. SIGTERM reaches the listener (PID 1), which finishes the message and exits 0.
+        (message,) = enqueue(db, campaign, make_leads(db, 1, prefix="55219"), content=content)
+
+        def in_flight() -> bool:
+            row = db.execute(
+                "SELECT status, parts_sent FROM campaign_messages WHERE id = %s", (message,)
+            ).fetchone()
+            assert row is not None and row[0] in {"pending", "processing"}, row
+            return row[0] == "processing" and row[1] >= 1
+
+        _wait_for(in_flight, "the message's first part is sent", timeout=60, interval=0.1)
+        _ok(_docker(*readme_command("docker stop", listener=name)[1:], timeout=60))
+
+        state = _ok(
+            _docker("inspect", "--format", "{{.State.ExitCode}} {{.State.OOMKilled}}", name)
+        )
+        logs = _docker("logs", name)
+        assert state.split() == ["0", "false"], logs.stderr[-3000:]
+        row = db.execute(
+            "SELECT status, parts_sent FROM campaign_messages WHERE id = %s", (message,)
+        ).fetchone()
+        assert row == ("sent", parts), logs.stderr[-3000:]
+    assert "draining" in logs.stderr and "Traceback" not in logs.stderr, logs.stderr[-3000:]
+
+
+def _compose_ps(env: dict[str, str]) -> dict[str, dict[str, Any]]:
+    """Each service's container: State, Health, ExitCode (`docker compose ps -a`, as JSON)."""
+    argv = [*readme_command("docker compose ps")[1:], "--format", "json"]
+    text = _ok(_docker(*argv, env=env)).strip()
+    rows = json.loads(text) if text.startswith("[") else [json.loads(x) for x in text.splitlines()]
+    return {row["Service"]: row for row in rows}
+
+
+def _psql(env: dict[str, str], query: str) -> str:
+    """A statement run by psql inside the stack's postgres container, as an operator would."""
+    argv = ["compose", "exec", "-T", "postgres", "psql", "-U", "listener", "-d", "listener"]
+    return _ok(_docker(*argv, "-v", "ON_ERROR_STOP=1", "-Atc", query, env=env)).strip()
+
+
+@pytest.mark.timeout(600)
+def test_docker_compose_stack_migrates_once_sends_stops_cleanly_and_comes_back(
+    docker_engine: None,
+) -> None:
+    project = f"listener-test-{os.urandom(4).hex()}"
+    port = _free_port()
+    env = {
+        **_clean_env(),
+        # README's `docker compose ...` lines as printed; these choose the files and names.
+        "COMPOSE_PROJECT_NAME": project,
+        "COMPOSE_FILE": os.pathsep.join(
+            [str(COMPOSE.relative_to(ROOT)), str(SANDBOX_OVERRIDE.relative_to(ROOT))]
+        ),
+        "POSTGRES_PASSWORD": os.urandom(8).hex(),
+        "LISTENER_TEST_PORT": str(port),
+    }
+    if _docker("compose", "version", env=env).returncode != 0:
+        pytest.skip("the docker compose v2 plugin is absent (offline-docker.sh --compose adds it)")
+
+    def compose(start: str, timeout: float = 120) -> str:
+        return _ok(_docker(*readme_command(start)[1:], env=env, timeout=timeout))
+
+    try:
+        compose("docker compose up", timeout=540)
+        services = _compose_ps(env)
+        assert set(services) == {"postgres", "migrate", "listener"}, services
+        assert (services["postgres"]["State"], services["postgres"]["Health"]) == (
+            "running",
+            "healthy",
+        )
+        assert (services["migrate"]["State"], services["migrate"]["ExitCode"]) == ("exited", 0)
+        assert (services["listener"]["State"], services["listener"]["Health"]) == (
+            "running",
+            "healthy",
+        )
+        assert _healthz(port)
+
+        _psql(
+            env,
+            "WITH c AS (INSERT INTO campaigns (name, prompt) VALUES ('Compose', 'Be brief.') "
+            "RETURNING id), l AS (INSERT INTO leads (name, phone, company, city) VALUES "
+            "('Ana', '5511987654321', 'Padaria Ana', 'Campinas') RETURNING id) "
+            "INSERT INTO campaign_messages (campaign_id, lead_id) SELECT c.id, l.id FROM c, l",
+        )
+        _wait_for(
+            lambda: _psql(env, "SELECT status FROM campaign_messages") == "sent",
+            "the row inserted with SQL is sent",
+            timeout=60,
+        )
+
+        compose("docker compose stop")
+        stopped = _compose_ps(env)
+        assert {s: (r["State"], r["ExitCode"]) for s, r in stopped.items()} == {
+            "postgres": ("exited", 0),
+            "migrate": ("exited", 0),
+            "listener": ("exited", 0),
+        }
+
+        # Again on the same volume: migrate finds nothing to do, the row is still sent.
+        compose("docker compose up", timeout=300)
+        logs = compose("docker compose logs")
+        assert logs.count("applied 0001_schema.sql") == 1, logs
+        assert logs.count("database is up to date") == 1, logs
+        assert _psql(env, "SELECT status FROM campaign_messages") == "sent"
+
+        compose("docker compose down")
+        label = f"label=com.docker.compose.project={project}"
+        assert not _ok(_docker("ps", "--all", "--quiet", "--filter", label)).strip()
+        assert not _ok(_docker("volume", "ls", "--quiet", "--filter", label)).strip()
+        assert not _ok(_docker("network", "ls", "--quiet", "--filter", label)).strip()
+    finally:
+        _docker("compose", "down", "--volumes", "--rmi", "local", env=env, timeout=120)
