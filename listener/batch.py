@@ -21,7 +21,9 @@ class GroupCommit(Generic[T]):
     """Coalesce `submit(item)` calls into `flush(items)` calls of at most `max_batch` items.
 
     `flush` returns the keys (by `key(item)`) that the statement matched; `submit` answers
-    whether its item was among them. An error in a flush is raised in every submitter of it.
+    whether its item was among them. When a flush of several items fails with an error that
+    `isolate` says is about the data (one bad row), each item is flushed again alone, so only
+    the bad one gets the error; any other error is raised in every submitter of the batch.
     """
 
     def __init__(
@@ -30,10 +32,12 @@ class GroupCommit(Generic[T]):
         key: Callable[[T], Hashable],
         *,
         max_batch: int = 500,
+        isolate: Callable[[Exception], bool] = lambda _: False,
     ) -> None:
         self._flush = flush
         self._key = key
         self._max = max_batch
+        self._isolate = isolate
         self._queue: list[tuple[T, asyncio.Future[bool]]] = []
         self._running = False
         self._task: asyncio.Task[None] | None = None
@@ -50,21 +54,28 @@ class GroupCommit(Generic[T]):
         try:
             while self._queue:
                 batch, self._queue = self._queue[: self._max], self._queue[self._max :]
-                items = [item for item, _ in batch]
                 try:
-                    matched = await self._flush(items)
-                except Exception as exc:  # handed to every waiter, never swallowed
-                    for _, future in batch:
-                        if not future.done():
-                            future.set_exception(exc)
-                    continue
+                    await self._run(batch)
                 except BaseException:
                     for _, future in batch + self._queue:
                         future.cancel()
                     self._queue = []
                     raise
-                for item, future in batch:
-                    if not future.done():
-                        future.set_result(self._key(item) in matched)
         finally:
             self._running = False
+
+    async def _run(self, batch: list[tuple[T, asyncio.Future[bool]]]) -> None:
+        try:
+            matched = await self._flush([item for item, _ in batch])
+        except Exception as exc:  # handed to its waiters, never swallowed
+            if len(batch) > 1 and self._isolate(exc):
+                for one in batch:
+                    await self._run([one])
+                return
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        for item, future in batch:
+            if not future.done():
+                future.set_result(self._key(item) in matched)

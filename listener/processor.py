@@ -32,20 +32,24 @@ from listener.errors import (
     PermanentProviderError,
     ProviderError,
     RateLimitedError,
+    UncertainDeliveryError,
 )
 from listener.gate import Gate
 from listener.metrics import Health, Metrics
 from listener.pacing import InstanceHealth, Wait
-from listener.providers._http import mask_phone
-from listener.providers.base import LLM, Sender
+from listener.providers._http import mask_phone, shorten
+from listener.providers.base import LLM, Sender, SentPart
 from listener.queries import q
 from listener.retry import after_failure, rate_limit_backoff
 from listener.settings import Settings
 from listener.split import UnsplittableReply, split_content, split_reply
+from listener.text import clean_text
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+R = TypeVar("R")
+W = TypeVar("W", "_Store", "_Record", "_Finish")
 
 FORMAT_INSTRUCTIONS = (
     "Write the outbound WhatsApp message for the lead described in the user message. "
@@ -60,6 +64,26 @@ _MAX_IN_PLACE_WAIT = 60.0
 
 # A batched write chosen as a deadlock's victim is run again this many times.
 _DEADLOCK_RETRIES = 3
+
+# A guarded write that lost its connection is tried again after these pauses (doubling up to
+# the cap) for as long as the message's lease holds: the process knows what it must record.
+_WRITE_RETRY_FIRST = 0.1
+_WRITE_RETRY_CAP = 2.0
+
+# A part whose send got no answer may have been delivered; it is sent at most this many times.
+_MAX_UNCERTAIN_SENDS = 2
+
+
+def is_data_error(exc: BaseException) -> bool:
+    """A write refused for what it carries (bytes Postgres cannot store, a constraint), not
+    for the connection: running it again will not help, running it alone isolates it."""
+    return isinstance(exc, psycopg.DataError | psycopg.IntegrityError | UnicodeError)
+
+
+def is_connection_error(exc: BaseException) -> bool:
+    """The write may not have reached Postgres (or its answer did not come back)."""
+    return isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError)
+
 
 _NOT_DIGIT = re.compile(r"[^0-9]")  # ASCII digits only: Evolution wants 0-9
 
@@ -94,6 +118,10 @@ class Job:
     context: dict[str, Any] | None = None
     lost: bool = False
     claimed_at: float = field(default_factory=time.monotonic)
+    # Until when (monotonic, a little early) our lease surely holds; renewals push it on.
+    lease_until: float = 0.0
+    # Inside a send or its record: a stop lets this finish instead of cancelling it.
+    sending: bool = False
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> Job:
@@ -121,6 +149,18 @@ class Job:
 
 class LeaseLost(Exception):
     """Our lease on a message was taken over; stop working on it without writing."""
+
+
+class StopBetweenParts(Exception):
+    """The shutdown's grace period is over: the message stops before its next part."""
+
+
+class GateClosed(Exception):
+    """A provider holds the whole listener back for longer than is worth waiting in place."""
+
+    def __init__(self, gate: Gate) -> None:
+        super().__init__(gate.reason)
+        self.gate = gate
 
 
 class MustWait(Exception):
@@ -197,9 +237,13 @@ class Processor:
         # Claim ahead at most one window's worth beyond the window itself: enough to keep the
         # slots busy while the next claim runs, never a whole backlog in memory.
         self._high_water = settings.concurrency * 2
-        self._store = GroupCommit(self._flush_store, key=lambda i: i.id)
-        self._record = GroupCommit(self._flush_record, key=lambda i: i.id)
-        self._finish = GroupCommit(self._flush_finish, key=lambda i: i.id)
+        # One bad row (bytes Postgres refuses) fails only its own write: the batch it was in
+        # runs again item by item.
+        self._store = GroupCommit(self._flush_store, key=_by_id, isolate=is_data_error)
+        self._record = GroupCommit(self._flush_record, key=_by_id, isolate=is_data_error)
+        self._finish = GroupCommit(self._flush_finish, key=_by_id, isolate=is_data_error)
+        # Set when the shutdown's grace period is over: messages stop between parts.
+        self._past_grace = False
         self.next_due: datetime | None = None
         # Called with the next future due time whenever it is read (the daemon's wake timer).
         self.on_next_due: Callable[[datetime], None] | None = None
@@ -266,18 +310,23 @@ class Processor:
             limit = min(settings.claim_batch, self._high_water - self.held)
             last_claim = time.monotonic()
             try:
-                jobs = await self.claim(limit)
+                # A database that stops answering (a frozen connection raises nothing) must
+                # not hang the loop: a claim slower than a lease is given up. Rows it may have
+                # claimed meanwhile come back through their lease.
+                async with asyncio.timeout(settings.lease.total_seconds()):
+                    jobs = await self.claim(limit)
                 failures = 0
                 self.health.db_ok = True
-            except psycopg.Error as exc:
+            except (psycopg.Error, TimeoutError) as exc:
                 failures += 1
                 self.health.db_ok = False
-                self.health.last_error = f"claim failed: {exc}"
+                why = str(exc) or "the database did not answer within a lease"
+                self.health.last_error = f"claim failed: {why}"
                 delay = min(0.2 * 2**failures, 10.0)
                 log.warning(
                     "claim failed, retrying in %.1fs: %s",
                     delay,
-                    exc,
+                    why,
                     extra={"action": "claim_failed"},
                 )
                 with contextlib.suppress(TimeoutError):  # a shutdown does not wait it out
@@ -292,6 +341,7 @@ class Processor:
 
     async def claim(self, limit: int) -> list[Job]:
         """Claim up to `limit` due rows and load their contexts (two round trips in all)."""
+        lease_until = time.monotonic() + self._lease_margin()
         async with self.pool.connection() as conn:
             cur = conn.cursor(row_factory=dict_row)
             await cur.execute(
@@ -307,6 +357,7 @@ class Processor:
             contexts = {row["lead_id"]: row["context"] for row in await cur.fetchall()}
         for job in jobs:
             job.context = contexts.get(job.lead_id)
+            job.lease_until = lease_until
         now = datetime.now(UTC)
         for job in jobs:
             self.metrics.pickup_seconds.observe(max(0.0, (now - job.scheduled_at).total_seconds()))
@@ -319,6 +370,12 @@ class Processor:
             extra={"action": "batch_claimed", "messages": len(jobs), "in_flight": self.held},
         )
         return jobs
+
+    def _lease_margin(self) -> float:
+        """How long a lease taken (or renewed) now surely holds: its length, less a margin
+        for the clock of the statement that took it."""
+        lease = self.settings.lease.total_seconds()
+        return lease - min(1.0, lease / 10)
 
     def _start(self, jobs: list[Job]) -> None:
         for job in jobs:
@@ -346,7 +403,7 @@ class Processor:
             async with self._slots:
                 if self._stopping:
                     # Shutdown began before this message started: hand it back untouched.
-                    await self._submit_finish(_Finish(job.id, "pending", None, 1, None))
+                    await self._submit_finish(_Finish(job.id, "pending", None, 1, None), job)
                     return
                 self.metrics.in_flight.inc()
                 try:
@@ -360,22 +417,31 @@ class Processor:
                 "lease lost, leaving the message to its new owner",
                 extra={"action": "lease_lost", "message_id": str(job.id)},
             )
-        except psycopg.Error as exc:
-            # Our writes could not reach the database; the lease will expire and the row will be
-            # taken back by whoever is alive then. Nothing is lost.
-            log.error(
-                "database write failed for a message; its lease will hand it back: %s",
-                exc,
-                extra={"action": "message_db_error", "message_id": str(job.id)},
-            )
-        except Exception as exc:  # a bug outside the provider calls: still give it an outcome
-            log.exception(
-                "unexpected error while finishing a message",
-                extra={"action": "message_error", "message_id": str(job.id)},
-            )
-            error = f"unexpected error: {type(exc).__name__}: {exc}"
-            with contextlib.suppress(Exception):  # else its lease hands it back
-                await self._retry_or_fail(job, error)
+        except Exception as exc:
+            if is_data_error(exc):
+                # Postgres refused something of this message's own (it ran alone, so it is
+                # this one): fail it with the reason rather than leave it to its lease, where
+                # every new owner would meet the same refusal after sending again.
+                reason = shorten(clean_text(f"the database refused this message's data: {exc}"))
+                with contextlib.suppress(Exception):  # else its lease hands it back
+                    await self._fail_now(job, reason)
+                    self.metrics.outcome("failed").inc()
+            elif isinstance(exc, psycopg.Error):
+                # Our writes could not reach the database for the whole lease; the row will be
+                # taken back by whoever is alive then. Nothing is lost.
+                log.error(
+                    "database write failed for a message; its lease will hand it back: %s",
+                    exc,
+                    extra={"action": "message_db_error", "message_id": str(job.id)},
+                )
+            else:  # a bug outside the provider calls: still give it an outcome
+                log.exception(
+                    "unexpected error while finishing a message",
+                    extra={"action": "message_error", "message_id": str(job.id)},
+                )
+                error = f"unexpected error: {type(exc).__name__}: {exc}"
+                with contextlib.suppress(Exception):  # else its lease hands it back
+                    await self._retry_or_fail(job, error)
         finally:
             self._held.pop(job.id, None)
             self._tasks.pop(job.id, None)
@@ -405,7 +471,9 @@ class Processor:
                     job,
                     Wait(datetime.now(UTC) + self.settings.instance_recheck, "instance down"),
                 )
-            if job.paced:
+            # A message that has begun is finished: its window and cap were judged when its
+            # first part went out, and its remaining parts are not held to them.
+            if job.paced and job.parts_sent == 0:
                 wait = await self._pace_start(job)
                 if wait is not None:
                     return await self._defer(job, wait)
@@ -413,6 +481,11 @@ class Processor:
             await self._send_parts(job, instance, number, parts)
         except LeaseLost:
             raise
+        except StopBetweenParts:
+            await self._submit_finish(_Finish(job.id, "pending", None, 1, None), job)
+            return "handed back"
+        except GateClosed as exc:
+            return await self._hold_back(job, exc.gate.remaining, exc.gate.reason, "held back")
         except MustWait as exc:
             return await self._defer(job, exc.wait)
         except InstanceMissingError:
@@ -423,16 +496,24 @@ class Processor:
         except EmptyReplyError as exc:
             return await self._fail_now(job, f"the LLM gave an empty reply after retries: {exc}")
         except UnsplittableReply as exc:
-            return await self._fail_now(job, f"the LLM reply has no text to send: {exc}")
+            what = (
+                "the content"
+                if job.content is not None and job.content.strip()
+                else "the LLM reply"
+            )
+            why = "has no text to send" if type(exc) is UnsplittableReply else "cannot be sent"
+            return await self._fail_now(job, f"{what} {why}: {exc}")
         except PermanentProviderError as exc:
             return await self._fail_now(job, f"{exc.provider}: {exc}")
         except HoldBackError as exc:
             return await self._hand_back(job, exc)
         except RateLimitedError as exc:
             return await self._hand_back(job, exc)
+        except UncertainDeliveryError as exc:
+            return await self._uncertain(job, len(job.parts or ()), exc)
         except ProviderError as exc:
             return await self._retry_or_fail(job, f"{exc.provider}: {exc}")
-        except psycopg.Error:
+        except (psycopg.Error, UnicodeError):
             raise
         except Exception as exc:  # a bug or an unexpected reply: the message still gets an outcome
             log.exception(
@@ -488,14 +569,21 @@ class Processor:
         """The first part was accepted: the next message through this instance goes a whole
         gap after this send, even if the send came late for its booking."""
         assert job.gap is not None
-        async with self.pool.connection() as conn:
-            await conn.execute(
-                q("gap_sent"), {"instance": instance, "min": job.gap[0], "max": job.gap[1]}
+        try:
+            async with self.pool.connection() as conn:
+                await conn.execute(
+                    q("gap_sent"), {"instance": instance, "min": job.gap[0], "max": job.gap[1]}
+                )
+        except psycopg.Error as exc:  # the booking taken before the send still spaces it
+            log.warning(
+                "could not stamp the gap after a send: %s",
+                exc,
+                extra={"action": "gap_stamp_failed", "message_id": str(job.id)},
             )
 
     async def _defer(self, job: Job, wait: Wait) -> str:
         """Not now: back to pending, due when it may go, attempt refunded, reason recorded."""
-        await self._submit_finish(_Finish(job.id, "pending", wait.until, 1, None, wait.reason))
+        await self._submit_finish(_Finish(job.id, "pending", wait.until, 1, None, wait.reason), job)
         log.info(
             "message waits until %s (%s)",
             wait.until.isoformat(timespec="seconds"),
@@ -518,8 +606,7 @@ class Processor:
         else:
             text, parts = await self._write(job, ctx)
         self._check(job)
-        if not await self._store.submit(_Store(job.id, text, parts)):
-            raise LeaseLost()
+        await self._guarded(self._store, _Store(job.id, text, parts), job)
         job.parts = parts
         return parts
 
@@ -528,11 +615,16 @@ class Processor:
         the quick retries' backoff, before the message fails for it."""
         settings = self.settings
         for retry in range(settings.quick_retries + 1):
-            text = await self._generate(job, ctx)
+            text = clean_text(await self._generate(job, ctx))
             try:
-                return text, split_reply(
+                parts = split_reply(
                     text, max_parts=settings.max_parts, max_chars=settings.max_part_chars
                 )
+                # JSON escapes (`\u0000`, a lone `\ud800`) decode to what Postgres refuses.
+                parts = [c for part in parts if (c := clean_text(part).strip())]
+                if not parts:
+                    raise UnsplittableReply("the reply has nothing but NUL bytes to send")
+                return text, parts
             except UnsplittableReply as exc:
                 if retry == settings.quick_retries:
                     raise
@@ -571,31 +663,40 @@ class Processor:
         for index in range(first, len(parts)):
             if index > first and delay > 0:
                 await asyncio.sleep(delay)
+            if self._past_grace:
+                raise StopBetweenParts()
             self._check(job)
             text = parts[index]
             # A paced instance: the gap is taken right before each try of the first part (a
             # rate-limit wait in between takes a fresh one), and stamped again once it is
             # accepted, so the spacing holds from the real send, not from the booking.
             gapped = job.gap is not None and index == 0
-            sent = await self._call(
-                self.sender_gate,
-                "sender",
-                job,
-                lambda text=text: self.sender.send_text(  # type: ignore[misc]
-                    instance=instance, number=number, text=text
-                ),
-                before=(lambda: self._take_gap(job, instance)) if gapped else None,
-            )
-            if gapped:
-                await self._gap_sent(job, instance)
-            final = index == len(parts) - 1
-            recorded = await self._record.submit(
-                _Record(job.id, index, sent.provider_message_id, final)
-            )
-            if not recorded:
-                raise LeaseLost()
+
+            async def send(text: str = text) -> SentPart:
+                # From here until the part is recorded, a shutdown lets the task finish.
+                job.sending = True
+                return await self.sender.send_text(instance=instance, number=number, text=text)
+
+            try:
+                sent = await self._call(
+                    self.sender_gate,
+                    "sender",
+                    job,
+                    send,
+                    before=(lambda: self._take_gap(job, instance)) if gapped else None,
+                )
+                # An accepted part is recorded before any other write, and its record is
+                # retried through a lost connection: the process knows the provider's id.
+                final = index == len(parts) - 1
+                await self._guarded(
+                    self._record, _Record(job.id, index, sent.provider_message_id, final), job
+                )
+            finally:
+                job.sending = False
             job.parts_sent = index + 1
             self.metrics.parts_sent.inc()
+            if gapped:
+                await self._gap_sent(job, instance)
 
     async def _call(
         self,
@@ -607,10 +708,15 @@ class Processor:
         before: Callable[[], Awaitable[Wait | None]] | None = None,
     ) -> T:
         """One provider call through its gate. A rate limit holds the whole listener and is
-        waited out in place (spending nothing) when short; longer holds are raised. `before`
-        runs right before each try; a wait it returns defers the message (MustWait)."""
+        waited out in place (spending nothing) when short; longer holds are raised, and a
+        message that finds the gate closed for longer is handed back (GateClosed), so no
+        message sits `processing` through a long hold. `before` runs right before each try;
+        a wait it returns defers the message (MustWait)."""
         while True:
-            await gate.wait()
+            while (remaining := gate.remaining) > 0:
+                if remaining > _MAX_IN_PLACE_WAIT:
+                    raise GateClosed(gate)
+                await asyncio.sleep(remaining)  # a hold may be extended meanwhile: look again
             self._check(job)
             if before is not None and (wait := await before()) is not None:
                 raise MustWait(wait)
@@ -663,12 +769,12 @@ class Processor:
     # ----------------------------------------------------------------------------------------
 
     async def _skip(self, job: Job, reason: str) -> str:
-        await self._submit_finish(_Finish(job.id, "skipped", None, 0, reason))
+        await self._submit_finish(_Finish(job.id, "skipped", None, 0, reason), job)
         log.info(reason, extra={"action": "message_skipped", "message_id": str(job.id)})
         return "skipped"
 
     async def _fail_now(self, job: Job, reason: str) -> str:
-        await self._submit_finish(_Finish(job.id, "failed", None, 0, reason))
+        await self._submit_finish(_Finish(job.id, "failed", None, 0, reason), job)
         log.warning(
             "message failed: %s",
             reason,
@@ -680,7 +786,7 @@ class Processor:
         decision = after_failure(job.attempts, self.settings.retry_delays, error)
         if decision.kind == "retry" and decision.delay is not None:
             when = datetime.now(UTC) + decision.delay
-            await self._submit_finish(_Finish(job.id, "pending", when, 0, decision.last_error))
+            await self._submit_finish(_Finish(job.id, "pending", when, 0, decision.last_error), job)
             log.warning(
                 decision.last_error,
                 extra={
@@ -692,18 +798,90 @@ class Processor:
             return "retry"
         return await self._fail_now(job, decision.last_error)
 
+    async def _uncertain(self, job: Job, parts: int, exc: UncertainDeliveryError) -> str:
+        """A send got no answer: its part may have been delivered. It is sent once more at
+        most (on the next try), never a third time: then the message fails saying so."""
+        part = job.parts_sent
+        sends = await self._guarded_execute(
+            job, "note_uncertain", {"id": job.id, "part_no": part, "worker": self.worker}
+        )
+        label = f"part {part + 1} of {parts}" if parts else f"part {part + 1}"
+        if sends >= _MAX_UNCERTAIN_SENDS:
+            return await self._fail_now(
+                job,
+                f"{exc.provider}: {label} may have been delivered: its send got no answer "
+                f"{sends} times, so it is not sent again ({exc})",
+            )
+        return await self._retry_or_fail(job, f"{exc.provider}: {exc}")
+
     async def _hand_back(self, job: Job, exc: RateLimitedError | HoldBackError) -> str:
         """The provider is holding us back: not the message's failure. It goes back to the
         queue, its attempt refunded, due when the hold ends."""
         seconds = exc.retry_after or self.settings.hold.total_seconds()
-        when = datetime.now(UTC) + timedelta(seconds=seconds)
         note = f"held back by {exc.provider} (HTTP {exc.status}): {exc}"
-        await self._submit_finish(_Finish(job.id, "pending", when, 1, note))
+        reason = "rate limit" if isinstance(exc, RateLimitedError) else "held back"
+        return await self._hold_back(job, seconds, note, reason)
+
+    async def _hold_back(self, job: Job, seconds: float, note: str, reason: str) -> str:
+        when = datetime.now(UTC) + timedelta(seconds=max(seconds, 0.0))
+        await self._submit_finish(_Finish(job.id, "pending", when, 1, note, reason), job)
         return "held"
 
-    async def _submit_finish(self, item: _Finish) -> None:
-        if not await self._finish.submit(item):
+    async def _submit_finish(self, item: _Finish, job: Job) -> None:
+        await self._guarded(self._finish, item, job)
+
+    async def _guarded(self, writer: GroupCommit[W], item: W, job: Job) -> None:
+        """Submit one guarded write (see `_retrying`); LeaseLost when the row is not ours."""
+        matched, retried = await self._retrying(job, lambda: writer.submit(item))
+        if matched:
+            return
+        # After a lost answer the first try may have gone through: a part already recorded
+        # is recorded.
+        if retried and isinstance(item, _Record) and await self._recorded(item):
+            return
+        raise LeaseLost()
+
+    async def _recorded(self, item: _Record) -> bool:
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(q("parts_sent"), {"id": item.id})
+            row = await cur.fetchone()
+        return row is not None and row[0] > item.part_no
+
+    async def _guarded_execute(self, job: Job, name: str, params: dict[str, Any]) -> int:
+        """One guarded single-row statement returning a number; LeaseLost when no row."""
+
+        async def execute() -> int | None:
+            async with self.pool.connection() as conn:
+                cur = await conn.execute(q(name), params)
+                row = await cur.fetchone()
+            return None if row is None else int(row[0])
+
+        value, _ = await self._retrying(job, execute)
+        if value is None:
             raise LeaseLost()
+        return value
+
+    async def _retrying(self, job: Job, write: Callable[[], Awaitable[R]]) -> tuple[R, bool]:
+        """Run a guarded write; on a lost connection run it again, with backoff, for as long
+        as the message's lease holds (a blip must not give up what the process knows, such
+        as an accepted part's id). Returns the result and whether it took more than one try."""
+        pause = _WRITE_RETRY_FIRST
+        retried = False
+        while True:
+            try:
+                return await write(), retried
+            except Exception as exc:
+                if not is_connection_error(exc) or time.monotonic() + pause > job.lease_until:
+                    raise
+                log.warning(
+                    "a write lost its connection, trying again in %.1fs: %s",
+                    pause,
+                    exc,
+                    extra={"action": "write_retry", "message_id": str(job.id)},
+                )
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, _WRITE_RETRY_CAP)
+            retried = True
 
     # ----------------------------------------------------------------------------------------
     # Batched writes (group commit)
@@ -736,7 +914,7 @@ class Processor:
             "store_parts",
             {
                 "ids": [i.id for i in items],
-                "texts": [i.text for i in items],
+                "texts": [None if i.text is None else clean_text(i.text) for i in items],
                 "parts": [json.dumps(i.parts, ensure_ascii=False) for i in items],
                 "worker": self.worker,
             },
@@ -749,7 +927,7 @@ class Processor:
             {
                 "ids": [i.id for i in items],
                 "part_nos": [i.part_no for i in items],
-                "provider_ids": [i.provider_id for i in items],
+                "provider_ids": [clean_text(i.provider_id) for i in items],
                 "finals": [i.final for i in items],
                 "worker": self.worker,
             },
@@ -764,7 +942,9 @@ class Processor:
                 "statuses": [i.status for i in items],
                 "scheduled": [i.scheduled_at for i in items],
                 "refunds": [i.refund for i in items],
-                "errors": [i.last_error for i in items],
+                "errors": [
+                    None if i.last_error is None else clean_text(i.last_error) for i in items
+                ],
                 "reasons": [i.wait_reason for i in items],
                 "worker": self.worker,
             },
@@ -779,18 +959,25 @@ class Processor:
         ids = list(self._held)
         if not ids:
             return
+        lease_until = time.monotonic() + self._lease_margin()
         kept = await self._execute_returning_ids(
             "renew_leases", {"ids": ids, "worker": self.worker, "lease": self.settings.lease}
         )
         for message_id in ids:
             job = self._held.get(message_id)
-            if job is not None and message_id not in kept:
+            if job is None:
+                continue
+            if message_id in kept:
+                job.lease_until = lease_until
+            else:
                 job.lost = True
 
     async def drain(self, grace: float) -> None:
         """Stop claiming, let in-flight messages finish within `grace` seconds, then hand the
-        rest back to the queue with their attempt refunded. Call it once the claim loop has
-        ended, so no message starts after the drain began."""
+        rest back to the queue with their attempt refunded. Past the grace, a message stops
+        between parts, never inside a send: one whose part is in the air (or being recorded)
+        is let finish that part and record it first, bounded by the send's own deadline.
+        Call it once the claim loop has ended, so no message starts after the drain began."""
         self.stop_claiming()
         deadline = time.monotonic() + grace
         if self._tasks:
@@ -802,27 +989,35 @@ class Processor:
             )
         while self._tasks and (left := deadline - time.monotonic()) > 0:
             await asyncio.wait(list(self._tasks.values()), timeout=left)
+        self._past_grace = True
         unfinished = list(self._tasks)
         late = list(self._tasks.values())
-        for task in late:
-            task.cancel()
+        for message_id, task in list(self._tasks.items()):
+            job = self._held.get(message_id)
+            if job is None or not job.sending:
+                task.cancel()  # in a wait, a pause, the LLM or a pacing call: nothing in the air
         await asyncio.gather(*late, return_exceptions=True)
         leftover = list(set(self._held) | set(unfinished))
         if leftover:
             items = [_Finish(i, "pending", None, 1, None) for i in leftover]
-            try:
-                await self._flush_finish(items)
-            except psycopg.Error as exc:
-                log.error(
-                    "could not hand back %d messages; their leases will: %s",
-                    len(leftover),
-                    exc,
-                    extra={"action": "hand_back_failed"},
-                )
-            else:
-                log.info(
-                    "handed back %d messages",
-                    len(leftover),
-                    extra={"action": "handed_back", "messages": len(leftover)},
-                )
+            for retry in range(3):
+                try:
+                    await self._flush_finish(items)
+                except psycopg.Error as exc:
+                    if retry < 2 and is_connection_error(exc):
+                        await asyncio.sleep(0.2 * (retry + 1))
+                        continue
+                    log.error(
+                        "could not hand back %d messages; their leases will: %s",
+                        len(leftover),
+                        exc,
+                        extra={"action": "hand_back_failed"},
+                    )
+                else:
+                    log.info(
+                        "handed back %d messages",
+                        len(leftover),
+                        extra={"action": "handed_back", "messages": len(leftover)},
+                    )
+                break
             self._held.clear()

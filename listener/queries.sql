@@ -96,25 +96,50 @@ UPDATE campaign_messages
 RETURNING id
 
 -- rescue_expired --
--- Rows whose worker died: back to pending at once, keeping the attempt the dead worker spent,
--- or failed when that was the last one.
-UPDATE campaign_messages
-   SET status = CASE WHEN attempts >= %(max_attempts)s THEN 'failed' ELSE 'pending' END,
-       last_error = CASE WHEN attempts >= %(max_attempts)s
+-- Rows whose lease expired: back to pending at once. A worker that died keeps the attempt it
+-- spent (failed when that was the last one). A worker still connected (its application_name
+-- names it, see db.py) lost the lease to the database, not to the message: its attempt is
+-- given back.
+WITH expired AS (
+    SELECT m.id,
+           m.attempts - CASE WHEN EXISTS (
+                   SELECT 1 FROM pg_stat_activity a
+                    WHERE a.application_name = left('listener ' || m.locked_by, 63))
+               THEN 1 ELSE 0 END AS attempts
+      FROM campaign_messages m
+     WHERE m.status = 'processing' AND m.locked_until < now()
+     ORDER BY m.locked_until
+     LIMIT 1000
+       FOR UPDATE OF m SKIP LOCKED
+)
+UPDATE campaign_messages m
+   SET status = CASE WHEN e.attempts >= %(max_attempts)s THEN 'failed' ELSE 'pending' END,
+       attempts = GREATEST(e.attempts, 0),
+       last_error = CASE WHEN e.attempts >= %(max_attempts)s
                          THEN 'failed: the worker stopped during the last attempt (lease of '
-                              || COALESCE(locked_by, '?') || ' expired)'
-                         ELSE 'lease of ' || COALESCE(locked_by, '?') || ' expired; taken back'
+                              || COALESCE(m.locked_by, '?') || ' expired)'
+                         ELSE 'lease of ' || COALESCE(m.locked_by, '?') || ' expired; taken back'
                     END,
-       scheduled_at = CASE WHEN attempts >= %(max_attempts)s THEN scheduled_at ELSE now() END,
+       scheduled_at = CASE WHEN e.attempts >= %(max_attempts)s THEN m.scheduled_at ELSE now() END,
        locked_by = NULL,
        locked_until = NULL,
        updated_at = now()
- WHERE id IN (SELECT id FROM campaign_messages
-               WHERE status = 'processing' AND locked_until < now()
-               ORDER BY locked_until
-               LIMIT 1000
-                 FOR UPDATE SKIP LOCKED)
-RETURNING id, status
+  FROM expired e
+ WHERE m.id = e.id
+RETURNING m.id, m.status
+
+-- parts_sent --
+-- How many parts of a message are recorded (after a write whose answer was lost).
+SELECT parts_sent FROM campaign_messages WHERE id = %(id)s
+
+-- note_uncertain --
+-- A send of part %(part_no)s got no answer: count it against that part (guarded by the lease).
+UPDATE campaign_messages
+   SET uncertain_sends = CASE WHEN uncertain_part = %(part_no)s THEN uncertain_sends + 1 ELSE 1 END,
+       uncertain_part = %(part_no)s,
+       updated_at = now()
+ WHERE id = %(id)s AND status = 'processing' AND locked_by = %(worker)s
+RETURNING uncertain_sends
 
 -- next_due --
 -- When the next pending row comes due, to set the wake-up timer.
@@ -129,6 +154,10 @@ SELECT mark_old_campaign_messages_as_skipped(%(max_age)s) AS skipped
 -- listen_check --
 -- Is the LISTEN connection still listening? (A half-open connection raises no error.)
 SELECT count(*) AS n FROM pg_listening_channels() AS c WHERE c = 'campaign_messages'
+
+-- ping --
+-- Does the database answer at all? (The health probe, under a short timeout.)
+SELECT 1
 
 -- sandbox_send --
 -- The sandbox sender's "delivery": one row per accepted part.
@@ -224,7 +253,8 @@ SELECT status,
 SELECT (SELECT count(*)::integer FROM campaign_messages
          WHERE created_at > now() - %(window)s::interval AND attempts > 1) AS retried,
        (SELECT count(*)::integer FROM campaign_messages
-         WHERE status = 'pending' AND last_error IS NOT NULL) AS waiting_retry,
+         WHERE status = 'pending' AND last_error IS NOT NULL
+           AND wait_reason IS NULL) AS waiting_retry,
        due.backlog AS due_backlog,
        EXTRACT(EPOCH FROM now() - due.oldest)::float8 AS oldest_due_seconds
   FROM (SELECT count(*)::integer AS backlog, min(scheduled_at) AS oldest
@@ -237,7 +267,7 @@ SELECT (SELECT count(*)::integer FROM campaign_messages
 -- connected (they would send the sample messages for real) and messages already queued (the
 -- sandbox would "send" them).
 SELECT (SELECT count(*)::integer FROM pg_stat_activity
-         WHERE datname = current_database() AND application_name = 'listener'
+         WHERE datname = current_database() AND starts_with(application_name, 'listener')
            AND pid <> pg_backend_pid()) AS listeners,
        (SELECT count(*)::integer FROM campaign_messages
          WHERE status IN ('pending', 'processing')) AS queued

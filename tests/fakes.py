@@ -38,6 +38,9 @@ class FakeProviders:
     reply_parts: int = 1
     state: str = "open"
     on_llm: Callable[[dict[str, Any]], None] | None = None
+    # Called with each accepted part's record just before its 201 is written (e.g. to cut the
+    # listener's database connections between the provider's answer and the record).
+    on_accept: Callable[[dict[str, Any]], None] | None = None
     # Fault injection: called with "llm" or "send" per request; returns None (answer normally),
     # "429", "500", "timeout" (answer 504 after `timeout_sleep`) or "drop" (close the socket).
     # A faulted send is never accepted, so it cannot be delivered twice.
@@ -115,15 +118,16 @@ class FakeProviders:
             return web.json_response(reply.body or {}, status=reply.status, headers=reply.headers)
         self._counter += 1
         message_id = f"EVO{self._counter:08d}"
-        self.sends.append(
-            {
-                "instance": request.match_info["instance"],
-                **body,
-                "accepted": True,
-                "id": message_id,
-                "at": time.monotonic(),
-            }
-        )
+        accepted = {
+            "instance": request.match_info["instance"],
+            **body,
+            "accepted": True,
+            "id": message_id,
+            "at": time.monotonic(),
+        }
+        self.sends.append(accepted)
+        if self.on_accept is not None:
+            self.on_accept(accepted)
         return web.json_response({"key": {"id": message_id}, "status": "PENDING"}, status=201)
 
     async def _state(self, request: web.Request) -> web.Response:

@@ -226,7 +226,8 @@ async def test_a_message_handed_back_at_shutdown_gives_back_its_cap_slot(
     campaign = make_campaign(db, daily_cap=1)
     [message] = enqueue(db, campaign, make_leads(db, 1))
     async with serve_fakes() as fakes:
-        fakes.send_delay = 1.0  # the send outlives the grace period
+        # The LLM call outlives the grace period: nothing is in the air, so it is cancelled.
+        fakes.llm_delay = 3.0
         async with running(db_url, shutdown_grace="100ms", **http_settings(fakes)):
             await await_until(lambda: bool(held(db)))
         row = db.execute(
@@ -234,7 +235,7 @@ async def test_a_message_handed_back_at_shutdown_gives_back_its_cap_slot(
         ).fetchone()
         assert row == ("pending", 0)
         assert held(db) == {}
-        fakes.send_delay = 0.0
+        fakes.llm_delay = 0.0
         async with running(db_url, **http_settings(fakes)):
             await await_until(lambda: statuses(db) == {"sent": 1}, timeout=15)
     assert held(db) == {message: datetime.now(ZoneInfo(SP)).date()}
