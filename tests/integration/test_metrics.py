@@ -93,3 +93,66 @@ def test_a_multi_line_error_is_one_log_line_and_one_health_field() -> None:
     assert "\n" not in line and "DETAIL:" in line
     health = Health(last_error=error)
     assert "\n" not in str(health.as_dict()["last_error"])
+
+
+# Run in a child process before anything imports uvloop: another process takes the port in the
+# instant between this process's bind and its listen (both bind with SO_REUSEADDR, so both
+# binds succeed and only the second listen fails), the start-up race of two listeners.
+_RIVAL_TAKES_THE_PORT = """
+import socket, sys
+port = int(sys.argv[1])
+real = socket.socket
+rivals = []
+
+class Racing(real):
+    def bind(self, address):
+        super().bind(address)
+        if address[1] == port and not rivals:
+            rival = real(socket.AF_INET, socket.SOCK_STREAM)
+            rival.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            rival.bind(("127.0.0.1", port))
+            rival.listen()
+            rivals.append(rival)
+
+socket.socket = Racing
+sys.argv = ["listener", "run"]
+from listener.cli import console
+console()
+"""
+
+
+async def test_a_listener_losing_the_metrics_port_race_ends_with_the_one_line_error(
+    db_url: str,
+) -> None:
+    import os
+    import sys
+
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LISTENER_", "OPENROUTER_"))}
+    env.update(
+        DATABASE_URL=db_url,
+        LISTENER_LLM="sandbox",
+        LISTENER_SENDER="sandbox",
+        LISTENER_METRICS_PORT=str(port),
+        LISTENER_METRICS_HOST="127.0.0.1",
+        LISTENER_LOG_LEVEL="ERROR",
+    )
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        _RIVAL_TAKES_THE_PORT,
+        str(port),
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        _, err = await asyncio.wait_for(process.communicate(), timeout=30)
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    text = err.decode().strip()
+    assert process.returncode == 2, text
+    assert len(text.splitlines()) == 1, text
+    assert "LISTENER_METRICS_PORT" in text and str(port) in text and "in use" in text
