@@ -8,21 +8,21 @@ import contextlib
 import logging
 import signal
 import time
+from collections.abc import Awaitable, Callable
 from datetime import datetime
-from typing import Any
 
 import psycopg
 from aiohttp import web
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from psycopg_pool import AsyncConnectionPool
 
-from listener.db import make_pool, redact
+from listener.db import make_pool, redact, within
 from listener.metrics import Health, Metrics, serve
 from listener.processor import Processor
 from listener.providers.base import LLM, Sender
 from listener.queries import q
 from listener.settings import Settings, format_duration
-from listener.wakeup import NotifyListener, WakeTimer
+from listener.wakeup import NotifyListener, WakeTimer, check_timeout
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +59,9 @@ class Daemon:
         self.settings = settings
         self.url = url
         self.metrics = Metrics()
-        self.health = Health(stuck_after=max(30.0, settings.poll_interval.total_seconds() * 3))
+        # The claim loop turns at least every 5 s when idle, and backs off at most 10 s after a
+        # failed claim: not having turned for 10 s (or three health intervals) is stuck.
+        self.health = Health(stuck_after=max(10.0, settings.health_interval.total_seconds() * 3))
         self.pool = make_pool(url, settings)
         self._llm = llm
         self._sender = sender
@@ -68,6 +70,8 @@ class Daemon:
         self._stop = asyncio.Event()
         self._runner: web.AppRunner | None = None
         self.listener: NotifyListener | None = None
+        self._jobs: list[_Periodic] = []
+        self._database_answers = True
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -105,6 +109,13 @@ class Daemon:
                 health=self.health,
             )
             self.processor = processor
+            self.health.waiting = lambda: (
+                # Every slot busy: the loop waits for room, not for the database. A provider
+                # hold: it waits on purpose.
+                processor.held >= settings.concurrency
+                or processor.llm_gate.remaining > 0
+                or processor.sender_gate.remaining > 0
+            )
             timer = WakeTimer(self.scheduler, processor.wake.set)
             processor.on_next_due = timer.schedule
             self.listener = NotifyListener(
@@ -113,7 +124,7 @@ class Daemon:
             self._schedule_jobs(processor, timer)
             if settings.sweep_max_age.total_seconds() > 0:
                 # Before the first claim, so rows past the age limit are skipped, not sent late.
-                await self._guard(self.sweep, "sweep")()
+                await self._guard(self.sweep, "sweep").run()
             self.scheduler.start()
         except BaseException:
             # A start that fails halfway must not leave the pool's or the server's tasks
@@ -152,6 +163,11 @@ class Daemon:
         """Stop the scheduler, the metrics server, the provider clients and the pool."""
         if self.scheduler.running:
             self.scheduler.shutdown(wait=False)
+        running = [task for job in self._jobs if (task := job.cancel()) is not None]
+        if running:
+            # A job stuck on a frozen database winds down within psycopg's cancel timeouts;
+            # the pool's close does not wait for it longer than that either.
+            await asyncio.wait(running, timeout=2)
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -162,54 +178,75 @@ class Daemon:
         await self.pool.close()
 
     def _schedule_jobs(self, processor: Processor, timer: WakeTimer) -> None:
+        """Every periodic job runs through `_guard`: a run still going when the next one is due
+        is left alone and that turn skipped, so APScheduler never meets an overlap."""
         settings = self.settings
         lease = settings.lease.total_seconds()
-        self.scheduler.add_job(
-            self._guard(processor.renew_leases, "renew_leases"),
-            "interval",
-            seconds=max(lease / 3, 0.05),
-            id="renew-leases",
-            max_instances=1,
-            coalesce=True,
-        )
-        self.scheduler.add_job(
-            self._guard(self.rescue, "rescue"),
-            "interval",
-            seconds=settings.rescue_interval.total_seconds(),
-            id="rescue",
-            max_instances=1,
-            coalesce=True,
-            next_run_time=datetime.now().astimezone(),
-        )
+        jobs: list[tuple[str, Callable[[], Awaitable[object]], float, datetime | None]] = [
+            ("renew_leases", processor.renew_leases, max(lease / 3, 0.05), None),
+            (
+                "rescue",
+                self.rescue,
+                settings.rescue_interval.total_seconds(),
+                datetime.now().astimezone(),
+            ),
+            ("refresh", self._refresh, settings.poll_interval.total_seconds(), None),
+            ("probe", self._probe, settings.health_interval.total_seconds(), None),
+        ]
         if settings.sweep_max_age.total_seconds() > 0:
+            jobs.append(("sweep", self.sweep, settings.sweep_interval.total_seconds(), None))
+        for name, job, seconds, first in jobs:
+            # The probe says itself when the database stops and starts answering.
             self.scheduler.add_job(
-                self._guard(self.sweep, "sweep"),
+                self._guard(job, name, quiet=name == "probe").turn,
                 "interval",
-                seconds=settings.sweep_interval.total_seconds(),
-                id="sweep",
-                max_instances=1,
+                seconds=seconds,
+                id=name,
                 coalesce=True,
+                **({"next_run_time": first} if first is not None else {}),
             )
-        self.scheduler.add_job(
-            self._guard(self._refresh, "refresh"),
-            "interval",
-            seconds=settings.poll_interval.total_seconds(),
-            id="poll",
-            max_instances=1,
-            coalesce=True,
-        )
         self._timer = timer
 
-    def _guard(self, job: Any, name: str) -> Any:
-        async def run() -> None:
-            try:
-                await job()
-            except psycopg.Error as exc:
-                self.health.db_ok = False
-                self.health.last_error = f"{name} failed: {exc}"
-                log.warning("%s failed: %s", name, exc, extra={"action": f"{name}_failed"})
+    def _guard(
+        self, job: Callable[[], Awaitable[object]], name: str, *, quiet: bool = False
+    ) -> _Periodic:
+        """`job` as a periodic job that never overlaps itself; a database error marks the
+        health and is logged, never raised into the scheduler. `quiet`: its skipped turns are
+        debug lines only."""
+        periodic = _Periodic(name, job, self.health, quiet=quiet)
+        self._jobs.append(periodic)
+        return periodic
 
-        return run
+    async def _probe(self) -> None:
+        """Ask the database a trivial question under a short timeout: a frozen database (a
+        stalled network path, a stopped server) raises nothing, it only stops answering, and
+        the queries waiting on it would keep /healthz green."""
+        timeout = check_timeout(self.settings.health_interval.total_seconds())
+        why = f"the database did not answer within {timeout:g}s"
+
+        def down() -> None:
+            self.health.db_ok = False
+            self.health.last_error = why
+            if self._database_answers:
+                self._database_answers = False
+                log.warning(why, extra={"action": "database_silent"})
+
+        async def ping() -> None:
+            async with self.pool.connection(timeout=timeout) as conn:
+                await conn.execute(q("ping"))
+
+        try:
+            await within(ping(), timeout, on_timeout=down)
+        except TimeoutError:
+            return
+        except psycopg.Error as exc:
+            down()
+            self.health.last_error = f"database check failed: {exc}"
+            return
+        self.health.db_ok = True
+        if not self._database_answers:
+            self._database_answers = True
+            log.info("the database answers again", extra={"action": "database_back"})
 
     async def _refresh(self) -> None:
         """The slow safety net: wake the claim loop, re-arm the timer, update the backlog."""
@@ -262,3 +299,81 @@ async def run_daemon(settings: Settings, url: str) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, daemon.request_stop)
     await daemon.run()
+
+
+class _Periodic:
+    """A periodic job that never overlaps itself.
+
+    The scheduler calls `turn` on time, which starts a run without waiting for it. A run still
+    going at the next turn (a database that stopped answering) is left to finish and the
+    turn skipped: one warning when such an episode begins, a debug line per skipped turn,
+    one info line when the stuck run ends. (APScheduler's own `max_instances` logs a warning
+    on every skipped turn.)"""
+
+    def __init__(
+        self,
+        name: str,
+        job: Callable[[], Awaitable[object]],
+        health: Health,
+        *,
+        quiet: bool = False,
+    ) -> None:
+        self.name = name
+        self._quiet = quiet
+        self._job = job
+        self._health = health
+        self._task: asyncio.Task[None] | None = None
+        self._started = 0.0
+        self._skipped = 0
+
+    async def turn(self) -> None:
+        """The scheduler's call: start a run, unless one is still going."""
+        if self._task is not None and not self._task.done():
+            self._skip()
+            return
+        self._task = asyncio.create_task(self.run(), name=f"job-{self.name}")
+
+    def _skip(self) -> None:
+        self._skipped += 1
+        took = time.monotonic() - self._started
+        if self._skipped == 1 and not self._quiet:
+            log.warning(
+                "%s still running after %.1fs; skipping its turns until it ends",
+                self.name,
+                took,
+                extra={"action": "job_overlap", "job": self.name},
+            )
+        else:
+            log.debug(
+                "%s still running after %.1fs; turn skipped",
+                self.name,
+                took,
+                extra={"action": "job_skipped", "job": self.name},
+            )
+
+    async def run(self) -> None:
+        """One run, now (awaited: the sweep before the first claim)."""
+        self._started = time.monotonic()
+        try:
+            await self._job()
+        except psycopg.Error as exc:
+            self._health.db_ok = False
+            self._health.last_error = f"{self.name} failed: {exc}"
+            log.warning("%s failed: %s", self.name, exc, extra={"action": f"{self.name}_failed"})
+        finally:
+            if self._skipped and not self._quiet:
+                log.info(
+                    "%s ended after %.1fs (%d turns skipped); back on schedule",
+                    self.name,
+                    time.monotonic() - self._started,
+                    self._skipped,
+                    extra={"action": "job_caught_up", "job": self.name},
+                )
+            self._skipped = 0
+
+    def cancel(self) -> asyncio.Task[None] | None:
+        """Cancel a run under way (on stop); the task to wait for, if any."""
+        if self._task is None or self._task.done():
+            return None
+        self._task.cancel()
+        return self._task

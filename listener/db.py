@@ -3,11 +3,13 @@ Postgres used when no DATABASE_URL is given."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import re
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 from psycopg.rows import dict_row
@@ -18,16 +20,25 @@ from listener.settings import Settings
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
 CHANNEL = "campaign_messages"
 
 # TCP keepalives on every connection: a peer that vanished (a half-open connection) is noticed
-# within about half a minute instead of hanging forever.
+# within about half a minute instead of hanging forever; so is one that stops acknowledging
+# what we send (tcp_user_timeout, in ms). Neither sees a database that is frozen behind a live
+# TCP peer (a stalled proxy, a stopped server): the health checks' own timeouts do.
 KEEPALIVES: dict[str, Any] = {
     "keepalives": 1,
     "keepalives_idle": 10,
     "keepalives_interval": 5,
     "keepalives_count": 3,
+    "tcp_user_timeout": 30_000,
 }
+
+# Opening a connection through a path that accepts and then answers nothing gives up after
+# this long (libpq's default is to wait forever, psycopg's over two minutes).
+CONNECT_TIMEOUT = 10
 
 _embedded: Any = None
 
@@ -107,7 +118,12 @@ def make_pool(
         url,
         min_size=min(min_size, size),
         max_size=size,
-        kwargs={**KEEPALIVES, "application_name": "listener", "autocommit": True},
+        kwargs={
+            **KEEPALIVES,
+            "connect_timeout": CONNECT_TIMEOUT,
+            "application_name": "listener",
+            "autocommit": True,
+        },
         configure=_configure,
         open=False,
         name="listener",
@@ -124,3 +140,26 @@ async def connect(url: str, **kwargs: Any) -> psycopg.AsyncConnection[dict[str, 
         )
     except psycopg.Error as exc:
         raise DatabaseError(f"cannot connect to the database ({redact(url)}): {exc}") from exc
+
+
+async def within(awaitable: Awaitable[T], seconds: float, *, on_timeout: Callable[[], None]) -> T:
+    """The result of `awaitable` if it comes within `seconds`; else `on_timeout()` at once,
+    then the awaitable is cancelled and TimeoutError raised.
+
+    `asyncio.timeout` alone says it too late on a frozen connection: psycopg answers the
+    cancellation by asking the server to cancel the query and waiting for that, up to ten
+    seconds more when nothing answers. `on_timeout` (mark the health, say why) runs before
+    that wait; the cleanup still finishes before this returns, so the connection is never
+    closed under a query that is still winding down."""
+    task = asyncio.ensure_future(awaitable)
+    try:
+        done, _ = await asyncio.wait({task}, timeout=seconds)
+    except asyncio.CancelledError:
+        task.cancel()
+        raise
+    if task in done:
+        return task.result()
+    on_timeout()
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    raise TimeoutError(f"no answer within {seconds:g}s")

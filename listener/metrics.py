@@ -6,6 +6,7 @@ import asyncio
 import logging
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from aiohttp import web
@@ -91,20 +92,26 @@ class Metrics:
 
 @dataclass
 class Health:
-    """What /healthz reports: the database reachable, LISTEN alive, the loop not stuck."""
+    """What /healthz reports: the database reachable, LISTEN alive, the loop not stuck.
+
+    The claim loop ticks on every turn; it is stuck when it has not ticked for `stuck_after`
+    seconds, unless `waiting` says it waits on purpose (every slot busy, a provider hold)."""
 
     db_ok: bool = False
     listen_ok: bool = False
     last_tick: float = field(default_factory=time.monotonic)
     last_error: str = ""
     stuck_after: float = 30.0
+    waiting: Callable[[], bool] | None = None
 
     def tick(self) -> None:
         self.last_tick = time.monotonic()
 
     @property
     def loop_ok(self) -> bool:
-        return time.monotonic() - self.last_tick < self.stuck_after
+        if time.monotonic() - self.last_tick < self.stuck_after:
+            return True
+        return self.waiting is not None and self.waiting()
 
     @property
     def ok(self) -> bool:

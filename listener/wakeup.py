@@ -2,10 +2,11 @@
 APScheduler date job wakes it when the next future row comes due.
 
 The LISTEN connection is the one thing that can fail silently (a half-open TCP connection
-raises nothing), so it has keepalives and is checked every LISTENER_HEALTH_INTERVAL with a
-query under a short timeout; a failed check counts as a lost connection. After any loss it
-reconnects with backoff, LISTENs again and wakes the claim loop, since notifications sent
-while it was away are gone.
+raises nothing, a frozen database answers nothing), so it has keepalives and is checked every
+LISTENER_HEALTH_INTERVAL with a query under a short timeout (`check_timeout`); a check that
+fails or does not answer in time marks LISTEN down at once and counts as a lost connection.
+After any loss it reconnects with backoff, LISTENs again and wakes the claim loop, since
+notifications sent while it was away are gone.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from datetime import UTC, datetime
 import psycopg
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
-from listener.db import CHANNEL, connect
+from listener.db import CHANNEL, CONNECT_TIMEOUT, connect, within
 from listener.errors import DatabaseError
 from listener.metrics import Health
 from listener.queries import q
@@ -29,6 +30,13 @@ from listener.settings import Settings
 log = logging.getLogger(__name__)
 
 _WAKE_JOB = "wake-next-due"
+
+
+def check_timeout(interval: float) -> float:
+    """How long a health check of the database may take: short (a loaded machine answers
+    `SELECT 1` in milliseconds), at most 2 s, and never so short that a busy event loop
+    fails it."""
+    return min(max(interval, 1.0), 2.0)
 
 
 class WakeTimer:
@@ -109,7 +117,7 @@ class NotifyListener:
         while not self._stopping:
             conn: psycopg.AsyncConnection[dict[str, object]] | None = None
             try:
-                conn = await connect(self._url, connect_timeout=10)
+                conn = await connect(self._url, connect_timeout=CONNECT_TIMEOUT)
                 await conn.execute(f"LISTEN {CHANNEL}")
                 self._health.listen_ok = True
                 self._health.db_ok = True
@@ -146,12 +154,21 @@ class NotifyListener:
                         await asyncio.wait_for(conn.close(), timeout=2)
 
     async def _check(self, conn: psycopg.AsyncConnection[dict[str, object]]) -> None:
+        timeout = check_timeout(self._settings.health_interval.total_seconds())
+        why = f"the LISTEN connection did not answer its health check within {timeout:g}s"
+
+        def down() -> None:
+            self._health.listen_ok = False
+            self._health.last_error = why
+
+        async def listening() -> dict[str, object] | None:
+            cur = await conn.execute(q("listen_check"))
+            return await cur.fetchone()
+
         try:
-            async with asyncio.timeout(2.0):
-                cur = await conn.execute(q("listen_check"))
-                row = await cur.fetchone()
+            row = await within(listening(), timeout, on_timeout=down)
         except TimeoutError:
-            raise TimeoutError("the LISTEN connection did not answer its health check") from None
+            raise TimeoutError(why) from None
         if not row or row["n"] != 1:
             raise DatabaseError("the connection is no longer listening")
         self._health.listen_ok = True
