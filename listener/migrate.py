@@ -1,7 +1,13 @@
 """`listener migrate`: apply `migrations/*.sql` in order, once each, with a checksum.
 
 An advisory lock makes two migrates started together take turns; a file changed after it
-was applied is an error, since the database no longer matches what the file says.
+was applied is an error, since the database no longer matches what the file says. Every file
+not yet applied is applied, in version order, even one numbered below the newest applied.
+
+A listener of the previous release may still be running against a freshly migrated database,
+so a function signature, once created, stays for one release: a migration that changes one
+adds the new signature and keeps the old working as a wrapper (0008); the schema tests check
+that no signature a migration created has gone.
 """
 
 from __future__ import annotations

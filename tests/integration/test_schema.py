@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import shutil
 import uuid
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -274,3 +276,73 @@ def test_claim_query_uses_its_index(db: Conn) -> None:
         ).fetchall()
     text = "\n".join(r[0] for r in plan)
     assert "idx_campaign_messages_due" in text
+
+
+_CREATE_FUNCTION = re.compile(r"CREATE\s+(?:OR\s+REPLACE\s+)?FUNCTION\s+([\w.]+)\s*\(", re.I)
+
+
+def _created_functions() -> dict[str, set[str]]:
+    """Every `CREATE [OR REPLACE] FUNCTION name(args)` of the migration files: the argument
+    list as written, with the files that create it."""
+    found: dict[str, set[str]] = {}
+    for migration in load_migrations():
+        sql = re.sub(r"--[^\n]*", "", migration.sql)  # comments may name functions too
+        for match in _CREATE_FUNCTION.finditer(sql):
+            depth, end = 1, match.end()
+            while depth:
+                depth += {"(": 1, ")": -1}.get(sql[end], 0)
+                end += 1
+            signature = f"{match.group(1)}({' '.join(sql[match.end() : end - 1].split())})"
+            found.setdefault(signature, set()).add(f"{migration.version}_{migration.name}")
+    return found
+
+
+def test_every_function_signature_a_migration_created_still_exists(db: Conn) -> None:
+    """A listener of the previous release may still be running against a migrated database:
+    a function it calls must not disappear (a changed signature keeps the old one working)."""
+    created = _created_functions()
+    assert len(created) >= 10  # the parse found the migrations' functions
+    missing = []
+    for index, (signature, files) in enumerate(sorted(created.items())):
+        name, args = signature.split("(", 1)
+        # Postgres reads the argument list as written (names, defaults) in a throwaway function
+        # of the same arguments; its argument types name the signature to look for.
+        probe = f"probe_{index}"
+        db.execute(f"CREATE FUNCTION pg_temp.{probe}({args} RETURNS void LANGUAGE sql AS ''")  # type: ignore[arg-type]
+        row = db.execute(
+            "SELECT to_regprocedure(format('%%s(%%s)', %s::text, oidvectortypes(proargtypes)))"
+            " FROM pg_proc WHERE proname = %s AND pronamespace = pg_my_temp_schema()",
+            (name, probe),
+        ).fetchone()
+        if row is None or row[0] is None:
+            missing.append(f"{signature} (created in {', '.join(sorted(files))})")
+    assert missing == []
+
+
+def test_the_old_pace_start_still_answers_for_a_paced_campaign(db: Conn) -> None:
+    """`listener_pace_start(uuid, timestamptz)`, called by listeners before migration 0005:
+    the window and a full cap still hold a message back, room lets it go."""
+    campaign = make_campaign(
+        db,
+        send_window_start="09:00",
+        send_window_end="18:00",
+        send_timezone="UTC",
+        daily_cap=1,
+    )
+    old = "SELECT go, wait_until, reason, cap_day FROM listener_pace_start(%s, %s::timestamptz)"
+    closed = db.execute(old, (campaign, "2026-03-02 07:00+00")).fetchone()
+    assert closed == (False, datetime(2026, 3, 2, 9, tzinfo=UTC), "window", None)
+    room = db.execute(old, (campaign, "2026-03-02 10:00+00")).fetchone()
+    assert room == (True, None, None, date(2026, 3, 2))
+    # The day's one slot taken by a message that was sent: the cap is full.
+    message = enqueue(db, campaign, make_leads(db, 1))[0]
+    db.execute(
+        "UPDATE campaign_messages SET status = 'sent', cap_day = '2026-03-02', sent_at = now()"
+        " WHERE id = %s",
+        (message,),
+    )
+    full = db.execute(old, (campaign, "2026-03-02 11:00+00")).fetchone()
+    assert full == (False, datetime(2026, 3, 3, 9, tzinfo=UTC), "cap", None)
+    # And giving a slot back the old way is accepted (a slot now ends with its message).
+    db.execute("SELECT listener_release_cap(%s, %s::date)", (campaign, "2026-03-02"))
+    assert db.execute(old, (campaign, "2026-03-02 11:00+00")).fetchone() == full
