@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import random
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
@@ -35,6 +36,8 @@ class FakeProviders:
     send_script: deque[Reply] = field(default_factory=deque)
     llm_delay: float = 0.0
     send_delay: float = 0.0
+    # When set, each successful send takes a random time in this range instead of send_delay.
+    send_delay_range: tuple[float, float] | None = None
     reply_parts: int = 1
     state: str = "open"
     on_llm: Callable[[dict[str, Any]], None] | None = None
@@ -104,6 +107,8 @@ class FakeProviders:
             return fault
         reply = self.send_script.popleft() if self.send_script else None
         delay = reply.delay if reply and reply.delay else self.send_delay
+        if self.send_delay_range is not None and not (reply and reply.delay):
+            delay = random.uniform(*self.send_delay_range)
         if delay:
             await asyncio.sleep(delay)
         if reply is not None and (reply.body is not None or reply.status >= 300):

@@ -8,15 +8,17 @@ message in flight at the kill), and the counts of `campaign_runs` match the mess
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import signal
 from collections import Counter
 from typing import Any
 
 import psycopg
+from psycopg import sql
 
 from tests.e2e.test_processes import listener_env, parts_per_number, start
-from tests.fakes import serve_fakes
+from tests.fakes import FakeProviders, serve_fakes
 from tests.helpers import await_until, enqueue, make_campaign, make_leads, make_run, statuses
 
 Conn = psycopg.Connection[Any]
@@ -116,3 +118,185 @@ async def test_soak_with_kills_backend_restarts_and_provider_faults(db_url: str,
         "SELECT status, total_count, sent_count, failed_count, skipped_count FROM campaign_runs"
     ).fetchone()
     assert run_row == ("completed", MESSAGES, counts.get("sent", 0), counts.get("failed", 0), 0)
+
+
+def repeated_parts(fakes: FakeProviders) -> int:
+    """Parts delivered more than once, over every number."""
+    return sum(n - 1 for parts in parts_per_number(fakes).values() for n in Counter(parts).values())
+
+
+def assert_every_message_whole(fakes: FakeProviders, parts: list[str]) -> None:
+    for number, got in parts_per_number(fakes).items():
+        assert got == parts, (number, got)
+
+
+async def test_a_storm_of_graceful_stops_repeats_no_part(db_url: str, db: Conn) -> None:
+    """SIGTERM every couple of seconds, alternating between two listeners, each restarted at
+    once, with a 1 s grace and a sender that takes 300-800 ms: every message arrives whole and
+    no part arrives twice."""
+    messages = 300
+    campaign = make_campaign(db)
+    enqueue(db, campaign, make_leads(db, messages))
+    async with serve_fakes() as fakes:
+        fakes.reply_parts = 2
+        fakes.send_delay_range = (0.3, 0.8)
+        env = listener_env(
+            db_url,
+            fakes,
+            LISTENER_CONCURRENCY="10",
+            LISTENER_SHUTDOWN_GRACE="1s",
+            LISTENER_LEASE="10s",
+            LISTENER_SEND_TIMEOUT="5s",
+            LISTENER_LOG_LEVEL="WARNING",
+        )
+        starts = 0
+
+        async def start_ready() -> asyncio.subprocess.Process:
+            """A listener that has opened its pool, so its SIGTERM handler is in place."""
+            nonlocal starts
+            starts += 1
+            worker = f"storm-{starts}"
+            proc = await start({**env, "LISTENER_WORKER_ID": worker})
+
+            def up() -> bool:
+                if proc.returncode is not None:
+                    return True
+                row = db.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s",
+                    (f"listener {worker}",),
+                ).fetchone()
+                return row != (0,)
+
+            await await_until(up, timeout=60)
+            if proc.returncode is not None:
+                assert proc.stderr is not None
+                raise AssertionError((await proc.stderr.read()).decode())
+            return proc
+
+        procs = [await start_ready(), await start_ready()]
+        codes: list[int] = []
+        try:
+            for stop in range(6):
+                await asyncio.sleep(1.0)
+                victim = procs[stop % 2]
+                victim.send_signal(signal.SIGTERM)
+                codes.append(await asyncio.wait_for(victim.wait(), 30))
+                procs[stop % 2] = await start_ready()
+            await await_until(lambda: statuses(db) == {"sent": messages}, timeout=120)
+        finally:
+            for proc in procs:
+                if proc.returncode is None:
+                    proc.send_signal(signal.SIGTERM)
+            codes += [await asyncio.wait_for(p.wait(), 30) for p in procs]
+    assert codes == [0] * 8
+    assert repeated_parts(fakes) == 0
+    assert len(parts_per_number(fakes)) == messages
+    assert_every_message_whole(fakes, ["1.", "2."])
+    handed_back = db.execute("SELECT count(*) FROM campaign_messages WHERE attempts = 1").fetchone()
+    assert handed_back == (messages,)  # a hand-back refunds its attempt
+
+
+async def test_a_postgres_restart_with_both_listeners_alive_repeats_no_part(
+    db_url: str, db: Conn
+) -> None:
+    """Every connection cut and new ones refused for two seconds (what a restart looks like to
+    a client), twice, while two listeners drain: the parts accepted meanwhile are recorded
+    once the database is back, and none is sent twice."""
+    messages = 1000
+    campaign = make_campaign(db)
+    enqueue(db, campaign, make_leads(db, messages))
+    name = db.info.dbname
+    async with serve_fakes() as fakes:
+        fakes.reply_parts = 2
+        fakes.send_delay_range = (0.0, 0.02)
+        env = listener_env(
+            db_url,
+            fakes,
+            LISTENER_CONCURRENCY="20",
+            LISTENER_LEASE="15s",
+            LISTENER_LOG_LEVEL="ERROR",
+        )
+        procs = [await start(env), await start(env)]
+        try:
+            with psycopg.connect(db_url, dbname="postgres", autocommit=True) as admin:
+                for third in (1, 2):
+                    await await_until(
+                        lambda third=third: (
+                            sum(statuses(db).get(s, 0) for s in ("sent",)) >= messages * third // 3
+                        ),
+                        timeout=120,
+                    )
+                    admin.execute(
+                        sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS false").format(
+                            sql.Identifier(name)
+                        )
+                    )
+                    admin.execute(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                        " WHERE datname = %s AND starts_with(application_name, 'listener')",
+                        (name,),
+                    )
+                    await asyncio.sleep(2.0)
+                    admin.execute(
+                        sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS true").format(
+                            sql.Identifier(name)
+                        )
+                    )
+            await await_until(lambda: statuses(db) == {"sent": messages}, timeout=120)
+        finally:
+            for proc in procs:
+                if proc.returncode is None:
+                    proc.send_signal(signal.SIGTERM)
+            codes = [await asyncio.wait_for(p.wait(), 30) for p in procs]
+    assert codes == [0, 0]
+    assert repeated_parts(fakes) == 0
+    assert_every_message_whole(fakes, ["1.", "2."])
+
+
+async def test_one_poisoned_reply_among_hundreds_fails_only_its_own_message(
+    db_url: str, db: Conn
+) -> None:
+    """Among 400 replies, one is nothing but NUL bytes and twenty carry NULs and lone
+    surrogates inside their text: the first fails alone with its reason, everything else is
+    sent once, clean."""
+    messages = 400
+    campaign = make_campaign(db)
+    enqueue(db, campaign, make_leads(db, messages))
+    async with serve_fakes() as fakes:
+        plain = fakes.llm_text
+
+        def llm_text(body: dict[str, Any]) -> str:
+            name = json.loads(body["messages"][-1]["content"])["lead"]["name"]
+            number = int(name.split()[-1])
+            if number == 200:
+                return '{"messages": ["\\u0000"]}'
+            if number % 20 == 0:
+                return '{"messages": ["Olá\\u0000 \\udfffparte 1."]}'
+            return plain(body)
+
+        fakes.llm_text = llm_text  # type: ignore[method-assign]
+        env = listener_env(
+            db_url,
+            fakes,
+            LISTENER_CONCURRENCY="50",
+            LISTENER_QUICK_RETRIES="1",
+            LISTENER_LOG_LEVEL="ERROR",
+        )
+        proc = await start(env)
+        try:
+            await await_until(
+                lambda: statuses(db) == {"sent": messages - 1, "failed": 1}, timeout=60
+            )
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            assert await asyncio.wait_for(proc.wait(), 30) == 0
+    failed = db.execute(
+        "SELECT l.name, m.last_error, m.attempts FROM campaign_messages m"
+        " JOIN leads l ON l.id = m.lead_id WHERE m.status = 'failed'"
+    ).fetchall()
+    assert len(failed) == 1 and failed[0][0] == "Lead 200" and failed[0][2] == 1
+    assert "no text to send" in failed[0][1]
+    assert repeated_parts(fakes) == 0
+    texts = [s["text"] for s in fakes.accepted()]
+    assert len(texts) == messages - 1
+    assert texts.count("Olá \ufffdparte 1.") == 19
