@@ -1,6 +1,7 @@
-# The listener daemon. Build:  docker build -t listener .
-# Run:  docker run --env-file .env -p 9464:9464 listener          (the daemon, `listener run`)
-#       docker run --env-file .env listener migrate               (apply migrations/ once)
+# The listener daemon (README.md, "The container"). Build:  docker build -t listener .
+# Run:  docker run --rm --env-file .env listener migrate           (apply migrations/ once)
+#       docker run -d --name listener --env-file .env -p 9464:9464 --stop-timeout 30 listener
+#                                                                  (the daemon, `listener run`)
 
 # ---- build: resolve the locked dependencies and the project into /app/.venv -------------------
 FROM python:3.11-slim AS build
