@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 
 log = logging.getLogger(__name__)
@@ -48,13 +49,14 @@ class Gate:
                 extra={"action": "provider_hold", "provider": self.name, "seconds": seconds},
             )
 
-    async def wait(self) -> None:
-        """Return once the gate is open."""
-        while True:
-            remaining = self.remaining
-            if remaining <= 0:
-                return
+    async def wait(self, *, longest: float = math.inf) -> bool:
+        """Return True once the gate is open, or False as soon as it would stay closed for
+        longer than `longest` seconds (a caller not willing to wait that long)."""
+        while (remaining := self.remaining) > 0:
+            if remaining > longest:
+                return False
             await asyncio.sleep(remaining)  # a hold may be extended meanwhile: look again
+        return True
 
     def passed(self) -> None:
         """A call went through: the episode, if there was one, is over (logged once). A call

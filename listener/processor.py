@@ -713,10 +713,8 @@ class Processor:
         message sits `processing` through a long hold. `before` runs right before each try;
         a wait it returns defers the message (MustWait)."""
         while True:
-            while (remaining := gate.remaining) > 0:
-                if remaining > _MAX_IN_PLACE_WAIT:
-                    raise GateClosed(gate)
-                await asyncio.sleep(remaining)  # a hold may be extended meanwhile: look again
+            if not await gate.wait(longest=_MAX_IN_PLACE_WAIT):
+                raise GateClosed(gate)
             self._check(job)
             if before is not None and (wait := await before()) is not None:
                 raise MustWait(wait)

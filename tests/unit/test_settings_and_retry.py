@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from datetime import timedelta
 
 import pytest
@@ -195,12 +196,19 @@ async def test_group_commit_hands_an_error_to_every_waiter() -> None:
 
 async def test_gate_holds_everyone_until_it_opens() -> None:
     gate = Gate("llm")
+    started = time.monotonic()  # before the hold: the hold runs from its own call
     gate.hold(0.05, "429")
     gate.hold(0.01, "429 again")  # never shortens the longer hold
-    started = asyncio.get_running_loop().time()
-    await asyncio.gather(gate.wait(), gate.wait())
-    assert asyncio.get_running_loop().time() - started >= 0.045
+    assert await asyncio.gather(gate.wait(), gate.wait()) == [True, True]
+    assert time.monotonic() - started >= 0.05
     assert gate.remaining == 0
+
+
+async def test_gate_refuses_at_once_a_wait_longer_than_the_caller_allows() -> None:
+    gate = Gate("sender")
+    gate.hold(3600, "429 for an hour")
+    assert await asyncio.wait_for(gate.wait(longest=60), timeout=5) is False
+    assert gate.remaining > 3500
 
 
 @pytest.mark.parametrize(
