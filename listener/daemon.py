@@ -331,7 +331,16 @@ class _Periodic:
         if self._task is not None and not self._task.done():
             self._skip()
             return
-        self._task = asyncio.create_task(self.run(), name=f"job-{self.name}")
+        self._task = asyncio.create_task(self._scheduled(), name=f"job-{self.name}")
+
+    async def _scheduled(self) -> None:
+        # A run the scheduler started has no caller to raise into: say what went wrong.
+        try:
+            await self.run()
+        except Exception:
+            log.exception(
+                "%s failed", self.name, extra={"action": f"{self.name}_failed", "job": self.name}
+            )
 
     def _skip(self) -> None:
         self._skipped += 1
