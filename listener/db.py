@@ -108,6 +108,11 @@ async def _configure(conn: psycopg.AsyncConnection[Any]) -> None:
     await conn.set_autocommit(True)
 
 
+def application_name(settings: Settings) -> str:
+    """`listener <worker id>`, as Postgres keeps it (63 bytes at most)."""
+    return f"listener {settings.worker_id}".encode()[:63].decode(errors="ignore")
+
+
 def make_pool(
     url: str, settings: Settings, *, min_size: int = 2, max_size: int | None = None
 ) -> AsyncConnectionPool:
@@ -118,10 +123,11 @@ def make_pool(
         url,
         min_size=min(min_size, size),
         max_size=size,
+        # The worker's name lets the rescue tell a live owner from a dead one (queries.sql).
         kwargs={
             **KEEPALIVES,
             "connect_timeout": CONNECT_TIMEOUT,
-            "application_name": "listener",
+            "application_name": application_name(settings),
             "autocommit": True,
         },
         configure=_configure,
