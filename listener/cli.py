@@ -1,18 +1,24 @@
-"""The `listener` command. Errors in arguments or settings become one line and exit code 2;
-other known failures one line and exit code 1; never a traceback."""
+"""The `listener` command: every subcommand's options, dispatch and printing. The work is in
+one module per command (`daemon`, `migrate`, `replay`, `stats`, `demo`), which never import
+this one. Errors in arguments or settings become one line and exit code 2; other known
+failures one line and exit code 1; never a traceback."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import sys
 from collections.abc import Coroutine
+from datetime import timedelta
+from pathlib import Path
 from typing import Any, TypeVar
+from uuid import UUID
 
 import click
 
 from listener import logs
-from listener.errors import ConfigurationError, ListenerError
-from listener.settings import Settings, load_settings, provider_free
+from listener.errors import ConfigurationError, DatabaseError, ListenerError
+from listener.settings import Settings, load_settings, parse_duration, provider_free
 
 T = TypeVar("T")
 
@@ -32,6 +38,50 @@ def _settings(need_providers: bool) -> Settings:
     return settings
 
 
+def _database(settings: Settings, *, reachable_only: bool = False) -> str:
+    """The database URL for a command that needs the schema: refused with one line saying to
+    run `listener migrate` when a migration is missing. With `reachable_only`, a database that
+    cannot be reached is left to the caller (the daemon waits for it)."""
+    from listener.db import database_url
+    from listener.oneshot import require_migrated
+
+    url = database_url(settings)
+    hint = ""
+    demo_data = settings.data_dir / "demo"
+    if settings.database_url is None and (demo_data / "pgdata").is_dir():
+        from listener.demo import look_command
+
+        hint = f" (the demo's data is elsewhere: {look_command(demo_data)})"
+    try:
+        run_async(require_migrated(url, hint=hint))
+    except DatabaseError:
+        if not reachable_only:
+            raise
+    return url
+
+
+class Duration(click.ParamType[timedelta, Any]):
+    """A window such as `30m`, `1h` or `90s` (a bare number is seconds), longer than zero."""
+
+    name = "duration"
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> timedelta:
+        if isinstance(value, timedelta):
+            return value
+        try:
+            duration = parse_duration(value)
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+        if duration <= timedelta(0):
+            self.fail("must be longer than zero", param, ctx)
+        return duration
+
+
+DURATION = Duration()
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="listener")
 def main() -> None:
@@ -40,14 +90,18 @@ def main() -> None:
     Settings come from the environment; see README.md for every one."""
 
 
+# --------------------------------------------------------------------------------------------
+# run, migrate
+# --------------------------------------------------------------------------------------------
+
+
 @main.command()
 def run() -> None:
     """Run the daemon until SIGTERM or SIGINT (then finish in-flight messages and exit 0)."""
     from listener.daemon import run_daemon
-    from listener.db import database_url
 
     settings = _settings(need_providers=True)
-    url = database_url(settings)
+    url = _database(settings, reachable_only=True)
     run_async(run_daemon(settings, url))
 
 
@@ -66,12 +120,165 @@ def migrate() -> None:
         click.echo("database is up to date")
 
 
-def _register() -> None:
-    from listener.commands import demo, replay, stats
+# --------------------------------------------------------------------------------------------
+# replay
+# --------------------------------------------------------------------------------------------
 
-    main.add_command(replay)
-    main.add_command(stats)
-    main.add_command(demo)
+
+@main.command()
+@click.option("--campaign", "campaign_id", type=click.UUID, help="Only this campaign's messages.")
+@click.option("--run", "run_id", type=click.UUID, help="Only this run's messages.")
+@click.option(
+    "--id",
+    "ids",
+    type=click.UUID,
+    multiple=True,
+    help="Only this message (repeat for several). Named messages that are pending, processing "
+    "or sent are refused and reported; the others still go.",
+)
+@click.option(
+    "--since",
+    type=DURATION,
+    help="Only messages that last changed (failed or were skipped: updated_at, else created_at) "
+    "within this long before now, e.g. 30m or 2h.",
+)
+@click.option("--include-skipped", is_flag=True, help="Re-queue skipped messages too.")
+@click.option(
+    "--all", "everything", is_flag=True, help="Re-queue every failed message (no filter)."
+)
+@click.option("--dry-run", is_flag=True, help="Show what would be re-queued; change nothing.")
+def replay(
+    campaign_id: UUID | None,
+    run_id: UUID | None,
+    ids: tuple[UUID, ...],
+    since: timedelta | None,
+    include_skipped: bool,
+    everything: bool,
+    dry_run: bool,
+) -> None:
+    """Put failed messages back in the queue, due now, with every attempt back.
+
+    Their stored text and the parts already accepted are kept, so each one resumes after its
+    last accepted part. Running listeners take them at once (the table's trigger notifies
+    them); no restart is needed. At least one filter, or --all, is required; filters combine
+    (all must match)."""
+    from listener import replay as work
+
+    filters = work.ReplayFilter(
+        campaign_id=campaign_id,
+        run_id=run_id,
+        ids=tuple(dict.fromkeys(ids)),
+        since=since,
+        include_skipped=include_skipped,
+        everything=everything,
+    )
+    if everything and filters.filtered:
+        raise click.UsageError("--all cannot be combined with filters; give one or the other")
+    filters.check()
+    url = _database(_settings(need_providers=False))
+    click.echo(filters.describe() + (" (dry run)" if dry_run else ""))
+    result = run_async(work.replay(url, filters, dry_run=dry_run))
+    for line in work.report(result, include_skipped=include_skipped):
+        click.echo(line)
+
+
+# --------------------------------------------------------------------------------------------
+# stats
+# --------------------------------------------------------------------------------------------
+
+
+@main.command()
+@click.option(
+    "--since",
+    type=DURATION,
+    default="1h",
+    show_default=True,
+    help="The window: sent messages by sent_at, the share by status by created_at.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of tables.")
+def stats(since: timedelta, as_json: bool) -> None:
+    """Monitoring figures over a window: processing time, rate, share by status.
+
+    The figures of the old function's deploy guide (its step 4.2): average processing time
+    (sent_at - scheduled_at) and messages sent; messages per minute, newest first, and the rate
+    over the whole window; share by status of the messages created in the window. Plus
+    retries (created in the window with more than one attempt; pending with an error, waiting
+    for their retry) and the due backlog with the age of its oldest message."""
+    from listener.stats import collect_stats, render
+
+    url = _database(_settings(need_providers=False))
+    figures = run_async(collect_stats(url, since))
+    if as_json:
+        click.echo(json.dumps(figures.as_json(), ensure_ascii=False))
+    else:
+        click.echo(render(figures))
+
+
+# --------------------------------------------------------------------------------------------
+# demo
+# --------------------------------------------------------------------------------------------
+
+
+@main.command()
+@click.option(
+    "--leads",
+    type=click.IntRange(1, 5000),
+    default=30,
+    show_default=True,
+    help="How many sample leads (one message each).",
+)
+@click.option(
+    "--keep",
+    is_flag=True,
+    help="Keep the demo's campaign, leads, messages and outbox rows afterwards, to look at "
+    "them (the demo prints the command); by default they are deleted once the stats are "
+    "printed.",
+)
+def demo(leads: int, keep: bool) -> None:
+    """Run the whole pipeline on sample data, with nothing to configure.
+
+    Without DATABASE_URL it starts an embedded Postgres in LISTENER_DATA_DIR/demo (stopped at
+    the end). It applies the migrations, starts a listener in this process with the built-in
+    sandbox LLM and sender, inserts a sample campaign (a new one each run) whose messages the
+    listener sends, shows the progress, then the stats and a few of the messages "sent"."""
+    from listener import demo as work
+
+    settings = _settings(need_providers=False)
+    logs.setup("WARNING", settings.log_format)
+    own_folder: Path | None = None
+    if settings.database_url is None:
+        from listener.db import embedded_url
+
+        own_folder = settings.data_dir / "demo"
+        click.echo(f"starting an embedded Postgres in {own_folder} ...", err=True)
+        url = embedded_url(own_folder)
+    else:
+        url = settings.database_url
+    bar = work.ProgressLine(sys.stderr)
+    try:
+        result = run_async(
+            work.demo(
+                url,
+                leads=leads,
+                keep=keep,
+                check=own_folder is None,
+                progress=bar,
+                inform=lambda line: click.echo(line, err=True),
+            )
+        )
+    finally:
+        bar.close()
+        if own_folder is not None:
+            work.stop_embedded()
+    for line in work.report(result, keep=keep, data_dir=own_folder):
+        click.echo(line)
+    if result.interrupted:
+        raise click.Abort()
+
+
+# --------------------------------------------------------------------------------------------
+# entry points
+# --------------------------------------------------------------------------------------------
 
 
 def _one_line(exc: BaseException) -> str:
@@ -80,7 +287,7 @@ def _one_line(exc: BaseException) -> str:
 
 
 def entry(argv: list[str] | None = None, *, prog: str = "listener") -> int:
-    """Run the CLI and return the exit code (used by `main` and by tests)."""
+    """Run the CLI and return the exit code (used by `console` and by tests)."""
     try:
         main.main(args=argv, prog_name=prog, standalone_mode=False)
     except click.exceptions.Exit as exc:
@@ -106,8 +313,5 @@ def entry(argv: list[str] | None = None, *, prog: str = "listener") -> int:
 
 
 def console() -> None:
-    """Console-script entry point."""
+    """Console-script entry point (`listener`, and `python -m listener`)."""
     sys.exit(entry())
-
-
-_register()

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Literal
 
+from listener.settings import format_duration
+
 Kind = Literal["retry", "fail"]
 
 
@@ -27,20 +29,9 @@ def after_failure(attempts: int, delays: tuple[timedelta, ...], error: str) -> R
     if 1 <= attempts <= len(delays):
         delay = delays[attempts - 1]
         return RetryDecision(
-            "retry", delay, f"attempt {attempts} failed, retry in {format_delay(delay)}: {error}"
+            "retry", delay, f"attempt {attempts} failed, retry in {format_duration(delay)}: {error}"
         )
     return RetryDecision("fail", None, f"failed after {attempts} attempts: {error}")
-
-
-def format_delay(delay: timedelta) -> str:
-    seconds = delay.total_seconds()
-    if seconds >= 3600 and seconds % 3600 == 0:
-        return f"{int(seconds // 3600)}h"
-    if seconds >= 60 and seconds % 60 == 0:
-        return f"{int(seconds // 60)}m"
-    if seconds >= 1:
-        return f"{seconds:g}s"
-    return f"{int(seconds * 1000)}ms"
 
 
 def rate_limit_backoff(episode_hits: int, base: timedelta, cap: timedelta) -> timedelta:

@@ -58,12 +58,29 @@ def parse_duration(value: Any, *, bare_unit: str | None = None) -> timedelta:
 
 
 def format_duration(value: timedelta) -> str:
-    """A duration the way settings are written: `250ms`, `1.5s`, `5m`, `24h`."""
-    seconds = value.total_seconds()
-    for unit, size in (("h", 3600.0), ("m", 60.0), ("s", 1.0)):
-        if seconds >= size and (seconds / size).is_integer():
-            return f"{seconds / size:g}{unit}"
-    return f"{seconds:g}s" if seconds >= 1 else f"{seconds * 1000:g}ms"
+    """A duration the way settings are written, in its largest exact unit: `250ms`, `1.5s`,
+    `90s`, `5m`, `90m`, `24h`. The one formatter of the package: what it prints reads back
+    through `parse_duration` as the same duration."""
+    micros = value // timedelta(microseconds=1)
+    if micros < 0:
+        return "-" + format_duration(-value)
+    if micros == 0:
+        return "0s"
+    for unit, size in (("h", 3_600_000_000), ("m", 60_000_000), ("s", 1_000_000)):
+        if micros >= size and micros % size == 0:
+            return f"{micros // size}{unit}"
+    if micros >= 1_000_000:
+        return _decimal(micros, 1_000_000) + "s"
+    return _decimal(micros, 1_000) + "ms"
+
+
+def _decimal(micros: int, scale: int) -> str:
+    """`micros / scale` written exactly, without trailing zeros (no float rounding)."""
+    whole, rest = divmod(micros, scale)
+    if not rest:
+        return str(whole)
+    digits = len(str(scale)) - 1
+    return f"{whole}.{str(rest).rjust(digits, '0').rstrip('0')}"
 
 
 def parse_milliseconds(value: Any) -> timedelta:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import shutil
 import uuid
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,10 @@ import psycopg
 import pytest
 from psycopg.types.json import Jsonb
 
+from listener import logs
 from listener.cli import entry
+from listener.demo import stop_embedded
+from listener.migrate import load_migrations, migrate, migrations_dir
 from tests.daemon_harness import running
 from tests.helpers import await_until, make_campaign, make_leads, make_run
 
@@ -342,16 +346,69 @@ def test_bad_input_is_one_line_and_exit_2(
     assert db.execute(SNAPSHOT).fetchall() == before
 
 
-def test_stats_on_a_database_without_the_schema_is_one_line_and_exit_1(
-    empty_db_url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+@pytest.mark.parametrize(
+    "argv", [["stats"], ["stats", "--json"], ["replay", "--all"], ["replay", "--all", "--dry-run"]]
+)
+def test_a_command_on_a_database_without_the_schema_says_to_migrate(
+    empty_db_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    argv: list[str],
 ) -> None:
     monkeypatch.setenv("DATABASE_URL", empty_db_url)
 
-    assert entry(["stats"]) == 1
+    assert entry(argv) == 1
 
     captured = capsys.readouterr()
-    assert len(captured.err.splitlines()) == 1, captured.err
-    assert "campaign_messages" in captured.err
+    assert captured.out == ""
+    assert captured.err == "listener: the database has no listener schema: run `listener migrate`\n"
+
+
+def test_run_on_a_database_without_the_schema_says_to_migrate_and_does_not_start(
+    empty_db_url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for name, value in (
+        ("DATABASE_URL", empty_db_url),
+        ("LISTENER_LLM", "sandbox"),
+        ("LISTENER_SENDER", "sandbox"),
+        ("LISTENER_METRICS_PORT", "0"),
+    ):
+        monkeypatch.setenv(name, value)
+
+    assert entry(["run"]) == 1
+
+    err = capsys.readouterr().err
+    assert err == "listener: the database has no listener schema: run `listener migrate`\n"
+
+
+async def test_a_database_missing_the_newest_migration_says_to_migrate(
+    empty_db_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    migrations = load_migrations()
+    older = tmp_path / "older"
+    older.mkdir()
+    for applied in migrations[:-1]:
+        source = migrations_dir() / f"{applied.version}_{applied.name}.sql"
+        shutil.copy(source, older / source.name)
+    logs.setup("WARNING")  # quiet, and on this test's stderr (not an earlier test's)
+    await migrate(empty_db_url, older)
+    monkeypatch.setenv("DATABASE_URL", empty_db_url)
+    newest = migrations[-1]
+
+    assert await asyncio.to_thread(entry, ["stats"]) == 1
+
+    err = capsys.readouterr().err
+    if len(migrations) > 1:
+        expected = f"the database lacks 1 migration ({newest.version}_{newest.name}.sql)"
+    else:
+        expected = "the database has no listener schema"
+    assert err == f"listener: {expected}: run `listener migrate`\n"
+    # And once migrated, the same command works.
+    assert await asyncio.to_thread(entry, ["migrate"]) == 0
+    assert await asyncio.to_thread(entry, ["stats"]) == 0
 
 
 # --------------------------------------------------------------------------------------------
@@ -510,12 +567,20 @@ def test_demo_runs_end_to_end_and_keeps_its_rows(
     assert "11 sent, 1 skipped, 0 failed" in captured.out
     assert re.search(r"^sent\s+11$", captured.out, re.MULTILINE)
     assert "kept the demo's rows" in captured.out
+    # On DATABASE_URL, the same settings show the data.
+    assert re.search(
+        r"^look at them with: (uv run )?listener stats --since 1h$", captured.out, re.MULTILINE
+    )
     # Phones are masked: no lead's full number is printed.
     phones = [str(r[0]).replace(" ", "") for r in db.execute("SELECT phone FROM leads")]
     assert len(phones) == 12 and all(phone not in captured.out for phone in phones)
     assert re.search(r"^  55\d{3}\*+\d{3}  \S", captured.out, re.MULTILINE)
-    # The progress bar reached the end, on stderr; logs stayed quiet.
-    assert "12/12  sent 11  skipped 1  failed 0" in captured.err
+    # The progress reached the end, on stderr, in plain lines (stderr is not a terminal here);
+    # logs stayed quiet.
+    assert "\r" not in captured.err
+    progress = [line for line in captured.err.splitlines() if line.startswith("[")]
+    assert progress[-1] == "[" + "#" * 30 + "] 12/12  sent 11  skipped 1  failed 0"
+    assert 1 <= len(progress) <= 11  # a line per tenth at most, not a frame per poll
     assert "INFO" not in captured.err
 
 
@@ -552,9 +617,58 @@ def test_demo_on_a_fresh_machine_uses_an_embedded_postgres_and_stops_it(
     monkeypatch.delenv("DATABASE_URL", raising=False)
     monkeypatch.setenv("LISTENER_DATA_DIR", str(tmp_path))
 
-    assert entry(["demo", "--leads", "4"]) == 0
+    code = entry(["demo", "--leads", "4"])
 
-    out = capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    out = captured.out
     assert "4 messages, done in" in out and "3 sent, 1 skipped, 0 failed" in out
     assert (tmp_path / "demo" / "pgdata" / "PG_VERSION").exists()
     assert not (tmp_path / "demo" / "pgdata" / "postmaster.pid").exists()
+
+
+def test_after_the_demo_the_printed_command_shows_its_data(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A newcomer's path: `listener demo --keep`, then `listener stats` with nothing set
+    (another embedded database, never migrated), then the command the demo printed."""
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    monkeypatch.setenv("LISTENER_DATA_DIR", str(tmp_path))
+    try:
+        code = entry(["demo", "--leads", "4", "--keep"])
+        captured = capsys.readouterr()
+        assert code == 0, captured.err
+        out = captured.out
+        found = re.search(r"^look at them with: (.+)$", out, re.MULTILINE)
+        assert found is not None, out
+        command = found.group(1)
+        assert re.fullmatch(
+            rf"LISTENER_DATA_DIR={re.escape(str(tmp_path / 'demo'))} (uv run )?listener stats"
+            r" --since 1h",
+            command,
+        ), command
+
+        # Nothing set: the data folder's own embedded database, which nobody migrated.
+        assert entry(["stats"]) == 1
+        # (Before it, the INFO line saying the embedded Postgres is used.)
+        err = capsys.readouterr().err.splitlines()
+        assert err[-1] == (
+            "listener: the database has no listener schema: run `listener migrate`"
+            f" (the demo's data is elsewhere: {command})"
+        )
+        assert all("INFO" in line for line in err[:-1]), err
+        stop_embedded()
+
+        # The printed command, as printed.
+        environment, _, argv = command.partition(" ")
+        name, _, value = environment.partition("=")
+        monkeypatch.setenv(name, value)
+        words = argv.split()
+        code = entry([*words[words.index("listener") + 1 :], "--json"])
+        captured = capsys.readouterr()
+        assert code == 0, captured.err
+        figures = json.loads(captured.out)
+        assert figures["sent"]["total"] == 3
+        assert figures["by_status"]["skipped"]["count"] == 1
+    finally:
+        stop_embedded()

@@ -1,280 +1,35 @@
-"""The operator commands' work, apart from their command lines: re-queue failed messages
-(`listener replay`), read the monitoring figures (`listener stats`) and run the whole pipeline
-on sample data (`listener demo`). Each is an async function on a database URL, so tests call
-them directly; `listener.commands` only parses options and prints."""
+"""`listener demo`: the whole pipeline on sample data with nothing to configure. A sandbox
+listener runs in this process; a sample campaign goes through it while a progress line shows
+the run's counts; then the stats and a few of the messages "sent". The command line itself is
+in `listener.cli`."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import random
+import shlex
+import signal
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TextIO
 from uuid import UUID
 
 import psycopg
 
-from listener.db import connect
 from listener.errors import ConfigurationError, DatabaseError, ListenerError
+from listener.oneshot import Connection, connection, one
 from listener.queries import q
-from listener.settings import Settings
+from listener.settings import Settings, load_settings
+from listener.stats import Stats, collect_stats, render
 
 if TYPE_CHECKING:
     from listener.daemon import Daemon
-
-
-#: Statuses a replay takes back into the queue; every other one is refused.
-REPLAYABLE = ("failed", "skipped")
-
-#: The order statuses are shown in.
-STATUS_ORDER = ("pending", "processing", "sent", "failed", "skipped")
-
-
-Connection = psycopg.AsyncConnection[dict[str, Any]]
-
-
-@contextlib.asynccontextmanager
-async def _connection(url: str, what: str) -> AsyncIterator[Connection]:
-    """One autocommit connection whose driver errors become a one-line DatabaseError."""
-    conn = await connect(url)
-    try:
-        yield conn
-    except psycopg.Error as exc:
-        raise DatabaseError(f"{what} failed: {str(exc).strip().splitlines()[0]}") from exc
-    finally:
-        await conn.close()
-
-
-async def _one(conn: Connection, name: str, params: dict[str, Any]) -> dict[str, Any]:
-    """The single row the named query returns."""
-    row = await (await conn.execute(q(name), params)).fetchone()
-    if row is None:
-        raise DatabaseError(f"query {name} returned no row")
-    return row
-
-
-# --------------------------------------------------------------------------------------------
-# replay
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ReplayFilter:
-    """Which messages a replay takes back. Empty filters match everything, which is only
-    allowed with `everything` (`--all`), so a bare `listener replay` cannot re-queue it all."""
-
-    campaign_id: UUID | None = None
-    run_id: UUID | None = None
-    ids: tuple[UUID, ...] = ()
-    since: timedelta | None = None
-    include_skipped: bool = False
-    everything: bool = False
-
-    @property
-    def statuses(self) -> tuple[str, ...]:
-        return REPLAYABLE if self.include_skipped else ("failed",)
-
-    @property
-    def filtered(self) -> bool:
-        return bool(self.campaign_id or self.run_id or self.ids or self.since)
-
-    def check(self) -> None:
-        """Refuse a replay without any filter unless `everything` says it is meant."""
-        if not self.filtered and not self.everything:
-            raise ConfigurationError(
-                "refusing to re-queue without a filter: give --campaign, --run, --id or "
-                "--since, or --all to re-queue every failed message"
-            )
-
-    def describe(self) -> str:
-        """One line saying what the replay takes back, for the operator to check."""
-        what = " and ".join(self.statuses) + " messages"
-        conditions = []
-        if self.campaign_id:
-            conditions.append(f"of campaign {self.campaign_id}")
-        if self.run_id:
-            conditions.append(f"of run {self.run_id}")
-        if self.ids:
-            conditions.append(f"among {len(self.ids)} named id(s)")
-        if self.since:
-            conditions.append(f"that last changed in the last {format_duration(self.since)}")
-        if not conditions:
-            conditions.append("(all of them)")
-        return f"re-queue {what} {', '.join(conditions)}"
-
-    def params(self) -> dict[str, Any]:
-        return {
-            "statuses": list(self.statuses),
-            "campaign_id": self.campaign_id,
-            "run_id": self.run_id,
-            "ids": list(self.ids) or None,
-            "since": self.since,
-        }
-
-
-@dataclass(frozen=True)
-class ReplayResult:
-    """What a replay did (or, in a dry run, would do)."""
-
-    dry_run: bool
-    by_status: dict[str, int]
-    #: Named ids left alone, with their status (processing, sent, pending, or skipped
-    #: without --include-skipped).
-    refused: list[tuple[UUID, str]] = field(default_factory=list)
-    #: Named ids with no such message.
-    missing: list[UUID] = field(default_factory=list)
-
-    @property
-    def count(self) -> int:
-        return sum(self.by_status.values())
-
-
-async def replay(url: str, filters: ReplayFilter, *, dry_run: bool = False) -> ReplayResult:
-    """Re-queue the messages `filters` selects: pending, due now, attempts back to 0, error
-    cleared, stored text and accepted parts kept. The update trigger wakes running listeners."""
-    filters.check()
-    params = filters.params()
-    async with _connection(url, "replay") as conn, conn.transaction():
-        refused: list[tuple[UUID, str]] = []
-        missing: list[UUID] = []
-        if filters.ids:
-            cur = await conn.execute(q("replay_named"), {"ids": list(filters.ids)})
-            found = {row["id"]: row["status"] for row in await cur.fetchall()}
-            for message_id in filters.ids:
-                status = found.get(message_id)
-                if status is None:
-                    missing.append(message_id)
-                elif status not in filters.statuses:
-                    refused.append((message_id, status))
-        cur = await conn.execute(q("replay_preview" if dry_run else "replay_requeue"), params)
-        by_status = {row["status"]: row["n"] for row in await cur.fetchall()}
-    return ReplayResult(dry_run=dry_run, by_status=by_status, refused=refused, missing=missing)
-
-
-# --------------------------------------------------------------------------------------------
-# stats
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Stats:
-    """The seed's monitoring figures (DEPLOY-V8 step 4.2) over a window, plus retries and the
-    due backlog."""
-
-    window: timedelta
-    now: datetime
-    total_sent: int
-    avg_processing_seconds: float | None
-    per_minute: list[tuple[datetime, int]]
-    by_status: list[tuple[str, int, float]]
-    retried: int
-    waiting_retry: int
-    due_backlog: int
-    oldest_due_seconds: float | None
-    waiting: list[tuple[str, UUID, str, int, datetime]] = field(default_factory=list)
-
-    @property
-    def since(self) -> datetime:
-        return self.now - self.window
-
-    @property
-    def rate_per_minute(self) -> float:
-        """Messages sent per minute, averaged over the whole window."""
-        minutes = self.window.total_seconds() / 60
-        return self.total_sent / minutes if minutes > 0 else 0.0
-
-    def as_json(self) -> dict[str, Any]:
-        """One JSON-ready object: numbers as numbers, times in ISO 8601."""
-        return {
-            "window_seconds": self.window.total_seconds(),
-            "since": self.since.isoformat(),
-            "now": self.now.isoformat(),
-            "sent": {
-                "total": self.total_sent,
-                "avg_processing_seconds": self.avg_processing_seconds,
-                "per_minute_rate": round(self.rate_per_minute, 3),
-                "per_minute": [
-                    {"minute": minute.isoformat(), "count": count}
-                    for minute, count in self.per_minute
-                ],
-            },
-            "by_status": {
-                status: {"count": count, "percentage": percentage}
-                for status, count, percentage in self.by_status
-            },
-            "retries": {"retried": self.retried, "waiting_retry": self.waiting_retry},
-            "queue": {
-                "due_backlog": self.due_backlog,
-                "oldest_due_seconds": self.oldest_due_seconds,
-            },
-            "waiting": [
-                {
-                    "campaign": name,
-                    "campaign_id": str(campaign_id),
-                    "reason": reason,
-                    "count": count,
-                    "next_at": next_at.isoformat(),
-                }
-                for name, campaign_id, reason, count, next_at in self.waiting
-            ],
-        }
-
-
-async def collect_stats(url: str, window: timedelta) -> Stats:
-    """Run the monitoring queries in one transaction, so they share one `now()`."""
-    if window <= timedelta(0):
-        raise ConfigurationError("the stats window must be longer than zero")
-    params = {"window": window}
-    async with _connection(url, "stats") as conn, conn.transaction():
-        processing = await _one(conn, "stats_processing", params)
-        minutes = await (await conn.execute(q("stats_per_minute"), params)).fetchall()
-        statuses = await (await conn.execute(q("stats_by_status"), params)).fetchall()
-        queue = await _one(conn, "stats_queue", params)
-        waiting = await (await conn.execute(q("stats_waiting"))).fetchall()
-    rank = {status: index for index, status in enumerate(STATUS_ORDER)}
-    by_status = sorted(
-        ((row["status"], row["count"], row["percentage"]) for row in statuses),
-        key=lambda item: (rank.get(item[0], len(rank)), item[0]),
-    )
-    return Stats(
-        window=window,
-        now=processing["now"],
-        total_sent=processing["total_messages"],
-        avg_processing_seconds=processing["avg_processing_seconds"],
-        per_minute=[(row["minute"], row["messages_per_minute"]) for row in minutes],
-        by_status=by_status,
-        retried=queue["retried"],
-        waiting_retry=queue["waiting_retry"],
-        due_backlog=queue["due_backlog"],
-        oldest_due_seconds=queue["oldest_due_seconds"],
-        waiting=[
-            (r["campaign"], r["campaign_id"], r["reason"], r["count"], r["next_at"])
-            for r in waiting
-        ],
-    )
-
-
-def format_duration(value: timedelta) -> str:
-    """`1h`, `30m`, `1h30m`, `45s`, `250ms`: the shortest exact spelling of a window."""
-    ms = round(value.total_seconds() * 1000)
-    if ms % 1000:
-        return f"{ms}ms"
-    seconds = ms // 1000
-    text = ""
-    for unit, size in (("h", 3600), ("m", 60), ("s", 1)):
-        amount, seconds = divmod(seconds, size)
-        if amount:
-            text += f"{amount}{unit}"
-    return text or "0s"
-
-
-# --------------------------------------------------------------------------------------------
-# demo
-# --------------------------------------------------------------------------------------------
 
 DEMO_PROMPT = (
     "Você é um SDR simpático de uma agência de marketing digital. Escreva uma primeira mensagem "
@@ -382,8 +137,8 @@ async def demo_guard(url: str) -> None:
     """Refuse to run the demo's sandbox listener where it could do harm: with another listener
     connected (it would send the sample messages for real) or with messages already queued
     (the sandbox would mark them sent)."""
-    async with _connection(url, "demo") as conn:
-        row = await _one(conn, "demo_guard", {})
+    async with connection(url, "demo") as conn:
+        row = await one(conn, "demo_guard", {})
     if row["listeners"]:
         raise ConfigurationError(
             "another listener is connected to this database and would send the demo's sample "
@@ -399,10 +154,10 @@ async def demo_guard(url: str) -> None:
 async def _create_sample(conn: Connection, leads: list[dict[str, Any]]) -> tuple[UUID, UUID]:
     """Insert the campaign, its run, the leads and one message per lead (one statement)."""
     name = f"Demo {datetime.now().astimezone():%Y-%m-%d %H:%M:%S}"
-    campaign_id: UUID = (await _one(conn, "demo_campaign", {"name": name, "prompt": DEMO_PROMPT}))[
+    campaign_id: UUID = (await one(conn, "demo_campaign", {"name": name, "prompt": DEMO_PROMPT}))[
         "id"
     ]
-    run_id: UUID = (await _one(conn, "demo_run", {"campaign_id": campaign_id}))["id"]
+    run_id: UUID = (await one(conn, "demo_run", {"campaign_id": campaign_id}))["id"]
     columns = {
         "ids": "id", "names": "name", "phones": "phone", "companies": "company", "cities": "city",
         "segments": "segment", "notes": "notes", "opted_out": "opted_out",
@@ -428,7 +183,7 @@ async def _create_sample(conn: Connection, leads: list[dict[str, Any]]) -> tuple
 
 
 async def _progress(conn: Connection, run_id: UUID) -> Progress:
-    row = await _one(conn, "demo_progress", {"run_id": run_id})
+    row = await one(conn, "demo_progress", {"run_id": run_id})
     return Progress(
         total=row["total_count"],
         sent=row["sent_count"],
@@ -462,7 +217,7 @@ async def run_demo(
     created: tuple[UUID, UUID] | None = None
     try:
         try:
-            async with _connection(url, "demo") as conn:
+            async with connection(url, "demo") as conn:
                 await _wait_listening(daemon, task)
                 started = time.monotonic()
                 created = await _create_sample(conn, sample_leads(leads))
@@ -473,7 +228,7 @@ async def run_demo(
         finally:
             await _stop_daemon(daemon, task, settings)
         campaign_id, run_id = created
-        async with _connection(url, "demo") as conn:
+        async with connection(url, "demo") as conn:
             progress = await _progress(conn, run_id)
             cur = await conn.execute(q("demo_samples"), {"run_id": run_id, "limit": 5})
             samples = [(row["number"], row["text"]) for row in await cur.fetchall()]
@@ -481,7 +236,7 @@ async def run_demo(
         stats = await collect_stats(url, timedelta(seconds=int(elapsed) + 2))
     finally:
         if created is not None and not keep:
-            async with _connection(url, "demo cleanup") as conn:
+            async with connection(url, "demo cleanup") as conn:
                 await conn.execute(q("demo_cleanup"), {"campaign_id": created[0]})
     return DemoResult(
         campaign_id=campaign_id,
@@ -544,3 +299,166 @@ async def _wait_listening(daemon: Daemon, task: asyncio.Task[None], limit: float
             raise ListenerError("the demo's listener stopped while starting")
         await asyncio.sleep(0.01)
     raise ListenerError(f"the demo's listener did not start listening within {limit:.0f}s")
+
+
+# --------------------------------------------------------------------------------------------
+# what the command prints
+# --------------------------------------------------------------------------------------------
+
+_BAR_WIDTH = 30
+
+#: Without a terminal, a plain line each time the run passes another tenth of its messages.
+_PLAIN_STEPS = 10
+
+
+class ProgressLine:
+    """The demo's progress on `stream` (stderr). On a terminal, one bar rewritten in place with
+    `\\r` whenever it changes; elsewhere (a pipe, a file, a CI log) plain lines, one per tenth
+    of the messages and one at the end, so no `\\r` frames pile up."""
+
+    def __init__(self, stream: TextIO, *, terminal: bool | None = None) -> None:
+        self._stream = stream
+        self._terminal = _is_terminal(stream) if terminal is None else terminal
+        self._last = ""
+        self._step = -1
+
+    def __call__(self, progress: Progress) -> None:
+        total = max(progress.total, 1)
+        filled = _BAR_WIDTH * progress.done // total
+        line = (
+            f"[{'#' * filled}{'.' * (_BAR_WIDTH - filled)}] {progress.done}/{progress.total}"
+            f"  sent {progress.sent}  skipped {progress.skipped}  failed {progress.failed}"
+        )
+        if line == self._last:
+            return
+        if self._terminal:
+            self._write("\r" + line)
+            self._last = line
+            return
+        step = _PLAIN_STEPS * progress.done // total
+        if step != self._step or progress.finished:
+            self._write(line + "\n")
+            self._last, self._step = line, step
+
+    def close(self) -> None:
+        """End the bar's line (a terminal only: plain lines end themselves)."""
+        if self._terminal and self._last:
+            self._write("\n")
+
+    def _write(self, text: str) -> None:
+        self._stream.write(text)
+        self._stream.flush()
+
+
+def _is_terminal(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):  # a closed or odd stream
+        return False
+
+
+def look_command(data_dir: Path | None) -> str:
+    """The command that shows the demo's data: `listener stats` on the same database. For the
+    demo's own embedded Postgres (`data_dir`), with LISTENER_DATA_DIR pointing at it; stats
+    starts that Postgres again from the same folder."""
+    program = "uv run listener" if os.environ.get("UV") else "listener"
+    command = f"{program} stats --since 1h"
+    if data_dir is None:
+        return command
+    return f"LISTENER_DATA_DIR={shlex.quote(str(data_dir))} {command}"
+
+
+def report(result: DemoResult, *, keep: bool, data_dir: Path | None) -> Iterator[str]:
+    """What `listener demo` prints at the end: the outcome, the stats, some messages sent, and
+    how to look at the data afterwards. `data_dir` is the folder of the demo's own embedded
+    Postgres (None when it ran on DATABASE_URL)."""
+    from listener.providers._http import mask_phone
+
+    progress = result.progress
+    state = "interrupted after" if result.interrupted else "done in"
+    yield (
+        f"demo campaign {result.campaign_id}: {progress.total} messages, {state} "
+        f"{result.elapsed:.1f}s: {progress.sent} sent, {progress.skipped} skipped, "
+        f"{progress.failed} failed"
+    )
+    yield ""
+    yield render(result.stats)
+    if result.samples:
+        yield ""
+        yield "some messages the sandbox sender delivered"
+        for number, text in result.samples:
+            yield f"  {mask_phone(number)}  {text}"
+    yield ""
+    if keep:
+        yield f"kept the demo's rows: campaign {result.campaign_id}, run {result.run_id}"
+        yield f"look at them with: {look_command(data_dir)}"
+    else:
+        yield "removed the demo's rows (use --keep to look at them)"
+
+
+def demo_settings(url: str) -> Settings:
+    """The demo listener's settings: sandbox providers, no metrics port, quick retries, and
+    quiet logs so the progress line stays readable."""
+    return load_settings(
+        llm="sandbox",
+        sender="sandbox",
+        database_url=url,
+        metrics_port=0,
+        part_delay="50ms",
+        retry_delays="1s,2s,3s",
+        shutdown_grace="5s",
+        log_level="WARNING",
+    )
+
+
+async def demo(
+    url: str,
+    *,
+    leads: int,
+    keep: bool,
+    check: bool,
+    progress: Callable[[Progress], None],
+    inform: Callable[[str], None],
+) -> DemoResult:
+    """The command's work: migrate, refuse a database where the demo could do harm (`check`,
+    for a database the demo does not own), then run the demo with Ctrl-C or SIGTERM ending the
+    wait (the listener drains and the sample rows are cleaned up) instead of killing it."""
+    from listener.migrate import migrate
+
+    applied = await migrate(url)
+    if applied:
+        inform(f"applied {len(applied)} migrations")
+    if check:
+        await demo_guard(url)
+    stop = asyncio.Event()
+    with _on_interrupt(stop):
+        return await run_demo(
+            url, demo_settings(url), leads=leads, keep=keep, on_progress=progress, stop=stop
+        )
+
+
+@contextlib.contextmanager
+def _on_interrupt(stop: asyncio.Event) -> Iterator[None]:
+    """Ctrl-C or SIGTERM sets `stop` (so the demo drains and cleans up) instead of killing it."""
+    loop = asyncio.get_running_loop()
+    installed = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+        except (NotImplementedError, RuntimeError, ValueError):  # not the main thread, Windows
+            continue
+        installed.append(sig)
+    try:
+        yield
+    finally:
+        for sig in installed:
+            loop.remove_signal_handler(sig)
+
+
+def stop_embedded() -> None:
+    """Stop the embedded Postgres this process started (if no other process still uses it)."""
+    from listener import db
+
+    server = db._embedded
+    if server is not None:
+        server.cleanup()

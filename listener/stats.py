@@ -1,0 +1,193 @@
+"""`listener stats`: the seed's monitoring figures over a window (its DEPLOY-V8 step 4.2),
+plus retries, the due backlog and what is waiting, and their plain-text tables. The command
+line itself is in `listener.cli`."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+from uuid import UUID
+
+from listener.errors import ConfigurationError
+from listener.oneshot import connection, one
+from listener.queries import q
+from listener.settings import format_duration
+
+#: The order statuses are shown in.
+STATUS_ORDER = ("pending", "processing", "sent", "failed", "skipped")
+
+
+@dataclass(frozen=True)
+class Stats:
+    """The seed's monitoring figures (DEPLOY-V8 step 4.2) over a window, plus retries and the
+    due backlog."""
+
+    window: timedelta
+    now: datetime
+    total_sent: int
+    avg_processing_seconds: float | None
+    per_minute: list[tuple[datetime, int]]
+    by_status: list[tuple[str, int, float]]
+    retried: int
+    waiting_retry: int
+    due_backlog: int
+    oldest_due_seconds: float | None
+    waiting: list[tuple[str, UUID, str, int, datetime]] = field(default_factory=list)
+
+    @property
+    def since(self) -> datetime:
+        return self.now - self.window
+
+    @property
+    def rate_per_minute(self) -> float:
+        """Messages sent per minute, averaged over the whole window."""
+        minutes = self.window.total_seconds() / 60
+        return self.total_sent / minutes if minutes > 0 else 0.0
+
+    def as_json(self) -> dict[str, Any]:
+        """One JSON-ready object: numbers as numbers, times in ISO 8601."""
+        return {
+            "window_seconds": self.window.total_seconds(),
+            "since": self.since.isoformat(),
+            "now": self.now.isoformat(),
+            "sent": {
+                "total": self.total_sent,
+                "avg_processing_seconds": self.avg_processing_seconds,
+                "per_minute_rate": round(self.rate_per_minute, 3),
+                "per_minute": [
+                    {"minute": minute.isoformat(), "count": count}
+                    for minute, count in self.per_minute
+                ],
+            },
+            "by_status": {
+                status: {"count": count, "percentage": percentage}
+                for status, count, percentage in self.by_status
+            },
+            "retries": {"retried": self.retried, "waiting_retry": self.waiting_retry},
+            "queue": {
+                "due_backlog": self.due_backlog,
+                "oldest_due_seconds": self.oldest_due_seconds,
+            },
+            "waiting": [
+                {
+                    "campaign": name,
+                    "campaign_id": str(campaign_id),
+                    "reason": reason,
+                    "count": count,
+                    "next_at": next_at.isoformat(),
+                }
+                for name, campaign_id, reason, count, next_at in self.waiting
+            ],
+        }
+
+
+async def collect_stats(url: str, window: timedelta) -> Stats:
+    """Run the monitoring queries in one transaction, so they share one `now()`."""
+    if window <= timedelta(0):
+        raise ConfigurationError("the stats window must be longer than zero")
+    params = {"window": window}
+    async with connection(url, "stats") as conn, conn.transaction():
+        processing = await one(conn, "stats_processing", params)
+        minutes = await (await conn.execute(q("stats_per_minute"), params)).fetchall()
+        statuses = await (await conn.execute(q("stats_by_status"), params)).fetchall()
+        queue = await one(conn, "stats_queue", params)
+        waiting = await (await conn.execute(q("stats_waiting"))).fetchall()
+    rank = {status: index for index, status in enumerate(STATUS_ORDER)}
+    by_status = sorted(
+        ((row["status"], row["count"], row["percentage"]) for row in statuses),
+        key=lambda item: (rank.get(item[0], len(rank)), item[0]),
+    )
+    return Stats(
+        window=window,
+        now=processing["now"],
+        total_sent=processing["total_messages"],
+        avg_processing_seconds=processing["avg_processing_seconds"],
+        per_minute=[(row["minute"], row["messages_per_minute"]) for row in minutes],
+        by_status=by_status,
+        retried=queue["retried"],
+        waiting_retry=queue["waiting_retry"],
+        due_backlog=queue["due_backlog"],
+        oldest_due_seconds=queue["oldest_due_seconds"],
+        waiting=[
+            (r["campaign"], r["campaign_id"], r["reason"], r["count"], r["next_at"])
+            for r in waiting
+        ],
+    )
+
+
+#: Per-minute rows shown to people; --json has them all.
+_MAX_MINUTES = 15
+
+
+def _table(rows: Sequence[Sequence[str]], *, indent: str = "  ") -> list[str]:
+    """Rows aligned in columns: the first column to the left, the others to the right."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = []
+    for row in rows:
+        cells = [
+            cell.ljust(widths[i]) if i == 0 else cell.rjust(widths[i]) for i, cell in enumerate(row)
+        ]
+        lines.append((indent + "  ".join(cells)).rstrip())
+    return lines
+
+
+def _seconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f} s"
+
+
+def _minute(value: datetime) -> str:
+    return value.strftime("%Y-%m-%d %H:%M")
+
+
+def render(figures: Stats) -> str:
+    """The stats as plain-text tables for people."""
+    window = format_duration(figures.window)
+    lines = [f"last {window} (since {figures.since.isoformat(timespec='seconds')})", ""]
+    lines += _table(
+        [
+            ("sent", str(figures.total_sent)),
+            ("average processing time", _seconds(figures.avg_processing_seconds)),
+            ("rate over the window", f"{figures.rate_per_minute:.2f} per minute"),
+        ],
+        indent="",
+    )
+    lines += ["", "messages per minute (newest first)"]
+    if figures.per_minute:
+        shown = figures.per_minute[:_MAX_MINUTES]
+        lines += _table([("minute", "sent"), *((_minute(m), str(n)) for m, n in shown)])
+        if len(figures.per_minute) > len(shown):
+            lines.append(f"  ... {len(figures.per_minute) - len(shown)} more (see --json)")
+    else:
+        lines.append("  none sent")
+    lines += ["", "share by status (messages created in the window)"]
+    if figures.by_status:
+        total = sum(count for _, count, _ in figures.by_status)
+        rows = [("status", "count", "percent")]
+        rows += [(s, str(n), f"{p:.2f}") for s, n, p in figures.by_status]
+        rows.append(("total", str(total), "100.00"))
+        lines += _table(rows)
+    else:
+        lines.append("  none created")
+    lines += [""]
+    lines += _table(
+        [
+            ("retried (created in the window, attempts > 1)", str(figures.retried)),
+            ("waiting for a retry (pending with an error)", str(figures.waiting_retry)),
+            ("due now (backlog)", str(figures.due_backlog)),
+            ("oldest due message waiting for", _seconds(figures.oldest_due_seconds)),
+        ],
+        indent="",
+    )
+    lines += ["", "waiting, per campaign and why"]
+    if figures.waiting:
+        waiting = [("campaign", "why", "count", "next at")]
+        waiting += [
+            (name, reason, str(count), next_at.isoformat(timespec="seconds"))
+            for name, _, reason, count, next_at in figures.waiting
+        ]
+        lines += _table(waiting)
+    else:
+        lines.append("  nothing pending")
+    return "\n".join(lines)

@@ -1,0 +1,36 @@
+"""The package's shape: every module imports on its own (no import cycle), and the command
+line is one module."""
+
+from __future__ import annotations
+
+import pkgutil
+import subprocess
+import sys
+
+import pytest
+
+import listener
+
+
+def _modules() -> list[str]:
+    return sorted(
+        info.name for info in pkgutil.walk_packages(listener.__path__, prefix="listener.")
+    )
+
+
+@pytest.mark.parametrize("module", _modules())
+def test_every_module_imports_on_its_own(module: str) -> None:
+    # A fresh interpreter per module: an import cycle shows only when its module comes first.
+    done = subprocess.run(
+        [sys.executable, "-c", f"import {module}"], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr.strip().splitlines()[-1:]
+
+
+def test_every_command_is_registered_in_one_module() -> None:
+    from listener.cli import main
+
+    assert sorted(main.commands) == ["demo", "migrate", "replay", "run", "stats"]
+    assert {command.callback.__module__ for command in main.commands.values()} == {  # type: ignore[union-attr]
+        "listener.cli"
+    }
