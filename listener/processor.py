@@ -25,6 +25,7 @@ from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
 from listener.batch import GroupCommit
+from listener.db import within
 from listener.errors import (
     EmptyReplyError,
     HoldBackError,
@@ -313,14 +314,15 @@ class Processor:
                 # A database that stops answering (a frozen connection raises nothing) must
                 # not hang the loop: a claim slower than a lease is given up. Rows it may have
                 # claimed meanwhile come back through their lease.
-                async with asyncio.timeout(settings.lease.total_seconds()):
-                    jobs = await self.claim(limit)
+                jobs = await within(
+                    self.claim(limit), settings.lease.total_seconds(), on_timeout=self._claim_hung
+                )
                 failures = 0
                 self.health.db_ok = True
             except (psycopg.Error, TimeoutError) as exc:
                 failures += 1
                 self.health.db_ok = False
-                why = str(exc) or "the database did not answer within a lease"
+                why = str(exc)
                 self.health.last_error = f"claim failed: {why}"
                 delay = min(0.2 * 2**failures, 10.0)
                 log.warning(
@@ -338,6 +340,10 @@ class Processor:
                 self._start(jobs)
             if not more:
                 await self.refresh_next_due()
+
+    def _claim_hung(self) -> None:
+        self.health.db_ok = False
+        self.health.last_error = "claim failed: the database did not answer within a lease"
 
     async def claim(self, limit: int) -> list[Job]:
         """Claim up to `limit` due rows and load their contexts (two round trips in all)."""
