@@ -24,6 +24,7 @@ import psycopg
 
 from listener.errors import ConfigurationError, DatabaseError, ListenerError
 from listener.oneshot import Connection, connection, one
+from listener.phones import mask_phone
 from listener.queries import q
 from listener.settings import Settings, load_settings
 from listener.stats import Stats, collect_stats, render
@@ -372,8 +373,6 @@ def report(result: DemoResult, *, keep: bool, data_dir: Path | None) -> Iterator
     """What `listener demo` prints at the end: the outcome, the stats, some messages sent, and
     how to look at the data afterwards. `data_dir` is the folder of the demo's own embedded
     Postgres (None when it ran on DATABASE_URL)."""
-    from listener.providers._http import mask_phone
-
     progress = result.progress
     state = "interrupted after" if result.interrupted else "done in"
     yield (

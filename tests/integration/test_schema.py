@@ -20,12 +20,13 @@ from tests.helpers import enqueue, make_campaign, make_leads, make_run
 
 Conn = psycopg.Connection[Any]
 
-SEED = Path(__file__).resolve().parents[2].parent / "shared" / "seed"
+#: The seed's SQL blocks, copied into the repository (tests read nothing outside it).
+SEED_QUERIES = Path(__file__).resolve().parents[1] / "fixtures" / "seed_queries.md"
 
 
 def seed_queries() -> dict[str, str]:
     """The SQL blocks of the seed's deploy document, by the heading above them."""
-    text = (SEED / "DEPLOY-V8-campaign-process-queue.md").read_text(encoding="utf-8")
+    text = SEED_QUERIES.read_text(encoding="utf-8")
     blocks: dict[str, str] = {}
     heading = ""
     inside = False
