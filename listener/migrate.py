@@ -4,21 +4,30 @@ An advisory lock makes two migrates started together take turns; a file changed 
 was applied is an error, since the database no longer matches what the file says. Every file
 not yet applied is applied, in version order, even one numbered below the newest applied.
 
-A listener of the previous release may still be running against a freshly migrated database,
-so a function signature, once created, stays for one release: a migration that changes one
-adds the new signature and keeps the old working as a wrapper (0008); the schema tests check
-that no signature a migration created has gone.
+Each file runs in its own transaction, unless its first line is `-- listener: no-transaction`:
+then each of its statements runs on its own, so `CREATE INDEX CONCURRENTLY` can build an index
+on the live queue table without blocking its writers. Such a file must be safe to run again
+from the start (`IF NOT EXISTS`): when a statement fails, the ones before it stay applied, the
+file is not recorded, and an index the failure left INVALID is dropped.
+
+The policy (README, "Upgrades and retention"): 0001-0003 are the baseline; a changed function
+gets a new file that replaces it, a changed signature gets a new name (`name_v2`), so a listener
+of the previous release keeps calling the old one; `migrations/schema.sql` is the schema the
+files make from an empty database, and a test keeps it so.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import LiteralString, cast
+from typing import Any, LiteralString, cast
 
 import psycopg
+from psycopg import sql
 
 from listener.db import connect
 from listener.errors import DatabaseError, MigrationError
@@ -27,6 +36,16 @@ log = logging.getLogger(__name__)
 
 # Any constant 64-bit key: the lock every `listener migrate` takes before looking.
 _LOCK_KEY = 7_140_512_003_001
+# How often a migrate waiting for another one tries the lock again. It polls rather than
+# blocks: a session blocked in pg_advisory_lock holds a snapshot, and the other migrate's
+# CREATE INDEX CONCURRENTLY waits for every older snapshot to end, so the two would deadlock.
+_LOCK_POLL_SECONDS = 0.2
+
+#: The first line of a file whose statements run one by one, outside a transaction.
+NO_TRANSACTION = "-- listener: no-transaction"
+
+#: The snapshot of the whole schema beside the migration files; never applied.
+SCHEMA_SNAPSHOT = "schema.sql"
 
 _CREATE_TABLE = """
 CREATE TABLE IF NOT EXISTS listener_migrations (
@@ -35,6 +54,35 @@ CREATE TABLE IF NOT EXISTS listener_migrations (
     checksum    text NOT NULL,
     applied_at  timestamptz NOT NULL DEFAULT now()
 )
+"""
+
+# The development files that 0001-0003 replaced (squashed before anything was deployed): a
+# database that has one of them was made by a development version and cannot be carried over.
+_PRE_BASELINE_NAMES = {
+    ("0002", "functions"),
+    ("0004", "context_plan"),
+    ("0005", "cap_slots"),
+    ("0006", "paused_campaigns"),
+    ("0007", "gap_pacing"),
+    ("0008", "compat_signatures"),
+    ("0009", "started_messages"),
+}
+# Their 0001_schema.sql and 0003_pacing.sql had the baseline's names; their checksums tell them.
+_PRE_BASELINE_CHECKSUMS = {
+    ("0001", "03e081b3452c043847ece1ac38d38353baf3e1b18eb59cd16966ab2a86145c7f"),
+    ("0003", "d45b65525f7b64ad60f18db2cb14b70ea2d917f351322b241752ece58af78ef6"),
+}
+
+_CONCURRENT_INDEX = re.compile(
+    r"CREATE\s+(?:UNIQUE\s+)?INDEX\s+CONCURRENTLY\s+(?:IF\s+NOT\s+EXISTS\s+)?([\w.\"]+)", re.I
+)
+_DOLLAR_QUOTE = re.compile(r"\$([A-Za-z_][A-Za-z_0-9]*)?\$")
+_INVALID_INDEXES: LiteralString = """
+SELECT format('%I.%I', n.nspname, c.relname) AS name
+  FROM pg_index i
+  JOIN pg_class c ON c.oid = i.indexrelid
+  JOIN pg_namespace n ON n.oid = c.relnamespace
+ WHERE NOT i.indisvalid AND c.relname = ANY (%s) AND pg_table_is_visible(c.oid)
 """
 
 
@@ -48,6 +96,23 @@ class Migration:
     def checksum(self) -> str:
         return hashlib.sha256(self.sql.encode()).hexdigest()
 
+    @property
+    def label(self) -> str:
+        return f"{self.version}_{self.name}.sql"
+
+    @property
+    def transactional(self) -> bool:
+        """False when the file's first line opts out of its transaction."""
+        first = self.sql.lstrip("\ufeff").split("\n", 1)[0]
+        return first.strip().lower() != NO_TRANSACTION
+
+    def concurrent_indexes(self) -> list[str]:
+        """The names (without schema) of the indexes the file builds CONCURRENTLY."""
+        names = []
+        for match in _CONCURRENT_INDEX.finditer(_strip_comments(self.sql)):
+            names.append(match.group(1).split(".")[-1].strip('"'))
+        return names
+
 
 def migrations_dir() -> Path:
     """The folder of SQL files: `migrations/` beside the package, or inside an installed wheel."""
@@ -59,10 +124,12 @@ def migrations_dir() -> Path:
 
 
 def load_migrations(folder: Path | None = None) -> list[Migration]:
-    """Every `NNNN_name.sql` file of the folder, in version order."""
+    """Every `NNNN_name.sql` file of the folder, in version order (not schema.sql)."""
     folder = folder or migrations_dir()
     found = []
     for path in sorted(folder.glob("*.sql")):
+        if path.name == SCHEMA_SNAPSHOT:
+            continue
         version, _, name = path.stem.partition("_")
         if not version.isdigit():
             raise MigrationError(f"migration file {path.name} does not start with a number")
@@ -73,46 +140,203 @@ def load_migrations(folder: Path | None = None) -> list[Migration]:
     return found
 
 
+def split_statements(text: str) -> list[str]:
+    """The statements of a SQL text, split at the semicolons outside quotes, dollar quotes and
+    comments; statements that hold only comments are left out."""
+    statements: list[str] = []
+    start = i = 0
+    n = len(text)
+    while i < n:
+        c = text[i]
+        if text.startswith("--", i):
+            end = text.find("\n", i)
+            i = n if end < 0 else end + 1
+        elif text.startswith("/*", i):
+            depth, i = 1, i + 2
+            while i < n and depth:
+                if text.startswith("/*", i):
+                    depth, i = depth + 1, i + 2
+                elif text.startswith("*/", i):
+                    depth, i = depth - 1, i + 2
+                else:
+                    i += 1
+        elif c == "'" or c == '"':
+            backslashes = c == "'" and i > 0 and text[i - 1] in "eE"
+            i += 1
+            while i < n:
+                if backslashes and text[i] == "\\":
+                    i += 2
+                elif text[i] == c:
+                    if text.startswith(c * 2, i):
+                        i += 2
+                    else:
+                        i += 1
+                        break
+                else:
+                    i += 1
+        elif (
+            c == "$"
+            and (i == 0 or not (text[i - 1].isalnum() or text[i - 1] in "_$"))
+            and (match := _DOLLAR_QUOTE.match(text, i))
+        ):
+            tag = match.group(0)
+            end = text.find(tag, i + len(tag))
+            i = n if end < 0 else end + len(tag)
+        elif c == ";":
+            statements.append(text[start : i + 1])
+            i += 1
+            start = i
+        else:
+            i += 1
+    statements.append(text[start:])
+    return [s.strip() for s in statements if _strip_comments(s).strip(" \t\r\n;")]
+
+
+def _strip_comments(text: str) -> str:
+    return re.sub(r"--[^\n]*", "", text)
+
+
+def _pre_baseline(applied: dict[str, tuple[str, str]]) -> str | None:
+    """The label of an applied development file the baseline replaced, if any."""
+    for version, (name, checksum) in sorted(applied.items()):
+        if (version, name) in _PRE_BASELINE_NAMES or (version, checksum) in _PRE_BASELINE_CHECKSUMS:
+            return f"{version}_{name}.sql"
+    return None
+
+
+async def _take_lock(conn: psycopg.AsyncConnection[Any]) -> None:
+    said = False
+    while True:
+        row = await (
+            await conn.execute("SELECT pg_try_advisory_lock(%s) AS got", (_LOCK_KEY,))
+        ).fetchone()
+        if row is not None and row["got"]:
+            return
+        if not said:
+            log.info(
+                "waiting for another migrate to finish",
+                extra={"action": "migration_lock_wait"},
+            )
+            said = True
+        await asyncio.sleep(_LOCK_POLL_SECONDS)
+
+
+async def _invalid_indexes(conn: psycopg.AsyncConnection[Any], names: list[str]) -> list[str]:
+    if not names:
+        return []
+    rows = await (await conn.execute(_INVALID_INDEXES, (names,))).fetchall()
+    return [row["name"] for row in rows]
+
+
+async def _drop_indexes(conn: psycopg.AsyncConnection[Any], names: list[str]) -> None:
+    for name in names:
+        await conn.execute(
+            sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(
+                sql.Identifier(*name.split(".", 1))
+            )
+        )
+
+
+async def _apply_in_transaction(conn: psycopg.AsyncConnection[Any], migration: Migration) -> None:
+    if migration.concurrent_indexes():
+        raise MigrationError(
+            f"migration {migration.label} builds an index CONCURRENTLY, which cannot run in a"
+            f" transaction: make `{NO_TRANSACTION}` its first line"
+        )
+    try:
+        async with conn.transaction():
+            await conn.execute(cast(LiteralString, migration.sql))  # type: ignore[redundant-cast]
+            await _record(conn, migration)
+    except psycopg.Error as exc:
+        raise MigrationError(f"migration {migration.label} failed: {_one_line(exc)}") from exc
+
+
+async def _apply_each_statement(conn: psycopg.AsyncConnection[Any], migration: Migration) -> None:
+    """A no-transaction file: each statement on its own (autocommit), then the record."""
+    indexes = migration.concurrent_indexes()
+    # An index a killed migrate left INVALID would satisfy `IF NOT EXISTS`: build it afresh.
+    stale = await _invalid_indexes(conn, indexes)
+    if stale:
+        log.warning(
+            "dropping invalid indexes left by an interrupted migrate",
+            extra={"action": "migration_invalid_index", "migration": migration.label},
+        )
+        await _drop_indexes(conn, stale)
+    statements = split_statements(migration.sql)
+    for number, statement in enumerate(statements, start=1):
+        try:
+            await conn.execute(cast(LiteralString, statement))  # type: ignore[redundant-cast]
+        except psycopg.Error as exc:
+            dropped = await _invalid_indexes(conn, indexes)
+            await _drop_indexes(conn, dropped)
+            left = f"; dropped the invalid index {', '.join(dropped)} it left" if dropped else ""
+            raise MigrationError(
+                f"migration {migration.label} failed at statement {number} of"
+                f" {len(statements)}: {_one_line(exc)}{left}; it runs outside a transaction,"
+                " so the statements before it stay applied and the file runs again from the"
+                " start on the next migrate"
+            ) from exc
+    invalid = await _invalid_indexes(conn, indexes)
+    if invalid:
+        raise MigrationError(
+            f"migration {migration.label} left the invalid index {', '.join(invalid)}; "
+            "drop it and migrate again"
+        )
+    await _record(conn, migration)
+
+
+async def _record(conn: psycopg.AsyncConnection[Any], migration: Migration) -> None:
+    await conn.execute(
+        "INSERT INTO listener_migrations (version, name, checksum) VALUES (%s, %s, %s)",
+        (migration.version, migration.name, migration.checksum),
+    )
+
+
 async def migrate(url: str, folder: Path | None = None) -> list[str]:
     """Apply the pending migrations; return the names applied (empty when up to date)."""
     migrations = load_migrations(folder)
     conn = await connect(url)
     applied_now: list[str] = []
     try:
-        await conn.execute("SELECT pg_advisory_lock(%s)", (_LOCK_KEY,))
+        await _take_lock(conn)
         try:
             await conn.execute(_CREATE_TABLE)
             rows = await (
-                await conn.execute("SELECT version, checksum FROM listener_migrations")
+                await conn.execute("SELECT version, name, checksum FROM listener_migrations")
             ).fetchall()
-            applied = {row["version"]: row["checksum"] for row in rows}
+            applied = {row["version"]: (row["name"], row["checksum"]) for row in rows}
+            old = _pre_baseline(applied)
+            if old is not None:
+                raise MigrationError(
+                    f"this database was migrated by a development version before the baseline"
+                    f" migrations (it has {old}); recreate it (drop the database, create it"
+                    " empty) and run `listener migrate` again"
+                )
             for migration in migrations:
-                label = f"{migration.version}_{migration.name}.sql"
                 if migration.version in applied:
-                    if applied[migration.version] != migration.checksum:
+                    if applied[migration.version][1] != migration.checksum:
                         raise MigrationError(
-                            f"migration {label} was changed after it was applied; "
+                            f"migration {migration.label} was changed after it was applied; "
                             "add a new migration file instead of editing an applied one"
                         )
                     continue
-                try:
-                    async with conn.transaction():
-                        await conn.execute(cast(LiteralString, migration.sql))  # type: ignore[redundant-cast]
-                        await conn.execute(
-                            "INSERT INTO listener_migrations (version, name, checksum) "
-                            "VALUES (%s, %s, %s)",
-                            (migration.version, migration.name, migration.checksum),
-                        )
-                except psycopg.Error as exc:
-                    raise MigrationError(f"migration {label} failed: {exc}") from exc
+                if migration.transactional:
+                    await _apply_in_transaction(conn, migration)
+                else:
+                    await _apply_each_statement(conn, migration)
                 log.info(
-                    "migration applied", extra={"action": "migration_applied", "migration": label}
+                    "migration applied",
+                    extra={"action": "migration_applied", "migration": migration.label},
                 )
-                applied_now.append(label)
+                applied_now.append(migration.label)
         finally:
             await conn.execute("SELECT pg_advisory_unlock(%s)", (_LOCK_KEY,))
     except psycopg.Error as exc:
-        raise DatabaseError(f"migrate failed: {exc}") from exc
+        raise DatabaseError(f"migrate failed: {_one_line(exc)}") from exc
     finally:
         await conn.close()
     return applied_now
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__

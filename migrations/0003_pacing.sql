@@ -1,53 +1,6 @@
 -- listener 0003: campaign pacing. Send windows, daily caps and gaps per sender instance, all
--- optional: a campaign with none of them set behaves exactly as before.
-
-ALTER TABLE campaigns
-    ADD COLUMN IF NOT EXISTS send_window_start time,
-    ADD COLUMN IF NOT EXISTS send_window_end time,
-    ADD COLUMN IF NOT EXISTS send_timezone text NOT NULL DEFAULT 'America/Sao_Paulo',
-    -- ISO days of the week the window applies to (1 = Monday ... 7 = Sunday); NULL = every day.
-    ADD COLUMN IF NOT EXISTS send_days smallint[],
-    ADD COLUMN IF NOT EXISTS daily_cap integer,
-    ADD COLUMN IF NOT EXISTS gap_min_seconds integer,
-    ADD COLUMN IF NOT EXISTS gap_max_seconds integer;
-
-ALTER TABLE campaigns DROP CONSTRAINT IF EXISTS campaigns_window_check;
-ALTER TABLE campaigns ADD CONSTRAINT campaigns_window_check
-    CHECK ((send_window_start IS NULL) = (send_window_end IS NULL)
-           AND (send_window_start IS NULL OR send_window_start <> send_window_end));
-ALTER TABLE campaigns DROP CONSTRAINT IF EXISTS campaigns_days_check;
-ALTER TABLE campaigns ADD CONSTRAINT campaigns_days_check
-    CHECK (send_days IS NULL OR (send_days <@ ARRAY[1, 2, 3, 4, 5, 6, 7]::smallint[]
-                                 AND cardinality(send_days) > 0));
-ALTER TABLE campaigns DROP CONSTRAINT IF EXISTS campaigns_cap_check;
-ALTER TABLE campaigns ADD CONSTRAINT campaigns_cap_check CHECK (daily_cap IS NULL OR daily_cap >= 0);
-ALTER TABLE campaigns DROP CONSTRAINT IF EXISTS campaigns_gap_check;
-ALTER TABLE campaigns ADD CONSTRAINT campaigns_gap_check
-    CHECK ((gap_min_seconds IS NULL) = (gap_max_seconds IS NULL)
-           AND (gap_min_seconds IS NULL OR (gap_min_seconds >= 0 AND gap_max_seconds >= gap_min_seconds)));
--- A time zone Postgres does not know is refused when the campaign is written, not when it sends.
-ALTER TABLE campaigns DROP CONSTRAINT IF EXISTS campaigns_timezone_check;
-ALTER TABLE campaigns ADD CONSTRAINT campaigns_timezone_check
-    CHECK ((timestamptz '2000-01-01 00:00+00' AT TIME ZONE send_timezone) IS NOT NULL);
-
--- Why a pending message waits (window, cap, gap, instance down); NULL when it is simply due.
-ALTER TABLE campaign_messages ADD COLUMN IF NOT EXISTS wait_reason text;
-
--- One row per sender instance: the earliest time the next message may go through it. Taken
--- atomically (row lock) right before a message's first part, so replicas cannot race past it.
-CREATE TABLE IF NOT EXISTS listener_instances (
-    instance      text PRIMARY KEY,
-    next_send_at  timestamptz NOT NULL DEFAULT '-infinity',
-    updated_at    timestamptz
-);
-
--- Messages of a campaign taken for sending per local day, for the daily cap.
-CREATE TABLE IF NOT EXISTS listener_campaign_days (
-    campaign_id  uuid NOT NULL REFERENCES campaigns (id) ON DELETE CASCADE,
-    day          date NOT NULL,
-    taken        integer NOT NULL DEFAULT 0,
-    PRIMARY KEY (campaign_id, day)
-);
+-- optional: a campaign with none of them set goes as fast as the queue. The columns and tables
+-- are in 0001; listener/pacing.py calls these functions. Part of the baseline (see 0001).
 
 -- When the campaign's window is next open at or after p_at: p_at itself when it is open now.
 -- Windows may cross midnight (22:00-02:00); the days list names the day a window starts on.
@@ -85,16 +38,18 @@ END
 $$;
 
 -- Before a paced message is worked on: is its campaign's window open, and is there room in
--- today's cap? Takes one from the cap when it may go. p_at is the clock (now() in production,
--- any time in tests).
-CREATE OR REPLACE FUNCTION listener_pace_start(p_campaign uuid, p_at timestamptz)
+-- today's cap? Gives the message a slot of today's cap when it may go. A slot belongs to its
+-- message (campaign_messages.cap_day), so a worker that dies gives nothing back: the message
+-- stops counting once it leaves `processing` before any part went out.
+-- p_at is the clock (now() in production, any time in tests).
+CREATE OR REPLACE FUNCTION listener_pace_start(p_campaign uuid, p_message uuid, p_at timestamptz)
 RETURNS TABLE (go boolean, wait_until timestamptz, reason text, cap_day date)
 LANGUAGE plpgsql AS $$
 DECLARE
     c campaigns;
     opens timestamptz;
     today date;
-    taken_today integer;
+    held integer;
 BEGIN
     SELECT * INTO c FROM campaigns WHERE id = p_campaign;
     opens := listener_window_opens(c.send_window_start, c.send_window_end, c.send_timezone,
@@ -107,45 +62,62 @@ BEGIN
         RETURN QUERY SELECT true, NULL::timestamptz, NULL::text, NULL::date;
         RETURN;
     END IF;
+    -- The cap's day is the day the current window began: the early hours of a window that
+    -- crosses midnight (22:00-02:00) still belong to the evening before.
     today := (p_at AT TIME ZONE c.send_timezone)::date;
+    IF c.send_window_start IS NOT NULL AND c.send_window_end <= c.send_window_start
+       AND (p_at AT TIME ZONE c.send_timezone)::time < c.send_window_end THEN
+        today := today - 1;
+    END IF;
+    -- Takers of this campaign's slots for today queue here, so two cannot both see room.
     INSERT INTO listener_campaign_days (campaign_id, day) VALUES (c.id, today)
         ON CONFLICT DO NOTHING;
-    UPDATE listener_campaign_days SET taken = taken + 1
-     WHERE campaign_id = c.id AND day = today AND taken < c.daily_cap
-    RETURNING taken INTO taken_today;
-    IF taken_today IS NULL THEN
-        -- Full for today: wait for the first window of the next local day.
-        opens := listener_window_opens(c.send_window_start, c.send_window_end, c.send_timezone,
-                                       c.send_days, (today + 1)::timestamp AT TIME ZONE c.send_timezone);
+    PERFORM 1 FROM listener_campaign_days
+      WHERE campaign_id = c.id AND day = today FOR UPDATE;
+    SELECT count(*) INTO held FROM campaign_messages m
+     WHERE m.campaign_id = c.id AND m.cap_day = today AND m.id <> p_message
+       AND (m.status IN ('processing', 'sent') OR m.parts_sent > 0);
+    IF held >= c.daily_cap THEN
+        -- Full for today: wait for the next day's window (not for midnight, which may fall
+        -- inside this very window), holding nothing.
+        UPDATE campaign_messages m SET cap_day = NULL
+         WHERE m.id = p_message AND m.cap_day IS NOT NULL;
+        opens := listener_window_opens(
+            c.send_window_start, c.send_window_end, c.send_timezone, c.send_days,
+            ((today + 1) + COALESCE(c.send_window_start, time '00:00')) AT TIME ZONE c.send_timezone);
         RETURN QUERY SELECT false, COALESCE(opens, p_at + interval '1 day'), 'cap'::text, NULL::date;
         RETURN;
     END IF;
+    UPDATE campaign_messages m SET cap_day = today WHERE m.id = p_message;
     RETURN QUERY SELECT true, NULL::timestamptz, NULL::text, today;
 END
 $$;
 
--- Give back a cap slot taken by a message that did not end up sent that day.
-CREATE OR REPLACE FUNCTION listener_release_cap(p_campaign uuid, p_day date)
-RETURNS void
-LANGUAGE sql AS $$
-    UPDATE listener_campaign_days SET taken = greatest(taken - 1, 0)
-     WHERE campaign_id = p_campaign AND day = p_day
-$$;
-
 -- Right before a message's first part: take the instance's next send slot, spacing messages
--- through one instance by a random gap in [p_min, p_max] seconds, or say when it frees up.
+-- through one instance by a random gap in [p_min, p_max] seconds, or say when to come back.
+-- No thundering herd: the k-th message refused while the instance waits for one slot comes
+-- back at a random time within k-1 mean gaps after that slot, so the waiters spread over the
+-- time they will need (about ln k wakes per gap, not all k).
 CREATE OR REPLACE FUNCTION listener_take_gap(
     p_instance text, p_min integer, p_max integer, p_at timestamptz)
 RETURNS TABLE (go boolean, wait_until timestamptz)
 LANGUAGE plpgsql AS $$
 DECLARE
     next_at timestamptz;
+    waiting integer;
 BEGIN
     INSERT INTO listener_instances (instance) VALUES (p_instance) ON CONFLICT DO NOTHING;
     SELECT i.next_send_at INTO next_at FROM listener_instances i
      WHERE i.instance = p_instance FOR UPDATE;
     IF next_at > p_at THEN
-        RETURN QUERY SELECT false, next_at;
+        UPDATE listener_instances i
+           SET refused = CASE WHEN i.refused_for = next_at THEN i.refused + 1 ELSE 1 END,
+               refused_for = next_at
+         WHERE i.instance = p_instance
+        RETURNING i.refused INTO waiting;
+        RETURN QUERY SELECT false,
+            next_at + make_interval(
+                secs => random() * (waiting - 1) * greatest((p_min + p_max) / 2.0, 1));
         RETURN;
     END IF;
     UPDATE listener_instances
@@ -154,4 +126,18 @@ BEGIN
      WHERE instance = p_instance;
     RETURN QUERY SELECT true, NULL::timestamptz;
 END
+$$;
+
+-- Once a message's first part is accepted: the gap counts from the real send, so the
+-- instance's next slot moves to a whole random gap after it (a rate-limit wait or a quick
+-- retry after listener_take_gap's booking may have pushed the send towards the next slot).
+CREATE OR REPLACE FUNCTION listener_gap_sent(
+    p_instance text, p_min integer, p_max integer, p_at timestamptz)
+RETURNS void
+LANGUAGE sql AS $$
+    INSERT INTO listener_instances AS i (instance, next_send_at, updated_at)
+    VALUES (p_instance, p_at + make_interval(secs => p_min + random() * (p_max - p_min)), now())
+    ON CONFLICT (instance) DO UPDATE
+       SET next_send_at = greatest(i.next_send_at, EXCLUDED.next_send_at),
+           updated_at = now()
 $$;

@@ -6,7 +6,6 @@ import asyncio
 import re
 import shutil
 import uuid
-from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +13,9 @@ import psycopg
 import pytest
 
 from listener.errors import MigrationError
-from listener.migrate import load_migrations, migrate, migrations_dir
+from listener.migrate import Migration, load_migrations, migrate, migrations_dir
 from listener.queries import q
+from tests import schema_snapshot
 from tests.helpers import enqueue, make_campaign, make_leads, make_run
 
 Conn = psycopg.Connection[Any]
@@ -279,71 +279,170 @@ def test_claim_query_uses_its_index(db: Conn) -> None:
     assert "idx_campaign_messages_due" in text
 
 
+# --------------------------------------------------------------------------------------------
+# The migration policy (README, "Upgrades and retention")
+# --------------------------------------------------------------------------------------------
+
+
+def test_migrating_from_zero_gives_the_schema_snapshot(pg_server: str) -> None:
+    """migrations/schema.sql is exactly what the migration files make from an empty database:
+    after a new migration, regenerate it (`uv run python -m tests.schema_snapshot`)."""
+    diff = schema_snapshot.difference(pg_server, schema_snapshot.SNAPSHOT.read_text())
+    assert diff == "", "migrations/schema.sql is stale:\n" + diff
+
+
+def test_the_snapshot_comparison_sees_a_missing_index_either_way(pg_server: str) -> None:
+    """The comparison fails on a snapshot that lacks an index, both as text (a pg_dump of the
+    snapshot's major) and through a restore (a pg_dump of another major, e.g. the embedded
+    Postgres's)."""
+    snapshot = schema_snapshot.SNAPSHOT.read_text()
+    index = "CREATE INDEX idx_leads_phone ON public.leads USING btree (phone);\n"
+    assert index in snapshot
+    lacking = snapshot.replace(index, "")
+    other_major = re.sub(r"dumped by pg_dump \d+", "dumped by pg_dump 99", lacking, count=1)
+    for text in (lacking, other_major):
+        diff = schema_snapshot.difference(pg_server, text)
+        assert "+CREATE INDEX idx_leads_phone" in diff
+    # And through a restore, the true snapshot has no difference.
+    whole = re.sub(r"dumped by pg_dump \d+", "dumped by pg_dump 99", snapshot, count=1)
+    assert schema_snapshot.difference(pg_server, whole) == ""
+
+
+def test_the_snapshot_is_stable_across_runs_and_column_stamps() -> None:
+    dump = (
+        "--\n-- PostgreSQL database dump\n--\n\n\\restrict abc\n\n"
+        "-- Dumped from database version 18.6\n-- Dumped by pg_dump version 18.6\n\n"
+        "SET statement_timeout = 0;\nSET transaction_timeout = 0;\n"
+        "SELECT pg_catalog.set_config('search_path', '', false);\n\n"
+        "--\n-- Name: t; Type: TABLE; Schema: public; Owner: -\n--\n\n"
+        "CREATE TABLE public.t (\n    a integer\n);\n"
+        "ALTER TABLE ONLY public.t ALTER COLUMN a SET (pg_attver=6829401896);\n"
+        "ALTER TABLE ONLY public.t ALTER COLUMN a SET (n_distinct=5, pg_attver=1);\n\n\n\n"
+        "\\unrestrict abc\n"
+    )
+    assert schema_snapshot.normalise(dump) == (
+        "--\n-- Name: t; Type: TABLE; Schema: public; Owner: -\n--\n\n"
+        "CREATE TABLE public.t (\n    a integer\n);\n"
+        "ALTER TABLE ONLY public.t ALTER COLUMN a SET (n_distinct=5);\n"
+    )
+
+
 _CREATE_FUNCTION = re.compile(r"CREATE\s+(?:OR\s+REPLACE\s+)?FUNCTION\s+([\w.]+)\s*\(", re.I)
+_CREATE_INDEX = re.compile(
+    r"CREATE\s+(?:UNIQUE\s+)?INDEX\s+(CONCURRENTLY\s+)?(?:IF\s+NOT\s+EXISTS\s+)?[\w.\"]+"
+    r"\s+ON\s+(?:ONLY\s+)?(?:public\.)?(\w+)",
+    re.I,
+)
+#: The last file of the baseline (squashed before the first release).
+BASELINE = "0003"
 
 
-def _created_functions() -> dict[str, set[str]]:
-    """Every `CREATE [OR REPLACE] FUNCTION name(args)` of the migration files: the argument
-    list as written, with the files that create it."""
-    found: dict[str, set[str]] = {}
-    for migration in load_migrations():
+def _created_functions(migrations: list[Migration]) -> list[tuple[str, str, str]]:
+    """Every `CREATE [OR REPLACE] FUNCTION name(args)` of the files, in order: the name, the
+    argument list as written, and the file."""
+    found = []
+    for migration in migrations:
         sql = re.sub(r"--[^\n]*", "", migration.sql)  # comments may name functions too
         for match in _CREATE_FUNCTION.finditer(sql):
             depth, end = 1, match.end()
             while depth:
                 depth += {"(": 1, ")": -1}.get(sql[end], 0)
                 end += 1
-            signature = f"{match.group(1)}({' '.join(sql[match.end() : end - 1].split())})"
-            found.setdefault(signature, set()).add(f"{migration.version}_{migration.name}")
+            args = " ".join(sql[match.end() : end - 1].split())
+            found.append((match.group(1), args, migration.label))
     return found
 
 
-def test_every_function_signature_a_migration_created_still_exists(db: Conn) -> None:
-    """A listener of the previous release may still be running against a migrated database:
-    a function it calls must not disappear (a changed signature keeps the old one working)."""
-    created = _created_functions()
-    assert len(created) >= 10  # the parse found the migrations' functions
-    missing = []
-    for index, (signature, files) in enumerate(sorted(created.items())):
-        name, args = signature.split("(", 1)
-        # Postgres reads the argument list as written (names, defaults) in a throwaway function
-        # of the same arguments; its argument types name the signature to look for.
-        probe = f"probe_{index}"
-        db.execute(f"CREATE FUNCTION pg_temp.{probe}({args} RETURNS void LANGUAGE sql AS ''")  # type: ignore[arg-type]
+def _argument_types(db: Conn, args: str) -> str:
+    """The argument types Postgres reads from an argument list as written (names, defaults),
+    through a throwaway function of the same arguments."""
+    with db.transaction(force_rollback=True):
+        db.execute(f"CREATE FUNCTION pg_temp.probe({args}) RETURNS void LANGUAGE sql AS ''")  # type: ignore[arg-type]
         row = db.execute(
-            "SELECT to_regprocedure(format('%%s(%%s)', %s::text, oidvectortypes(proargtypes)))"
-            " FROM pg_proc WHERE proname = %s AND pronamespace = pg_my_temp_schema()",
-            (name, probe),
+            "SELECT oidvectortypes(proargtypes) FROM pg_proc"
+            " WHERE proname = 'probe' AND pronamespace = pg_my_temp_schema()"
         ).fetchone()
-        if row is None or row[0] is None:
-            missing.append(f"{signature} (created in {', '.join(sorted(files))})")
-    assert missing == []
+    assert row is not None
+    return str(row[0])
 
 
-def test_the_old_pace_start_still_answers_for_a_paced_campaign(db: Conn) -> None:
-    """`listener_pace_start(uuid, timestamptz)`, called by listeners before migration 0005:
-    the window and a full cap still hold a message back, room lets it go."""
-    campaign = make_campaign(
-        db,
-        send_window_start="09:00",
-        send_window_end="18:00",
-        send_timezone="UTC",
-        daily_cap=1,
+def _signature_changes(db: Conn, migrations: list[Migration]) -> list[str]:
+    """Functions a file creates under a name another file created with other argument types."""
+    first: dict[str, tuple[str, str]] = {}
+    changes = []
+    for name, args, label in _created_functions(migrations):
+        types = _argument_types(db, args)
+        if name not in first:
+            first[name] = (types, label)
+        elif first[name][0] != types:
+            changes.append(
+                f"{label} creates {name}({types}), but {first[name][1]} created"
+                f" {name}({first[name][0]}): give the new signature a new name ({name}_v2)"
+            )
+    return changes
+
+
+def test_a_changed_signature_gets_a_new_name(db: Conn) -> None:
+    """A listener of the previous release still calls a function by its old argument types
+    while the new one starts: a migration never gives a function's name other argument types
+    (that would add an overload beside it, or, once the old one is dropped, break the old
+    listener); it creates `name_v2` instead. A changed body keeps the name: CREATE OR REPLACE
+    in a new file."""
+    migrations = load_migrations()
+    assert len(_created_functions(migrations)) >= 10  # the parse finds the migrations' functions
+    assert _signature_changes(db, migrations) == []
+    # The check itself: a later file that changes a signature under the same name is named.
+    changed = Migration(
+        "0004",
+        "pace_start",
+        "CREATE OR REPLACE FUNCTION listener_pace_start(p_campaign uuid, p_at timestamptz)"
+        " RETURNS void LANGUAGE sql AS '';",
     )
-    old = "SELECT go, wait_until, reason, cap_day FROM listener_pace_start(%s, %s::timestamptz)"
-    closed = db.execute(old, (campaign, "2026-03-02 07:00+00")).fetchone()
-    assert closed == (False, datetime(2026, 3, 2, 9, tzinfo=UTC), "window", None)
-    room = db.execute(old, (campaign, "2026-03-02 10:00+00")).fetchone()
-    assert room == (True, None, None, date(2026, 3, 2))
-    # The day's one slot taken by a message that was sent: the cap is full.
-    message = enqueue(db, campaign, make_leads(db, 1))[0]
-    db.execute(
-        "UPDATE campaign_messages SET status = 'sent', cap_day = '2026-03-02', sent_at = now()"
-        " WHERE id = %s",
-        (message,),
+    versioned = Migration(
+        "0005",
+        "pace_start_v2",
+        changed.sql.replace("listener_pace_start", "listener_pace_start_v2"),
     )
-    full = db.execute(old, (campaign, "2026-03-02 11:00+00")).fetchone()
-    assert full == (False, datetime(2026, 3, 3, 9, tzinfo=UTC), "cap", None)
-    # And giving a slot back the old way is accepted (a slot now ends with its message).
-    db.execute("SELECT listener_release_cap(%s, %s::date)", (campaign, "2026-03-02"))
-    assert db.execute(old, (campaign, "2026-03-02 11:00+00")).fetchone() == full
+    changes = _signature_changes(db, [*migrations, changed, versioned])
+    assert len(changes) == 1
+    assert changes[0].startswith("0004_pace_start.sql creates listener_pace_start(uuid,")
+    assert "listener_pace_start_v2" in changes[0]
+
+
+def test_the_baseline_creates_every_function_once_and_each_exists(db: Conn) -> None:
+    created = [f for f in _created_functions(load_migrations()) if f[2] <= f"{BASELINE}_~"]
+    names = [name for name, _, _ in created]
+    assert sorted(names) == sorted(set(names))
+    for name, args, label in created:
+        types = _argument_types(db, args)
+        row = db.execute("SELECT to_regprocedure(%s)", (f"{name}({types})",)).fetchone()
+        assert row is not None and row[0] is not None, f"{name}({types}) of {label}"
+
+
+def _plain_queue_indexes(migrations: list[Migration]) -> list[str]:
+    """Files after the baseline that build an index on the queue table without CONCURRENTLY."""
+    found = []
+    for migration in migrations:
+        if migration.version <= BASELINE:
+            continue
+        sql = re.sub(r"--[^\n]*", "", migration.sql)
+        for match in _CREATE_INDEX.finditer(sql):
+            if match.group(2) == "campaign_messages" and not match.group(1):
+                found.append(migration.label)
+    return found
+
+
+def test_indexes_on_the_queue_table_are_built_concurrently() -> None:
+    """After the baseline, an index on campaign_messages is built CONCURRENTLY (in a file whose
+    first line is `-- listener: no-transaction`), so claims and writes go on meanwhile."""
+    assert _plain_queue_indexes(load_migrations()) == []
+    plain = Migration(
+        "0004", "index", "CREATE INDEX IF NOT EXISTS idx_x ON campaign_messages (content);"
+    )
+    built = Migration(
+        "0005",
+        "index",
+        "-- listener: no-transaction\n"
+        "CREATE INDEX CONCURRENTLY IF NOT EXISTS idx_y ON public.campaign_messages (content);",
+    )
+    assert _plain_queue_indexes([plain, built]) == ["0004_index.sql"]

@@ -1,7 +1,11 @@
--- listener 0002: the functions the seed relies on, run bookkeeping, and NOTIFY triggers.
+-- listener 0002: the queue's functions and triggers: the lead context and the sweep the seed
+-- relies on, run bookkeeping, NOTIFY on new due work, and paused campaigns. Part of the
+-- baseline (see 0001). Every function appears once here, in its current definition; a change
+-- to one is a new migration file (README, "Upgrades and retention").
 
 -- One call, one round trip: every lead's fields plus the last messages already sent to it
 -- in any campaign, so the LLM does not repeat itself. Leads that do not exist return no row.
+-- The history asks for `sent_at IS NOT NULL`, so it stays on idx_campaign_messages_lead_history.
 CREATE OR REPLACE FUNCTION get_lead_full_context(lead_ids uuid[], history_limit integer DEFAULT 5)
 RETURNS TABLE (lead_id uuid, context jsonb)
 LANGUAGE sql STABLE AS $$
@@ -24,7 +28,7 @@ LANGUAGE sql STABLE AS $$
                    FROM (
                        SELECT m.campaign_id, m.sent_at, COALESCE(m.generated_text, m.content) AS text
                        FROM campaign_messages m
-                       WHERE m.lead_id = l.id AND m.status = 'sent'
+                       WHERE m.lead_id = l.id AND m.sent_at IS NOT NULL
                        ORDER BY m.sent_at DESC
                        LIMIT history_limit
                    ) h
@@ -34,21 +38,27 @@ LANGUAGE sql STABLE AS $$
     WHERE l.id = ANY (lead_ids)
 $$;
 
--- The sweep: pending messages due longer ago than max_age are skipped with that reason
--- (never deleted). Returns how many rows it skipped.
+-- The sweep: pending messages due longer ago than max_age are skipped with that reason (never
+-- deleted); returns how many rows it skipped. It spares a message that has begun (a part
+-- already accepted: skipping it would leave the lead with half a message) and the messages of
+-- a paused campaign (their age counts from the resume).
 CREATE OR REPLACE FUNCTION mark_old_campaign_messages_as_skipped(max_age interval DEFAULT interval '24 hours')
 RETURNS integer
 LANGUAGE plpgsql AS $$
 DECLARE
     skipped integer;
 BEGIN
-    UPDATE campaign_messages
+    UPDATE campaign_messages m
        SET status = 'skipped',
            last_error = format('skipped by the sweep: due since %s, longer than the age limit of %s',
-                               scheduled_at, max_age),
+                               m.scheduled_at, max_age),
            updated_at = now()
-     WHERE status = 'pending'
-       AND scheduled_at < now() - max_age;
+     WHERE m.status = 'pending'
+       AND m.scheduled_at < now() - max_age
+       AND m.parts_sent = 0
+       AND m.wait_reason IS DISTINCT FROM 'paused'
+       AND NOT EXISTS (SELECT 1 FROM campaigns c
+                        WHERE c.id = m.campaign_id AND c.status = 'paused');
     GET DIAGNOSTICS skipped = ROW_COUNT;
     RETURN skipped;
 END
@@ -84,7 +94,8 @@ LANGUAGE sql AS $$
 $$;
 
 -- One notification per statement, not per row, carrying the earliest due time (epoch
--- seconds), so a bulk insert of 100,000 rows sends one NOTIFY.
+-- seconds), so a bulk insert of 100,000 rows sends one NOTIFY. Rows inserted into a paused
+-- campaign are marked 'paused'; the join runs only when some campaign is paused.
 CREATE OR REPLACE FUNCTION campaign_messages_notify_insert()
 RETURNS trigger
 LANGUAGE plpgsql AS $$
@@ -92,6 +103,12 @@ DECLARE
     due timestamptz;
     r record;
 BEGIN
+    IF EXISTS (SELECT 1 FROM campaigns WHERE status = 'paused') THEN
+        UPDATE campaign_messages m
+           SET wait_reason = 'paused'
+          FROM new_rows n JOIN campaigns c ON c.id = n.campaign_id
+         WHERE m.id = n.id AND c.status = 'paused' AND n.status = 'pending';
+    END IF;
     SELECT min(scheduled_at) INTO due FROM new_rows WHERE status = 'pending';
     IF due IS NOT NULL THEN
         PERFORM pg_notify('campaign_messages', extract(epoch FROM due)::text);
@@ -214,12 +231,36 @@ CREATE TRIGGER campaigns_after_update
     REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
     FOR EACH STATEMENT EXECUTE FUNCTION campaigns_notify_resume();
 
--- What the built-in sandbox sender "delivers": one row per accepted part, no network.
-CREATE TABLE IF NOT EXISTS sandbox_outbox (
-    id                   bigserial PRIMARY KEY,
-    instance             text NOT NULL,
-    number               text NOT NULL,
-    text                 text NOT NULL,
-    provider_message_id  text NOT NULL,
-    created_at           timestamptz NOT NULL DEFAULT clock_timestamp()
-);
+-- Paused campaigns. A paused campaign's messages wait, and go once it is active again: their
+-- pending rows carry wait_reason = 'paused' (set when the campaign is paused, and on rows
+-- inserted into it meanwhile; cleared when it leaves `paused`), so the claim's index leaves
+-- them out. On resume their due time becomes the resume time if it was earlier, so the sweep
+-- judges their age from then, and campaigns_notify_resume wakes the listeners.
+CREATE OR REPLACE FUNCTION campaigns_mark_paused()
+RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.status = 'paused' THEN
+        UPDATE campaign_messages
+           SET wait_reason = 'paused', updated_at = now()
+         WHERE campaign_id = NEW.id AND status = 'pending'
+           AND wait_reason IS DISTINCT FROM 'paused';
+    ELSIF OLD.status = 'paused' THEN
+        -- Every pending row, marked or not: rows can come back to `pending` during the pause
+        -- (a replay, a retry, a hand-back, a rescued lease) without the mark.
+        UPDATE campaign_messages
+           SET wait_reason = CASE WHEN wait_reason = 'paused' THEN NULL ELSE wait_reason END,
+               scheduled_at = greatest(scheduled_at, now()),
+               updated_at = now()
+         WHERE campaign_id = NEW.id AND status = 'pending';
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+DROP TRIGGER IF EXISTS campaigns_mark_paused ON campaigns;
+CREATE TRIGGER campaigns_mark_paused
+    AFTER UPDATE OF status ON campaigns
+    FOR EACH ROW
+    WHEN (OLD.status IS DISTINCT FROM NEW.status)
+    EXECUTE FUNCTION campaigns_mark_paused();

@@ -1,0 +1,767 @@
+-- The schema `listener migrate` makes in an empty database: every file of migrations/ applied
+-- in order, dumped by pg_dump 15 (--schema-only --no-owner --no-privileges), normalised.
+-- Never applied; tests/integration/test_schema.py checks that migrating from zero gives it.
+-- Regenerate after adding a migration: uv run python -m tests.schema_snapshot
+
+--
+-- Name: campaign_messages_notify_delete(); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.campaign_messages_notify_delete() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+    r record;
+BEGIN
+    FOR r IN
+        SELECT run_id,
+               count(*)::integer AS total,
+               (count(*) FILTER (WHERE status = 'sent'))::integer AS sent,
+               (count(*) FILTER (WHERE status = 'failed'))::integer AS failed,
+               (count(*) FILTER (WHERE status = 'skipped'))::integer AS skipped
+          FROM old_rows WHERE run_id IS NOT NULL GROUP BY run_id ORDER BY run_id
+    LOOP
+        PERFORM campaign_runs_apply(r.run_id, -r.total, -r.sent, -r.failed, -r.skipped);
+    END LOOP;
+    RETURN NULL;
+END
+$$;
+
+--
+-- Name: campaign_messages_notify_insert(); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.campaign_messages_notify_insert() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+    due timestamptz;
+    r record;
+BEGIN
+    IF EXISTS (SELECT 1 FROM campaigns WHERE status = 'paused') THEN
+        UPDATE campaign_messages m
+           SET wait_reason = 'paused'
+          FROM new_rows n JOIN campaigns c ON c.id = n.campaign_id
+         WHERE m.id = n.id AND c.status = 'paused' AND n.status = 'pending';
+    END IF;
+    SELECT min(scheduled_at) INTO due FROM new_rows WHERE status = 'pending';
+    IF due IS NOT NULL THEN
+        PERFORM pg_notify('campaign_messages', extract(epoch FROM due)::text);
+    END IF;
+    -- Locks on runs are taken in id order so concurrent statements cannot deadlock.
+    FOR r IN
+        SELECT run_id,
+               count(*)::integer AS total,
+               (count(*) FILTER (WHERE status = 'sent'))::integer AS sent,
+               (count(*) FILTER (WHERE status = 'failed'))::integer AS failed,
+               (count(*) FILTER (WHERE status = 'skipped'))::integer AS skipped
+          FROM new_rows WHERE run_id IS NOT NULL GROUP BY run_id ORDER BY run_id
+    LOOP
+        PERFORM campaign_runs_apply(r.run_id, r.total, r.sent, r.failed, r.skipped);
+    END LOOP;
+    RETURN NULL;
+END
+$$;
+
+--
+-- Name: campaign_messages_notify_update(); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.campaign_messages_notify_update() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+    due timestamptz;
+    r record;
+BEGIN
+    SELECT min(n.scheduled_at) INTO due
+      FROM new_rows n JOIN old_rows o ON o.id = n.id
+     WHERE n.status = 'pending'
+       AND (o.status <> 'pending' OR o.scheduled_at <> n.scheduled_at);
+    IF due IS NOT NULL THEN
+        PERFORM pg_notify('campaign_messages', extract(epoch FROM due)::text);
+    END IF;
+    FOR r IN
+        SELECT d.run_id,
+               sum(d.total)::integer AS total, sum(d.sent)::integer AS sent,
+               sum(d.failed)::integer AS failed, sum(d.skipped)::integer AS skipped
+          FROM (
+              SELECT n.run_id, 1 AS total,
+                     (n.status = 'sent')::integer AS sent,
+                     (n.status = 'failed')::integer AS failed,
+                     (n.status = 'skipped')::integer AS skipped
+                FROM new_rows n JOIN old_rows o ON o.id = n.id
+               WHERE n.run_id IS NOT NULL
+                 AND (n.status IS DISTINCT FROM o.status OR n.run_id IS DISTINCT FROM o.run_id)
+              UNION ALL
+              SELECT o.run_id, -1,
+                     -(o.status = 'sent')::integer,
+                     -(o.status = 'failed')::integer,
+                     -(o.status = 'skipped')::integer
+                FROM new_rows n JOIN old_rows o ON o.id = n.id
+               WHERE o.run_id IS NOT NULL
+                 AND (n.status IS DISTINCT FROM o.status OR n.run_id IS DISTINCT FROM o.run_id)
+          ) d
+         GROUP BY d.run_id
+        HAVING sum(d.total) <> 0 OR sum(d.sent) <> 0 OR sum(d.failed) <> 0 OR sum(d.skipped) <> 0
+         ORDER BY d.run_id
+    LOOP
+        PERFORM campaign_runs_apply(r.run_id, r.total, r.sent, r.failed, r.skipped);
+    END LOOP;
+    RETURN NULL;
+END
+$$;
+
+--
+-- Name: campaign_runs_apply(uuid, integer, integer, integer, integer); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.campaign_runs_apply(p_run_id uuid, d_total integer, d_sent integer, d_failed integer, d_skipped integer) RETURNS void
+    LANGUAGE sql
+    AS $$
+    UPDATE campaign_runs r
+       SET total_count = r.total_count + d_total,
+           sent_count = r.sent_count + d_sent,
+           failed_count = r.failed_count + d_failed,
+           skipped_count = r.skipped_count + d_skipped,
+           status = CASE
+               WHEN r.status = 'cancelled' THEN r.status
+               WHEN r.total_count + d_total > 0
+                    AND r.sent_count + d_sent + r.failed_count + d_failed
+                        + r.skipped_count + d_skipped >= r.total_count + d_total
+                   THEN 'completed'
+               ELSE 'running' END,
+           finished_at = CASE
+               WHEN r.status = 'cancelled' THEN r.finished_at
+               WHEN r.total_count + d_total > 0
+                    AND r.sent_count + d_sent + r.failed_count + d_failed
+                        + r.skipped_count + d_skipped >= r.total_count + d_total
+                   THEN COALESCE(r.finished_at, now())
+               ELSE NULL END,
+           updated_at = now()
+     WHERE r.id = p_run_id
+$$;
+
+--
+-- Name: campaigns_mark_paused(); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.campaigns_mark_paused() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $$
+BEGIN
+    IF NEW.status = 'paused' THEN
+        UPDATE campaign_messages
+           SET wait_reason = 'paused', updated_at = now()
+         WHERE campaign_id = NEW.id AND status = 'pending'
+           AND wait_reason IS DISTINCT FROM 'paused';
+    ELSIF OLD.status = 'paused' THEN
+        -- Every pending row, marked or not: rows can come back to `pending` during the pause
+        -- (a replay, a retry, a hand-back, a rescued lease) without the mark.
+        UPDATE campaign_messages
+           SET wait_reason = CASE WHEN wait_reason = 'paused' THEN NULL ELSE wait_reason END,
+               scheduled_at = greatest(scheduled_at, now()),
+               updated_at = now()
+         WHERE campaign_id = NEW.id AND status = 'pending';
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+--
+-- Name: campaigns_notify_resume(); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.campaigns_notify_resume() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM new_rows n JOIN old_rows o ON o.id = n.id
+                WHERE n.status = 'active' AND o.status <> 'active') THEN
+        PERFORM pg_notify('campaign_messages', extract(epoch FROM now())::text);
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+--
+-- Name: get_lead_full_context(uuid[], integer); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.get_lead_full_context(lead_ids uuid[], history_limit integer DEFAULT 5) RETURNS TABLE(lead_id uuid, context jsonb)
+    LANGUAGE sql STABLE
+    AS $$
+    SELECT l.id,
+           jsonb_build_object(
+               'id', l.id,
+               'name', l.name,
+               'phone', l.phone,
+               'opted_out', l.opted_out,
+               'company', l.company,
+               'city', l.city,
+               'segment', l.segment,
+               'notes', l.notes,
+               'metadata', l.metadata,
+               'recent_messages', COALESCE((
+                   SELECT jsonb_agg(jsonb_build_object(
+                              'campaign_id', h.campaign_id,
+                              'sent_at', h.sent_at,
+                              'text', h.text) ORDER BY h.sent_at DESC)
+                   FROM (
+                       SELECT m.campaign_id, m.sent_at, COALESCE(m.generated_text, m.content) AS text
+                       FROM campaign_messages m
+                       WHERE m.lead_id = l.id AND m.sent_at IS NOT NULL
+                       ORDER BY m.sent_at DESC
+                       LIMIT history_limit
+                   ) h
+               ), '[]'::jsonb)
+           )
+    FROM leads l
+    WHERE l.id = ANY (lead_ids)
+$$;
+
+--
+-- Name: listener_gap_sent(text, integer, integer, timestamp with time zone); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.listener_gap_sent(p_instance text, p_min integer, p_max integer, p_at timestamp with time zone) RETURNS void
+    LANGUAGE sql
+    AS $$
+    INSERT INTO listener_instances AS i (instance, next_send_at, updated_at)
+    VALUES (p_instance, p_at + make_interval(secs => p_min + random() * (p_max - p_min)), now())
+    ON CONFLICT (instance) DO UPDATE
+       SET next_send_at = greatest(i.next_send_at, EXCLUDED.next_send_at),
+           updated_at = now()
+$$;
+
+--
+-- Name: listener_pace_start(uuid, uuid, timestamp with time zone); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.listener_pace_start(p_campaign uuid, p_message uuid, p_at timestamp with time zone) RETURNS TABLE(go boolean, wait_until timestamp with time zone, reason text, cap_day date)
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+    c campaigns;
+    opens timestamptz;
+    today date;
+    held integer;
+BEGIN
+    SELECT * INTO c FROM campaigns WHERE id = p_campaign;
+    opens := listener_window_opens(c.send_window_start, c.send_window_end, c.send_timezone,
+                                   c.send_days, p_at);
+    IF opens IS NULL OR opens > p_at THEN
+        RETURN QUERY SELECT false, COALESCE(opens, p_at + interval '1 day'), 'window'::text, NULL::date;
+        RETURN;
+    END IF;
+    IF c.daily_cap IS NULL THEN
+        RETURN QUERY SELECT true, NULL::timestamptz, NULL::text, NULL::date;
+        RETURN;
+    END IF;
+    -- The cap's day is the day the current window began: the early hours of a window that
+    -- crosses midnight (22:00-02:00) still belong to the evening before.
+    today := (p_at AT TIME ZONE c.send_timezone)::date;
+    IF c.send_window_start IS NOT NULL AND c.send_window_end <= c.send_window_start
+       AND (p_at AT TIME ZONE c.send_timezone)::time < c.send_window_end THEN
+        today := today - 1;
+    END IF;
+    -- Takers of this campaign's slots for today queue here, so two cannot both see room.
+    INSERT INTO listener_campaign_days (campaign_id, day) VALUES (c.id, today)
+        ON CONFLICT DO NOTHING;
+    PERFORM 1 FROM listener_campaign_days
+      WHERE campaign_id = c.id AND day = today FOR UPDATE;
+    SELECT count(*) INTO held FROM campaign_messages m
+     WHERE m.campaign_id = c.id AND m.cap_day = today AND m.id <> p_message
+       AND (m.status IN ('processing', 'sent') OR m.parts_sent > 0);
+    IF held >= c.daily_cap THEN
+        -- Full for today: wait for the next day's window (not for midnight, which may fall
+        -- inside this very window), holding nothing.
+        UPDATE campaign_messages m SET cap_day = NULL
+         WHERE m.id = p_message AND m.cap_day IS NOT NULL;
+        opens := listener_window_opens(
+            c.send_window_start, c.send_window_end, c.send_timezone, c.send_days,
+            ((today + 1) + COALESCE(c.send_window_start, time '00:00')) AT TIME ZONE c.send_timezone);
+        RETURN QUERY SELECT false, COALESCE(opens, p_at + interval '1 day'), 'cap'::text, NULL::date;
+        RETURN;
+    END IF;
+    UPDATE campaign_messages m SET cap_day = today WHERE m.id = p_message;
+    RETURN QUERY SELECT true, NULL::timestamptz, NULL::text, today;
+END
+$$;
+
+--
+-- Name: listener_take_gap(text, integer, integer, timestamp with time zone); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.listener_take_gap(p_instance text, p_min integer, p_max integer, p_at timestamp with time zone) RETURNS TABLE(go boolean, wait_until timestamp with time zone)
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+    next_at timestamptz;
+    waiting integer;
+BEGIN
+    INSERT INTO listener_instances (instance) VALUES (p_instance) ON CONFLICT DO NOTHING;
+    SELECT i.next_send_at INTO next_at FROM listener_instances i
+     WHERE i.instance = p_instance FOR UPDATE;
+    IF next_at > p_at THEN
+        UPDATE listener_instances i
+           SET refused = CASE WHEN i.refused_for = next_at THEN i.refused + 1 ELSE 1 END,
+               refused_for = next_at
+         WHERE i.instance = p_instance
+        RETURNING i.refused INTO waiting;
+        RETURN QUERY SELECT false,
+            next_at + make_interval(
+                secs => random() * (waiting - 1) * greatest((p_min + p_max) / 2.0, 1));
+        RETURN;
+    END IF;
+    UPDATE listener_instances
+       SET next_send_at = p_at + make_interval(secs => p_min + random() * (p_max - p_min)),
+           updated_at = now()
+     WHERE instance = p_instance;
+    RETURN QUERY SELECT true, NULL::timestamptz;
+END
+$$;
+
+--
+-- Name: listener_window_opens(time without time zone, time without time zone, text, smallint[], timestamp with time zone); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.listener_window_opens(p_start time without time zone, p_end time without time zone, p_timezone text, p_days smallint[], p_at timestamp with time zone) RETURNS timestamp with time zone
+    LANGUAGE plpgsql STABLE
+    AS $$
+DECLARE
+    local_now timestamp := p_at AT TIME ZONE p_timezone;
+    day date;
+    opens timestamp;
+    closes timestamp;
+BEGIN
+    IF p_start IS NULL AND p_days IS NULL THEN
+        RETURN p_at;
+    END IF;
+    FOR offset_days IN -1..8 LOOP
+        day := local_now::date + offset_days;
+        CONTINUE WHEN p_days IS NOT NULL AND NOT (extract(isodow FROM day)::smallint = ANY (p_days));
+        opens := day + COALESCE(p_start, time '00:00');
+        closes := CASE
+            WHEN p_start IS NULL THEN day + 1
+            WHEN p_end > p_start THEN day + p_end
+            ELSE day + 1 + p_end
+        END;
+        IF local_now >= opens AND local_now < closes THEN
+            RETURN p_at;
+        END IF;
+        IF opens > local_now THEN
+            RETURN opens AT TIME ZONE p_timezone;
+        END IF;
+    END LOOP;
+    RETURN NULL;
+END
+$$;
+
+--
+-- Name: mark_old_campaign_messages_as_skipped(interval); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.mark_old_campaign_messages_as_skipped(max_age interval DEFAULT '24:00:00'::interval) RETURNS integer
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+    skipped integer;
+BEGIN
+    UPDATE campaign_messages m
+       SET status = 'skipped',
+           last_error = format('skipped by the sweep: due since %s, longer than the age limit of %s',
+                               m.scheduled_at, max_age),
+           updated_at = now()
+     WHERE m.status = 'pending'
+       AND m.scheduled_at < now() - max_age
+       AND m.parts_sent = 0
+       AND m.wait_reason IS DISTINCT FROM 'paused'
+       AND NOT EXISTS (SELECT 1 FROM campaigns c
+                        WHERE c.id = m.campaign_id AND c.status = 'paused');
+    GET DIAGNOSTICS skipped = ROW_COUNT;
+    RETURN skipped;
+END
+$$;
+
+SET default_tablespace = '';
+
+SET default_table_access_method = heap;
+
+--
+-- Name: campaign_messages; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.campaign_messages (
+    id uuid DEFAULT gen_random_uuid() NOT NULL,
+    campaign_id uuid NOT NULL,
+    lead_id uuid NOT NULL,
+    run_id uuid,
+    status text DEFAULT 'pending'::text NOT NULL,
+    scheduled_at timestamp with time zone DEFAULT now() NOT NULL,
+    attempts integer DEFAULT 0 NOT NULL,
+    content text,
+    last_error text,
+    sent_at timestamp with time zone,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    updated_at timestamp with time zone,
+    generated_text text,
+    parts jsonb,
+    parts_sent integer DEFAULT 0 NOT NULL,
+    provider_message_ids jsonb DEFAULT '[]'::jsonb NOT NULL,
+    locked_by text,
+    locked_until timestamp with time zone,
+    started_at timestamp with time zone,
+    wait_reason text,
+    cap_day date,
+    uncertain_part integer,
+    uncertain_sends integer DEFAULT 0 NOT NULL,
+    CONSTRAINT campaign_messages_attempts_check CHECK ((attempts >= 0)),
+    CONSTRAINT campaign_messages_lease_check CHECK (((status <> 'processing'::text) OR ((locked_by IS NOT NULL) AND (locked_until IS NOT NULL)))),
+    CONSTRAINT campaign_messages_parts_check CHECK (((parts IS NULL) OR (jsonb_typeof(parts) = 'array'::text))),
+    CONSTRAINT campaign_messages_parts_sent_check CHECK ((parts_sent >= 0)),
+    CONSTRAINT campaign_messages_status_check CHECK ((status = ANY (ARRAY['pending'::text, 'processing'::text, 'sent'::text, 'failed'::text, 'skipped'::text]))),
+    CONSTRAINT campaign_messages_uncertain_sends_check CHECK ((uncertain_sends >= 0))
+)
+WITH (autovacuum_vacuum_scale_factor='0.01', autovacuum_analyze_scale_factor='0.02', autovacuum_vacuum_cost_delay='1', fillfactor='80');
+
+--
+-- Name: COLUMN campaign_messages.cap_day; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.campaign_messages.cap_day IS 'local day of the campaign''s daily cap whose slot this message took; it counts while the message is processing or sent, or once a part of it went out';
+
+--
+-- Name: COLUMN campaign_messages.uncertain_part; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.campaign_messages.uncertain_part IS 'index (from 0) of the part whose send last got no answer; it may have been delivered';
+
+--
+-- Name: COLUMN campaign_messages.uncertain_sends; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.campaign_messages.uncertain_sends IS 'how many sends of uncertain_part got no answer';
+
+--
+-- Name: campaign_runs; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.campaign_runs (
+    id uuid DEFAULT gen_random_uuid() NOT NULL,
+    campaign_id uuid NOT NULL,
+    status text DEFAULT 'running'::text NOT NULL,
+    started_at timestamp with time zone DEFAULT now() NOT NULL,
+    finished_at timestamp with time zone,
+    total_count integer DEFAULT 0 NOT NULL,
+    sent_count integer DEFAULT 0 NOT NULL,
+    failed_count integer DEFAULT 0 NOT NULL,
+    skipped_count integer DEFAULT 0 NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    updated_at timestamp with time zone,
+    CONSTRAINT campaign_runs_status_check CHECK ((status = ANY (ARRAY['running'::text, 'completed'::text, 'cancelled'::text])))
+);
+
+--
+-- Name: campaigns; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.campaigns (
+    id uuid DEFAULT gen_random_uuid() NOT NULL,
+    name text NOT NULL,
+    prompt text,
+    model text,
+    instance text,
+    status text DEFAULT 'active'::text NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    updated_at timestamp with time zone,
+    send_window_start time without time zone,
+    send_window_end time without time zone,
+    send_timezone text DEFAULT 'America/Sao_Paulo'::text NOT NULL,
+    send_days smallint[],
+    daily_cap integer,
+    gap_min_seconds integer,
+    gap_max_seconds integer,
+    CONSTRAINT campaigns_cap_check CHECK (((daily_cap IS NULL) OR (daily_cap >= 0))),
+    CONSTRAINT campaigns_days_check CHECK (((send_days IS NULL) OR ((send_days <@ ARRAY[(1)::smallint, (2)::smallint, (3)::smallint, (4)::smallint, (5)::smallint, (6)::smallint, (7)::smallint]) AND (cardinality(send_days) > 0)))),
+    CONSTRAINT campaigns_gap_check CHECK ((((gap_min_seconds IS NULL) = (gap_max_seconds IS NULL)) AND ((gap_min_seconds IS NULL) OR ((gap_min_seconds >= 0) AND (gap_max_seconds >= gap_min_seconds))))),
+    CONSTRAINT campaigns_status_check CHECK ((status = ANY (ARRAY['active'::text, 'paused'::text, 'archived'::text]))),
+    CONSTRAINT campaigns_timezone_check CHECK ((('2000-01-01 00:00:00+00'::timestamp with time zone AT TIME ZONE send_timezone) IS NOT NULL)),
+    CONSTRAINT campaigns_window_check CHECK ((((send_window_start IS NULL) = (send_window_end IS NULL)) AND ((send_window_start IS NULL) OR (send_window_start <> send_window_end))))
+);
+
+--
+-- Name: leads; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.leads (
+    id uuid DEFAULT gen_random_uuid() NOT NULL,
+    name text,
+    phone text NOT NULL,
+    opted_out boolean DEFAULT false NOT NULL,
+    company text,
+    city text,
+    segment text,
+    notes text,
+    metadata jsonb DEFAULT '{}'::jsonb NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    updated_at timestamp with time zone
+);
+
+--
+-- Name: listener_campaign_days; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.listener_campaign_days (
+    campaign_id uuid NOT NULL,
+    day date NOT NULL
+);
+
+--
+-- Name: listener_instances; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.listener_instances (
+    instance text NOT NULL,
+    next_send_at timestamp with time zone DEFAULT '-infinity'::timestamp with time zone NOT NULL,
+    updated_at timestamp with time zone,
+    refused integer DEFAULT 0 NOT NULL,
+    refused_for timestamp with time zone
+);
+
+--
+-- Name: COLUMN listener_instances.refused; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.listener_instances.refused IS 'messages refused a slot while the instance waits for the slot at refused_for';
+
+--
+-- Name: listener_migrations; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.listener_migrations (
+    version text NOT NULL,
+    name text NOT NULL,
+    checksum text NOT NULL,
+    applied_at timestamp with time zone DEFAULT now() NOT NULL
+);
+
+--
+-- Name: sandbox_outbox; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.sandbox_outbox (
+    id bigint NOT NULL,
+    instance text NOT NULL,
+    number text NOT NULL,
+    text text NOT NULL,
+    provider_message_id text NOT NULL,
+    created_at timestamp with time zone DEFAULT clock_timestamp() NOT NULL
+);
+
+--
+-- Name: sandbox_outbox_id_seq; Type: SEQUENCE; Schema: public; Owner: -
+--
+
+CREATE SEQUENCE public.sandbox_outbox_id_seq
+    START WITH 1
+    INCREMENT BY 1
+    NO MINVALUE
+    NO MAXVALUE
+    CACHE 1;
+
+--
+-- Name: sandbox_outbox_id_seq; Type: SEQUENCE OWNED BY; Schema: public; Owner: -
+--
+
+ALTER SEQUENCE public.sandbox_outbox_id_seq OWNED BY public.sandbox_outbox.id;
+
+--
+-- Name: sandbox_outbox id; Type: DEFAULT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.sandbox_outbox ALTER COLUMN id SET DEFAULT nextval('public.sandbox_outbox_id_seq'::regclass);
+
+--
+-- Name: campaign_messages campaign_messages_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.campaign_messages
+    ADD CONSTRAINT campaign_messages_pkey PRIMARY KEY (id);
+
+--
+-- Name: campaign_runs campaign_runs_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.campaign_runs
+    ADD CONSTRAINT campaign_runs_pkey PRIMARY KEY (id);
+
+--
+-- Name: campaigns campaigns_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.campaigns
+    ADD CONSTRAINT campaigns_pkey PRIMARY KEY (id);
+
+--
+-- Name: leads leads_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.leads
+    ADD CONSTRAINT leads_pkey PRIMARY KEY (id);
+
+--
+-- Name: listener_campaign_days listener_campaign_days_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.listener_campaign_days
+    ADD CONSTRAINT listener_campaign_days_pkey PRIMARY KEY (campaign_id, day);
+
+--
+-- Name: listener_instances listener_instances_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.listener_instances
+    ADD CONSTRAINT listener_instances_pkey PRIMARY KEY (instance);
+
+--
+-- Name: listener_migrations listener_migrations_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.listener_migrations
+    ADD CONSTRAINT listener_migrations_pkey PRIMARY KEY (version);
+
+--
+-- Name: sandbox_outbox sandbox_outbox_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.sandbox_outbox
+    ADD CONSTRAINT sandbox_outbox_pkey PRIMARY KEY (id);
+
+--
+-- Name: idx_campaign_messages_campaign; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX idx_campaign_messages_campaign ON public.campaign_messages USING btree (campaign_id, status);
+
+--
+-- Name: idx_campaign_messages_cap_day; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX idx_campaign_messages_cap_day ON public.campaign_messages USING btree (campaign_id, cap_day) WHERE (cap_day IS NOT NULL);
+
+--
+-- Name: idx_campaign_messages_created_at; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX idx_campaign_messages_created_at ON public.campaign_messages USING btree (created_at);
+
+--
+-- Name: idx_campaign_messages_due; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX idx_campaign_messages_due ON public.campaign_messages USING btree (scheduled_at) WHERE ((status = 'pending'::text) AND (wait_reason IS DISTINCT FROM 'paused'::text));
+
+--
+-- Name: idx_campaign_messages_failed; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX idx_campaign_messages_failed ON public.campaign_messages USING btree (campaign_id, updated_at) WHERE (status = ANY (ARRAY['failed'::text, 'skipped'::text]));
+
+--
+-- Name: idx_campaign_messages_lead_history; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX idx_campaign_messages_lead_history ON public.campaign_messages USING btree (lead_id, sent_at DESC) WHERE (sent_at IS NOT NULL);
+
+--
+-- Name: idx_campaign_messages_lease; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX idx_campaign_messages_lease ON public.campaign_messages USING btree (locked_until) WHERE (status = 'processing'::text);
+
+--
+-- Name: idx_campaign_messages_run; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX idx_campaign_messages_run ON public.campaign_messages USING btree (run_id) WHERE (run_id IS NOT NULL);
+
+--
+-- Name: idx_campaign_messages_sent_at; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX idx_campaign_messages_sent_at ON public.campaign_messages USING btree (sent_at) WHERE (status = 'sent'::text);
+
+--
+-- Name: idx_campaign_runs_campaign; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX idx_campaign_runs_campaign ON public.campaign_runs USING btree (campaign_id, started_at DESC);
+
+--
+-- Name: idx_leads_phone; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX idx_leads_phone ON public.leads USING btree (phone);
+
+--
+-- Name: campaign_messages campaign_messages_after_delete; Type: TRIGGER; Schema: public; Owner: -
+--
+
+CREATE TRIGGER campaign_messages_after_delete AFTER DELETE ON public.campaign_messages REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION public.campaign_messages_notify_delete();
+
+--
+-- Name: campaign_messages campaign_messages_after_insert; Type: TRIGGER; Schema: public; Owner: -
+--
+
+CREATE TRIGGER campaign_messages_after_insert AFTER INSERT ON public.campaign_messages REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION public.campaign_messages_notify_insert();
+
+--
+-- Name: campaign_messages campaign_messages_after_update; Type: TRIGGER; Schema: public; Owner: -
+--
+
+CREATE TRIGGER campaign_messages_after_update AFTER UPDATE ON public.campaign_messages REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION public.campaign_messages_notify_update();
+
+--
+-- Name: campaigns campaigns_after_update; Type: TRIGGER; Schema: public; Owner: -
+--
+
+CREATE TRIGGER campaigns_after_update AFTER UPDATE ON public.campaigns REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION public.campaigns_notify_resume();
+
+--
+-- Name: campaigns campaigns_mark_paused; Type: TRIGGER; Schema: public; Owner: -
+--
+
+CREATE TRIGGER campaigns_mark_paused AFTER UPDATE OF status ON public.campaigns FOR EACH ROW WHEN ((old.status IS DISTINCT FROM new.status)) EXECUTE FUNCTION public.campaigns_mark_paused();
+
+--
+-- Name: campaign_messages campaign_messages_campaign_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.campaign_messages
+    ADD CONSTRAINT campaign_messages_campaign_id_fkey FOREIGN KEY (campaign_id) REFERENCES public.campaigns(id) ON DELETE CASCADE;
+
+--
+-- Name: campaign_messages campaign_messages_run_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.campaign_messages
+    ADD CONSTRAINT campaign_messages_run_id_fkey FOREIGN KEY (run_id) REFERENCES public.campaign_runs(id) ON DELETE SET NULL;
+
+--
+-- Name: campaign_runs campaign_runs_campaign_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.campaign_runs
+    ADD CONSTRAINT campaign_runs_campaign_id_fkey FOREIGN KEY (campaign_id) REFERENCES public.campaigns(id) ON DELETE CASCADE;
+
+--
+-- Name: listener_campaign_days listener_campaign_days_campaign_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.listener_campaign_days
+    ADD CONSTRAINT listener_campaign_days_campaign_id_fkey FOREIGN KEY (campaign_id) REFERENCES public.campaigns(id) ON DELETE CASCADE;
+
+--
+-- PostgreSQL database dump complete
+--
