@@ -31,7 +31,8 @@ import _common as c
 import psycopg
 
 from listener.cli import run_async  # the loop `listener run` uses (uvloop)
-from listener.processor import FORMAT_INSTRUCTIONS, normalize_phone
+from listener.phones import normalize_phone
+from listener.processor import FORMAT_INSTRUCTIONS
 from listener.providers._http import make_client
 
 TARGET = 0.95

@@ -252,25 +252,19 @@ class Daemon:
         """The slow safety net: wake the claim loop, re-arm the timer, update the backlog."""
         assert self.processor is not None
         self.processor.wake.set()
-        async with self.pool.connection() as conn:
-            cur = await conn.execute(q("backlog"))
-            row = await cur.fetchone()
-        self.metrics.backlog.set(row[0] if row else 0)
+        self.metrics.backlog.set(await self.processor.store.backlog())
         self.health.db_ok = True
         if self.processor.next_due is not None:
             self._timer.schedule(self.processor.next_due)
 
     async def rescue(self) -> int:
         """Take back rows whose worker died (their lease expired)."""
-        async with self.pool.connection() as conn:
-            cur = await conn.execute(
-                q("rescue_expired"), {"max_attempts": self.settings.max_attempts}
-            )
-            rows = await cur.fetchall()
+        assert self.processor is not None
+        rows = await self.processor.store.rescue()
         if rows:
             failed = sum(1 for row in rows if row[1] == "failed")
             log.warning(
-                "took back %d messages whose worker stopped (%d failed on their last attempt)",
+                "took back %d messages whose lease expired (%d failed on their last attempt)",
                 len(rows),
                 failed,
                 extra={"action": "rescued", "messages": len(rows), "failed": failed},
@@ -279,10 +273,8 @@ class Daemon:
 
     async def sweep(self) -> int:
         """The seed's sweep of old pending rows, with the age limit of the settings."""
-        async with self.pool.connection() as conn:
-            cur = await conn.execute(q("sweep_old"), {"max_age": self.settings.sweep_max_age})
-            row = await cur.fetchone()
-        skipped = int(row[0]) if row else 0
+        assert self.processor is not None
+        skipped = await self.processor.store.sweep(self.settings.sweep_max_age)
         log.info(
             "sweep skipped %d messages older than %s",
             skipped,

@@ -14,9 +14,10 @@ import psycopg
 import pytest
 from psycopg_pool import AsyncConnectionPool
 
-from listener.processor import Processor, _Finish, is_data_error
+from listener.processor import Processor
 from listener.providers.sandbox import SandboxLLM, SandboxSender
 from listener.queries import q
+from listener.store import Finish, is_data_error
 from tests.daemon_harness import fast_settings, running
 from tests.fakes import Reply, http_settings, serve_fakes
 from tests.helpers import await_until, enqueue, make_campaign, make_leads, statuses
@@ -119,9 +120,9 @@ async def test_a_batched_write_refused_for_one_row_runs_the_others_alone(db_url:
             )
             processor = Processor(settings, pool, SandboxLLM(), SandboxSender(pool))
             results = await asyncio.gather(
-                processor._finish.submit(_Finish(ids[0], "failed", None, 0, "first")),
-                processor._finish.submit(_Finish(ids[1], "no such status", None, 0, "bad")),
-                processor._finish.submit(_Finish(ids[2], "failed", None, 0, "third")),
+                processor.store._finish.submit(Finish(ids[0], "failed", None, 0, "first")),
+                processor.store._finish.submit(Finish(ids[1], "no such status", None, 0, "bad")),
+                processor.store._finish.submit(Finish(ids[2], "failed", None, 0, "third")),
                 return_exceptions=True,
             )
             assert results[0] is True and results[2] is True

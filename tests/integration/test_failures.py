@@ -387,8 +387,7 @@ async def test_a_batched_write_chosen_as_a_deadlock_victim_runs_again(
 ) -> None:
     from psycopg_pool import AsyncConnectionPool
 
-    from listener.processor import Processor
-    from listener.providers.sandbox import SandboxLLM, SandboxSender
+    from listener.store import Store
     from tests.daemon_harness import fast_settings
 
     campaign = make_campaign(db)
@@ -410,9 +409,9 @@ async def test_a_batched_write_chosen_as_a_deadlock_victim_runs_again(
     await pool.open(wait=True)
     try:
         await other.execute(touch, (second,))  # holds the second row
-        processor = Processor(fast_settings(worker_id="w"), pool, SandboxLLM(), SandboxSender(pool))
+        store = Store(pool, fast_settings(worker_id="w"))
         renew = asyncio.create_task(
-            processor._execute_returning_ids(
+            store._returning_ids(
                 "renew_leases", {"ids": ids, "worker": "w", "lease": timedelta(minutes=5)}
             )
         )

@@ -11,7 +11,7 @@ import pytest
 from listener.batch import GroupCommit
 from listener.errors import ConfigurationError
 from listener.gate import Gate
-from listener.processor import normalize_phone
+from listener.phones import normalize_phone
 from listener.retry import after_failure, rate_limit_backoff
 from listener.settings import format_duration, load_settings, parse_duration
 

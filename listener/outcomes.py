@@ -1,0 +1,154 @@
+"""Pure: what becomes of a message that did not end `sent`. DESIGN.md's failure table as one
+function, `outcome(error, job, settings, now)`, with no I/O: the processor applies the answer.
+
+| what happened                              | the message                                     |
+| ------------------------------------------ | ----------------------------------------------- |
+| 429, a provider hold longer than a minute  | back to pending when it ends, attempt refunded  |
+| 401/403/402 (credentials, credits)         | back to pending after the hold, refunded        |
+| pacing says not now, an instance down      | back to pending when it may go, refunded        |
+| the shutdown's grace is over               | back to pending, due as it was, refunded        |
+| empty or unsplittable reply, not on        | failed at once, with the reason                 |
+|   WhatsApp, data Postgres refuses          |                                                 |
+| a send with no answer, the second time     | failed: the part may have been delivered        |
+| anything else (5xx, timeouts, a bug)       | the retry ladder: pending later, or failed      |
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from listener.errors import (
+    EmptyReplyError,
+    HoldBackError,
+    InstanceMissingError,
+    PermanentProviderError,
+    ProviderError,
+    RateLimitedError,
+    UncertainDeliveryError,
+)
+from listener.pacing import Wait
+from listener.phones import normalize_phone
+from listener.retry import after_failure
+from listener.settings import Settings
+from listener.split import UnsplittableReply
+from listener.store import Finish, Job, is_data_error
+
+# A part whose send got no answer may have been delivered; it is sent at most this many times.
+MAX_UNCERTAIN_SENDS = 2
+
+
+class StopBetweenParts(Exception):
+    """The shutdown's grace period is over: the message stops before its next part."""
+
+
+class GateClosed(Exception):
+    """A provider holds the whole listener back for longer than is worth waiting in place."""
+
+    def __init__(self, seconds: float, reason: str) -> None:
+        super().__init__(reason)
+        self.seconds = seconds
+        self.reason = reason
+
+
+class MustWait(Exception):
+    """Pacing says the message may not go now (a window, a cap, a gap, its instance)."""
+
+    def __init__(self, wait: Wait) -> None:
+        super().__init__(wait.reason)
+        self.wait = wait
+
+
+class Stop(Exception):
+    """The message cannot go, for a reason known before any provider call."""
+
+    def __init__(self, status: str, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """The write that ends this attempt, and its name for metrics and logs."""
+
+    name: str  # "retry", "failed", "skipped", "deferred", "held", "handed back"
+    finish: Finish
+
+
+def check_start(job: Job) -> str:
+    """The number to send to, or Stop when the message can never go."""
+    ctx: dict[str, Any] | None = job.context
+    if job.campaign_status == "archived":
+        raise Stop("skipped", "skipped: the campaign is archived")
+    if ctx is None:
+        raise Stop("failed", f"lead {job.lead_id} does not exist")
+    if ctx.get("opted_out"):
+        raise Stop("skipped", "skipped: the lead opted out")
+    number = normalize_phone(ctx.get("phone"))
+    if number is None:
+        raise Stop("failed", "invalid phone number: not 10 to 15 digits")
+    return number
+
+
+def outcome(error: BaseException, job: Job, settings: Settings, now: datetime) -> Outcome:
+    """What the message becomes after `error` ended its attempt."""
+    if isinstance(error, Stop):
+        return _end(job, error.status, error.reason)
+    if isinstance(error, StopBetweenParts):
+        return Outcome("handed back", Finish(job.id, "pending", None, 1, None))
+    if isinstance(error, MustWait):
+        return _defer(job, error.wait)
+    if isinstance(error, InstanceMissingError):
+        return _defer(job, Wait(now + settings.instance_recheck, "instance down"))
+    if isinstance(error, GateClosed):
+        return _hold(job, now, error.seconds, error.reason, "held back")
+    if isinstance(error, RateLimitedError | HoldBackError):
+        seconds = error.retry_after or settings.hold.total_seconds()
+        note = f"held back by {error.provider} (HTTP {error.status}): {error}"
+        reason = "rate limit" if isinstance(error, RateLimitedError) else "held back"
+        return _hold(job, now, seconds, note, reason)
+    if isinstance(error, EmptyReplyError):
+        return _end(job, "failed", f"the LLM gave an empty reply after retries: {error}")
+    if isinstance(error, UnsplittableReply):
+        what = "the content" if job.content is not None and job.content.strip() else "the LLM reply"
+        why = "has no text to send" if type(error) is UnsplittableReply else "cannot be sent"
+        return _end(job, "failed", f"{what} {why}: {error}")
+    if isinstance(error, PermanentProviderError):
+        return _end(job, "failed", f"{error.provider}: {error}")
+    if isinstance(error, UncertainDeliveryError) and job.uncertain_sends >= MAX_UNCERTAIN_SENDS:
+        parts = len(job.parts or ())
+        label = f"part {job.parts_sent + 1}" + (f" of {parts}" if parts else "")
+        return _end(
+            job,
+            "failed",
+            f"{error.provider}: {label} may have been delivered: its send got no answer "
+            f"{job.uncertain_sends} times, so it is not sent again ({error})",
+        )
+    if is_data_error(error):
+        return _end(job, "failed", f"the database refused this message's data: {error}")
+    if isinstance(error, ProviderError):
+        return _retry_or_fail(job, now, settings, f"{error.provider}: {error}")
+    return _retry_or_fail(job, now, settings, f"unexpected error: {type(error).__name__}: {error}")
+
+
+def _end(job: Job, status: str, reason: str) -> Outcome:
+    return Outcome(status, Finish(job.id, status, None, 0, reason))
+
+
+def _defer(job: Job, wait: Wait) -> Outcome:
+    return Outcome("deferred", Finish(job.id, "pending", wait.until, 1, None, wait.reason))
+
+
+def _hold(job: Job, now: datetime, seconds: float, note: str, reason: str) -> Outcome:
+    when = now + timedelta(seconds=max(seconds, 0.0))
+    return Outcome("held", Finish(job.id, "pending", when, 1, note, reason))
+
+
+def _retry_or_fail(job: Job, now: datetime, settings: Settings, error: str) -> Outcome:
+    decision = after_failure(job.attempts, settings.retry_delays, error)
+    if decision.kind == "retry" and decision.delay is not None:
+        finish = Finish(job.id, "pending", now + decision.delay, 0, decision.last_error)
+        return Outcome("retry", finish)
+    return _end(job, "failed", decision.last_error)

@@ -1,0 +1,430 @@
+"""Every database operation on messages, and nothing else (Procrastinate's `manager.py`): claim
+with contexts, next due, the guarded writes of a message's journey (store parts, record a part,
+finish) batched by group commit, leases (renew, rescue, hand back), the sweep, pacing's
+bookings and the backlog. The SQL itself is named in queries.sql.
+
+Every write on a claimed message is guarded by the state and owner it expects (`status =
+'processing' AND locked_by = me`), so a worker whose lease was taken over can never finish a
+message twice; `LeaseLost` says so. A guarded write that loses its connection is run again,
+with backoff, for as long as the message's lease holds: the process knows what it must record
+(an accepted part's provider id), and a database blip must not make it give that up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable, Hashable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, TypeVar
+from uuid import UUID
+
+import psycopg
+from psycopg.rows import dict_row
+from psycopg_pool import AsyncConnectionPool
+
+from listener.batch import GroupCommit
+from listener.pacing import Wait
+from listener.queries import q
+from listener.settings import Settings
+from listener.text import clean_text
+
+log = logging.getLogger(__name__)
+
+R = TypeVar("R")
+
+# A batched write chosen as a deadlock's victim is run again this many times.
+_DEADLOCK_RETRIES = 3
+
+# A guarded write that lost its connection is tried again after these pauses (doubling up to
+# the cap) for as long as the message's lease holds.
+_WRITE_RETRY_FIRST = 0.1
+_WRITE_RETRY_CAP = 2.0
+
+
+def is_data_error(exc: BaseException) -> bool:
+    """A write refused for what it carries (bytes Postgres cannot store, a constraint), not
+    for the connection: running it again will not help, running it alone isolates it."""
+    return isinstance(exc, psycopg.DataError | psycopg.IntegrityError | UnicodeError)
+
+
+def is_connection_error(exc: BaseException) -> bool:
+    """The write may not have reached Postgres (or its answer did not come back)."""
+    return isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError)
+
+
+class LeaseLost(Exception):
+    """Our lease on a message was taken over; stop working on it without writing."""
+
+
+@dataclass
+class Job:
+    """One claimed message and what the worker knows of it."""
+
+    id: UUID
+    campaign_id: UUID
+    lead_id: UUID
+    attempts: int
+    content: str | None
+    parts: list[str] | None
+    parts_sent: int
+    scheduled_at: datetime
+    campaign_prompt: str | None
+    campaign_model: str | None
+    campaign_instance: str | None
+    campaign_status: str
+    paced: bool = False
+    gap: tuple[int, int] | None = None
+    context: dict[str, Any] | None = None
+    lost: bool = False
+    claimed_at: float = field(default_factory=time.monotonic)
+    # Until when (monotonic, a little early) our lease surely holds; renewals push it on.
+    lease_until: float = 0.0
+    # Inside a send or its record: a stop lets this finish instead of cancelling it.
+    sending: bool = False
+    # Sends of the current part that got no answer (from note_uncertain).
+    uncertain_sends: int = 0
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> Job:
+        parts = row["parts"]
+        return cls(
+            id=row["id"],
+            campaign_id=row["campaign_id"],
+            lead_id=row["lead_id"],
+            attempts=row["attempts"],
+            content=row["content"],
+            parts=list(parts) if parts is not None else None,
+            parts_sent=row["parts_sent"],
+            scheduled_at=row["scheduled_at"],
+            campaign_prompt=row["campaign_prompt"],
+            campaign_model=row["campaign_model"],
+            campaign_instance=row["campaign_instance"],
+            campaign_status=row["campaign_status"],
+            paced=row["paced"],
+            gap=(row["gap_min_seconds"], row["gap_max_seconds"])
+            if row["gap_max_seconds"]
+            else None,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class StoreParts:
+    """Fix a message's text and parts before its first part goes out."""
+
+    id: UUID
+    text: str | None
+    parts: list[str]
+
+
+@dataclass(frozen=True, slots=True)
+class RecordPart:
+    """An accepted part; the final one completes the message as sent."""
+
+    id: UUID
+    part_no: int
+    provider_id: str
+    final: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Finish:
+    """Leave `processing` for another state; `refund` gives back the attempt of the claim."""
+
+    id: UUID
+    status: str
+    scheduled_at: datetime | None
+    refund: int
+    last_error: str | None
+    wait_reason: str | None = None
+
+
+def _by_id(item: StoreParts | RecordPart | Finish) -> UUID:
+    """Batched writes touch their rows in id order, the order an index scan of `id = ANY(...)`
+    (renewing leases) uses too, which keeps deadlocks between them rare; a plan that does not
+    follow it is covered by running the victim again."""
+    return item.id
+
+
+def _optional(text: str | None) -> str | None:
+    return None if text is None else clean_text(text)
+
+
+class Store:
+    """The listener's database operations on messages, for one worker."""
+
+    def __init__(self, pool: AsyncConnectionPool, settings: Settings) -> None:
+        self.pool = pool
+        self.settings = settings
+        self.worker = settings.worker_id
+        # One bad row (bytes Postgres refuses) fails only its own write: the batch it was in
+        # runs again item by item.
+        self._store = GroupCommit(self._flush_store, key=_by_id, isolate=is_data_error)
+        self._record = GroupCommit(self._flush_record, key=_by_id, isolate=is_data_error)
+        self._finish = GroupCommit(self._flush_finish, key=_by_id, isolate=is_data_error)
+
+    def lease_margin(self) -> float:
+        """How long a lease taken (or renewed) now surely holds: its length, less a margin
+        for the clock of the statement that took it."""
+        lease = self.settings.lease.total_seconds()
+        return lease - min(1.0, lease / 10)
+
+    # ----------------------------------------------------------------------------------------
+    # Claiming
+    # ----------------------------------------------------------------------------------------
+
+    async def claim(self, limit: int) -> list[Job]:
+        """Claim up to `limit` due rows and load their leads' contexts (two round trips)."""
+        lease_until = time.monotonic() + self.lease_margin()
+        async with self.pool.connection() as conn:
+            cur = conn.cursor(row_factory=dict_row)
+            await cur.execute(
+                q("claim"), {"limit": limit, "worker": self.worker, "lease": self.settings.lease}
+            )
+            rows = await cur.fetchall()
+            if not rows:
+                return []
+            jobs = [Job.from_row(row) for row in rows]
+            await cur.execute(q("lead_contexts"), {"lead_ids": list({j.lead_id for j in jobs})})
+            contexts = {row["lead_id"]: row["context"] for row in await cur.fetchall()}
+        for job in jobs:
+            job.context = contexts.get(job.lead_id)
+            job.lease_until = lease_until
+        return jobs
+
+    async def next_due(self) -> datetime | None:
+        """When the next future pending row comes due."""
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(q("next_due"))
+            row = await cur.fetchone()
+        return row[0] if row else None
+
+    async def backlog(self) -> int:
+        """Pending rows already due."""
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(q("backlog"))
+            row = await cur.fetchone()
+        return int(row[0]) if row else 0
+
+    # ----------------------------------------------------------------------------------------
+    # A message's guarded writes
+    # ----------------------------------------------------------------------------------------
+
+    async def store_parts(self, item: StoreParts, job: Job) -> None:
+        await self._guarded(self._store, item, job)
+
+    async def record_part(self, item: RecordPart, job: Job) -> None:
+        await self._guarded(self._record, item, job)
+
+    async def finish(self, item: Finish, job: Job) -> None:
+        await self._guarded(self._finish, item, job)
+
+    async def note_uncertain(self, job: Job) -> int:
+        """A send of the message's next part got no answer: count it on the row (so every
+        listener honours it); returns how many sends of that part got none."""
+        params = {"id": job.id, "part_no": job.parts_sent, "worker": self.worker}
+
+        async def execute() -> int | None:
+            async with self.pool.connection() as conn:
+                cur = await conn.execute(q("note_uncertain"), params)
+                row = await cur.fetchone()
+            return None if row is None else int(row[0])
+
+        sends, _ = await self._retrying(job, execute)
+        if sends is None:
+            raise LeaseLost()
+        return sends
+
+    async def _guarded(
+        self, writer: GroupCommit[Any], item: StoreParts | RecordPart | Finish, job: Job
+    ) -> None:
+        matched, retried = await self._retrying(job, lambda: writer.submit(item))
+        if matched:
+            return
+        # After a lost answer the first try may have gone through: a part already recorded
+        # is recorded.
+        if retried and isinstance(item, RecordPart) and await self._recorded(item):
+            return
+        raise LeaseLost()
+
+    async def _recorded(self, item: RecordPart) -> bool:
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(q("parts_sent"), {"id": item.id})
+            row = await cur.fetchone()
+        return row is not None and row[0] > item.part_no
+
+    async def _retrying(self, job: Job, write: Callable[[], Awaitable[R]]) -> tuple[R, bool]:
+        """Run a guarded write; on a lost connection run it again, with backoff, while the
+        message's lease holds. Returns the result and whether it took more than one try."""
+        pause = _WRITE_RETRY_FIRST
+        retried = False
+        while True:
+            try:
+                return await write(), retried
+            except Exception as exc:
+                if not is_connection_error(exc) or time.monotonic() + pause > job.lease_until:
+                    raise
+                log.warning(
+                    "a write lost its connection, trying again in %.1fs: %s",
+                    pause,
+                    exc,
+                    extra={"action": "write_retry", "message_id": str(job.id)},
+                )
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, _WRITE_RETRY_CAP)
+            retried = True
+
+    # ----------------------------------------------------------------------------------------
+    # Batched statements (group commit)
+    # ----------------------------------------------------------------------------------------
+
+    async def _returning_ids(self, name: str, params: dict[str, Any]) -> set[Hashable]:
+        """Run one batched write. Each is a single guarded statement (state, owner, part
+        number), so when Postgres picks it as the victim of a deadlock with another of our
+        writes it is simply run again."""
+        for retry in range(_DEADLOCK_RETRIES + 1):
+            try:
+                async with self.pool.connection() as conn:
+                    cur = await conn.execute(q(name), params)
+                    return {row[0] for row in await cur.fetchall()}
+            except psycopg.errors.DeadlockDetected:
+                if retry == _DEADLOCK_RETRIES:
+                    raise
+                log.info(
+                    "%s was a deadlock victim, running it again",
+                    name,
+                    extra={"action": "deadlock_retry", "statement": name},
+                )
+                # Let the other side, already waiting, take the rows and finish first.
+                await asyncio.sleep(0.05 * (retry + 1))
+        raise AssertionError("unreachable")
+
+    async def _flush_store(self, items: list[StoreParts]) -> set[Hashable]:
+        items = sorted(items, key=_by_id)
+        return await self._returning_ids(
+            "store_parts",
+            {
+                "ids": [i.id for i in items],
+                "texts": [_optional(i.text) for i in items],
+                "parts": [json.dumps(i.parts, ensure_ascii=False) for i in items],
+                "worker": self.worker,
+            },
+        )
+
+    async def _flush_record(self, items: list[RecordPart]) -> set[Hashable]:
+        items = sorted(items, key=_by_id)
+        return await self._returning_ids(
+            "record_parts",
+            {
+                "ids": [i.id for i in items],
+                "part_nos": [i.part_no for i in items],
+                "provider_ids": [clean_text(i.provider_id) for i in items],
+                "finals": [i.final for i in items],
+                "worker": self.worker,
+            },
+        )
+
+    async def _flush_finish(self, items: list[Finish]) -> set[Hashable]:
+        items = sorted(items, key=_by_id)
+        return await self._returning_ids(
+            "finish",
+            {
+                "ids": [i.id for i in items],
+                "statuses": [i.status for i in items],
+                "scheduled": [i.scheduled_at for i in items],
+                "refunds": [i.refund for i in items],
+                "errors": [_optional(i.last_error) for i in items],
+                "reasons": [i.wait_reason for i in items],
+                "worker": self.worker,
+            },
+        )
+
+    # ----------------------------------------------------------------------------------------
+    # Leases
+    # ----------------------------------------------------------------------------------------
+
+    async def renew(self, jobs: list[Job]) -> None:
+        """Extend the lease of `jobs`; mark the ones taken from us as lost."""
+        lease_until = time.monotonic() + self.lease_margin()
+        kept = await self._returning_ids(
+            "renew_leases",
+            {"ids": [j.id for j in jobs], "worker": self.worker, "lease": self.settings.lease},
+        )
+        for job in jobs:
+            if job.id in kept:
+                job.lease_until = lease_until
+            else:
+                job.lost = True
+
+    async def hand_back(self, ids: list[UUID]) -> None:
+        """Put messages we still hold back in the queue, due as they were, attempt refunded
+        (a stop). A lost connection is tried again briefly before leaving them to their lease."""
+        items = sorted((Finish(i, "pending", None, 1, None) for i in ids), key=_by_id)
+        for retry in range(3):
+            try:
+                await self._flush_finish(items)
+                return
+            except psycopg.Error as exc:
+                if retry == 2 or not is_connection_error(exc):
+                    raise
+                await asyncio.sleep(0.2 * (retry + 1))
+
+    async def rescue(self) -> list[tuple[UUID, str]]:
+        """Take back rows whose lease expired (see queries.sql for who keeps the attempt)."""
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(
+                q("rescue_expired"), {"max_attempts": self.settings.max_attempts}
+            )
+            return [(row[0], row[1]) for row in await cur.fetchall()]
+
+    async def sweep(self, max_age: timedelta) -> int:
+        """The seed's sweep: skip pending rows that have not begun, due longer than `max_age`."""
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(q("sweep_old"), {"max_age": max_age})
+            row = await cur.fetchone()
+        return int(row[0]) if row else 0
+
+    # ----------------------------------------------------------------------------------------
+    # Pacing: the bookings (the rules are SQL functions, atomic across listeners)
+    # ----------------------------------------------------------------------------------------
+
+    async def pace_start(self, job: Job) -> Wait | None:
+        """The campaign's window and daily cap. On success the message holds a slot of today's
+        cap for as long as it is processing or sent, or once a part of it went out."""
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(
+                q("pace_start"), {"campaign_id": job.campaign_id, "message_id": job.id}
+            )
+            row = await cur.fetchone()
+        assert row is not None
+        go, until, reason, _ = row
+        return None if go else Wait(until, reason)
+
+    async def take_gap(self, instance: str, gap: tuple[int, int]) -> Wait | None:
+        """Take the instance's next send slot; a wait of under half a second is slept through."""
+        until = None
+        for _ in range(3):
+            async with self.pool.connection() as conn:
+                cur = await conn.execute(
+                    q("take_gap"), {"instance": instance, "min": gap[0], "max": gap[1]}
+                )
+                row = await cur.fetchone()
+            assert row is not None
+            go, until = row
+            if go:
+                return None
+            remaining = (until - datetime.now(until.tzinfo)).total_seconds()
+            if remaining > 0.5:
+                break
+            await asyncio.sleep(max(remaining, 0.0))
+        assert until is not None
+        return Wait(until, "gap")
+
+    async def gap_sent(self, instance: str, gap: tuple[int, int]) -> None:
+        """The first part was accepted: the next message through this instance goes a whole
+        gap after this send, even if the send came late for its booking."""
+        async with self.pool.connection() as conn:
+            await conn.execute(q("gap_sent"), {"instance": instance, "min": gap[0], "max": gap[1]})
