@@ -124,7 +124,10 @@ def test_replay_by_run(
 
     assert entry(["replay", "--run", str(run_a)]) == 0
 
-    assert lines(capsys.readouterr().out)[-1] == "re-queued 3 messages"
+    assert lines(capsys.readouterr().out) == [
+        f"re-queue failed messages of run {run_a}",
+        "re-queued 3 messages",
+    ]
     assert {status_of(db, i) for i in in_a} == {"pending"}
     assert status_of(db, in_b) == "failed"
     # The run is open again: its three messages have no outcome any more.
@@ -296,8 +299,12 @@ def test_replay_with_all_requeues_every_failed_message(
 
     assert entry(["replay", "--all"]) == 0
 
-    assert lines(capsys.readouterr().out)[-1] == "re-queued 2 messages"
-    assert db.execute("SELECT DISTINCT status FROM campaign_messages").fetchall() == [("pending",)]
+    assert lines(capsys.readouterr().out) == [
+        "re-queue failed messages (all of them)",
+        "re-queued 2 messages",
+    ]
+    rows = db.execute("SELECT status, attempts, last_error FROM campaign_messages").fetchall()
+    assert rows == [("pending", 0, None)] * 2
 
 
 # --------------------------------------------------------------------------------------------
@@ -519,6 +526,7 @@ def test_stats_table_for_people(
 def test_stats_of_an_empty_window(cli_db: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert entry(["stats", "--since", "5m"]) == 0
     out = capsys.readouterr().out
+    assert out.startswith("last 5m (since ")
     assert "none sent" in out and "none created" in out
     assert re.search(r"^average processing time\s+-$", out, re.MULTILINE)
 

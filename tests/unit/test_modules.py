@@ -6,6 +6,7 @@ from __future__ import annotations
 import pkgutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -34,3 +35,17 @@ def test_every_command_is_registered_in_one_module() -> None:
     assert {command.callback.__module__ for command in main.commands.values()} == {  # type: ignore[union-attr]
         "listener.cli"
     }
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        [sys.executable, "-m", "listener"],
+        [str(Path(sys.executable).parent / "listener")],  # the console script of pyproject
+    ],
+)
+def test_the_command_runs_as_a_module_and_as_a_console_script(command: list[str]) -> None:
+    done = subprocess.run([*command, "--help"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    listed = {line.split()[0] for line in done.stdout.split("Commands:")[1].splitlines() if line}
+    assert listed == {"demo", "migrate", "replay", "run", "stats"}
