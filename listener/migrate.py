@@ -78,7 +78,7 @@ _CONCURRENT_INDEX = re.compile(
 )
 _DOLLAR_QUOTE = re.compile(r"\$([A-Za-z_][A-Za-z_0-9]*)?\$")
 _INVALID_INDEXES: LiteralString = """
-SELECT format('%I.%I', n.nspname, c.relname) AS name
+SELECT format('%%I.%%I', n.nspname, c.relname) AS name
   FROM pg_index i
   JOIN pg_class c ON c.oid = i.indexrelid
   JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -197,8 +197,8 @@ def _strip_comments(text: str) -> str:
 
 
 def _pre_baseline(applied: dict[str, tuple[str, str]]) -> str | None:
-    """The label of an applied development file the baseline replaced, if any."""
-    for version, (name, checksum) in sorted(applied.items()):
+    """The label of the newest applied development file the baseline replaced, if any."""
+    for version, (name, checksum) in sorted(applied.items(), reverse=True):
         if (version, name) in _PRE_BASELINE_NAMES or (version, checksum) in _PRE_BASELINE_CHECKSUMS:
             return f"{version}_{name}.sql"
     return None
