@@ -1,5 +1,5 @@
 """Campaign pacing that needs the database's atomicity (send windows, daily caps, gaps per
-sender instance; the SQL lives in migrations/0003_pacing.sql and 0005_cap_slots.sql) and the
+sender instance; the SQL lives in migrations/0003_pacing.sql) and the
 cached health of each sender instance.
 
 A message that may not go now is never failed or skipped for it: it goes back to `pending`,
