@@ -10,8 +10,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.aiohttp import make_aiohttp_handler
 
 from listener.errors import ConfigurationError
 
@@ -86,9 +86,6 @@ class Metrics:
             child = self._latencies[provider] = self.provider_seconds.labels(provider=provider)
         return child
 
-    def render(self) -> bytes:
-        return generate_latest(self.registry)
-
 
 @dataclass
 class Health:
@@ -130,14 +127,12 @@ class Health:
 async def serve(metrics: Metrics, health: Health, host: str, port: int) -> web.AppRunner:
     """Start the HTTP server; the caller stops it with `runner.cleanup()`."""
 
-    async def metrics_view(_: web.Request) -> web.Response:
-        return web.Response(body=metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})
-
     async def health_view(_: web.Request) -> web.Response:
         return web.json_response(health.as_dict(), status=200 if health.ok else 503)
 
     app = web.Application()
-    app.router.add_get("/metrics", metrics_view)
+    # prometheus_client's own handler: content negotiation (OpenMetrics) and gzip included.
+    app.router.add_get("/metrics", make_aiohttp_handler(metrics.registry))
     app.router.add_get("/healthz", health_view)
     try:
         sockets = await _listen(host, port)

@@ -1,5 +1,10 @@
 -- Every SQL statement the listener runs, named. Blocks start with `-- name --`,
 -- then a comment line describing the query, then the query. Loaded by listener/queries.py.
+-- Grouped by concern; a block's description comment lines are not part of its statement.
+
+-- ==============================================================================================
+-- Claiming: due rows, their leads' contexts, when the next one comes due
+-- ==============================================================================================
 
 -- claim --
 -- Take up to %(limit)s due rows. SKIP LOCKED lets listeners share the queue without waiting on
@@ -21,17 +26,16 @@ WITH due AS (
 UPDATE campaign_messages m
    SET status = 'processing',
        attempts = m.attempts + 1,
-       cap_day = CASE WHEN m.parts_sent > 0 THEN m.cap_day END,  -- see 0005_cap_slots.sql
+       cap_day = CASE WHEN m.parts_sent > 0 THEN m.cap_day END,  -- a stale cap slot is dropped (migrations: cap slots)
        locked_by = %(worker)s,
        locked_until = now() + %(lease)s,
        started_at = now(),
        updated_at = now()
   FROM due, campaigns c
  WHERE m.id = due.id AND c.id = m.campaign_id
-RETURNING m.id, m.campaign_id, m.lead_id, m.run_id, m.attempts, m.content, m.parts,
-          m.parts_sent, m.provider_message_ids, m.scheduled_at,
-          c.prompt AS campaign_prompt, c.model AS campaign_model,
-          c.instance AS campaign_instance, c.status AS campaign_status, c.name AS campaign_name,
+RETURNING m.id, m.campaign_id, m.lead_id, m.attempts, m.content, m.parts, m.parts_sent,
+          m.scheduled_at, c.prompt AS campaign_prompt, c.model AS campaign_model,
+          c.instance AS campaign_instance, c.status AS campaign_status,
           (c.send_window_start IS NOT NULL OR c.send_days IS NOT NULL
            OR c.daily_cap IS NOT NULL) AS paced,
           c.gap_min_seconds, c.gap_max_seconds
@@ -39,6 +43,21 @@ RETURNING m.id, m.campaign_id, m.lead_id, m.run_id, m.attempts, m.content, m.par
 -- lead_contexts --
 -- Every lead's context for a whole batch in one round trip.
 SELECT lead_id, context FROM get_lead_full_context(%(lead_ids)b::uuid[])
+
+-- next_due --
+-- When the next pending row comes due, to set the wake-up timer.
+SELECT min(scheduled_at) AS next_due
+  FROM campaign_messages
+ WHERE status = 'pending' AND wait_reason IS DISTINCT FROM 'paused' AND scheduled_at > now()
+
+-- backlog --
+-- Pending rows already due (a gauge on /metrics); paused campaigns' rows are not due.
+SELECT count(*) AS due FROM campaign_messages
+ WHERE status = 'pending' AND wait_reason IS DISTINCT FROM 'paused' AND scheduled_at <= now()
+
+-- ==============================================================================================
+-- A message's guarded writes (batched by group commit; see store.py)
+-- ==============================================================================================
 
 -- store_parts --
 -- Fix the text and parts of messages before their first part goes out (guarded by the lease).
@@ -87,6 +106,23 @@ UPDATE campaign_messages m
  WHERE m.id = v.id AND m.status = 'processing' AND m.locked_by = %(worker)b
 RETURNING m.id
 
+-- parts_sent --
+-- How many parts of a message are recorded (after a write whose answer was lost).
+SELECT parts_sent FROM campaign_messages WHERE id = %(id)s
+
+-- note_uncertain --
+-- A send of part %(part_no)s got no answer: count it against that part (guarded by the lease).
+UPDATE campaign_messages
+   SET uncertain_sends = CASE WHEN uncertain_part = %(part_no)s THEN uncertain_sends + 1 ELSE 1 END,
+       uncertain_part = %(part_no)s,
+       updated_at = now()
+ WHERE id = %(id)s AND status = 'processing' AND locked_by = %(worker)s
+RETURNING uncertain_sends
+
+-- ==============================================================================================
+-- Leases and the sweep
+-- ==============================================================================================
+
 -- renew_leases --
 -- A live worker extends the lease of what it still holds; ids missing from the result were
 -- taken from it (their lease expired) and must not be worked on any more.
@@ -128,47 +164,43 @@ UPDATE campaign_messages m
  WHERE m.id = e.id
 RETURNING m.id, m.status
 
--- parts_sent --
--- How many parts of a message are recorded (after a write whose answer was lost).
-SELECT parts_sent FROM campaign_messages WHERE id = %(id)s
-
--- note_uncertain --
--- A send of part %(part_no)s got no answer: count it against that part (guarded by the lease).
-UPDATE campaign_messages
-   SET uncertain_sends = CASE WHEN uncertain_part = %(part_no)s THEN uncertain_sends + 1 ELSE 1 END,
-       uncertain_part = %(part_no)s,
-       updated_at = now()
- WHERE id = %(id)s AND status = 'processing' AND locked_by = %(worker)s
-RETURNING uncertain_sends
-
--- next_due --
--- When the next pending row comes due, to set the wake-up timer.
-SELECT min(scheduled_at) AS next_due
-  FROM campaign_messages
- WHERE status = 'pending' AND wait_reason IS DISTINCT FROM 'paused' AND scheduled_at > now()
-
 -- sweep_old --
 -- The seed's sweep: skip pending rows due longer ago than the age limit.
 SELECT mark_old_campaign_messages_as_skipped(%(max_age)s) AS skipped
 
+-- ==============================================================================================
+-- Pacing: windows, daily caps and gaps (the rules are SQL functions in migrations/)
+-- ==============================================================================================
+
+-- pace_start --
+-- A paced campaign's window and daily cap: may this message be worked on now? Gives it a slot of
+-- today's cap, which it lets go of by itself if it leaves `processing` for anything but `sent`.
+SELECT go, wait_until, reason, cap_day
+  FROM listener_pace_start(%(campaign_id)s, %(message_id)s, now())
+
+-- take_gap --
+-- Take the sender instance's next slot right before a message's first part goes out.
+SELECT go, wait_until FROM listener_take_gap(%(instance)s, %(min)s, %(max)s, now())
+
+-- gap_sent --
+-- A message's first part was accepted through the instance: its next send waits a gap from now.
+SELECT listener_gap_sent(%(instance)s, %(min)s, %(max)s, now())
+
+-- ==============================================================================================
+-- The LISTEN connection and health
+-- ==============================================================================================
+
 -- listen_check --
 -- Is the LISTEN connection still listening? (A half-open connection raises no error.)
-SELECT count(*) AS n FROM pg_listening_channels() AS c WHERE c = 'campaign_messages'
+SELECT count(*) AS n FROM pg_listening_channels() AS c WHERE c = %(channel)s
 
 -- ping --
 -- Does the database answer at all? (The health probe, under a short timeout.)
 SELECT 1
 
--- sandbox_send --
--- The sandbox sender's "delivery": one row per accepted part.
-INSERT INTO sandbox_outbox (instance, number, text, provider_message_id)
-SELECT * FROM unnest(%(instances)b::text[], %(numbers)b::text[], %(texts)b::text[],
-                     %(provider_ids)b::text[])
-
--- backlog --
--- Pending rows already due (a gauge on /metrics); paused campaigns' rows are not due.
-SELECT count(*) AS due FROM campaign_messages
- WHERE status = 'pending' AND wait_reason IS DISTINCT FROM 'paused' AND scheduled_at <= now()
+-- ==============================================================================================
+-- listener replay
+-- ==============================================================================================
 
 -- replay_named --
 -- The status of each message `listener replay --id` names, to report the ones it refuses.
@@ -218,6 +250,10 @@ WITH target AS (
 )
 SELECT status, count(*)::integer AS n FROM requeued GROUP BY status
 
+-- ==============================================================================================
+-- listener stats (the seed's step 4.2, and what waits)
+-- ==============================================================================================
+
 -- stats_processing --
 -- Seed step 4.2, "tempo médio de processamento", with the window as a parameter.
 SELECT now() AS now,
@@ -261,6 +297,33 @@ SELECT (SELECT count(*)::integer FROM campaign_messages
           FROM campaign_messages
          WHERE status = 'pending' AND wait_reason IS DISTINCT FROM 'paused'
            AND scheduled_at <= now()) AS due
+
+-- stats_waiting --
+-- What is waiting per campaign, and why: a paused campaign, a pacing reason (window, cap,
+-- gap, instance down), a retry, a future schedule, or simply due.
+SELECT c.name AS campaign, c.id AS campaign_id,
+       CASE WHEN c.status = 'paused' THEN 'paused'
+            WHEN m.wait_reason IS NOT NULL THEN m.wait_reason
+            WHEN m.last_error IS NOT NULL THEN 'retry'
+            WHEN m.scheduled_at > now() THEN 'scheduled'
+            ELSE 'due' END AS reason,
+       count(*)::integer AS count,
+       min(m.scheduled_at) AS next_at
+  FROM campaign_messages m
+  JOIN campaigns c ON c.id = m.campaign_id
+ WHERE m.status = 'pending'
+ GROUP BY 1, 2, 3
+ ORDER BY 1, 3
+
+-- ==============================================================================================
+-- The sandbox sender and listener demo
+-- ==============================================================================================
+
+-- sandbox_send --
+-- The sandbox sender's "delivery": one row per accepted part.
+INSERT INTO sandbox_outbox (instance, number, text, provider_message_id)
+SELECT * FROM unnest(%(instances)b::text[], %(numbers)b::text[], %(texts)b::text[],
+                     %(provider_ids)b::text[])
 
 -- demo_guard --
 -- Before the demo runs its sandbox listener on a database it does not own: other listeners
@@ -321,34 +384,3 @@ WITH messages AS (
     DELETE FROM leads WHERE id IN (SELECT lead_id FROM messages)
 )
 DELETE FROM campaigns WHERE id = %(campaign_id)s
-
--- pace_start --
--- A paced campaign's window and daily cap: may this message be worked on now? Gives it a slot of
--- today's cap, which it lets go of by itself if it leaves `processing` for anything but `sent`.
-SELECT go, wait_until, reason, cap_day
-  FROM listener_pace_start(%(campaign_id)s, %(message_id)s, now())
-
--- gap_sent --
--- A message's first part was accepted through the instance: its next send waits a gap from now.
-SELECT listener_gap_sent(%(instance)s, %(min)s, %(max)s, now())
-
--- take_gap --
--- Take the sender instance's next slot right before a message's first part goes out.
-SELECT go, wait_until FROM listener_take_gap(%(instance)s, %(min)s, %(max)s, now())
-
--- stats_waiting --
--- What is waiting per campaign, and why: a paused campaign, a pacing reason (window, cap,
--- gap, instance down), a retry, a future schedule, or simply due.
-SELECT c.name AS campaign, c.id AS campaign_id,
-       CASE WHEN c.status = 'paused' THEN 'paused'
-            WHEN m.wait_reason IS NOT NULL THEN m.wait_reason
-            WHEN m.last_error IS NOT NULL THEN 'retry'
-            WHEN m.scheduled_at > now() THEN 'scheduled'
-            ELSE 'due' END AS reason,
-       count(*)::integer AS count,
-       min(m.scheduled_at) AS next_at
-  FROM campaign_messages m
-  JOIN campaigns c ON c.id = m.campaign_id
- WHERE m.status = 'pending'
- GROUP BY 1, 2, 3
- ORDER BY 1, 3

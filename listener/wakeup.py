@@ -162,7 +162,7 @@ class NotifyListener:
             self._health.last_error = why
 
         async def listening() -> dict[str, object] | None:
-            cur = await conn.execute(q("listen_check"))
+            cur = await conn.execute(q("listen_check"), {"channel": CHANNEL})
             return await cur.fetchone()
 
         try:
