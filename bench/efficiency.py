@@ -32,8 +32,8 @@ import psycopg
 
 from listener.cli import run_async  # the loop `listener run` uses (uvloop)
 from listener.phones import normalize_phone
-from listener.processor import FORMAT_INSTRUCTIONS
 from listener.providers._http import make_client
+from listener.writing import FORMAT_INSTRUCTIONS
 
 TARGET = 0.95
 

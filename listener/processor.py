@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -36,7 +35,7 @@ from listener.pacing import InstanceHealth, Wait
 from listener.phones import mask_phone
 from listener.providers.base import LLM, Sender, SentPart
 from listener.settings import Settings
-from listener.split import UnsplittableReply, split_content, split_reply
+from listener.split import UnsplittableReply, split_content
 from listener.store import (
     Finish,
     Job,
@@ -47,16 +46,9 @@ from listener.store import (
     is_connection_error,
     is_data_error,
 )
-from listener.text import clean_text
+from listener.writing import Writer
 
 log = logging.getLogger(__name__)
-
-FORMAT_INSTRUCTIONS = (
-    "Write the outbound WhatsApp message for the lead described in the user message. "
-    'Answer with JSON only: {"messages": ["first part", "second part"]}, one short part per '
-    "WhatsApp bubble, at most {max_parts} parts, in the lead's language. Do not repeat what "
-    "the lead's recent_messages already said."
-)
 
 
 # The errors a message's journey expects; anything else is a bug, logged with its traceback.
@@ -84,6 +76,7 @@ class Processor:
         self.health = health or Health()
         self.store = Store(pool, settings)
         self.calls = ProviderCalls(settings, self.metrics)
+        self.writer = Writer(settings, llm, self.calls, on_request=on_request)
         self.instances = InstanceHealth(
             sender.connection_state, settings.instance_check_ttl.total_seconds()
         )
@@ -96,7 +89,6 @@ class Processor:
         self._stopped = asyncio.Event()
         # Set when the shutdown's grace period is over: messages stop between parts.
         self._past_grace = False
-        self._on_request = on_request
         # Claim ahead at most one window's worth beyond the window itself: enough to keep the
         # slots busy while the next claim runs, never a whole backlog in memory.
         self._high_water = settings.concurrency * 2
@@ -317,57 +309,11 @@ class Processor:
                 job.content, max_parts=settings.max_parts, max_chars=settings.max_part_chars
             )
         else:
-            text, parts = await self._write(job)
+            text, parts = await self.writer.write(job, check=lambda: self._check(job))
         self._check(job)
         await self.store.store_parts(StoreParts(job.id, text, parts), job)
         job.parts = parts
         return parts
-
-    async def _write(self, job: Job) -> tuple[str, list[str]]:
-        """Ask the LLM and split its reply; a reply with nothing to send is asked again, with
-        the quick retries' backoff, before the message fails for it."""
-        settings = self.settings
-        for retry in range(settings.quick_retries + 1):
-            text = clean_text(await self._generate(job))
-            try:
-                parts = split_reply(
-                    text, max_parts=settings.max_parts, max_chars=settings.max_part_chars
-                )
-                # JSON escapes (`\u0000`, a lone `\ud800`) decode to what Postgres refuses.
-                parts = [c for part in parts if (c := clean_text(part).strip())]
-                if not parts:
-                    raise UnsplittableReply("the reply has nothing but NUL bytes to send")
-                return text, parts
-            except UnsplittableReply as exc:
-                if retry == settings.quick_retries:
-                    raise
-                pause = min(
-                    settings.quick_retry_base.total_seconds() * 2**retry,
-                    settings.quick_retry_max.total_seconds(),
-                )
-                log.warning(
-                    "the LLM reply has nothing to send, asking again in %.1fs: %s",
-                    pause,
-                    exc,
-                    extra={"action": "llm_reply_unsplittable", "message_id": str(job.id)},
-                )
-                await asyncio.sleep(pause)
-        raise AssertionError("unreachable")
-
-    async def _generate(self, job: Job) -> str:
-        system = (job.campaign_prompt or "").strip()
-        system = (system + "\n\n" if system else "") + FORMAT_INSTRUCTIONS.replace(
-            "{max_parts}", str(self.settings.max_parts)
-        )
-        user = json.dumps({"lead": job.context}, ensure_ascii=False, default=str)
-        model = job.campaign_model or self.settings.model
-        if self._on_request is not None:
-            self._on_request(job)
-        return await self.calls.call(
-            self.calls.llm,
-            lambda: self.llm.generate(model=model, system=system, user=user),
-            check=lambda: self._check(job),
-        )
 
     async def _send_parts(self, job: Job, instance: str, number: str, parts: list[str]) -> None:
         delay = self.settings.part_delay.total_seconds()
