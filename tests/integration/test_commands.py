@@ -7,7 +7,9 @@ import asyncio
 import json
 import re
 import shutil
+import tempfile
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -36,6 +38,18 @@ def cli_db(db_url: str, monkeypatch: pytest.MonkeyPatch) -> str:
     """DATABASE_URL points at the test's database, for commands run through `entry`."""
     monkeypatch.setenv("DATABASE_URL", db_url)
     return db_url
+
+
+@pytest.fixture
+def data_dir() -> Iterator[Path]:
+    """A LISTENER_DATA_DIR for an embedded Postgres, removed afterwards. Outside pytest's own
+    temporary folder: the embedded server runs as another user, and a pytest session started
+    meanwhile makes that folder private to its owner again."""
+    folder = Path(tempfile.mkdtemp(prefix="listener-test-data-"))
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def message(
@@ -620,10 +634,10 @@ def test_demo_refuses_a_database_with_queued_messages(
 
 
 def test_demo_on_a_fresh_machine_uses_an_embedded_postgres_and_stops_it(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    data_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.delenv("DATABASE_URL", raising=False)
-    monkeypatch.setenv("LISTENER_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("LISTENER_DATA_DIR", str(data_dir))
 
     code = entry(["demo", "--leads", "4"])
 
@@ -631,17 +645,17 @@ def test_demo_on_a_fresh_machine_uses_an_embedded_postgres_and_stops_it(
     assert code == 0, captured.err
     out = captured.out
     assert "4 messages, done in" in out and "3 sent, 1 skipped, 0 failed" in out
-    assert (tmp_path / "demo" / "pgdata" / "PG_VERSION").exists()
-    assert not (tmp_path / "demo" / "pgdata" / "postmaster.pid").exists()
+    assert (data_dir / "demo" / "pgdata" / "PG_VERSION").exists()
+    assert not (data_dir / "demo" / "pgdata" / "postmaster.pid").exists()
 
 
 def test_after_the_demo_the_printed_command_shows_its_data(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    data_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """A newcomer's path: `listener demo --keep`, then `listener stats` with nothing set
     (another embedded database, never migrated), then the command the demo printed."""
     monkeypatch.delenv("DATABASE_URL", raising=False)
-    monkeypatch.setenv("LISTENER_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("LISTENER_DATA_DIR", str(data_dir))
     try:
         code = entry(["demo", "--leads", "4", "--keep"])
         captured = capsys.readouterr()
@@ -651,7 +665,7 @@ def test_after_the_demo_the_printed_command_shows_its_data(
         assert found is not None, out
         command = found.group(1)
         assert re.fullmatch(
-            rf"LISTENER_DATA_DIR={re.escape(str(tmp_path / 'demo'))} (uv run )?listener stats"
+            rf"LISTENER_DATA_DIR={re.escape(str(data_dir / 'demo'))} (uv run )?listener stats"
             r" --since 1h",
             command,
         ), command
