@@ -3,6 +3,7 @@
 ListenerError
 ├── ConfigurationError        bad settings or arguments; the operator must fix them
 ├── DatabaseError             a database operation failed (wraps psycopg errors)
+│   └── DataRefusedError      Postgres refused a message's own data (one bad row)
 ├── MigrationError            a migration file is missing, changed or fails
 └── ProviderError             an LLM or sender call did not succeed
     ├── TransientProviderError    may heal on its own: timeouts, 5xx, 408
@@ -25,6 +26,11 @@ class ConfigurationError(ListenerError):
 
 class DatabaseError(ListenerError):
     """A database operation failed; raised at the boundary instead of driver errors."""
+
+
+class DataRefusedError(DatabaseError):
+    """Postgres refused what one message's write carries (bytes it cannot store, a constraint):
+    running it again will not help, so that message fails with the reason."""
 
 
 class MigrationError(ListenerError):

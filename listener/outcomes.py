@@ -20,6 +20,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from listener.errors import (
+    DataRefusedError,
     EmptyReplyError,
     HoldBackError,
     InstanceMissingError,
@@ -28,12 +29,12 @@ from listener.errors import (
     RateLimitedError,
     UncertainDeliveryError,
 )
+from listener.jobs import Finish, Job
 from listener.pacing import Wait
 from listener.phones import normalize_phone
 from listener.retry import after_failure
 from listener.settings import Settings
 from listener.split import UnsplittableReply
-from listener.store import Finish, Job, is_data_error
 
 # A part whose send got no answer may have been delivered; it is sent at most this many times.
 MAX_UNCERTAIN_SENDS = 2
@@ -126,8 +127,8 @@ def outcome(error: BaseException, job: Job, settings: Settings, now: datetime) -
             f"{error.provider}: {label} may have been delivered: its send got no answer "
             f"{job.uncertain_sends} times, so it is not sent again ({error})",
         )
-    if is_data_error(error):
-        return _end(job, "failed", f"the database refused this message's data: {error}")
+    if isinstance(error, DataRefusedError):
+        return _end(job, "failed", str(error))
     if isinstance(error, ProviderError):
         return _retry_or_fail(job, now, settings, f"{error.provider}: {error}")
     return _retry_or_fail(job, now, settings, f"unexpected error: {type(error).__name__}: {error}")

@@ -19,8 +19,14 @@ from psycopg_pool import AsyncConnectionPool
 
 from listener.calls import ProviderCalls
 from listener.db import within
-from listener.errors import InstanceMissingError, ProviderError, UncertainDeliveryError
+from listener.errors import (
+    DataRefusedError,
+    InstanceMissingError,
+    ProviderError,
+    UncertainDeliveryError,
+)
 from listener.gate import Gate
+from listener.jobs import Finish, Job, RecordPart, StoreParts
 from listener.metrics import Health, Metrics
 from listener.outcomes import (
     GateClosed,
@@ -36,23 +42,22 @@ from listener.phones import mask_phone
 from listener.providers.base import LLM, Sender, SentPart
 from listener.settings import Settings
 from listener.split import UnsplittableReply, split_content
-from listener.store import (
-    Finish,
-    Job,
-    LeaseLost,
-    RecordPart,
-    Store,
-    StoreParts,
-    is_connection_error,
-    is_data_error,
-)
+from listener.store import LeaseLost, Store, is_connection_error
 from listener.writing import Writer
 
 log = logging.getLogger(__name__)
 
 
 # The errors a message's journey expects; anything else is a bug, logged with its traceback.
-_EXPECTED = (ProviderError, UnsplittableReply, Stop, StopBetweenParts, MustWait, GateClosed)
+_EXPECTED = (
+    ProviderError,
+    UnsplittableReply,
+    Stop,
+    StopBetweenParts,
+    MustWait,
+    GateClosed,
+    DataRefusedError,
+)
 
 
 class Processor:
@@ -256,6 +261,11 @@ class Processor:
                 exc,
                 extra={"action": "message_db_error", "message_id": str(job.id)},
             )
+        except Exception:  # a bug, or an outcome Postgres refused: the lease hands it back
+            log.exception(
+                "could not finish a message; its lease will hand it back",
+                extra={"action": "message_error", "message_id": str(job.id)},
+            )
         finally:
             self._held.pop(job.id, None)
             self._tasks.pop(job.id, None)
@@ -440,5 +450,5 @@ def _log_outcome(job: Job, result: Outcome, error: BaseException) -> None:
             finish.wait_reason,
             extra={"action": "message_deferred", "reason": finish.wait_reason, **ids},
         )
-    if not isinstance(error, _EXPECTED) and not is_data_error(error):
+    if not isinstance(error, _EXPECTED):
         log.error("unexpected error", exc_info=error, extra={"action": "message_error", **ids})

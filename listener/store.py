@@ -17,7 +17,6 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Hashable
-from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 from uuid import UUID
@@ -27,6 +26,8 @@ from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
 from listener.batch import GroupCommit
+from listener.errors import DataRefusedError
+from listener.jobs import Finish, Job, RecordPart, StoreParts
 from listener.pacing import Wait
 from listener.queries import q
 from listener.settings import Settings
@@ -58,88 +59,6 @@ def is_connection_error(exc: BaseException) -> bool:
 
 class LeaseLost(Exception):
     """Our lease on a message was taken over; stop working on it without writing."""
-
-
-@dataclass
-class Job:
-    """One claimed message and what the worker knows of it."""
-
-    id: UUID
-    campaign_id: UUID
-    lead_id: UUID
-    attempts: int
-    content: str | None
-    parts: list[str] | None
-    parts_sent: int
-    scheduled_at: datetime
-    campaign_prompt: str | None
-    campaign_model: str | None
-    campaign_instance: str | None
-    campaign_status: str
-    paced: bool = False
-    gap: tuple[int, int] | None = None
-    context: dict[str, Any] | None = None
-    lost: bool = False
-    claimed_at: float = field(default_factory=time.monotonic)
-    # Until when (monotonic, a little early) our lease surely holds; renewals push it on.
-    lease_until: float = 0.0
-    # Inside a send or its record: a stop lets this finish instead of cancelling it.
-    sending: bool = False
-    # Sends of the current part that got no answer (from note_uncertain).
-    uncertain_sends: int = 0
-
-    @classmethod
-    def from_row(cls, row: dict[str, Any]) -> Job:
-        parts = row["parts"]
-        return cls(
-            id=row["id"],
-            campaign_id=row["campaign_id"],
-            lead_id=row["lead_id"],
-            attempts=row["attempts"],
-            content=row["content"],
-            parts=list(parts) if parts is not None else None,
-            parts_sent=row["parts_sent"],
-            scheduled_at=row["scheduled_at"],
-            campaign_prompt=row["campaign_prompt"],
-            campaign_model=row["campaign_model"],
-            campaign_instance=row["campaign_instance"],
-            campaign_status=row["campaign_status"],
-            paced=row["paced"],
-            gap=(row["gap_min_seconds"], row["gap_max_seconds"])
-            if row["gap_max_seconds"]
-            else None,
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class StoreParts:
-    """Fix a message's text and parts before its first part goes out."""
-
-    id: UUID
-    text: str | None
-    parts: list[str]
-
-
-@dataclass(frozen=True, slots=True)
-class RecordPart:
-    """An accepted part; the final one completes the message as sent."""
-
-    id: UUID
-    part_no: int
-    provider_id: str
-    final: bool
-
-
-@dataclass(frozen=True, slots=True)
-class Finish:
-    """Leave `processing` for another state; `refund` gives back the attempt of the claim."""
-
-    id: UUID
-    status: str
-    scheduled_at: datetime | None
-    refund: int
-    last_error: str | None
-    wait_reason: str | None = None
 
 
 def _by_id(item: StoreParts | RecordPart | Finish) -> UUID:
@@ -241,7 +160,12 @@ class Store:
     async def _guarded(
         self, writer: GroupCommit[Any], item: StoreParts | RecordPart | Finish, job: Job
     ) -> None:
-        matched, retried = await self._retrying(job, lambda: writer.submit(item))
+        try:
+            matched, retried = await self._retrying(job, lambda: writer.submit(item))
+        except Exception as exc:
+            if is_data_error(exc):  # this row's own data: it ran alone (see GroupCommit)
+                raise DataRefusedError(f"the database refused this message's data: {exc}") from exc
+            raise
         if matched:
             return
         # After a lost answer the first try may have gone through: a part already recorded

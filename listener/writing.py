@@ -9,10 +9,10 @@ import logging
 from collections.abc import Callable
 
 from listener.calls import ProviderCalls
+from listener.jobs import Job
 from listener.providers.base import LLM
 from listener.settings import Settings
 from listener.split import UnsplittableReply, split_reply
-from listener.store import Job
 from listener.text import clean_text
 
 log = logging.getLogger(__name__)

@@ -14,10 +14,11 @@ import psycopg
 import pytest
 from psycopg_pool import AsyncConnectionPool
 
+from listener.jobs import Finish
 from listener.processor import Processor
 from listener.providers.sandbox import SandboxLLM, SandboxSender
 from listener.queries import q
-from listener.store import Finish, is_data_error
+from listener.store import is_data_error
 from tests.daemon_harness import fast_settings, running
 from tests.fakes import Reply, http_settings, serve_fakes
 from tests.helpers import await_until, enqueue, make_campaign, make_leads, statuses

@@ -5,10 +5,10 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime, timedelta
 
-import psycopg
 import pytest
 
 from listener.errors import (
+    DataRefusedError,
     EmptyReplyError,
     HoldBackError,
     InstanceMissingError,
@@ -17,6 +17,7 @@ from listener.errors import (
     TransientProviderError,
     UncertainDeliveryError,
 )
+from listener.jobs import Job
 from listener.outcomes import (
     GateClosed,
     MustWait,
@@ -28,7 +29,6 @@ from listener.outcomes import (
 from listener.pacing import Wait
 from listener.settings import Settings, load_settings
 from listener.split import ReplyTooLong, UnsplittableReply
-from listener.store import Job
 
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 
@@ -108,7 +108,7 @@ def test_a_stop_between_parts_hands_back_due_as_it_was() -> None:
         (UnsplittableReply("nothing"), "has no text to send"),
         (ReplyTooLong("reply", 9000, 5, 1000), "cannot be sent"),
         (PermanentProviderError("not on WhatsApp", provider="evolution"), "not on WhatsApp"),
-        (psycopg.errors.CheckViolation("bad row"), "database refused"),
+        (DataRefusedError("the database refused this message's data: x"), "database refused"),
     ],
 )
 def test_errors_that_cannot_heal_fail_at_once(error: BaseException, reason: str) -> None:
