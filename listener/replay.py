@@ -11,8 +11,8 @@ from uuid import UUID
 
 from listener.errors import ConfigurationError
 from listener.oneshot import connection
-from listener.queries import q
 from listener.settings import format_duration
+from listener.store import message_statuses, requeue
 
 #: Statuses a replay takes back into the queue; every other one is refused.
 REPLAYABLE = ("failed", "skipped")
@@ -98,16 +98,14 @@ async def replay(url: str, filters: ReplayFilter, *, dry_run: bool = False) -> R
         refused: list[tuple[UUID, str]] = []
         missing: list[UUID] = []
         if filters.ids:
-            cur = await conn.execute(q("replay_named"), {"ids": list(filters.ids)})
-            found = {row["id"]: row["status"] for row in await cur.fetchall()}
+            found = await message_statuses(conn, list(filters.ids))
             for message_id in filters.ids:
                 status = found.get(message_id)
                 if status is None:
                     missing.append(message_id)
                 elif status not in filters.statuses:
                     refused.append((message_id, status))
-        cur = await conn.execute(q("replay_preview" if dry_run else "replay_requeue"), params)
-        by_status = {row["status"]: row["n"] for row in await cur.fetchall()}
+        by_status = await requeue(conn, params, dry_run=dry_run)
     return ReplayResult(dry_run=dry_run, by_status=by_status, refused=refused, missing=missing)
 
 

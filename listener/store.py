@@ -352,3 +352,23 @@ class Store:
         gap after this send, even if the send came late for its booking."""
         async with self.pool.connection() as conn:
             await conn.execute(q("gap_sent"), {"instance": instance, "min": gap[0], "max": gap[1]})
+
+
+# --------------------------------------------------------------------------------------------
+# listener replay (on the command's own connection, inside its transaction)
+# --------------------------------------------------------------------------------------------
+
+
+async def message_statuses(conn: psycopg.AsyncConnection[Any], ids: list[UUID]) -> dict[UUID, str]:
+    """The status of each message named (absent: no such message)."""
+    cur = await conn.execute(q("replay_named"), {"ids": ids})
+    return {row["id"]: row["status"] for row in await cur.fetchall()}
+
+
+async def requeue(
+    conn: psycopg.AsyncConnection[Any], params: dict[str, Any], *, dry_run: bool
+) -> dict[str, int]:
+    """Put the messages the filters select back in the queue, due now with every attempt back
+    (or, with `dry_run`, count them); returns the counts by the status they had."""
+    cur = await conn.execute(q("replay_preview" if dry_run else "replay_requeue"), params)
+    return {row["status"]: row["n"] for row in await cur.fetchall()}
