@@ -643,7 +643,7 @@ def test_entry_command_migrates_an_empty_database(installed: Installed, empty_db
     listener = str(installed.bin / "listener")
     first = installed.run(listener, "migrate", DATABASE_URL=empty_db_url)
     assert first.returncode == 0, first.stderr
-    applied = sorted(p.name for p in (ROOT / "migrations").glob("*.sql"))
+    applied = sorted(p.name for p in (ROOT / "migrations").glob("[0-9]*_*.sql"))
     assert applied and all(f"applied {name}" in first.stdout for name in applied), first.stdout
 
     with psycopg.connect(empty_db_url, autocommit=True) as conn:
@@ -976,7 +976,7 @@ def test_docker_image_migrates_runs_healthy_sends_and_drains_on_stop(
         return ["run", "--network", network, *argv[2:]]
 
     migrate = _docker(*on_network(readme_command("docker run --rm", listener=tag)), cwd=tmp_path)
-    applied = sorted(p.name for p in (ROOT / "migrations").glob("*.sql"))
+    applied = sorted(p.name for p in (ROOT / "migrations").glob("[0-9]*_*.sql"))
     assert all(f"applied {name}" in _ok(migrate) for name in applied), migrate.stdout
     with psycopg.connect(db_url, autocommit=True) as db:
         count = db.execute("SELECT count(*) FROM listener_migrations").fetchone()
