@@ -763,7 +763,7 @@ def test_entry_command_runs_is_healthy_sends_and_drains_on_sigterm(
 #
 # They build images and start containers (a minute or two), so one run of CI does them, not
 # every suite pass: LISTENER_TEST_IMAGE=1 turns them on. They need an engine that answers and
-# the base images (../shared/tools/offline-docker.sh starts one and builds stand-ins where no
+# the base images (the workplace tool offline-docker.sh starts one and builds stand-ins where no
 # registry is reachable); without either they skip, saying which.
 
 README = ROOT / "README.md"
@@ -812,7 +812,7 @@ def docker_engine() -> None:
     if missing:
         pytest.skip(
             f"base images absent: {', '.join(missing)} "
-            "(no registry here? ../shared/tools/offline-docker.sh builds stand-ins)"
+            "(no registry here? the workplace tool offline-docker.sh builds stand-ins)"
         )
 
 
