@@ -669,6 +669,12 @@ CREATE INDEX idx_campaign_messages_due ON public.campaign_messages USING btree (
 CREATE INDEX idx_campaign_messages_failed ON public.campaign_messages USING btree (campaign_id, updated_at) WHERE (status = ANY (ARRAY['failed'::text, 'skipped'::text]));
 
 --
+-- Name: idx_campaign_messages_failed_recent; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX idx_campaign_messages_failed_recent ON public.campaign_messages USING btree (updated_at) WHERE (status = 'failed'::text);
+
+--
 -- Name: idx_campaign_messages_lead_history; Type: INDEX; Schema: public; Owner: -
 --
 
@@ -681,6 +687,12 @@ CREATE INDEX idx_campaign_messages_lead_history ON public.campaign_messages USIN
 CREATE INDEX idx_campaign_messages_lease ON public.campaign_messages USING btree (locked_until) WHERE (status = 'processing'::text);
 
 --
+-- Name: idx_campaign_messages_open; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX idx_campaign_messages_open ON public.campaign_messages USING btree (campaign_id, status, wait_reason) WHERE (status = ANY (ARRAY['pending'::text, 'processing'::text]));
+
+--
 -- Name: idx_campaign_messages_run; Type: INDEX; Schema: public; Owner: -
 --
 
@@ -691,6 +703,12 @@ CREATE INDEX idx_campaign_messages_run ON public.campaign_messages USING btree (
 --
 
 CREATE INDEX idx_campaign_messages_sent_at ON public.campaign_messages USING btree (sent_at) WHERE (status = 'sent'::text);
+
+--
+-- Name: idx_campaign_messages_sent_campaign; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX idx_campaign_messages_sent_campaign ON public.campaign_messages USING btree (sent_at) INCLUDE (campaign_id) WHERE (status = 'sent'::text);
 
 --
 -- Name: idx_campaign_runs_campaign; Type: INDEX; Schema: public; Owner: -
