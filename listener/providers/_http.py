@@ -1,23 +1,32 @@
-"""Shared HTTP plumbing of the providers: the client, Retry-After, quick retries, masking.
+"""Shared HTTP plumbing of the providers: the client, deadlines, Retry-After, quick retries,
+masking and cleaning of provider text.
 
 The client runs on aiohttp's transport: at 50 concurrent requests on loopback it serves several
-times the requests per second of httpx's own pool. Quick retries are bounded, apply only to
-`TransientProviderError`, and each one is logged as a named event.
+times the requests per second of httpx's own pool. Its read timeout bounds each gap between
+bytes; `exchange` bounds the whole call, so a provider that trickles its answer is timed out like
+one that is silent. Quick retries are bounded, apply only to `TransientProviderError`, and each
+one is logged as a named event.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import json
 import logging
 import math
 import re
 from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from typing import Any, TypeVar
 
 import aiohttp
 import httpx
+from aiohttp.client_reqrep import ClientRequest
+from aiohttp.connector import Connection
+from aiohttp.tracing import Trace
 from httpx_aiohttp import AiohttpTransport
 from tenacity import (
     AsyncRetrying,
@@ -33,6 +42,7 @@ from listener.errors import (
     TransientProviderError,
 )
 from listener.settings import Settings
+from listener.text import clean_text
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +73,7 @@ def make_client(
     if transport is None:
         # The aiohttp transport maps `pool` to aiohttp's `connect` (waiting for a pooled
         # connection plus opening one), `connect` to `sock_connect` and `read` to `sock_read`.
-        transport = AiohttpTransport(limits=limits, trust_env=False)
+        transport = _watched_transport(limits)
     return httpx.AsyncClient(
         base_url=base_url,
         headers=headers,
@@ -72,6 +82,102 @@ def make_client(
         transport=transport,
         trust_env=False,
     )
+
+
+def _watched_transport(limits: httpx.Limits) -> AiohttpTransport:
+    """aiohttp's transport with its session built as the transport would build it, except for
+    a connector that tells `exchange` whether a request got as far as a connection."""
+    transport: AiohttpTransport
+
+    def session() -> aiohttp.ClientSession:
+        connector = _WatchedConnector(
+            limit=limits.max_connections or 0,
+            keepalive_timeout=limits.keepalive_expiry,
+            ssl=transport.ssl_context,
+        )
+        return aiohttp.ClientSession(connector=connector)
+
+    # Built lazily by the transport, inside the event loop, on the first request.
+    transport = AiohttpTransport(limits=limits, trust_env=False, client=session)
+    return transport
+
+
+@dataclass(slots=True)
+class _Progress:
+    """How far one request got: asking for a connection, then having one."""
+
+    started: bool = False
+    connected: bool = False
+
+    @property
+    def may_have_sent(self) -> bool:
+        """False only when the request is known to have ended before it had a connection."""
+        return self.connected or not self.started
+
+
+# The progress of the request under way in this task. aiohttp asks its connector for a
+# connection in the task that makes the request, so the connector finds it here. (aiohttp's
+# tracing would tell the same, at about twice the cost per request.)
+_PROGRESS: contextvars.ContextVar[_Progress | None] = contextvars.ContextVar(
+    "listener_http_progress", default=None
+)
+
+
+class _WatchedConnector(aiohttp.TCPConnector):
+    """A TCPConnector that marks the request's `_Progress`: started when it asks for a
+    connection (from the pool or new), connected once it has one. Nothing is written to the
+    network before that."""
+
+    async def connect(
+        self, req: ClientRequest, traces: list[Trace], timeout: aiohttp.ClientTimeout
+    ) -> Connection:
+        progress = _PROGRESS.get()
+        if progress is not None:
+            progress.started = True
+        connection = await super().connect(req, traces, timeout)
+        if progress is not None:
+            progress.connected = True
+        return connection
+
+
+class DeadlineExceeded(TimeoutError):
+    """A whole call (connecting, sending, every byte of the answer) outlasted its deadline.
+    `may_have_sent` is False only when the request never had a connection, so the provider
+    cannot have seen it."""
+
+    def __init__(self, message: str, *, may_have_sent: bool) -> None:
+        super().__init__(message)
+        self.may_have_sent = may_have_sent
+
+
+async def exchange(
+    client: httpx.AsyncClient,
+    method: str,
+    url: httpx.URL | str,
+    *,
+    deadline: timedelta,
+    setting: str,
+    body: Any = None,
+) -> httpx.Response:
+    """One HTTP request (`body` sent as JSON when given) and its whole answer, read in full,
+    within `deadline`; `setting` names what sets the deadline, for the error. Raises
+    `DeadlineExceeded` when time runs out, or the client's own errors (see `REQUEST_ERRORS`)."""
+    seconds = deadline.total_seconds()
+    progress = _Progress()
+    token = _PROGRESS.set(progress)
+    try:
+        async with asyncio.timeout(seconds) as scope:
+            return await client.request(method, url, json=body)
+    except TimeoutError as exc:
+        if not scope.expired():
+            raise
+        unsent = "" if progress.may_have_sent else "; no connection was made, nothing was sent"
+        raise DeadlineExceeded(
+            f"no whole answer within {seconds:g}s ({setting}){unsent}",
+            may_have_sent=progress.may_have_sent,
+        ) from exc
+    finally:
+        _PROGRESS.reset(token)
 
 
 RETRY_AFTER_CAP = 3600.0
@@ -151,8 +257,10 @@ def _mask_phone_like(match: re.Match[str]) -> str:
 
 
 def redact(text: str, *, secrets: Iterable[str] = (), numbers: Iterable[str] = ()) -> str:
-    """Remove secrets, and mask phone numbers (the ones named and anything that looks like
-    one), in text that may reach a log line or `last_error`."""
+    """Remove secrets, mask phone numbers (the ones named and anything that looks like one) and
+    drop what Postgres cannot store (NUL, lone surrogates), in text that may reach a log line or
+    `last_error`."""
+    text = clean_text(text)
     for secret in secrets:
         if secret:
             text = text.replace(secret, "***")
@@ -164,7 +272,7 @@ def redact(text: str, *, secrets: Iterable[str] = (), numbers: Iterable[str] = (
 
 def shorten(text: str, limit: int = MAX_DETAIL) -> str:
     """One line of at most `limit` characters, for exception messages and `last_error`."""
-    flat = " ".join(text.split())
+    flat = " ".join(clean_text(text).split())
     return flat if len(flat) <= limit else flat[: limit - 1] + "…"
 
 
@@ -181,10 +289,18 @@ def scrubber(*, secrets: Iterable[str] = (), numbers: Iterable[str] = ()) -> Scr
 
 def parse_json(response: httpx.Response) -> Any:
     """The response body as JSON, or None when it is not JSON. Parsed unscrubbed, so that
-    scrubbing can never change how an answer is classified."""
+    scrubbing can never change how an answer is classified. Bytes that are not UTF-8 become
+    U+FFFD rather than making the whole answer unreadable; strings may still hold NUL or lone
+    surrogates (JSON escapes), which `clean_text` removes where text is kept."""
     try:
         return json.loads(response.content)
-    except (ValueError, UnicodeDecodeError):
+    except UnicodeDecodeError:
+        pass
+    except ValueError:
+        return None
+    try:
+        return json.loads(response.content.decode("utf-8-sig", errors="replace"))
+    except ValueError:
         return None
 
 
@@ -193,6 +309,8 @@ def request_failure(exc: Exception, *, provider: str) -> ProviderError:
     A URL with an unsupported scheme is configuration, so it holds back; the rest may heal."""
     if isinstance(exc, httpx.UnsupportedProtocol):
         return HoldBackError(f"{provider} URL not usable: {shorten(str(exc))}", provider=provider)
+    if isinstance(exc, DeadlineExceeded):
+        return TransientProviderError(f"{provider} timed out: {exc}", provider=provider)
     # The aiohttp transport maps its errors onto httpx classes loosely (a dropped connection
     # becomes ConnectTimeout), so name the original error when there is one.
     cause = exc.__cause__ if isinstance(exc.__cause__, Exception) else exc

@@ -24,6 +24,7 @@ from listener.errors import (
 from listener.providers._http import (
     REQUEST_ERRORS,
     Scrub,
+    exchange,
     make_client,
     parse_json,
     parse_retry_after,
@@ -34,6 +35,7 @@ from listener.providers._http import (
     with_quick_retry,
 )
 from listener.settings import Settings
+from listener.text import clean_text
 
 logger = logging.getLogger(__name__)
 
@@ -88,7 +90,15 @@ class OpenRouterLLM:
             ],
         }
         try:
-            response = await self._client.post(self._completions, json=body)
+            # The read timeout bounds each gap between bytes; this bounds the whole call.
+            response = await exchange(
+                self._client,
+                "POST",
+                self._completions,
+                deadline=self._settings.llm_timeout,
+                setting="LISTENER_LLM_TIMEOUT",
+                body=body,
+            )
         except REQUEST_ERRORS as exc:
             raise self._clean(request_failure(exc, provider=PROVIDER)) from exc
         payload = parse_json(response)
@@ -97,7 +107,8 @@ class OpenRouterLLM:
         return self._reply_text(response, payload)
 
     def _reply_text(self, response: httpx.Response, payload: Any) -> str:
-        """The text of `choices[0].message.content`; OpenRouter can fail inside a 200."""
+        """The text of `choices[0].message.content`, without what Postgres cannot store (NUL,
+        lone surrogates); OpenRouter can fail inside a 200."""
         status = response.status_code
 
         def broken(why: str) -> TransientProviderError:
@@ -120,6 +131,8 @@ class OpenRouterLLM:
             raise broken('finish_reason is "error"')
         message = choice.get("message")
         content = message.get("content") if isinstance(message, dict) else None
+        if isinstance(content, str):
+            content = clean_text(content)
         if not isinstance(content, str) or not content.strip():
             raise self._clean(
                 EmptyReplyError(
@@ -129,7 +142,7 @@ class OpenRouterLLM:
         return content
 
     def _clean(self, error: E) -> E:
-        """Make sure no API key travels inside an error message."""
+        """Make sure no API key, NUL or lone surrogate travels inside an error message."""
         error.args = (redact(str(error), secrets=self._secrets),)
         return error
 

@@ -3,8 +3,9 @@
 Evolution has no idempotency key, so a part whose request timed out may have been delivered;
 retrying it is accepted by the design: at most that one part repeats. A 2xx is an acceptance:
 without `key.id` the part is recorded with an empty id rather than sent again. The optional
-`delay` makes Evolution show "typing" and sleep inside the request, so the read timeout is the
-send timeout plus that delay.
+`delay` makes Evolution show "typing" and sleep inside the request, so both the read timeout
+(each gap between bytes) and the deadline of the whole call are the send timeout plus that delay.
+A send whose deadline passes once it had a connection may have been delivered.
 """
 
 from __future__ import annotations
@@ -29,7 +30,9 @@ from listener.errors import (
 )
 from listener.providers._http import (
     REQUEST_ERRORS,
+    DeadlineExceeded,
     Scrub,
+    exchange,
     make_client,
     mask_phone,
     parse_json,
@@ -42,6 +45,7 @@ from listener.providers._http import (
 )
 from listener.providers.base import SentPart
 from listener.settings import Settings
+from listener.text import clean_text
 
 logger = logging.getLogger(__name__)
 
@@ -59,10 +63,17 @@ class EvolutionSender:
         key = settings.evolution_api_key.get_secret_value() if settings.evolution_api_key else ""
         self._settings = settings
         self._secrets = secrets_of(settings)
+        self._send_deadline = settings.send_timeout + timedelta(
+            milliseconds=settings.evolution_delay_ms
+        )
+        self._send_setting = (
+            "LISTENER_SEND_TIMEOUT plus LISTENER_EVOLUTION_DELAY_MS"
+            if settings.evolution_delay_ms
+            else "LISTENER_SEND_TIMEOUT"
+        )
         self._client = make_client(
             settings,
-            read_timeout=settings.send_timeout
-            + timedelta(milliseconds=settings.evolution_delay_ms),
+            read_timeout=self._send_deadline,
             base_url=(settings.evolution_api_url or "").rstrip("/"),
             headers={"apikey": key},
             transport=transport,
@@ -87,7 +98,13 @@ class EvolutionSender:
         and without quick retries: a health probe should report what it sees now."""
         path = f"/instance/connectionState/{quote(instance, safe='')}"
         try:
-            response = await self._client.get(path)
+            response = await exchange(
+                self._client,
+                "GET",
+                path,
+                deadline=self._settings.send_timeout,
+                setting="LISTENER_SEND_TIMEOUT",
+            )
         except REQUEST_ERRORS as exc:
             raise self._clean(request_failure(exc, provider=PROVIDER)) from exc
         payload = parse_json(response)
@@ -100,6 +117,8 @@ class EvolutionSender:
                 state = inner.get("state")
             if state is None:
                 state = payload.get("state")
+        if isinstance(state, str):
+            state = clean_text(state)
         if not isinstance(state, str) or not state:
             raise TransientProviderError(
                 f"{PROVIDER} HTTP {response.status_code}: connection state missing from reply",
@@ -121,7 +140,15 @@ class EvolutionSender:
             url = httpx.URL(f"{self._root}/message/sendText/{quote(instance, safe='')}")
             self._send_urls[instance] = url
         try:
-            response = await self._client.post(url, json=body)
+            # The read timeout bounds each gap between bytes; this bounds the whole send.
+            response = await exchange(
+                self._client,
+                "POST",
+                url,
+                deadline=self._send_deadline,
+                setting=self._send_setting,
+                body=body,
+            )
         except REQUEST_ERRORS as exc:
             error = request_failure(exc, provider=PROVIDER)
             if isinstance(error, TransientProviderError) and not _never_connected(exc):
@@ -155,24 +182,30 @@ class EvolutionSender:
         return SentPart(provider_message_id=message_id)
 
     def _clean(self, error: E, number: str = "") -> E:
-        """Keep API keys out of error messages, and mask the phone number in them."""
+        """Keep API keys, NUL and lone surrogates out of error messages, and mask the phone
+        number in them."""
         error.args = (redact(str(error), secrets=self._secrets, numbers=[number]),)
         return error
 
 
 def _never_connected(exc: Exception) -> bool:
     """True when no connection was made, so the part certainly was not delivered."""
+    if isinstance(exc, DeadlineExceeded):
+        return not exc.may_have_sent
     cause = exc.__cause__ if isinstance(exc.__cause__, Exception) else exc
     return isinstance(cause, aiohttp.ClientConnectorError | httpx.ConnectError)
 
 
 def _message_id(payload: Any) -> str | None:
-    """Evolution's message id, `key.id`, when the reply has one."""
+    """Evolution's message id, `key.id`, when the reply has one, without what Postgres cannot
+    store (NUL, lone surrogates)."""
     if not isinstance(payload, dict):
         return None
     key = payload.get("key")
     message_id = key.get("id") if isinstance(key, dict) else None
-    return message_id if isinstance(message_id, str) and message_id else None
+    if not isinstance(message_id, str):
+        return None
+    return clean_text(message_id) or None
 
 
 def _number_missing(payload: Any) -> bool:

@@ -10,7 +10,8 @@ import asyncio
 import json
 import logging
 import socket
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
@@ -20,6 +21,7 @@ import pytest
 from aiohttp import web
 
 from listener.errors import (
+    EmptyReplyError,
     HoldBackError,
     InstanceMissingError,
     PermanentProviderError,
@@ -33,6 +35,7 @@ from listener.providers.base import SentPart
 from listener.providers.llm import OpenRouterLLM
 from listener.providers.sender import EvolutionSender
 from listener.settings import Settings, load_settings
+from listener.text import clean_text
 
 LLM_KEY = "k-secret"
 EVO_KEY = "evo-secret"
@@ -41,13 +44,17 @@ NUMBER = "5511987654321"
 
 @dataclass
 class Reply:
-    """One scripted answer of the fake server."""
+    """One scripted answer of the fake server: `body` as JSON, or `text`, or `raw` bytes sent
+    as they are (as JSON, invalid UTF-8 and all). With `trickle`, the headers go out, then one
+    byte of whitespace every `trickle` seconds, forever."""
 
     status: int = 200
     body: Any = None
     text: str | None = None
     headers: dict[str, str] = field(default_factory=dict)
     sleep: float = 0.0
+    raw: bytes | None = None
+    trickle: float = 0.0
 
 
 @dataclass
@@ -85,9 +92,27 @@ class FakeProvider:
         reply = self.replies.pop(0) if len(self.replies) > 1 else self.replies[0]
         if reply.sleep:
             await asyncio.sleep(reply.sleep)
+        if reply.trickle:
+            return await self.trickle(request, reply)
+        if reply.raw is not None:
+            return web.Response(
+                status=reply.status,
+                body=reply.raw,
+                headers={"Content-Type": "application/json", **reply.headers},
+            )
         if reply.text is not None:
             return web.Response(status=reply.status, text=reply.text, headers=reply.headers)
         return web.json_response(reply.body, status=reply.status, headers=reply.headers)
+
+    async def trickle(self, request: web.Request, reply: Reply) -> web.StreamResponse:
+        """Headers at once, then a byte now and then: every gap is shorter than a read timeout,
+        the whole answer never ends. Stops when the client hangs up."""
+        response = web.StreamResponse(status=reply.status, headers=reply.headers)
+        response.content_type = "application/json"
+        await response.prepare(request)
+        while True:
+            await response.write(b" ")
+            await asyncio.sleep(reply.trickle)
 
     async def start(self) -> None:
         app = web.Application()
@@ -736,6 +761,244 @@ async def test_errors_never_carry_api_keys(server: FakeProvider) -> None:
     assert len(errors) == 18
     for error in errors:
         assert_no_secret(error)
+
+
+# --- Whole-call deadlines ------------------------------------------------------------------
+# The fake trickles a byte every 0.5 s, so a read timeout of 1 s (a gap between bytes) never
+# fires; only a deadline on the whole call ends these. Bounds are far from the timings.
+
+
+async def test_llm_trickling_answer_ends_at_the_whole_call_deadline(server: FakeProvider) -> None:
+    server.script(Reply(trickle=0.5))
+    client = OpenRouterLLM(make_settings(server.url, llm_timeout="1s", quick_retries=1))
+    started = time.monotonic()
+    try:
+        with pytest.raises(TransientProviderError) as caught:
+            await asyncio.wait_for(generate(client), timeout=15)
+    finally:
+        await client.aclose()
+    elapsed = time.monotonic() - started
+    assert "timed out" in str(caught.value) and "LISTENER_LLM_TIMEOUT" in str(caught.value)
+    assert len(server.seen) == 2  # transient: the quick retry applies
+    assert 1.9 <= elapsed < 6
+
+
+async def test_sender_trickling_answer_is_uncertain_at_the_whole_send_deadline(
+    server: FakeProvider,
+) -> None:
+    server.script(Reply(201, trickle=0.5))
+    client = EvolutionSender(make_settings(server.url, send_timeout="1s"))
+    started = time.monotonic()
+    try:
+        with pytest.raises(UncertainDeliveryError) as caught:
+            await asyncio.wait_for(send(client), timeout=15)
+    finally:
+        await client.aclose()
+    elapsed = time.monotonic() - started
+    assert "may have been delivered" in str(caught.value)
+    assert "LISTENER_SEND_TIMEOUT" in str(caught.value)
+    assert len(server.seen) == 1  # no quick retry: it may have been delivered
+    assert 0.9 <= elapsed < 5
+
+
+async def test_sender_whole_send_deadline_includes_the_typing_delay(server: FakeProvider) -> None:
+    server.script(Reply(201, trickle=0.2))
+    client = EvolutionSender(
+        make_settings(server.url, send_timeout="500ms", evolution_delay_ms=1000)
+    )
+    started = time.monotonic()
+    try:
+        with pytest.raises(UncertainDeliveryError) as caught:
+            await asyncio.wait_for(send(client), timeout=15)
+    finally:
+        await client.aclose()
+    elapsed = time.monotonic() - started
+    assert "1.5s" in str(caught.value) and "LISTENER_EVOLUTION_DELAY_MS" in str(caught.value)
+    assert 1.4 <= elapsed < 5.5
+
+
+async def test_connection_state_trickling_answer_is_transient_at_the_deadline(
+    server: FakeProvider,
+) -> None:
+    server.script(Reply(200, trickle=0.5))
+    client = EvolutionSender(make_settings(server.url, send_timeout="1s"))
+    started = time.monotonic()
+    try:
+        with pytest.raises(TransientProviderError) as caught:
+            await asyncio.wait_for(client.connection_state("inst"), timeout=15)
+    finally:
+        await client.aclose()
+    assert "timed out" in str(caught.value)
+    assert time.monotonic() - started < 5
+
+
+@pytest.fixture
+def unaccepted_url() -> Iterator[str]:
+    """A port whose listener never accepts and whose backlog is full: the kernel drops new
+    connection attempts, so a call stalls before any connection is made."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        host, port = listener.getsockname()
+        with socket.create_connection((host, port), timeout=5):  # fills the backlog
+            yield f"http://{host}:{port}"
+
+
+async def test_sender_deadline_before_any_connection_is_not_uncertain(
+    unaccepted_url: str,
+) -> None:
+    # The connect timeout is long; the send's deadline passes while still connecting, so
+    # nothing can have been delivered: an ordinary transient failure, quickly retried.
+    settings = make_settings(
+        unaccepted_url, send_timeout="1s", connect_timeout="30s", quick_retries=1
+    )
+    client = EvolutionSender(settings)
+    started = time.monotonic()
+    try:
+        with pytest.raises(TransientProviderError) as caught:
+            await asyncio.wait_for(send(client), timeout=15)
+    finally:
+        await client.aclose()
+    assert "nothing was sent" in str(caught.value)
+    assert 1.9 <= time.monotonic() - started < 6
+
+
+# --- Odd bytes from providers --------------------------------------------------------------
+# Postgres `text` refuses NUL and psycopg cannot encode a lone surrogate: neither may leave a
+# provider in a reply, an id or an error; bytes that are not UTF-8 must not blind the reading.
+
+ESCAPES = b"bad\\u0000 \\udc80 end"  # JSON escapes of a NUL and of a lone surrogate
+INVALID = b"bad \xff end"  # a byte that is not UTF-8
+
+
+def assert_clean(text: str) -> None:
+    assert "\x00" not in text
+    assert clean_text(text) == text
+    text.encode("utf-8")  # every character has a UTF-8 form
+
+
+async def test_llm_reply_with_nul_and_lone_surrogate_escapes_comes_out_clean(
+    server: FakeProvider, llm: OpenRouterLLM
+) -> None:
+    server.script(
+        Reply(raw=b'{"choices":[{"message":{"content":"Oi\\u0000 Jo\\ud800ao \\ud83d\\ude00"}}]}')
+    )
+
+    assert await generate(llm) == "Oi Jo\ufffdao \U0001f600"
+
+
+async def test_llm_reply_of_nul_bytes_only_is_empty(
+    server: FakeProvider, llm: OpenRouterLLM
+) -> None:
+    server.script(Reply(body=completion("\x00 \x00")))
+
+    with pytest.raises(EmptyReplyError):
+        await generate(llm)
+
+    assert len(server.seen) == 3
+
+
+async def test_llm_reply_with_invalid_utf8_keeps_its_text(
+    server: FakeProvider, llm: OpenRouterLLM
+) -> None:
+    server.script(Reply(raw=b'{"choices":[{"message":{"content":"Ol\xe1, tudo bem? \xff"}}]}'))
+
+    assert await generate(llm) == "Ol\ufffd, tudo bem? \ufffd"
+    assert len(server.seen) == 1
+
+
+@pytest.mark.parametrize("odd", [ESCAPES, INVALID], ids=["escapes", "invalid-utf8"])
+@pytest.mark.parametrize(
+    ("status", "error_class"),
+    [(401, HoldBackError), (429, RateLimitedError), (500, TransientProviderError)],
+)
+async def test_llm_error_text_with_odd_bytes_is_clean_and_still_classified(
+    server: FakeProvider,
+    llm: OpenRouterLLM,
+    status: int,
+    error_class: type[ProviderError],
+    odd: bytes,
+) -> None:
+    server.script(Reply(status, raw=b'{"error":{"code":1,"message":"' + odd + b'"}}'))
+
+    with pytest.raises(error_class) as caught:
+        await generate(llm)
+
+    assert_clean(str(caught.value))
+    assert str(caught.value).endswith(": bad \ufffd end (code 1)")  # read as JSON, not raw
+
+
+async def test_llm_non_json_error_with_odd_bytes_is_clean(
+    server: FakeProvider, llm: OpenRouterLLM
+) -> None:
+    server.script(Reply(502, raw=b"<html>\x00 gateway \xff</html>"))
+
+    with pytest.raises(TransientProviderError) as caught:
+        await generate(llm)
+
+    assert_clean(str(caught.value))
+    assert "gateway" in str(caught.value)
+
+
+async def test_sender_message_id_with_nul_and_lone_surrogate_comes_out_clean(
+    server: FakeProvider, sender: EvolutionSender
+) -> None:
+    server.script(Reply(201, raw=b'{"key":{"id":"3EB0\\u0000AB\\ud800"},"status":"PENDING"}'))
+
+    assert (await send(sender)).provider_message_id == "3EB0AB\ufffd"
+
+
+async def test_sender_accepted_reply_with_invalid_utf8_keeps_its_message_id(
+    server: FakeProvider, sender: EvolutionSender
+) -> None:
+    server.script(Reply(201, raw=b'{"key":{"id":"3EB0AB"},"message":{"conversation":"ol\xe1"}}'))
+
+    assert (await send(sender)).provider_message_id == "3EB0AB"
+    assert len(server.seen) == 1
+
+
+async def test_sender_number_not_on_whatsapp_is_read_through_invalid_utf8(
+    server: FakeProvider, sender: EvolutionSender
+) -> None:
+    body = b'{"error":"Bad \xff","response":{"message":[{"exists":false,"number":"1"}]}}'
+    server.script(Reply(400, raw=body))
+
+    with pytest.raises(PermanentProviderError):
+        await send(sender)
+
+
+async def test_connection_state_with_odd_bytes_comes_out_clean(
+    server: FakeProvider, sender: EvolutionSender
+) -> None:
+    server.script(Reply(200, raw=b'{"instance":{"instanceName":"inst","state":"open\\u0000"}}'))
+
+    assert await sender.connection_state("inst") == "open"
+
+
+async def test_errors_never_carry_nul_or_lone_surrogates(server: FakeProvider) -> None:
+    """Every class of failure, both providers: the error's text can be stored in Postgres."""
+    settings = make_settings(server.url)
+    llm = OpenRouterLLM(settings)
+    sender = EvolutionSender(settings)
+    bodies = [
+        b'{"error":{"message":"' + odd + b'"},"response":{"message":"' + odd + b'"}}'
+        for odd in (ESCAPES, INVALID)
+    ]
+    errors: list[ProviderError] = []
+    try:
+        for status in (400, 401, 402, 403, 404, 408, 429, 500, 503, 504):
+            for raw in (*bodies, INVALID):
+                server.script(Reply(status, raw=raw))
+                for call in (generate(llm), send(sender)):
+                    with pytest.raises(ProviderError) as caught:
+                        await call
+                    errors.append(caught.value)
+    finally:
+        await llm.aclose()
+        await sender.aclose()
+    assert len(errors) == 60
+    for error in errors:
+        assert_clean(str(error))
 
 
 # --- helpers -------------------------------------------------------------------------------
