@@ -22,6 +22,7 @@ from listener.processor import Processor
 from listener.providers.base import LLM, Sender
 from listener.queries import q
 from listener.settings import Settings, format_duration
+from listener.status import Live, StatusPage, live_state
 from listener.wakeup import NotifyListener, WakeTimer, check_timeout
 
 log = logging.getLogger(__name__)
@@ -91,8 +92,13 @@ class Daemon:
         )
         if settings.metrics_port:
             # First, so a port already taken ends the start with one clear line.
+            page = StatusPage(self.pool, live=self.live)
             self._runner = await serve(
-                self.metrics, self.health, settings.metrics_host, settings.metrics_port
+                self.metrics,
+                self.health,
+                settings.metrics_host,
+                settings.metrics_port,
+                status_page=page.handle,
             )
         try:
             await self.pool.open(wait=False)
@@ -158,6 +164,13 @@ class Daemon:
             await asyncio.gather(listen_task, claim_task, stop_task, return_exceptions=True)
             await self._close_resources()
             log.info("listener stopped", extra={"action": "stopped"})
+
+    def live(self) -> Live | None:
+        """What the status page shows of this listener (None before the processor exists)."""
+        processor = self.processor
+        if processor is None:
+            return None
+        return live_state(self.settings, self.health.as_dict(), processor)
 
     async def _close_resources(self) -> None:
         """Stop the scheduler, the metrics server, the provider clients and the pool."""

@@ -6,7 +6,7 @@ import asyncio
 import logging
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from aiohttp import web
@@ -124,8 +124,16 @@ class Health:
         }
 
 
-async def serve(metrics: Metrics, health: Health, host: str, port: int) -> web.AppRunner:
-    """Start the HTTP server; the caller stops it with `runner.cleanup()`."""
+async def serve(
+    metrics: Metrics,
+    health: Health,
+    host: str,
+    port: int,
+    *,
+    status_page: Callable[[web.Request], Awaitable[web.StreamResponse]] | None = None,
+) -> web.AppRunner:
+    """Start the HTTP server; the caller stops it with `runner.cleanup()`. `status_page`
+    answers `GET /` (listener/status.py): only on this port, which operators keep private."""
 
     async def health_view(_: web.Request) -> web.Response:
         return web.json_response(health.as_dict(), status=200 if health.ok else 503)
@@ -134,6 +142,8 @@ async def serve(metrics: Metrics, health: Health, host: str, port: int) -> web.A
     # prometheus_client's own handler: content negotiation (OpenMetrics) and gzip included.
     app.router.add_get("/metrics", make_aiohttp_handler(metrics.registry))
     app.router.add_get("/healthz", health_view)
+    if status_page is not None:
+        app.router.add_get("/", status_page)
     try:
         sockets = await _listen(host, port)
     except OSError as exc:  # the port is taken, or the host is not an address of this machine

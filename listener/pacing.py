@@ -59,6 +59,14 @@ class InstanceHealth:
         self._note(instance, state)
         return state
 
+    def known(self) -> dict[str, tuple[str, float]]:
+        """Each instance's last state and when it was read (monotonic), for the status page."""
+        return dict(self._cache)
+
+    @property
+    def ttl(self) -> float:
+        return self._ttl
+
     async def is_down(self, instance: str) -> bool:
         return await self.state(instance) not in ("open", "unknown")
 

@@ -384,3 +384,194 @@ WITH messages AS (
     DELETE FROM leads WHERE id IN (SELECT lead_id FROM messages)
 )
 DELETE FROM campaigns WHERE id = %(campaign_id)s
+
+-- ==============================================================================================
+-- The status page (`GET /` on the metrics port, listener/status.py). Every query reads only
+-- open rows, the last hour or day of sent rows, or trigger-kept counts, through the indexes of
+-- migrations/0004, so the page costs the same with millions of finished rows.
+-- ==============================================================================================
+
+-- status_catalog --
+-- The columns of the tables the page may show, read once: sections about delivery feedback,
+-- spend and sender pools appear only when their columns exist.
+SELECT c.relname AS table_name, a.attname AS column_name
+  FROM pg_attribute a
+  JOIN pg_class c ON c.oid = a.attrelid
+ WHERE c.relnamespace = current_schema()::regnamespace
+   AND c.relname = ANY (%(tables)s::text[])
+   AND c.relkind IN ('r', 'p')
+   AND a.attnum > 0 AND NOT a.attisdropped
+
+-- status_campaigns --
+-- The campaigns to show: those with queued messages first, then the newest not archived; with
+-- their pacing and, for a capped one, the slots its messages hold in today's cap (the day as
+-- listener_pace_start counts it: a window crossing midnight counts with the evening before).
+WITH open AS (
+    SELECT DISTINCT m.campaign_id
+      FROM campaign_messages m
+     WHERE m.status IN ('pending', 'processing')
+), shown AS (
+    SELECT c.*, (o.campaign_id IS NOT NULL) AS queued
+      FROM campaigns c
+      LEFT JOIN open o ON o.campaign_id = c.id
+     WHERE o.campaign_id IS NOT NULL OR c.status <> 'archived'
+     ORDER BY (o.campaign_id IS NOT NULL) DESC, c.created_at DESC
+     LIMIT %(limit)s
+), days AS (
+    SELECT s.*,
+           CASE WHEN s.send_window_start IS NOT NULL
+                     AND s.send_window_end <= s.send_window_start
+                     AND (now() AT TIME ZONE s.send_timezone)::time < s.send_window_end
+                THEN (now() AT TIME ZONE s.send_timezone)::date - 1
+                ELSE (now() AT TIME ZONE s.send_timezone)::date END AS cap_today
+      FROM shown s
+)
+SELECT d.id, d.name, d.status, d.instance, d.queued, d.daily_cap, d.cap_today,
+       d.send_window_start, d.send_window_end, d.send_timezone, d.send_days,
+       d.gap_min_seconds, d.gap_max_seconds,
+       listener_window_opens(d.send_window_start, d.send_window_end, d.send_timezone,
+                             d.send_days, now()) AS window_opens,
+       CASE WHEN d.daily_cap IS NULL THEN NULL ELSE (
+           SELECT count(*)::integer FROM campaign_messages m
+            WHERE m.campaign_id = d.id AND m.cap_day = d.cap_today
+              AND (m.status IN ('processing', 'sent') OR m.parts_sent > 0)) END AS cap_used,
+       runs.total, runs.sent, runs.failed, runs.skipped, runs.runs, runs.running
+  FROM days d
+  CROSS JOIN LATERAL (
+      SELECT COALESCE(sum(r.total_count), 0)::bigint AS total,
+             COALESCE(sum(r.sent_count), 0)::bigint AS sent,
+             COALESCE(sum(r.failed_count), 0)::bigint AS failed,
+             COALESCE(sum(r.skipped_count), 0)::bigint AS skipped,
+             count(*)::integer AS runs,
+             count(*) FILTER (WHERE r.status = 'running')::integer AS running
+        FROM campaign_runs r WHERE r.campaign_id = d.id) AS runs
+ ORDER BY d.queued DESC, d.created_at DESC
+
+-- status_open --
+-- Queued messages per campaign and why they wait, as `listener stats` names the reasons
+-- (a paused campaign, a pacing or hold reason, a retry, a future schedule, or simply due);
+-- `in flight` for processing rows.
+SELECT m.campaign_id,
+       CASE WHEN m.status = 'processing' THEN 'in flight'
+            WHEN c.status = 'paused' THEN 'paused'
+            WHEN m.wait_reason IS NOT NULL THEN m.wait_reason
+            WHEN m.last_error IS NOT NULL THEN 'retry'
+            WHEN m.scheduled_at > now() THEN 'scheduled'
+            ELSE 'due' END AS reason,
+       count(*)::integer AS count,
+       min(m.scheduled_at) AS next_at
+  FROM campaign_messages m
+  JOIN campaigns c ON c.id = m.campaign_id
+ WHERE m.status IN ('pending', 'processing')
+ GROUP BY 1, 2
+
+-- status_sent_recent --
+-- Messages sent per campaign in the last hour and the last day (index only).
+SELECT m.campaign_id,
+       count(*) FILTER (WHERE m.sent_at > now() - interval '1 hour')::integer AS last_hour,
+       count(*)::integer AS last_day
+  FROM campaign_messages m
+ WHERE m.status = 'sent' AND m.sent_at > now() - interval '1 day'
+ GROUP BY m.campaign_id
+
+-- status_queue --
+-- The queue as a whole: the clock, due rows (not paused) and the oldest of them.
+SELECT now() AS now, count(*)::integer AS due_now, min(scheduled_at) AS oldest_due
+  FROM campaign_messages
+ WHERE status = 'pending' AND wait_reason IS DISTINCT FROM 'paused'
+   AND scheduled_at <= now()
+
+-- status_in_flight --
+-- Processing rows per listener (its locked_by), with the oldest claim and the latest lease.
+SELECT locked_by, count(*)::integer AS count, min(started_at) AS since,
+       max(locked_until) AS lease_until
+  FROM campaign_messages
+ WHERE status = 'processing'
+ GROUP BY locked_by
+ ORDER BY locked_by
+
+-- status_throughput --
+-- Messages sent per minute over the last hour (index only), oldest first.
+SELECT date_trunc('minute', sent_at) AS minute, count(*)::integer AS count
+  FROM campaign_messages
+ WHERE status = 'sent' AND sent_at > now() - interval '1 hour'
+ GROUP BY 1
+ ORDER BY 1
+
+-- status_failures --
+-- The last failures with their reasons: failed messages, and pending ones waiting for a retry,
+-- newest first, with the campaign and the lead's phone (masked by the page).
+(SELECT m.id, m.status, m.updated_at, m.attempts, m.last_error, c.name AS campaign, l.phone
+   FROM campaign_messages m
+   JOIN campaigns c ON c.id = m.campaign_id
+   LEFT JOIN leads l ON l.id = m.lead_id
+  WHERE m.status = 'failed'
+  ORDER BY m.updated_at DESC
+  LIMIT %(limit)s)
+UNION ALL
+(SELECT m.id, 'retry', COALESCE(m.updated_at, m.created_at), m.attempts, m.last_error, c.name, l.phone
+   FROM campaign_messages m
+   JOIN campaigns c ON c.id = m.campaign_id
+   LEFT JOIN leads l ON l.id = m.lead_id
+  WHERE m.status = 'pending' AND m.last_error IS NOT NULL AND m.wait_reason IS NULL
+  ORDER BY m.updated_at DESC NULLS LAST
+  LIMIT %(limit)s)
+
+-- status_instances --
+-- Every sender instance the database knows: the gap table's rows (next free slot, messages
+-- refused while waiting for it), and the instances campaigns name.
+SELECT i.instance, i.next_send_at, i.updated_at, i.refused, i.refused_for
+  FROM listener_instances i
+UNION ALL
+SELECT DISTINCT c.instance, NULL::timestamptz, NULL::timestamptz, 0, NULL::timestamptz
+  FROM campaigns c
+ WHERE c.instance IS NOT NULL
+   AND NOT EXISTS (SELECT 1 FROM listener_instances i WHERE i.instance = c.instance)
+
+-- status_funnel --
+-- With delivery feedback (its columns exist): the funnel of the messages sent in the last day,
+-- per campaign.
+SELECT m.campaign_id,
+       count(*)::integer AS sent,
+       count(m.delivered_at)::integer AS delivered,
+       count(m.read_at)::integer AS read,
+       count(m.replied_at)::integer AS replied,
+       count(*) FILTER (WHERE l.opted_out)::integer AS opted_out,
+       count(m.delivery_error)::integer AS errors
+  FROM campaign_messages m
+  LEFT JOIN leads l ON l.id = m.lead_id
+ WHERE m.status = 'sent' AND m.sent_at > now() - interval '1 day'
+ GROUP BY m.campaign_id
+
+-- status_spend --
+-- With LLM cost columns: what the messages sent or failed in the last day cost, per campaign.
+SELECT m.campaign_id,
+       COALESCE(sum(m.cost_usd), 0)::float8 AS cost_usd,
+       COALESCE(sum(m.prompt_tokens), 0)::bigint AS prompt_tokens,
+       COALESCE(sum(m.completion_tokens), 0)::bigint AS completion_tokens
+  FROM campaign_messages m
+ WHERE m.status = 'sent' AND m.sent_at > now() - interval '1 day'
+ GROUP BY m.campaign_id
+
+-- status_budgets --
+-- With campaign budgets: each shown campaign's budget.
+SELECT c.id AS campaign_id, c.budget_usd::float8 AS budget_usd
+  FROM campaigns c WHERE c.id = ANY (%(ids)s::uuid[]) AND c.budget_usd IS NOT NULL
+
+-- status_pools --
+-- With sender pools: the numbers of each shown campaign's pool.
+SELECT c.id AS campaign_id, c.instances
+  FROM campaigns c WHERE c.id = ANY (%(ids)s::uuid[]) AND c.instances IS NOT NULL
+
+-- status_sender_instances --
+-- With the per-number limits table: each number's caps, warm-up and whether it is enabled.
+SELECT s.name, s.daily_cap, s.hourly_cap, s.warmup_started_on, s.enabled
+  FROM sender_instances s ORDER BY s.name
+
+-- status_begin --
+-- The page reads one snapshot, so its counts agree with each other; it never writes.
+SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY
+
+-- status_timeout --
+-- A page that cannot be answered quickly gives up instead of holding a pool connection.
+SET LOCAL statement_timeout = '2s'
