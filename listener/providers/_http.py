@@ -15,7 +15,6 @@ import contextvars
 import json
 import logging
 import math
-import re
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -41,6 +40,7 @@ from listener.errors import (
     ProviderError,
     TransientProviderError,
 )
+from listener.phones import mask_phone, mask_phone_like
 from listener.settings import Settings
 from listener.text import clean_text
 
@@ -217,43 +217,10 @@ def _retry_after_seconds(value: str | None, now: datetime | None) -> float | Non
     return max(0.0, (when - current).total_seconds())
 
 
-def mask_phone(number: str) -> str:
-    """Hide the middle of a phone number for log lines: `5511987654321` -> `55119*****321`."""
-    size = len(number)
-    if size >= 12:
-        head, tail = 5, 3
-    elif size >= 9:
-        head, tail = 4, 3
-    elif size >= 5:
-        head, tail = 1, 2
-    else:
-        return "*" * size
-    return number[:head] + "*" * (size - head - tail) + number[size - tail :]
-
-
 def secrets_of(settings: Settings) -> tuple[str, ...]:
     """Every API key in the settings, to scrub from any text a provider sends back."""
     keys = (settings.openrouter_api_key, settings.evolution_api_key)
     return tuple(key.get_secret_value() for key in keys if key and key.get_secret_value())
-
-
-# Something that may be a phone number in any form a provider echoes it: digits with optional
-# spaces, dashes, dots, parentheses and a leading +, as in `+55 (11) 98765-4321` or the JID
-# `551187654321@s.whatsapp.net`, or glued to a word. Masked when it holds 8 digits or more;
-# dates and IPv4 addresses are left alone.
-_NOT_DIGIT = re.compile(r"[^0-9]")
-_PHONE_LIKE = re.compile(
-    r"(?<![\d*])"  # not the tail of a longer number, nor next to an already masked one
-    r"(?!\d{4}-\d\d-\d\d)"  # a date
-    r"(?!\d{1,3}(?:\.\d{1,3}){3}(?!\d))"  # an IPv4 address
-    r"\+?\d[\d ().-]*\d(?![\d*])"
-)
-_LEAST_PHONE_DIGITS = 8
-
-
-def _mask_phone_like(match: re.Match[str]) -> str:
-    digits = _NOT_DIGIT.sub("", match.group(0))
-    return mask_phone(digits) if len(digits) >= _LEAST_PHONE_DIGITS else match.group(0)
 
 
 def redact(text: str, *, secrets: Iterable[str] = (), numbers: Iterable[str] = ()) -> str:
@@ -267,7 +234,7 @@ def redact(text: str, *, secrets: Iterable[str] = (), numbers: Iterable[str] = (
     for number in numbers:
         if number:
             text = text.replace(number, mask_phone(number))
-    return _PHONE_LIKE.sub(_mask_phone_like, text)
+    return mask_phone_like(text)
 
 
 def shorten(text: str, limit: int = MAX_DETAIL) -> str:

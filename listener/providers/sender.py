@@ -28,13 +28,13 @@ from listener.errors import (
     TransientProviderError,
     UncertainDeliveryError,
 )
+from listener.phones import mask_phone
 from listener.providers._http import (
     REQUEST_ERRORS,
     DeadlineExceeded,
     Scrub,
     exchange,
     make_client,
-    mask_phone,
     parse_json,
     parse_retry_after,
     redact,

@@ -30,7 +30,8 @@ from listener.errors import (
     TransientProviderError,
     UncertainDeliveryError,
 )
-from listener.providers._http import mask_phone, parse_retry_after, redact
+from listener.phones import mask_phone
+from listener.providers._http import parse_retry_after, redact
 from listener.providers.base import SentPart
 from listener.providers.llm import OpenRouterLLM
 from listener.providers.sender import EvolutionSender
