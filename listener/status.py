@@ -26,6 +26,7 @@ from uuid import UUID
 import psycopg
 from aiohttp import web
 from psycopg.rows import dict_row
+from psycopg.types.datetime import TimestamptzLoader
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from listener.phones import mask_phone
@@ -185,6 +186,22 @@ class Snapshot:
     live: Live | None = None
 
 
+#: Postgres' infinite timestamps ('-infinity' is the gap table's default), which datetime lacks.
+FOREVER = datetime.max.replace(tzinfo=UTC)
+NEVER = datetime.min.replace(tzinfo=UTC)
+
+
+class _Timestamptz(TimestamptzLoader):
+    """Loads `infinity` and `-infinity` as FOREVER and NEVER instead of failing the page."""
+
+    def load(self, data: Any) -> datetime:
+        if bytes(data) == b"infinity":
+            return FOREVER
+        if bytes(data) == b"-infinity":
+            return NEVER
+        return super().load(data)
+
+
 class StatusPage:
     """The page's handler: reads a snapshot through `pool` and renders it."""
 
@@ -230,6 +247,7 @@ class StatusPage:
             features = await self._catalog(conn)
             async with conn.transaction():
                 cur = conn.cursor(row_factory=dict_row)
+                cur.adapters.register_loader("timestamptz", _Timestamptz)
                 await cur.execute(q("status_begin"))
                 await cur.execute(q("status_timeout"))
                 return await _read(cur, features, self._live())
@@ -367,8 +385,10 @@ def _n(value: int | float | None) -> str:
 
 
 def _ago(now: datetime, then: datetime | None) -> str:
-    if then is None:
-        return _NONE
+    if then is None or then == NEVER:
+        return "never"
+    if then == FOREVER:
+        return "not until further notice"
     seconds = (now - then).total_seconds()
     return f"{_span(abs(seconds))} ago" if seconds >= 0 else f"in {_span(-seconds)}"
 
@@ -389,6 +409,8 @@ def _time(now: datetime, then: datetime | None) -> str:
     """A timestamp as the page shows it: relative, with the UTC time on hover."""
     if then is None:
         return '<span class="mute">&ndash;</span>'
+    if then in (NEVER, FOREVER):
+        return _e(_ago(now, then))
     iso = then.astimezone().strftime("%Y-%m-%d %H:%M:%S %Z")
     return f'<span title="{_e(iso)}">{_e(_ago(now, then))}</span>'
 

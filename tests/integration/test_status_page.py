@@ -1,0 +1,207 @@
+"""The status page (`GET /` on the metrics port) against a real Postgres: its counts are the
+database's, user input is escaped, phone numbers are masked, a held instance shows its reason,
+and the optional sections appear only when their columns exist."""
+
+from __future__ import annotations
+
+import re
+import socket
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+from aiohttp import web
+
+from listener.db import make_pool
+from listener.metrics import Health, Metrics, serve
+from listener.phones import mask_phone
+from listener.status import StatusPage
+from tests.daemon_harness import fast_settings, running
+from tests.fakes import http_settings, serve_fakes
+from tests.helpers import await_until
+from tests.status_scene import (
+    HOSTILE_NAME,
+    arrange,
+    expected,
+    figure,
+    instance_row,
+    shown,
+)
+
+Conn = psycopg.Connection[Any]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+async def page_client(db_url: str) -> AsyncIterator[httpx.AsyncClient]:
+    """The page served as the daemon serves it, on a pool of its own (no listener running)."""
+    pool = make_pool(db_url, fast_settings())
+    await pool.open(wait=True)
+    runner: web.AppRunner = await serve(
+        Metrics(), Health(), "127.0.0.1", 0, status_page=StatusPage(pool).handle
+    )
+    port = runner.addresses[0][1]
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+            yield client
+    finally:
+        await runner.cleanup()
+        await pool.close()
+
+
+async def test_the_page_counts_what_the_database_holds(
+    db: Conn, page_client: httpx.AsyncClient
+) -> None:
+    scene = arrange(db)
+    want = expected(db)
+    response = await page_client.get("/")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/html")
+    page = response.text
+    for campaign in (scene.hostile, scene.paused, scene.held):
+        figures = shown(page, campaign)
+        assert figures["waits"] == want["waits"][str(campaign)]
+    assert shown(page, scene.hostile)["waits"] == {
+        "in flight": 2,
+        "retry": 1,
+        "window": 2,
+    }
+    assert shown(page, scene.paused)["waits"] == {"paused": 3}
+    assert shown(page, scene.hostile)["runs"] == want["runs"][str(scene.hostile)] == (5, 13)
+    assert shown(page, scene.paused)["runs"] is None  # no run: no progress bar
+    assert figure(page, "due-now") == want["due"] == 2
+    assert figure(page, "in-flight") == want["in_flight"] == 2
+    assert figure(page, "sent-hour") == want["sent_hour"] == 5
+    assert 'data-used="5" data-cap="10"' in page  # today's cap: the five sent hold slots
+    assert "other-host:42:abc" in page  # in flight per listener
+    assert page.count("<rect ") == 60  # the last hour, a bar a minute
+
+
+async def test_campaign_names_and_reasons_are_escaped_and_phones_masked(
+    db: Conn, page_client: httpx.AsyncClient
+) -> None:
+    scene = arrange(db)
+    db.execute(
+        "UPDATE campaign_messages SET last_error = %s WHERE status = 'skipped'",
+        ('<img src=x onerror="alert(1)"> skipped',),
+    )
+    page = (await page_client.get("/")).text
+    assert "<script>alert" not in page and "<img src=x" not in page
+    assert "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt; &amp; &lt;b&gt;co&lt;/b&gt;" in page
+    assert page.count("<script") == 0  # the page runs no script at all
+    failed = scene.phones[5:7]
+    for phone in scene.phones:
+        assert phone not in page
+    for phone in failed:  # the failures name the lead, masked, and so does the stored reason
+        assert page.count(mask_phone(phone)) == 2
+    assert f"number {mask_phone(failed[0])} is not on WhatsApp" in page
+    assert HOSTILE_NAME not in page
+
+
+async def test_the_page_is_read_only_and_says_so_to_the_browser(
+    db: Conn, page_client: httpx.AsyncClient
+) -> None:
+    arrange(db)
+    before = db.execute(
+        "SELECT count(*), max(xmin::text::bigint) FROM campaign_messages"
+    ).fetchone()
+    response = await page_client.get("/")
+    assert response.headers["cache-control"] == "no-store"
+    assert "default-src 'none'" in response.headers["content-security-policy"]
+    assert re.search(r'<meta http-equiv="refresh" content="\d+">', response.text)
+    assert (await page_client.post("/")).status_code == 405
+    after = db.execute("SELECT count(*), max(xmin::text::bigint) FROM campaign_messages").fetchone()
+    assert before == after
+
+
+async def test_a_held_instance_shows_its_reason(db_url: str, db: Conn) -> None:
+    port = free_port()
+    scene = arrange(db, held_instance="acme-2")
+    async with serve_fakes() as fakes:
+        fakes.state = "close"
+        settings = {
+            **http_settings(fakes),
+            "metrics_port": port,
+            "metrics_host": "127.0.0.1",
+            "instance_check_ttl": "1h",
+            "instance_recheck": "1h",
+        }
+        async with (
+            running(db_url, **settings),
+            httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client,
+        ):
+            await await_until(
+                lambda: (
+                    db.execute(
+                        "SELECT count(*) FROM campaign_messages WHERE campaign_id = %s"
+                        " AND wait_reason = 'instance down'",
+                        (scene.held,),
+                    ).fetchone()
+                    == (2,)
+                )
+            )
+            page = (await client.get("/")).text
+    row = instance_row(page, "acme-2")
+    assert "held: close" in row
+    assert re.search(r"instance down <b>2</b>", row)
+    assert shown(page, scene.held)["waits"] == {"instance down": 2}
+    assert "this listener" in page and "acme-1" in page
+    assert fakes.sends == []
+
+
+async def test_a_provider_hold_shows_with_its_reason(db_url: str, db: Conn) -> None:
+    port = free_port()
+    async with running(db_url, metrics_port=port, metrics_host="127.0.0.1") as daemon:
+        assert daemon.processor is not None
+        daemon.processor.sender_gate.hold(300, "sender 429: slow down (5511987654321)")
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+            page = (await client.get("/")).text
+    assert "holding back from sender" in page
+    assert "sender 429: slow down" in page
+    assert "5511987654321" not in page and mask_phone("5511987654321") in page
+
+
+async def test_optional_sections_appear_once_their_columns_exist(
+    db_url: str, db: Conn, page_client: httpx.AsyncClient
+) -> None:
+    scene = arrange(db)
+    page = (await page_client.get("/")).text
+    assert 'id="funnel"' not in page and 'id="spend"' not in page
+    # What the delivery feedback and LLM cost migrations add, as the design names them.
+    db.execute(
+        "ALTER TABLE campaign_messages ADD COLUMN delivered_at timestamptz, "
+        "ADD COLUMN read_at timestamptz, ADD COLUMN replied_at timestamptz, "
+        "ADD COLUMN delivery_error text, ADD COLUMN cost_usd numeric, "
+        "ADD COLUMN prompt_tokens integer, ADD COLUMN completion_tokens integer"
+    )
+    db.execute(
+        "UPDATE campaign_messages SET delivered_at = now(), cost_usd = 0.0015, "
+        "prompt_tokens = 100, completion_tokens = 20 WHERE status = 'sent'"
+    )
+    db.execute(
+        "UPDATE campaign_messages SET read_at = now() WHERE id IN (SELECT id FROM "
+        "campaign_messages WHERE status = 'sent' LIMIT 2)"
+    )
+    # A page started now reads the catalog afresh.
+    pool = make_pool(db_url, fast_settings())
+    await pool.open(wait=True)
+    try:
+        snapshot = await StatusPage(pool).snapshot()
+    finally:
+        await pool.close()
+    assert snapshot.features.funnel and snapshot.features.spend
+    assert not snapshot.features.pools and not snapshot.features.sender_table
+    funnel = snapshot.funnel[scene.hostile]
+    assert (funnel["sent"], funnel["delivered"], funnel["read"], funnel["replied"]) == (5, 5, 2, 0)
+    assert snapshot.spend[scene.hostile]["cost_usd"] == pytest.approx(0.0075)
+    from listener.status import render
+
+    page = render(snapshot)
+    assert 'id="funnel"' in page and 'id="spend"' in page and "$0.0075" in page
