@@ -11,6 +11,7 @@ import os
 import random
 import shlex
 import signal
+import socket
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -395,14 +396,33 @@ def report(result: DemoResult, *, keep: bool, data_dir: Path | None) -> Iterator
         yield "removed the demo's rows (use --keep to look at them)"
 
 
-def demo_settings(url: str) -> Settings:
-    """The demo listener's settings: sandbox providers, no metrics port, quick retries, and
-    quiet logs so the progress line stays readable."""
+#: The status page's port in the demo when it is free (the metrics port's default).
+DEMO_PAGE_PORT = 9464
+
+
+def page_port(preferred: int = DEMO_PAGE_PORT) -> int:
+    """A port on 127.0.0.1 for the demo's status page: `preferred` when free, else any free one
+    (a listener already running here keeps its own)."""
+    for port in (preferred, 0):
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return int(probe.getsockname()[1])
+    raise ConfigurationError("no free port on 127.0.0.1 for the demo's status page")
+
+
+def demo_settings(url: str, *, port: int = 0) -> Settings:
+    """The demo listener's settings: sandbox providers, quick retries, quiet logs so the
+    progress line stays readable, and the metrics port (with the status page) on `port` of
+    127.0.0.1 only (0: none)."""
     return load_settings(
         llm="sandbox",
         sender="sandbox",
         database_url=url,
-        metrics_port=0,
+        metrics_port=port,
+        metrics_host="127.0.0.1",
         part_delay="50ms",
         retry_delays="1s,2s,3s",
         shutdown_grace="5s",
@@ -429,10 +449,17 @@ async def demo(
         inform(f"applied {len(applied)} migrations")
     if check:
         await demo_guard(url)
+    port = page_port()
+    inform(f"status page while the demo runs: http://127.0.0.1:{port}/")
     stop = asyncio.Event()
     with _on_interrupt(stop):
         return await run_demo(
-            url, demo_settings(url), leads=leads, keep=keep, on_progress=progress, stop=stop
+            url,
+            demo_settings(url, port=port),
+            leads=leads,
+            keep=keep,
+            on_progress=progress,
+            stop=stop,
         )
 
 

@@ -71,22 +71,33 @@ RETURNING m.id
 
 -- record_parts --
 -- Record accepted parts; the last part of a message completes it as sent in the same write.
--- Guarded by state, owner and the part number expected, so nothing is recorded twice.
-UPDATE campaign_messages m
-   SET parts_sent = v.part_no + 1,
-       provider_message_ids = m.provider_message_ids || jsonb_build_array(v.provider_id),
-       status = CASE WHEN v.final THEN 'sent' ELSE m.status END,
-       sent_at = CASE WHEN v.final THEN now() ELSE m.sent_at END,
-       last_error = CASE WHEN v.final THEN NULL ELSE m.last_error END,
-       wait_reason = CASE WHEN v.final THEN NULL ELSE m.wait_reason END,
-       locked_by = CASE WHEN v.final THEN NULL ELSE m.locked_by END,
-       locked_until = CASE WHEN v.final THEN NULL ELSE m.locked_until END,
-       updated_at = now()
-  FROM unnest(%(ids)b::uuid[], %(part_nos)b::int[], %(provider_ids)b::text[], %(finals)b::bool[])
-       AS v(id, part_no, provider_id, final)
- WHERE m.id = v.id AND m.status = 'processing' AND m.locked_by = %(worker)b
-   AND m.parts_sent = v.part_no
-RETURNING m.id
+-- Guarded by state, owner and the part number expected, so nothing is recorded twice. The same
+-- statement files each part in message_parts (its delivery status, from the webhooks).
+WITH rec AS (
+    UPDATE campaign_messages m
+       SET parts_sent = v.part_no + 1,
+           provider_message_ids = m.provider_message_ids || jsonb_build_array(v.provider_id),
+           status = CASE WHEN v.final THEN 'sent' ELSE m.status END,
+           sent_at = CASE WHEN v.final THEN now() ELSE m.sent_at END,
+           last_error = CASE WHEN v.final THEN NULL ELSE m.last_error END,
+           wait_reason = CASE WHEN v.final THEN NULL ELSE m.wait_reason END,
+           locked_by = CASE WHEN v.final THEN NULL ELSE m.locked_by END,
+           locked_until = CASE WHEN v.final THEN NULL ELSE m.locked_until END,
+           updated_at = now()
+      FROM unnest(%(ids)b::uuid[], %(part_nos)b::int[], %(provider_ids)b::text[],
+                  %(finals)b::bool[], %(instances)b::text[])
+           AS v(id, part_no, provider_id, final, instance)
+     WHERE m.id = v.id AND m.status = 'processing' AND m.locked_by = %(worker)b
+       AND m.parts_sent = v.part_no
+    RETURNING m.id, v.part_no, v.provider_id, v.instance
+), filed AS (
+    INSERT INTO message_parts (message_id, part_no, instance, provider_message_id)
+    SELECT rec.id, rec.part_no, rec.instance, rec.provider_id
+      FROM rec
+     WHERE rec.provider_id <> ''
+    ON CONFLICT DO NOTHING
+)
+SELECT id FROM rec
 
 -- finish --
 -- Leave `processing` for another state: retry later (pending with a new time), failed,
@@ -111,9 +122,12 @@ RETURNING m.id
 SELECT parts_sent FROM campaign_messages WHERE id = %(id)s
 
 -- note_uncertain --
--- A send of part %(part_no)s got no answer: count it against that part (guarded by the lease).
+-- A send of part %(part_no)s got no answer: count it against that part (guarded by the lease),
+-- and keep when its first send may have left (%(window)s before now), for the lookup.
 UPDATE campaign_messages
    SET uncertain_sends = CASE WHEN uncertain_part = %(part_no)s THEN uncertain_sends + 1 ELSE 1 END,
+       uncertain_at = CASE WHEN uncertain_part = %(part_no)s AND uncertain_at IS NOT NULL
+                           THEN uncertain_at ELSE now() - %(window)s END,
        uncertain_part = %(part_no)s,
        updated_at = now()
  WHERE id = %(id)s AND status = 'processing' AND locked_by = %(worker)s
@@ -501,7 +515,8 @@ SELECT date_trunc('minute', sent_at) AS minute, count(*)::integer AS count
 -- status_failures --
 -- The last failures with their reasons: failed messages, and pending ones waiting for a retry,
 -- newest first, with the campaign and the lead's phone (masked by the page).
-(SELECT m.id, m.status, m.updated_at, m.attempts, m.last_error, c.name AS campaign, l.phone
+(SELECT m.id, m.status, COALESCE(m.updated_at, m.created_at) AS updated_at, m.attempts,
+        m.last_error, c.name AS campaign, l.phone
    FROM campaign_messages m
    JOIN campaigns c ON c.id = m.campaign_id
    LEFT JOIN leads l ON l.id = m.lead_id
@@ -575,3 +590,64 @@ SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY
 -- status_timeout --
 -- A page that cannot be answered quickly gives up instead of holding a pool connection.
 SET LOCAL statement_timeout = '2s'
+
+-- ==============================================================================================
+-- Delivery feedback: Evolution's webhooks (listener/webhooks.py; functions in migration 0005)
+-- ==============================================================================================
+
+-- webhook_statuses --
+-- A batch of `messages.update` statuses: forward only, ERROR final; early ones kept.
+SELECT apply_delivery_statuses(%(instances)b::text[], %(ids)b::text[], %(statuses)b::text[],
+                               %(ats)b::timestamptz[])
+
+-- webhook_early --
+-- Kept statuses whose part is now recorded are applied; those older than 10 minutes dropped.
+SELECT applied, dropped FROM apply_early_delivery_statuses()
+
+-- webhook_reply --
+-- A lead wrote to us: last_reply_at, replied_at, stop-on-reply and opt-out.
+SELECT lead_id, skipped FROM apply_reply(%(phones)s::text[], %(opt_out)s, %(at)s)
+
+-- webhook_sent --
+-- `send.message` events, to settle sends whose answer never came.
+INSERT INTO sent_events (instance, provider_message_id, number, text)
+SELECT * FROM unnest(%(instances)b::text[], %(ids)b::text[], %(numbers)b::text[],
+                     %(texts)b::text[])
+ON CONFLICT DO NOTHING
+
+-- prune_sent_events --
+-- `send.message` events older than a day settle nothing any more.
+DELETE FROM sent_events WHERE received_at < now() - interval '1 day'
+
+-- find_sent --
+-- A part whose send got no answer, found among the `send.message` events since its first try.
+SELECT provider_message_id FROM sent_events
+ WHERE instance = %(instance)s AND number = ANY (%(numbers)s::text[]) AND text = %(text)s
+   AND received_at >= %(since)s
+ ORDER BY received_at
+ LIMIT 1
+
+-- uncertain_of --
+-- The part of a message whose send got no answer, and since when (for the lookup).
+SELECT uncertain_part, uncertain_sends, uncertain_at FROM campaign_messages WHERE id = %(id)s
+
+-- funnel --
+-- The delivery funnel per campaign (listener stats, /metrics).
+SELECT c.name AS campaign, c.id AS campaign_id,
+       count(*) FILTER (WHERE m.sent_at IS NOT NULL) AS sent,
+       count(*) FILTER (WHERE EXISTS (SELECT 1 FROM message_parts p
+                                       WHERE p.message_id = m.id
+                                         AND delivery_rank(p.status) BETWEEN 2 AND 5)) AS acked,
+       count(m.delivered_at) AS delivered,
+       count(m.read_at) AS read,
+       count(m.replied_at) AS replied,
+       count(*) FILTER (WHERE m.last_error = 'skipped: the lead opted out') AS opted_out,
+       count(m.delivery_error) AS errors,
+       percentile_cont(0.5) WITHIN GROUP (
+           ORDER BY extract(epoch FROM m.delivered_at - m.sent_at)) AS median_delivery_s,
+       percentile_cont(0.5) WITHIN GROUP (
+           ORDER BY extract(epoch FROM m.read_at - m.sent_at)) AS median_read_s
+  FROM campaign_messages m JOIN campaigns c ON c.id = m.campaign_id
+ WHERE m.sent_at IS NOT NULL OR m.last_error = 'skipped: the lead opted out'
+ GROUP BY c.id, c.name
+ ORDER BY c.name

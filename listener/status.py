@@ -29,8 +29,7 @@ from psycopg.rows import dict_row
 from psycopg.types.datetime import TimestamptzLoader
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from listener.phones import mask_phone
-from listener.providers._http import redact
+from listener.phones import mask_phone, mask_phone_like
 from listener.queries import q
 
 if TYPE_CHECKING:
@@ -351,7 +350,7 @@ header{display:flex;flex-wrap:wrap;gap:.5rem 1.5rem;align-items:baseline;padding
 background:#fff;border-bottom:1px solid var(--line)}
 h1{font-size:1.15rem;margin:0}h2{font-size:1rem;margin:0 0 .6rem}
 main{display:grid;gap:1rem;padding:1rem 1.2rem;grid-template-columns:repeat(auto-fit,
-minmax(420px,1fr))}
+minmax(520px,1fr))}
 section{background:#fff;border:1px solid var(--line);border-radius:6px;padding:.8rem 1rem;
 overflow-x:auto}section.wide{grid-column:1/-1}
 table{border-collapse:collapse;width:100%}th,td{text-align:left;padding:.3rem .5rem;
@@ -417,7 +416,7 @@ def _time(now: datetime, then: datetime | None) -> str:
 
 def _mask_text(text: str | None) -> str:
     """A reason as stored, with anything that looks like a phone number masked."""
-    return redact(text or "")
+    return mask_phone_like(text or "")
 
 
 def _reasons(now: datetime, waits: dict[str, dict[str, Any]]) -> str:
@@ -745,11 +744,11 @@ def chart(now: datetime, per_minute: Iterable[dict[str, Any]]) -> str:
     counts = {row["minute"]: int(row["count"]) for row in per_minute}
     values = [counts.get(end - timedelta(minutes=59 - i), 0) for i in range(60)]
     top = max(values) or 1
-    width, height, pad = 600, 120, 18
+    width, height, pad, head = 600, 130, 18, 16
     bar = width / 60
     bars = []
     for i, value in enumerate(values):
-        h = (height - pad) * value / top
+        h = (height - pad - head) * value / top
         minute = end - timedelta(minutes=59 - i)
         bars.append(
             f'<rect x="{i * bar + 0.5:.1f}" y="{height - pad - h:.1f}" width="{bar - 1:.1f}" '
@@ -798,6 +797,8 @@ def _page(title: str, body: str, now: datetime | None) -> str:
         '<!doctype html><html lang="en"><head><meta charset="utf-8">'
         f'<meta http-equiv="refresh" content="{REFRESH_SECONDS}">'
         '<meta name="viewport" content="width=device-width,initial-scale=1">'
+        # No favicon request (a 404 in the browser's console): an empty icon, inline.
+        '<link rel="icon" href="data:,">'
         f"<title>{_e(title)}</title><style>{_STYLE}</style></head><body>"
         f'<header><h1>listener</h1><span class="mute">status at {_e(stamp)}; refreshes every '
         f"{REFRESH_SECONDS}s</span></header>{body}"

@@ -1,0 +1,42 @@
+"""`listener demo` prints the status page's address and serves it while the demo runs."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+
+import httpx
+
+from listener.demo import Progress, demo
+
+
+async def test_the_demo_prints_the_page_address_and_serves_it_while_it_runs(db_url: str) -> None:
+    lines: list[str] = []
+    started = asyncio.Event()
+    pages: list[str] = []
+
+    def progress(step: Progress) -> None:
+        if step.total:  # the sample campaign exists and its listener runs
+            started.set()
+
+    async def look() -> None:
+        await started.wait()
+        address = next(
+            m.group(1) for line in lines if (m := re.search(r"(http://127\.0\.0\.1:\d+/)", line))
+        )
+        async with httpx.AsyncClient() as client:
+            response = await client.get(address)
+        assert response.status_code == 200
+        pages.append(response.text)
+
+    looker = asyncio.create_task(look())
+    result = await demo(
+        db_url, leads=300, keep=False, check=True, progress=progress, inform=lines.append
+    )
+    await asyncio.wait_for(looker, timeout=10)
+    assert result.progress.total == 300
+    assert any(
+        line.startswith("status page while the demo runs: http://127.0.0.1:") for line in lines
+    )
+    # The page showed the demo's campaign while its messages were going out.
+    assert re.search(r'<b class="name">Demo \d{4}-\d\d-\d\d', pages[0])
