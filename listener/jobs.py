@@ -35,8 +35,11 @@ class Job:
     lease_until: float = 0.0
     # Inside a send or its record: a stop lets this finish instead of cancelling it.
     sending: bool = False
-    # Sends of the current part that got no answer (from note_uncertain).
+    # Sends of the current part that got no answer (from note_uncertain); on a resume, which
+    # part that is and since when its first send may have left (the lookup before a resend).
     uncertain_sends: int = 0
+    uncertain_part: int | None = None
+    uncertain_at: datetime | None = None
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> Job:
@@ -78,6 +81,8 @@ class RecordPart:
     part_no: int
     provider_id: str
     final: bool
+    # The sender instance it went through (its delivery status is filed under it).
+    instance: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -353,7 +353,7 @@ class Processor:
                 )
                 # An accepted part is recorded before any other write.
                 final = index == len(parts) - 1
-                record = RecordPart(job.id, index, sent.provider_message_id, final)
+                record = RecordPart(job.id, index, sent.provider_message_id, final, instance)
                 await self.store.record_part(record, job)
             finally:
                 job.sending = False

@@ -187,6 +187,14 @@ class Settings(BaseSettings):
     instance_recheck: Duration = Field(
         timedelta(seconds=60), validation_alias="LISTENER_INSTANCE_RECHECK"
     )
+    # Delivery feedback (Evolution webhooks): the receiver is on when the secret is set.
+    webhook_secret: SecretStr | None = Field(None, validation_alias="LISTENER_WEBHOOK_SECRET")
+    webhook_host: str = Field("0.0.0.0", validation_alias="LISTENER_WEBHOOK_HOST")
+    webhook_port: int = Field(8788, ge=0, le=65535, validation_alias="LISTENER_WEBHOOK_PORT")
+    opt_out_words: Annotated[tuple[str, ...], NoDecode] = Field(
+        ("sair", "parar", "pare", "stop", "cancelar", "descadastrar", "remover"),
+        validation_alias="LISTENER_OPT_OUT_WORDS",
+    )
     log_format: Literal["text", "json"] = Field("text", validation_alias="LISTENER_LOG_FORMAT")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         "INFO", validation_alias="LISTENER_LOG_LEVEL"
@@ -200,6 +208,20 @@ class Settings(BaseSettings):
             return value
         text = value.strip()
         return text.upper() if info.field_name == "log_level" else text.lower()
+
+    @field_validator("opt_out_words", mode="before")
+    @classmethod
+    def _words(cls, value: Any) -> Any:
+        # A comma-separated list in the environment.
+        if isinstance(value, str):
+            return tuple(word.strip() for word in value.split(",") if word.strip())
+        return value
+
+    @property
+    def webhooks_on(self) -> bool:
+        """The receiver runs: a non-empty secret and a port."""
+        secret = self.webhook_secret
+        return bool(secret is not None and secret.get_secret_value().strip() and self.webhook_port)
 
     @model_validator(mode="after")
     def _providers_configured(self) -> Settings:

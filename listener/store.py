@@ -144,7 +144,16 @@ class Store:
     async def note_uncertain(self, job: Job) -> int:
         """A send of the message's next part got no answer: count it on the row (so every
         listener honours it); returns how many sends of that part got none."""
-        params = {"id": job.id, "part_no": job.parts_sent, "worker": self.worker}
+        # The first send of the part left at most a send's deadline (plus a margin) ago.
+        window = self.settings.send_timeout + timedelta(
+            milliseconds=self.settings.evolution_delay_ms, seconds=60
+        )
+        params = {
+            "id": job.id,
+            "part_no": job.parts_sent,
+            "worker": self.worker,
+            "window": window,
+        }
 
         async def execute() -> int | None:
             async with self.pool.connection() as conn:
@@ -156,6 +165,27 @@ class Store:
         if sends is None:
             raise LeaseLost()
         return sends
+
+    async def load_uncertain(self, job: Job) -> None:
+        """On a resume: which part's send got no answer, how many times, since when."""
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(q("uncertain_of"), {"id": job.id})
+            row = await cur.fetchone()
+        if row is not None:
+            job.uncertain_part, job.uncertain_sends, job.uncertain_at = row[0], row[1], row[2]
+
+    async def find_sent(
+        self, instance: str, numbers: tuple[str, ...], text: str, since: datetime
+    ) -> str | None:
+        """The id of a `send.message` event for one of `numbers` with exactly `text` since
+        `since` (a send whose answer never came went out after all)."""
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(
+                q("find_sent"),
+                {"instance": instance, "numbers": list(numbers), "text": text, "since": since},
+            )
+            row = await cur.fetchone()
+        return None if row is None else str(row[0])
 
     async def _guarded(
         self, writer: GroupCommit[Any], item: StoreParts | RecordPart | Finish, job: Job
@@ -247,6 +277,7 @@ class Store:
                 "part_nos": [i.part_no for i in items],
                 "provider_ids": [clean_text(i.provider_id) for i in items],
                 "finals": [i.final for i in items],
+                "instances": [i.instance for i in items],
                 "worker": self.worker,
             },
         )

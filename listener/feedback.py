@@ -1,0 +1,304 @@
+"""Pure: what an Evolution webhook says (DESIGN.md "Delivery feedback"), with no I/O. The
+receiver (webhooks.py) authenticates a request with `authorized`, turns its body into events
+with `parse`, and writes them; opt-out words and the phone forms of a reply are decided here.
+
+Evolution posts `{"event", "instance", "data", "date_time", ...}`, `event` lowercase dotted
+(`messages.update`); older versions and by-events paths say `MESSAGES_UPDATE` or
+`messages-update`, all read as the same event.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import json
+import re
+import time
+import unicodedata
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+# Statuses `messages.update` carries, in the order a part goes through them; ERROR is final.
+STATUSES = ("PENDING", "SERVER_ACK", "DELIVERY_ACK", "READ", "PLAYED", "ERROR")
+# Evolution's numeric statuses (Baileys' WAMessageStatus) when a version sends those.
+_NUMERIC_STATUS = {0: "ERROR", 1: "PENDING", 2: "SERVER_ACK", 3: "DELIVERY_ACK", 4: "READ", 5: "PLAYED"}
+# `connection.update` close reasons that mean the number was logged out or banned.
+RESTRICTING_REASONS = {401: "logged out", 402: "banned", 403: "banned", 406: "banned"}
+# Clock skew allowed on a JWT's expiry.
+_JWT_LEEWAY = 60
+
+
+class BadEvent(ValueError):
+    """A body that is not an Evolution webhook (answered 400)."""
+
+
+@dataclass(frozen=True, slots=True)
+class StatusUpdate:
+    instance: str
+    provider_id: str
+    status: str
+    at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    instance: str
+    phones: tuple[str, ...]
+    text: str
+    at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class SentEvent:
+    instance: str
+    provider_id: str
+    number: str
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionChange:
+    instance: str
+    state: str
+    reason: int | None
+
+
+Event = StatusUpdate | Reply | SentEvent | ConnectionChange
+
+
+# --------------------------------------------------------------------------------------------
+# Authentication
+# --------------------------------------------------------------------------------------------
+
+
+def _b64(segment: str) -> bytes:
+    return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+
+
+def verify_jwt(token: str, secret: str, now: float | None = None) -> bool:
+    """An HS256 JWT signed with `secret`, not expired (Evolution signs with `jwt_key`)."""
+    parts = token.split(".")
+    if len(parts) != 3:
+        return False
+    try:
+        header = json.loads(_b64(parts[0]))
+        signature = _b64(parts[2])
+        claims = json.loads(_b64(parts[1]))
+    except (ValueError, binascii.Error):
+        return False
+    if not isinstance(header, dict) or header.get("alg") != "HS256":
+        return False
+    expected = hmac.new(
+        secret.encode(), f"{parts[0]}.{parts[1]}".encode("ascii", "replace"), hashlib.sha256
+    ).digest()
+    if not hmac.compare_digest(expected, signature):
+        return False
+    if not isinstance(claims, dict):
+        return False
+    exp = claims.get("exp")
+    if exp is None:
+        return True
+    if not isinstance(exp, int | float) or isinstance(exp, bool):
+        return False
+    return (time.time() if now is None else now) < exp + _JWT_LEEWAY
+
+
+def sign_jwt(secret: str, *, ttl: int = 600, now: float | None = None) -> str:
+    """A token as Evolution makes it (`iat`, `exp = iat + 600`): for tests, the fake Evolution
+    and the benchmark."""
+    iat = int(time.time() if now is None else now)
+
+    def enc(data: bytes) -> str:
+        return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+    head = enc(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
+    body = enc(json.dumps({"iat": iat, "exp": iat + ttl, "app": "evolution"}).encode())
+    sig = hmac.new(secret.encode(), f"{head}.{body}".encode(), hashlib.sha256).digest()
+    return f"{head}.{body}.{enc(sig)}"
+
+
+def authorized(authorization: str | None, token: str | None, secret: str) -> bool:
+    """`Authorization: Bearer <HS256 JWT>` or `X-Listener-Token: SECRET`."""
+    if token is not None and hmac.compare_digest(token.encode(), secret.encode()):
+        return True
+    if authorization is None:
+        return False
+    scheme, _, credential = authorization.strip().partition(" ")
+    return scheme.lower() == "bearer" and verify_jwt(credential.strip(), secret)
+
+
+# --------------------------------------------------------------------------------------------
+# Events
+# --------------------------------------------------------------------------------------------
+
+
+def event_name(raw: str) -> str:
+    """`messages.update` from `MESSAGES_UPDATE`, `messages-update` or `messages.update`."""
+    return raw.strip().lower().replace("_", ".").replace("-", ".")
+
+
+def _when(body: dict[str, Any]) -> datetime:
+    raw = body.get("date_time")
+    if isinstance(raw, str):
+        try:
+            at = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+        except ValueError:
+            at = None
+        if at is not None:
+            return at if at.tzinfo is not None else at.replace(tzinfo=UTC)
+    return datetime.now(UTC)
+
+
+def _items(data: Any) -> list[dict[str, Any]]:
+    if isinstance(data, dict):
+        return [data]
+    if isinstance(data, list) and all(isinstance(item, dict) for item in data):
+        return data
+    raise BadEvent("`data` is not an object")
+
+
+def jid_digits(jid: Any) -> str:
+    """The digits of a JID before `@` (and before a device suffix `:12`)."""
+    if not isinstance(jid, str):
+        return ""
+    user = jid.split("@", 1)[0].split(":", 1)[0]
+    return "".join(ch for ch in user if "0" <= ch <= "9")
+
+
+def phone_forms(digits: str) -> tuple[str, ...]:
+    """The number as it may be stored: Brazilian mobiles with and without the ninth digit."""
+    if not digits:
+        return ()
+    forms = [digits]
+    if digits.startswith("55"):
+        if len(digits) == 13 and digits[4] == "9":
+            forms.append(digits[:4] + digits[5:])
+        elif len(digits) == 12 and digits[4] in "6789":
+            forms.append(digits[:4] + "9" + digits[4:])
+    return tuple(forms)
+
+
+def _text(message: Any) -> str:
+    if not isinstance(message, dict):
+        return ""
+    text = message.get("conversation")
+    if not isinstance(text, str):
+        extended = message.get("extendedTextMessage")
+        text = extended.get("text") if isinstance(extended, dict) else None
+    return text if isinstance(text, str) else ""
+
+
+def parse(body: Any, path_event: str | None = None) -> list[Event]:
+    """The events of one webhook body; other events are read as none. BadEvent when the body
+    is not a webhook."""
+    if not isinstance(body, dict):
+        raise BadEvent("the body is not a JSON object")
+    raw = body.get("event", path_event)
+    if not isinstance(raw, str) or not raw.strip():
+        raise BadEvent("no `event`")
+    name = event_name(raw)
+    instance = body.get("instance")
+    if isinstance(instance, dict):  # some versions nest it
+        instance = instance.get("instanceName")
+    if name in ("messages.update", "messages.upsert", "send.message", "connection.update"):
+        if not isinstance(instance, str) or not instance:
+            raise BadEvent("no `instance`")
+    else:
+        return []
+    if "data" not in body:
+        raise BadEvent("no `data`")
+    at = _when(body)
+    events: list[Event] = []
+    for item in _items(body["data"]):
+        if name == "messages.update":
+            update = _status(instance, item, at)
+            if update is not None:
+                events.append(update)
+        elif name == "messages.upsert":
+            reply = _reply(instance, item, at)
+            if reply is not None:
+                events.append(reply)
+        elif name == "send.message":
+            sent = _sent(instance, item)
+            if sent is not None:
+                events.append(sent)
+        else:
+            events.append(_connection(instance, item))
+    return events
+
+
+def _status(instance: str, item: dict[str, Any], at: datetime) -> StatusUpdate | None:
+    key = item.get("key") if isinstance(item.get("key"), dict) else {}
+    provider_id = item.get("keyId") or key.get("id")
+    status: Any = item.get("status")
+    if isinstance(status, int) and not isinstance(status, bool):
+        status = _NUMERIC_STATUS.get(status)
+    if not isinstance(provider_id, str) or not provider_id or not isinstance(status, str):
+        raise BadEvent("messages.update without `keyId` and `status`")
+    status = status.upper()
+    if status == "DELIVERED":  # a spelling some versions use
+        status = "DELIVERY_ACK"
+    if status not in STATUSES or item.get("fromMe") is False:
+        return None  # a status we do not track, or of a message the lead sent
+    return StatusUpdate(instance, provider_id, status, at)
+
+
+def _reply(instance: str, item: dict[str, Any], at: datetime) -> Reply | None:
+    key = item.get("key")
+    if not isinstance(key, dict):
+        raise BadEvent("messages.upsert without `key`")
+    if key.get("fromMe") is not False:
+        return None  # ours (sent from the phone or through the API)
+    jid = key.get("remoteJid")
+    if isinstance(jid, str) and jid.endswith("@lid"):
+        jid = key.get("remoteJidAlt") or item.get("remoteJidAlt")
+    if isinstance(jid, str) and jid.endswith("@g.us"):
+        return None  # a group
+    phones = phone_forms(jid_digits(jid))
+    if not phones:
+        return None
+    return Reply(instance, phones, _text(item.get("message")), at)
+
+
+def _sent(instance: str, item: dict[str, Any]) -> SentEvent | None:
+    key = item.get("key")
+    if not isinstance(key, dict):
+        raise BadEvent("send.message without `key`")
+    provider_id = key.get("id")
+    number = jid_digits(key.get("remoteJidAlt") or key.get("remoteJid"))
+    if not isinstance(provider_id, str) or not provider_id or not number:
+        return None
+    return SentEvent(instance, provider_id, number, _text(item.get("message")))
+
+
+def _connection(instance: str, item: dict[str, Any]) -> ConnectionChange:
+    state = item.get("state")
+    if not isinstance(state, str):
+        raise BadEvent("connection.update without `state`")
+    reason = item.get("statusReason")
+    code = reason if isinstance(reason, int) and not isinstance(reason, bool) else None
+    return ConnectionChange(str(item.get("instance") or instance), state, code)
+
+
+# --------------------------------------------------------------------------------------------
+# Opt-out
+# --------------------------------------------------------------------------------------------
+
+_NOT_WORD = re.compile(r"[^0-9a-z ]+")
+
+
+def fold(text: str) -> str:
+    """Case and accents folded, punctuation and emoji removed, spaces collapsed."""
+    decomposed = unicodedata.normalize("NFKD", text.casefold())
+    plain = "".join(ch for ch in decomposed if not unicodedata.combining(ch))
+    return " ".join(_NOT_WORD.sub(" ", plain).split())
+
+
+def is_opt_out(text: str, words: tuple[str, ...]) -> bool:
+    """The whole reply, folded, is one of the opt-out words: "SAIR", "sair!!", not "Não quero
+    sair"."""
+    folded = fold(text)
+    return bool(folded) and folded in {fold(word) for word in words}
