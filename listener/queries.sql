@@ -38,7 +38,9 @@ RETURNING m.id, m.campaign_id, m.lead_id, m.attempts, m.content, m.parts, m.part
           c.instance AS campaign_instance, c.status AS campaign_status,
           (c.send_window_start IS NOT NULL OR c.send_days IS NOT NULL
            OR c.daily_cap IS NOT NULL) AS paced,
-          c.gap_min_seconds, c.gap_max_seconds
+          c.gap_min_seconds, c.gap_max_seconds,
+          c.fallback_models AS campaign_fallbacks, c.budget_usd AS campaign_budget,
+          c.spent_usd AS campaign_spent
 
 -- lead_contexts --
 -- Every lead's context for a whole batch in one round trip.
@@ -60,14 +62,34 @@ SELECT count(*) AS due FROM campaign_messages
 -- ==============================================================================================
 
 -- store_parts --
--- Fix the text and parts of messages before their first part goes out (guarded by the lease).
-UPDATE campaign_messages m
-   SET generated_text = v.generated_text,
-       parts = v.parts,
-       updated_at = now()
-  FROM unnest(%(ids)b::uuid[], %(texts)b::text[], %(parts)b::jsonb[]) AS v(id, generated_text, parts)
- WHERE m.id = v.id AND m.status = 'processing' AND m.locked_by = %(worker)b
-RETURNING m.id
+-- Fix the text and parts of messages before their first part goes out (guarded by the lease),
+-- adding the usage of the LLM calls that wrote them to the message's sums and, in the same
+-- statement, their cost to the campaign's spend (what budgets are checked against).
+WITH stored AS (
+    UPDATE campaign_messages m
+       SET generated_text = v.generated_text,
+           parts = v.parts,
+           prompt_tokens = m.prompt_tokens + v.prompt_tokens,
+           completion_tokens = m.completion_tokens + v.completion_tokens,
+           cost_usd = m.cost_usd + v.cost_usd::numeric,
+           model = COALESCE(v.model, m.model),
+           model_fallback = COALESCE(v.fallback, m.model_fallback),
+           updated_at = now()
+      FROM unnest(%(ids)b::uuid[], %(texts)b::text[], %(parts)b::jsonb[],
+                  %(prompt_tokens)b::bigint[], %(completion_tokens)b::bigint[],
+                  %(costs)b::float8[], %(models)b::text[], %(fallbacks)b::bool[])
+           AS v(id, generated_text, parts, prompt_tokens, completion_tokens, cost_usd, model,
+                fallback)
+     WHERE m.id = v.id AND m.status = 'processing' AND m.locked_by = %(worker)b
+    RETURNING m.id, m.campaign_id, v.cost_usd
+), spend AS (
+    UPDATE campaigns c
+       SET spent_usd = c.spent_usd + s.cost_usd::numeric
+      FROM (SELECT campaign_id, sum(cost_usd) AS cost_usd FROM stored
+             GROUP BY campaign_id HAVING sum(cost_usd) > 0) s
+     WHERE c.id = s.campaign_id
+)
+SELECT id FROM stored
 
 -- record_parts --
 -- Record accepted parts; the last part of a message completes it as sent in the same write.
@@ -101,21 +123,39 @@ SELECT id FROM rec
 
 -- finish --
 -- Leave `processing` for another state: retry later (pending with a new time), failed,
--- skipped, or handed back. `refund` gives back the attempt the claim counted.
-UPDATE campaign_messages m
-   SET status = v.status,
-       scheduled_at = COALESCE(v.scheduled_at, m.scheduled_at),
-       attempts = GREATEST(m.attempts - v.refund, 0),
-       last_error = COALESCE(v.last_error, m.last_error),
-       wait_reason = v.wait_reason,
-       locked_by = NULL,
-       locked_until = NULL,
-       updated_at = now()
-  FROM unnest(%(ids)b::uuid[], %(statuses)b::text[], %(scheduled)b::timestamptz[],
-              %(refunds)b::int[], %(errors)b::text[], %(reasons)b::text[])
-       AS v(id, status, scheduled_at, refund, last_error, wait_reason)
- WHERE m.id = v.id AND m.status = 'processing' AND m.locked_by = %(worker)b
-RETURNING m.id
+-- skipped, or handed back. `refund` gives back the attempt the claim counted. The usage of
+-- LLM calls whose reply was not stored (a failed try, a re-ask) is added as in store_parts.
+WITH finished AS (
+    UPDATE campaign_messages m
+       SET status = v.status,
+           scheduled_at = COALESCE(v.scheduled_at, m.scheduled_at),
+           attempts = GREATEST(m.attempts - v.refund, 0),
+           last_error = COALESCE(v.last_error, m.last_error),
+           wait_reason = v.wait_reason,
+           locked_by = NULL,
+           locked_until = NULL,
+           prompt_tokens = m.prompt_tokens + v.prompt_tokens,
+           completion_tokens = m.completion_tokens + v.completion_tokens,
+           cost_usd = m.cost_usd + v.cost_usd::numeric,
+           model = COALESCE(v.model, m.model),
+           model_fallback = COALESCE(v.fallback, m.model_fallback),
+           updated_at = now()
+      FROM unnest(%(ids)b::uuid[], %(statuses)b::text[], %(scheduled)b::timestamptz[],
+                  %(refunds)b::int[], %(errors)b::text[], %(reasons)b::text[],
+                  %(prompt_tokens)b::bigint[], %(completion_tokens)b::bigint[],
+                  %(costs)b::float8[], %(models)b::text[], %(fallbacks)b::bool[])
+           AS v(id, status, scheduled_at, refund, last_error, wait_reason, prompt_tokens,
+                completion_tokens, cost_usd, model, fallback)
+     WHERE m.id = v.id AND m.status = 'processing' AND m.locked_by = %(worker)b
+    RETURNING m.id, m.campaign_id, v.cost_usd
+), spend AS (
+    UPDATE campaigns c
+       SET spent_usd = c.spent_usd + s.cost_usd::numeric
+      FROM (SELECT campaign_id, sum(cost_usd) AS cost_usd FROM finished
+             GROUP BY campaign_id HAVING sum(cost_usd) > 0) s
+     WHERE c.id = s.campaign_id
+)
+SELECT id FROM finished
 
 -- parts_sent --
 -- How many parts of a message are recorded (after a write whose answer was lost).
@@ -328,6 +368,37 @@ SELECT c.name AS campaign, c.id AS campaign_id,
  WHERE m.status = 'pending'
  GROUP BY 1, 2, 3
  ORDER BY 1, 3
+
+-- stats_spend --
+-- LLM spend per campaign over the messages created in the window: cost, messages the LLM wrote
+-- (a model answered), messages sent, tokens, how often a fallback model answered; with the
+-- campaign's running spend and budget (all time).
+SELECT c.name AS campaign, c.id AS campaign_id,
+       COALESCE(sum(m.cost_usd), 0)::float8 AS cost_usd,
+       count(m.model)::integer AS written,
+       (count(*) FILTER (WHERE m.status = 'sent'))::integer AS sent,
+       COALESCE(sum(m.prompt_tokens), 0)::bigint AS prompt_tokens,
+       COALESCE(sum(m.completion_tokens), 0)::bigint AS completion_tokens,
+       (count(*) FILTER (WHERE m.model_fallback))::integer AS fallback_answers,
+       c.spent_usd::float8 AS spent_usd, c.budget_usd::float8 AS budget_usd
+  FROM campaign_messages m
+  JOIN campaigns c ON c.id = m.campaign_id
+ WHERE m.created_at > now() - %(window)s::interval
+ GROUP BY c.id
+HAVING count(m.model) > 0 OR sum(m.cost_usd) > 0 OR c.budget_usd IS NOT NULL
+ ORDER BY 3 DESC, 1
+
+-- stats_models --
+-- The models that answered, over the messages created in the window: messages, how many of
+-- those answers came from a fallback model, their cost and tokens.
+SELECT m.model, count(*)::integer AS messages,
+       (count(*) FILTER (WHERE m.model_fallback))::integer AS fallback_answers,
+       sum(m.cost_usd)::float8 AS cost_usd,
+       sum(m.prompt_tokens + m.completion_tokens)::bigint AS tokens
+  FROM campaign_messages m
+ WHERE m.created_at > now() - %(window)s::interval AND m.model IS NOT NULL
+ GROUP BY m.model
+ ORDER BY 2 DESC, 1
 
 -- ==============================================================================================
 -- The sandbox sender and listener demo
@@ -569,9 +640,9 @@ SELECT m.campaign_id,
  GROUP BY m.campaign_id
 
 -- status_budgets --
--- With campaign budgets: each shown campaign's budget.
-SELECT c.id AS campaign_id, c.budget_usd::float8 AS budget_usd
-  FROM campaigns c WHERE c.id = ANY (%(ids)s::uuid[]) AND c.budget_usd IS NOT NULL
+-- With campaign budgets: each shown campaign's budget and the running spend checked against it.
+SELECT c.id AS campaign_id, c.budget_usd::float8 AS budget_usd, c.spent_usd::float8 AS spent_usd
+  FROM campaigns c WHERE c.id = ANY (%(ids)s::uuid[])
 
 -- status_pools --
 -- With sender pools: the numbers of each shown campaign's pool.

@@ -63,7 +63,8 @@ SPEND_COLUMNS = frozenset(
         ("campaign_messages", "completion_tokens"),
     }
 )
-BUDGET_COLUMNS = frozenset({("campaigns", "budget_usd")})
+#: A campaign's budget and the running spend it is checked against (kept by the listener).
+BUDGET_COLUMNS = frozenset({("campaigns", "budget_usd"), ("campaigns", "spent_usd")})
 POOL_COLUMNS = frozenset({("campaigns", "instances")})
 SENDER_TABLE_COLUMNS = frozenset(
     {
@@ -179,7 +180,7 @@ class Snapshot:
     instances: list[dict[str, Any]]
     funnel: dict[UUID, dict[str, int]] = field(default_factory=dict)
     spend: dict[UUID, dict[str, Any]] = field(default_factory=dict)
-    budgets: dict[UUID, float] = field(default_factory=dict)
+    budgets: dict[UUID, dict[str, Any]] = field(default_factory=dict)
     pools: dict[UUID, list[str]] = field(default_factory=dict)
     sender_instances: list[dict[str, Any]] = field(default_factory=list)
     live: Live | None = None
@@ -296,7 +297,7 @@ async def _read(
         snapshot.spend = {row["campaign_id"]: row for row in await _rows(cur, "status_spend")}
     if features.budget:
         rows = await _rows(cur, "status_budgets", {"ids": ids})
-        snapshot.budgets = {row["campaign_id"]: row["budget_usd"] for row in rows}
+        snapshot.budgets = {row["campaign_id"]: row for row in rows}
     if features.pools:
         rows = await _rows(cur, "status_pools", {"ids": ids})
         snapshot.pools = {row["campaign_id"]: list(row["instances"]) for row in rows}
@@ -567,22 +568,31 @@ def _spend(s: Snapshot) -> str:
     rows = []
     for c in s.campaigns:
         spent = s.spend.get(c["id"])
-        budget = s.budgets.get(c["id"])
-        if spent is None and budget is None:
+        books = s.budgets.get(c["id"])
+        if spent is None and (
+            books is None or (not books["spent_usd"] and not books["budget_usd"])
+        ):
             continue
         cost = float(spent["cost_usd"]) if spent else 0.0
         tokens = (int(spent["prompt_tokens"]) + int(spent["completion_tokens"])) if spent else 0
-        budget_cell = _e(f"${budget:,.2f}") if budget is not None else _NONE
+        total, budget = _NONE, _NONE
+        if books is not None:
+            total = _e(f"${float(books['spent_usd']):,.4f}")
+            if books["budget_usd"] is not None:
+                budget = _e(f"${float(books['budget_usd']):,.2f}")
+                if float(books["spent_usd"]) >= float(books["budget_usd"]):
+                    budget = f'<span class="bad">{budget} reached</span>'
         rows.append(
             f'<tr><td>{_e(c["name"])}</td><td class="n">${cost:,.4f}</td>'
-            f'<td class="n">{_n(tokens)}</td><td class="n">{budget_cell}</td></tr>'
+            f'<td class="n">{_n(tokens)}</td><td class="n">{total}</td>'
+            f'<td class="n">{budget}</td></tr>'
         )
     if not rows:
-        rows.append('<tr><td colspan="4" class="mute">no spend recorded</td></tr>')
+        rows.append('<tr><td colspan="5" class="mute">no spend recorded</td></tr>')
     return (
-        '<section id="spend"><h2>LLM spend <span class="mute">(messages sent in the last 24 h)'
-        '</span></h2><table><thead><tr><th>campaign</th><th class="n">cost</th>'
-        '<th class="n">tokens</th><th class="n">budget</th></tr></thead><tbody>'
+        '<section id="spend"><h2>LLM spend</h2><table><thead><tr><th>campaign</th>'
+        '<th class="n">sent in 24 h: cost</th><th class="n">tokens</th>'
+        '<th class="n">spent, all time</th><th class="n">budget</th></tr></thead><tbody>'
         + "".join(rows)
         + "</tbody></table></section>"
     )

@@ -181,6 +181,10 @@ async def test_optional_sections_appear_once_their_columns_exist(
         "DROP COLUMN IF EXISTS prompt_tokens CASCADE, "
         "DROP COLUMN IF EXISTS completion_tokens CASCADE"
     )
+    db.execute(
+        "ALTER TABLE campaigns DROP COLUMN IF EXISTS budget_usd CASCADE, "
+        "DROP COLUMN IF EXISTS spent_usd CASCADE"
+    )
     page = (await page_client.get("/")).text
     assert 'id="funnel"' not in page and 'id="spend"' not in page
     # ...and with them, as the design names them, both.
@@ -189,6 +193,14 @@ async def test_optional_sections_appear_once_their_columns_exist(
         "ADD COLUMN read_at timestamptz, ADD COLUMN replied_at timestamptz, "
         "ADD COLUMN delivery_error text, ADD COLUMN cost_usd numeric, "
         "ADD COLUMN prompt_tokens integer, ADD COLUMN completion_tokens integer"
+    )
+    db.execute(
+        "ALTER TABLE campaigns ADD COLUMN budget_usd numeric, "
+        "ADD COLUMN spent_usd numeric NOT NULL DEFAULT 0"
+    )
+    db.execute(
+        "UPDATE campaigns SET budget_usd = 0.005, spent_usd = 0.0075 WHERE id = %s",
+        (scene.hostile,),
     )
     db.execute(
         "UPDATE campaign_messages SET delivered_at = now(), cost_usd = 0.0015, "
@@ -213,3 +225,5 @@ async def test_optional_sections_appear_once_their_columns_exist(
 
     page = render(snapshot)
     assert 'id="funnel"' in page and 'id="spend"' in page and "$0.0075" in page
+    assert snapshot.features.budget
+    assert '<span class="bad">$0.01 reached</span>' in page
