@@ -293,7 +293,8 @@ async def _read(
     ids = [row["id"] for row in campaigns]
     if features.funnel:
         snapshot.funnel = {row["campaign_id"]: row for row in await _rows(cur, "status_funnel")}
-    if features.spend:
+    if features.spend and not features.budget:
+        # Without the campaigns' running spend, the last day's, summed from the messages.
         snapshot.spend = {row["campaign_id"]: row for row in await _rows(cur, "status_spend")}
     if features.budget:
         rows = await _rows(cur, "status_budgets", {"ids": ids})
@@ -562,37 +563,53 @@ def _funnel(s: Snapshot) -> str:
     )
 
 
+_NUMERIC = ' class="n"'
+
+
+def _money(value: object) -> str:
+    return _e(f"${float(value):,.4f}")  # type: ignore[arg-type]
+
+
 def _spend(s: Snapshot) -> str:
+    """The LLM's cost per campaign: the running spend against the budget where the campaigns
+    keep one, else what the messages sent in the last day cost."""
     if not s.features.spend:
         return ""
     rows = []
-    for c in s.campaigns:
-        spent = s.spend.get(c["id"])
-        books = s.budgets.get(c["id"])
-        if spent is None and (
-            books is None or (not books["spent_usd"] and not books["budget_usd"])
-        ):
-            continue
-        cost = float(spent["cost_usd"]) if spent else 0.0
-        tokens = (int(spent["prompt_tokens"]) + int(spent["completion_tokens"])) if spent else 0
-        total, budget = _NONE, _NONE
-        if books is not None:
-            total = _e(f"${float(books['spent_usd']):,.4f}")
-            if books["budget_usd"] is not None:
-                budget = _e(f"${float(books['budget_usd']):,.2f}")
-                if float(books["spent_usd"]) >= float(books["budget_usd"]):
-                    budget = f'<span class="bad">{budget} reached</span>'
-        rows.append(
-            f'<tr><td>{_e(c["name"])}</td><td class="n">${cost:,.4f}</td>'
-            f'<td class="n">{_n(tokens)}</td><td class="n">{total}</td>'
-            f'<td class="n">{budget}</td></tr>'
-        )
+    if s.features.budget:
+        head = ("campaign", "spent", "budget")
+        for c in s.campaigns:
+            books = s.budgets.get(c["id"])
+            if books is None or (not books["spent_usd"] and books["budget_usd"] is None):
+                continue
+            spent, budget = float(books["spent_usd"]), books["budget_usd"]
+            cell = _NONE
+            if budget is not None:
+                cell = _e(f"${float(budget):,.4f}")
+                if spent >= float(budget):
+                    cell = f'<span class="bad">{cell} reached</span>'
+            rows.append(
+                f'<tr><td>{_e(c["name"])}</td><td class="n">{_e(f"${spent:,.4f}")}</td>'
+                f'<td class="n">{cell}</td></tr>'
+            )
+    else:
+        head = ("campaign", "cost, sent in 24 h", "tokens")
+        for c in s.campaigns:
+            day = s.spend.get(c["id"])
+            if day is None:
+                continue
+            tokens = int(day["prompt_tokens"]) + int(day["completion_tokens"])
+            rows.append(
+                f"<tr><td>{_e(c['name'])}</td>"
+                f'<td class="n">{_money(day["cost_usd"])}</td>'
+                f'<td class="n">{_n(tokens)}</td></tr>'
+            )
     if not rows:
-        rows.append('<tr><td colspan="5" class="mute">no spend recorded</td></tr>')
+        rows.append(f'<tr><td colspan="{len(head)}" class="mute">no spend recorded</td></tr>')
     return (
-        '<section id="spend"><h2>LLM spend</h2><table><thead><tr><th>campaign</th>'
-        '<th class="n">sent in 24 h: cost</th><th class="n">tokens</th>'
-        '<th class="n">spent, all time</th><th class="n">budget</th></tr></thead><tbody>'
+        '<section id="spend"><h2>LLM spend</h2><table><thead><tr>'
+        + "".join(f"<th{_NUMERIC if i else ''}>{_e(h)}</th>" for i, h in enumerate(head))
+        + "</tr></thead><tbody>"
         + "".join(rows)
         + "</tbody></table></section>"
     )

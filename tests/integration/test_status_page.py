@@ -17,7 +17,7 @@ from aiohttp import web
 from listener.db import make_pool
 from listener.metrics import Health, Metrics, serve
 from listener.phones import mask_phone
-from listener.status import StatusPage
+from listener.status import Snapshot, StatusPage, render
 from tests.daemon_harness import fast_settings, running
 from tests.fakes import http_settings, serve_fakes
 from tests.helpers import await_until
@@ -195,14 +195,6 @@ async def test_optional_sections_appear_once_their_columns_exist(
         "ADD COLUMN prompt_tokens integer, ADD COLUMN completion_tokens integer"
     )
     db.execute(
-        "ALTER TABLE campaigns ADD COLUMN budget_usd numeric, "
-        "ADD COLUMN spent_usd numeric NOT NULL DEFAULT 0"
-    )
-    db.execute(
-        "UPDATE campaigns SET budget_usd = 0.005, spent_usd = 0.0075 WHERE id = %s",
-        (scene.hostile,),
-    )
-    db.execute(
         "UPDATE campaign_messages SET delivered_at = now(), cost_usd = 0.0015, "
         "prompt_tokens = 100, completion_tokens = 20 WHERE status = 'sent'"
     )
@@ -211,19 +203,36 @@ async def test_optional_sections_appear_once_their_columns_exist(
         "campaign_messages WHERE status = 'sent' LIMIT 2)"
     )
     # A page started now reads the catalog afresh.
-    pool = make_pool(db_url, fast_settings())
-    await pool.open(wait=True)
-    try:
-        snapshot = await StatusPage(pool).snapshot()
-    finally:
-        await pool.close()
-    assert snapshot.features.funnel and snapshot.features.spend
+    snapshot = await _fresh_snapshot(db_url)
+    assert snapshot.features.funnel and snapshot.features.spend and not snapshot.features.budget
     funnel = snapshot.funnel[scene.hostile]
     assert (funnel["sent"], funnel["delivered"], funnel["read"], funnel["replied"]) == (5, 5, 2, 0)
     assert snapshot.spend[scene.hostile]["cost_usd"] == pytest.approx(0.0075)
-    from listener.status import render
-
     page = render(snapshot)
-    assert 'id="funnel"' in page and 'id="spend"' in page and "$0.0075" in page
-    assert snapshot.features.budget
-    assert '<span class="bad">$0.01 reached</span>' in page
+    assert 'id="funnel"' in page and 'id="spend"' in page
+    assert '<th>campaign</th><th class="n">cost, sent in 24 h</th>' in page
+    assert "$0.0075" in page
+    # Campaigns that keep their running spend and a budget: the spend against the budget.
+    db.execute(
+        "ALTER TABLE campaigns ADD COLUMN budget_usd numeric, "
+        "ADD COLUMN spent_usd numeric NOT NULL DEFAULT 0"
+    )
+    db.execute(
+        "UPDATE campaigns SET budget_usd = 0.005, spent_usd = 0.0075 WHERE id = %s",
+        (scene.hostile,),
+    )
+    snapshot = await _fresh_snapshot(db_url)
+    assert snapshot.features.budget and snapshot.spend == {}
+    page = render(snapshot)
+    assert (
+        '<td class="n">$0.0075</td><td class="n"><span class="bad">$0.0050 reached</span>' in page
+    )
+
+
+async def _fresh_snapshot(db_url: str) -> Snapshot:
+    pool = make_pool(db_url, fast_settings())
+    await pool.open(wait=True)
+    try:
+        return await StatusPage(pool).snapshot()
+    finally:
+        await pool.close()
