@@ -22,9 +22,17 @@ N over the time from starting the worker to the last job done.
 - PgQueuer: `PgQueuer.from_psycopg_connection`, `Queries.install()`, a no-op
   `@pgq.entrypoint`, `Queries.enqueue` of N jobs in one batch, `qm.run(mode=drain,
   batch_size=B)` (returns once the queue is empty). PgQueuer runs its jobs as tasks with no
-  concurrency cap by default; `--pgq-batch` sets the dequeue batch (default 10, its default).
-  It runs on psycopg, and also on asyncpg (its other driver) when asyncpg is installed
-  (`--with asyncpg`).
+  concurrency cap by default. It runs at each dequeue batch of `--pgq-batch` (default 10, its
+  default, and 100, its best setting measured here), on psycopg and also on asyncpg (its other
+  driver, the one its own benchmark uses) when asyncpg is installed (`--with asyncpg`).
+
+Each peer runs at its defaults and at its best setting. PgQueuer's setting is the batch (and the
+driver, above). Procrastinate's documented worker settings that bear on a drain are the
+concurrency (the same 50 as every queue here) and its polling interval, which only matters when
+the queue is empty; it has no batch, so it runs once.
+
+`--queues` picks some of the queues (e.g. `--queues listener_noop` to profile our queue
+machinery alone under py-spy).
 
 Every queue runs on the same event loop: uvloop, which `listener run` uses (`--loop asyncio`
 runs them all on asyncio's own loop instead).
@@ -45,6 +53,7 @@ from typing import Any
 
 import _common as c
 import psycopg
+from psycopg import sql
 
 from listener.cli import run_async  # the loop `listener run` uses (uvloop)
 from listener.providers.base import SentPart
@@ -73,6 +82,41 @@ class NoopSender:
 
 Runner = Callable[[Coroutine[Any, Any, Any]], Any]
 
+QUEUES = ("listener_sandbox", "listener_noop", "procrastinate", "pgqueuer")
+
+
+STAT_COLUMNS = (
+    "xact_commit",
+    "tup_returned",
+    "tup_fetched",
+    "tup_inserted",
+    "tup_updated",
+    "tup_deleted",
+    "blks_hit",
+    "blks_read",
+)
+
+
+def db_stats(url: str) -> dict[str, int]:
+    """The scratch database's counters in `pg_stat_database` (this database only, so others'
+    work on the server is not counted). Read after the connections that did the work have
+    closed (a backend reports its counters when it exits), and a moment later."""
+    time.sleep(1.0)
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("SELECT pg_stat_clear_snapshot()")
+        query = sql.SQL(
+            "SELECT {} FROM pg_stat_database WHERE datname = current_database()"
+        ).format(sql.SQL(", ").join(map(sql.Identifier, STAT_COLUMNS)))
+        row = conn.execute(query).fetchone()
+    assert row is not None
+    return {name: int(value) for name, value in zip(STAT_COLUMNS, row, strict=True)}
+
+
+def stats_per_job(before: dict[str, int], after: dict[str, int], n: int) -> dict[str, float]:
+    """Database work per job between two `db_stats` readings (the reading's own transaction
+    included, which is noise at this size)."""
+    return {name: round((after[name] - before[name]) / n, 3) for name in STAT_COLUMNS}
+
 
 def run_listener(
     admin: str, db: str, n: int, concurrency: int, noop: bool, run: Runner
@@ -83,8 +127,15 @@ def run_listener(
     c.seed_messages(url, campaign, n)
     settings = c.bench_settings(concurrency=concurrency)
     extra: dict[str, Any] = {"llm": NoopLLM(), "sender": NoopSender()} if noop else {}
-    result = run(c.drain(url, settings, n, **extra))
-    return {"seconds": result.seconds, "per_second": result.per_second, "check": result.statuses}
+    before = db_stats(url)
+    result = run(c.drain(url, settings, n, cpu=c.CpuMeter(), **extra))
+    return {
+        "seconds": result.seconds,
+        "per_second": result.per_second,
+        "check": result.statuses,
+        **_cpu_per_job(result.cpu, n),
+        "db_per_job": stats_per_job(before, db_stats(url), n),
+    }
 
 
 async def run_procrastinate(url: str, n: int, concurrency: int) -> dict[str, Any]:
@@ -101,24 +152,43 @@ async def run_procrastinate(url: str, n: int, concurrency: int) -> dict[str, Any
     async with app.open_async():
         await app.schema_manager.apply_schema_async()
         await noop.batch_defer_async(*({} for _ in range(n)))
+        meter = c.CpuMeter()
+        meter.start()
         started = time.perf_counter()
         await app.run_worker_async(
             concurrency=concurrency, wait=False, install_signal_handlers=False
         )
         exited = time.perf_counter() - started
+        cpu = meter.stop()
     with psycopg.connect(url, autocommit=True) as conn:
         rows = conn.execute("SELECT status::text, count(*) FROM procrastinate_jobs GROUP BY 1")
         check = {str(r[0]): int(r[1]) for r in rows}
-    return _figures(n, last - started, exited, check)
+    return _figures(n, last - started, exited, check, cpu)
 
 
-def _figures(n: int, to_last: float, exited: float, check: dict[str, Any]) -> dict[str, Any]:
-    """Rate to the last job done (the figure), and the time until the worker returned."""
+def _cpu_per_job(cpu: dict[str, float], n: int) -> dict[str, Any]:
+    """CPU per job of this process (the worker) and of Postgres, in microseconds: where the
+    work goes, steadier than the rate when other work shares the cores."""
+    return {
+        "cpu": cpu,
+        "worker_cpu_us_per_job": round(cpu["listener_cpu_s"] / n * 1e6, 1),
+        "postgres_cpu_us_per_job": round(cpu["postgres_cpu_s"] / n * 1e6, 1),
+    }
+
+
+def _figures(
+    n: int, to_last: float, exited: float, check: dict[str, Any], cpu: dict[str, float]
+) -> dict[str, Any]:
+    """Rate to the last job done (the figure), and the time until the worker returned.
+
+    The CPU is measured until the worker returned, so it includes its last poll interval
+    (idle, so it adds little)."""
     return {
         "seconds": round(to_last, 4),
         "per_second": round(n / to_last, 1),
         "worker_exit_seconds": round(exited, 4),
         "check": check,
+        **_cpu_per_job(cpu, n),
     }
 
 
@@ -132,6 +202,7 @@ async def run_pgqueuer(url: str, n: int, batch: int, driver: str) -> dict[str, A
         await Queries.from_psycopg_connection(setup).enqueue(["noop"] * n, [None] * n, [0] * n)
     finally:
         await setup.close()
+    before = db_stats(url)
     conn: Any
     if driver == "asyncpg":
         import asyncpg
@@ -151,15 +222,20 @@ async def run_pgqueuer(url: str, n: int, batch: int, driver: str) -> dict[str, A
             done += 1
             last = time.perf_counter()
 
+        meter = c.CpuMeter()
+        meter.start()
         started = time.perf_counter()
         await pgq.qm.run(mode=QueueExecutionMode.drain, batch_size=batch)
         exited = time.perf_counter() - started
+        cpu = meter.stop()
     finally:
         await conn.close()
     with psycopg.connect(url, autocommit=True) as check_conn:
         row = check_conn.execute("SELECT count(*) FROM pgqueuer").fetchone()
     check = {"executed": done, "left_in_queue": int(row[0]) if row else -1}
-    return _figures(n, last - started, exited, check)
+    figures = _figures(n, last - started, exited, check, cpu)
+    figures["db_per_job"] = stats_per_job(before, db_stats(url), n)
+    return figures
 
 
 def _asyncpg_dsn(url: str) -> str:
@@ -176,7 +252,20 @@ def main() -> None:
     parser = c.base_parser(__doc__)
     parser.add_argument("-n", type=int, default=20_000, help="jobs per queue")
     parser.add_argument("--concurrency", type=int, default=50)
-    parser.add_argument("--pgq-batch", type=int, default=10, help="PgQueuer dequeue batch")
+    parser.add_argument(
+        "--pgq-batch",
+        type=int,
+        nargs="+",
+        default=[10, 100],
+        help="PgQueuer dequeue batches to run (10 is its default)",
+    )
+    parser.add_argument(
+        "--queues",
+        nargs="+",
+        choices=QUEUES,
+        default=list(QUEUES),
+        help="which queues to run (default all)",
+    )
     parser.add_argument(
         "--loop",
         choices=["uvloop", "asyncio"],
@@ -191,50 +280,70 @@ def main() -> None:
             versions[package] = importlib.metadata.version(package)
         except importlib.metadata.PackageNotFoundError:
             versions[package] = None
-    if not versions["procrastinate"] or not versions["pgqueuer"]:
+    peers = {"procrastinate", "pgqueuer"} & set(args.queues)
+    if any(not versions[peer] for peer in peers):
         raise SystemExit(
-            "run me with: uv run --with procrastinate --with pgqueuer python "
+            "run me with: uv run --with procrastinate --with pgqueuer --with asyncpg python "
             "bench/compare_queues.py"
         )
     n, conc = args.n, args.concurrency
     print(
         f"compare queues: {n:,} jobs each, concurrency {conc}; Procrastinate "
-        f"{versions['procrastinate']}, PgQueuer {versions['pgqueuer']}, psycopg "
-        f"{versions['psycopg']}; event loop {args.loop}"
+        f"{versions['procrastinate']}, PgQueuer {versions['pgqueuer']} (batches "
+        f"{', '.join(map(str, args.pgq_batch))}), psycopg {versions['psycopg']}; "
+        f"event loop {args.loop}"
     )
     results: dict[str, dict[str, Any]] = {}
     run: Runner = run_async if args.loop == "uvloop" else asyncio.run
-    results["listener_sandbox"] = run_listener(args.url, args.db, n, conc, False, run)
-    results["listener_noop"] = run_listener(args.url, args.db, n, conc, True, run)
-    url = c.recreate_db(args.url, args.db)
-    results["procrastinate"] = run(run_procrastinate(url, n, conc))
-    drivers = ["psycopg"]
-    try:
-        import asyncpg  # noqa: F401
-
-        drivers.append("asyncpg")
-    except ImportError:
-        print("  (asyncpg not installed: PgQueuer runs on psycopg only; add --with asyncpg)")
-    for driver in drivers:
+    if "listener_sandbox" in args.queues:
+        results["listener_sandbox"] = run_listener(args.url, args.db, n, conc, False, run)
+    if "listener_noop" in args.queues:
+        results["listener_noop"] = run_listener(args.url, args.db, n, conc, True, run)
+    if "procrastinate" in args.queues:
         url = c.recreate_db(args.url, args.db)
-        results[f"pgqueuer_{driver}"] = run(
-            run_pgqueuer(c.with_dbname(args.url, args.db), n, args.pgq_batch, driver)
-        )
-    ours = results["listener_sandbox"]["per_second"]
+        results["procrastinate"] = run(run_procrastinate(url, n, conc))
+    if "pgqueuer" in args.queues:
+        drivers = ["psycopg"]
+        if versions["asyncpg"]:
+            drivers.append("asyncpg")
+        else:
+            print("  (asyncpg not installed: PgQueuer runs on psycopg only; add --with asyncpg)")
+        for batch in args.pgq_batch:
+            for driver in drivers:
+                c.recreate_db(args.url, args.db)
+                results[f"pgqueuer_{driver}_batch{batch}"] = run(
+                    run_pgqueuer(c.with_dbname(args.url, args.db), n, batch, driver)
+                )
+    for base in ("listener_sandbox", "listener_noop"):
+        if base not in results:
+            continue
+        ours = results[base]["per_second"]
+        for result in results.values():
+            result[f"ratio_{base}_to_this"] = round(ours / result["per_second"], 3)
     for name, result in results.items():
-        result["ratio_listener_sandbox_to_this"] = round(ours / result["per_second"], 3)
-        print(
-            f"  {name:<18} {result['per_second']:>9,.0f} jobs/s  ({result['seconds']:.2f}s)  "
-            f"listener(sandbox)/this = {result['ratio_listener_sandbox_to_this']:.2f}  "
-            f"{result['check']}"
+        ratios = "  ".join(
+            f"{base.removeprefix('listener_')}/this {result[f'ratio_{base}_to_this']:.2f}"
+            for base in ("listener_sandbox", "listener_noop")
+            if f"ratio_{base}_to_this" in result
         )
+        print(
+            f"  {name:<26} {result['per_second']:>9,.0f} jobs/s  ({result['seconds']:.2f}s)  "
+            f"{ratios}  CPU/job: worker {result['worker_cpu_us_per_job']:.0f} us, Postgres "
+            f"{result['postgres_cpu_us_per_job']:.0f} us  {result['check']}"
+        )
+        if "db_per_job" in result:
+            per_job = result["db_per_job"]
+            print(
+                "      per job in its database: "
+                + ", ".join(f"{key} {value:g}" for key, value in per_job.items())
+            )
     c.write_result(
         "compare_queues",
         {
             "n": n,
             "concurrency": conc,
             "loop": args.loop,
-            "pgqueuer_batch": args.pgq_batch,
+            "pgqueuer_batches": args.pgq_batch,
             "versions": versions,
             "results": results,
             "machine": c.machine(args.url),
