@@ -10,6 +10,34 @@ from typing import Any
 from uuid import UUID
 
 
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """What billed LLM calls cost (tokens, US dollars as OpenRouter reports them), summed, and
+    the model that answered the last of them (`fallback`: a fallback model, not the primary)."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float = 0.0
+    calls: int = 0
+    model: str | None = None
+    fallback: bool | None = None
+
+    def __add__(self, other: Usage) -> Usage:
+        answered = other.model is not None
+        return Usage(
+            prompt_tokens=self.prompt_tokens + other.prompt_tokens,
+            completion_tokens=self.completion_tokens + other.completion_tokens,
+            cost_usd=self.cost_usd + other.cost_usd,
+            calls=self.calls + other.calls,
+            model=other.model if answered else self.model,
+            fallback=other.fallback if answered else self.fallback,
+        )
+
+
+def _money(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
 @dataclass
 class Job:
     """One claimed message and what the worker knows of it."""
@@ -40,6 +68,13 @@ class Job:
     uncertain_sends: int = 0
     uncertain_part: int | None = None
     uncertain_at: datetime | None = None
+    # The campaign's fallback models (None: LISTENER_FALLBACK_MODELS), its budget and what it
+    # had spent when the message was claimed.
+    campaign_fallbacks: list[str] | None = None
+    campaign_budget: float | None = None
+    campaign_spent: float = 0.0
+    # The LLM calls of this attempt not yet stored; they travel with the next write.
+    usage: Usage = field(default_factory=Usage)
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> Job:
@@ -61,6 +96,9 @@ class Job:
             gap=(row["gap_min_seconds"], row["gap_max_seconds"])
             if row["gap_max_seconds"]
             else None,
+            campaign_fallbacks=row.get("campaign_fallbacks"),
+            campaign_budget=_money(row.get("campaign_budget")),
+            campaign_spent=_money(row.get("campaign_spent")) or 0.0,
         )
 
 
@@ -71,6 +109,7 @@ class StoreParts:
     id: UUID
     text: str | None
     parts: list[str]
+    usage: Usage | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,3 +134,4 @@ class Finish:
     refund: int
     last_error: str | None
     wait_reason: str | None = None
+    usage: Usage | None = None

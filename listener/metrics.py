@@ -14,6 +14,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.aiohttp import make_aiohttp_handler
 
 from listener.errors import ConfigurationError
+from listener.jobs import Usage
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +70,24 @@ class Metrics:
         self.batches = Counter(
             "listener_claims_total", "Claim queries that returned rows", registry=r
         )
+        self.llm_cost = Counter(
+            "listener_llm_cost_usd_total",
+            "US dollars of the billed LLM calls, by the model that answered",
+            ["model"],
+            registry=r,
+        )
+        self.llm_tokens = Counter(
+            "listener_llm_tokens_total",
+            "Tokens of the billed LLM calls, by the model that answered and kind",
+            ["model", "kind"],
+            registry=r,
+        )
+        self.llm_calls = Counter(
+            "listener_llm_calls_total",
+            "Billed LLM calls, by the model that answered and whether it was a fallback",
+            ["model", "fallback"],
+            registry=r,
+        )
         self._outcomes: dict[str, Counter] = {}
         self._latencies: dict[str, Histogram] = {}
 
@@ -78,6 +97,15 @@ class Metrics:
         if child is None:
             child = self._outcomes[outcome] = self.messages.labels(outcome=outcome)
         return child
+
+    def llm_usage(self, usage: Usage) -> None:
+        """Count one billed LLM call's cost and tokens under the model that answered."""
+        model = usage.model or "unknown"
+        fallback = "true" if usage.fallback else "false"
+        self.llm_calls.labels(model=model, fallback=fallback).inc(usage.calls)
+        self.llm_cost.labels(model=model).inc(usage.cost_usd)
+        self.llm_tokens.labels(model=model, kind="prompt").inc(usage.prompt_tokens)
+        self.llm_tokens.labels(model=model, kind="completion").inc(usage.completion_tokens)
 
     def provider_latency(self, provider: str) -> Histogram:
         """The latency histogram of one provider (cached like `outcome`)."""

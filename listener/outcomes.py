@@ -5,7 +5,8 @@ function, `outcome(error, job, settings, now)`, with no I/O: the processor appli
 | ------------------------------------------ | ----------------------------------------------- |
 | 429, a provider hold longer than a minute  | back to pending when it ends, attempt refunded  |
 | 401/403/402 (credentials, credits)         | back to pending after the hold, refunded        |
-| pacing says not now, an instance down      | back to pending when it may go, refunded        |
+| pacing says not now, an instance down,     | back to pending when it may go, refunded        |
+|   the campaign's budget is spent           |   (a budget: until it is raised)                |
 | the shutdown's grace is over               | back to pending, due as it was, refunded        |
 | empty or unsplittable reply, not on        | failed at once, with the reason                 |
 |   WhatsApp, data Postgres refuses          |                                                 |
@@ -38,6 +39,10 @@ from listener.split import UnsplittableReply
 
 # A part whose send got no answer may have been delivered; it is sent at most this many times.
 MAX_UNCERTAIN_SENDS = 2
+
+# A message held by its campaign's budget is woken when the budget is raised (a trigger); it
+# also looks again after this long, in case its spend was lowered by hand.
+BUDGET_RECHECK = timedelta(hours=1)
 
 
 class StopBetweenParts(Exception):
@@ -91,6 +96,14 @@ def check_start(job: Job) -> str:
     if number is None:
         raise Stop("failed", "invalid phone number: not 10 to 15 digits")
     return number
+
+
+def budget_wait(job: Job, now: datetime) -> Wait | None:
+    """A message that needs the LLM waits, spending no attempt, while its campaign's spend (as
+    it was at the claim) has reached the campaign's budget."""
+    if job.campaign_budget is None or job.campaign_spent < job.campaign_budget:
+        return None
+    return Wait(now + BUDGET_RECHECK, "budget")
 
 
 def outcome(error: BaseException, job: Job, settings: Settings, now: datetime) -> Outcome:

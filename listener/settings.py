@@ -103,6 +103,18 @@ Milliseconds = Annotated[timedelta, BeforeValidator(parse_milliseconds)]
 Durations = Annotated[tuple[timedelta, ...], NoDecode, BeforeValidator(parse_durations)]
 
 
+def parse_models(value: Any) -> tuple[str, ...]:
+    """A comma-separated list of model names (blank entries dropped, order kept)."""
+    if value is None:
+        return ()
+    items = value.split(",") if isinstance(value, str) else list(value)
+    names = tuple(str(item).strip() for item in items)
+    return tuple(name for name in names if name)
+
+
+Models = Annotated[tuple[str, ...], NoDecode, BeforeValidator(parse_models)]
+
+
 def _default_worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
 
@@ -120,6 +132,10 @@ class Settings(BaseSettings):
         "https://openrouter.ai/api/v1", validation_alias="OPENROUTER_BASE_URL"
     )
     model: str = Field("openai/gpt-4o-mini", validation_alias="LISTENER_MODEL")
+    fallback_models: Models = Field((), validation_alias="LISTENER_FALLBACK_MODELS")
+    structured_output: Literal["auto", "on", "off"] = Field(
+        "auto", validation_alias="LISTENER_STRUCTURED_OUTPUT"
+    )
     evolution_api_url: str | None = Field(None, validation_alias="EVOLUTION_API_URL")
     evolution_api_key: SecretStr | None = Field(None, validation_alias="EVOLUTION_API_KEY")
     evolution_instance: str | None = Field(None, validation_alias="EVOLUTION_INSTANCE")
@@ -200,7 +216,7 @@ class Settings(BaseSettings):
         "INFO", validation_alias="LISTENER_LOG_LEVEL"
     )
 
-    @field_validator("log_level", "log_format", "llm", "sender", mode="before")
+    @field_validator("log_level", "log_format", "llm", "sender", "structured_output", mode="before")
     @classmethod
     def _any_case(cls, value: Any, info: ValidationInfo) -> Any:
         # `debug` means DEBUG, `JSON` means json: the choice is a word, its case is noise.

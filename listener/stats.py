@@ -20,6 +20,59 @@ STATUS_ORDER = ("pending", "processing", "sent", "failed", "skipped")
 
 
 @dataclass(frozen=True)
+class CampaignSpend:
+    """What a campaign's LLM calls cost over the window's messages, and its budget."""
+
+    campaign: str
+    campaign_id: UUID
+    cost_usd: float
+    written: int
+    sent: int
+    prompt_tokens: int
+    completion_tokens: int
+    fallback_answers: int
+    spent_usd: float
+    budget_usd: float | None
+
+    @property
+    def per_message(self) -> float | None:
+        """Cost per message the LLM wrote."""
+        return self.cost_usd / self.written if self.written else None
+
+    @property
+    def per_sent(self) -> float | None:
+        """Cost per message sent (what was spent on failures included)."""
+        return self.cost_usd / self.sent if self.sent else None
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "campaign": self.campaign,
+            "campaign_id": str(self.campaign_id),
+            "cost_usd": self.cost_usd,
+            "messages_written": self.written,
+            "messages_sent": self.sent,
+            "cost_per_message_usd": self.per_message,
+            "cost_per_sent_message_usd": self.per_sent,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "fallback_answers": self.fallback_answers,
+            "spent_usd": self.spent_usd,
+            "budget_usd": self.budget_usd,
+        }
+
+
+@dataclass(frozen=True)
+class ModelAnswers:
+    """A model that answered: for how many messages, how many as a fallback, at what cost."""
+
+    model: str
+    messages: int
+    fallback_answers: int
+    cost_usd: float
+    tokens: int
+
+
+@dataclass(frozen=True)
 class Stats:
     """The seed's monitoring figures (DEPLOY-V8 step 4.2) over a window, plus retries and the
     due backlog."""
@@ -35,6 +88,8 @@ class Stats:
     due_backlog: int
     oldest_due_seconds: float | None
     waiting: list[tuple[str, UUID, str, int, datetime]] = field(default_factory=list)
+    spend: list[CampaignSpend] = field(default_factory=list)
+    models: list[ModelAnswers] = field(default_factory=list)
 
     @property
     def since(self) -> datetime:
@@ -80,6 +135,17 @@ class Stats:
                 }
                 for name, campaign_id, reason, count, next_at in self.waiting
             ],
+            "spend": [spend.as_json() for spend in self.spend],
+            "models": [
+                {
+                    "model": m.model,
+                    "messages": m.messages,
+                    "fallback_answers": m.fallback_answers,
+                    "cost_usd": m.cost_usd,
+                    "tokens": m.tokens,
+                }
+                for m in self.models
+            ],
         }
 
 
@@ -94,6 +160,8 @@ async def collect_stats(url: str, window: timedelta) -> Stats:
         statuses = await (await conn.execute(q("stats_by_status"), params)).fetchall()
         queue = await one(conn, "stats_queue", params)
         waiting = await (await conn.execute(q("stats_waiting"))).fetchall()
+        spend = await (await conn.execute(q("stats_spend"), params)).fetchall()
+        models = await (await conn.execute(q("stats_models"), params)).fetchall()
     rank = {status: index for index, status in enumerate(STATUS_ORDER)}
     by_status = sorted(
         ((row["status"], row["count"], row["percentage"]) for row in statuses),
@@ -114,6 +182,8 @@ async def collect_stats(url: str, window: timedelta) -> Stats:
             (r["campaign"], r["campaign_id"], r["reason"], r["count"], r["next_at"])
             for r in waiting
         ],
+        spend=[CampaignSpend(**row) for row in spend],
+        models=[ModelAnswers(**row) for row in models],
     )
 
 
@@ -135,6 +205,10 @@ def _table(rows: Sequence[Sequence[str]], *, indent: str = "  ") -> list[str]:
 
 def _seconds(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f} s"
+
+
+def _usd(value: float | None, *, places: int = 6) -> str:
+    return "-" if value is None else f"${value:,.{places}f}"
 
 
 def _minute(value: datetime) -> str:
@@ -190,4 +264,35 @@ def render(figures: Stats) -> str:
         lines += _table(waiting)
     else:
         lines.append("  nothing pending")
+    lines += ["", "LLM spend per campaign (messages created in the window)"]
+    if figures.spend:
+        spend = [
+            ("campaign", "cost", "per message", "per sent", "tokens", "fallback", "spent", "budget")
+        ]
+        spend += [
+            (
+                s.campaign,
+                _usd(s.cost_usd),
+                _usd(s.per_message),
+                _usd(s.per_sent),
+                str(s.prompt_tokens + s.completion_tokens),
+                f"{s.fallback_answers}/{s.written}",
+                _usd(s.spent_usd),
+                _usd(s.budget_usd, places=2),
+            )
+            for s in figures.spend
+        ]
+        lines += _table(spend)
+    else:
+        lines.append("  no LLM spend")
+    lines += ["", "models that answered (messages created in the window)"]
+    if figures.models:
+        models = [("model", "messages", "as fallback", "cost", "tokens")]
+        models += [
+            (m.model, str(m.messages), str(m.fallback_answers), _usd(m.cost_usd), str(m.tokens))
+            for m in figures.models
+        ]
+        lines += _table(models)
+    else:
+        lines.append("  none")
     return "\n".join(lines)

@@ -16,7 +16,8 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable, Hashable
+from collections.abc import Awaitable, Callable, Hashable, Sequence
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 from uuid import UUID
@@ -27,7 +28,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from listener.batch import GroupCommit
 from listener.errors import DataRefusedError
-from listener.jobs import Finish, Job, RecordPart, StoreParts
+from listener.jobs import Finish, Job, RecordPart, StoreParts, Usage
 from listener.pacing import Wait
 from listener.queries import q
 from listener.settings import Settings
@@ -70,6 +71,21 @@ def _by_id(item: StoreParts | RecordPart | Finish) -> UUID:
 
 def _optional(text: str | None) -> str | None:
     return None if text is None else clean_text(text)
+
+
+_NO_USAGE = Usage()
+
+
+def _usage_params(usages: Sequence[Usage | None]) -> dict[str, list[Any]]:
+    """The usage columns of a batched write, one entry per item (no calls: zeros, NULLs)."""
+    each = [u or _NO_USAGE for u in usages]
+    return {
+        "prompt_tokens": [u.prompt_tokens for u in each],
+        "completion_tokens": [u.completion_tokens for u in each],
+        "costs": [float(u.cost_usd) for u in each],
+        "models": [_optional(u.model) for u in each],
+        "fallbacks": [u.fallback if u.model is not None else None for u in each],
+    }
 
 
 class Store:
@@ -133,13 +149,23 @@ class Store:
     # ----------------------------------------------------------------------------------------
 
     async def store_parts(self, item: StoreParts, job: Job) -> None:
+        """Store the parts, with the usage of the LLM calls the attempt made so far."""
+        if job.usage.calls and item.usage is None:
+            item = replace(item, usage=job.usage)
         await self._guarded(self._store, item, job)
+        if item.usage is job.usage:
+            job.usage = Usage()
 
     async def record_part(self, item: RecordPart, job: Job) -> None:
         await self._guarded(self._record, item, job)
 
     async def finish(self, item: Finish, job: Job) -> None:
+        """End the attempt; the usage of LLM calls not stored yet travels with it."""
+        if job.usage.calls and item.usage is None:
+            item = replace(item, usage=job.usage)
         await self._guarded(self._finish, item, job)
+        if item.usage is job.usage:
+            job.usage = Usage()
 
     async def note_uncertain(self, job: Job) -> int:
         """A send of the message's next part got no answer: count it on the row (so every
@@ -265,6 +291,7 @@ class Store:
                 "texts": [_optional(i.text) for i in items],
                 "parts": [json.dumps(i.parts, ensure_ascii=False) for i in items],
                 "worker": self.worker,
+                **_usage_params([i.usage for i in items]),
             },
         )
 
@@ -294,6 +321,7 @@ class Store:
                 "errors": [_optional(i.last_error) for i in items],
                 "reasons": [i.wait_reason for i in items],
                 "worker": self.worker,
+                **_usage_params([i.usage for i in items]),
             },
         )
 

@@ -1,16 +1,24 @@
-"""The LLM step: the prompt for one lead, the call through the LLM's gate, the reply split into
-parts, and a reply with nothing to send asked again before the message fails for it."""
+"""The LLM step: the campaign's budget checked, the prompt for one lead, the call through the
+LLM's gate (structured output, fallback models, usage), the reply split into parts, and a reply
+with nothing to send (or JSON that does not parse) asked again before the message fails for it.
+
+The usage of every billed call is added to `job.usage`, which travels with the message's next
+write (its parts, or the end of the attempt): no extra round trip."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from datetime import UTC, datetime
+from uuid import UUID
 
 from listener.calls import ProviderCalls
-from listener.jobs import Job
-from listener.providers.base import LLM
+from listener.jobs import Job, Usage
+from listener.outcomes import MustWait, budget_wait
+from listener.providers.base import LLM, Reply
 from listener.settings import Settings
 from listener.split import UnsplittableReply, split_reply
 from listener.text import clean_text
@@ -23,6 +31,58 @@ FORMAT_INSTRUCTIONS = (
     "WhatsApp bubble, at most {max_parts} parts, in the lead's language. Do not repeat what "
     "the lead's recent_messages already said."
 )
+
+
+class InvalidJsonReply(UnsplittableReply):
+    """The reply claims to be JSON (or was asked for as structured output) but is not the
+    JSON of a list of messages: it is asked again, never sent as raw JSON text."""
+
+
+def json_problem(text: str, *, required: bool) -> str | None:
+    """Why `text` is not usable JSON, when it claims to be JSON (it starts with `{` or `[`, or
+    holds a ``` fence that does) or JSON is `required`; None when it is fine or plain text."""
+    candidate = text.strip()
+    start = candidate.find("```")
+    if not candidate.startswith(("{", "[")) and start >= 0:
+        inner = candidate[start + 3 :]
+        if inner[:4].lower() == "json":
+            inner = inner[4:]
+        end = inner.find("```")
+        fenced = (inner if end < 0 else inner[:end]).strip()
+        if required or fenced.startswith(("{", "[")):
+            candidate = fenced
+    if not required and not candidate.startswith(("{", "[")):
+        return None
+    try:
+        data = json.loads(candidate)
+    except ValueError as exc:
+        what = "the structured reply" if required else "the reply claims JSON but"
+        return f"{what} does not parse: {exc}"
+    messages = data.get("messages") if isinstance(data, dict) else data
+    if (required and not isinstance(data, dict)) or not isinstance(messages, list):
+        return "the reply is JSON without a list of messages"
+    if not all(isinstance(m, str) for m in messages):
+        return "the reply's messages are not all text"
+    return None
+
+
+def same_model(answered: str, requested: str) -> bool:
+    """Whether the reply's model is `requested` (OpenRouter may name a dated version of it,
+    `openai/gpt-4o-mini-2024-07-18`, or drop a variant suffix such as `:free`)."""
+    base = requested.split(":", 1)[0]
+    name = answered.split(":", 1)[0]
+    return name == base or name.startswith(base + "-")
+
+
+def is_fallback(answered: str, primary: str, fallbacks: Sequence[str]) -> bool:
+    """Whether a fallback model, not the primary, answered."""
+    if answered == primary:
+        return False
+    if answered in fallbacks:
+        return True
+    if same_model(answered, primary):
+        return False
+    return any(same_model(answered, f) for f in fallbacks)
 
 
 class Writer:
@@ -40,14 +100,24 @@ class Writer:
         self.llm = llm
         self.calls = calls
         self._on_request = on_request
+        # Campaigns (and the budget) whose reached budget was logged: once each.
+        self._budget_logged: set[tuple[UUID, float]] = set()
 
     async def write(self, job: Job, *, check: Callable[[], None]) -> tuple[str, list[str]]:
         """Ask the LLM and split its reply; a reply with nothing to send is asked again, with
-        the quick retries' backoff, before the message fails for it."""
+        the quick retries' backoff, before the message fails for it. A campaign whose spend
+        reached its budget makes the message wait (MustWait, 'budget') before any call."""
+        if (wait := budget_wait(job, datetime.now(UTC))) is not None:
+            self._log_budget(job)
+            raise MustWait(wait)
         settings = self.settings
         for retry in range(settings.quick_retries + 1):
-            text = clean_text(await self._generate(job, check))
+            reply = await self._generate(job, check)
+            text = clean_text(reply.text)
             try:
+                problem = json_problem(text, required=reply.structured)
+                if problem is not None:
+                    raise InvalidJsonReply(problem)
                 parts = split_reply(
                     text, max_parts=settings.max_parts, max_chars=settings.max_part_chars
                 )
@@ -72,17 +142,52 @@ class Writer:
                 await asyncio.sleep(pause)
         raise AssertionError("unreachable")
 
-    async def _generate(self, job: Job, check: Callable[[], None]) -> str:
+    def _log_budget(self, job: Job) -> None:
+        assert job.campaign_budget is not None
+        key = (job.campaign_id, job.campaign_budget)
+        if key in self._budget_logged:
+            return
+        self._budget_logged.add(key)
+        log.warning(
+            "campaign %s spent $%.4f of its $%.2f budget: its messages that need the LLM wait "
+            "until the budget is raised",
+            job.campaign_id,
+            job.campaign_spent,
+            job.campaign_budget,
+            extra={
+                "action": "campaign_budget_reached",
+                "campaign_id": str(job.campaign_id),
+                "spent_usd": job.campaign_spent,
+                "budget_usd": job.campaign_budget,
+            },
+        )
+
+    async def _generate(self, job: Job, check: Callable[[], None]) -> Reply:
         system = (job.campaign_prompt or "").strip()
         system = (system + "\n\n" if system else "") + FORMAT_INSTRUCTIONS.replace(
             "{max_parts}", str(self.settings.max_parts)
         )
         user = json.dumps({"lead": job.context}, ensure_ascii=False, default=str)
         model = job.campaign_model or self.settings.model
+        fallbacks = tuple(
+            job.campaign_fallbacks
+            if job.campaign_fallbacks is not None
+            else self.settings.fallback_models
+        )
+        metrics = self.calls.metrics
+
+        def billed(usage: Usage) -> None:
+            if usage.model is not None:
+                usage = replace(usage, fallback=is_fallback(usage.model, model, fallbacks))
+            job.usage = job.usage + usage
+            metrics.llm_usage(usage)
+
         if self._on_request is not None:
             self._on_request(job)
         return await self.calls.call(
             self.calls.llm,
-            lambda: self.llm.generate(model=model, system=system, user=user),
+            lambda: self.llm.generate(
+                model=model, system=system, user=user, fallbacks=fallbacks, on_usage=billed
+            ),
             check=check,
         )

@@ -4,6 +4,121 @@
 -- Regenerate after adding a migration: uv run python -m tests.schema_snapshot
 
 --
+-- Name: apply_delivery_statuses(text[], text[], text[], timestamp with time zone[]); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.apply_delivery_statuses(p_instances text[], p_ids text[], p_statuses text[], p_ats timestamp with time zone[]) RETURNS integer
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+    moved uuid[];
+BEGIN
+    WITH v AS (
+        SELECT DISTINCT ON (u.instance, u.id) u.instance, u.id, u.status, u.at
+          FROM unnest(p_instances, p_ids, p_statuses, p_ats) AS u(instance, id, status, at)
+         WHERE delivery_rank(u.status) > 0
+         ORDER BY u.instance, u.id, delivery_rank(u.status) DESC, u.at
+    ), upd AS (
+        UPDATE message_parts p
+           SET status = v.status, status_at = v.at
+          FROM v
+         WHERE p.instance = v.instance AND p.provider_message_id = v.id
+           AND p.status <> 'ERROR' AND delivery_rank(v.status) > delivery_rank(p.status)
+        RETURNING p.message_id
+    ), early AS (
+        INSERT INTO delivery_updates_early AS e (instance, provider_message_id, status, status_at)
+        SELECT v.instance, v.id, v.status, v.at
+          FROM v
+         WHERE NOT EXISTS (SELECT 1 FROM message_parts p
+                            WHERE p.instance = v.instance AND p.provider_message_id = v.id)
+        ON CONFLICT (instance, provider_message_id) DO UPDATE
+           SET status = excluded.status, status_at = excluded.status_at
+         WHERE e.status <> 'ERROR' AND delivery_rank(excluded.status) > delivery_rank(e.status)
+    )
+    SELECT array_agg(DISTINCT message_id) INTO moved FROM upd;
+    IF moved IS NULL THEN
+        RETURN 0;
+    END IF;
+    PERFORM roll_up_delivery(moved);
+    RETURN cardinality(moved);
+END
+$$;
+
+--
+-- Name: apply_early_delivery_statuses(); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.apply_early_delivery_statuses(OUT applied integer, OUT dropped integer) RETURNS record
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+    i text[]; ids text[]; s text[]; ats timestamptz[];
+BEGIN
+    WITH ready AS (
+        DELETE FROM delivery_updates_early e
+         USING message_parts p
+         WHERE p.instance = e.instance AND p.provider_message_id = e.provider_message_id
+        RETURNING e.instance, e.provider_message_id, e.status, e.status_at
+    )
+    SELECT array_agg(instance), array_agg(provider_message_id), array_agg(status),
+           array_agg(status_at)
+      INTO i, ids, s, ats
+      FROM ready;
+    applied := COALESCE(cardinality(i), 0);
+    IF applied > 0 THEN
+        PERFORM apply_delivery_statuses(i, ids, s, ats);
+    END IF;
+    DELETE FROM delivery_updates_early WHERE received_at < now() - interval '10 minutes';
+    GET DIAGNOSTICS dropped = ROW_COUNT;
+END
+$$;
+
+--
+-- Name: apply_reply(text[], boolean, timestamp with time zone); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.apply_reply(p_phones text[], p_opt_out boolean, p_at timestamp with time zone) RETURNS TABLE(lead_id uuid, skipped integer)
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+    found uuid[];
+    n integer;
+BEGIN
+    SELECT array_agg(l.id) INTO found
+      FROM leads l
+     WHERE regexp_replace(l.phone, '[^0-9]', '', 'g') = ANY (p_phones);
+    IF found IS NULL THEN
+        RETURN;
+    END IF;
+    UPDATE leads l
+       SET last_reply_at = GREATEST(l.last_reply_at, p_at),
+           opted_out = l.opted_out OR p_opt_out,
+           opted_out_at = CASE WHEN p_opt_out AND NOT l.opted_out THEN p_at
+                               ELSE l.opted_out_at END,
+           updated_at = now()
+     WHERE l.id = ANY (found);
+    UPDATE campaign_messages m
+       SET replied_at = p_at
+      FROM (SELECT DISTINCT ON (c.lead_id) c.id
+              FROM campaign_messages c
+             WHERE c.lead_id = ANY (found) AND c.sent_at IS NOT NULL
+             ORDER BY c.lead_id, c.sent_at DESC) latest
+     WHERE m.id = latest.id AND m.replied_at IS NULL;
+    UPDATE campaign_messages m
+       SET status = 'skipped',
+           last_error = CASE WHEN p_opt_out THEN 'skipped: the lead opted out'
+                             ELSE 'skipped: the lead replied' END,
+           wait_reason = NULL,
+           updated_at = now()
+     WHERE m.lead_id = ANY (found) AND m.status = 'pending' AND m.parts_sent = 0
+       AND (p_opt_out OR EXISTS (SELECT 1 FROM campaigns c
+                                  WHERE c.id = m.campaign_id AND c.stop_on_reply));
+    GET DIAGNOSTICS n = ROW_COUNT;
+    RETURN QUERY SELECT unnest(found), n;
+END
+$$;
+
+--
 -- Name: campaign_messages_notify_delete(); Type: FUNCTION; Schema: public; Owner: -
 --
 
@@ -182,6 +297,40 @@ BEGIN
     END IF;
     RETURN NULL;
 END
+$$;
+
+--
+-- Name: campaigns_wake_budget(); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.campaigns_wake_budget() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $$
+BEGIN
+    IF NEW.budget_usd IS NULL OR NEW.spent_usd < NEW.budget_usd THEN
+        UPDATE campaign_messages
+           SET wait_reason = NULL,
+               scheduled_at = now(),
+               updated_at = now()
+         WHERE campaign_id = NEW.id AND status = 'pending' AND wait_reason = 'budget';
+        IF FOUND THEN
+            PERFORM pg_notify('campaign_messages', extract(epoch FROM now())::text);
+        END IF;
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+--
+-- Name: delivery_rank(text); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.delivery_rank(status text) RETURNS integer
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    AS $$
+    SELECT CASE status
+               WHEN 'PENDING' THEN 1 WHEN 'SERVER_ACK' THEN 2 WHEN 'DELIVERY_ACK' THEN 3
+               WHEN 'READ' THEN 4 WHEN 'PLAYED' THEN 5 WHEN 'ERROR' THEN 9 ELSE 0 END
 $$;
 
 --
@@ -384,6 +533,43 @@ BEGIN
 END
 $$;
 
+--
+-- Name: roll_up_delivery(uuid[]); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.roll_up_delivery(p_message_ids uuid[]) RETURNS void
+    LANGUAGE sql
+    AS $$
+    WITH locked AS (
+        SELECT m.id FROM campaign_messages m
+         WHERE m.id = ANY (p_message_ids)
+         ORDER BY m.id
+           FOR NO KEY UPDATE
+    ), r AS (
+        SELECT p.message_id,
+               count(*) FILTER (WHERE delivery_rank(p.status) BETWEEN 3 AND 5) AS delivered,
+               max(p.status_at) FILTER (WHERE delivery_rank(p.status) BETWEEN 3 AND 5) AS last_at,
+               min(p.status_at) FILTER (WHERE p.status IN ('READ', 'PLAYED')) AS read_at,
+               min(p.part_no) FILTER (WHERE p.status = 'ERROR') AS error_part
+          FROM message_parts p JOIN locked l ON l.id = p.message_id
+         GROUP BY p.message_id
+    )
+    UPDATE campaign_messages m
+       SET delivered_at = COALESCE(m.delivered_at,
+                                   CASE WHEN r.delivered >= GREATEST(jsonb_array_length(
+                                                 COALESCE(m.parts, '[]'::jsonb)), 1)
+                                        THEN r.last_at END),
+           read_at = COALESCE(m.read_at, r.read_at),
+           delivery_error = COALESCE(m.delivery_error,
+                                     CASE WHEN r.error_part IS NOT NULL
+                                          THEN 'WhatsApp reported ERROR for part '
+                                               || (r.error_part + 1) END)
+      FROM r
+     WHERE m.id = r.message_id
+       AND (m.delivered_at IS NULL OR m.read_at IS NULL
+            OR (m.delivery_error IS NULL AND r.error_part IS NOT NULL))
+$$;
+
 SET default_tablespace = '';
 
 SET default_table_access_method = heap;
@@ -416,6 +602,16 @@ CREATE TABLE public.campaign_messages (
     cap_day date,
     uncertain_part integer,
     uncertain_sends integer DEFAULT 0 NOT NULL,
+    delivered_at timestamp with time zone,
+    read_at timestamp with time zone,
+    delivery_error text,
+    replied_at timestamp with time zone,
+    uncertain_at timestamp with time zone,
+    model text,
+    model_fallback boolean,
+    prompt_tokens bigint DEFAULT 0 NOT NULL,
+    completion_tokens bigint DEFAULT 0 NOT NULL,
+    cost_usd numeric(18,10) DEFAULT 0 NOT NULL,
     CONSTRAINT campaign_messages_attempts_check CHECK ((attempts >= 0)),
     CONSTRAINT campaign_messages_lease_check CHECK (((status <> 'processing'::text) OR ((locked_by IS NOT NULL) AND (locked_until IS NOT NULL)))),
     CONSTRAINT campaign_messages_parts_check CHECK (((parts IS NULL) OR (jsonb_typeof(parts) = 'array'::text))),
@@ -442,6 +638,48 @@ COMMENT ON COLUMN public.campaign_messages.uncertain_part IS 'index (from 0) of 
 --
 
 COMMENT ON COLUMN public.campaign_messages.uncertain_sends IS 'how many sends of uncertain_part got no answer';
+
+--
+-- Name: COLUMN campaign_messages.delivered_at; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.campaign_messages.delivered_at IS 'every part DELIVERY_ACK or later';
+
+--
+-- Name: COLUMN campaign_messages.read_at; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.campaign_messages.read_at IS 'a part READ or PLAYED';
+
+--
+-- Name: COLUMN campaign_messages.delivery_error; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.campaign_messages.delivery_error IS 'a part WhatsApp reported as ERROR';
+
+--
+-- Name: COLUMN campaign_messages.uncertain_at; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.campaign_messages.uncertain_at IS 'when the first send of uncertain_part that got no answer was made';
+
+--
+-- Name: COLUMN campaign_messages.model; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.campaign_messages.model IS 'the model that answered the message''s last billed LLM call (the reply''s model)';
+
+--
+-- Name: COLUMN campaign_messages.model_fallback; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.campaign_messages.model_fallback IS 'true when that model was one of the fallbacks, not the primary';
+
+--
+-- Name: COLUMN campaign_messages.cost_usd; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.campaign_messages.cost_usd IS 'US dollars of every billed LLM call of the message (usage.cost), summed';
 
 --
 -- Name: campaign_runs; Type: TABLE; Schema: public; Owner: -
@@ -482,12 +720,47 @@ CREATE TABLE public.campaigns (
     daily_cap integer,
     gap_min_seconds integer,
     gap_max_seconds integer,
+    stop_on_reply boolean DEFAULT true NOT NULL,
+    fallback_models text[],
+    budget_usd numeric(14,6),
+    spent_usd numeric(18,10) DEFAULT 0 NOT NULL,
+    CONSTRAINT campaigns_budget_check CHECK (((budget_usd IS NULL) OR (budget_usd >= (0)::numeric))),
     CONSTRAINT campaigns_cap_check CHECK (((daily_cap IS NULL) OR (daily_cap >= 0))),
     CONSTRAINT campaigns_days_check CHECK (((send_days IS NULL) OR ((send_days <@ ARRAY[(1)::smallint, (2)::smallint, (3)::smallint, (4)::smallint, (5)::smallint, (6)::smallint, (7)::smallint]) AND (cardinality(send_days) > 0)))),
     CONSTRAINT campaigns_gap_check CHECK ((((gap_min_seconds IS NULL) = (gap_max_seconds IS NULL)) AND ((gap_min_seconds IS NULL) OR ((gap_min_seconds >= 0) AND (gap_max_seconds >= gap_min_seconds))))),
     CONSTRAINT campaigns_status_check CHECK ((status = ANY (ARRAY['active'::text, 'paused'::text, 'archived'::text]))),
     CONSTRAINT campaigns_timezone_check CHECK ((('2000-01-01 00:00:00+00'::timestamp with time zone AT TIME ZONE send_timezone) IS NOT NULL)),
     CONSTRAINT campaigns_window_check CHECK ((((send_window_start IS NULL) = (send_window_end IS NULL)) AND ((send_window_start IS NULL) OR (send_window_start <> send_window_end))))
+);
+
+--
+-- Name: COLUMN campaigns.fallback_models; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.campaigns.fallback_models IS 'models OpenRouter tries in order after the primary; NULL = LISTENER_FALLBACK_MODELS';
+
+--
+-- Name: COLUMN campaigns.budget_usd; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.campaigns.budget_usd IS 'once spent_usd reaches it, messages that still need the LLM wait (wait_reason budget)';
+
+--
+-- Name: COLUMN campaigns.spent_usd; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.campaigns.spent_usd IS 'sum of campaign_messages.cost_usd, kept by the listener''s writes that store the usage';
+
+--
+-- Name: delivery_updates_early; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.delivery_updates_early (
+    instance text NOT NULL,
+    provider_message_id text NOT NULL,
+    status text NOT NULL,
+    status_at timestamp with time zone NOT NULL,
+    received_at timestamp with time zone DEFAULT now() NOT NULL
 );
 
 --
@@ -505,7 +778,9 @@ CREATE TABLE public.leads (
     notes text,
     metadata jsonb DEFAULT '{}'::jsonb NOT NULL,
     created_at timestamp with time zone DEFAULT now() NOT NULL,
-    updated_at timestamp with time zone
+    updated_at timestamp with time zone,
+    last_reply_at timestamp with time zone,
+    opted_out_at timestamp with time zone
 );
 
 --
@@ -547,6 +822,26 @@ CREATE TABLE public.listener_migrations (
 );
 
 --
+-- Name: message_parts; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.message_parts (
+    message_id uuid NOT NULL,
+    part_no integer NOT NULL,
+    instance text NOT NULL,
+    provider_message_id text NOT NULL,
+    status text DEFAULT 'PENDING'::text NOT NULL,
+    status_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT message_parts_status_check CHECK ((status = ANY (ARRAY['PENDING'::text, 'SERVER_ACK'::text, 'DELIVERY_ACK'::text, 'READ'::text, 'PLAYED'::text, 'ERROR'::text])))
+);
+
+--
+-- Name: TABLE message_parts; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON TABLE public.message_parts IS 'each accepted part and the last delivery status WhatsApp reported for it (forward only)';
+
+--
 -- Name: sandbox_outbox; Type: TABLE; Schema: public; Owner: -
 --
 
@@ -577,6 +872,18 @@ CREATE SEQUENCE public.sandbox_outbox_id_seq
 ALTER SEQUENCE public.sandbox_outbox_id_seq OWNED BY public.sandbox_outbox.id;
 
 --
+-- Name: sent_events; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.sent_events (
+    instance text NOT NULL,
+    provider_message_id text NOT NULL,
+    number text NOT NULL,
+    text text NOT NULL,
+    received_at timestamp with time zone DEFAULT now() NOT NULL
+);
+
+--
 -- Name: sandbox_outbox id; Type: DEFAULT; Schema: public; Owner: -
 --
 
@@ -602,6 +909,13 @@ ALTER TABLE ONLY public.campaign_runs
 
 ALTER TABLE ONLY public.campaigns
     ADD CONSTRAINT campaigns_pkey PRIMARY KEY (id);
+
+--
+-- Name: delivery_updates_early delivery_updates_early_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.delivery_updates_early
+    ADD CONSTRAINT delivery_updates_early_pkey PRIMARY KEY (instance, provider_message_id);
 
 --
 -- Name: leads leads_pkey; Type: CONSTRAINT; Schema: public; Owner: -
@@ -632,11 +946,32 @@ ALTER TABLE ONLY public.listener_migrations
     ADD CONSTRAINT listener_migrations_pkey PRIMARY KEY (version);
 
 --
+-- Name: message_parts message_parts_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.message_parts
+    ADD CONSTRAINT message_parts_pkey PRIMARY KEY (message_id, part_no);
+
+--
+-- Name: message_parts message_parts_provider_key; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.message_parts
+    ADD CONSTRAINT message_parts_provider_key UNIQUE (instance, provider_message_id);
+
+--
 -- Name: sandbox_outbox sandbox_outbox_pkey; Type: CONSTRAINT; Schema: public; Owner: -
 --
 
 ALTER TABLE ONLY public.sandbox_outbox
     ADD CONSTRAINT sandbox_outbox_pkey PRIMARY KEY (id);
+
+--
+-- Name: sent_events sent_events_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.sent_events
+    ADD CONSTRAINT sent_events_pkey PRIMARY KEY (instance, provider_message_id);
 
 --
 -- Name: idx_campaign_messages_campaign; Type: INDEX; Schema: public; Owner: -
@@ -681,6 +1016,12 @@ CREATE INDEX idx_campaign_messages_failed_recent ON public.campaign_messages USI
 CREATE INDEX idx_campaign_messages_lead_history ON public.campaign_messages USING btree (lead_id, sent_at DESC) WHERE (sent_at IS NOT NULL);
 
 --
+-- Name: idx_campaign_messages_lead_pending; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX idx_campaign_messages_lead_pending ON public.campaign_messages USING btree (lead_id) WHERE (status = 'pending'::text);
+
+--
 -- Name: idx_campaign_messages_lease; Type: INDEX; Schema: public; Owner: -
 --
 
@@ -723,6 +1064,18 @@ CREATE INDEX idx_campaign_runs_campaign ON public.campaign_runs USING btree (cam
 CREATE INDEX idx_leads_phone ON public.leads USING btree (phone);
 
 --
+-- Name: idx_leads_phone_digits; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX idx_leads_phone_digits ON public.leads USING btree (regexp_replace(phone, '[^0-9]'::text, ''::text, 'g'::text));
+
+--
+-- Name: idx_sent_events_number; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX idx_sent_events_number ON public.sent_events USING btree (number, received_at);
+
+--
 -- Name: campaign_messages campaign_messages_after_delete; Type: TRIGGER; Schema: public; Owner: -
 --
 
@@ -753,6 +1106,12 @@ CREATE TRIGGER campaigns_after_update AFTER UPDATE ON public.campaigns REFERENCI
 CREATE TRIGGER campaigns_mark_paused AFTER UPDATE OF status ON public.campaigns FOR EACH ROW WHEN ((old.status IS DISTINCT FROM new.status)) EXECUTE FUNCTION public.campaigns_mark_paused();
 
 --
+-- Name: campaigns campaigns_wake_budget; Type: TRIGGER; Schema: public; Owner: -
+--
+
+CREATE TRIGGER campaigns_wake_budget AFTER UPDATE OF budget_usd, spent_usd ON public.campaigns FOR EACH ROW WHEN (((new.budget_usd IS DISTINCT FROM old.budget_usd) OR (new.spent_usd < old.spent_usd))) EXECUTE FUNCTION public.campaigns_wake_budget();
+
+--
 -- Name: campaign_messages campaign_messages_campaign_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: -
 --
 
@@ -779,6 +1138,13 @@ ALTER TABLE ONLY public.campaign_runs
 
 ALTER TABLE ONLY public.listener_campaign_days
     ADD CONSTRAINT listener_campaign_days_campaign_id_fkey FOREIGN KEY (campaign_id) REFERENCES public.campaigns(id) ON DELETE CASCADE;
+
+--
+-- Name: message_parts message_parts_message_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.message_parts
+    ADD CONSTRAINT message_parts_message_id_fkey FOREIGN KEY (message_id) REFERENCES public.campaign_messages(id) ON DELETE CASCADE;
 
 --
 -- PostgreSQL database dump complete

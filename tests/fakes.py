@@ -11,9 +11,13 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
+import aiohttp
 from aiohttp import web
+
+from listener.feedback import sign_jwt
 
 
 @dataclass
@@ -50,6 +54,28 @@ class FakeProviders:
     chaos: Callable[[str], str | None] | None = None
     timeout_sleep: float = 0.5
     faults: int = 0
+    # Delivery feedback: the listener's receiver the fake posts real-shaped webhooks to, and the
+    # secret it signs their JWT with (Evolution's `jwt_key` header option).
+    webhook_url: str = ""
+    webhook_secret: str = ""
+    # Post `send.message` after each accepted send, as Evolution does.
+    emit_sent: bool = False
+    # The next sends are delivered (and `send.message` posted when emit_sent) but answered 504
+    # after `timeout_sleep`: a send whose answer never came although it went out.
+    deliver_then_timeout: int = 0
+    # Every webhook posted: (HTTP status answered, body).
+    webhook_posts: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
+    # Bodies of POST /webhook/set/{instance} and of POST /chat/findMessages/{instance}.
+    webhook_sets: list[dict[str, Any]] = field(default_factory=list)
+    find_requests: list[dict[str, Any]] = field(default_factory=list)
+    # What findMessages finds: the accepted sends (newest first) unless `find_nothing`.
+    find_nothing: bool = False
+    # What a default LLM answer reports: the model that answered (None: the request's `model`)
+    # and, when the request asks for it (`usage.include`), this usage.
+    answer_model: str | None = None
+    llm_usage: dict[str, Any] = field(
+        default_factory=lambda: {"prompt_tokens": 120, "completion_tokens": 30, "cost": 0.0001}
+    )
     _counter: int = 0
 
     def llm_text(self, body: dict[str, Any]) -> str:
@@ -92,13 +118,17 @@ class FakeProviders:
             assert reply is not None
             return web.json_response(reply.body or {}, status=reply.status, headers=reply.headers)
         text = self.llm_text(body)
-        return web.json_response(
-            {
-                "choices": [
-                    {"message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
-                ]
-            }
-        )
+        answer: dict[str, Any] = {
+            "model": self.answer_model or body.get("model"),
+            "choices": [
+                {"message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
+            ],
+        }
+        if (body.get("usage") or {}).get("include"):
+            usage = dict(self.llm_usage)
+            usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+            answer["usage"] = usage
+        return web.json_response(answer)
 
     async def _send(self, request: web.Request) -> web.Response:
         body = await request.json()
@@ -123,17 +153,88 @@ class FakeProviders:
             return web.json_response(reply.body or {}, status=reply.status, headers=reply.headers)
         self._counter += 1
         message_id = f"EVO{self._counter:08d}"
+        instance = request.match_info["instance"]
         accepted = {
-            "instance": request.match_info["instance"],
+            "instance": instance,
             **body,
             "accepted": True,
             "id": message_id,
             "at": time.monotonic(),
+            "timestamp": int(time.time()),
         }
         self.sends.append(accepted)
         if self.on_accept is not None:
             self.on_accept(accepted)
+        if self.emit_sent:
+            await self.post_webhook(
+                "send.message",
+                sent_data(message_id, body["number"], body["text"]),
+                instance=instance,
+            )
+        if self.deliver_then_timeout > 0:
+            self.deliver_then_timeout -= 1
+            await asyncio.sleep(self.timeout_sleep)
+            return web.json_response({"error": "gateway timeout"}, status=504)
         return web.json_response({"key": {"id": message_id}, "status": "PENDING"}, status=201)
+
+    async def _webhook_set(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        self.webhook_sets.append(
+            {"instance": request.match_info["instance"], "apikey": request.headers.get("apikey")}
+            | body
+        )
+        return web.json_response({"webhook": {"instanceName": request.match_info["instance"]}})
+
+    async def _find_messages(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        self.find_requests.append(body)
+        jid = body["where"]["key"]["remoteJid"]
+        records = (
+            []
+            if self.find_nothing
+            else [
+                {
+                    "key": {"id": s["id"], "remoteJid": jid, "fromMe": True},
+                    "message": {"conversation": s["text"]},
+                    "messageTimestamp": s["timestamp"],
+                }
+                for s in reversed(self.accepted())
+                if f"{s['number']}@s.whatsapp.net" == jid
+            ]
+        )
+        return web.json_response(
+            {"messages": {"total": len(records), "pages": 1, "currentPage": 1, "records": records}}
+        )
+
+    async def post_webhook(
+        self,
+        event: str,
+        data: Any,
+        *,
+        instance: str = "main",
+        headers: dict[str, str] | None = None,
+        by_events: bool = False,
+        raw: bytes | None = None,
+    ) -> int:
+        """Post one webhook to the listener as Evolution 2.3 does (body, JWT from `jwt_key`);
+        returns the status it answered."""
+        body = webhook_body(event, data, instance=instance)
+        if headers is None:
+            headers = {"Authorization": f"Bearer {sign_jwt(self.webhook_secret)}"}
+        url = self.webhook_url
+        if by_events:
+            url += "/" + event.replace(".", "-")
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(
+                url,
+                data=raw if raw is not None else json.dumps(body),
+                headers={"Content-Type": "application/json", **headers},
+            ) as response,
+        ):
+            await response.read()
+            self.webhook_posts.append((response.status, body))
+            return response.status
 
     async def _state(self, request: web.Request) -> web.Response:
         return web.json_response(
@@ -148,7 +249,79 @@ class FakeProviders:
         app.router.add_post("/chat/completions", self._chat)
         app.router.add_post("/message/sendText/{instance}", self._send)
         app.router.add_get("/instance/connectionState/{instance}", self._state)
+        app.router.add_post("/webhook/set/{instance}", self._webhook_set)
+        app.router.add_post("/chat/findMessages/{instance}", self._find_messages)
         return app
+
+
+def webhook_body(event: str, data: Any, *, instance: str = "main") -> dict[str, Any]:
+    """A webhook body as Evolution 2.3 posts it."""
+    return {
+        "event": event,
+        "instance": instance,
+        "data": data,
+        "destination": "http://listener/webhooks/evolution",
+        "date_time": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        "sender": "5511900000000@s.whatsapp.net",
+        "server_url": "http://evolution:8080",
+        "apikey": "INSTANCE-TOKEN",
+    }
+
+
+def status_data(key_id: str, status: str, number: str = "5511900000001") -> dict[str, Any]:
+    """`messages.update` data: the part's id, the chat (maybe @lid) and its new status."""
+    return {
+        "messageId": "cm" + key_id.lower(),
+        "keyId": key_id,
+        "remoteJid": f"{number}@s.whatsapp.net",
+        "fromMe": True,
+        "participant": None,
+        "status": status,
+        "instanceId": "0b1c2d3e",
+    }
+
+
+def reply_data(
+    number: str, text: str, *, lid: bool = False, key_id: str = "3EB0REPLY"
+) -> dict[str, Any]:
+    """`messages.upsert` data of a lead writing to us (`@lid` chats carry the number in
+    `remoteJidAlt`)."""
+    key: dict[str, Any] = {"remoteJid": f"{number}@s.whatsapp.net", "fromMe": False, "id": key_id}
+    if lid:
+        key = {
+            "remoteJid": "123456789012345@lid",
+            "remoteJidAlt": f"{number}@s.whatsapp.net",
+            "fromMe": False,
+            "id": key_id,
+        }
+    return {
+        "key": key,
+        "pushName": "Lead",
+        "status": "DELIVERY_ACK",
+        "message": {"conversation": text},
+        "messageType": "conversation",
+        "messageTimestamp": int(time.time()),
+        "instanceId": "0b1c2d3e",
+        "source": "android",
+    }
+
+
+def sent_data(key_id: str, number: str, text: str) -> dict[str, Any]:
+    """`send.message` data: what sendText answered."""
+    return {
+        "key": {"remoteJid": f"{number}@s.whatsapp.net", "fromMe": True, "id": key_id},
+        "pushName": "",
+        "status": "PENDING",
+        "message": {"conversation": text},
+        "messageType": "conversation",
+        "messageTimestamp": int(time.time()),
+        "instanceId": "0b1c2d3e",
+    }
+
+
+def connection_data(instance: str, state: str, reason: int) -> dict[str, Any]:
+    """`connection.update` data."""
+    return {"instance": instance, "state": state, "statusReason": reason}
 
 
 @contextlib.asynccontextmanager

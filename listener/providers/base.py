@@ -3,8 +3,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from datetime import datetime
+from typing import Protocol, runtime_checkable
+
+from listener.jobs import Usage
 
 
 @dataclass(frozen=True, slots=True)
@@ -14,15 +18,46 @@ class SentPart:
     provider_message_id: str
 
 
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """The LLM's answer: its text, the model that wrote it, and whether the text was asked for
+    as structured output (then it must be the JSON object `{"messages": [...]}`)."""
+
+    text: str
+    model: str | None = None
+    structured: bool = False
+
+
 class LLM(Protocol):
     """Writes the text of one message."""
 
-    async def generate(self, *, model: str, system: str, user: str) -> str:
-        """Return the reply text. Raises a ProviderError subclass on failure (after any quick
-        retries the implementation makes for transient errors)."""
+    async def generate(
+        self,
+        *,
+        model: str,
+        system: str,
+        user: str,
+        fallbacks: Sequence[str] = (),
+        on_usage: Callable[[Usage], None] | None = None,
+    ) -> Reply:
+        """Return the reply of `model` (or of the first of `fallbacks` that answers). Every
+        billed call, a failed one included, is reported to `on_usage`. Raises a ProviderError
+        subclass on failure (after any quick retries the implementation makes)."""
         ...
 
     async def aclose(self) -> None: ...
+
+
+@runtime_checkable
+class SentFinder(Protocol):
+    """A sender that can look up whether a send whose answer never came went out."""
+
+    async def find_sent(
+        self, *, instance: str, numbers: tuple[str, ...], text: str, since: datetime
+    ) -> str | None:
+        """The provider's id of a message sent to one of `numbers` with exactly `text` since
+        `since`, or None. Raises a ProviderError when it cannot tell."""
+        ...
 
 
 class Sender(Protocol):

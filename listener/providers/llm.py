@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import json
 import logging
+import math
+import time
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import httpx
@@ -21,6 +24,7 @@ from listener.errors import (
     RateLimitedError,
     TransientProviderError,
 )
+from listener.jobs import Usage
 from listener.providers._http import (
     REQUEST_ERRORS,
     Scrub,
@@ -34,6 +38,7 @@ from listener.providers._http import (
     secrets_of,
     with_quick_retry,
 )
+from listener.providers.base import Reply
 from listener.settings import Settings
 from listener.text import clean_text
 
@@ -43,13 +48,27 @@ E = TypeVar("E", bound=ProviderError)
 
 PROVIDER = "openrouter"
 _BUDGET_WORDS = ("budget", "in-flight", "in_flight", "inflight")
+# What a 400 or 404 says when the model's endpoints refuse the request's parameters (OpenRouter:
+# "No endpoints found that can handle the requested parameters", "response_format is not
+# supported", ...).
+_PARAMETER_WORDS = ("parameter", "response_format", "json_schema", "structured output")
+#: How long a model that refused structured output is asked without it (DESIGN.md: an hour).
+STRUCTURED_MEMORY_SECONDS = 3600.0
+
+
+class _ParametersRefused(Exception):
+    """The model's endpoints refused structured output: ask again without it."""
 
 
 class OpenRouterLLM:
     """Writes message text through OpenRouter's chat completions API."""
 
     def __init__(
-        self, settings: Settings, *, transport: httpx.AsyncBaseTransport | None = None
+        self,
+        settings: Settings,
+        *,
+        transport: httpx.AsyncBaseTransport | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         key = settings.openrouter_api_key.get_secret_value() if settings.openrouter_api_key else ""
         self._settings = settings
@@ -66,12 +85,71 @@ class OpenRouterLLM:
         self._completions = httpx.URL(
             settings.openrouter_base_url.rstrip("/") + "/chat/completions"
         )
+        self._clock = clock
+        # Models whose endpoints refused structured output, and until when (on `clock`) they
+        # are asked without it.
+        self._unstructured: dict[str, float] = {}
+        self._response_format = {
+            "type": "json_schema",
+            "json_schema": {
+                "name": "whatsapp_messages",
+                "strict": True,
+                "schema": {
+                    "type": "object",
+                    "properties": {
+                        "messages": {
+                            "type": "array",
+                            "items": {"type": "string"},
+                            "minItems": 1,
+                            "maxItems": settings.max_parts,
+                        }
+                    },
+                    "required": ["messages"],
+                    "additionalProperties": False,
+                },
+            },
+        }
 
-    async def generate(self, *, model: str, system: str, user: str) -> str:
-        """Return the reply text, after quick retries of transient failures."""
+    def structured(self, model: str) -> bool:
+        """Whether `model` is asked for structured output now (LISTENER_STRUCTURED_OUTPUT, and
+        in `auto` whether it refused it within the last hour)."""
+        mode = self._settings.structured_output
+        if mode != "auto":
+            return mode == "on"
+        until = self._unstructured.get(model)
+        if until is None:
+            return True
+        if self._clock() >= until:
+            del self._unstructured[model]
+            return True
+        return False
 
-        async def call() -> str:
-            return await self._generate_once(model=model, system=system, user=user)
+    async def generate(
+        self,
+        *,
+        model: str,
+        system: str,
+        user: str,
+        fallbacks: Sequence[str] = (),
+        on_usage: Callable[[Usage], None] | None = None,
+    ) -> Reply:
+        """Return the reply, after quick retries of transient failures. In `auto`, a model
+        whose endpoints refuse structured output is asked again at once without it."""
+        models = [model, *(m for m in dict.fromkeys(fallbacks) if m and m != model)]
+
+        async def call() -> Reply:
+            structured = self.structured(model)
+            try:
+                return await self._generate_once(models, system, user, structured, on_usage)
+            except _ParametersRefused as exc:
+                self._unstructured[model] = self._clock() + STRUCTURED_MEMORY_SECONDS
+                logger.warning(
+                    "%s refused structured output, asking without it for an hour: %s",
+                    model,
+                    exc,
+                    extra={"action": "llm_structured_refused", "model": model},
+                )
+                return await self._generate_once(models, system, user, False, on_usage)
 
         return await with_quick_retry(
             self._settings, call, provider=PROVIDER, operation="chat_completion"
@@ -81,14 +159,27 @@ class OpenRouterLLM:
         """Close the HTTP client and its connections."""
         await self._client.aclose()
 
-    async def _generate_once(self, *, model: str, system: str, user: str) -> str:
-        body = {
-            "model": model,
+    async def _generate_once(
+        self,
+        models: list[str],
+        system: str,
+        user: str,
+        structured: bool,
+        on_usage: Callable[[Usage], None] | None,
+    ) -> Reply:
+        body: dict[str, Any] = {
+            "model": models[0],
             "messages": [
                 {"role": "system", "content": system},
                 {"role": "user", "content": user},
             ],
+            "usage": {"include": True},
         }
+        if len(models) > 1:
+            body["models"] = models
+        if structured:
+            body["response_format"] = self._response_format
+            body["provider"] = {"require_parameters": True}
         try:
             # The read timeout bounds each gap between bytes; this bounds the whole call.
             response = await exchange(
@@ -102,9 +193,20 @@ class OpenRouterLLM:
         except REQUEST_ERRORS as exc:
             raise self._clean(request_failure(exc, provider=PROVIDER)) from exc
         payload = parse_json(response)
+        usage = _usage(payload, billed=response.is_success)
+        if usage is not None and on_usage is not None:
+            on_usage(usage)
         if not response.is_success:
+            if (
+                structured
+                and self._settings.structured_output == "auto"
+                and response.status_code in (400, 404)
+                and _about_parameters(payload)
+            ):
+                raise _ParametersRefused(_error_message(payload, self._scrub))
             raise self._clean(_http_error(response, payload, self._scrub))
-        return self._reply_text(response, payload)
+        text = self._reply_text(response, payload)
+        return Reply(text=text, model=usage.model if usage else None, structured=structured)
 
     def _reply_text(self, response: httpx.Response, payload: Any) -> str:
         """The text of `choices[0].message.content`, without what Postgres cannot store (NUL,
@@ -160,6 +262,41 @@ def _error_message(payload: Any, scrub: Scrub) -> str:
             return scrub(error)
         return scrub(json.dumps(payload, ensure_ascii=False))
     return ""
+
+
+def _about_parameters(payload: Any) -> bool:
+    """A 400/404 that is about the request's parameters (structured output unsupported)."""
+    if not isinstance(payload, dict):
+        return False
+    text = json.dumps(payload.get("error", payload), ensure_ascii=False).lower()
+    return any(word in text for word in _PARAMETER_WORDS)
+
+
+def _count(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+
+
+def _usage(payload: Any, *, billed: bool) -> Usage | None:
+    """What one call cost (`usage`, asked for with `usage.include`) and the model that answered;
+    None for a call that was not billed (an error answer without usage)."""
+    if not isinstance(payload, dict):
+        return Usage(calls=1) if billed else None
+    usage = payload.get("usage")
+    if not isinstance(usage, dict):
+        usage = {}
+    if not billed and not usage:
+        return None
+    cost = usage.get("cost")
+    if isinstance(cost, bool) or not isinstance(cost, int | float) or not math.isfinite(cost):
+        cost = 0.0
+    model = payload.get("model")
+    return Usage(
+        prompt_tokens=_count(usage.get("prompt_tokens")),
+        completion_tokens=_count(usage.get("completion_tokens")),
+        cost_usd=max(float(cost), 0.0),
+        calls=1,
+        model=clean_text(model)[:200] or None if isinstance(model, str) else None,
+    )
 
 
 def _budget_exhausted(payload: Any) -> bool:

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from psycopg_pool import AsyncConnectionPool
 
 from listener.batch import GroupCommit
-from listener.providers.base import SentPart
+from listener.jobs import Usage
+from listener.providers.base import Reply, SentPart
 from listener.queries import q
 
 
@@ -18,9 +20,23 @@ class SandboxLLM:
     """Writes `{"messages": [...]}` from the lead's context with no network.
 
     The user message is the lead context as JSON (as the processor builds it); the reply greets
-    the lead by name and mentions the company and city when known."""
+    the lead by name and mentions the company and city when known. Each reply reports a small
+    usage, deterministic for its input (about four characters a token, priced like a small
+    model: $0.15 per million prompt tokens, $0.60 per million completion tokens), so the demo
+    shows spend."""
 
-    async def generate(self, *, model: str, system: str, user: str) -> str:
+    PROMPT_USD_PER_TOKEN = 0.15e-6
+    COMPLETION_USD_PER_TOKEN = 0.60e-6
+
+    async def generate(
+        self,
+        *,
+        model: str,
+        system: str,
+        user: str,
+        fallbacks: Sequence[str] = (),
+        on_usage: Callable[[Usage], None] | None = None,
+    ) -> Reply:
         try:
             context: dict[str, Any] = json.loads(user).get("lead", {})
         except (ValueError, AttributeError):
@@ -32,7 +48,13 @@ class SandboxLLM:
         if city:
             where += f" em {city}"
         text = f"Olá, {name}! Vi o trabalho{where} e queria conversar rapidamente."
-        return json.dumps({"messages": [text]}, ensure_ascii=False)
+        reply = json.dumps({"messages": [text]}, ensure_ascii=False)
+        if on_usage is not None:
+            prompt = (len(system) + len(user)) // 4 + 1
+            completion = len(reply) // 4 + 1
+            cost = prompt * self.PROMPT_USD_PER_TOKEN + completion * self.COMPLETION_USD_PER_TOKEN
+            on_usage(Usage(prompt, completion, round(cost, 10), 1, model, False))
+        return Reply(text=reply, model=model)
 
     async def aclose(self) -> None:
         return None

@@ -191,7 +191,8 @@ async def sender(server: FakeProvider) -> AsyncIterator[EvolutionSender]:
 
 
 async def generate(llm: OpenRouterLLM) -> str:
-    return await llm.generate(model="openai/gpt-4o-mini", system="be brief", user="hi")
+    reply = await llm.generate(model="openai/gpt-4o-mini", system="be brief", user="hi")
+    return reply.text
 
 
 async def send(sender: EvolutionSender, instance: str = "inst") -> SentPart:
