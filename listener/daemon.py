@@ -24,6 +24,7 @@ from listener.queries import q
 from listener.settings import Settings, format_duration
 from listener.status import Live, StatusPage, live_state
 from listener.wakeup import NotifyListener, WakeTimer, check_timeout
+from listener.webhooks import WebhookReceiver
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +71,7 @@ class Daemon:
         self.scheduler = AsyncIOScheduler(timezone="UTC")
         self._stop = asyncio.Event()
         self._runner: web.AppRunner | None = None
+        self.webhooks: WebhookReceiver | None = None
         self.listener: NotifyListener | None = None
         self._jobs: list[_Periodic] = []
         self._database_answers = True
@@ -115,6 +117,7 @@ class Daemon:
                 health=self.health,
             )
             self.processor = processor
+            await self._start_webhooks(processor)
             self.health.waiting = lambda: (
                 # Every slot busy: the loop waits for room, not for the database. A provider
                 # hold: it waits on purpose.
@@ -184,11 +187,29 @@ class Daemon:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        if self.webhooks is not None:
+            await self.webhooks.close()
+            self.webhooks = None
         for provider in (self._llm, self._sender):
             if provider is not None:
                 with contextlib.suppress(Exception):
                     await provider.aclose()
         await self.pool.close()
+
+    async def _start_webhooks(self, processor: Processor) -> None:
+        """The delivery-feedback receiver, when LISTENER_WEBHOOK_SECRET is set; else say once
+        that feedback is off."""
+        if not self.settings.webhooks_on:
+            log.info(
+                "delivery feedback is off: set LISTENER_WEBHOOK_SECRET (and point Evolution's "
+                "webhook here with `listener webhook set`) to track delivery, replies and opt-outs",
+                extra={"action": "webhooks_off"},
+            )
+            return
+        self.webhooks = WebhookReceiver(
+            self.settings, self.pool, self.metrics.registry, on_restricted=processor.restrict
+        )
+        await self.webhooks.start()
 
     def _schedule_jobs(self, processor: Processor, timer: WakeTimer) -> None:
         """Every periodic job runs through `_guard`: a run still going when the next one is due

@@ -10,6 +10,8 @@ ListenerError
     │   └── EmptyReplyError       no text in the LLM's reply; fails after quick retries
     ├── RateLimitedError          429 (or an exhausted in-flight budget): hold, spend nothing
     ├── HoldBackError             credentials refused, credits exhausted: not the message's fault
+    ├── InstanceMissingError      the instance does not exist (404): hold that instance
+    │   └── InstanceClosedError   a send answered "Connection Closed": hold that instance
     └── PermanentProviderError    will never heal for this message: number not on WhatsApp
 """
 
@@ -94,6 +96,12 @@ class HoldBackError(ProviderError):
 class InstanceMissingError(ProviderError):
     """The sender instance does not exist (Evolution's 404): hold that instance's messages, as
     for a disconnected one, without stopping the other instances or spending attempts."""
+
+
+class InstanceClosedError(InstanceMissingError):
+    """A send answered "Connection Closed" (Evolution 2.3.7: a 500; older: a 400): the
+    instance's WhatsApp connection is down, not the message's fault. Held like a missing
+    instance, at once, spending nothing."""
 
 
 class PermanentProviderError(ProviderError):

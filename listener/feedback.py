@@ -24,7 +24,14 @@ from typing import Any
 # Statuses `messages.update` carries, in the order a part goes through them; ERROR is final.
 STATUSES = ("PENDING", "SERVER_ACK", "DELIVERY_ACK", "READ", "PLAYED", "ERROR")
 # Evolution's numeric statuses (Baileys' WAMessageStatus) when a version sends those.
-_NUMERIC_STATUS = {0: "ERROR", 1: "PENDING", 2: "SERVER_ACK", 3: "DELIVERY_ACK", 4: "READ", 5: "PLAYED"}
+_NUMERIC_STATUS = {
+    0: "ERROR",
+    1: "PENDING",
+    2: "SERVER_ACK",
+    3: "DELIVERY_ACK",
+    4: "READ",
+    5: "PLAYED",
+}
 # `connection.update` close reasons that mean the number was logged out or banned.
 RESTRICTING_REASONS = {401: "logged out", 402: "banned", 403: "banned", 406: "banned"}
 # Clock skew allowed on a JWT's expiry.
@@ -231,7 +238,8 @@ def parse(body: Any, path_event: str | None = None) -> list[Event]:
 
 
 def _status(instance: str, item: dict[str, Any], at: datetime) -> StatusUpdate | None:
-    key = item.get("key") if isinstance(item.get("key"), dict) else {}
+    raw_key = item.get("key")
+    key: dict[str, Any] = raw_key if isinstance(raw_key, dict) else {}
     provider_id = item.get("keyId") or key.get("id")
     status: Any = item.get("status")
     if isinstance(status, int) and not isinstance(status, bool):

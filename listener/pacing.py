@@ -70,6 +70,12 @@ class InstanceHealth:
     async def is_down(self, instance: str) -> bool:
         return await self.state(instance) not in ("open", "unknown")
 
+    def wait_reason(self, instance: str) -> str:
+        """Why a held instance's messages wait: restricted by WhatsApp, or not connected."""
+        cached = self._cache.get(instance)
+        restricted = cached is not None and cached[0].startswith("restricted")
+        return "instance restricted" if restricted else "instance down"
+
     def mark(self, instance: str, state: str) -> None:
         """What a send found out (e.g. `missing`), held for `ttl` like a state check's."""
         self._cache[instance] = (state, time.monotonic())

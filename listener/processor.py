@@ -21,10 +21,12 @@ from listener.calls import ProviderCalls
 from listener.db import within
 from listener.errors import (
     DataRefusedError,
+    InstanceClosedError,
     InstanceMissingError,
     ProviderError,
     UncertainDeliveryError,
 )
+from listener.feedback import phone_forms
 from listener.gate import Gate
 from listener.jobs import Finish, Job, RecordPart, StoreParts
 from listener.metrics import Health, Metrics
@@ -39,7 +41,7 @@ from listener.outcomes import (
 )
 from listener.pacing import InstanceHealth, Wait
 from listener.phones import mask_phone
-from listener.providers.base import LLM, Sender, SentPart
+from listener.providers.base import LLM, Sender, SentFinder, SentPart
 from listener.settings import Settings
 from listener.split import UnsplittableReply, split_content
 from listener.store import LeaseLost, Store, is_connection_error
@@ -278,13 +280,16 @@ class Processor:
             number = check_start(job)
             if await self.instances.is_down(instance):
                 until = datetime.now(UTC) + self.settings.instance_recheck
-                raise MustWait(Wait(until, "instance down"))
+                raise MustWait(Wait(until, self.instances.wait_reason(instance)))
             # A message that has begun is finished: its window and cap were judged when its
             # first part went out, and its remaining parts are not held to them.
             paced = job.paced and job.parts_sent == 0
             if paced and (wait := await self.store.pace_start(job)) is not None:
                 raise MustWait(wait)
+            resumed = job.parts is not None
             parts = await self._parts(job)
+            if resumed:
+                await self._settle_uncertain(job, instance, number, parts)
             await self._send_parts(job, instance, number, parts)
         except LeaseLost:
             raise
@@ -292,7 +297,8 @@ class Processor:
             if is_connection_error(exc):
                 raise  # left to the lease, see _run
             if isinstance(exc, InstanceMissingError):
-                self.instances.mark(instance, "missing")
+                closed = isinstance(exc, InstanceClosedError)
+                self.instances.mark(instance, "close" if closed else "missing")
             if isinstance(exc, UncertainDeliveryError):
                 job.uncertain_sends = await self.store.note_uncertain(job)
             result = outcome(exc, job, self.settings, datetime.now(UTC))
@@ -324,6 +330,54 @@ class Processor:
         await self.store.store_parts(StoreParts(job.id, text, parts), job)
         job.parts = parts
         return parts
+
+    async def _settle_uncertain(
+        self, job: Job, instance: str, number: str, parts: list[str]
+    ) -> None:
+        """On a resume, a part whose send got no answer is looked up before it is sent again:
+        a `send.message` event for that number with exactly that text since its first try, or
+        the sender's own lookup (Evolution's findMessages). Found: recorded as accepted with
+        that id, nothing sent. Not found, or the lookup failed: it is sent again."""
+        await self.store.load_uncertain(job)
+        index, since = job.parts_sent, job.uncertain_at
+        if job.uncertain_part != index or job.uncertain_sends <= 0 or since is None:
+            return
+        if index >= len(parts):
+            return
+        numbers, text = phone_forms(number), parts[index]
+        found = await self.store.find_sent(instance, numbers, text, since)
+        if found is None and isinstance(self.sender, SentFinder):
+            try:
+                found = await self.sender.find_sent(
+                    instance=instance, numbers=numbers, text=text, since=since
+                )
+            except ProviderError as exc:
+                log.warning(
+                    "could not look up a send that got no answer, sending it again: %s",
+                    exc,
+                    extra={"action": "uncertain_lookup_failed", "message_id": str(job.id)},
+                )
+        if found is None:
+            log.info(
+                "part %d to %s was not found after its send got no answer: sending it again",
+                index + 1,
+                mask_phone(number),
+                extra={"action": "uncertain_not_found", "message_id": str(job.id)},
+            )
+            return
+        job.sending = True
+        try:
+            final = index == len(parts) - 1
+            await self.store.record_part(RecordPart(job.id, index, found, final, instance), job)
+        finally:
+            job.sending = False
+        job.parts_sent = index + 1
+        log.info(
+            "part %d to %s went out although its send got no answer: recorded, not sent again",
+            index + 1,
+            mask_phone(number),
+            extra={"action": "uncertain_found", "message_id": str(job.id)},
+        )
 
     async def _send_parts(self, job: Job, instance: str, number: str, parts: list[str]) -> None:
         delay = self.settings.part_delay.total_seconds()
@@ -368,6 +422,11 @@ class Processor:
                         exc,
                         extra={"action": "gap_stamp_failed", "message_id": str(job.id)},
                     )
+
+    def restrict(self, instance: str, reason: str) -> None:
+        """WhatsApp logged out or banned the instance's number (a webhook's connection.update):
+        hold its messages at once, until its connectionState reads `open` again."""
+        self.instances.mark(instance, f"restricted: {reason}")
 
     def _check(self, job: Job) -> None:
         if job.lost:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, TypeVar
 from urllib.parse import quote
 
@@ -21,6 +21,7 @@ import httpx
 
 from listener.errors import (
     HoldBackError,
+    InstanceClosedError,
     InstanceMissingError,
     PermanentProviderError,
     ProviderError,
@@ -52,6 +53,9 @@ logger = logging.getLogger(__name__)
 E = TypeVar("E", bound=ProviderError)
 
 PROVIDER = "evolution"
+
+# The events `listener webhook set` asks Evolution for (DESIGN.md, Delivery feedback).
+WEBHOOK_EVENTS = ["MESSAGES_UPDATE", "MESSAGES_UPSERT", "SEND_MESSAGE", "CONNECTION_UPDATE"]
 
 
 class EvolutionSender:
@@ -127,6 +131,67 @@ class EvolutionSender:
             )
         return state
 
+    async def find_sent(
+        self, *, instance: str, numbers: tuple[str, ...], text: str, since: datetime
+    ) -> str | None:
+        """A part whose send got no answer, looked up on Evolution: the id of a message we sent
+        to one of `numbers` with exactly `text` since `since`, or None. `findMessages` has no
+        text filter: the newest 50 messages to each number are compared here."""
+        path = f"/chat/findMessages/{quote(instance, safe='')}"
+        for number in numbers:
+            body = {
+                "where": {"key": {"remoteJid": f"{number}@s.whatsapp.net", "fromMe": True}},
+                "page": 1,
+                "offset": 50,
+            }
+            try:
+                response = await exchange(
+                    self._client,
+                    "POST",
+                    path,
+                    deadline=self._settings.send_timeout,
+                    setting="LISTENER_SEND_TIMEOUT",
+                    body=body,
+                )
+            except REQUEST_ERRORS as exc:
+                raise self._clean(request_failure(exc, provider=PROVIDER), number) from exc
+            payload = parse_json(response)
+            if not response.is_success:
+                scrub = scrubber(secrets=self._secrets, numbers=[number])
+                raise self._clean(_http_error(response, payload, scrub), number)
+            found = _found(payload, text, since.timestamp())
+            if found is not None:
+                return found
+        return None
+
+    async def set_webhook(self, *, instance: str, url: str, secret: str) -> None:
+        """Point the instance's webhook at the listener (`listener webhook set`)."""
+        body = {
+            "webhook": {
+                "enabled": True,
+                "url": url,
+                "headers": {"jwt_key": secret},
+                "byEvents": False,
+                "base64": False,
+                "events": WEBHOOK_EVENTS,
+            }
+        }
+        try:
+            response = await exchange(
+                self._client,
+                "POST",
+                f"/webhook/set/{quote(instance, safe='')}",
+                deadline=self._settings.send_timeout,
+                setting="LISTENER_SEND_TIMEOUT",
+                body=body,
+            )
+        except REQUEST_ERRORS as exc:
+            raise self._clean(request_failure(exc, provider=PROVIDER)) from exc
+        if not response.is_success:
+            payload = parse_json(response)
+            scrub = scrubber(secrets=[*self._secrets, secret])
+            raise self._clean(_http_error(response, payload, scrub))
+
     async def aclose(self) -> None:
         """Close the HTTP client and its connections."""
         await self._client.aclose()
@@ -188,6 +253,30 @@ class EvolutionSender:
         return error
 
 
+def _found(payload: Any, text: str, since: float) -> str | None:
+    """The id of the newest record of a findMessages answer with exactly `text`, sent at or
+    after `since` (epoch seconds)."""
+    messages = payload.get("messages") if isinstance(payload, dict) else None
+    records = messages.get("records") if isinstance(messages, dict) else None
+    if not isinstance(records, list):
+        return None
+    for record in records:
+        if not isinstance(record, dict):
+            continue
+        key, message = record.get("key"), record.get("message")
+        if not isinstance(key, dict) or not isinstance(message, dict):
+            continue
+        body = message.get("conversation")
+        if not isinstance(body, str):
+            extended = message.get("extendedTextMessage")
+            body = extended.get("text") if isinstance(extended, dict) else None
+        stamp = record.get("messageTimestamp")
+        when = float(stamp) if isinstance(stamp, int | float) else None
+        if body == text and (when is None or when >= since - 1) and isinstance(key.get("id"), str):
+            return clean_text(key["id"]) or None
+    return None
+
+
 def _never_connected(exc: Exception) -> bool:
     """True when no connection was made, so the part certainly was not delivered."""
     if isinstance(exc, DeadlineExceeded):
@@ -242,6 +331,10 @@ def _http_error(response: httpx.Response, payload: Any, scrub: Scrub) -> Provide
     """Classify a non-2xx answer."""
     status = response.status_code
     message = f"{PROVIDER} HTTP {status}: {_error_message(payload, response, scrub)}"
+    if status in (400, 500) and "connection closed" in message.lower():
+        return InstanceClosedError(
+            f"{message} (the instance is not connected)", provider=PROVIDER, status=status
+        )
     retry_after = parse_retry_after(response.headers.get("Retry-After"))
     if status == 400:
         if _number_missing(payload):

@@ -1,0 +1,353 @@
+"""The delivery-feedback receiver: Evolution posts its webhooks here (DESIGN.md "Delivery
+feedback"). `POST /webhooks/evolution` (and `/webhooks/evolution/<event-with-dashes>` in
+by-events mode) on LISTENER_WEBHOOK_HOST:LISTENER_WEBHOOK_PORT, on when LISTENER_WEBHOOK_SECRET
+is set.
+
+A request is authenticated (a JWT signed with the secret, or the secret itself in
+`X-Listener-Token`; anything else is 401 and writes nothing), parsed (feedback.parse; a bad body
+is 400), and its events written through group commit: the requests that arrive while a batch
+is being written go together in the next one, so a burst costs a few round trips. The answer
+comes once the events are stored (none lost), which takes milliseconds. Every write is
+idempotent, so Evolution's retries change nothing. A database that is away answers 503, which
+Evolution retries; never a 500 loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import Callable, Hashable
+from typing import Any
+
+import psycopg
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter
+from psycopg_pool import AsyncConnectionPool
+
+from listener.batch import GroupCommit
+from listener.errors import ConfigurationError
+from listener.feedback import (
+    RESTRICTING_REASONS,
+    BadEvent,
+    ConnectionChange,
+    Event,
+    Reply,
+    SentEvent,
+    StatusUpdate,
+    authorized,
+    is_opt_out,
+    parse,
+)
+from listener.metrics import _listen
+from listener.phones import mask_phone
+from listener.queries import q
+from listener.settings import Settings
+from listener.text import clean_text
+
+log = logging.getLogger(__name__)
+
+PATH = "/webhooks/evolution"
+# Evolution's bodies are small (no media: base64 is off); anything bigger is not for us.
+MAX_BODY = 1024 * 1024
+# Kept statuses are matched with their parts this often (an update may outrun the record).
+EARLY_INTERVAL = 1.0
+# `send.message` events older than a day are pruned this often.
+PRUNE_INTERVAL = 3600.0
+
+
+class WebhookMetrics:
+    """The receiver's counters, in the listener's registry (served on /metrics)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.events = Counter(
+            "listener_webhook_events_total",
+            "Webhook events stored, by event",
+            ["event"],
+            registry=registry,
+        )
+        self.rejected = Counter(
+            "listener_webhook_rejected_total",
+            "Webhook requests refused, by reason",
+            ["reason"],
+            registry=registry,
+        )
+        self.statuses = Counter(
+            "listener_delivery_statuses_total",
+            "Delivery statuses received, by status",
+            ["status"],
+            registry=registry,
+        )
+        self.replies = Counter("listener_replies_total", "Replies from leads", registry=registry)
+        self.opt_outs = Counter(
+            "listener_opt_outs_total", "Replies that opted a lead out", registry=registry
+        )
+        self.skipped = Counter(
+            "listener_reply_skips_total",
+            "Pending messages skipped because their lead replied or opted out",
+            registry=registry,
+        )
+        self.restrictions = Counter(
+            "listener_instance_restrictions_total",
+            "Instances held because WhatsApp restricted or logged out the number",
+            ["reason"],
+            registry=registry,
+        )
+
+
+class WebhookReceiver:
+    """The receiver of one listener: its HTTP app, its batched writes and its periodic jobs."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        pool: AsyncConnectionPool,
+        registry: CollectorRegistry,
+        *,
+        on_restricted: Callable[[str, str], None] | None = None,
+    ) -> None:
+        secret = settings.webhook_secret
+        assert secret is not None
+        self._secret = secret.get_secret_value().strip()
+        self.settings = settings
+        self.pool = pool
+        self.metrics = WebhookMetrics(registry)
+        self.on_restricted = on_restricted
+        self._statuses = GroupCommit(self._flush_statuses, key=id)
+        self._replies = GroupCommit(self._flush_replies, key=id)
+        self._sent = GroupCommit(self._flush_sent, key=id)
+        self._runner: web.AppRunner | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._said_malformed = False
+        self._said_db = False
+
+    # ----------------------------------------------------------------------------------------
+    # HTTP
+    # ----------------------------------------------------------------------------------------
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=MAX_BODY)
+        app.router.add_post(PATH, self.handle)
+        app.router.add_post(PATH + "/{event}", self.handle)
+        return app
+
+    async def start(self) -> None:
+        host, port = self.settings.webhook_host, self.settings.webhook_port
+        try:
+            sockets = await _listen(host, port)
+        except OSError as exc:
+            reason = exc.strerror or str(exc) or type(exc).__name__
+            raise ConfigurationError(
+                f"bad setting LISTENER_WEBHOOK_HOST/LISTENER_WEBHOOK_PORT: cannot listen on "
+                f"{host}:{port}: {reason}"
+            ) from exc
+        runner = web.AppRunner(self.app(), access_log=None)
+        try:
+            await runner.setup()
+            for sock in sockets:
+                await web.SockSite(runner, sock).start()
+        except BaseException:
+            await runner.cleanup()
+            for sock in sockets:
+                sock.close()
+            raise
+        self._runner = runner
+        self._tasks = [
+            asyncio.create_task(self._every(EARLY_INTERVAL, self.apply_early), name="early"),
+            asyncio.create_task(self._every(PRUNE_INTERVAL, self.prune), name="prune_sent"),
+        ]
+        log.info(
+            "delivery feedback: Evolution webhooks on %s:%s%s",
+            host,
+            port,
+            PATH,
+            extra={"action": "webhooks_started", "port": port},
+        )
+
+    @property
+    def port(self) -> int:
+        """The port actually bound (for a setting of 0 in tests, the one the system chose)."""
+        assert self._runner is not None
+        for address in self._runner.addresses:
+            return int(address[1])
+        raise AssertionError("not listening")
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def handle(self, request: web.Request) -> web.Response:
+        if not authorized(
+            request.headers.get("Authorization"),
+            request.headers.get("X-Listener-Token"),
+            self._secret,
+        ):
+            self.metrics.rejected.labels(reason="auth").inc()
+            return web.json_response({"error": "unauthorized"}, status=401)
+        try:
+            raw = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            self.metrics.rejected.labels(reason="too_large").inc()
+            return web.json_response({"error": "body too large"}, status=413)
+        try:
+            body = json.loads(raw)
+            path_event = request.match_info.get("event")
+            events = parse(body, path_event)
+        except (ValueError, UnicodeDecodeError) as exc:
+            # json.JSONDecodeError and BadEvent are ValueErrors.
+            return self._malformed(exc)
+        try:
+            await self.store(events)
+        except psycopg.Error as exc:
+            if not self._said_db:
+                self._said_db = True
+                log.warning(
+                    "could not store webhook events (Evolution will retry): %s",
+                    exc,
+                    extra={"action": "webhook_db_error"},
+                )
+            self.metrics.rejected.labels(reason="database").inc()
+            return web.json_response({"error": "try again"}, status=503)
+        self._said_db = False
+        return web.json_response({"ok": True, "events": len(events)})
+
+    def _malformed(self, exc: Exception) -> web.Response:
+        self.metrics.rejected.labels(reason="malformed").inc()
+        why = str(exc) if isinstance(exc, BadEvent) else f"not JSON: {type(exc).__name__}"
+        if not self._said_malformed:
+            self._said_malformed = True
+            log.warning(
+                "malformed webhook body (answered 400; later ones are logged at debug): %s",
+                why,
+                extra={"action": "webhook_malformed"},
+            )
+        else:
+            log.debug("malformed webhook body: %s", why, extra={"action": "webhook_malformed"})
+        return web.json_response({"error": f"malformed body: {why}"}, status=400)
+
+    # ----------------------------------------------------------------------------------------
+    # Writing the events
+    # ----------------------------------------------------------------------------------------
+
+    async def store(self, events: list[Event]) -> None:
+        """Write every event of one request (they are idempotent: a retry changes nothing)."""
+        waits = []
+        for event in events:
+            if isinstance(event, StatusUpdate):
+                self.metrics.statuses.labels(status=event.status).inc()
+                waits.append(self._statuses.submit(event))
+                self.metrics.events.labels(event="messages.update").inc()
+            elif isinstance(event, Reply):
+                waits.append(self._replies.submit(event))
+                self.metrics.events.labels(event="messages.upsert").inc()
+            elif isinstance(event, SentEvent):
+                waits.append(self._sent.submit(event))
+                self.metrics.events.labels(event="send.message").inc()
+            else:
+                self._connection(event)
+                self.metrics.events.labels(event="connection.update").inc()
+        if waits:
+            await asyncio.gather(*waits)
+
+    def _connection(self, event: ConnectionChange) -> None:
+        if event.state != "close" or event.reason not in RESTRICTING_REASONS:
+            return
+        reason = f"{RESTRICTING_REASONS[event.reason]} ({event.reason})"
+        self.metrics.restrictions.labels(reason=str(event.reason)).inc()
+        if self.on_restricted is not None:
+            self.on_restricted(event.instance, reason)
+
+    async def _flush_statuses(self, items: list[StatusUpdate]) -> set[Hashable]:
+        async with self.pool.connection() as conn:
+            await conn.execute(
+                q("webhook_statuses"),
+                {
+                    "instances": [clean_text(i.instance) for i in items],
+                    "ids": [clean_text(i.provider_id) for i in items],
+                    "statuses": [i.status for i in items],
+                    "ats": [i.at for i in items],
+                },
+            )
+        return {id(i) for i in items}
+
+    async def _flush_replies(self, items: list[Reply]) -> set[Hashable]:
+        words = self.settings.opt_out_words
+        async with self.pool.connection() as conn, conn.transaction():
+            for reply in items:
+                opt_out = is_opt_out(reply.text, words)
+                cur = await conn.execute(
+                    q("webhook_reply"),
+                    {"phones": list(reply.phones), "opt_out": opt_out, "at": reply.at},
+                )
+                rows = await cur.fetchall()
+                self._said_reply(reply, opt_out, rows)
+        return {id(i) for i in items}
+
+    def _said_reply(self, reply: Reply, opt_out: bool, rows: list[Any]) -> None:
+        phone = mask_phone(reply.phones[0])
+        if not rows:
+            log.debug("a reply from %s matches no lead", phone, extra={"action": "reply_unknown"})
+            return
+        skipped = int(rows[0][1])
+        self.metrics.replies.inc()
+        self.metrics.skipped.inc(skipped)
+        if opt_out:
+            self.metrics.opt_outs.inc()
+        log.info(
+            "%s %s: %d pending messages skipped",
+            phone,
+            "opted out" if opt_out else "replied",
+            skipped,
+            extra={
+                "action": "lead_opted_out" if opt_out else "lead_replied",
+                "lead_id": str(rows[0][0]),
+                "skipped": skipped,
+            },
+        )
+
+    async def _flush_sent(self, items: list[SentEvent]) -> set[Hashable]:
+        async with self.pool.connection() as conn:
+            await conn.execute(
+                q("webhook_sent"),
+                {
+                    "instances": [clean_text(i.instance) for i in items],
+                    "ids": [clean_text(i.provider_id) for i in items],
+                    "numbers": [i.number for i in items],
+                    "texts": [clean_text(i.text) for i in items],
+                },
+            )
+        return {id(i) for i in items}
+
+    # ----------------------------------------------------------------------------------------
+    # Periodic jobs
+    # ----------------------------------------------------------------------------------------
+
+    async def apply_early(self) -> tuple[int, int]:
+        """Apply kept statuses whose part is now recorded; drop those past 10 minutes."""
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(q("webhook_early"))
+            row = await cur.fetchone()
+        applied, dropped = (int(row[0]), int(row[1])) if row else (0, 0)
+        if dropped:
+            log.debug(
+                "dropped %d delivery statuses whose part never showed up",
+                dropped,
+                extra={"action": "statuses_dropped", "dropped": dropped},
+            )
+        return applied, dropped
+
+    async def prune(self) -> None:
+        async with self.pool.connection() as conn:
+            await conn.execute(q("prune_sent_events"))
+
+    async def _every(self, seconds: float, job: Callable[[], Any]) -> None:
+        while True:
+            await asyncio.sleep(seconds)
+            with contextlib.suppress(psycopg.Error):  # the next turn tries again
+                await job()

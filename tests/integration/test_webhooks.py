@@ -1,0 +1,342 @@
+"""Delivery feedback (issue 14): a fake Evolution on 127.0.0.1 posts real-shaped webhooks to the
+listener's receiver, on a real Postgres."""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+from uuid import UUID
+
+import psycopg
+
+from listener.daemon import Daemon
+from listener.feedback import sign_jwt
+from tests.daemon_harness import running
+from tests.fakes import (
+    FakeProviders,
+    Reply,
+    connection_data,
+    http_settings,
+    reply_data,
+    serve_fakes,
+    status_data,
+)
+from tests.helpers import await_until, enqueue, make_campaign, make_leads, statuses
+
+Conn = psycopg.Connection[Any]
+SECRET = "webhook-test-secret"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@asynccontextmanager
+async def listening(db_url: str, **overrides: Any) -> AsyncIterator[tuple[Daemon, FakeProviders]]:
+    """The fakes, and a listener sending through them with its receiver on."""
+    async with serve_fakes() as fakes:
+        port = free_port()
+        fakes.webhook_url = f"http://127.0.0.1:{port}/webhooks/evolution"
+        fakes.webhook_secret = SECRET
+        settings: dict[str, Any] = {
+            **http_settings(fakes),
+            "webhook_secret": SECRET,
+            "webhook_host": "127.0.0.1",
+            "webhook_port": port,
+            **overrides,
+        }
+        async with running(db_url, **settings) as daemon:
+            yield daemon, fakes
+
+
+def parts_of(db: Conn) -> dict[str, str]:
+    rows = db.execute("SELECT provider_message_id, status FROM message_parts").fetchall()
+    return {r[0]: r[1] for r in rows}
+
+
+def one(db: Conn, sql: str, *args: Any) -> Any:
+    row = db.execute(sql, args).fetchone()  # type: ignore[arg-type]
+    assert row is not None
+    return row[0] if len(row) == 1 else row
+
+
+async def send_one(db: Conn, fakes: FakeProviders, parts: int = 1, **campaign: Any) -> UUID:
+    fakes.reply_parts = parts
+    cid = make_campaign(db, **campaign)
+    lead = make_leads(db, 1)
+    before = statuses(db).get("sent", 0)
+    [mid] = enqueue(db, cid, lead)  # written by the fake LLM, in `parts` parts
+    await await_until(lambda: statuses(db).get("sent", 0) == before + 1)
+    return mid
+
+
+async def test_statuses_out_of_order_and_repeated_move_forward_only(db_url: str, db: Conn) -> None:
+    async with listening(db_url) as (_, fakes):
+        mid = await send_one(db, fakes, parts=2)
+        first, second = (s["id"] for s in fakes.accepted())
+        assert parts_of(db) == {first: "PENDING", second: "PENDING"}
+        for key, status in [
+            (first, "READ"),
+            (first, "DELIVERY_ACK"),  # late: READ is never overwritten
+            (first, "SERVER_ACK"),
+            (first, "READ"),  # Evolution's retry of the same event
+            (second, "SERVER_ACK"),
+        ]:
+            assert await fakes.post_webhook("messages.update", status_data(key, status)) == 200
+        assert parts_of(db) == {first: "READ", second: "SERVER_ACK"}
+        delivered, read = one(
+            db, "SELECT delivered_at, read_at FROM campaign_messages WHERE id = %s", mid
+        )
+        assert delivered is None  # the second part is not delivered yet
+        assert read is not None
+        assert await fakes.post_webhook("messages.update", status_data(second, "DELIVERY_ACK"))
+        assert one(db, "SELECT delivered_at FROM campaign_messages WHERE id = %s", mid)
+
+
+async def test_error_is_final_and_rolled_up(db_url: str, db: Conn) -> None:
+    async with listening(db_url) as (_, fakes):
+        mid = await send_one(db, fakes)
+        [part] = (s["id"] for s in fakes.accepted())
+        for status in ("SERVER_ACK", "ERROR", "DELIVERY_ACK", "READ"):
+            await fakes.post_webhook("messages.update", status_data(part, status))
+        assert parts_of(db) == {part: "ERROR"}
+        row = one(
+            db,
+            "SELECT delivery_error, delivered_at, read_at FROM campaign_messages WHERE id = %s",
+            mid,
+        )
+        assert row == ("WhatsApp reported ERROR for part 1", None, None)
+
+
+async def test_an_update_before_its_part_is_kept_and_applied(db_url: str, db: Conn) -> None:
+    async with listening(db_url) as (_, fakes):
+        # The fake's first id is known in advance: its update outruns the send.
+        assert await fakes.post_webhook("messages.update", status_data("EVO00000001", "READ"))
+        assert one(db, "SELECT count(*) FROM delivery_updates_early") == 1
+        mid = await send_one(db, fakes)
+        await await_until(lambda: parts_of(db) == {"EVO00000001": "READ"}, timeout=10)
+        assert one(db, "SELECT count(*) FROM delivery_updates_early") == 0
+        assert one(db, "SELECT read_at IS NOT NULL FROM campaign_messages WHERE id = %s", mid)
+
+
+async def test_unknown_ids_change_nothing_and_are_dropped_after_ten_minutes(
+    db_url: str, db: Conn
+) -> None:
+    async with listening(db_url) as (daemon, fakes):
+        await send_one(db, fakes)
+        assert await fakes.post_webhook("messages.update", status_data("NOPE", "READ")) == 200
+        assert set(parts_of(db).values()) == {"PENDING"}
+        db.execute("UPDATE delivery_updates_early SET received_at = now() - interval '11 min'")
+        assert daemon.webhooks is not None
+        assert await daemon.webhooks.apply_early() == (0, 1)
+        assert one(db, "SELECT count(*) FROM delivery_updates_early") == 0
+
+
+async def test_bad_and_missing_auth_is_401_and_writes_nothing(db_url: str, db: Conn) -> None:
+    async with listening(db_url) as (_, fakes):
+        data = status_data("EVO-X", "READ")
+        expired = sign_jwt(SECRET, now=time.time() - 3600)
+        for headers in (
+            {},
+            {"Authorization": f"Bearer {sign_jwt('another-secret')}"},
+            {"Authorization": f"Bearer {expired}"},
+            {"Authorization": "Bearer not.a.jwt"},
+            {"Authorization": f"Basic {SECRET}"},
+            {"X-Listener-Token": "wrong"},
+        ):
+            assert await fakes.post_webhook("messages.update", data, headers=headers) == 401
+        assert one(db, "SELECT count(*) FROM delivery_updates_early") == 0
+        headers = {"X-Listener-Token": SECRET}
+        assert await fakes.post_webhook("messages.update", data, headers=headers) == 200
+        assert one(db, "SELECT count(*) FROM delivery_updates_early") == 1
+
+
+async def test_malformed_bodies_are_400(db_url: str, db: Conn) -> None:
+    async with listening(db_url) as (_, fakes):
+        for raw in (b"{not json", b"[1, 2]", b'{"event": "messages.update", "instance": "main"}'):
+            assert await fakes.post_webhook("messages.update", {}, raw=raw) == 400
+        assert await fakes.post_webhook("messages.update", {"status": "READ"}) == 400
+        # Events we do not track are fine.
+        assert await fakes.post_webhook("presence.update", {"id": "x"}) == 200
+        # By-events mode posts to /webhooks/evolution/<event-with-dashes>.
+        data = status_data("EVO-BY-EVENTS", "DELIVERY_ACK")
+        assert await fakes.post_webhook("messages.update", data, by_events=True) == 200
+        assert one(db, "SELECT count(*) FROM delivery_updates_early") == 1
+
+
+async def _reply(fakes: FakeProviders, number: str, text: str, **kw: Any) -> None:
+    assert await fakes.post_webhook("messages.upsert", reply_data(number, text, **kw)) == 200
+
+
+def lead_row(db: Conn, lead: UUID) -> tuple[Any, ...]:
+    row = db.execute(
+        "SELECT opted_out, opted_out_at IS NOT NULL, last_reply_at IS NOT NULL FROM leads"
+        " WHERE id = %s",
+        (lead,),
+    ).fetchone()
+    assert row is not None
+    return tuple(row)
+
+
+async def test_replies_stop_on_reply_and_opt_outs(db_url: str, db: Conn) -> None:
+    async with listening(db_url) as (_, fakes):
+        stop = make_campaign(db, name="stops")
+        goes_on = make_campaign(db, name="goes on", stop_on_reply=False)
+        # Stored with the ninth digit, one without; one replies from an @lid chat.
+        leads = {}
+        for name, phone in [
+            ("ninth", "+55 (11) 98765-4321"),
+            ("eight", "551187654322"),
+            ("lid", "5511987654323"),
+            ("quer", "5511987654324"),
+            ("bang", "5511987654325"),
+        ]:
+            leads[name] = UUID(
+                str(
+                    one(
+                        db,
+                        "INSERT INTO leads (name, phone) VALUES (%s, %s) RETURNING id",
+                        name,
+                        phone,
+                    )
+                )
+            )
+        everyone = list(leads.values())
+        sent = enqueue(db, stop, everyone, content="Olá!")
+        await await_until(lambda: statuses(db).get("sent") == 5)
+        later_stop = enqueue(db, stop, everyone, content="Segunda.", delay_seconds=3600)
+        later_on = enqueue(db, goes_on, everyone, content="Outra.", delay_seconds=3600)
+
+        await _reply(fakes, "551187654321", "Oi, pode me ligar?")  # without the ninth digit
+        await _reply(fakes, "5511987654322", "Quem é?")  # with it, stored without
+        await _reply(fakes, "5511987654323", "SAIR", lid=True)
+        await _reply(fakes, "5511987654324", "Não quero sair")
+        await _reply(fakes, "5511987654325", "sair!! 🙏")
+        await _reply(fakes, "5511999999999", "unknown number")  # no lead: nothing
+
+        assert lead_row(db, leads["ninth"]) == (False, False, True)
+        assert lead_row(db, leads["eight"]) == (False, False, True)
+        assert lead_row(db, leads["lid"]) == (True, True, True)
+        assert lead_row(db, leads["quer"]) == (False, False, True)
+        assert lead_row(db, leads["bang"]) == (True, True, True)
+        replied = db.execute(
+            "SELECT count(*) FROM campaign_messages WHERE id = ANY(%s) AND replied_at IS NOT NULL",
+            (sent,),
+        ).fetchone()
+        assert replied == (5,)
+
+        def state(ids: list[UUID]) -> list[tuple[str, str | None]]:
+            order = {m: i for i, m in enumerate(ids)}
+            rows = db.execute(
+                "SELECT id, status, last_error FROM campaign_messages WHERE id = ANY(%s)", (ids,)
+            ).fetchall()
+            return [(r[1], r[2]) for r in sorted(rows, key=lambda r: order[r[0]])]
+
+        replied_ = ("skipped", "skipped: the lead replied")
+        opted = ("skipped", "skipped: the lead opted out")
+        pending = ("pending", None)
+        # Stop on reply: every replying lead's pending messages in that campaign.
+        assert state(later_stop) == [replied_, replied_, opted, replied_, opted]
+        # stop_on_reply off: only opt-outs stop them.
+        assert state(later_on) == [pending, pending, opted, pending, opted]
+        # A retried event changes nothing.
+        await _reply(fakes, "5511987654323", "SAIR", lid=True)
+        assert state(later_on) == [pending, pending, opted, pending, opted]
+
+
+async def test_a_401_close_holds_only_that_instance(db_url: str, db: Conn) -> None:
+    async with listening(db_url) as (_, fakes):
+        banned = make_campaign(db, name="banned", instance="banned")
+        fine = make_campaign(db, name="fine", instance="fine")
+        status = await fakes.post_webhook(
+            "connection.update", connection_data("banned", "close", 401), instance="banned"
+        )
+        assert status == 200
+        held = enqueue(db, banned, make_leads(db, 2, prefix="55118"), content="Olá")
+        enqueue(db, fine, make_leads(db, 2, prefix="55117"), content="Olá")
+        await await_until(lambda: statuses(db).get("sent") == 2)
+        await await_until(
+            lambda: (
+                db.execute(
+                    "SELECT count(*) FROM campaign_messages WHERE id = ANY(%s)"
+                    " AND status = 'pending' AND wait_reason = 'instance restricted'"
+                    " AND attempts = 0",
+                    (held,),
+                ).fetchone()
+                == (2,)
+            )
+        )
+        assert {s["instance"] for s in fakes.sends} == {"fine"}
+
+
+async def test_connection_closed_holds_the_number_and_spends_nothing(db_url: str, db: Conn) -> None:
+    async with listening(db_url) as (_, fakes):
+        fakes.send_script.append(
+            Reply(
+                500,
+                {
+                    "status": 500,
+                    "error": "Internal Server Error",
+                    "response": {"message": "Connection Closed"},
+                },
+            )
+        )
+        cid = make_campaign(db)
+        [mid] = enqueue(db, cid, make_leads(db, 1), content="Olá")
+        await await_until(
+            lambda: (
+                db.execute(
+                    "SELECT status, attempts, wait_reason FROM campaign_messages WHERE id = %s",
+                    (mid,),
+                ).fetchone()
+                == ("pending", 0, "instance down")
+            )
+        )
+        assert len(fakes.sends) == 1  # no quick retry, no retry ladder
+
+
+async def test_a_timed_out_send_found_by_its_send_message_event_is_sent_once(
+    db_url: str, db: Conn
+) -> None:
+    async with listening(db_url) as (_, fakes):
+        fakes.emit_sent = True
+        fakes.find_nothing = True  # only the webhook can find it
+        fakes.deliver_then_timeout = 1
+        fakes.timeout_sleep = 0.05
+        mid = await send_one(db, fakes)
+        assert len(fakes.sends) == 1
+        assert fakes.find_requests == []
+        assert parts_of(db) == {fakes.sends[0]["id"]: "PENDING"}
+        assert one(db, "SELECT attempts FROM campaign_messages WHERE id = %s", mid) == 2
+
+
+async def test_a_timed_out_send_found_by_find_messages_is_sent_once(db_url: str, db: Conn) -> None:
+    async with listening(db_url) as (_, fakes):
+        fakes.deliver_then_timeout = 1
+        fakes.timeout_sleep = 0.05
+        await send_one(db, fakes)
+        assert len(fakes.sends) == 1
+        [request] = fakes.find_requests
+        assert request["where"]["key"] == {
+            "remoteJid": fakes.sends[0]["number"] + "@s.whatsapp.net",
+            "fromMe": True,
+        }
+        assert parts_of(db) == {fakes.sends[0]["id"]: "PENDING"}
+
+
+async def test_a_timed_out_send_not_found_is_sent_twice_never_more(db_url: str, db: Conn) -> None:
+    async with listening(db_url) as (_, fakes):
+        fakes.find_nothing = True
+        fakes.deliver_then_timeout = 5
+        fakes.timeout_sleep = 0.05
+        cid = make_campaign(db)
+        [mid] = enqueue(db, cid, make_leads(db, 1), content="Olá")
+        await await_until(lambda: statuses(db).get("failed") == 1)
+        assert len(fakes.sends) == 2
+        error = one(db, "SELECT last_error FROM campaign_messages WHERE id = %s", mid)
+        assert "may have been delivered" in error
