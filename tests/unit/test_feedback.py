@@ -1,0 +1,107 @@
+"""The pure side of delivery feedback: JWT, events, opt-out words, phone forms."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from listener.feedback import (
+    BadEvent,
+    ConnectionChange,
+    Reply,
+    SentEvent,
+    StatusUpdate,
+    authorized,
+    event_name,
+    fold,
+    is_opt_out,
+    parse,
+    phone_forms,
+    sign_jwt,
+    verify_jwt,
+)
+from tests.fakes import connection_data, reply_data, sent_data, status_data, webhook_body
+
+WORDS = ("sair", "parar", "pare", "stop", "cancelar", "descadastrar", "remover")
+
+
+def test_jwt_signed_with_the_secret_and_not_expired() -> None:
+    now = time.time()
+    assert verify_jwt(sign_jwt("k", now=now), "k", now=now)
+    assert not verify_jwt(sign_jwt("k", now=now), "other", now=now)
+    assert not verify_jwt(sign_jwt("k", now=now - 3600), "k", now=now)  # exp = iat + 600
+    token = sign_jwt("k", now=now)
+    head, body, sig = token.split(".")
+    assert not verify_jwt(f"{head}.{body}x.{sig}", "k", now=now)
+    assert not verify_jwt("a.b", "k")
+    assert not verify_jwt("!!.??.**", "k")
+
+
+def test_authorized_by_bearer_jwt_or_token_only() -> None:
+    assert authorized(f"Bearer {sign_jwt('s')}", None, "s")
+    assert authorized(None, "s", "s")
+    assert not authorized(None, None, "s")
+    assert not authorized("Bearer s", None, "s")  # the secret is not a JWT
+    assert not authorized(None, "S", "s")
+
+
+def test_event_names_in_every_spelling() -> None:
+    for raw in ("messages.update", "MESSAGES_UPDATE", "messages-update"):
+        assert event_name(raw) == "messages.update"
+
+
+def test_parse_the_four_events() -> None:
+    [update] = parse(webhook_body("messages.update", status_data("ID1", "DELIVERY_ACK")))
+    assert isinstance(update, StatusUpdate)
+    assert (update.instance, update.provider_id, update.status) == ("main", "ID1", "DELIVERY_ACK")
+    [reply] = parse(webhook_body("messages.upsert", reply_data("5511987654321", "Oi", lid=True)))
+    assert isinstance(reply, Reply)
+    assert reply.phones == ("5511987654321", "551187654321")
+    assert reply.text == "Oi"
+    [sent] = parse(webhook_body("send.message", sent_data("ID2", "5511987654321", "Olá")))
+    assert sent == SentEvent("main", "ID2", "5511987654321", "Olá")
+    [change] = parse(webhook_body("connection.update", connection_data("main", "close", 401)))
+    assert change == ConnectionChange("main", "close", 401)
+
+
+def test_parse_ignores_what_is_not_ours_and_refuses_what_is_not_a_webhook() -> None:
+    mine = reply_data("5511987654321", "x")
+    mine["key"]["fromMe"] = True
+    assert parse(webhook_body("messages.upsert", mine)) == []
+    assert parse(webhook_body("presence.update", {})) == []
+    assert parse(webhook_body("messages.update", status_data("ID", "SOMETHING_NEW"))) == []
+    for body in ([], {"instance": "main"}, {"event": "messages.update", "instance": "main"}):
+        with pytest.raises(BadEvent):
+            parse(body)
+    with pytest.raises(BadEvent):
+        parse(webhook_body("messages.update", {"status": "READ"}))
+
+
+@pytest.mark.parametrize(
+    ("text", "out"),
+    [
+        ("SAIR", True),
+        ("sair!!", True),
+        ("  Sair. 🙏", True),
+        ("PARE", True),
+        ("Descadastrar", True),
+        ("Não quero sair", False),
+        ("sair sair", False),
+        ("", False),
+        ("🙏", False),
+    ],
+)
+def test_opt_out_is_the_whole_folded_text(text: str, out: bool) -> None:
+    assert is_opt_out(text, WORDS) is out
+
+
+def test_fold_drops_case_accents_punctuation_and_emoji() -> None:
+    assert fold("  NÃO, obrigado!!! 😀 ") == "nao obrigado"
+
+
+def test_brazilian_numbers_with_and_without_the_ninth_digit() -> None:
+    assert phone_forms("5511987654321") == ("5511987654321", "551187654321")
+    assert phone_forms("551187654321") == ("551187654321", "5511987654321")
+    assert phone_forms("551132654321") == ("551132654321",)  # a landline has no ninth digit
+    assert phone_forms("14155550100") == ("14155550100",)
