@@ -26,7 +26,7 @@ import psycopg
 from listener.db import make_pool
 from listener.metrics import Health, Metrics, serve
 from listener.queries import q
-from listener.status import CAMPAIGN_LIMIT, FAILURE_LIMIT, StatusPage
+from listener.status import CAMPAIGN_LIMIT, FAILURE_LIMIT, StatusPage, render
 
 STATUS_QUERIES = (
     "status_campaigns",
@@ -99,6 +99,15 @@ def seed(url: str, finished: int, open_rows: int) -> None:
         conn.execute("VACUUM ANALYZE")
 
 
+def _sent_last_day(url: str) -> int:
+    with psycopg.connect(url, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM campaign_messages "
+            "WHERE status = 'sent' AND sent_at > now() - interval '1 day'"
+        ).fetchone()
+    return int(row[0]) if row else 0
+
+
 def seq_scans(url: str) -> dict[str, bool]:
     """Whether each status query's plan reads campaign_messages with a sequential scan."""
     params: dict[str, Any] = {"limit": max(CAMPAIGN_LIMIT, FAILURE_LIMIT)}
@@ -109,6 +118,42 @@ def seq_scans(url: str) -> dict[str, bool]:
             text = "\n".join(str(row[0]) for row in plan)
             found[name] = "Seq Scan on campaign_messages" in text
     return found
+
+
+async def time_parts(url: str, reps: int = 7) -> dict[str, float]:
+    """Median ms of each status query the page runs here (the catalog decides which), and of
+    rendering, on an idle connection."""
+    pool = make_pool(url, c.bench_settings())
+    await pool.open(wait=True)
+    try:
+        snapshot = await StatusPage(pool).snapshot()
+        features = snapshot.features
+        names = [n for n in STATUS_QUERIES if n != "status_sent_recent" or not features.funnel]
+        names += ["status_funnel"] if features.funnel else []
+        names += ["status_spend"] if features.spend and not features.budget else []
+        names += ["status_budgets"] if features.budget else []
+        params: dict[str, Any] = {
+            "limit": CAMPAIGN_LIMIT,
+            "ids": [row["id"] for row in snapshot.campaigns],
+        }
+        parts: dict[str, float] = {}
+        async with pool.connection() as conn:
+            for name in names:
+                values = []
+                for _ in range(reps):
+                    started = time.perf_counter()
+                    await (await conn.execute(q(name), params)).fetchall()
+                    values.append((time.perf_counter() - started) * 1000)
+                parts[name] = round(statistics.median(values), 2)
+        values = []
+        for _ in range(reps):
+            started = time.perf_counter()
+            render(snapshot)
+            values.append((time.perf_counter() - started) * 1000)
+        parts["render"] = round(statistics.median(values), 2)
+        return parts
+    finally:
+        await pool.close()
 
 
 async def time_page(url: str, requests: int) -> tuple[list[float], int]:
@@ -160,6 +205,10 @@ def main() -> None:
         f"median {median:.1f} ms, p95 {p95:.1f} ms, max {ordered[-1]:.1f} ms "
         f"over {len(times)} requests ({size:,} bytes)"
     )
+    parts = asyncio.run(time_parts(url))
+    print("median ms per part: " + ", ".join(f"{k} {v}" for k, v in parts.items()))
+    sent_day = _sent_last_day(url)
+    print(f"sent in the last 24 h: {sent_day:,}")
     bad = [name for name, seq in scans.items() if seq]
     print("sequential scans of campaign_messages: " + (", ".join(bad) if bad else "none"))
     c.write_result(
@@ -174,6 +223,8 @@ def main() -> None:
             "times_ms": [round(t, 2) for t in times],
             "page_bytes": size,
             "seq_scans": scans,
+            "parts_ms": parts,
+            "sent_last_day": sent_day,
             "machine": c.machine(url),
         },
         args.tag,

@@ -276,7 +276,12 @@ async def _read(
     waiting: dict[UUID, dict[str, dict[str, Any]]] = {}
     for row in await _rows(cur, "status_open"):
         waiting.setdefault(row["campaign_id"], {})[row["reason"]] = row
-    sent_recent = {row["campaign_id"]: row for row in await _rows(cur, "status_sent_recent")}
+    funnel: dict[UUID, dict[str, Any]] = {}
+    if features.funnel:
+        funnel = {row["campaign_id"]: row for row in await _rows(cur, "status_funnel")}
+        sent_recent = funnel  # the funnel's pass counts them too
+    else:
+        sent_recent = {row["campaign_id"]: row for row in await _rows(cur, "status_sent_recent")}
     snapshot = Snapshot(
         now=queue["now"],
         features=features,
@@ -288,11 +293,10 @@ async def _read(
         throughput=await _rows(cur, "status_throughput"),
         failures=await _rows(cur, "status_failures", {"limit": FAILURE_LIMIT}),
         instances=await _rows(cur, "status_instances"),
+        funnel=funnel,
         live=live,
     )
     ids = [row["id"] for row in campaigns]
-    if features.funnel:
-        snapshot.funnel = {row["campaign_id"]: row for row in await _rows(cur, "status_funnel")}
     if features.spend and not features.budget:
         # Without the campaigns' running spend, the last day's, summed from the messages.
         snapshot.spend = {row["campaign_id"]: row for row in await _rows(cur, "status_spend")}
