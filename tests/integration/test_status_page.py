@@ -236,3 +236,30 @@ async def _fresh_snapshot(db_url: str) -> Snapshot:
         return await StatusPage(pool).snapshot()
     finally:
         await pool.close()
+
+
+async def test_the_pool_section_appears_once_sender_pools_exist(db_url: str, db: Conn) -> None:
+    scene = arrange(db)
+    # What the sender pool migration adds, as the design names it (dropped first should that
+    # migration have landed).
+    db.execute("ALTER TABLE campaigns DROP COLUMN IF EXISTS instances CASCADE")
+    db.execute("DROP TABLE IF EXISTS sender_instances CASCADE")
+    snapshot = await _fresh_snapshot(db_url)
+    assert not snapshot.features.pools and not snapshot.features.sender_table
+    assert "<th>pool</th>" not in render(snapshot)
+    db.execute("ALTER TABLE campaigns ADD COLUMN instances text[]")
+    db.execute(
+        "CREATE TABLE sender_instances (name text PRIMARY KEY, daily_cap integer, "
+        "hourly_cap integer, warmup_started_on date, enabled boolean NOT NULL DEFAULT true)"
+    )
+    db.execute("UPDATE campaigns SET instances = '{acme-1,acme-3}' WHERE id = %s", (scene.hostile,))
+    db.execute(
+        "INSERT INTO sender_instances VALUES ('acme-3', 200, 30, '2026-11-20', true), "
+        "('acme-4', NULL, NULL, NULL, false)"
+    )
+    snapshot = await _fresh_snapshot(db_url)
+    assert snapshot.features.pools and snapshot.features.sender_table
+    page = render(snapshot)
+    assert "<th>pool</th>" in page and "<td>acme-1, acme-3</td>" in page
+    assert "200/day, 30/hour, warming up since 2026-11-20" in instance_row(page, "acme-3")
+    assert "disabled" in instance_row(page, "acme-4")
