@@ -263,3 +263,24 @@ async def test_the_pool_section_appears_once_sender_pools_exist(db_url: str, db:
     assert "<th>pool</th>" in page and "<td>acme-1, acme-3</td>" in page
     assert "200/day, 30/hour, warming up since 2026-11-20" in instance_row(page, "acme-3")
     assert "disabled" in instance_row(page, "acme-4")
+
+
+async def test_without_a_database_the_page_says_so_with_a_503() -> None:
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        dead = f"postgresql://postgres@127.0.0.1:{s.getsockname()[1]}/nothing"
+    pool = make_pool(dead, fast_settings())
+    await pool.open(wait=False)
+    runner = await serve(
+        Metrics(), Health(), "127.0.0.1", 0, status_page=StatusPage(pool, timeout=0.3).handle
+    )
+    try:
+        port = runner.addresses[0][1]
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+            response = await client.get("/")
+    finally:
+        await runner.cleanup()
+        await pool.close()
+    assert response.status_code == 503
+    assert "The database did not answer" in response.text
+    assert "default-src 'none'" in response.headers["content-security-policy"]
