@@ -222,6 +222,9 @@ class StatusPage:
         try:
             snapshot = await self.snapshot()
         except (psycopg.Error, PoolTimeout) as exc:
+            # A migration may have changed the columns since the catalog was read: read it
+            # again next time.
+            self._features = None
             log.warning(
                 "status page: the database did not answer: %s",
                 exc,
