@@ -226,7 +226,7 @@ class StatusPage:
             # again next time.
             self._features = None
             log.warning(
-                "status page: the database did not answer: %s",
+                "status page: could not read the database: %s",
                 exc,
                 extra={"action": "status_page_failed"},
             )
@@ -859,9 +859,9 @@ def render(s: Snapshot) -> str:
 
 def render_unavailable(reason: str, live: Live | None) -> str:
     """The page when the database does not answer: say so, and what this listener knows."""
-    who = f" ({_e(live.worker_id)})" if live else ""
+    who = f"this listener: {_e(live.worker_id)}; " if live else ""
     body = (
-        f'<main><section class="wide"><h2 class="bad">The database did not answer{who}</h2>'
-        f'<p>{_e(_mask_text(reason))}</p><p class="mute">See /healthz.</p></section></main>'
+        '<main><section class="wide"><h2 class="bad">Could not read the database</h2>'
+        f'<p>{_e(_mask_text(reason))}</p><p class="mute">{who}see /healthz.</p></section></main>'
     )
     return _page("listener status: database unavailable", body, None)

@@ -282,5 +282,5 @@ async def test_without_a_database_the_page_says_so_with_a_503() -> None:
         await runner.cleanup()
         await pool.close()
     assert response.status_code == 503
-    assert "The database did not answer" in response.text
+    assert "Could not read the database" in response.text
     assert "default-src 'none'" in response.headers["content-security-policy"]
