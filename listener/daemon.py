@@ -207,7 +207,11 @@ class Daemon:
             )
             return
         self.webhooks = WebhookReceiver(
-            self.settings, self.pool, self.metrics.registry, on_restricted=processor.restrict
+            self.settings,
+            self.pool,
+            self.metrics.registry,
+            on_restricted=processor.restrict,
+            instances=lambda: list(processor.instances.known()),
         )
         await self.webhooks.start()
 

@@ -37,10 +37,19 @@ class InstanceHealth:
         self._ttl = ttl
         self._cache: dict[str, tuple[str, float]] = {}
         self._down: set[str] = set()
+        # Holds with their own end (monotonic): a number WhatsApp restricts while it still
+        # says `open` (delivery feedback). After the hold, the state is asked again.
+        self._holds: dict[str, tuple[str, float]] = {}
 
     async def state(self, instance: str) -> str:
-        cached = self._cache.get(instance)
         now = time.monotonic()
+        held = self._holds.get(instance)
+        if held is not None:
+            if now < held[1]:
+                return held[0]
+            del self._holds[instance]
+            self._cache.pop(instance, None)
+        cached = self._cache.get(instance)
         if cached is not None and now - cached[1] < self._ttl:
             return cached[0]
         try:
@@ -75,6 +84,18 @@ class InstanceHealth:
         cached = self._cache.get(instance)
         restricted = cached is not None and cached[0].startswith("restricted")
         return "instance restricted" if restricted else "instance down"
+
+    def hold(self, instance: str, state: str, seconds: float) -> bool:
+        """Hold the instance in `state` for `seconds`, whatever its connection says; False
+        when it is already held so."""
+        now = time.monotonic()
+        held = self._holds.get(instance)
+        if held is not None and now < held[1]:
+            return False
+        self._holds[instance] = (state, now + seconds)
+        self._cache[instance] = (state, now)
+        self._note(instance, state)
+        return True
 
     def mark(self, instance: str, state: str) -> None:
         """What a send found out (e.g. `missing`), held for `ttl` like a state check's."""

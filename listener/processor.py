@@ -423,10 +423,14 @@ class Processor:
                         extra={"action": "gap_stamp_failed", "message_id": str(job.id)},
                     )
 
-    def restrict(self, instance: str, reason: str) -> None:
-        """WhatsApp logged out or banned the instance's number (a webhook's connection.update):
-        hold its messages at once, until its connectionState reads `open` again."""
+    def restrict(self, instance: str, reason: str, seconds: float | None = None) -> bool:
+        """WhatsApp restricted the instance's number (delivery feedback): hold its messages at
+        once, for `seconds` (a run of failed first parts), or until its connectionState reads
+        `open` again (logged out, banned). False when it was already held."""
+        if seconds is not None:
+            return self.instances.hold(instance, f"restricted: {reason}", seconds)
         self.instances.mark(instance, f"restricted: {reason}")
+        return True
 
     def _check(self, job: Job) -> None:
         if job.lost:

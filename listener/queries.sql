@@ -731,7 +731,7 @@ SELECT c.name AS campaign, c.id AS campaign_id,
 WITH recent AS (
     SELECT status, status_at FROM message_parts
      WHERE instance = %(instance)s AND part_no = 0
-     ORDER BY status_at DESC
+     ORDER BY sent_at DESC
      LIMIT 10
 )
 SELECT count(*) FILTER (WHERE status = 'ERROR') AS errors,

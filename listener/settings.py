@@ -211,6 +211,11 @@ class Settings(BaseSettings):
         ("sair", "parar", "pare", "stop", "cancelar", "descadastrar", "remover"),
         validation_alias="LISTENER_OPT_OUT_WORDS",
     )
+    restrict_errors: int = Field(3, ge=1, le=10, validation_alias="LISTENER_RESTRICT_ERRORS")
+    pending_alarm: Duration = Field(
+        timedelta(minutes=10), validation_alias="LISTENER_PENDING_ALARM"
+    )
+    restrict_hold: Duration = Field(timedelta(hours=6), validation_alias="LISTENER_RESTRICT_HOLD")
     log_format: Literal["text", "json"] = Field("text", validation_alias="LISTENER_LOG_FORMAT")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         "INFO", validation_alias="LISTENER_LOG_LEVEL"

@@ -43,7 +43,7 @@ from listener.feedback import (
 from listener.metrics import _listen
 from listener.phones import mask_phone
 from listener.queries import q
-from listener.settings import Settings
+from listener.settings import Settings, format_duration
 from listener.text import clean_text
 
 log = logging.getLogger(__name__)
@@ -55,6 +55,8 @@ MAX_BODY = 1024 * 1024
 EARLY_INTERVAL = 1.0
 # `send.message` events older than a day are pruned this often.
 PRUNE_INTERVAL = 3600.0
+# The instances this listener sends through are checked for stale PENDING first parts this often.
+STALE_INTERVAL = 60.0
 
 
 class WebhookMetrics:
@@ -105,7 +107,8 @@ class WebhookReceiver:
         pool: AsyncConnectionPool,
         registry: CollectorRegistry,
         *,
-        on_restricted: Callable[[str, str], None] | None = None,
+        on_restricted: Callable[[str, str, float | None], bool] | None = None,
+        instances: Callable[[], list[str]] | None = None,
     ) -> None:
         secret = settings.webhook_secret
         assert secret is not None
@@ -114,6 +117,7 @@ class WebhookReceiver:
         self.pool = pool
         self.metrics = WebhookMetrics(registry)
         self.on_restricted = on_restricted
+        self.instances = instances or (lambda: [])
         self._statuses = GroupCommit(self._flush_statuses, key=id)
         self._replies = GroupCommit(self._flush_replies, key=id)
         self._sent = GroupCommit(self._flush_sent, key=id)
@@ -156,6 +160,9 @@ class WebhookReceiver:
         self._tasks = [
             asyncio.create_task(self._every(EARLY_INTERVAL, self.apply_early), name="early"),
             asyncio.create_task(self._every(PRUNE_INTERVAL, self.prune), name="prune_sent"),
+            asyncio.create_task(
+                self._every(STALE_INTERVAL, self.check_stale), name="stale_pending"
+            ),
         ]
         log.info(
             "delivery feedback: Evolution webhooks on %s:%s%s",
@@ -259,9 +266,8 @@ class WebhookReceiver:
         if event.state != "close" or event.reason not in RESTRICTING_REASONS:
             return
         reason = f"{RESTRICTING_REASONS[event.reason]} ({event.reason})"
-        self.metrics.restrictions.labels(reason=str(event.reason)).inc()
-        if self.on_restricted is not None:
-            self.on_restricted(event.instance, reason)
+        if self.on_restricted is not None and self.on_restricted(event.instance, reason, None):
+            self.metrics.restrictions.labels(reason=str(event.reason)).inc()
 
     async def _flush_statuses(self, items: list[StatusUpdate]) -> set[Hashable]:
         async with self.pool.connection() as conn:
@@ -274,7 +280,36 @@ class WebhookReceiver:
                     "ats": [i.at for i in items],
                 },
             )
+            for instance in {i.instance for i in items if i.status == "ERROR"}:
+                await self._check(conn, instance)
         return {id(i) for i in items}
+
+    async def _check(self, conn: psycopg.AsyncConnection[Any], instance: str) -> None:
+        """Hold the instance when too many of its last 10 first parts ended in ERROR or stay
+        PENDING too long: WhatsApp restricts a number from new chats (error 463) while its
+        connection still says `open`."""
+        settings = self.settings
+        cur = await conn.execute(
+            q("restrict_check"), {"instance": instance, "alarm": settings.pending_alarm}
+        )
+        row = await cur.fetchone()
+        errors, stale = (int(row[0]), int(row[1])) if row else (0, 0)
+        if errors + stale < settings.restrict_errors:
+            return
+        why = (
+            f"{errors} of its last 10 first parts ended in ERROR and {stale} are still PENDING "
+            f"after {format_duration(settings.pending_alarm)}"
+        )
+        label = "errors" if errors >= stale else "pending"
+        seconds = settings.restrict_hold.total_seconds()
+        if self.on_restricted is not None and self.on_restricted(instance, why, seconds):
+            self.metrics.restrictions.labels(reason=label).inc()
+
+    async def check_stale(self) -> None:
+        """The restriction check of every instance this listener sends through."""
+        async with self.pool.connection() as conn:
+            for instance in self.instances():
+                await self._check(conn, instance)
 
     async def _flush_replies(self, items: list[Reply]) -> set[Hashable]:
         words = self.settings.opt_out_words

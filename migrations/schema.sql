@@ -832,6 +832,7 @@ CREATE TABLE public.message_parts (
     provider_message_id text NOT NULL,
     status text DEFAULT 'PENDING'::text NOT NULL,
     status_at timestamp with time zone DEFAULT now() NOT NULL,
+    sent_at timestamp with time zone DEFAULT now() NOT NULL,
     CONSTRAINT message_parts_status_check CHECK ((status = ANY (ARRAY['PENDING'::text, 'SERVER_ACK'::text, 'DELIVERY_ACK'::text, 'READ'::text, 'PLAYED'::text, 'ERROR'::text])))
 );
 
@@ -1068,6 +1069,12 @@ CREATE INDEX idx_leads_phone ON public.leads USING btree (phone);
 --
 
 CREATE INDEX idx_leads_phone_digits ON public.leads USING btree (regexp_replace(phone, '[^0-9]'::text, ''::text, 'g'::text));
+
+--
+-- Name: idx_message_parts_first; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX idx_message_parts_first ON public.message_parts USING btree (instance, sent_at DESC) WHERE (part_no = 0);
 
 --
 -- Name: idx_sent_events_number; Type: INDEX; Schema: public; Owner: -

@@ -340,3 +340,31 @@ async def test_a_timed_out_send_not_found_is_sent_twice_never_more(db_url: str, 
         assert len(fakes.sends) == 2
         error = one(db, "SELECT last_error FROM campaign_messages WHERE id = %s", mid)
         assert "may have been delivered" in error
+
+
+async def test_three_errors_of_ten_first_parts_hold_the_number(db_url: str, db: Conn) -> None:
+    async with listening(db_url, restrict_hold="1h") as (daemon, fakes):
+        cid = make_campaign(db)
+        enqueue(db, cid, make_leads(db, 10), content="Olá")
+        await await_until(lambda: statuses(db).get("sent") == 10)
+        ids = [s["id"] for s in fakes.accepted()]
+        for key in ids[:2]:
+            await fakes.post_webhook("messages.update", status_data(key, "ERROR"))
+        for key in ids[3:]:
+            await fakes.post_webhook("messages.update", status_data(key, "DELIVERY_ACK"))
+        # Two ERRORs of ten: the number goes on.
+        assert daemon.processor is not None
+        assert await daemon.processor.instances.state("main") == "open"
+        # The third: the number is held for LISTENER_RESTRICT_HOLD, nothing spent.
+        await fakes.post_webhook("messages.update", status_data(ids[2], "ERROR"))
+        [held] = enqueue(db, cid, make_leads(db, 1, prefix="55115"), content="Olá")
+        await await_until(
+            lambda: (
+                db.execute(
+                    "SELECT status, attempts, wait_reason FROM campaign_messages WHERE id = %s",
+                    (held,),
+                ).fetchone()
+                == ("pending", 0, "instance restricted")
+            )
+        )
+        assert len(fakes.sends) == 10
