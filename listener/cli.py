@@ -215,6 +215,47 @@ def stats(since: timedelta, as_json: bool) -> None:
 
 
 # --------------------------------------------------------------------------------------------
+# webhook
+# --------------------------------------------------------------------------------------------
+
+
+@main.group()
+def webhook() -> None:
+    """Delivery feedback: Evolution's webhooks to the listener."""
+
+
+@webhook.command("set")
+@click.option(
+    "--instance",
+    "instances",
+    multiple=True,
+    help="The Evolution instance (repeatable). Default: EVOLUTION_INSTANCE and every instance "
+    "the campaigns use.",
+)
+@click.option(
+    "--url",
+    required=True,
+    help="The full public address of the receiver, e.g. https://listener.example.com/webhooks/evolution",
+)
+def webhook_set(instances: tuple[str, ...], url: str) -> None:
+    """Point Evolution's webhook at the listener: the events it reads (MESSAGES_UPDATE,
+    MESSAGES_UPSERT, SEND_MESSAGE, CONNECTION_UPDATE) and the `jwt_key` header, so every post
+    is signed with LISTENER_WEBHOOK_SECRET."""
+    from listener import webhook_setup
+
+    settings = _settings(need_providers=False)
+    settings = load_settings(llm="sandbox", sender="evolution")
+    webhook_setup.check(settings, url)
+    names = list(dict.fromkeys(instances))
+    if not names:
+        database = _database(settings)
+        names = run_async(webhook_setup.instances_in_use(database, settings))
+    done = run_async(webhook_setup.set_webhooks(settings, url, names))
+    for name in done:
+        click.echo(f"webhook set on {name}: {url}")
+
+
+# --------------------------------------------------------------------------------------------
 # demo
 # --------------------------------------------------------------------------------------------
 

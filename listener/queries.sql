@@ -737,3 +737,9 @@ WITH recent AS (
 SELECT count(*) FILTER (WHERE status = 'ERROR') AS errors,
        count(*) FILTER (WHERE status = 'PENDING' AND status_at < now() - %(alarm)s) AS stale
   FROM recent
+
+-- webhook_instances --
+-- The instances campaigns that are not archived send through (`listener webhook set`).
+SELECT DISTINCT instance FROM campaigns
+ WHERE instance IS NOT NULL AND status <> 'archived'
+ ORDER BY instance

@@ -3,6 +3,7 @@ listener's receiver, on a real Postgres."""
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import time
 from collections.abc import AsyncIterator
@@ -11,7 +12,9 @@ from typing import Any
 from uuid import UUID
 
 import psycopg
+import pytest
 
+from listener.cli import entry
 from listener.daemon import Daemon
 from listener.feedback import sign_jwt
 from tests.daemon_harness import running
@@ -368,3 +371,55 @@ async def test_three_errors_of_ten_first_parts_hold_the_number(db_url: str, db: 
             )
         )
         assert len(fakes.sends) == 10
+
+
+async def test_webhook_set_configures_every_instance_in_use(
+    db_url: str, db: Conn, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    make_campaign(db, name="a", instance="sales")
+    make_campaign(db, name="b", instance="support")
+    make_campaign(db, name="c", instance="old", status="archived")
+    async with serve_fakes() as fakes:
+        for name, value in {
+            "DATABASE_URL": db_url,
+            "EVOLUTION_API_URL": fakes.url,
+            "EVOLUTION_API_KEY": "evo-test-secret",
+            "EVOLUTION_INSTANCE": "main",
+            "LISTENER_WEBHOOK_SECRET": SECRET,
+        }.items():
+            monkeypatch.setenv(name, value)
+        url = "https://listener.example.com/webhooks/evolution"
+        assert await asyncio.to_thread(entry, ["webhook", "set", "--url", url]) == 0
+        assert [s["instance"] for s in fakes.webhook_sets] == ["main", "sales", "support"]
+        assert fakes.webhook_sets[0] == {
+            "instance": "main",
+            "apikey": "evo-test-secret",
+            "webhook": {
+                "enabled": True,
+                "url": url,
+                "headers": {"jwt_key": SECRET},
+                "byEvents": False,
+                "base64": False,
+                "events": [
+                    "MESSAGES_UPDATE",
+                    "MESSAGES_UPSERT",
+                    "SEND_MESSAGE",
+                    "CONNECTION_UPDATE",
+                ],
+            },
+        }
+        argv = ["webhook", "set", "--instance", "other", "--url", url]
+        assert await asyncio.to_thread(entry, argv) == 0
+        assert fakes.webhook_sets[-1]["instance"] == "other"
+        out = capsys.readouterr()
+        assert "webhook set on support: " + url in out.out
+        assert SECRET not in out.out + out.err
+        # Bad input: one line, exit 2.
+        assert await asyncio.to_thread(entry, ["webhook", "set", "--url", "ftp://x"]) == 2
+        monkeypatch.delenv("LISTENER_WEBHOOK_SECRET")
+        assert await asyncio.to_thread(entry, ["webhook", "set", "--url", url]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err[-1] == (
+            "listener: LISTENER_WEBHOOK_SECRET is required: Evolution signs its posts with it"
+        )
+        assert len(fakes.webhook_sets) == 4
