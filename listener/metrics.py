@@ -90,6 +90,7 @@ class Metrics:
         )
         self._outcomes: dict[str, Counter] = {}
         self._latencies: dict[str, Histogram] = {}
+        self._usage: dict[tuple[str, bool], tuple[Counter, Counter, Counter, Counter]] = {}
 
     def outcome(self, outcome: str) -> Counter:
         """The counter of one outcome (children are cached: `labels()` is slow on a hot path)."""
@@ -100,12 +101,21 @@ class Metrics:
 
     def llm_usage(self, usage: Usage) -> None:
         """Count one billed LLM call's cost and tokens under the model that answered."""
-        model = usage.model or "unknown"
-        fallback = "true" if usage.fallback else "false"
-        self.llm_calls.labels(model=model, fallback=fallback).inc(usage.calls)
-        self.llm_cost.labels(model=model).inc(usage.cost_usd)
-        self.llm_tokens.labels(model=model, kind="prompt").inc(usage.prompt_tokens)
-        self.llm_tokens.labels(model=model, kind="completion").inc(usage.completion_tokens)
+        key = (usage.model or "unknown", bool(usage.fallback))
+        children = self._usage.get(key)
+        if children is None:
+            model, fallback = key
+            children = self._usage[key] = (
+                self.llm_calls.labels(model=model, fallback="true" if fallback else "false"),
+                self.llm_cost.labels(model=model),
+                self.llm_tokens.labels(model=model, kind="prompt"),
+                self.llm_tokens.labels(model=model, kind="completion"),
+            )
+        calls, cost, prompt, completion = children
+        calls.inc(usage.calls)
+        cost.inc(usage.cost_usd)
+        prompt.inc(usage.prompt_tokens)
+        completion.inc(usage.completion_tokens)
 
     def provider_latency(self, provider: str) -> Histogram:
         """The latency histogram of one provider (cached like `outcome`)."""

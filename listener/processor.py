@@ -507,6 +507,8 @@ def _log_outcome(job: Job, result: Outcome, error: BaseException) -> None:
             extra={"action": "message_retry", "attempt": job.attempts, **ids},
         )
     elif result.name == "deferred" and finish.scheduled_at is not None:
+        if finish.wait_reason == "budget":
+            return  # logged once per campaign by the writer, not once per message
         log.info(
             "message waits until %s (%s)",
             finish.scheduled_at.isoformat(timespec="seconds"),

@@ -346,8 +346,10 @@ async def test_a_budget_reached_mid_campaign_holds_the_rest_and_raising_it_relea
                 db.execute("UPDATE campaigns SET budget_usd = 1 WHERE id = %s", (campaign,))
                 await await_until(lambda: statuses(db).get("sent", 0) == 12)
     assert spent(db, campaign) == pytest.approx(10 * COST)
+    # Logged once for the campaign, not once per message held.
     reached = [r for r in caplog.records if getattr(r, "action", "") == "campaign_budget_reached"]
     assert len(reached) == 1
+    assert not [r for r in caplog.records if getattr(r, "reason", "") == "budget"]
 
 
 async def test_two_listeners_overspend_by_no_more_than_the_messages_in_flight(
