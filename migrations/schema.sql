@@ -1029,10 +1029,16 @@ CREATE INDEX idx_campaign_messages_lead_pending ON public.campaign_messages USIN
 CREATE INDEX idx_campaign_messages_lease ON public.campaign_messages USING btree (locked_until) WHERE (status = 'processing'::text);
 
 --
--- Name: idx_campaign_messages_open; Type: INDEX; Schema: public; Owner: -
+-- Name: idx_campaign_messages_open_due; Type: INDEX; Schema: public; Owner: -
 --
 
-CREATE INDEX idx_campaign_messages_open ON public.campaign_messages USING btree (campaign_id, status, wait_reason) WHERE (status = ANY (ARRAY['pending'::text, 'processing'::text]));
+CREATE INDEX idx_campaign_messages_open_due ON public.campaign_messages USING btree (campaign_id, status, wait_reason, scheduled_at) WHERE (status = ANY (ARRAY['pending'::text, 'processing'::text]));
+
+--
+-- Name: idx_campaign_messages_retry; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX idx_campaign_messages_retry ON public.campaign_messages USING btree (campaign_id, scheduled_at) WHERE ((status = 'pending'::text) AND (last_error IS NOT NULL) AND (wait_reason IS NULL));
 
 --
 -- Name: idx_campaign_messages_run; Type: INDEX; Schema: public; Owner: -
