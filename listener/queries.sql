@@ -704,24 +704,30 @@ SELECT provider_message_id FROM sent_events
 -- The part of a message whose send got no answer, and since when (for the lookup).
 SELECT uncertain_part, uncertain_sends, uncertain_at FROM campaign_messages WHERE id = %(id)s
 
--- funnel --
--- The delivery funnel per campaign (listener stats, /metrics).
+-- stats_funnel --
+-- The delivery funnel per campaign over the messages sent in the window (listener stats):
+-- sent, acknowledged by the server, delivered, read, replied, opted out after it, WhatsApp
+-- errors, and the median time from sent to delivered and to read.
 SELECT c.name AS campaign, c.id AS campaign_id,
-       count(*) FILTER (WHERE m.sent_at IS NOT NULL) AS sent,
-       count(*) FILTER (WHERE EXISTS (SELECT 1 FROM message_parts p
-                                       WHERE p.message_id = m.id
-                                         AND delivery_rank(p.status) BETWEEN 2 AND 5)) AS acked,
+       count(*) AS sent,
+       count(*) FILTER (WHERE m.delivered_at IS NOT NULL OR m.read_at IS NOT NULL
+                          OR EXISTS (SELECT 1 FROM message_parts p
+                                      WHERE p.message_id = m.id
+                                        AND p.status IN ('SERVER_ACK', 'DELIVERY_ACK', 'READ',
+                                                         'PLAYED'))) AS acked,
        count(m.delivered_at) AS delivered,
        count(m.read_at) AS read,
        count(m.replied_at) AS replied,
-       count(*) FILTER (WHERE m.last_error = 'skipped: the lead opted out') AS opted_out,
+       count(*) FILTER (WHERE l.opted_out AND l.opted_out_at >= m.sent_at) AS opted_out,
        count(m.delivery_error) AS errors,
        percentile_cont(0.5) WITHIN GROUP (
-           ORDER BY extract(epoch FROM m.delivered_at - m.sent_at)) AS median_delivery_s,
+           ORDER BY extract(epoch FROM m.delivered_at - m.sent_at)) AS median_delivery_seconds,
        percentile_cont(0.5) WITHIN GROUP (
-           ORDER BY extract(epoch FROM m.read_at - m.sent_at)) AS median_read_s
-  FROM campaign_messages m JOIN campaigns c ON c.id = m.campaign_id
- WHERE m.sent_at IS NOT NULL OR m.last_error = 'skipped: the lead opted out'
+           ORDER BY extract(epoch FROM m.read_at - m.sent_at)) AS median_read_seconds
+  FROM campaign_messages m
+  JOIN campaigns c ON c.id = m.campaign_id
+  LEFT JOIN leads l ON l.id = m.lead_id
+ WHERE m.status = 'sent' AND m.sent_at >= now() - %(window)s
  GROUP BY c.id, c.name
  ORDER BY c.name
 

@@ -62,6 +62,46 @@ class CampaignSpend:
 
 
 @dataclass(frozen=True)
+class Funnel:
+    """What became of a campaign's messages sent in the window (delivery feedback)."""
+
+    campaign: str
+    campaign_id: UUID
+    sent: int
+    acked: int
+    delivered: int
+    read: int
+    replied: int
+    opted_out: int
+    errors: int
+    median_delivery_seconds: float | None
+    median_read_seconds: float | None
+
+    def rate(self, count: int) -> float | None:
+        """`count` as a share of the messages sent, in percent."""
+        return 100.0 * count / self.sent if self.sent else None
+
+    def as_json(self) -> dict[str, Any]:
+        counts = {
+            "sent": self.sent,
+            "server_acked": self.acked,
+            "delivered": self.delivered,
+            "read": self.read,
+            "replied": self.replied,
+            "opted_out": self.opted_out,
+            "errors": self.errors,
+        }
+        return {
+            "campaign": self.campaign,
+            "campaign_id": str(self.campaign_id),
+            **counts,
+            "rates_percent": {k: self.rate(v) for k, v in counts.items() if k != "sent"},
+            "median_delivery_seconds": self.median_delivery_seconds,
+            "median_read_seconds": self.median_read_seconds,
+        }
+
+
+@dataclass(frozen=True)
 class ModelAnswers:
     """A model that answered: for how many messages, how many as a fallback, at what cost."""
 
@@ -90,6 +130,7 @@ class Stats:
     waiting: list[tuple[str, UUID, str, int, datetime]] = field(default_factory=list)
     spend: list[CampaignSpend] = field(default_factory=list)
     models: list[ModelAnswers] = field(default_factory=list)
+    funnel: list[Funnel] = field(default_factory=list)
 
     @property
     def since(self) -> datetime:
@@ -136,6 +177,7 @@ class Stats:
                 for name, campaign_id, reason, count, next_at in self.waiting
             ],
             "spend": [spend.as_json() for spend in self.spend],
+            "funnel": [f.as_json() for f in self.funnel],
             "models": [
                 {
                     "model": m.model,
@@ -162,6 +204,7 @@ async def collect_stats(url: str, window: timedelta) -> Stats:
         waiting = await (await conn.execute(q("stats_waiting"))).fetchall()
         spend = await (await conn.execute(q("stats_spend"), params)).fetchall()
         models = await (await conn.execute(q("stats_models"), params)).fetchall()
+        funnel = await (await conn.execute(q("stats_funnel"), params)).fetchall()
     rank = {status: index for index, status in enumerate(STATUS_ORDER)}
     by_status = sorted(
         ((row["status"], row["count"], row["percentage"]) for row in statuses),
@@ -184,6 +227,7 @@ async def collect_stats(url: str, window: timedelta) -> Stats:
         ],
         spend=[CampaignSpend(**row) for row in spend],
         models=[ModelAnswers(**row) for row in models],
+        funnel=[Funnel(**row) for row in funnel],
     )
 
 
@@ -213,6 +257,42 @@ def _usd(value: float | None, *, places: int = 6) -> str:
 
 def _minute(value: datetime) -> str:
     return value.strftime("%Y-%m-%d %H:%M")
+
+
+def _count(funnel: Funnel, count: int) -> str:
+    rate = funnel.rate(count)
+    return str(count) if rate is None else f"{count} ({rate:.0f}%)"
+
+
+def _funnel_rows(funnels: list[Funnel]) -> list[tuple[str, ...]]:
+    rows: list[tuple[str, ...]] = [
+        (
+            "campaign",
+            "sent",
+            "acked",
+            "delivered",
+            "read",
+            "replied",
+            "opted out",
+            "errors",
+            "to delivery",
+            "to read",
+        )
+    ]
+    for f in funnels:
+        rows.append(
+            (
+                f.campaign,
+                str(f.sent),
+                *(
+                    _count(f, n)
+                    for n in (f.acked, f.delivered, f.read, f.replied, f.opted_out, f.errors)
+                ),
+                _seconds(f.median_delivery_seconds),
+                _seconds(f.median_read_seconds),
+            )
+        )
+    return rows
 
 
 def render(figures: Stats) -> str:
@@ -264,6 +344,11 @@ def render(figures: Stats) -> str:
         lines += _table(waiting)
     else:
         lines.append("  nothing pending")
+    lines += ["", "delivery funnel per campaign (messages sent in the window)"]
+    if figures.funnel:
+        lines += _table(_funnel_rows(figures.funnel))
+    else:
+        lines.append("  none sent")
     lines += ["", "LLM spend per campaign (messages created in the window)"]
     if figures.spend:
         spend = [

@@ -8,6 +8,7 @@ import socket
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import timedelta
 from typing import Any
 from uuid import UUID
 
@@ -17,6 +18,7 @@ import pytest
 from listener.cli import entry
 from listener.daemon import Daemon
 from listener.feedback import sign_jwt
+from listener.stats import collect_stats, render
 from tests.daemon_harness import running
 from tests.fakes import (
     FakeProviders,
@@ -423,3 +425,31 @@ async def test_webhook_set_configures_every_instance_in_use(
             "listener: LISTENER_WEBHOOK_SECRET is required: Evolution signs its posts with it"
         )
         assert len(fakes.webhook_sets) == 4
+
+
+async def test_stats_show_the_funnel_per_campaign(db_url: str, db: Conn) -> None:
+    async with listening(db_url) as (_, fakes):
+        cid = make_campaign(db, name="Funil")
+        enqueue(db, cid, make_leads(db, 4), content="Olá")
+        await await_until(lambda: statuses(db).get("sent") == 4)
+        sends = fakes.accepted()
+        kinds = ("READ", "DELIVERY_ACK", "SERVER_ACK", "ERROR")
+        for send, status in zip(sends, kinds, strict=True):
+            await fakes.post_webhook("messages.update", status_data(send["id"], status))
+        await _reply(fakes, sends[0]["number"], "Tenho interesse")
+        await _reply(fakes, sends[1]["number"], "PARAR")
+    figures = await collect_stats(db_url, timedelta(hours=1))
+    [funnel] = figures.funnel
+    assert (funnel.campaign, funnel.sent, funnel.acked, funnel.delivered, funnel.read) == (
+        "Funil",
+        4,
+        3,
+        2,
+        1,
+    )
+    assert (funnel.replied, funnel.opted_out, funnel.errors) == (2, 1, 1)
+    assert funnel.median_delivery_seconds is not None
+    assert figures.as_json()["funnel"][0]["rates_percent"]["delivered"] == 50.0
+    text = render(figures)
+    assert "delivery funnel per campaign" in text
+    assert "2 (50%)" in text
