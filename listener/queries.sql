@@ -64,7 +64,9 @@ SELECT count(*) AS due FROM campaign_messages
 -- store_parts --
 -- Fix the text and parts of messages before their first part goes out (guarded by the lease),
 -- adding the usage of the LLM calls that wrote them to the message's sums and, in the same
--- statement, their cost to the campaign's spend (what budgets are checked against).
+-- statement, their cost to the campaign's spend (what budgets are checked against). Parts are
+-- stored once (a resume never stores them again): a store run again after its answer was lost
+-- finds them (`o`, the row before this statement) and adds no usage twice.
 WITH stored AS (
     UPDATE campaign_messages m
        SET generated_text = v.generated_text,
@@ -75,11 +77,17 @@ WITH stored AS (
            model = COALESCE(v.model, m.model),
            model_fallback = COALESCE(v.fallback, m.model_fallback),
            updated_at = now()
-      FROM unnest(%(ids)b::uuid[], %(texts)b::text[], %(parts)b::jsonb[],
-                  %(prompt_tokens)b::bigint[], %(completion_tokens)b::bigint[],
-                  %(costs)b::float8[], %(models)b::text[], %(fallbacks)b::bool[])
-           AS v(id, generated_text, parts, prompt_tokens, completion_tokens, cost_usd, model,
-                fallback)
+      FROM (SELECT u.id, u.generated_text, u.parts, u.model, u.fallback,
+                   CASE WHEN o.parts IS NULL THEN u.prompt_tokens ELSE 0 END AS prompt_tokens,
+                   CASE WHEN o.parts IS NULL THEN u.completion_tokens ELSE 0 END
+                       AS completion_tokens,
+                   CASE WHEN o.parts IS NULL THEN u.cost_usd ELSE 0 END AS cost_usd
+              FROM unnest(%(ids)b::uuid[], %(texts)b::text[], %(parts)b::jsonb[],
+                          %(prompt_tokens)b::bigint[], %(completion_tokens)b::bigint[],
+                          %(costs)b::float8[], %(models)b::text[], %(fallbacks)b::bool[])
+                   AS u(id, generated_text, parts, prompt_tokens, completion_tokens, cost_usd,
+                        model, fallback)
+              JOIN campaign_messages o ON o.id = u.id) AS v
      WHERE m.id = v.id AND m.status = 'processing' AND m.locked_by = %(worker)b
     RETURNING m.id, m.campaign_id, v.cost_usd
 ), spend AS (

@@ -12,13 +12,15 @@ from typing import Any
 import psycopg
 import pytest
 from psycopg.rows import dict_row
+from psycopg_pool import AsyncConnectionPool
 
 from listener.errors import HoldBackError
-from listener.jobs import Usage
+from listener.jobs import StoreParts, Usage
 from listener.providers.llm import STRUCTURED_MEMORY_SECONDS, OpenRouterLLM
 from listener.settings import Settings, load_settings
 from listener.stats import collect_stats, render
-from tests.daemon_harness import running
+from listener.store import Store
+from tests.daemon_harness import fast_settings, running
 from tests.fakes import FakeProviders, Reply, http_settings, serve_fakes
 from tests.helpers import await_until, enqueue, make_campaign, make_leads, statuses
 
@@ -302,6 +304,27 @@ async def test_cost_is_summed_across_a_retry(db_url: str, db: Conn) -> None:
     assert [(m.model, m.messages) for m in figures.models] == [("openai/gpt-4o-mini", 1)]
     text = render(figures)
     assert "LLM spend per campaign" in text and "$0.000400" in text
+
+
+async def test_parts_stored_again_after_a_lost_answer_add_their_usage_once(
+    db_url: str, db: Conn
+) -> None:
+    """A guarded write whose answer was lost runs again (store.py); the second store of the
+    same parts must not bill the message or the campaign twice."""
+    campaign = make_campaign(db)
+    enqueue(db, campaign, make_leads(db, 1))
+    settings = fast_settings(worker_id="listener-a")
+    async with AsyncConnectionPool(db_url, open=False, kwargs={"autocommit": True}) as pool:
+        await pool.open()
+        store = Store(pool, settings)
+        (job,) = await store.claim(1)
+        item = StoreParts(job.id, "Oi", ["Oi"], Usage(100, 20, 0.002, 2, "a/model", False))
+        for _ in range(2):
+            assert await store._flush_store([item]) == {job.id}
+    (row,) = message_rows(db)
+    assert (row["prompt_tokens"], row["completion_tokens"]) == (100, 20)
+    assert row["cost_usd"] == pytest.approx(0.002)
+    assert spent(db, campaign) == pytest.approx(0.002)
 
 
 # ------------------------------------------------------------------------------------------
