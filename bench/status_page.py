@@ -4,12 +4,14 @@ The scratch database gets `--finished` finished rows (default 1,000,000: sent, w
 one in 50 and a skipped one in 70) over 5 campaigns and their runs, spread over the last 30 days,
 inserted by one INSERT ... SELECT generate_series; plus `--open` queued rows (default 2,000:
 due, scheduled, waiting for a retry, the window, the cap, the gap, a disconnected instance) and
-a few in flight; then `VACUUM ANALYZE`. It serves the page as the daemon does (listener.metrics
+a few in flight; with `--paused N`, also N pending rows of a paused campaign (a large queue
+that stays); then `VACUUM ANALYZE`. It serves the page as the daemon does (listener.metrics
 `serve` with the status page on a real port) and times `--requests` GET / (default 20, after 3
 warm-ups) from another connection: median, p95 and max, in milliseconds. It also checks that no
 status query reads campaign_messages with a sequential scan (EXPLAIN of each).
 
     uv run python bench/status_page.py [--url DSN] [--finished 1000000] [--requests 20]
+    uv run python bench/status_page.py --paused 200000 --tag paused200k
 """
 
 from __future__ import annotations
@@ -38,6 +40,23 @@ STATUS_QUERIES = (
     "status_failures",
     "status_instances",
 )
+
+
+def seed_paused(url: str, n: int) -> None:
+    """`n` pending rows of a paused campaign: a large queue that stays."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        row = conn.execute(
+            "INSERT INTO campaigns (name, instance) VALUES ('Paused backlog', 'number-0') "
+            "RETURNING id"
+        ).fetchone()
+        assert row is not None
+        conn.execute(
+            "INSERT INTO campaign_messages (campaign_id, lead_id) "
+            "SELECT %s, gen_random_uuid() FROM generate_series(1, %s)",
+            (row[0], n),
+        )
+        conn.execute("UPDATE campaigns SET status = 'paused' WHERE id = %s", (row[0],))
+        conn.execute("VACUUM ANALYZE campaign_messages")
 
 
 def seed(url: str, finished: int, open_rows: int) -> None:
@@ -187,6 +206,9 @@ def main() -> None:
     parser.add_argument("--open", type=int, default=2_000, help="queued (pending) rows")
     parser.add_argument("--requests", type=int, default=20, help="timed requests")
     parser.add_argument(
+        "--paused", type=int, default=0, help="also this many pending rows of a paused campaign"
+    )
+    parser.add_argument(
         "--reuse", action="store_true", help="time the page on the scratch database as it is"
     )
     args = parser.parse_args()
@@ -195,13 +217,16 @@ def main() -> None:
     else:
         url = c.recreate_db(args.url, args.db)
         seed(url, args.finished, args.open)
+        if args.paused:
+            seed_paused(url, args.paused)
     scans = seq_scans(url)
     times, size = asyncio.run(time_page(url, args.requests))
     ordered = sorted(times)
     p95 = ordered[min(len(ordered) - 1, round(0.95 * len(ordered) + 0.5) - 1)]
     median = statistics.median(ordered)
     print(
-        f"GET / with {args.finished:,} finished rows and {args.open:,} queued: "
+        f"GET / with {args.finished:,} finished rows, {args.open:,} queued"
+        f" and {args.paused:,} paused: "
         f"median {median:.1f} ms, p95 {p95:.1f} ms, max {ordered[-1]:.1f} ms "
         f"over {len(times)} requests ({size:,} bytes)"
     )
@@ -216,6 +241,7 @@ def main() -> None:
         {
             "finished_rows": args.finished,
             "open_rows": args.open,
+            "paused_rows": args.paused,
             "requests": len(times),
             "median_ms": round(median, 2),
             "p95_ms": round(p95, 2),

@@ -499,16 +499,16 @@ SELECT c.relname AS table_name, a.attname AS column_name
 -- The campaigns to show: those with queued messages first, then the newest not archived; with
 -- their pacing and, for a capped one, the slots its messages hold in today's cap (the day as
 -- listener_pace_start counts it: a window crossing midnight counts with the evening before).
-WITH open AS (
-    SELECT DISTINCT m.campaign_id
-      FROM campaign_messages m
-     WHERE m.status IN ('pending', 'processing')
-), shown AS (
-    SELECT c.*, (o.campaign_id IS NOT NULL) AS queued
+WITH flagged AS (
+    -- One index probe per campaign, however many rows are queued.
+    SELECT c.*, EXISTS (SELECT 1 FROM campaign_messages m
+                         WHERE m.campaign_id = c.id
+                           AND m.status IN ('pending', 'processing')) AS queued
       FROM campaigns c
-      LEFT JOIN open o ON o.campaign_id = c.id
-     WHERE o.campaign_id IS NOT NULL OR c.status <> 'archived'
-     ORDER BY (o.campaign_id IS NOT NULL) DESC, c.created_at DESC
+), shown AS (
+    SELECT * FROM flagged f
+     WHERE f.queued OR f.status <> 'archived'
+     ORDER BY f.queued DESC, f.created_at DESC
      LIMIT %(limit)s
 ), days AS (
     SELECT s.*,
@@ -543,20 +543,44 @@ SELECT d.id, d.name, d.status, d.instance, d.queued, d.daily_cap, d.cap_today,
 -- status_open --
 -- Queued messages per campaign and why they wait, as `listener stats` names the reasons
 -- (a paused campaign, a pacing or hold reason, a retry, a future schedule, or simply due);
--- `in flight` for processing rows.
-SELECT m.campaign_id,
-       CASE WHEN m.status = 'processing' THEN 'in flight'
-            WHEN c.status = 'paused' THEN 'paused'
-            WHEN m.wait_reason IS NOT NULL THEN m.wait_reason
-            WHEN m.last_error IS NOT NULL THEN 'retry'
-            WHEN m.scheduled_at > now() THEN 'scheduled'
-            ELSE 'due' END AS reason,
-       count(*)::integer AS count,
-       min(m.scheduled_at) AS next_at
-  FROM campaign_messages m
-  JOIN campaigns c ON c.id = m.campaign_id
- WHERE m.status IN ('pending', 'processing')
+-- `in flight` for processing rows. Counted from the indexes alone (migration 0008): the
+-- retries are counted apart and taken out of the due and scheduled rows they are among.
+WITH open AS (
+    SELECT m.campaign_id, m.status, m.wait_reason, m.scheduled_at <= now() AS due,
+           count(*) AS n, min(m.scheduled_at) AS next_at
+      FROM campaign_messages m
+     WHERE m.status IN ('pending', 'processing')
+     GROUP BY 1, 2, 3, 4
+), retry AS (
+    SELECT m.campaign_id, m.scheduled_at <= now() AS due, count(*) AS n,
+           min(m.scheduled_at) AS next_at
+      FROM campaign_messages m
+     WHERE m.status = 'pending' AND m.last_error IS NOT NULL AND m.wait_reason IS NULL
+     GROUP BY 1, 2
+), reasons AS (
+    SELECT o.campaign_id,
+           CASE WHEN o.status = 'processing' THEN 'in flight'
+                WHEN c.status = 'paused' THEN 'paused'
+                WHEN o.wait_reason IS NOT NULL THEN o.wait_reason
+                WHEN o.due THEN 'due'
+                ELSE 'scheduled' END AS reason,
+           o.n - CASE WHEN o.status = 'pending' AND o.wait_reason IS NULL
+                           AND c.status <> 'paused'
+                      THEN COALESCE(r.n, 0) ELSE 0 END AS n,
+           o.next_at
+      FROM open o
+      JOIN campaigns c ON c.id = o.campaign_id
+      LEFT JOIN retry r ON r.campaign_id = o.campaign_id AND r.due = o.due
+    UNION ALL
+    SELECT r.campaign_id, 'retry', r.n, r.next_at
+      FROM retry r
+      JOIN campaigns c ON c.id = r.campaign_id
+     WHERE c.status <> 'paused'
+)
+SELECT campaign_id, reason, sum(n)::integer AS count, min(next_at) AS next_at
+  FROM reasons
  GROUP BY 1, 2
+HAVING sum(n) > 0
 
 -- status_sent_recent --
 -- Messages sent per campaign in the last hour and the last day (index only).
