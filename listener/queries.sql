@@ -481,7 +481,7 @@ DELETE FROM campaigns WHERE id = %(campaign_id)s
 -- ==============================================================================================
 -- The status page (`GET /` on the metrics port, listener/status.py). Every query reads only
 -- open rows, the last hour or day of sent rows, or trigger-kept counts, through the indexes of
--- migrations/0004, so the page costs the same with millions of finished rows.
+-- migrations 0004 and 0008, so the page costs the same with millions of finished rows.
 -- ==============================================================================================
 
 -- status_catalog --

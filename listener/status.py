@@ -9,7 +9,7 @@ columns exist: the catalog is read when the page starts and again once a minute.
 
 Read-only (one READ ONLY snapshot), server-rendered with everything escaped (campaign names
 are user input), phone numbers masked, no script and nothing fetched from elsewhere: the page
-reloads itself with a meta refresh. Every query is served by an index (migrations/0004), so
+reloads itself with a meta refresh. Every query is served by an index (migrations 0004 and 0008), so
 the page costs the same with millions of finished rows."""
 
 from __future__ import annotations
