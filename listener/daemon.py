@@ -43,8 +43,10 @@ def build_providers(settings: Settings, pool: AsyncConnectionPool) -> tuple[LLM,
         llm = OpenRouterLLM(settings)
     if settings.sender == "sandbox":
         from listener.providers.sandbox import SandboxSender
+        from listener.providers.sandbox_feedback import SandboxFeedback
 
-        sender = SandboxSender(pool)
+        feedback = SandboxFeedback(settings) if settings.webhooks_on else None
+        sender = SandboxSender(pool, feedback=feedback)
     else:
         from listener.providers.sender import EvolutionSender
 

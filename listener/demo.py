@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import os
 import random
+import secrets
 import shlex
 import signal
 import socket
@@ -226,6 +227,10 @@ async def run_demo(
                 interrupted = await _follow(
                     conn, created[1], task, stop, on_progress, started + timeout, poll
                 )
+                if settings.webhooks_on and not interrupted:
+                    # The last parts' delivery, reads and replies come a moment after them.
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), FEEDBACK_WAIT)
                 elapsed = time.monotonic() - started
         finally:
             await _stop_daemon(daemon, task, settings)
@@ -400,6 +405,15 @@ def report(result: DemoResult, *, keep: bool, data_dir: Path | None) -> Iterator
 DEMO_PAGE_PORT = 9464
 
 
+#: How long the demo waits after the last send for its delivery feedback.
+FEEDBACK_WAIT = 2.5
+
+
+def free_port() -> int:
+    """A free port on 127.0.0.1 (the demo's webhook receiver)."""
+    return page_port(0)
+
+
 def page_port(preferred: int = DEMO_PAGE_PORT) -> int:
     """A port on 127.0.0.1 for the demo's status page: `preferred` when free, else any free one
     (a listener already running here keeps its own)."""
@@ -427,6 +441,11 @@ def demo_settings(url: str, *, port: int = 0) -> Settings:
         retry_delays="1s,2s,3s",
         shutdown_grace="5s",
         log_level="WARNING",
+        # Delivery feedback: the sandbox sender reports deliveries, reads and a few replies
+        # (one SAIR) to the listener's own receiver, on a free port of 127.0.0.1.
+        webhook_secret=secrets.token_urlsafe(24),
+        webhook_host="127.0.0.1",
+        webhook_port=free_port(),
     )
 
 

@@ -13,6 +13,7 @@ from psycopg_pool import AsyncConnectionPool
 from listener.batch import GroupCommit
 from listener.jobs import Usage
 from listener.providers.base import Reply, SentPart
+from listener.providers.sandbox_feedback import SandboxFeedback
 from listener.queries import q
 
 
@@ -62,10 +63,14 @@ class SandboxLLM:
 
 class SandboxSender:
     """Records every accepted part in the `sandbox_outbox` table (batched, like a fast
-    provider), and answers with a fresh provider message id."""
+    provider), and answers with a fresh provider message id. With `feedback` (the demo, when
+    the webhook receiver is on) it also reports each part's delivery as Evolution would."""
 
-    def __init__(self, pool: AsyncConnectionPool) -> None:
+    def __init__(
+        self, pool: AsyncConnectionPool, *, feedback: SandboxFeedback | None = None
+    ) -> None:
         self._pool = pool
+        self._feedback = feedback
         self._writer: GroupCommit[tuple[str, str, str, str]] = GroupCommit(
             self._flush, key=lambda item: item[3]
         )
@@ -86,10 +91,13 @@ class SandboxSender:
     async def send_text(self, *, instance: str, number: str, text: str) -> SentPart:
         provider_id = "SANDBOX" + uuid.uuid4().hex[:16].upper()
         await self._writer.submit((instance, number, text, provider_id))
+        if self._feedback is not None:
+            self._feedback.sent(instance, number, provider_id)
         return SentPart(provider_message_id=provider_id)
 
     async def connection_state(self, instance: str) -> str:
         return "open"
 
     async def aclose(self) -> None:
-        return None
+        if self._feedback is not None:
+            await self._feedback.aclose()
