@@ -4,6 +4,7 @@ listener's receiver, on a real Postgres."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 import time
 from collections.abc import AsyncIterator
@@ -18,6 +19,7 @@ import pytest
 from listener.cli import entry
 from listener.daemon import Daemon
 from listener.demo import demo, report
+from listener.errors import ConfigurationError
 from listener.feedback import sign_jwt
 from listener.stats import collect_stats, render
 from tests.daemon_harness import running
@@ -469,3 +471,44 @@ async def test_the_demo_shows_the_funnel_and_an_opt_out(db_url: str, db: Conn) -
     assert 0 < funnel.read <= sent
     assert one(db, "SELECT count(*) FROM leads WHERE opted_out_at IS NOT NULL") == 1
     assert "delivery funnel per campaign" in "\n".join(report(result, keep=True, data_dir=None))
+
+
+async def test_without_a_secret_the_listener_runs_and_says_once_that_feedback_is_off(
+    db_url: str, db: Conn, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    port = free_port()
+    async with running(db_url, webhook_port=port, webhook_host="127.0.0.1") as daemon:
+        cid = make_campaign(db)
+        enqueue(db, cid, make_leads(db, 2), content="Olá")
+        await await_until(lambda: statuses(db).get("sent") == 2)
+        assert daemon.webhooks is None
+        with socket.socket() as probe:  # nothing listens on the webhook port
+            assert probe.connect_ex(("127.0.0.1", port)) != 0
+    off = [r for r in caplog.records if getattr(r, "action", None) == "webhooks_off"]
+    assert len(off) == 1
+    assert "delivery feedback is off" in off[0].getMessage()
+
+
+async def test_a_taken_webhook_port_is_one_clear_error(db_url: str) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(ConfigurationError, match="LISTENER_WEBHOOK_HOST/LISTENER_WEBHOOK_PORT"):
+            async with running(
+                db_url, webhook_secret=SECRET, webhook_host="127.0.0.1", webhook_port=port
+            ):
+                pass
+
+
+async def test_the_secret_is_never_logged(
+    db_url: str, db: Conn, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    async with listening(db_url) as (_, fakes):
+        await fakes.post_webhook("messages.update", {}, raw=b"{bad")
+        await fakes.post_webhook("messages.upsert", reply_data("5511987650000", "SAIR"))
+    text = "\n".join(r.getMessage() for r in caplog.records)
+    assert SECRET not in text
+    assert "5511987650000" not in text
