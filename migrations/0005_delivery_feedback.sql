@@ -64,10 +64,8 @@ ALTER TABLE campaigns
 -- Replies find their lead by the phone's digits, whatever its stored format.
 CREATE INDEX IF NOT EXISTS idx_leads_phone_digits
     ON leads ((regexp_replace(phone, '[^0-9]', '', 'g')));
--- Stop on reply / opt-out: the lead's pending messages.
-CREATE INDEX IF NOT EXISTS idx_campaign_messages_lead_pending
-    ON campaign_messages (lead_id)
-    WHERE status = 'pending';
+-- (Stop on reply and opt-out find the lead's pending messages through an index 0007 builds
+-- CONCURRENTLY.)
 
 -- How far a status is along; ERROR is final (9), unknown statuses are ignored (0).
 CREATE OR REPLACE FUNCTION delivery_rank(status text) RETURNS integer
@@ -154,7 +152,8 @@ $$;
 
 -- Apply the kept updates whose part is now recorded; drop the ones older than 10 minutes.
 -- Returns (applied, dropped).
-CREATE OR REPLACE FUNCTION apply_early_delivery_statuses(OUT applied integer, OUT dropped integer)
+CREATE OR REPLACE FUNCTION apply_early_delivery_statuses()
+RETURNS TABLE (applied integer, dropped integer)
 LANGUAGE plpgsql AS $$
 DECLARE
     i text[]; ids text[]; s text[]; ats timestamptz[];
@@ -175,6 +174,7 @@ BEGIN
     END IF;
     DELETE FROM delivery_updates_early WHERE received_at < now() - interval '10 minutes';
     GET DIAGNOSTICS dropped = ROW_COUNT;
+    RETURN NEXT;
 END
 $$;
 

@@ -48,7 +48,7 @@ $$;
 -- Name: apply_early_delivery_statuses(); Type: FUNCTION; Schema: public; Owner: -
 --
 
-CREATE FUNCTION public.apply_early_delivery_statuses(OUT applied integer, OUT dropped integer) RETURNS record
+CREATE FUNCTION public.apply_early_delivery_statuses() RETURNS TABLE(applied integer, dropped integer)
     LANGUAGE plpgsql
     AS $$
 DECLARE
@@ -70,6 +70,7 @@ BEGIN
     END IF;
     DELETE FROM delivery_updates_early WHERE received_at < now() - interval '10 minutes';
     GET DIAGNOSTICS dropped = ROW_COUNT;
+    RETURN NEXT;
 END
 $$;
 
