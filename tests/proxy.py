@@ -51,6 +51,15 @@ class FreezingProxy:
             **{k: str(v) for k, v in info.items() if v is not None}
         )
 
+    def _connect_upstream(self) -> socket.socket:
+        host, port = self._upstream
+        if host.startswith("/"):  # a socket directory, as the embedded Postgres gives
+            upstream = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            upstream.settimeout(5)
+            upstream.connect(f"{host}/.s.PGSQL.{port}")
+            return upstream
+        return socket.create_connection(self._upstream, timeout=5)
+
     @property
     def connections(self) -> int:
         """Client connections open through the proxy now."""
@@ -99,7 +108,7 @@ class FreezingProxy:
         except BlockingIOError:
             return
         try:
-            upstream = socket.create_connection(self._upstream, timeout=5)
+            upstream = self._connect_upstream()
         except OSError:
             client.close()
             return
