@@ -68,6 +68,11 @@ class InstanceHealth:
         self._note(instance, state)
         return state
 
+    def held_until(self, instance: str) -> float | None:
+        """When the instance's hold ends (monotonic), while it is held."""
+        held = self._holds.get(instance)
+        return held[1] if held is not None and held[1] > time.monotonic() else None
+
     def known(self) -> dict[str, tuple[str, float]]:
         """Each instance's last state and when it was read (monotonic), for the status page."""
         return dict(self._cache)

@@ -122,10 +122,12 @@ def live_state(settings: Settings, health: dict[str, object], processor: Process
     def at(moment: float) -> datetime:
         return wall + timedelta(seconds=moment - mono)
 
-    ttl = processor.instances.ttl
+    health_of = processor.instances
     instances = tuple(
-        InstanceLive(name, state, at(read), at(read + ttl))
-        for name, (state, read) in sorted(processor.instances.known().items())
+        # A hold (a restriction) ends at its own time; any other state is read again after
+        # the cache's time to live.
+        InstanceLive(name, state, at(read), at(health_of.held_until(name) or read + health_of.ttl))
+        for name, (state, read) in sorted(health_of.known().items())
     )
     holds = tuple(
         Hold(gate.name, wall + timedelta(seconds=gate.remaining), gate.reason)

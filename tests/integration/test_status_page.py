@@ -284,3 +284,17 @@ async def test_without_a_database_the_page_says_so_with_a_503() -> None:
     assert response.status_code == 503
     assert "Could not read the database" in response.text
     assert "default-src 'none'" in response.headers["content-security-policy"]
+
+
+async def test_a_restricted_number_shows_its_reason_and_when_its_hold_ends(
+    db_url: str, db: Conn
+) -> None:
+    port = free_port()
+    async with running(db_url, metrics_port=port, metrics_host="127.0.0.1") as daemon:
+        assert daemon.processor is not None
+        daemon.processor.restrict("acme-9", "3 of the last 10 first parts failed", 2 * 3600)
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+            page = (await client.get("/")).text
+    row = instance_row(page, "acme-9")
+    assert "held: restricted: 3 of the last 10 first parts failed" in row
+    assert re.search(r"checked again in (1h 59m|2h)", row)
