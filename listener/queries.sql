@@ -683,6 +683,17 @@ SELECT c.id AS campaign_id, c.budget_usd::float8 AS budget_usd, c.spent_usd::flo
 SELECT c.id AS campaign_id, c.instances
   FROM campaigns c WHERE c.id = ANY (%(ids)s::uuid[]) AND c.instances IS NOT NULL
 
+-- status_instance_sends --
+-- With per-part delivery records: messages (first parts) sent through each named instance in
+-- the last hour and day, one index range scan per instance.
+SELECT i.name AS instance, s.last_hour, s.last_day
+  FROM unnest(%(names)s::text[]) AS i(name)
+  CROSS JOIN LATERAL (
+      SELECT count(*) FILTER (WHERE p.sent_at > now() - interval '1 hour')::integer AS last_hour,
+             count(*)::integer AS last_day
+        FROM message_parts p
+       WHERE p.instance = i.name AND p.part_no = 0 AND p.sent_at > now() - interval '1 day') s
+
 -- status_sender_instances --
 -- With the per-number limits table: each number's caps, warm-up and whether it is enabled.
 SELECT s.name, s.daily_cap, s.hourly_cap, s.warmup_started_on, s.enabled

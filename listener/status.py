@@ -75,7 +75,11 @@ SENDER_TABLE_COLUMNS = frozenset(
         ("sender_instances", "enabled"),
     }
 )
-_CATALOG_TABLES = ["campaign_messages", "campaigns", "sender_instances"]
+#: Each sent part and the instance it went through, with its send time (delivery feedback).
+PARTS_COLUMNS = frozenset(
+    {("message_parts", "instance"), ("message_parts", "part_no"), ("message_parts", "sent_at")}
+)
+_CATALOG_TABLES = ["campaign_messages", "campaigns", "sender_instances", "message_parts"]
 
 
 @dataclass(frozen=True)
@@ -154,6 +158,7 @@ class Features:
     budget: bool = False
     pools: bool = False
     sender_table: bool = False
+    parts: bool = False
 
     @classmethod
     def from_columns(cls, columns: set[tuple[str, str]]) -> Features:
@@ -163,6 +168,7 @@ class Features:
             budget=columns >= BUDGET_COLUMNS,
             pools=columns >= POOL_COLUMNS,
             sender_table=columns >= SENDER_TABLE_COLUMNS,
+            parts=columns >= PARTS_COLUMNS,
         )
 
 
@@ -185,6 +191,7 @@ class Snapshot:
     budgets: dict[UUID, dict[str, Any]] = field(default_factory=dict)
     pools: dict[UUID, list[str]] = field(default_factory=dict)
     sender_instances: list[dict[str, Any]] = field(default_factory=list)
+    instance_sends: dict[str, dict[str, Any]] = field(default_factory=dict)
     live: Live | None = None
 
 
@@ -313,7 +320,26 @@ async def _read(
         snapshot.pools = {row["campaign_id"]: list(row["instances"]) for row in rows}
     if features.sender_table:
         snapshot.sender_instances = await _rows(cur, "status_sender_instances")
+    if features.parts:
+        names = sorted(_instance_names(snapshot))
+        rows = await _rows(cur, "status_instance_sends", {"names": names})
+        snapshot.instance_sends = {row["instance"]: row for row in rows}
     return snapshot
+
+
+def _instance_names(s: Snapshot) -> set[str]:
+    """Every sender instance the page knows of: the gap table's, the campaigns' and pools',
+    the per-number limits', and those this listener has read (and its default one)."""
+    names = {str(row["instance"]) for row in s.instances}
+    names.update(str(row["name"]) for row in s.sender_instances)
+    names.update(str(c["instance"]) for c in s.campaigns if c["instance"])
+    for pool in s.pools.values():
+        names.update(pool)
+    if s.live is not None:
+        names.update(item.name for item in s.live.instances)
+        if s.live.default_instance:
+            names.add(s.live.default_instance)
+    return names
 
 
 # --------------------------------------------------------------------------------------------
@@ -634,8 +660,8 @@ def _instances(s: Snapshot) -> str:
     for limits in s.sender_instances:
         known.setdefault(limits["name"], {})["limits"] = limits
     default = live.default_instance if live else None
-    if default:
-        known.setdefault(default, {})
+    for name in _instance_names(s):
+        known.setdefault(name, {})
     # Messages held per instance: those of campaigns sending through it (or through the
     # default instance) that wait for the instance itself.
     held: dict[str, dict[str, int]] = {}
@@ -647,6 +673,8 @@ def _instances(s: Snapshot) -> str:
                 bucket = held.setdefault(instance, {})
                 bucket[reason] = bucket.get(reason, 0) + int(wait["count"])
     head = ["instance", "state", "next free slot (gap)", "waiting for it"]
+    if s.features.parts:
+        head.append("sent 1 h / 24 h")
     if s.sender_instances:
         head.append("limits")
     rows = []
@@ -685,6 +713,12 @@ def _instances(s: Snapshot) -> str:
         )
         cells = [f"<td><b>{_e(name)}</b></td>", f"<td>{state}</td>", f"<td>{slot}</td>",
                  f"<td>{waiting}</td>"]  # fmt: skip
+        if s.features.parts:
+            sends = s.instance_sends.get(name)
+            cells.append(
+                f'<td class="n sends">{_n(sends["last_hour"] if sends else 0)} / '
+                f"{_n(sends['last_day'] if sends else 0)}</td>"
+            )
         if s.sender_instances:
             cells.append(f"<td>{_limits(info.get('limits'))}</td>")
         rows.append(f'<tr data-instance="{_e(name)}">{"".join(cells)}</tr>')

@@ -298,3 +298,24 @@ async def test_a_restricted_number_shows_its_reason_and_when_its_hold_ends(
     row = instance_row(page, "acme-9")
     assert "held: restricted: 3 of the last 10 first parts failed" in row
     assert re.search(r"checked again in (1h 59m|2h)", row)
+
+
+async def test_each_number_shows_what_went_through_it(
+    db: Conn, page_client: httpx.AsyncClient
+) -> None:
+    arrange(db)
+    # The delivery records of the five sent messages: three sent within the hour, two before.
+    db.execute(
+        "INSERT INTO message_parts (message_id, part_no, instance, provider_message_id, sent_at) "
+        "SELECT id, 0, 'acme-1', 'EVO' || row_number() OVER (ORDER BY sent_at DESC), "
+        "CASE WHEN row_number() OVER (ORDER BY sent_at DESC) <= 3 THEN now() "
+        "ELSE now() - interval '3 hours' END "
+        "FROM campaign_messages WHERE status = 'sent'"
+    )
+    db.execute(  # a second part counts no second message
+        "INSERT INTO message_parts (message_id, part_no, instance, provider_message_id) "
+        "SELECT message_id, 1, instance, provider_message_id || '-2' FROM message_parts"
+    )
+    page = (await page_client.get("/")).text
+    assert re.search(r'<td class="n sends">3 / 5</td>', instance_row(page, "acme-1"))
+    assert re.search(r'<td class="n sends">0 / 0</td>', instance_row(page, "acme-2"))
