@@ -104,7 +104,7 @@ def main() -> None:
             rates = []
             for attempt in range(args.repeat):
                 with psycopg.connect(url, autocommit=True) as conn:
-                    conn.execute("TRUNCATE campaign_messages, sandbox_outbox")
+                    conn.execute("TRUNCATE campaign_messages, sandbox_outbox CASCADE")
                 c.seed_messages(url, campaign, args.n)
                 fake.post("/reset")
                 settings = c.bench_settings(concurrency=concurrency, **fake.settings())

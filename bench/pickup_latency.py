@@ -120,7 +120,7 @@ async def phase(
     backlog: int = 0,
 ) -> dict[str, Any]:
     with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute("TRUNCATE campaign_messages, sandbox_outbox")
+        conn.execute("TRUNCATE campaign_messages, sandbox_outbox CASCADE")
     fake.post("/reset")
     settings = c.bench_settings(concurrency=concurrency, **fake.settings())
     daemon = Daemon(settings, url)

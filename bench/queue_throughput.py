@@ -42,11 +42,11 @@ TARGET = 5000.0
 #: The steps `--step-times` times: (class, method, label). Patched in this process only.
 STEPS = (
     ("listener.processor:Processor", "claim", "claim + context (2 statements)"),
-    ("listener.processor:Processor", "_flush_store", "store_parts flush"),
+    ("listener.store:Store", "_flush_store", "store_parts flush"),
     ("listener.providers.sandbox:SandboxSender", "_flush", "sandbox_outbox flush"),
-    ("listener.processor:Processor", "_flush_record", "record_parts flush"),
-    ("listener.processor:Processor", "_flush_finish", "finish flush"),
-    ("listener.processor:Processor", "_process", "message in its slot (_process)"),
+    ("listener.store:Store", "_flush_record", "record_parts flush"),
+    ("listener.store:Store", "_flush_finish", "finish flush"),
+    ("listener.processor:Processor", "_journey", "message in its slot (_journey)"),
 )
 
 
@@ -97,7 +97,7 @@ def time_steps() -> Callable[[], dict[str, dict[str, float]]]:
 
 def prepare(url: str, campaign: str, n: int) -> None:
     with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute("TRUNCATE campaign_messages, sandbox_outbox")
+        conn.execute("TRUNCATE campaign_messages, sandbox_outbox CASCADE")
     c.seed_messages(url, campaign, n)
 
 
