@@ -54,8 +54,12 @@ async def test_soak_with_kills_backend_restarts_and_provider_faults(db_url: str,
             LISTENER_RATE_LIMIT_BASE="20ms",
             LISTENER_HEALTH_INTERVAL="300ms",
             LISTENER_LOG_LEVEL="WARNING",
+            # Long enough for a guarded write to outlast the backend restarts below (they may
+            # not repeat a part); the killed listener's rows come back when it runs out.
+            LISTENER_LEASE="5s",
         )
-        first, second = await start(env), await start(env)
+        first = await start({**env, "LISTENER_WORKER_ID": "soak-killed"})
+        second = await start(env)
         processes = [first, second]
         try:
             enqueue(db, campaign, leads, run_id=run)
@@ -66,6 +70,13 @@ async def test_soak_with_kills_backend_restarts_and_provider_faults(db_url: str,
             await await_until(lambda: done() >= MESSAGES // 4, timeout=120)
             first.kill()  # SIGKILL mid-batch: its rows stay `processing` until the lease ends
             await first.wait()
+            held_at_death = {
+                r[0]
+                for r in db.execute(
+                    "SELECT l.phone FROM campaign_messages m JOIN leads l ON l.id = m.lead_id"
+                    " WHERE m.status = 'processing' AND m.locked_by = 'soak-killed'"
+                ).fetchall()
+            }
             processes.append(await start(env))
 
             await await_until(lambda: done() >= MESSAGES // 2, timeout=120)
@@ -95,7 +106,7 @@ async def test_soak_with_kills_backend_restarts_and_provider_faults(db_url: str,
     assert no_reason == (0,)
 
     # Parts: every sent message's parts arrived in order; a part arrived twice only for a
-    # message in flight when the listener was killed, and at most one part per message.
+    # message the killed listener held when it died, and at most one part per message.
     texts = parts_per_number(fakes)
     sent_numbers = {
         r[0]
@@ -105,14 +116,11 @@ async def test_soak_with_kills_backend_restarts_and_provider_faults(db_url: str,
         ).fetchall()
     }
     assert sent_numbers <= set(texts)
-    repeated = 0
-    for parts in texts.values():
+    for number, parts in texts.items():
         deduped = [p for i, p in enumerate(parts) if i == 0 or parts[i - 1] != p]
         assert deduped in (["1."], ["1.", "2."]), parts
         extra = sum(n - 1 for n in Counter(parts).values())
-        assert extra <= 1
-        repeated += extra
-    assert repeated <= 40  # at most the messages the killed listener held (2 x concurrency)
+        assert extra == 0 or (extra == 1 and number in held_at_death), (number, parts)
 
     run_row = db.execute(
         "SELECT status, total_count, sent_count, failed_count, skipped_count FROM campaign_runs"
