@@ -216,8 +216,14 @@ class Store:
     async def _guarded(
         self, writer: GroupCommit[Any], item: StoreParts | RecordPart | Finish, job: Job
     ) -> None:
+        retried = False
         try:
-            matched, retried = await self._retrying(job, lambda: writer.submit(item))
+            try:
+                matched = await writer.submit(item)  # the hot path: one try, no wrapper
+            except Exception as exc:
+                if not is_connection_error(exc):
+                    raise
+                matched, retried = await self._retrying(job, lambda: writer.submit(item), exc)
         except Exception as exc:
             if is_data_error(exc):  # this row's own data: it ran alone (see GroupCommit)
                 raise DataRefusedError(f"the database refused this message's data: {exc}") from exc
@@ -236,15 +242,21 @@ class Store:
             row = await cur.fetchone()
         return row is not None and row[0] > item.part_no
 
-    async def _retrying(self, job: Job, write: Callable[[], Awaitable[R]]) -> tuple[R, bool]:
-        """Run a guarded write; on a lost connection run it again, with backoff, while the
-        message's lease holds. Returns the result and whether it took more than one try."""
+    async def _retrying(
+        self, job: Job, write: Callable[[], Awaitable[R]], failed: Exception | None = None
+    ) -> tuple[R, bool]:
+        """Run a guarded write (`failed`: its first try already lost its connection); on a lost
+        connection run it again, with backoff, while the message's lease holds. Returns the
+        result and whether it took more than one try."""
         pause = _WRITE_RETRY_FIRST
         retried = False
         while True:
             try:
+                if failed is not None:
+                    raise failed
                 return await write(), retried
             except Exception as exc:
+                failed = None
                 if not is_connection_error(exc) or time.monotonic() + pause > job.lease_until:
                     raise
                 log.warning(
