@@ -210,7 +210,7 @@ class Daemon:
             return
         self.webhooks = WebhookReceiver(
             self.settings,
-            self.pool,
+            self.url,
             self.metrics.registry,
             on_restricted=processor.restrict,
             instances=lambda: list(processor.instances.known()),

@@ -10,16 +10,22 @@ is being written go together in the next one, so a burst costs a few round trips
 comes once the events are stored (none lost), which takes milliseconds. Every write is
 idempotent, so Evolution's retries change nothing. A database that is away answers 503, which
 Evolution retries; never a 500 loop.
+
+The receiver runs on its own thread, event loop and connection pool: a listener sending at
+full speed keeps its own loop busy, and an answer must not wait behind hundreds of sends'
+callbacks. What it tells the processor (a restricted instance) goes to the daemon's loop.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import json
 import logging
-from collections.abc import Callable, Hashable
-from typing import Any
+import threading
+from collections.abc import Awaitable, Callable, Hashable
+from typing import Any, TypeVar
 
 import psycopg
 from aiohttp import web
@@ -27,6 +33,7 @@ from prometheus_client import CollectorRegistry, Counter
 from psycopg_pool import AsyncConnectionPool
 
 from listener.batch import GroupCommit
+from listener.db import make_pool
 from listener.errors import ConfigurationError
 from listener.feedback import (
     RESTRICTING_REASONS,
@@ -47,6 +54,11 @@ from listener.settings import Settings, format_duration
 from listener.text import clean_text
 
 log = logging.getLogger(__name__)
+
+R = TypeVar("R")
+
+# A batch that lost a deadlock is run again this many times before its requests get a 503.
+_DEADLOCK_RETRIES = 3
 
 PATH = "/webhooks/evolution"
 # Evolution's bodies are small (no media: base64 is off); anything bigger is not for us.
@@ -104,7 +116,7 @@ class WebhookReceiver:
     def __init__(
         self,
         settings: Settings,
-        pool: AsyncConnectionPool,
+        url: str,
         registry: CollectorRegistry,
         *,
         on_restricted: Callable[[str, str, float | None], bool] | None = None,
@@ -114,17 +126,22 @@ class WebhookReceiver:
         assert secret is not None
         self._secret = secret.get_secret_value().strip()
         self.settings = settings
-        self.pool = pool
+        self.url = url
+        self.pool: AsyncConnectionPool | None = None
         self.metrics = WebhookMetrics(registry)
         self.on_restricted = on_restricted
         self.instances = instances or (lambda: [])
-        self._statuses = GroupCommit(self._flush_statuses, key=id)
-        self._replies = GroupCommit(self._flush_replies, key=id)
-        self._sent = GroupCommit(self._flush_sent, key=id)
+        self._statuses = GroupCommit(_again_on_deadlock(self._flush_statuses), key=id)
+        self._replies = GroupCommit(_again_on_deadlock(self._flush_replies), key=id)
+        self._sent = GroupCommit(_again_on_deadlock(self._flush_sent), key=id)
         self._runner: web.AppRunner | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._said_malformed = False
         self._said_db = False
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._main: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
 
     # ----------------------------------------------------------------------------------------
     # HTTP
@@ -137,6 +154,43 @@ class WebhookReceiver:
         return app
 
     async def start(self) -> None:
+        """Start the receiver's thread; returns once it listens (a port it cannot take is a
+        ConfigurationError here)."""
+        self._main = asyncio.get_running_loop()
+        started: concurrent.futures.Future[None] = concurrent.futures.Future()
+        self._thread = threading.Thread(
+            target=self._thread_main, args=(started,), name="webhooks", daemon=True
+        )
+        self._thread.start()
+        await asyncio.wrap_future(started)
+
+    def _thread_main(self, started: concurrent.futures.Future[None]) -> None:
+        loop: asyncio.AbstractEventLoop
+        try:
+            import uvloop
+
+            loop = uvloop.new_event_loop()
+        except ImportError:  # pragma: no cover - a dependency, but asyncio's loop works too
+            loop = asyncio.new_event_loop()
+        self._loop = loop
+        try:
+            loop.run_until_complete(self._serve(started))
+        finally:
+            loop.close()
+
+    async def _serve(self, started: concurrent.futures.Future[None]) -> None:
+        self._stop = asyncio.Event()
+        try:
+            await self._open()
+        except BaseException as exc:
+            await self._cleanup()
+            started.set_exception(exc)
+            return
+        started.set_result(None)
+        await self._stop.wait()
+        await self._cleanup()
+
+    async def _open(self) -> None:
         host, port = self.settings.webhook_host, self.settings.webhook_port
         try:
             sockets = await _listen(host, port)
@@ -157,6 +211,8 @@ class WebhookReceiver:
                 sock.close()
             raise
         self._runner = runner
+        self.pool = make_pool(self.url, self.settings, min_size=1, max_size=4)
+        await self.pool.open(wait=False)
         self._tasks = [
             asyncio.create_task(self._every(EARLY_INTERVAL, self.apply_early), name="early"),
             asyncio.create_task(self._every(PRUNE_INTERVAL, self.prune), name="prune_sent"),
@@ -172,15 +228,7 @@ class WebhookReceiver:
             extra={"action": "webhooks_started", "port": port},
         )
 
-    @property
-    def port(self) -> int:
-        """The port actually bound (for a setting of 0 in tests, the one the system chose)."""
-        assert self._runner is not None
-        for address in self._runner.addresses:
-            return int(address[1])
-        raise AssertionError("not listening")
-
-    async def close(self) -> None:
+    async def _cleanup(self) -> None:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -188,6 +236,34 @@ class WebhookReceiver:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        if self.pool is not None:
+            await self.pool.close()
+            self.pool = None
+
+    @property
+    def _db(self) -> AsyncConnectionPool:
+        assert self.pool is not None, "the receiver is not running"
+        return self.pool
+
+    async def call(self, work: Callable[[], Awaitable[R]]) -> R:
+        """Run `work` on the receiver's loop (its pool lives there) from another loop."""
+        assert self._loop is not None
+
+        async def run() -> R:
+            return await work()
+
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(run(), self._loop))
+
+    async def close(self) -> None:
+        """Stop the server and its jobs, close its pool, end its thread."""
+        thread, loop, stop = self._thread, self._loop, self._stop
+        if thread is None:
+            return
+        if loop is not None and stop is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):  # the loop ended meanwhile
+                loop.call_soon_threadsafe(stop.set)
+        await asyncio.to_thread(thread.join, 10)
+        self._thread = None
 
     async def handle(self, request: web.Request) -> web.Response:
         if not authorized(
@@ -257,20 +333,33 @@ class WebhookReceiver:
                 waits.append(self._sent.submit(event))
                 self.metrics.events.labels(event="send.message").inc()
             else:
-                self._connection(event)
+                await self._connection(event)
                 self.metrics.events.labels(event="connection.update").inc()
         if waits:
             await asyncio.gather(*waits)
 
-    def _connection(self, event: ConnectionChange) -> None:
+    async def _connection(self, event: ConnectionChange) -> None:
         if event.state != "close" or event.reason not in RESTRICTING_REASONS:
             return
         reason = f"{RESTRICTING_REASONS[event.reason]} ({event.reason})"
-        if self.on_restricted is not None and self.on_restricted(event.instance, reason, None):
+        if await self._restrict(event.instance, reason, None):
             self.metrics.restrictions.labels(reason=str(event.reason)).inc()
 
+    async def _restrict(self, instance: str, reason: str, seconds: float | None) -> bool:
+        """Hold the instance in the processor, on the daemon's loop."""
+        callback, main = self.on_restricted, self._main
+        if callback is None:
+            return False
+        if main is None or main is asyncio.get_running_loop():
+            return callback(instance, reason, seconds)
+
+        async def run() -> bool:
+            return callback(instance, reason, seconds)
+
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(run(), main))
+
     async def _flush_statuses(self, items: list[StatusUpdate]) -> set[Hashable]:
-        async with self.pool.connection() as conn:
+        async with self._db.connection() as conn:
             await conn.execute(
                 q("webhook_statuses"),
                 {
@@ -302,18 +391,18 @@ class WebhookReceiver:
         )
         label = "errors" if errors >= stale else "pending"
         seconds = settings.restrict_hold.total_seconds()
-        if self.on_restricted is not None and self.on_restricted(instance, why, seconds):
+        if await self._restrict(instance, why, seconds):
             self.metrics.restrictions.labels(reason=label).inc()
 
     async def check_stale(self) -> None:
         """The restriction check of every instance this listener sends through."""
-        async with self.pool.connection() as conn:
+        async with self._db.connection() as conn:
             for instance in self.instances():
                 await self._check(conn, instance)
 
     async def _flush_replies(self, items: list[Reply]) -> set[Hashable]:
         words = self.settings.opt_out_words
-        async with self.pool.connection() as conn, conn.transaction():
+        async with self._db.connection() as conn, conn.transaction():
             for reply in items:
                 opt_out = is_opt_out(reply.text, words)
                 cur = await conn.execute(
@@ -347,7 +436,7 @@ class WebhookReceiver:
         )
 
     async def _flush_sent(self, items: list[SentEvent]) -> set[Hashable]:
-        async with self.pool.connection() as conn:
+        async with self._db.connection() as conn:
             await conn.execute(
                 q("webhook_sent"),
                 {
@@ -365,7 +454,7 @@ class WebhookReceiver:
 
     async def apply_early(self) -> tuple[int, int]:
         """Apply kept statuses whose part is now recorded; drop those past 10 minutes."""
-        async with self.pool.connection() as conn:
+        async with self._db.connection() as conn:
             cur = await conn.execute(q("webhook_early"))
             row = await cur.fetchone()
         applied, dropped = (int(row[0]), int(row[1])) if row else (0, 0)
@@ -378,7 +467,7 @@ class WebhookReceiver:
         return applied, dropped
 
     async def prune(self) -> None:
-        async with self.pool.connection() as conn:
+        async with self._db.connection() as conn:
             await conn.execute(q("prune_sent_events"))
 
     async def _every(self, seconds: float, job: Callable[[], Any]) -> None:
@@ -386,3 +475,20 @@ class WebhookReceiver:
             await asyncio.sleep(seconds)
             with contextlib.suppress(psycopg.Error):  # the next turn tries again
                 await job()
+
+
+def _again_on_deadlock(
+    flush: Callable[[list[Any]], Awaitable[set[Hashable]]],
+) -> Callable[[list[Any]], Awaitable[set[Hashable]]]:
+    """A batch chosen as a deadlock's victim (a reply's writes and a status roll-up meeting on
+    one message) is run again: every write is idempotent."""
+
+    async def run(items: list[Any]) -> set[Hashable]:
+        for retry in range(_DEADLOCK_RETRIES):
+            try:
+                return await flush(items)
+            except psycopg.errors.DeadlockDetected:
+                await asyncio.sleep(0.01 * (retry + 1))
+        return await flush(items)
+
+    return run

@@ -835,7 +835,8 @@ CREATE TABLE public.message_parts (
     status_at timestamp with time zone DEFAULT now() NOT NULL,
     sent_at timestamp with time zone DEFAULT now() NOT NULL,
     CONSTRAINT message_parts_status_check CHECK ((status = ANY (ARRAY['PENDING'::text, 'SERVER_ACK'::text, 'DELIVERY_ACK'::text, 'READ'::text, 'PLAYED'::text, 'ERROR'::text])))
-);
+)
+WITH (fillfactor='70');
 
 --
 -- Name: TABLE message_parts; Type: COMMENT; Schema: public; Owner: -

@@ -141,7 +141,7 @@ async def test_unknown_ids_change_nothing_and_are_dropped_after_ten_minutes(
         assert set(parts_of(db).values()) == {"PENDING"}
         db.execute("UPDATE delivery_updates_early SET received_at = now() - interval '11 min'")
         assert daemon.webhooks is not None
-        assert await daemon.webhooks.apply_early() == (0, 1)
+        assert await daemon.webhooks.call(daemon.webhooks.apply_early) == (0, 1)
         assert one(db, "SELECT count(*) FROM delivery_updates_early") == 0
 
 

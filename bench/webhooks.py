@@ -1,0 +1,290 @@
+"""Delivery feedback under load: 1,000 webhook events a second on loopback while the listener
+sends at full speed; the receiver's answer time (p50, p99, max) and that none is lost.
+
+The scratch database gets a backlog of `--backlog` due messages (default 150,000, one part
+each) that the real `listener.daemon.Daemon` drains in this process with the sandbox providers
+and its webhook receiver on (LISTENER_WEBHOOK_SECRET set, port `--port`). The sandbox sender is
+wrapped to hand each accepted part (number, provider id) to a second process, which plays
+Evolution: it posts `--rate` events a second (default 1,000) for `--seconds` (default 15), on
+a fixed schedule (open loop: an answer that comes late does not slow the next post), each as
+Evolution 2.3 posts it, signed with an HS256 JWT:
+
+- `messages.update` DELIVERY_ACK for a part that was just sent (each part once; a status can
+  outrun the part's record and is then kept and applied, as in production);
+- one in 10 a `send.message` with a fresh id;
+- one in 20 a `messages.upsert` reply from a number that was just sent to.
+
+An answer's time runs from the moment its post was due to the end of the answer. None lost:
+after the run, every DELIVERY_ACK posted is a part at DELIVERY_ACK (or, if its part never
+came, a kept update), every `send.message` a row of `sent_events`, every replying number a lead
+with `last_reply_at`. The figure: p99 under 100 ms, and the messages sent a second meanwhile.
+
+    uv run python bench/webhooks.py [--url DSN] [--rate 1000] [--seconds 15] [--backlog 150000]
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import multiprocessing as mp
+import queue
+import statistics
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import _common as c
+import psycopg
+
+from listener.cli import run_async
+from listener.daemon import Daemon
+from listener.db import make_pool
+from listener.feedback import sign_jwt
+from listener.providers.base import SentPart
+from listener.providers.sandbox import SandboxSender
+
+SECRET = "bench-webhook-secret"
+TARGET_P99_MS = 100.0
+
+
+class HandingSender(SandboxSender):
+    """The sandbox sender, handing each accepted part to the Evolution process."""
+
+    def __init__(self, pool: Any, parts: mp.Queue[tuple[str, str]]) -> None:
+        super().__init__(pool)
+        self._parts = parts
+
+    async def send_text(self, *, instance: str, number: str, text: str) -> SentPart:
+        sent = await super().send_text(instance=instance, number=number, text=text)
+        self._parts.put_nowait((number, sent.provider_message_id))
+        return sent
+
+
+def _body(event: str, data: dict[str, Any]) -> bytes:
+    return json.dumps(
+        {
+            "event": event,
+            "instance": "sandbox",
+            "data": data,
+            "destination": "http://127.0.0.1/webhooks/evolution",
+            "date_time": datetime.now(UTC).isoformat(),
+            "sender": "5511900000000@s.whatsapp.net",
+            "server_url": "http://evolution:8080",
+            "apikey": "INSTANCE-TOKEN",
+        }
+    ).encode()
+
+
+def evolution(
+    url: str,
+    rate: int,
+    seconds: float,
+    parts: mp.Queue[tuple[str, str]],
+    start: Any,
+    results: mp.Queue[dict[str, Any]],
+) -> None:
+    """The second process: post `rate` events a second for `seconds`, report what it saw."""
+    import uvloop
+
+    results.put(uvloop.run(_evolution(url, rate, seconds, parts, start)))
+
+
+async def _evolution(
+    url: str, rate: int, seconds: float, parts: mp.Queue[tuple[str, str]], start: Any
+) -> dict[str, Any]:
+    import aiohttp
+
+    headers = {
+        "Authorization": f"Bearer {sign_jwt(SECRET, ttl=3600)}",
+        "Content-Type": "application/json",
+    }
+    latencies: list[float] = []
+    failures: dict[str, int] = {}
+    posted = {"status": 0, "sent": 0, "reply": 0}
+    replied: set[str] = set()
+    sent_parts: list[tuple[str, str]] = []
+    start.wait()
+
+    async def post(session: aiohttp.ClientSession, due: float, body: bytes, kind: str) -> None:
+        try:
+            async with session.post(url, data=body, headers=headers) as response:
+                await response.read()
+                ok = response.status == 200
+                label = str(response.status)
+        except aiohttp.ClientError as exc:
+            ok, label = False, type(exc).__name__
+        latencies.append(time.perf_counter() - due)
+        if ok:
+            posted[kind] += 1
+        else:
+            failures[label] = failures.get(label, 0) + 1
+
+    connector = aiohttp.TCPConnector(limit=200)
+    tasks = []
+    async with aiohttp.ClientSession(connector=connector) as session:
+        began = time.perf_counter()
+        total = int(rate * seconds)
+        for i in range(total):
+            due = began + i / rate
+            delay = due - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            while True:
+                try:
+                    sent_parts.append(parts.get_nowait())
+                except queue.Empty:
+                    break
+            if i % 10 == 5:
+                data = {
+                    "key": {
+                        "remoteJid": "5511999990000@s.whatsapp.net",
+                        "fromMe": True,
+                        "id": f"BENCHSENT{i:08d}",
+                    },
+                    "message": {"conversation": f"texto {i}"},
+                    "messageTimestamp": int(time.time()),
+                    "status": "PENDING",
+                }
+                body, kind = _body("send.message", data), "sent"
+            elif i % 20 == 7 and sent_parts:
+                number = sent_parts[-1][0]
+                replied.add(number)
+                data = {
+                    "key": {"remoteJid": f"{number}@s.whatsapp.net", "fromMe": False, "id": "R"},
+                    "message": {"conversation": "Oi, quem fala?"},
+                    "messageTimestamp": int(time.time()),
+                }
+                body, kind = _body("messages.upsert", data), "reply"
+            elif sent_parts:
+                number, provider_id = sent_parts.pop()
+                data = {
+                    "keyId": provider_id,
+                    "remoteJid": f"{number}@s.whatsapp.net",
+                    "fromMe": True,
+                    "status": "DELIVERY_ACK",
+                }
+                body, kind = _body("messages.update", data), "status"
+            else:
+                continue
+            tasks.append(asyncio.create_task(post(session, due, body, kind)))
+        await asyncio.gather(*tasks)
+        elapsed = time.perf_counter() - began
+    latencies.sort()
+    return {
+        "posted": posted,
+        "requests": len(latencies),
+        "failures": failures,
+        "replied_numbers": len(replied),
+        "seconds": elapsed,
+        "p50_ms": 1000 * statistics.median(latencies) if latencies else None,
+        "p99_ms": 1000 * latencies[int(len(latencies) * 0.99) - 1] if latencies else None,
+        "max_ms": 1000 * latencies[-1] if latencies else None,
+    }
+
+
+async def run(url: str, args: Any) -> dict[str, Any]:
+    settings = c.bench_settings(
+        webhook_secret=SECRET,
+        webhook_host="127.0.0.1",
+        webhook_port=args.port,
+        concurrency=args.concurrency,
+    )
+    ctx = mp.get_context("spawn")
+    parts: mp.Queue[tuple[str, str]] = ctx.Queue()
+    results: mp.Queue[dict[str, Any]] = ctx.Queue()
+    start = ctx.Event()
+    target = f"http://127.0.0.1:{args.port}/webhooks/evolution"
+    child = ctx.Process(
+        target=evolution, args=(target, args.rate, args.seconds, parts, start, results)
+    )
+    child.start()
+    pool = make_pool(url, settings)
+    await pool.open()
+    daemon = Daemon(settings, url, sender=HandingSender(pool, parts))
+    task = asyncio.create_task(daemon.run())
+    try:
+        while daemon.webhooks is None or daemon.listener is None:
+            if task.done():
+                task.result()
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(1.0)  # sending at full speed before the events begin
+        sent_before = _sent(daemon)
+        start.set()
+        began = time.perf_counter()
+        while child.is_alive():
+            await asyncio.sleep(0.1)
+            if task.done():
+                task.result()
+        sending = (_sent(daemon) - sent_before) / (time.perf_counter() - began)
+        seen = results.get(timeout=10)
+        await asyncio.sleep(2.5)  # statuses that outran their part are applied within a second
+    finally:
+        daemon.request_stop()
+        await asyncio.wait_for(task, timeout=60)
+        await pool.close()
+        child.join(timeout=10)
+    with psycopg.connect(url, autocommit=True) as conn:
+        stored = conn.execute(
+            "SELECT (SELECT count(*) FROM message_parts WHERE status = 'DELIVERY_ACK'),"
+            " (SELECT count(*) FROM delivery_updates_early),"
+            " (SELECT count(*) FROM sent_events),"
+            " (SELECT count(*) FROM leads WHERE last_reply_at IS NOT NULL)"
+        ).fetchone()
+    assert stored is not None
+    delivered, kept, sent_events, replied = (int(x) for x in stored)
+    posted = seen["posted"]
+    lost = {
+        "statuses": posted["status"] - (delivered + kept),
+        "send_message": posted["sent"] - sent_events,
+        "replies": seen["replied_numbers"] - replied,
+        "refused_or_failed": sum(seen["failures"].values()),
+    }
+    return {
+        "rate": args.rate,
+        "seconds": args.seconds,
+        "events": seen,
+        "stored": {
+            "parts_delivered": delivered,
+            "kept_for_later": kept,
+            "sent_events": sent_events,
+            "leads_replied": replied,
+        },
+        "lost": lost,
+        "messages_sent_per_second_meanwhile": round(sending, 1),
+        "p99_ok": seen["p99_ms"] is not None and seen["p99_ms"] < TARGET_P99_MS,
+    }
+
+
+def _sent(daemon: Daemon) -> int:
+    value = daemon.metrics.registry.get_sample_value("listener_messages_total", {"outcome": "sent"})
+    return int(value or 0)
+
+
+def main() -> None:
+    parser = c.base_parser(__doc__)
+    parser.add_argument("--rate", type=int, default=1000, help="events a second")
+    parser.add_argument("--seconds", type=float, default=15.0, help="how long events are posted")
+    parser.add_argument("--backlog", type=int, default=150_000, help="due messages to send")
+    parser.add_argument("--concurrency", type=int, default=50, help="LISTENER_CONCURRENCY")
+    parser.add_argument("--port", type=int, default=18788, help="the receiver's port")
+    args = parser.parse_args()
+    url = c.recreate_db(args.url, args.db)
+    campaign = c.seed_campaign(url)
+    c.seed_leads(url, args.backlog)
+    c.seed_messages(url, campaign, args.backlog)
+    result = run_async(run(url, args))
+    name = "webhooks" if args.tag is None else f"webhooks.{args.tag}"
+    c.RESULTS.mkdir(parents=True, exist_ok=True)
+    (c.RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
+    events = result["events"]
+    print(
+        f"{events['requests']} events in {events['seconds']:.1f}s "
+        f"({events['requests'] / events['seconds']:.0f}/s): p50 {events['p50_ms']:.1f} ms, "
+        f"p99 {events['p99_ms']:.1f} ms, max {events['max_ms']:.1f} ms; "
+        f"lost {result['lost']}; "
+        f"{result['messages_sent_per_second_meanwhile']:.0f} messages sent a second meanwhile"
+    )
+
+
+if __name__ == "__main__":
+    main()
