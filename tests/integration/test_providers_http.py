@@ -23,6 +23,7 @@ from aiohttp import web
 from listener.errors import (
     EmptyReplyError,
     HoldBackError,
+    InstanceClosedError,
     InstanceMissingError,
     PermanentProviderError,
     ProviderError,
@@ -651,10 +652,25 @@ async def test_sender_429_is_rate_limited_without_retry(
 async def test_sender_500_then_201_succeeds_after_a_quick_retry(
     server: FakeProvider, sender: EvolutionSender
 ) -> None:
-    server.script(Reply(500, {"error": "Connection Closed"}), Reply(201, {"key": {"id": "k2"}}))
+    server.script(Reply(500, {"error": "Internal Server Error"}), Reply(201, {"key": {"id": "k2"}}))
 
     assert (await send(sender)).provider_message_id == "k2"
     assert len(server.seen) == 2
+
+
+@pytest.mark.parametrize("status", [400, 500])
+async def test_sender_connection_closed_is_the_instance_not_the_message(
+    server: FakeProvider, sender: EvolutionSender, status: int
+) -> None:
+    # Evolution 2.3.7 answers 500 (older versions 400) for an instance that is not connected:
+    # held at once, no quick retry (DESIGN.md, Provider wire formats).
+    body = {"status": status, "error": "Internal Server Error"}
+    server.script(Reply(status, {**body, "response": {"message": "Connection Closed"}}))
+
+    with pytest.raises(InstanceClosedError):
+        await send(sender)
+
+    assert len(server.seen) == 1
 
 
 @pytest.mark.parametrize("status", [408, 502, 503])
