@@ -277,6 +277,22 @@ def _found(payload: Any, text: str, since: float) -> str | None:
     return None
 
 
+def _connection_closed(payload: Any) -> bool:
+    """Evolution's answer for an instance that is not connected: `response.message` (or
+    `message`) is "Connection Closed"."""
+    if not isinstance(payload, dict):
+        return False
+    for holder in (payload.get("response"), payload):
+        if isinstance(holder, dict):
+            message = holder.get("message")
+            messages = message if isinstance(message, list) else [message]
+            if any(
+                isinstance(m, str) and m.strip().lower() == "connection closed" for m in messages
+            ):
+                return True
+    return False
+
+
 def _never_connected(exc: Exception) -> bool:
     """True when no connection was made, so the part certainly was not delivered."""
     if isinstance(exc, DeadlineExceeded):
@@ -331,7 +347,7 @@ def _http_error(response: httpx.Response, payload: Any, scrub: Scrub) -> Provide
     """Classify a non-2xx answer."""
     status = response.status_code
     message = f"{PROVIDER} HTTP {status}: {_error_message(payload, response, scrub)}"
-    if status in (400, 500) and "connection closed" in message.lower():
+    if status in (400, 500) and _connection_closed(payload):
         return InstanceClosedError(
             f"{message} (the instance is not connected)", provider=PROVIDER, status=status
         )
