@@ -31,7 +31,7 @@ def test_every_module_imports_on_its_own(module: str) -> None:
 def test_every_command_is_registered_in_one_module() -> None:
     from listener.cli import main
 
-    assert sorted(main.commands) == ["demo", "migrate", "replay", "run", "stats"]
+    assert sorted(main.commands) == ["demo", "migrate", "replay", "run", "stats", "webhook"]
     assert {command.callback.__module__ for command in main.commands.values()} == {  # type: ignore[union-attr]
         "listener.cli"
     }
@@ -48,4 +48,4 @@ def test_the_command_runs_as_a_module_and_as_a_console_script(command: list[str]
     done = subprocess.run([*command, "--help"], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     listed = {line.split()[0] for line in done.stdout.split("Commands:")[1].splitlines() if line}
-    assert listed == {"demo", "migrate", "replay", "run", "stats"}
+    assert listed == {"demo", "migrate", "replay", "run", "stats", "webhook"}
