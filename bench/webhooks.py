@@ -191,6 +191,8 @@ async def run(url: str, args: Any) -> dict[str, Any]:
     )
     ctx = mp.get_context("spawn")
     parts: mp.Queue[tuple[str, str]] = ctx.Queue()
+    # Parts handed after the Evolution process stopped reading must not hold this one at exit.
+    parts.cancel_join_thread()
     results: mp.Queue[dict[str, Any]] = ctx.Queue()
     start = ctx.Event()
     target = f"http://127.0.0.1:{args.port}/webhooks/evolution"

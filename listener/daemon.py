@@ -213,7 +213,6 @@ class Daemon:
             self.url,
             self.metrics.registry,
             on_restricted=processor.restrict,
-            instances=lambda: list(processor.instances.known()),
         )
         await self.webhooks.start()
 

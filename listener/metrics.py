@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import socket
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -13,8 +11,8 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.aiohttp import make_aiohttp_handler
 
-from listener.errors import ConfigurationError
 from listener.jobs import Usage
+from listener.serving import serve_app
 
 log = logging.getLogger(__name__)
 
@@ -182,53 +180,6 @@ async def serve(
     app.router.add_get("/healthz", health_view)
     if status_page is not None:
         app.router.add_get("/", status_page)
-    try:
-        sockets = await _listen(host, port)
-    except OSError as exc:  # the port is taken, or the host is not an address of this machine
-        reason = exc.strerror or str(exc) or type(exc).__name__
-        raise ConfigurationError(
-            f"bad setting LISTENER_METRICS_HOST/LISTENER_METRICS_PORT: cannot listen on "
-            f"{host}:{port}: {reason}"
-        ) from exc
-    runner = web.AppRunner(app, access_log=None)
-    try:
-        await runner.setup()
-        for sock in sockets:
-            await web.SockSite(runner, sock).start()
-    except BaseException:
-        await runner.cleanup()
-        for sock in sockets:
-            sock.close()
-        raise
+    runner = await serve_app(app, host, port, "LISTENER_METRICS")
     log.info("metrics on %s:%s", host, port, extra={"action": "metrics_started", "port": port})
     return runner
-
-
-async def _listen(host: str, port: int) -> list[socket.socket]:
-    """Listening sockets on every address of `host`, bound and listening here.
-
-    Not left to the event loop: when another process takes the port between our bind and our
-    listen (two listeners started at the same moment; SO_REUSEADDR lets both binds succeed),
-    uvloop drops the listen error and aiohttp fails later with an AttributeError. Our own
-    `listen()` raises the OSError that says the port is in use."""
-    loop = asyncio.get_running_loop()
-    infos = await loop.getaddrinfo(
-        host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-    )
-    sockets: list[socket.socket] = []
-    try:
-        for family, kind, proto, _, address in dict.fromkeys(infos):
-            sock = socket.socket(family, kind, proto)
-            sockets.append(sock)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if family == socket.AF_INET6:
-                # One socket per family, as asyncio does: no dual stack on the IPv6 one.
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            sock.bind(address)
-            sock.listen(128)
-            sock.setblocking(False)
-    except BaseException:
-        for sock in sockets:
-            sock.close()
-        raise
-    return sockets

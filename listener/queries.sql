@@ -711,10 +711,35 @@ SET LOCAL statement_timeout = '2s'
 -- Delivery feedback: Evolution's webhooks (listener/webhooks.py; functions in migration 0005)
 -- ==============================================================================================
 
--- webhook_statuses --
--- A batch of `messages.update` statuses: forward only, ERROR final; early ones kept.
-SELECT apply_delivery_statuses(%(instances)b::text[], %(ids)b::text[], %(statuses)b::text[],
-                               %(ats)b::timestamptz[])
+-- webhook_inbox --
+-- The events of a batch of webhook requests, stored before they are answered: statuses and
+-- replies into the inbox (applied off the request path), `send.message` events straight into
+-- sent_events. Plain inserts: they wait for no lock the sender or the applier holds.
+WITH sent AS (
+    INSERT INTO sent_events (instance, provider_message_id, number, text)
+    SELECT * FROM unnest(%(sent_instances)b::text[], %(sent_ids)b::text[],
+                         %(sent_numbers)b::text[], %(sent_texts)b::text[])
+    ON CONFLICT DO NOTHING
+)
+INSERT INTO webhook_inbox (kind, instance, provider_message_id, status, phone, opt_out, at)
+SELECT * FROM unnest(%(kinds)b::text[], %(instances)b::text[], %(ids)b::text[],
+                     %(statuses)b::text[], %(phones)b::text[], %(opt_outs)b::boolean[],
+                     %(ats)b::timestamptz[])
+
+-- webhook_apply_statuses --
+-- The oldest statuses of the inbox: applied (forward only, ERROR final, early ones kept) and
+-- deleted in one transaction; the instances that reported ERROR among them.
+SELECT taken, error_instances FROM apply_inbox_statuses(%(limit)s)
+
+-- webhook_take_replies --
+-- The oldest replies of the inbox, deleted in the caller's transaction, which applies them.
+DELETE FROM webhook_inbox w
+ WHERE w.id IN (SELECT b.id FROM webhook_inbox b
+                 WHERE b.kind = 'reply'
+                 ORDER BY b.id
+                 LIMIT %(limit)s
+                   FOR UPDATE SKIP LOCKED)
+RETURNING w.id, w.phone, w.opt_out, w.at
 
 -- webhook_early --
 -- Kept statuses whose part is now recorded are applied; those older than 10 minutes dropped.
@@ -723,13 +748,6 @@ SELECT applied, dropped FROM apply_early_delivery_statuses()
 -- webhook_reply --
 -- A lead wrote to us: last_reply_at, replied_at, stop-on-reply and opt-out.
 SELECT lead_id, skipped FROM apply_reply(%(phones)s::text[], %(opt_out)s, %(at)s)
-
--- webhook_sent --
--- `send.message` events, to settle sends whose answer never came.
-INSERT INTO sent_events (instance, provider_message_id, number, text)
-SELECT * FROM unnest(%(instances)b::text[], %(ids)b::text[], %(numbers)b::text[],
-                     %(texts)b::text[])
-ON CONFLICT DO NOTHING
 
 -- prune_sent_events --
 -- `send.message` events older than a day settle nothing any more.
@@ -786,6 +804,33 @@ WITH recent AS (
 SELECT count(*) FILTER (WHERE status = 'ERROR') AS errors,
        count(*) FILTER (WHERE status = 'PENDING' AND status_at < now() - %(alarm)s) AS stale
   FROM recent
+
+-- restrict_check_all --
+-- The same for every instance with a first part sent in the last day, whichever listener sent
+-- it: the instances come from a skip scan of idx_message_parts_first (one short index probe per
+-- instance), so a restarted listener still sees a number whose parts stay PENDING.
+WITH RECURSIVE inst AS (
+    (SELECT instance FROM message_parts WHERE part_no = 0 ORDER BY instance LIMIT 1)
+    UNION ALL
+    SELECT (SELECT p.instance FROM message_parts p
+             WHERE p.part_no = 0 AND p.instance > inst.instance
+             ORDER BY p.instance LIMIT 1)
+      FROM inst
+     WHERE inst.instance IS NOT NULL
+)
+SELECT inst.instance, r.errors, r.stale
+  FROM inst
+ CROSS JOIN LATERAL (
+    SELECT count(*) FILTER (WHERE status = 'ERROR') AS errors,
+           count(*) FILTER (WHERE status = 'PENDING' AND status_at < now() - %(alarm)s) AS stale,
+           max(sent_at) AS latest
+      FROM (SELECT status, status_at, sent_at FROM message_parts
+             WHERE instance = inst.instance AND part_no = 0
+             ORDER BY sent_at DESC
+             LIMIT 10) recent
+ ) r
+ WHERE inst.instance IS NOT NULL AND r.latest > now() - interval '1 day'
+ ORDER BY inst.instance
 
 -- webhook_instances --
 -- The instances campaigns that are not archived send through (`listener webhook set`).

@@ -5,11 +5,15 @@ is set.
 
 A request is authenticated (a JWT signed with the secret, or the secret itself in
 `X-Listener-Token`; anything else is 401 and writes nothing), parsed (feedback.parse; a bad body
-is 400), and its events written through group commit: the requests that arrive while a batch
-is being written go together in the next one, so a burst costs a few round trips. The answer
-comes once the events are stored (none lost), which takes milliseconds. Every write is
-idempotent, so Evolution's retries change nothing. A database that is away answers 503, which
-Evolution retries; never a 500 loop.
+is 400), and its events stored through group commit: the requests that arrive while a batch is
+being written go together in the next one, so a burst costs a few round trips. Storing is a
+plain insert into `webhook_inbox` (statuses, replies) and `sent_events` (`send.message`), which
+waits for no lock: the answer comes once the events are committed there (none lost), in
+milliseconds. The applier, off the request path, takes the inbox in batches and applies them
+(the part's status, the roll-up on campaign_messages, the lead and its pending messages),
+deleting them in the same transaction: an acknowledged event is applied exactly when its
+application commits, even across a crash. Every write is idempotent, so Evolution's retries
+change nothing. A database that is away answers 503, which Evolution retries; never a 500 loop.
 
 The receiver runs on its own thread, event loop and connection pool: a listener sending at
 full speed keeps its own loop busy, and an answer must not wait behind hundreds of sends'
@@ -34,7 +38,6 @@ from psycopg_pool import AsyncConnectionPool
 
 from listener.batch import GroupCommit
 from listener.db import make_pool
-from listener.errors import ConfigurationError
 from listener.feedback import (
     RESTRICTING_REASONS,
     BadEvent,
@@ -46,10 +49,11 @@ from listener.feedback import (
     authorized,
     is_opt_out,
     parse,
+    phone_forms,
 )
-from listener.metrics import _listen
 from listener.phones import mask_phone
 from listener.queries import q
+from listener.serving import serve_app
 from listener.settings import Settings, format_duration
 from listener.text import clean_text
 
@@ -57,7 +61,7 @@ log = logging.getLogger(__name__)
 
 R = TypeVar("R")
 
-# A batch that lost a deadlock is run again this many times before its requests get a 503.
+# An apply that lost a deadlock is run again this many times before it waits for the next turn.
 _DEADLOCK_RETRIES = 3
 
 PATH = "/webhooks/evolution"
@@ -65,9 +69,17 @@ PATH = "/webhooks/evolution"
 MAX_BODY = 1024 * 1024
 # Kept statuses are matched with their parts this often (an update may outrun the record).
 EARLY_INTERVAL = 1.0
+# The inbox is applied as soon as events come in, and at least this often (rows left by a
+# failed turn or another listener).
+APPLY_INTERVAL = 1.0
+# At stop, the inbox is applied for at most this long (what is left waits for the next start).
+SETTLE_AT_STOP = 5.0
+# Inbox rows applied per transaction.
+STATUS_BATCH = 1000
+REPLY_BATCH = 100
 # `send.message` events older than a day are pruned this often.
 PRUNE_INTERVAL = 3600.0
-# The instances this listener sends through are checked for stale PENDING first parts this often.
+# Every instance with recent first parts is checked for stale PENDING ones this often.
 STALE_INTERVAL = 60.0
 
 
@@ -120,7 +132,6 @@ class WebhookReceiver:
         registry: CollectorRegistry,
         *,
         on_restricted: Callable[[str, str, float | None], bool] | None = None,
-        instances: Callable[[], list[str]] | None = None,
     ) -> None:
         secret = settings.webhook_secret
         assert secret is not None
@@ -130,10 +141,10 @@ class WebhookReceiver:
         self.pool: AsyncConnectionPool | None = None
         self.metrics = WebhookMetrics(registry)
         self.on_restricted = on_restricted
-        self.instances = instances or (lambda: [])
-        self._statuses = GroupCommit(_again_on_deadlock(self._flush_statuses), key=id)
-        self._replies = GroupCommit(_again_on_deadlock(self._flush_replies), key=id)
-        self._sent = GroupCommit(_again_on_deadlock(self._flush_sent), key=id)
+        self._inbox = GroupCommit(self._flush_inbox, key=id)
+        self._applying: asyncio.Lock | None = None
+        self._arrived: asyncio.Event | None = None
+        self._said_apply = False
         self._runner: web.AppRunner | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._said_malformed = False
@@ -192,28 +203,14 @@ class WebhookReceiver:
 
     async def _open(self) -> None:
         host, port = self.settings.webhook_host, self.settings.webhook_port
-        try:
-            sockets = await _listen(host, port)
-        except OSError as exc:
-            reason = exc.strerror or str(exc) or type(exc).__name__
-            raise ConfigurationError(
-                f"bad setting LISTENER_WEBHOOK_HOST/LISTENER_WEBHOOK_PORT: cannot listen on "
-                f"{host}:{port}: {reason}"
-            ) from exc
-        runner = web.AppRunner(self.app(), access_log=None)
-        try:
-            await runner.setup()
-            for sock in sockets:
-                await web.SockSite(runner, sock).start()
-        except BaseException:
-            await runner.cleanup()
-            for sock in sockets:
-                sock.close()
-            raise
-        self._runner = runner
+        self._applying = asyncio.Lock()
+        self._arrived = asyncio.Event()
+        self._arrived.set()  # what an earlier run acknowledged and left is applied at once
         self.pool = make_pool(self.url, self.settings, min_size=1, max_size=4)
         await self.pool.open(wait=False)
+        self._runner = await serve_app(self.app(), host, port, "LISTENER_WEBHOOK")
         self._tasks = [
+            asyncio.create_task(self._apply_loop(), name="apply_inbox"),
             asyncio.create_task(self._every(EARLY_INTERVAL, self.apply_early), name="early"),
             asyncio.create_task(self._every(PRUNE_INTERVAL, self.prune), name="prune_sent"),
             asyncio.create_task(
@@ -229,13 +226,18 @@ class WebhookReceiver:
         )
 
     async def _cleanup(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+        if self.pool is not None and self._applying is not None:
+            # What was acknowledged is applied before the listener stops (else at its next
+            # start: the rows stay in the inbox).
+            with contextlib.suppress(psycopg.Error, TimeoutError):
+                await asyncio.wait_for(self.settle(), SETTLE_AT_STOP)
         if self.pool is not None:
             await self.pool.close()
             self.pool = None
@@ -319,24 +321,63 @@ class WebhookReceiver:
     # ----------------------------------------------------------------------------------------
 
     async def store(self, events: list[Event]) -> None:
-        """Write every event of one request (they are idempotent: a retry changes nothing)."""
+        """Store every event of one request before it is answered: a plain insert (they are
+        idempotent once applied: a retry changes nothing)."""
         waits = []
         for event in events:
             if isinstance(event, StatusUpdate):
                 self.metrics.statuses.labels(status=event.status).inc()
-                waits.append(self._statuses.submit(event))
+                waits.append(self._inbox.submit(event))
                 self.metrics.events.labels(event="messages.update").inc()
             elif isinstance(event, Reply):
-                waits.append(self._replies.submit(event))
+                waits.append(self._inbox.submit(event))
                 self.metrics.events.labels(event="messages.upsert").inc()
             elif isinstance(event, SentEvent):
-                waits.append(self._sent.submit(event))
+                waits.append(self._inbox.submit(event))
                 self.metrics.events.labels(event="send.message").inc()
             else:
                 await self._connection(event)
                 self.metrics.events.labels(event="connection.update").inc()
         if waits:
             await asyncio.gather(*waits)
+            if self._arrived is not None:
+                self._arrived.set()
+
+    async def _flush_inbox(self, items: list[Event]) -> set[Hashable]:
+        inbox = [i for i in items if isinstance(i, StatusUpdate | Reply)]
+        sent = [i for i in items if isinstance(i, SentEvent)]
+        words = self.settings.opt_out_words
+        params: dict[str, list[Any]] = {
+            "kinds": [],
+            "instances": [],
+            "ids": [],
+            "statuses": [],
+            "phones": [],
+            "opt_outs": [],
+            "ats": [],
+        }
+        for item in inbox:
+            status = isinstance(item, StatusUpdate)
+            params["kinds"].append("status" if status else "reply")
+            params["instances"].append(clean_text(item.instance))
+            if isinstance(item, StatusUpdate):
+                params["ids"].append(clean_text(item.provider_id))
+                params["statuses"].append(item.status)
+                params["phones"].append(None)
+                params["opt_outs"].append(None)
+            else:
+                params["ids"].append(None)
+                params["statuses"].append(None)
+                params["phones"].append(item.phones[0])
+                params["opt_outs"].append(is_opt_out(item.text, words))
+            params["ats"].append(item.at)
+        params["sent_instances"] = [clean_text(i.instance) for i in sent]
+        params["sent_ids"] = [clean_text(i.provider_id) for i in sent]
+        params["sent_numbers"] = [i.number for i in sent]
+        params["sent_texts"] = [clean_text(i.text) for i in sent]
+        async with self._db.connection() as conn:
+            await conn.execute(q("webhook_inbox"), params)
+        return {id(i) for i in items}
 
     async def _connection(self, event: ConnectionChange) -> None:
         if event.state != "close" or event.reason not in RESTRICTING_REASONS:
@@ -358,31 +399,69 @@ class WebhookReceiver:
 
         return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(run(), main))
 
-    async def _flush_statuses(self, items: list[StatusUpdate]) -> set[Hashable]:
+    # ----------------------------------------------------------------------------------------
+    # Applying the inbox
+    # ----------------------------------------------------------------------------------------
+
+    async def _apply_loop(self) -> None:
+        arrived = self._arrived
+        assert arrived is not None
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(arrived.wait(), APPLY_INTERVAL)
+            arrived.clear()
+            try:
+                await self.settle()
+            except psycopg.Error as exc:  # the rows stay in the inbox: the next turn applies them
+                if not self._said_apply:
+                    self._said_apply = True
+                    log.warning(
+                        "could not apply webhook events (kept, tried again): %s",
+                        exc,
+                        extra={"action": "webhook_apply_error"},
+                    )
+                await asyncio.sleep(APPLY_INTERVAL)
+            else:
+                self._said_apply = False
+
+    async def settle(self) -> tuple[int, int]:
+        """Apply the inbox until it is empty (of rows no other listener is applying); returns
+        the statuses and replies applied. One at a time: a call made while the applier runs
+        waits for it, so it returns once everything stored before it is applied."""
+        assert self._applying is not None, "the receiver is not running"
+        statuses = replies = 0
+        async with self._applying:
+            while True:
+                taken_statuses = await _again_on_deadlock(self._apply_statuses)
+                taken_replies = await _again_on_deadlock(self._apply_replies)
+                statuses += taken_statuses
+                replies += taken_replies
+                if taken_statuses < STATUS_BATCH and taken_replies < REPLY_BATCH:
+                    return statuses, replies
+
+    async def _apply_statuses(self) -> int:
         async with self._db.connection() as conn:
-            await conn.execute(
-                q("webhook_statuses"),
-                {
-                    "instances": [clean_text(i.instance) for i in items],
-                    "ids": [clean_text(i.provider_id) for i in items],
-                    "statuses": [i.status for i in items],
-                    "ats": [i.at for i in items],
-                },
-            )
-            for instance in {i.instance for i in items if i.status == "ERROR"}:
+            async with conn.transaction():
+                cur = await conn.execute(q("webhook_apply_statuses"), {"limit": STATUS_BATCH})
+                row = await cur.fetchone()
+            taken, errors = (int(row[0]), row[1] or []) if row else (0, [])
+            for instance in errors:
                 await self._check(conn, instance)
-        return {id(i) for i in items}
+        return taken
 
     async def _check(self, conn: psycopg.AsyncConnection[Any], instance: str) -> None:
         """Hold the instance when too many of its last 10 first parts ended in ERROR or stay
         PENDING too long: WhatsApp restricts a number from new chats (error 463) while its
         connection still says `open`."""
-        settings = self.settings
         cur = await conn.execute(
-            q("restrict_check"), {"instance": instance, "alarm": settings.pending_alarm}
+            q("restrict_check"), {"instance": instance, "alarm": self.settings.pending_alarm}
         )
         row = await cur.fetchone()
-        errors, stale = (int(row[0]), int(row[1])) if row else (0, 0)
+        if row is not None:
+            await self._judge(instance, int(row[0]), int(row[1]))
+
+    async def _judge(self, instance: str, errors: int, stale: int) -> None:
+        settings = self.settings
         if errors + stale < settings.restrict_errors:
             return
         why = (
@@ -395,26 +474,35 @@ class WebhookReceiver:
             self.metrics.restrictions.labels(reason=label).inc()
 
     async def check_stale(self) -> None:
-        """The restriction check of every instance this listener sends through."""
+        """The restriction check of every instance with a first part sent in the last day,
+        whichever listener sent it (a restarted one included)."""
         async with self._db.connection() as conn:
-            for instance in self.instances():
-                await self._check(conn, instance)
+            cur = await conn.execute(
+                q("restrict_check_all"), {"alarm": self.settings.pending_alarm}
+            )
+            rows = await cur.fetchall()
+        for instance, errors, stale in rows:
+            await self._judge(str(instance), int(errors), int(stale))
 
-    async def _flush_replies(self, items: list[Reply]) -> set[Hashable]:
-        words = self.settings.opt_out_words
+    async def _apply_replies(self) -> int:
+        """The oldest replies of the inbox, in the order they came, in one transaction; said
+        (logged, counted) once it commits."""
+        done = []
         async with self._db.connection() as conn, conn.transaction():
-            for reply in items:
-                opt_out = is_opt_out(reply.text, words)
+            cur = await conn.execute(q("webhook_take_replies"), {"limit": REPLY_BATCH})
+            taken = sorted(await cur.fetchall())
+            for _, phone, opt_out, at in taken:
                 cur = await conn.execute(
                     q("webhook_reply"),
-                    {"phones": list(reply.phones), "opt_out": opt_out, "at": reply.at},
+                    {"phones": list(phone_forms(phone)), "opt_out": opt_out, "at": at},
                 )
-                rows = await cur.fetchall()
-                self._said_reply(reply, opt_out, rows)
-        return {id(i) for i in items}
+                done.append((phone, bool(opt_out), await cur.fetchall()))
+        for phone, opt_out, rows in done:
+            self._said_reply(phone, opt_out, rows)
+        return len(taken)
 
-    def _said_reply(self, reply: Reply, opt_out: bool, rows: list[Any]) -> None:
-        phone = mask_phone(reply.phones[0])
+    def _said_reply(self, digits: str, opt_out: bool, rows: list[Any]) -> None:
+        phone = mask_phone(digits)
         if not rows:
             log.debug("a reply from %s matches no lead", phone, extra={"action": "reply_unknown"})
             return
@@ -434,19 +522,6 @@ class WebhookReceiver:
                 "skipped": skipped,
             },
         )
-
-    async def _flush_sent(self, items: list[SentEvent]) -> set[Hashable]:
-        async with self._db.connection() as conn:
-            await conn.execute(
-                q("webhook_sent"),
-                {
-                    "instances": [clean_text(i.instance) for i in items],
-                    "ids": [clean_text(i.provider_id) for i in items],
-                    "numbers": [i.number for i in items],
-                    "texts": [clean_text(i.text) for i in items],
-                },
-            )
-        return {id(i) for i in items}
 
     # ----------------------------------------------------------------------------------------
     # Periodic jobs
@@ -477,18 +552,13 @@ class WebhookReceiver:
                 await job()
 
 
-def _again_on_deadlock(
-    flush: Callable[[list[Any]], Awaitable[set[Hashable]]],
-) -> Callable[[list[Any]], Awaitable[set[Hashable]]]:
-    """A batch chosen as a deadlock's victim (a reply's writes and a status roll-up meeting on
-    one message) is run again: every write is idempotent."""
-
-    async def run(items: list[Any]) -> set[Hashable]:
-        for retry in range(_DEADLOCK_RETRIES):
-            try:
-                return await flush(items)
-            except psycopg.errors.DeadlockDetected:
-                await asyncio.sleep(0.01 * (retry + 1))
-        return await flush(items)
-
-    return run
+async def _again_on_deadlock(apply: Callable[[], Awaitable[int]]) -> int:
+    """An apply chosen as a deadlock's victim (a reply's writes and a status roll-up meeting on
+    one message, or the sender's writes) is run again: it rolled back, and every write is
+    idempotent."""
+    for retry in range(_DEADLOCK_RETRIES):
+        try:
+            return await apply()
+        except psycopg.errors.DeadlockDetected:
+            await asyncio.sleep(0.01 * (retry + 1))
+    return await apply()

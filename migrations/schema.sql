@@ -75,6 +75,37 @@ END
 $$;
 
 --
+-- Name: apply_inbox_statuses(integer); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.apply_inbox_statuses(p_limit integer) RETURNS TABLE(taken integer, error_instances text[])
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+    i text[]; ids text[]; s text[]; ats timestamptz[];
+BEGIN
+    WITH batch AS (
+        DELETE FROM webhook_inbox w
+         WHERE w.id IN (SELECT b.id FROM webhook_inbox b
+                         WHERE b.kind = 'status'
+                         ORDER BY b.id
+                         LIMIT p_limit
+                           FOR UPDATE SKIP LOCKED)
+        RETURNING w.instance, w.provider_message_id, w.status, w.at
+    )
+    SELECT array_agg(b.instance), array_agg(b.provider_message_id), array_agg(b.status),
+           array_agg(b.at), array_agg(DISTINCT b.instance) FILTER (WHERE b.status = 'ERROR')
+      INTO i, ids, s, ats, error_instances
+      FROM batch b;
+    taken := COALESCE(cardinality(i), 0);
+    IF taken > 0 THEN
+        PERFORM apply_delivery_statuses(i, ids, s, ats);
+    END IF;
+    RETURN NEXT;
+END
+$$;
+
+--
 -- Name: apply_reply(text[], boolean, timestamp with time zone); Type: FUNCTION; Schema: public; Owner: -
 --
 
@@ -887,6 +918,42 @@ CREATE TABLE public.sent_events (
 );
 
 --
+-- Name: webhook_inbox; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.webhook_inbox (
+    id bigint NOT NULL,
+    kind text NOT NULL,
+    instance text NOT NULL,
+    provider_message_id text,
+    status text,
+    phone text,
+    opt_out boolean,
+    at timestamp with time zone NOT NULL,
+    received_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT webhook_inbox_kind_check CHECK ((kind = ANY (ARRAY['status'::text, 'reply'::text])))
+);
+
+--
+-- Name: TABLE webhook_inbox; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON TABLE public.webhook_inbox IS 'webhook events acknowledged to Evolution and not applied yet (applied within moments)';
+
+--
+-- Name: webhook_inbox_id_seq; Type: SEQUENCE; Schema: public; Owner: -
+--
+
+ALTER TABLE public.webhook_inbox ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
+    SEQUENCE NAME public.webhook_inbox_id_seq
+    START WITH 1
+    INCREMENT BY 1
+    NO MINVALUE
+    NO MAXVALUE
+    CACHE 1
+);
+
+--
 -- Name: sandbox_outbox id; Type: DEFAULT; Schema: public; Owner: -
 --
 
@@ -975,6 +1042,13 @@ ALTER TABLE ONLY public.sandbox_outbox
 
 ALTER TABLE ONLY public.sent_events
     ADD CONSTRAINT sent_events_pkey PRIMARY KEY (instance, provider_message_id);
+
+--
+-- Name: webhook_inbox webhook_inbox_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.webhook_inbox
+    ADD CONSTRAINT webhook_inbox_pkey PRIMARY KEY (id);
 
 --
 -- Name: idx_campaign_messages_campaign; Type: INDEX; Schema: public; Owner: -

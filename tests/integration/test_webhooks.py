@@ -62,6 +62,14 @@ async def listening(db_url: str, **overrides: Any) -> AsyncIterator[tuple[Daemon
             yield daemon, fakes
 
 
+async def settle(daemon: Daemon) -> None:
+    """Apply what the receiver acknowledged (it answers once an event is in its inbox, and
+    applies the inbox off the request path): waits for a turn of the applier in progress."""
+    receiver = daemon.webhooks
+    assert receiver is not None
+    await receiver.call(receiver.settle)
+
+
 def parts_of(db: Conn) -> dict[str, str]:
     rows = db.execute("SELECT provider_message_id, status FROM message_parts").fetchall()
     return {r[0]: r[1] for r in rows}
@@ -84,7 +92,7 @@ async def send_one(db: Conn, fakes: FakeProviders, parts: int = 1, **campaign: A
 
 
 async def test_statuses_out_of_order_and_repeated_move_forward_only(db_url: str, db: Conn) -> None:
-    async with listening(db_url) as (_, fakes):
+    async with listening(db_url) as (daemon, fakes):
         mid = await send_one(db, fakes, parts=2)
         first, second = (s["id"] for s in fakes.accepted())
         assert parts_of(db) == {first: "PENDING", second: "PENDING"}
@@ -96,6 +104,7 @@ async def test_statuses_out_of_order_and_repeated_move_forward_only(db_url: str,
             (second, "SERVER_ACK"),
         ]:
             assert await fakes.post_webhook("messages.update", status_data(key, status)) == 200
+        await settle(daemon)
         assert parts_of(db) == {first: "READ", second: "SERVER_ACK"}
         delivered, read = one(
             db, "SELECT delivered_at, read_at FROM campaign_messages WHERE id = %s", mid
@@ -103,15 +112,17 @@ async def test_statuses_out_of_order_and_repeated_move_forward_only(db_url: str,
         assert delivered is None  # the second part is not delivered yet
         assert read is not None
         assert await fakes.post_webhook("messages.update", status_data(second, "DELIVERY_ACK"))
+        await settle(daemon)
         assert one(db, "SELECT delivered_at FROM campaign_messages WHERE id = %s", mid)
 
 
 async def test_error_is_final_and_rolled_up(db_url: str, db: Conn) -> None:
-    async with listening(db_url) as (_, fakes):
+    async with listening(db_url) as (daemon, fakes):
         mid = await send_one(db, fakes)
         [part] = (s["id"] for s in fakes.accepted())
         for status in ("SERVER_ACK", "ERROR", "DELIVERY_ACK", "READ"):
             await fakes.post_webhook("messages.update", status_data(part, status))
+        await settle(daemon)
         assert parts_of(db) == {part: "ERROR"}
         row = one(
             db,
@@ -122,9 +133,10 @@ async def test_error_is_final_and_rolled_up(db_url: str, db: Conn) -> None:
 
 
 async def test_an_update_before_its_part_is_kept_and_applied(db_url: str, db: Conn) -> None:
-    async with listening(db_url) as (_, fakes):
+    async with listening(db_url) as (daemon, fakes):
         # The fake's first id is known in advance: its update outruns the send.
         assert await fakes.post_webhook("messages.update", status_data("EVO00000001", "READ"))
+        await settle(daemon)
         assert one(db, "SELECT count(*) FROM delivery_updates_early") == 1
         mid = await send_one(db, fakes)
         await await_until(lambda: parts_of(db) == {"EVO00000001": "READ"}, timeout=10)
@@ -138,6 +150,7 @@ async def test_unknown_ids_change_nothing_and_are_dropped_after_ten_minutes(
     async with listening(db_url) as (daemon, fakes):
         await send_one(db, fakes)
         assert await fakes.post_webhook("messages.update", status_data("NOPE", "READ")) == 200
+        await settle(daemon)
         assert set(parts_of(db).values()) == {"PENDING"}
         db.execute("UPDATE delivery_updates_early SET received_at = now() - interval '11 min'")
         assert daemon.webhooks is not None
@@ -145,8 +158,42 @@ async def test_unknown_ids_change_nothing_and_are_dropped_after_ten_minutes(
         assert one(db, "SELECT count(*) FROM delivery_updates_early") == 0
 
 
-async def test_bad_and_missing_auth_is_401_and_writes_nothing(db_url: str, db: Conn) -> None:
+async def test_the_answer_waits_for_no_lock_the_sender_holds(db_url: str, db: Conn) -> None:
+    # The roll-up of a status writes its message's row, which the sender may be writing at that
+    # moment: the answer comes once the event is in the inbox, the roll-up after the lock.
+    async with listening(db_url) as (daemon, fakes):
+        mid = await send_one(db, fakes)
+        [part] = (s["id"] for s in fakes.accepted())
+        with psycopg.connect(db_url) as holder:
+            holder.execute("SELECT 1 FROM campaign_messages WHERE id = %s FOR UPDATE", (mid,))
+            post = fakes.post_webhook("messages.update", status_data(part, "DELIVERY_ACK"))
+            assert await asyncio.wait_for(post, timeout=10) == 200
+            assert one(db, "SELECT count(*) FROM webhook_inbox") == 1  # stored, not applied
+            assert parts_of(db) == {part: "PENDING"}
+            holder.rollback()
+        await settle(daemon)
+        assert parts_of(db) == {part: "DELIVERY_ACK"}
+        assert one(db, "SELECT delivered_at IS NOT NULL FROM campaign_messages WHERE id = %s", mid)
+        assert one(db, "SELECT count(*) FROM webhook_inbox") == 0
+
+
+async def test_events_acknowledged_and_left_in_the_inbox_are_applied(db_url: str, db: Conn) -> None:
+    # A listener that answered and died before applying left its rows: another one applies them.
     async with listening(db_url) as (_, fakes):
+        mid = await send_one(db, fakes)
+        [part] = (s["id"] for s in fakes.accepted())
+        db.execute(
+            "INSERT INTO webhook_inbox (kind, instance, provider_message_id, status, at)"
+            " VALUES ('status', 'main', %s, 'READ', now())",
+            (part,),
+        )
+        await await_until(lambda: parts_of(db) == {part: "READ"})
+        assert one(db, "SELECT read_at IS NOT NULL FROM campaign_messages WHERE id = %s", mid)
+        await await_until(lambda: one(db, "SELECT count(*) FROM webhook_inbox") == 0)
+
+
+async def test_bad_and_missing_auth_is_401_and_writes_nothing(db_url: str, db: Conn) -> None:
+    async with listening(db_url) as (daemon, fakes):
         data = status_data("EVO-X", "READ")
         expired = sign_jwt(SECRET, now=time.time() - 3600)
         for headers in (
@@ -158,14 +205,17 @@ async def test_bad_and_missing_auth_is_401_and_writes_nothing(db_url: str, db: C
             {"X-Listener-Token": "wrong"},
         ):
             assert await fakes.post_webhook("messages.update", data, headers=headers) == 401
+        await settle(daemon)
+        assert one(db, "SELECT count(*) FROM webhook_inbox") == 0
         assert one(db, "SELECT count(*) FROM delivery_updates_early") == 0
         headers = {"X-Listener-Token": SECRET}
         assert await fakes.post_webhook("messages.update", data, headers=headers) == 200
+        await settle(daemon)
         assert one(db, "SELECT count(*) FROM delivery_updates_early") == 1
 
 
 async def test_malformed_bodies_are_400(db_url: str, db: Conn) -> None:
-    async with listening(db_url) as (_, fakes):
+    async with listening(db_url) as (daemon, fakes):
         for raw in (b"{not json", b"[1, 2]", b'{"event": "messages.update", "instance": "main"}'):
             assert await fakes.post_webhook("messages.update", {}, raw=raw) == 400
         assert await fakes.post_webhook("messages.update", {"status": "READ"}) == 400
@@ -174,6 +224,7 @@ async def test_malformed_bodies_are_400(db_url: str, db: Conn) -> None:
         # By-events mode posts to /webhooks/evolution/<event-with-dashes>.
         data = status_data("EVO-BY-EVENTS", "DELIVERY_ACK")
         assert await fakes.post_webhook("messages.update", data, by_events=True) == 200
+        await settle(daemon)
         assert one(db, "SELECT count(*) FROM delivery_updates_early") == 1
 
 
@@ -192,7 +243,7 @@ def lead_row(db: Conn, lead: UUID) -> tuple[Any, ...]:
 
 
 async def test_replies_stop_on_reply_and_opt_outs(db_url: str, db: Conn) -> None:
-    async with listening(db_url) as (_, fakes):
+    async with listening(db_url) as (daemon, fakes):
         stop = make_campaign(db, name="stops")
         goes_on = make_campaign(db, name="goes on", stop_on_reply=False)
         # Stored with the ninth digit, one without; one replies from an @lid chat.
@@ -226,6 +277,7 @@ async def test_replies_stop_on_reply_and_opt_outs(db_url: str, db: Conn) -> None
         await _reply(fakes, "5511987654324", "Não quero sair")
         await _reply(fakes, "5511987654325", "sair!! 🙏")
         await _reply(fakes, "5511999999999", "unknown number")  # no lead: nothing
+        await settle(daemon)
 
         assert lead_row(db, leads["ninth"]) == (False, False, True)
         assert lead_row(db, leads["eight"]) == (False, False, True)
@@ -254,6 +306,7 @@ async def test_replies_stop_on_reply_and_opt_outs(db_url: str, db: Conn) -> None
         assert state(later_on) == [pending, pending, opted, pending, opted]
         # A retried event changes nothing.
         await _reply(fakes, "5511987654323", "SAIR", lid=True)
+        await settle(daemon)
         assert state(later_on) == [pending, pending, opted, pending, opted]
 
 
@@ -360,11 +413,13 @@ async def test_three_errors_of_ten_first_parts_hold_the_number(db_url: str, db: 
             await fakes.post_webhook("messages.update", status_data(key, "ERROR"))
         for key in ids[3:]:
             await fakes.post_webhook("messages.update", status_data(key, "DELIVERY_ACK"))
+        await settle(daemon)
         # Two ERRORs of ten: the number goes on.
         assert daemon.processor is not None
         assert await daemon.processor.instances.state("main") == "open"
         # The third: the number is held for LISTENER_RESTRICT_HOLD, nothing spent.
         await fakes.post_webhook("messages.update", status_data(ids[2], "ERROR"))
+        await settle(daemon)
         [held] = enqueue(db, cid, make_leads(db, 1, prefix="55115"), content="Olá")
         await await_until(
             lambda: (
@@ -376,6 +431,58 @@ async def test_three_errors_of_ten_first_parts_hold_the_number(db_url: str, db: 
             )
         )
         assert len(fakes.sends) == 10
+
+
+def first_parts(db: Conn, instance: str, n: int, status: str, age: str) -> None:
+    """`n` messages sent through `instance` `age` ago (by some listener), their one part at
+    `status` since."""
+    cid = make_campaign(db, name=f"sent by {instance}", instance=instance)
+    ids = enqueue(db, cid, make_leads(db, n, prefix=f"5511{len(instance)}"), content="Olá")
+    db.execute(
+        "UPDATE campaign_messages SET status = 'sent', parts_sent = 1,"
+        " sent_at = now() - %s::interval WHERE id = ANY(%s)",
+        (age, ids),
+    )
+    db.execute(
+        "INSERT INTO message_parts (message_id, part_no, instance, provider_message_id, status,"
+        " status_at, sent_at)"
+        " SELECT m, 0, %s, %s || m::text, %s, now() - %s::interval, now() - %s::interval"
+        " FROM unnest(%s::uuid[]) m",
+        (instance, instance, status, age, age, ids),
+    )
+
+
+async def test_stale_pending_first_parts_hold_a_number_this_listener_never_sent_through(
+    db_url: str, db: Conn
+) -> None:
+    # Sent by a listener that has since restarted: this one has not sent through any of them.
+    first_parts(db, "stale", 10, "PENDING", "20 minutes")
+    first_parts(db, "young", 10, "PENDING", "2 minutes")  # not PENDING for long yet
+    first_parts(db, "retired", 10, "PENDING", "2 days")  # no first part in the last day
+    first_parts(db, "fine", 10, "DELIVERY_ACK", "20 minutes")
+    async with listening(db_url, restrict_hold="1h") as (daemon, fakes):
+        receiver = daemon.webhooks
+        assert receiver is not None
+        await receiver.call(receiver.check_stale)
+        restricted = daemon.metrics.registry.get_sample_value(
+            "listener_instance_restrictions_total", {"reason": "pending"}
+        )
+        assert restricted == 1
+        held = {}
+        for instance in ("stale", "young", "retired", "fine"):
+            cid = make_campaign(db, name=f"new on {instance}", instance=instance)
+            [held[instance]] = enqueue(db, cid, make_leads(db, 1, prefix="55116"), content="Oi")
+        await await_until(lambda: len(fakes.sends) == 3)
+        await await_until(
+            lambda: (
+                db.execute(
+                    "SELECT status, attempts, wait_reason FROM campaign_messages WHERE id = %s",
+                    (held["stale"],),
+                ).fetchone()
+                == ("pending", 0, "instance restricted")
+            )
+        )
+        assert {s["instance"] for s in fakes.sends} == {"young", "retired", "fine"}
 
 
 async def test_webhook_set_configures_every_instance_in_use(
@@ -431,7 +538,7 @@ async def test_webhook_set_configures_every_instance_in_use(
 
 
 async def test_stats_show_the_funnel_per_campaign(db_url: str, db: Conn) -> None:
-    async with listening(db_url) as (_, fakes):
+    async with listening(db_url) as (daemon, fakes):
         cid = make_campaign(db, name="Funil")
         enqueue(db, cid, make_leads(db, 4), content="Olá")
         await await_until(lambda: statuses(db).get("sent") == 4)
@@ -441,6 +548,7 @@ async def test_stats_show_the_funnel_per_campaign(db_url: str, db: Conn) -> None
             await fakes.post_webhook("messages.update", status_data(send["id"], status))
         await _reply(fakes, sends[0]["number"], "Tenho interesse")
         await _reply(fakes, sends[1]["number"], "PARAR")
+        await settle(daemon)
     figures = await collect_stats(db_url, timedelta(hours=1))
     [funnel] = figures.funnel
     assert (funnel.campaign, funnel.sent, funnel.acked, funnel.delivered, funnel.read) == (
