@@ -14,6 +14,7 @@ import binascii
 import hashlib
 import hmac
 import json
+import math
 import re
 import time
 import unicodedata
@@ -87,30 +88,37 @@ def _b64(segment: str) -> bytes:
 
 def verify_jwt(token: str, secret: str, now: float | None = None) -> bool:
     """An HS256 JWT signed with `secret`, not expired (Evolution signs with `jwt_key`)."""
+    expiry = _jwt_expiry(token, secret)
+    return expiry is not None and (time.time() if now is None else now) < expiry
+
+
+def _jwt_expiry(token: str, secret: str) -> float | None:
+    """When an HS256 JWT signed with `secret` stops being accepted (its `exp` plus the leeway;
+    infinity without `exp`); None when it is not one."""
     parts = token.split(".")
     if len(parts) != 3:
-        return False
+        return None
     try:
         header = json.loads(_b64(parts[0]))
         signature = _b64(parts[2])
         claims = json.loads(_b64(parts[1]))
     except (ValueError, binascii.Error):
-        return False
+        return None
     if not isinstance(header, dict) or header.get("alg") != "HS256":
-        return False
+        return None
     expected = hmac.new(
         secret.encode(), f"{parts[0]}.{parts[1]}".encode("ascii", "replace"), hashlib.sha256
     ).digest()
     if not hmac.compare_digest(expected, signature):
-        return False
+        return None
     if not isinstance(claims, dict):
-        return False
+        return None
     exp = claims.get("exp")
     if exp is None:
-        return True
+        return math.inf
     if not isinstance(exp, int | float) or isinstance(exp, bool):
-        return False
-    return (time.time() if now is None else now) < exp + _JWT_LEEWAY
+        return None
+    return float(exp + _JWT_LEEWAY)
 
 
 def sign_jwt(secret: str, *, ttl: int = 600, now: float | None = None) -> str:
@@ -129,12 +137,40 @@ def sign_jwt(secret: str, *, ttl: int = 600, now: float | None = None) -> str:
 
 def authorized(authorization: str | None, token: str | None, secret: str) -> bool:
     """`Authorization: Bearer <HS256 JWT>` or `X-Listener-Token: SECRET`."""
-    if token is not None and hmac.compare_digest(token.encode(), secret.encode()):
-        return True
-    if authorization is None:
-        return False
-    scheme, _, credential = authorization.strip().partition(" ")
-    return scheme.lower() == "bearer" and verify_jwt(credential.strip(), secret)
+    return Authenticator(secret).check(authorization, token)
+
+
+class Authenticator:
+    """`authorized` for one secret, remembering the JWTs it verified until they expire:
+    Evolution signs with a fresh `iat` each second, so at a thousand posts a second one token
+    is verified once and then looked up (a verification costs more than the rest of the
+    request's parsing)."""
+
+    _KEEP = 256
+
+    def __init__(self, secret: str) -> None:
+        self._secret = secret
+        self._secret_bytes = secret.encode()
+        self._expiry: dict[str, float] = {}
+
+    def check(self, authorization: str | None, token: str | None, now: float | None = None) -> bool:
+        if token is not None and hmac.compare_digest(token.encode(), self._secret_bytes):
+            return True
+        if authorization is None:
+            return False
+        scheme, _, credential = authorization.strip().partition(" ")
+        if scheme.lower() != "bearer":
+            return False
+        credential = credential.strip()
+        expiry = self._expiry.get(credential)
+        if expiry is None:
+            expiry = _jwt_expiry(credential, self._secret)
+            if expiry is None:
+                return False  # never kept: a bad token costs its verification every time
+            if len(self._expiry) >= self._KEEP:
+                self._expiry.clear()
+            self._expiry[credential] = expiry
+        return (time.time() if now is None else now) < expiry
 
 
 # --------------------------------------------------------------------------------------------

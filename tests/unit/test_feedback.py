@@ -12,6 +12,7 @@ from listener.feedback import (
     Reply,
     SentEvent,
     StatusUpdate,
+    Authenticator,
     authorized,
     event_name,
     fold,
@@ -44,6 +45,23 @@ def test_authorized_by_bearer_jwt_or_token_only() -> None:
     assert not authorized(None, None, "s")
     assert not authorized("Bearer s", None, "s")  # the secret is not a JWT
     assert not authorized(None, "S", "s")
+
+
+def test_a_remembered_jwt_still_expires_and_a_bad_one_is_never_remembered() -> None:
+    now = time.time()
+    auth = Authenticator("s")
+    token = sign_jwt("s", now=now)  # exp = iat + 600, with a minute of leeway
+    assert auth.check(f"Bearer {token}", None, now=now)
+    assert auth.check(f"Bearer {token}", None, now=now + 600)
+    assert not auth.check(f"Bearer {token}", None, now=now + 661)
+    forged = sign_jwt("other", now=now)
+    for _ in range(2):
+        assert not auth.check(f"Bearer {forged}", None, now=now)
+    assert not auth.check(f"Basic {token}", None, now=now)
+    assert auth.check(None, "s") and not auth.check(None, "S")
+    for i in range(300):  # a full memory starts again; every token is still verified
+        assert auth.check(f"Bearer {sign_jwt('s', now=now + i)}", None, now=now + i)
+    assert not auth.check(f"Bearer {forged}", None, now=now)
 
 
 def test_event_names_in_every_spelling() -> None:
