@@ -7,12 +7,12 @@ import time
 import pytest
 
 from listener.feedback import (
+    Authenticator,
     BadEvent,
     ConnectionChange,
     Reply,
     SentEvent,
     StatusUpdate,
-    Authenticator,
     authorized,
     event_name,
     fold,
