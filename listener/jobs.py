@@ -1,5 +1,9 @@
 """What the worker knows of a claimed message, and the writes that move it on: plain data,
-shared by the store (which runs them) and the pure decisions (which choose them)."""
+shared by the store (which runs them) and the pure decisions (which choose them).
+
+The writes and `Usage` are treated as values (never changed once made) but not declared
+`frozen`: a frozen dataclass sets each field through `object.__setattr__`, and several of them
+are made per message on the hot path."""
 
 from __future__ import annotations
 
@@ -10,7 +14,7 @@ from typing import Any
 from uuid import UUID
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Usage:
     """What billed LLM calls cost (tokens, US dollars as OpenRouter reports them), summed, and
     the model that answered the last of them (`fallback`: a fallback model, not the primary)."""
@@ -32,10 +36,6 @@ class Usage:
             model=other.model if answered else self.model,
             fallback=other.fallback if answered else self.fallback,
         )
-
-
-def _money(value: Any) -> float | None:
-    return None if value is None else float(value)
 
 
 @dataclass
@@ -78,7 +78,7 @@ class Job:
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> Job:
-        parts = row["parts"]
+        parts, budget, spent = row["parts"], row.get("campaign_budget"), row.get("campaign_spent")
         return cls(
             id=row["id"],
             campaign_id=row["campaign_id"],
@@ -97,12 +97,12 @@ class Job:
             if row["gap_max_seconds"]
             else None,
             campaign_fallbacks=row.get("campaign_fallbacks"),
-            campaign_budget=_money(row.get("campaign_budget")),
-            campaign_spent=_money(row.get("campaign_spent")) or 0.0,
+            campaign_budget=None if budget is None else float(budget),
+            campaign_spent=0.0 if spent is None else float(spent),
         )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class StoreParts:
     """Fix a message's text and parts before its first part goes out."""
 
@@ -112,7 +112,7 @@ class StoreParts:
     usage: Usage | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class RecordPart:
     """An accepted part; the final one completes the message as sent."""
 
@@ -124,7 +124,7 @@ class RecordPart:
     instance: str = ""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Finish:
     """Leave `processing` for another state; `refund` gives back the attempt of the claim."""
 

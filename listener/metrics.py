@@ -8,11 +8,12 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.aiohttp import make_aiohttp_handler
 
 from listener.jobs import Usage
 from listener.serving import serve_app
+from listener.tally import CounterValue, FastCounter, FastHistogram, HistogramValue
 
 log = logging.getLogger(__name__)
 
@@ -25,27 +26,28 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        self.messages = Counter(
-            "listener_messages_total", "Messages by outcome", ["outcome"], registry=r
+        # The per-message metrics are plain numbers until scraped (listener/tally.py).
+        self.messages = FastCounter(
+            "listener_messages", "Messages by outcome", ["outcome"], registry=r
         )
-        self.attempts = Counter("listener_attempts_total", "Attempts started (claims)", registry=r)
-        self.parts_sent = Counter(
-            "listener_parts_sent_total", "Parts accepted by the sender", registry=r
+        self.attempts = FastCounter("listener_attempts", "Attempts started (claims)", registry=r)
+        self.parts_sent = FastCounter(
+            "listener_parts_sent", "Parts accepted by the sender", registry=r
         )
-        self.processing_seconds = Histogram(
+        self.processing_seconds = FastHistogram(
             "listener_processing_seconds",
             "From claim to outcome, per message",
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
-        self.pickup_seconds = Histogram(
+        self.pickup_seconds = FastHistogram(
             "listener_pickup_seconds",
             "From a row's due time to its claim",
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
         self.in_flight = Gauge("listener_in_flight", "Messages being worked on now", registry=r)
-        self.provider_seconds = Histogram(
+        self.provider_seconds = FastHistogram(
             "listener_provider_seconds",
             "Provider call latency",
             ["provider"],
@@ -68,29 +70,31 @@ class Metrics:
         self.batches = Counter(
             "listener_claims_total", "Claim queries that returned rows", registry=r
         )
-        self.llm_cost = Counter(
-            "listener_llm_cost_usd_total",
+        self.llm_cost = FastCounter(
+            "listener_llm_cost_usd",
             "US dollars of the billed LLM calls, by the model that answered",
             ["model"],
             registry=r,
         )
-        self.llm_tokens = Counter(
-            "listener_llm_tokens_total",
+        self.llm_tokens = FastCounter(
+            "listener_llm_tokens",
             "Tokens of the billed LLM calls, by the model that answered and kind",
             ["model", "kind"],
             registry=r,
         )
-        self.llm_calls = Counter(
-            "listener_llm_calls_total",
+        self.llm_calls = FastCounter(
+            "listener_llm_calls",
             "Billed LLM calls, by the model that answered and whether it was a fallback",
             ["model", "fallback"],
             registry=r,
         )
-        self._outcomes: dict[str, Counter] = {}
-        self._latencies: dict[str, Histogram] = {}
-        self._usage: dict[tuple[str, bool], tuple[Counter, Counter, Counter, Counter]] = {}
+        self._outcomes: dict[str, CounterValue] = {}
+        self._latencies: dict[str, HistogramValue] = {}
+        self._usage: dict[
+            tuple[str, bool], tuple[CounterValue, CounterValue, CounterValue, CounterValue]
+        ] = {}
 
-    def outcome(self, outcome: str) -> Counter:
+    def outcome(self, outcome: str) -> CounterValue:
         """The counter of one outcome (children are cached: `labels()` is slow on a hot path)."""
         child = self._outcomes.get(outcome)
         if child is None:
@@ -115,7 +119,7 @@ class Metrics:
         prompt.inc(usage.prompt_tokens)
         completion.inc(usage.completion_tokens)
 
-    def provider_latency(self, provider: str) -> Histogram:
+    def provider_latency(self, provider: str) -> HistogramValue:
         """The latency histogram of one provider (cached like `outcome`)."""
         child = self._latencies.get(provider)
         if child is None:

@@ -91,6 +91,8 @@ class Processor:
         self._held: dict[UUID, Job] = {}
         self._tasks: dict[UUID, asyncio.Task[None]] = {}
         self._slots = asyncio.Semaphore(settings.concurrency)
+        self._busy = 0  # messages inside their journey (the in-flight gauge, read when scraped)
+        self.metrics.in_flight.set_function(lambda: self._busy)
         self._room = asyncio.Event()
         self._stopping = False
         self._stopped = asyncio.Event()
@@ -243,11 +245,11 @@ class Processor:
                     # Shutdown began before this message started: hand it back untouched.
                     await self.store.finish(Finish(job.id, "pending", None, 1, None), job)
                     return
-                self.metrics.in_flight.inc()
+                self._busy += 1
                 try:
                     name = await self._journey(job)
                 finally:
-                    self.metrics.in_flight.dec()
+                    self._busy -= 1
                 self.metrics.outcome(name).inc()
                 self.metrics.processing_seconds.observe(time.monotonic() - job.claimed_at)
         except LeaseLost:
@@ -305,12 +307,13 @@ class Processor:
             await self.store.finish(result.finish, job)
             _log_outcome(job, result, exc)
             return result.name
-        log.info(
-            "message sent to %s (%d parts)",
-            mask_phone(number),
-            len(parts),
-            extra={"action": "message_sent", "message_id": str(job.id), "parts": len(parts)},
-        )
+        if log.isEnabledFor(logging.INFO):
+            log.info(
+                "message sent to %s (%d parts)",
+                mask_phone(number),
+                len(parts),
+                extra={"action": "message_sent", "message_id": str(job.id), "parts": len(parts)},
+            )
         return "sent"
 
     async def _parts(self, job: Job) -> list[str]:

@@ -44,8 +44,13 @@ def split_reply(text: str, *, max_parts: int = 5, max_chars: int = 1000) -> list
     _check_limits(max_parts, max_chars)
     if not text.strip():
         raise UnsplittableReply("the reply is empty or whitespace only")
-    parts = [p.strip() for p in _parse(text)]
-    parts = [p for p in parts if p]
+    return split_messages(_parse(text), max_parts=max_parts, max_chars=max_chars)
+
+
+def split_messages(messages: list[str], *, max_parts: int = 5, max_chars: int = 1000) -> list[str]:
+    """The parts of a reply already parsed into its messages (the JSON's list of strings)."""
+    _check_limits(max_parts, max_chars)
+    parts = [s for m in messages if (s := m.strip())]
     if not parts:
         raise UnsplittableReply("the reply has no non-empty part (e.g. an empty messages list)")
     return _fit(parts, max_parts, max_chars, "reply")

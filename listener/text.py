@@ -12,6 +12,16 @@ _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 
 def clean_text(text: str) -> str:
     """`text` without NUL bytes, and with each lone surrogate replaced by U+FFFD."""
-    if not _UNSTORABLE.search(text):
-        return text  # the common case: no copy
+    # The common case costs no copy and no scan in Python: NUL is found by memchr, and a
+    # string is ASCII (a flag CPython keeps), or encodes to UTF-8, exactly when it holds no
+    # lone surrogate. Only text with something to clean goes through the expression.
+    if "\x00" not in text:
+        if text.isascii():
+            return text
+        try:
+            text.encode()
+        except UnicodeEncodeError:
+            pass
+        else:
+            return text
     return _UNSTORABLE.sub(lambda m: "" if m.group(0) == "\x00" else "\ufffd", text)

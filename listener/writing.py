@@ -11,7 +11,6 @@ import asyncio
 import json
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import replace
 from datetime import UTC, datetime
 from uuid import UUID
 
@@ -20,7 +19,7 @@ from listener.jobs import Job, Usage
 from listener.outcomes import MustWait, budget_wait
 from listener.providers.base import LLM, Reply
 from listener.settings import Settings
-from listener.split import UnsplittableReply, split_reply
+from listener.split import UnsplittableReply, split_messages, split_reply
 from listener.text import clean_text
 
 log = logging.getLogger(__name__)
@@ -41,6 +40,12 @@ class InvalidJsonReply(UnsplittableReply):
 def json_problem(text: str, *, required: bool) -> str | None:
     """Why `text` is not usable JSON, when it claims to be JSON (it starts with `{` or `[`, or
     holds a ``` fence that does) or JSON is `required`; None when it is fine or plain text."""
+    return json_messages(text, required=required)[1]
+
+
+def json_messages(text: str, *, required: bool) -> tuple[list[str] | None, str | None]:
+    """The messages of a reply that claims to be JSON (see `json_problem`), parsed once, or
+    why it is not usable JSON; (None, None) for plain text."""
     candidate = text.strip()
     start = candidate.find("```")
     if not candidate.startswith(("{", "[")) and start >= 0:
@@ -52,18 +57,19 @@ def json_problem(text: str, *, required: bool) -> str | None:
         if required or fenced.startswith(("{", "[")):
             candidate = fenced
     if not required and not candidate.startswith(("{", "[")):
-        return None
+        return None, None
     try:
         data = json.loads(candidate)
     except ValueError as exc:
         what = "the structured reply" if required else "the reply claims JSON but"
-        return f"{what} does not parse: {exc}"
+        return None, f"{what} does not parse: {exc}"
     messages = data.get("messages") if isinstance(data, dict) else data
     if (required and not isinstance(data, dict)) or not isinstance(messages, list):
-        return "the reply is JSON without a list of messages"
-    if not all(isinstance(m, str) for m in messages):
-        return "the reply's messages are not all text"
-    return None
+        return None, "the reply is JSON without a list of messages"
+    for message in messages:
+        if not isinstance(message, str):
+            return None, "the reply's messages are not all text"
+    return messages, None
 
 
 def same_model(answered: str, requested: str) -> bool:
@@ -115,14 +121,18 @@ class Writer:
             reply = await self._generate(job, check)
             text = clean_text(reply.text)
             try:
-                problem = json_problem(text, required=reply.structured)
+                messages, problem = json_messages(text, required=reply.structured)
                 if problem is not None:
                     raise InvalidJsonReply(problem)
-                parts = split_reply(
-                    text, max_parts=settings.max_parts, max_chars=settings.max_part_chars
-                )
-                # JSON escapes (`\u0000`, a lone `\ud800`) decode to what Postgres refuses.
-                parts = [c for part in parts if (c := clean_text(part).strip())]
+                limits = {"max_parts": settings.max_parts, "max_chars": settings.max_part_chars}
+                if messages is not None:  # parsed once, here
+                    parts = split_messages(messages, **limits)
+                else:
+                    parts = split_reply(text, **limits)
+                # JSON escapes (`\u0000`, a lone `\ud800`) decode to what Postgres refuses; the
+                # text itself is clean, so without an escape there is nothing to clean.
+                if "\\u" in text:
+                    parts = [c for part in parts if (c := clean_text(part).strip())]
                 if not parts:
                     raise UnsplittableReply("the reply has nothing but NUL bytes to send")
                 return text, parts
@@ -178,7 +188,14 @@ class Writer:
 
         def billed(usage: Usage) -> None:
             if usage.model is not None:
-                usage = replace(usage, fallback=is_fallback(usage.model, model, fallbacks))
+                usage = Usage(
+                    usage.prompt_tokens,
+                    usage.completion_tokens,
+                    usage.cost_usd,
+                    usage.calls,
+                    usage.model,
+                    usage.model != model and is_fallback(usage.model, model, fallbacks),
+                )
             job.usage = job.usage + usage
             metrics.llm_usage(usage)
 

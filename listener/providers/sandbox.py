@@ -4,7 +4,7 @@ an LLM that writes from a template and a sender that records each part in `sandb
 from __future__ import annotations
 
 import json
-import uuid
+import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -89,7 +89,7 @@ class SandboxSender:
         return {i[3] for i in items}
 
     async def send_text(self, *, instance: str, number: str, text: str) -> SentPart:
-        provider_id = "SANDBOX" + uuid.uuid4().hex[:16].upper()
+        provider_id = "SANDBOX" + os.urandom(8).hex().upper()
         await self._writer.submit((instance, number, text, provider_id))
         if self._feedback is not None:
             self._feedback.sent(instance, number, provider_id)

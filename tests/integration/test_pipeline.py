@@ -164,8 +164,8 @@ async def test_two_listeners_split_the_work_and_never_share_a_message(
             await await_until(lambda: statuses(db).get("sent") == 400, timeout=60)
     # Read the counters once both listeners have stopped: a row turns `sent` in the database a
     # moment before its worker task counts it, so reading them earlier races the last few.
-    done_a = a.metrics.messages.labels(outcome="sent")._value.get()
-    done_b = b.metrics.messages.labels(outcome="sent")._value.get()
+    done_a = a.metrics.messages.labels(outcome="sent").value
+    done_b = b.metrics.messages.labels(outcome="sent").value
     assert done_a + done_b == 400
     assert done_a > 0 and done_b > 0
     numbers = [s["number"] for s in fakes.accepted()]
