@@ -41,6 +41,25 @@ if not os.environ.get("XDG_RUNTIME_DIR"):
     atexit.register(shutil.rmtree, os.environ["XDG_RUNTIME_DIR"], ignore_errors=True)
 
 
+# pytest's tmp_path folders: under a folder of this session, removed when the session ends
+# (by default pytest keeps /tmp/pytest-of-<user>/pytest-<n> behind, the last three runs).
+_SESSION_TMP = pytest.StashKey[str]()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config: pytest.Config) -> None:
+    if config.option.basetemp is None:
+        folder = tempfile.mkdtemp(prefix="listener-pytest-")
+        config.stash[_SESSION_TMP] = folder
+        config.option.basetemp = str(Path(folder) / "tmp")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    folder = config.stash.get(_SESSION_TMP, None)
+    if folder is not None:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 POSTGRES_IMAGE = "postgres:15"
 
 
