@@ -447,3 +447,25 @@ async def requeue(
     (or, with `dry_run`, count them); returns the counts by the status they had."""
     cur = await conn.execute(q("replay_preview" if dry_run else "replay_requeue"), params)
     return {row["status"]: row["n"] for row in await cur.fetchall()}
+
+
+# --------------------------------------------------------------------------------------------
+# The sandbox sender's "deliveries" (demo, queue benchmarks): its provider side, kept here so
+# that no provider runs SQL of its own
+# --------------------------------------------------------------------------------------------
+
+
+async def record_sandbox_parts(
+    pool: AsyncConnectionPool, parts: Sequence[tuple[str, str, str, str]]
+) -> None:
+    """One `sandbox_outbox` row per accepted part: (instance, number, text, provider id)."""
+    async with pool.connection() as conn:
+        await conn.execute(
+            q("sandbox_send"),
+            {
+                "instances": [p[0] for p in parts],
+                "numbers": [p[1] for p in parts],
+                "texts": [p[2] for p in parts],
+                "provider_ids": [p[3] for p in parts],
+            },
+        )

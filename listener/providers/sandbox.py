@@ -14,7 +14,7 @@ from listener.batch import GroupCommit
 from listener.jobs import Usage
 from listener.providers.base import Reply, SentPart
 from listener.providers.sandbox_feedback import SandboxFeedback
-from listener.queries import q
+from listener.store import record_sandbox_parts
 
 
 class SandboxLLM:
@@ -76,16 +76,7 @@ class SandboxSender:
         )
 
     async def _flush(self, items: list[tuple[str, str, str, str]]) -> set[Any]:
-        async with self._pool.connection() as conn:
-            await conn.execute(
-                q("sandbox_send"),
-                {
-                    "instances": [i[0] for i in items],
-                    "numbers": [i[1] for i in items],
-                    "texts": [i[2] for i in items],
-                    "provider_ids": [i[3] for i in items],
-                },
-            )
+        await record_sandbox_parts(self._pool, items)
         return {i[3] for i in items}
 
     async def send_text(self, *, instance: str, number: str, text: str) -> SentPart:
