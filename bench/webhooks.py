@@ -10,14 +10,17 @@ a fixed schedule (open loop: an answer that comes late does not slow the next po
 Evolution 2.3 posts it, signed with an HS256 JWT:
 
 - `messages.update` DELIVERY_ACK for a part that was just sent (each part once; a status can
-  outrun the part's record and is then kept and applied, as in production);
+  outrun the part's record and is then kept and applied, as in production); when no part was
+  sent since the last one, READ for the oldest delivered part (each once), so the rate holds
+  whatever the sending speed;
 - one in 10 a `send.message` with a fresh id;
 - one in 20 a `messages.upsert` reply from a number that was just sent to.
 
 An answer's time runs from the moment its post was due to the end of the answer. None lost:
-after the run, every DELIVERY_ACK posted is a part at DELIVERY_ACK (or, if its part never
-came, a kept update), every `send.message` a row of `sent_events`, every replying number a lead
-with `last_reply_at`. The figure: p99 under 100 ms, and the messages sent a second meanwhile.
+after the run (and after the inbox is applied), every DELIVERY_ACK and READ posted is in a
+part's status (a part at READ counts for both; a part that never came, in its kept update),
+every `send.message` a row of `sent_events`, every replying number a lead with
+`last_reply_at`. The figure: p99 under 100 ms, and the messages sent a second meanwhile.
 
     uv run python bench/webhooks.py [--url DSN] [--rate 1000] [--seconds 15] [--backlog 150000]
 """
@@ -25,6 +28,7 @@ with `last_reply_at`. The figure: p99 under 100 ms, and the messages sent a seco
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import multiprocessing as mp
 import queue
@@ -172,9 +176,10 @@ async def _evolution(
 ) -> dict[str, Any]:
     latencies: list[float] = []
     failures: dict[str, int] = {}
-    posted = {"status": 0, "sent": 0, "reply": 0}
+    posted = {"status": 0, "read": 0, "sent": 0, "reply": 0}
     replied: set[str] = set()
     sent_parts: list[tuple[str, str]] = []
+    delivered: collections.deque[tuple[str, str]] = collections.deque()
     start.wait()
 
     async def post(client: _Client, due: float, body: bytes, kind: str) -> None:
@@ -225,15 +230,21 @@ async def _evolution(
                     "messageTimestamp": int(time.time()),
                 }
                 body, kind = _body("messages.upsert", data), "reply"
-            elif sent_parts:
-                number, provider_id = sent_parts.pop()
+            elif sent_parts or delivered:
+                if sent_parts:
+                    number, provider_id = sent_parts.pop()
+                    delivered.append((number, provider_id))
+                    status, kind = "DELIVERY_ACK", "status"
+                else:
+                    number, provider_id = delivered.popleft()
+                    status, kind = "READ", "read"
                 data = {
                     "keyId": provider_id,
                     "remoteJid": f"{number}@s.whatsapp.net",
                     "fromMe": True,
-                    "status": "DELIVERY_ACK",
+                    "status": status,
                 }
-                body, kind = _body("messages.update", data), "status"
+                body = _body("messages.update", data)
             else:
                 continue
             tasks.append(asyncio.create_task(post(client, due, body, kind)))
@@ -307,15 +318,20 @@ async def run(url: str, args: Any) -> dict[str, Any]:
     with psycopg.connect(url, autocommit=True) as conn:
         stored = conn.execute(
             "SELECT (SELECT count(*) FROM message_parts WHERE status = 'DELIVERY_ACK'),"
-            " (SELECT count(*) FROM delivery_updates_early),"
+            " (SELECT count(*) FROM message_parts WHERE status = 'READ'),"
+            " (SELECT count(*) FROM delivery_updates_early WHERE status = 'DELIVERY_ACK'),"
+            " (SELECT count(*) FROM delivery_updates_early WHERE status = 'READ'),"
             " (SELECT count(*) FROM sent_events),"
             " (SELECT count(*) FROM leads WHERE last_reply_at IS NOT NULL)"
         ).fetchone()
     assert stored is not None
-    delivered, kept, sent_events, replied = (int(x) for x in stored)
+    delivered, read, kept, kept_read, sent_events, replied = (int(x) for x in stored)
     posted = seen["posted"]
     lost = {
-        "statuses": posted["status"] - (delivered + kept),
+        # A part (or kept update) at READ had its DELIVERY_ACK posted before.
+        "statuses": posted["status"]
+        + posted["read"]
+        - (delivered + 2 * read + kept + 2 * kept_read),
         "send_message": posted["sent"] - sent_events,
         "replies": seen["replied_numbers"] - replied,
         "refused_or_failed": sum(seen["failures"].values()),
@@ -326,7 +342,8 @@ async def run(url: str, args: Any) -> dict[str, Any]:
         "events": seen,
         "stored": {
             "parts_delivered": delivered,
-            "kept_for_later": kept,
+            "parts_read": read,
+            "kept_for_later": kept + kept_read,
             "sent_events": sent_events,
             "leads_replied": replied,
         },
