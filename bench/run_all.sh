@@ -19,4 +19,5 @@ run uv run python bench/context_load.py
 run uv run python bench/memory.py
 run uv run python bench/memory.py --analyze-every 0
 run uv run python bench/claim_cost.py
+run uv run python bench/webhooks.py
 run uv run --with procrastinate --with pgqueuer --with asyncpg python bench/compare_queues.py
