@@ -231,6 +231,8 @@ class Daemon:
             ),
             ("refresh", self._refresh, settings.poll_interval.total_seconds(), None),
             ("probe", self._probe, settings.health_interval.total_seconds(), None),
+            # Held sender numbers are asked again (not their messages); see pool.py.
+            ("recheck", processor.senders.recheck, settings.instance_recheck.total_seconds(), None),
         ]
         if settings.sweep_max_age.total_seconds() > 0:
             jobs.append(("sweep", self.sweep, settings.sweep_interval.total_seconds(), None))

@@ -55,7 +55,13 @@ class Job:
     campaign_instance: str | None
     campaign_status: str
     paced: bool = False
-    gap: tuple[int, int] | None = None
+    # The campaign's gap in seconds (min, max), fractions allowed.
+    gap: tuple[float, float] | None = None
+    # The campaign's pool (None: its one instance), the number the message keeps (set once a
+    # part may have reached the lead through it), and whether any number it may use has limits.
+    campaign_instances: list[str] | None = None
+    sender_instance: str | None = None
+    sender_limits: bool = False
     context: dict[str, Any] | None = None
     lost: bool = False
     claimed_at: float = field(default_factory=time.monotonic)
@@ -93,9 +99,12 @@ class Job:
             campaign_instance=row["campaign_instance"],
             campaign_status=row["campaign_status"],
             paced=row["paced"],
-            gap=(row["gap_min_seconds"], row["gap_max_seconds"])
+            gap=(float(row["gap_min_seconds"]), float(row["gap_max_seconds"]))
             if row["gap_max_seconds"]
             else None,
+            campaign_instances=row.get("campaign_instances"),
+            sender_instance=row.get("sender_instance"),
+            sender_limits=bool(row.get("sender_limits")),
             campaign_fallbacks=row.get("campaign_fallbacks"),
             campaign_budget=None if budget is None else float(budget),
             campaign_spent=0.0 if spent is None else float(spent),

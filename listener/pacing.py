@@ -27,6 +27,18 @@ class Wait:
     reason: str
 
 
+@dataclass(frozen=True, slots=True)
+class PickedSender:
+    """listener_pick_sender's answer: the number (None: none available), whether the message
+    may go (at `slot_at`), else until when it waits and why."""
+
+    instance: str | None
+    go: bool
+    slot_at: datetime | None
+    wait_until: datetime | None
+    reason: str | None
+
+
 class InstanceHealth:
     """Each sender instance's connection state, asked of the provider at most once per `ttl`
     seconds. A state check that fails says nothing (the send itself will tell); only a state
@@ -72,6 +84,15 @@ class InstanceHealth:
         """When the instance's hold ends (monotonic), while it is held."""
         held = self._holds.get(instance)
         return held[1] if held is not None and held[1] > time.monotonic() else None
+
+    def read_at(self, instance: str) -> float | None:
+        """When (monotonic) the instance's cached state was read."""
+        cached = self._cache.get(instance)
+        return None if cached is None else cached[1]
+
+    def forget(self, instance: str) -> None:
+        """Drop the cached state (not a timed hold): the next `state` asks the provider."""
+        self._cache.pop(instance, None)
 
     def known(self) -> dict[str, tuple[str, float]]:
         """Each instance's last state and when it was read (monotonic), for the status page."""

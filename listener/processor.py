@@ -39,8 +39,9 @@ from listener.outcomes import (
     check_start,
     outcome,
 )
-from listener.pacing import InstanceHealth, Wait
+from listener.pacing import InstanceHealth
 from listener.phones import mask_phone
+from listener.pool import QUIET_WAITS, Senders
 from listener.providers.base import LLM, Sender, SentFinder, SentPart
 from listener.settings import Settings
 from listener.split import UnsplittableReply, split_content
@@ -87,6 +88,7 @@ class Processor:
         self.instances = InstanceHealth(
             sender.connection_state, settings.instance_check_ttl.total_seconds()
         )
+        self.senders = Senders(settings, self.store, self.instances)
         self.wake = asyncio.Event()
         self._held: dict[UUID, Job] = {}
         self._tasks: dict[UUID, asyncio.Task[None]] = {}
@@ -277,12 +279,10 @@ class Processor:
 
     async def _journey(self, job: Job) -> str:
         """Take one message to an outcome; returns the outcome's name."""
-        instance = job.campaign_instance or self.settings.evolution_instance or "sandbox"
+        instance = job.sender_instance or self.senders.pool(job)[0]
         try:
             number = check_start(job)
-            if await self.instances.is_down(instance):
-                until = datetime.now(UTC) + self.settings.instance_recheck
-                raise MustWait(Wait(until, self.instances.wait_reason(instance)))
+            instance = await self.senders.check(job)  # nothing spent while no number can send
             # A message that has begun is finished: its window and cap were judged when its
             # first part went out, and its remaining parts are not held to them.
             paced = job.paced and job.parts_sent == 0
@@ -292,6 +292,7 @@ class Processor:
             parts = await self._parts(job)
             if resumed:
                 await self._settle_uncertain(job, instance, number, parts)
+            instance = await self.senders.book(job, instance)  # the number and its slot
             await self._send_parts(job, instance, number, parts)
         except LeaseLost:
             raise
@@ -301,10 +302,13 @@ class Processor:
             if isinstance(exc, InstanceMissingError):
                 closed = isinstance(exc, InstanceClosedError)
                 self.instances.mark(instance, "close" if closed else "missing")
+                await self.senders.hold(instance)
             if isinstance(exc, UncertainDeliveryError):
                 job.uncertain_sends = await self.store.note_uncertain(job)
             result = outcome(exc, job, self.settings, datetime.now(UTC))
             await self.store.finish(result.finish, job)
+            if isinstance(exc, MustWait):
+                await self.senders.spread(job, exc.wait)
             _log_outcome(job, result, exc)
             return result.name
         if log.isEnabledFor(logging.INFO):
@@ -390,11 +394,11 @@ class Processor:
                 await asyncio.sleep(delay)
             if self._past_grace:
                 raise StopBetweenParts()
-            # A paced instance: the gap is taken right before each try of the first part (a
-            # rate-limit wait in between takes a fresh one), and stamped again once it is
-            # accepted, so the spacing holds from the real send, not from the booking.
-            gap = job.gap if index == 0 else None
-            take_gap = (lambda gap=gap: self.store.take_gap(instance, gap)) if gap else None
+            # The first part's slot was booked (Senders.book); a try after a rate-limit wait
+            # books a fresh one, and its acceptance is stamped, so the spacing holds from the
+            # real send, not from the booking.
+            first_part = index == 0
+            before = self.senders.before_retry(job, instance) if first_part else None
 
             async def send(text: str = parts[index]) -> SentPart:
                 # From here until the part is recorded, a shutdown lets the task finish.
@@ -406,7 +410,7 @@ class Processor:
                     self.calls.sender,
                     send,
                     check=lambda: self._check(job),
-                    before=take_gap,
+                    before=before,
                 )
                 # An accepted part is recorded before any other write.
                 final = index == len(parts) - 1
@@ -416,9 +420,9 @@ class Processor:
                 job.sending = False
             job.parts_sent = index + 1
             self.metrics.parts_sent.inc()
-            if gap:
+            if first_part and job.gap:
                 try:
-                    await self.store.gap_sent(instance, gap)
+                    await self.senders.sent(instance, job.gap)
                 except psycopg.Error as exc:  # the booking taken before the send still holds
                     log.warning(
                         "could not stamp the gap after a send: %s",
@@ -510,8 +514,8 @@ def _log_outcome(job: Job, result: Outcome, error: BaseException) -> None:
             extra={"action": "message_retry", "attempt": job.attempts, **ids},
         )
     elif result.name == "deferred" and finish.scheduled_at is not None:
-        if finish.wait_reason == "budget":
-            return  # logged once per campaign by the writer, not once per message
+        if finish.wait_reason in QUIET_WAITS:
+            return  # logged once per episode (pool.py, the writer), not once per message
         log.info(
             "message waits until %s (%s)",
             finish.scheduled_at.isoformat(timespec="seconds"),

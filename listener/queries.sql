@@ -27,6 +27,8 @@ UPDATE campaign_messages m
    SET status = 'processing',
        attempts = m.attempts + 1,
        cap_day = CASE WHEN m.parts_sent > 0 THEN m.cap_day END,  -- a stale cap slot is dropped (migrations: cap slots)
+       -- A number is kept only by a message that may have reached the lead through it.
+       instance = CASE WHEN m.parts_sent > 0 OR m.uncertain_sends > 0 THEN m.instance END,
        locked_by = %(worker)s,
        locked_until = now() + %(lease)s,
        started_at = now(),
@@ -40,7 +42,11 @@ RETURNING m.id, m.campaign_id, m.lead_id, m.attempts, m.content, m.parts, m.part
            OR c.daily_cap IS NOT NULL) AS paced,
           c.gap_min_seconds, c.gap_max_seconds,
           c.fallback_models AS campaign_fallbacks, c.budget_usd AS campaign_budget,
-          c.spent_usd AS campaign_spent
+          c.spent_usd AS campaign_spent,
+          c.instances AS campaign_instances, m.instance AS sender_instance,
+          EXISTS (SELECT 1 FROM sender_instances s
+                   WHERE s.name = ANY (c.instances) OR s.name = c.instance
+                      OR (c.instance IS NULL AND c.instances IS NULL)) AS sender_limits
 
 -- lead_contexts --
 -- Every lead's context for a whole batch in one round trip.
@@ -240,13 +246,91 @@ SELECT mark_old_campaign_messages_as_skipped(%(max_age)s) AS skipped
 SELECT go, wait_until, reason, cap_day
   FROM listener_pace_start(%(campaign_id)s, %(message_id)s, now())
 
--- take_gap --
--- Take the sender instance's next slot right before a message's first part goes out.
-SELECT go, wait_until FROM listener_take_gap(%(instance)s, %(min)s, %(max)s, now())
+-- ==============================================================================================
+-- Sender pools: which number, its slot, its holds (the rules are SQL functions in migrations/)
+-- ==============================================================================================
 
--- gap_sent --
--- A message's first part was accepted through the instance: its next send waits a gap from now.
-SELECT listener_gap_sent(%(instance)s, %(min)s, %(max)s, now())
+-- pick_sender --
+-- The number of its pool a message goes through and whether it may go now; with `book`, its
+-- slot is booked (sticky sender, soonest free number, gap, caps: see 0009_sender_pools.sql).
+SELECT instance, go, slot_at, wait_until, reason
+  FROM listener_pick_sender(%(message_id)s, %(pool)s::text[], %(own)s, %(min)s::numeric,
+                            %(max)s::numeric, %(horizon)s::numeric, %(warmup)s::integer[],
+                            %(default_instance)s, %(book)s, now())
+
+-- retake_gap --
+-- Book the number's next slot again (a rate-limit wait came between the booking and the send).
+SELECT go, slot_at, wait_until
+  FROM listener_take_gap_v2(%(instance)s, %(min)s::numeric, %(max)s::numeric,
+                            %(horizon)s::numeric, now())
+
+-- stamp_gap --
+-- A message's first part was accepted through the number: its next send waits a gap from now.
+SELECT listener_gap_sent_v2(%(instance)s, %(min)s::numeric, %(max)s::numeric, now())
+
+-- hold_sender --
+-- Hold a number that is not connected, missing or restricted, and move the messages it holds
+-- up out of the claim's way (once; a listener asks the number again, not its messages).
+SELECT began, deferred
+  FROM listener_hold_sender(%(instance)s, %(reason)s, %(until)s, %(backstop)s, %(seen_at)s,
+                            %(default_instance)s, now())
+
+-- sender_released --
+-- Was the number released after a state read that said it was down (the read is stale)?
+SELECT held_reason IS NULL AND released_at > %(seen_at)s FROM listener_instances
+ WHERE instance = %(instance)s
+
+-- held_due --
+-- The held numbers due to be asked again; taken by one listener at a time (the next ask is
+-- booked in the same statement).
+UPDATE listener_instances i
+   SET held_until = now() + %(recheck)s::interval
+  FROM (SELECT instance FROM listener_instances
+         WHERE held_reason IS NOT NULL AND held_until <= now()
+           FOR UPDATE SKIP LOCKED) due
+ WHERE i.instance = due.instance
+RETURNING i.instance, i.held_reason
+
+-- release_sender --
+-- The number is back: end its hold and make the messages that waited for it due now.
+SELECT listener_release_sender(%(instance)s, %(default_instance)s, now()) AS woken
+
+-- defer_campaign --
+-- A hold of the whole campaign (its window, its daily cap, its budget) found by one message:
+-- its other due messages that have not started wait too, in one statement, instead of each
+-- being claimed and put back. A budget holds only the messages that still need the LLM.
+UPDATE campaign_messages m
+   SET scheduled_at = %(until)s, wait_reason = %(reason)s, updated_at = now()
+ WHERE m.campaign_id = %(campaign_id)s AND m.status = 'pending' AND m.parts_sent = 0
+   AND m.scheduled_at < %(until)s AND m.wait_reason IS DISTINCT FROM 'paused'
+   AND (%(reason)s <> 'budget'
+        OR (m.parts IS NULL AND (m.content IS NULL OR btrim(m.content) = '')))
+
+-- stats_senders --
+-- Per number: today's sends against its caps and warm-up, its next free slot and its state,
+-- for every number a campaign that is not archived names, and every number with limits.
+WITH names AS (
+    SELECT DISTINCT unnest(listener_pool_of(c, %(default_instance)s)) AS name
+      FROM campaigns c WHERE c.status <> 'archived'
+    UNION
+    SELECT name FROM sender_instances
+    UNION
+    SELECT instance FROM listener_instances WHERE held_reason IS NOT NULL
+)
+SELECT n.name AS instance, r.sent_today, r.day_cap, r.sent_hour, r.hour_cap,
+       CASE WHEN r.reason IS NOT NULL THEN r.free_at END AS cap_until,
+       s.daily_cap, s.warmup_started_on, COALESCE(s.enabled, true) AS enabled,
+       greatest(i.next_send_at, now()) AS next_slot,
+       i.held_reason, i.held_since, i.held_until,
+       (SELECT count(*) FROM message_parts p
+         WHERE p.instance = n.name AND p.part_no = 0
+           AND p.sent_at >= now() - interval '1 day')::integer AS sent_last_day
+  FROM names n
+  LEFT JOIN sender_instances s ON s.name = n.name
+  LEFT JOIN listener_instances i ON i.instance = n.name
+  CROSS JOIN LATERAL listener_sender_room(n.name, NULL, %(warmup)s::integer[],
+                                          %(default_instance)s, now()) r
+ ORDER BY n.name
 
 -- ==============================================================================================
 -- The LISTEN connection and health

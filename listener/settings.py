@@ -115,6 +115,29 @@ def parse_models(value: Any) -> tuple[str, ...]:
 Models = Annotated[tuple[str, ...], NoDecode, BeforeValidator(parse_models)]
 
 
+def parse_warmup(value: Any) -> tuple[int, ...]:
+    """LISTENER_WARMUP: messages a day for each day of a number's warm-up, comma-separated
+    whole numbers above zero (`20,30,45`); empty: no warm-up caps."""
+    items = value.split(",") if isinstance(value, str) else list(value)
+    texts = [str(item).strip() for item in items]
+    texts = [] if texts == [""] else texts
+    caps: list[int] = []
+    for text in texts:
+        if not text.isdigit() or int(text) <= 0:
+            raise ValueError(
+                "must be whole numbers above zero separated by commas, one per day of the "
+                f"warm-up (e.g. 20,30,45), got {text!r}"
+            )
+        caps.append(int(text))
+    return tuple(caps)
+
+
+Warmup = Annotated[tuple[int, ...], NoDecode, BeforeValidator(parse_warmup)]
+
+#: The warm-up of a new number: messages a day on each day since it started (DESIGN.md).
+DEFAULT_WARMUP = (20, 30, 45, 60, 80, 100, 130, 160, 200)
+
+
 def _default_worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
 
@@ -203,6 +226,8 @@ class Settings(BaseSettings):
     instance_recheck: Duration = Field(
         timedelta(seconds=60), validation_alias="LISTENER_INSTANCE_RECHECK"
     )
+    # Sender pools: the daily cap of a warming number, day by day since warmup_started_on.
+    warmup: Warmup = Field(DEFAULT_WARMUP, validation_alias="LISTENER_WARMUP")
     # Delivery feedback (Evolution webhooks): the receiver is on when the secret is set.
     webhook_secret: SecretStr | None = Field(None, validation_alias="LISTENER_WEBHOOK_SECRET")
     webhook_host: str = Field("0.0.0.0", validation_alias="LISTENER_WEBHOOK_HOST")

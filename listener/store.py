@@ -30,7 +30,7 @@ from psycopg_pool import AsyncConnectionPool
 from listener.batch import GroupCommit
 from listener.errors import DataRefusedError
 from listener.jobs import Finish, Job, RecordPart, StoreParts, Usage
-from listener.pacing import Wait
+from listener.pacing import PickedSender, Wait
 from listener.queries import q
 from listener.settings import Settings
 from listener.text import clean_text
@@ -402,31 +402,108 @@ class Store:
         go, until, reason, _ = row
         return None if go else Wait(until, reason)
 
-    async def take_gap(self, instance: str, gap: tuple[int, int]) -> Wait | None:
-        """Take the instance's next send slot; a wait of under half a second is slept through."""
-        until = None
-        for _ in range(3):
-            async with self.pool.connection() as conn:
-                cur = await conn.execute(
-                    q("take_gap"), {"instance": instance, "min": gap[0], "max": gap[1]}
-                )
-                row = await cur.fetchone()
-            assert row is not None
-            go, until = row
-            if go:
-                return None
-            remaining = (until - datetime.now(until.tzinfo)).total_seconds()
-            if remaining > 0.5:
-                break
-            await asyncio.sleep(max(remaining, 0.0))
-        assert until is not None
-        return Wait(until, "gap")
+    # ----------------------------------------------------------------------------------------
+    # Sender pools: the number, its slot, its holds (see pool.py; the rules are SQL functions)
+    # ----------------------------------------------------------------------------------------
 
-    async def gap_sent(self, instance: str, gap: tuple[int, int]) -> None:
-        """The first part was accepted: the next message through this instance goes a whole
+    async def pick_sender(
+        self,
+        job: Job,
+        pool: list[str],
+        *,
+        own: str | None,
+        horizon: float,
+        book: bool,
+    ) -> PickedSender:
+        """The number of `pool` the message goes through and when; with `book`, its slot is
+        taken (atomic across listeners: the candidates' rows are locked)."""
+        gap = job.gap or (None, None)
+        params = {
+            "message_id": job.id,
+            "pool": pool,
+            "own": own,
+            "min": gap[0],
+            "max": gap[1],
+            "horizon": horizon,
+            "warmup": list(self.settings.warmup),
+            "default_instance": self.settings.evolution_instance,
+            "book": book,
+        }
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(q("pick_sender"), params)
+            row = await cur.fetchone()
+        assert row is not None
+        return PickedSender(*row)
+
+    async def retake_gap(
+        self, instance: str, gap: tuple[float, float], horizon: float
+    ) -> tuple[datetime | None, datetime | None]:
+        """Book the number's next slot again: (slot, None), or (None, when to come back)."""
+        params = {"instance": instance, "min": gap[0], "max": gap[1], "horizon": horizon}
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(q("retake_gap"), params)
+            row = await cur.fetchone()
+        assert row is not None
+        go, slot, until = row
+        return (slot, None) if go else (None, until)
+
+    async def stamp_gap(self, instance: str, gap: tuple[float, float]) -> None:
+        """The first part was accepted: the next message through this number goes a whole
         gap after this send, even if the send came late for its booking."""
         async with self.pool.connection() as conn:
-            await conn.execute(q("gap_sent"), {"instance": instance, "min": gap[0], "max": gap[1]})
+            await conn.execute(q("stamp_gap"), {"instance": instance, "min": gap[0], "max": gap[1]})
+
+    async def hold_sender(
+        self, instance: str, reason: str, until: datetime, backstop: datetime, seen_at: datetime
+    ) -> tuple[bool, int] | None:
+        """Hold a number in the database and move its waiting messages out of the claim's way:
+        (whether this began the hold, messages moved), or None when the state read is older
+        than the number's last release (it is back; read it again)."""
+        params = {
+            "instance": instance,
+            "reason": reason,
+            "until": until,
+            "backstop": backstop,
+            "seen_at": seen_at,
+            "default_instance": self.settings.evolution_instance,
+        }
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(q("hold_sender"), params)
+            row = await cur.fetchone()
+        assert row is not None
+        began, moved = row
+        if not began and moved == 0 and await self._released_after(instance, seen_at):
+            return None
+        return bool(began), int(moved)
+
+    async def _released_after(self, instance: str, seen_at: datetime) -> bool:
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(
+                q("sender_released"), {"instance": instance, "seen_at": seen_at}
+            )
+            row = await cur.fetchone()
+        return bool(row and row[0])
+
+    async def held_due(self, recheck: timedelta) -> list[tuple[str, str]]:
+        """The held numbers due to be asked again (their next ask is booked meanwhile)."""
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(q("held_due"), {"recheck": recheck})
+            return [(row[0], row[1]) for row in await cur.fetchall()]
+
+    async def release_sender(self, instance: str) -> int:
+        """End a number's hold; returns how many waiting messages became due."""
+        params = {"instance": instance, "default_instance": self.settings.evolution_instance}
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(q("release_sender"), params)
+            row = await cur.fetchone()
+        return int(row[0]) if row else 0
+
+    async def defer_campaign(self, campaign_id: UUID, wait: Wait) -> int:
+        """A hold of the whole campaign: its other due, unstarted messages wait with it."""
+        params = {"campaign_id": campaign_id, "until": wait.until, "reason": wait.reason}
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(q("defer_campaign"), params)
+            return cur.rowcount
 
 
 # --------------------------------------------------------------------------------------------

@@ -402,6 +402,52 @@ CREATE FUNCTION public.get_lead_full_context(lead_ids uuid[], history_limit inte
 $$;
 
 --
+-- Name: listener_defer_held(text, timestamp with time zone, text, timestamp with time zone); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.listener_defer_held(p_instance text, p_backstop timestamp with time zone, p_default text, p_at timestamp with time zone) RETURNS integer
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+    moved integer;
+BEGIN
+    WITH affected AS (
+        SELECT c.id, listener_pool_of(c, p_default) AS pool
+          FROM campaigns c
+         WHERE c.status <> 'archived' AND p_instance = ANY (listener_pool_of(c, p_default))
+    ), blocked AS (
+        -- Campaigns none of whose numbers can send.
+        SELECT a.id, cardinality(a.pool) AS size
+          FROM affected a
+         WHERE NOT EXISTS (
+             SELECT 1 FROM unnest(a.pool) AS n
+              WHERE NOT EXISTS (SELECT 1 FROM sender_instances s
+                                 WHERE s.name = n AND NOT s.enabled)
+                AND NOT EXISTS (SELECT 1 FROM listener_instances h
+                                 WHERE h.instance = n AND h.held_reason IS NOT NULL))
+    ), moved_rows AS (
+        UPDATE campaign_messages m
+           SET scheduled_at = p_backstop,
+               wait_reason = CASE
+                   WHEN m.parts_sent > 0 OR b.size = 1 THEN
+                       (SELECT h.held_reason FROM listener_instances h
+                         WHERE h.instance = p_instance)
+                   ELSE 'no sender' END,
+               updated_at = now()
+          FROM affected a LEFT JOIN blocked b ON b.id = a.id
+         WHERE m.campaign_id = a.id AND m.status = 'pending'
+           AND m.wait_reason IS DISTINCT FROM 'paused'
+           AND m.scheduled_at <= p_at
+           AND ((m.parts_sent > 0 AND COALESCE(m.instance, a.pool[1]) = p_instance)
+                OR (m.parts_sent = 0 AND b.id IS NOT NULL))
+        RETURNING 1
+    )
+    SELECT count(*) INTO moved FROM moved_rows;
+    RETURN moved;
+END
+$$;
+
+--
 -- Name: listener_gap_sent(text, integer, integer, timestamp with time zone); Type: FUNCTION; Schema: public; Owner: -
 --
 
@@ -413,6 +459,49 @@ CREATE FUNCTION public.listener_gap_sent(p_instance text, p_min integer, p_max i
     ON CONFLICT (instance) DO UPDATE
        SET next_send_at = greatest(i.next_send_at, EXCLUDED.next_send_at),
            updated_at = now()
+$$;
+
+--
+-- Name: listener_gap_sent_v2(text, numeric, numeric, timestamp with time zone); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.listener_gap_sent_v2(p_instance text, p_min numeric, p_max numeric, p_at timestamp with time zone) RETURNS void
+    LANGUAGE sql
+    AS $$
+    INSERT INTO listener_instances AS i (instance, next_send_at, updated_at)
+    VALUES (p_instance, p_at + make_interval(secs => p_min + random() * (p_max - p_min)), now())
+    ON CONFLICT (instance) DO UPDATE
+       SET next_send_at = greatest(i.next_send_at, EXCLUDED.next_send_at),
+           updated_at = now()
+$$;
+
+--
+-- Name: listener_hold_sender(text, text, timestamp with time zone, timestamp with time zone, timestamp with time zone, text, timestamp with time zone); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.listener_hold_sender(p_instance text, p_reason text, p_until timestamp with time zone, p_backstop timestamp with time zone, p_seen_at timestamp with time zone, p_default text, p_at timestamp with time zone) RETURNS TABLE(began boolean, deferred integer)
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+    i listener_instances;
+    moved integer;
+BEGIN
+    INSERT INTO listener_instances (instance) VALUES (p_instance) ON CONFLICT DO NOTHING;
+    SELECT * INTO i FROM listener_instances WHERE instance = p_instance FOR UPDATE;
+    IF i.held_reason IS NULL AND i.released_at IS NOT NULL AND i.released_at > p_seen_at THEN
+        RETURN QUERY SELECT false, 0;
+        RETURN;
+    END IF;
+    UPDATE listener_instances
+       SET held_reason = p_reason,
+           held_since = COALESCE(held_since, p_at),
+           held_until = CASE WHEN held_reason IS NULL THEN p_until
+                             ELSE greatest(held_until, p_until) END,
+           updated_at = now()
+     WHERE instance = p_instance;
+    moved := listener_defer_held(p_instance, p_backstop, p_default, p_at);
+    RETURN QUERY SELECT i.held_reason IS NULL, moved;
+END
 $$;
 
 --
@@ -471,6 +560,316 @@ END
 $$;
 
 --
+-- Name: listener_pick_sender(uuid, text[], text, numeric, numeric, numeric, integer[], text, boolean, timestamp with time zone); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.listener_pick_sender(p_message uuid, p_pool text[], p_own text, p_min numeric, p_max numeric, p_horizon numeric, p_warmup integer[], p_default text, p_book boolean, p_at timestamp with time zone) RETURNS TABLE(instance text, go boolean, slot_at timestamp with time zone, wait_until timestamp with time zone, reason text)
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+    lead uuid;
+    sticky text;
+    candidates text[];
+    best text;
+    best_free timestamptz;
+    best_reason text;
+    r record;
+    room record;
+    free timestamptz;
+    why text;
+    held_end timestamptz;
+    waiting integer;
+    gap numeric := COALESCE((p_min + p_max) / 2.0, 0);
+BEGIN
+    IF p_own IS NOT NULL THEN
+        candidates := ARRAY[p_own];
+    ELSE
+        candidates := p_pool;
+    END IF;
+    -- Available: not disabled, not held.
+    SELECT array_agg(n ORDER BY n) INTO candidates
+      FROM unnest(candidates) AS n
+     WHERE NOT EXISTS (SELECT 1 FROM sender_instances s WHERE s.name = n AND NOT s.enabled)
+       AND NOT EXISTS (SELECT 1 FROM listener_instances i
+                        WHERE i.instance = n AND i.held_reason IS NOT NULL);
+    IF candidates IS NULL THEN
+        -- Nothing to send through: wait for the first hold that ends (a listener asks held
+        -- numbers again and makes their messages due when one is back).
+        SELECT min(i.held_until), min(i.held_reason) INTO held_end, why
+          FROM listener_instances i
+         WHERE i.instance = ANY (COALESCE(ARRAY[p_own], p_pool)) AND i.held_reason IS NOT NULL;
+        IF p_own IS NOT NULL OR cardinality(p_pool) = 1 THEN
+            why := COALESCE(why, 'no sender');
+        ELSE
+            why := 'no sender';
+        END IF;
+        RETURN QUERY SELECT NULL::text, false, NULL::timestamptz,
+                            greatest(COALESCE(held_end, p_at), p_at + interval '1 minute'), why;
+        RETURN;
+    END IF;
+    -- Sticky: the number of the lead's latest sent message, if it is a candidate.
+    IF p_own IS NULL AND p_message IS NOT NULL AND cardinality(candidates) > 1 THEN
+        SELECT m.lead_id INTO lead FROM campaign_messages m WHERE m.id = p_message;
+        SELECT COALESCE(h.instance,
+                        (SELECT p.instance FROM message_parts p
+                          WHERE p.message_id = h.id ORDER BY p.part_no LIMIT 1))
+          INTO sticky
+          FROM campaign_messages h
+         WHERE h.lead_id = lead AND h.sent_at IS NOT NULL AND h.id <> p_message
+         ORDER BY h.sent_at DESC
+         LIMIT 1;
+        IF sticky = ANY (candidates) THEN
+            candidates := ARRAY[sticky];
+        END IF;
+    END IF;
+    IF p_book THEN
+        INSERT INTO listener_instances (instance)
+        SELECT n FROM unnest(candidates) AS n ORDER BY n
+        ON CONFLICT DO NOTHING;
+        PERFORM 1 FROM listener_instances i
+          WHERE i.instance = ANY (candidates) ORDER BY i.instance FOR UPDATE;
+    END IF;
+    FOR r IN
+        SELECT n AS name, COALESCE(i.next_send_at, '-infinity') AS next_at,
+               i.last_booked_at
+          FROM unnest(candidates) AS n
+          LEFT JOIN listener_instances i ON i.instance = n
+         ORDER BY i.last_booked_at NULLS FIRST, n
+    LOOP
+        SELECT * INTO room FROM listener_sender_room(r.name, p_message, p_warmup, p_default, p_at);
+        free := room.free_at;
+        why := room.reason;
+        IF p_own IS NULL AND r.next_at > free THEN
+            free := r.next_at;
+            why := 'gap';
+        END IF;
+        IF best IS NULL OR free < best_free THEN
+            best := r.name;
+            best_free := free;
+            best_reason := why;
+        END IF;
+    END LOOP;
+    IF p_own IS NOT NULL THEN
+        -- A started message: its remaining parts are not held to the gap (nor the caps).
+        RETURN QUERY SELECT best, true, p_at, NULL::timestamptz, NULL::text;
+        RETURN;
+    END IF;
+    IF best_reason = 'sender cap' OR best_free > p_at + make_interval(secs => p_horizon) THEN
+        IF best_reason = 'gap' THEN
+            UPDATE listener_instances i
+               SET refused = CASE WHEN i.refused_for = best_free THEN i.refused + 1 ELSE 1 END,
+                   refused_for = best_free
+             WHERE i.instance = best
+            RETURNING i.refused INTO waiting;
+            best_free := best_free + make_interval(
+                secs => random() * (waiting - 1)
+                        * greatest(gap / cardinality(candidates), 0.01));
+        END IF;
+        RETURN QUERY SELECT best, false, NULL::timestamptz, best_free, best_reason;
+        RETURN;
+    END IF;
+    IF NOT p_book THEN
+        RETURN QUERY SELECT best, true, best_free, NULL::timestamptz, NULL::text;
+        RETURN;
+    END IF;
+    UPDATE listener_instances i
+       SET next_send_at = CASE WHEN p_max IS NULL THEN i.next_send_at
+                               ELSE best_free + make_interval(
+                                   secs => p_min + random() * (p_max - p_min)) END,
+           last_booked_at = clock_timestamp(),
+           updated_at = now()
+     WHERE i.instance = best;
+    UPDATE campaign_messages m SET instance = best WHERE m.id = p_message;
+    RETURN QUERY SELECT best, true, best_free, NULL::timestamptz, NULL::text;
+END
+$$;
+
+--
+-- Name: listener_valid_pool(text[]); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.listener_valid_pool(p_pool text[]) RETURNS boolean
+    LANGUAGE sql IMMUTABLE
+    AS $$
+    SELECT p_pool IS NULL
+        OR (cardinality(p_pool) > 0
+            AND array_position(p_pool, NULL) IS NULL
+            AND NOT EXISTS (SELECT 1 FROM unnest(p_pool) AS n WHERE btrim(n) = '')
+            AND (SELECT count(DISTINCT n) FROM unnest(p_pool) AS n) = cardinality(p_pool))
+$$;
+
+SET default_tablespace = '';
+
+SET default_table_access_method = heap;
+
+--
+-- Name: campaigns; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.campaigns (
+    id uuid DEFAULT gen_random_uuid() NOT NULL,
+    name text NOT NULL,
+    prompt text,
+    model text,
+    instance text,
+    status text DEFAULT 'active'::text NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    updated_at timestamp with time zone,
+    send_window_start time without time zone,
+    send_window_end time without time zone,
+    send_timezone text DEFAULT 'America/Sao_Paulo'::text NOT NULL,
+    send_days smallint[],
+    daily_cap integer,
+    gap_min_seconds numeric,
+    gap_max_seconds numeric,
+    stop_on_reply boolean DEFAULT true NOT NULL,
+    fallback_models text[],
+    budget_usd numeric(14,6),
+    spent_usd numeric(18,10) DEFAULT 0 NOT NULL,
+    instances text[],
+    CONSTRAINT campaigns_budget_check CHECK (((budget_usd IS NULL) OR (budget_usd >= (0)::numeric))),
+    CONSTRAINT campaigns_cap_check CHECK (((daily_cap IS NULL) OR (daily_cap >= 0))),
+    CONSTRAINT campaigns_days_check CHECK (((send_days IS NULL) OR ((send_days <@ ARRAY[(1)::smallint, (2)::smallint, (3)::smallint, (4)::smallint, (5)::smallint, (6)::smallint, (7)::smallint]) AND (cardinality(send_days) > 0)))),
+    CONSTRAINT campaigns_gap_check CHECK ((((gap_min_seconds IS NULL) = (gap_max_seconds IS NULL)) AND ((gap_min_seconds IS NULL) OR ((gap_min_seconds >= (0)::numeric) AND (gap_max_seconds >= gap_min_seconds))))),
+    CONSTRAINT campaigns_instances_must_be_distinct_names CHECK (public.listener_valid_pool(instances)),
+    CONSTRAINT campaigns_status_check CHECK ((status = ANY (ARRAY['active'::text, 'paused'::text, 'archived'::text]))),
+    CONSTRAINT campaigns_timezone_check CHECK ((('2000-01-01 00:00:00+00'::timestamp with time zone AT TIME ZONE send_timezone) IS NOT NULL)),
+    CONSTRAINT campaigns_window_check CHECK ((((send_window_start IS NULL) = (send_window_end IS NULL)) AND ((send_window_start IS NULL) OR (send_window_start <> send_window_end))))
+);
+
+--
+-- Name: COLUMN campaigns.gap_min_seconds; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.campaigns.gap_min_seconds IS 'least time between two messages through one number of the campaign, in seconds (0.25 is allowed); a random gap in [min, max] is drawn for each message';
+
+--
+-- Name: COLUMN campaigns.fallback_models; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.campaigns.fallback_models IS 'models OpenRouter tries in order after the primary; NULL = LISTENER_FALLBACK_MODELS';
+
+--
+-- Name: COLUMN campaigns.budget_usd; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.campaigns.budget_usd IS 'once spent_usd reaches it, messages that still need the LLM wait (wait_reason budget)';
+
+--
+-- Name: COLUMN campaigns.spent_usd; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.campaigns.spent_usd IS 'sum of campaign_messages.cost_usd, kept by the listener''s writes that store the usage';
+
+--
+-- Name: COLUMN campaigns.instances; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.campaigns.instances IS 'the pool of sender instances (WhatsApp numbers) the campaign sends through; NULL: instance, then EVOLUTION_INSTANCE';
+
+--
+-- Name: listener_pool_of(public.campaigns, text); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.listener_pool_of(c public.campaigns, p_default text) RETURNS text[]
+    LANGUAGE sql STABLE
+    AS $$
+    SELECT COALESCE(c.instances, ARRAY[COALESCE(c.instance, p_default, 'sandbox')])
+$$;
+
+--
+-- Name: listener_release_sender(text, text, timestamp with time zone); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.listener_release_sender(p_instance text, p_default text, p_at timestamp with time zone) RETURNS integer
+    LANGUAGE plpgsql
+    AS $$
+BEGIN
+    UPDATE listener_instances
+       SET held_reason = NULL, held_since = NULL, held_until = NULL, released_at = p_at,
+           updated_at = now()
+     WHERE instance = p_instance;
+    RETURN listener_wake_sender(p_instance, p_default,
+                                ARRAY['instance down', 'instance restricted', 'no sender'], p_at);
+END
+$$;
+
+--
+-- Name: listener_sender_room(text, uuid, integer[], text, timestamp with time zone); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.listener_sender_room(p_instance text, p_message uuid, p_warmup integer[], p_default text, p_at timestamp with time zone) RETURNS TABLE(free_at timestamp with time zone, reason text, sent_today integer, day_cap integer, sent_hour integer, hour_cap integer)
+    LANGUAGE plpgsql STABLE
+    AS $$
+DECLARE
+    s sender_instances;
+    tz text;
+    local_now timestamp;
+    day_start timestamptz;
+    hour_start timestamptz;
+    warm integer;
+    today integer;
+    this_hour integer;
+    cap integer;
+    going integer;
+    day_index integer;
+BEGIN
+    SELECT * INTO s FROM sender_instances WHERE name = p_instance;
+    IF NOT FOUND OR (s.daily_cap IS NULL AND s.hourly_cap IS NULL
+                     AND s.warmup_started_on IS NULL) THEN
+        RETURN QUERY SELECT p_at, NULL::text, NULL::integer, NULL::integer, NULL::integer,
+                            NULL::integer;
+        RETURN;
+    END IF;
+    tz := listener_sender_timezone(p_instance, p_default);
+    local_now := p_at AT TIME ZONE tz;
+    day_start := date_trunc('day', local_now) AT TIME ZONE tz;
+    hour_start := date_trunc('hour', local_now) AT TIME ZONE tz;
+    IF s.warmup_started_on IS NOT NULL THEN
+        day_index := greatest(local_now::date - s.warmup_started_on, 0);
+        IF day_index < COALESCE(cardinality(p_warmup), 0) THEN
+            warm := p_warmup[day_index + 1];
+        END IF;
+    END IF;
+    cap := least(s.daily_cap, warm);  -- least() ignores NULLs: the smaller one that is set
+    SELECT count(*) FILTER (WHERE p.sent_at >= day_start),
+           count(*) FILTER (WHERE p.sent_at >= hour_start)
+      INTO today, this_hour
+      FROM message_parts p
+     WHERE p.instance = p_instance AND p.part_no = 0 AND p.sent_at >= day_start
+       AND p.sent_at <= p_at;
+    SELECT count(*) INTO going
+      FROM campaign_messages m
+     WHERE m.status = 'processing' AND m.instance = p_instance AND m.parts_sent = 0
+       AND m.id <> COALESCE(p_message, '00000000-0000-0000-0000-000000000000'::uuid);
+    today := today + going;
+    this_hour := this_hour + going;
+    IF cap IS NOT NULL AND today >= cap THEN
+        RETURN QUERY SELECT (local_now::date + 1)::timestamp AT TIME ZONE tz, 'sender cap'::text,
+                            today, cap, this_hour, s.hourly_cap;
+    ELSIF s.hourly_cap IS NOT NULL AND this_hour >= s.hourly_cap THEN
+        RETURN QUERY SELECT hour_start + interval '1 hour', 'sender cap'::text,
+                            today, cap, this_hour, s.hourly_cap;
+    ELSE
+        RETURN QUERY SELECT p_at, NULL::text, today, cap, this_hour, s.hourly_cap;
+    END IF;
+END
+$$;
+
+--
+-- Name: listener_sender_timezone(text, text); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.listener_sender_timezone(p_instance text, p_default text) RETURNS text
+    LANGUAGE sql STABLE
+    AS $$
+    SELECT CASE WHEN count(DISTINCT c.send_timezone) = 1 THEN min(c.send_timezone)
+                ELSE 'America/Sao_Paulo' END
+      FROM campaigns c
+     WHERE c.status <> 'archived' AND p_instance = ANY (listener_pool_of(c, p_default))
+$$;
+
+--
 -- Name: listener_take_gap(text, integer, integer, timestamp with time zone); Type: FUNCTION; Schema: public; Owner: -
 --
 
@@ -500,6 +899,71 @@ BEGIN
            updated_at = now()
      WHERE instance = p_instance;
     RETURN QUERY SELECT true, NULL::timestamptz;
+END
+$$;
+
+--
+-- Name: listener_take_gap_v2(text, numeric, numeric, numeric, timestamp with time zone); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.listener_take_gap_v2(p_instance text, p_min numeric, p_max numeric, p_horizon numeric, p_at timestamp with time zone) RETURNS TABLE(go boolean, slot_at timestamp with time zone, wait_until timestamp with time zone)
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+    next_at timestamptz;
+    waiting integer;
+BEGIN
+    INSERT INTO listener_instances (instance) VALUES (p_instance) ON CONFLICT DO NOTHING;
+    SELECT greatest(i.next_send_at, p_at) INTO next_at FROM listener_instances i
+     WHERE i.instance = p_instance FOR UPDATE;
+    IF next_at > p_at + make_interval(secs => p_horizon) THEN
+        UPDATE listener_instances i
+           SET refused = CASE WHEN i.refused_for = next_at THEN i.refused + 1 ELSE 1 END,
+               refused_for = next_at
+         WHERE i.instance = p_instance
+        RETURNING i.refused INTO waiting;
+        RETURN QUERY SELECT false, NULL::timestamptz,
+            next_at + make_interval(
+                secs => random() * (waiting - 1) * greatest((p_min + p_max) / 2.0, 1));
+        RETURN;
+    END IF;
+    UPDATE listener_instances
+       SET next_send_at = next_at + make_interval(secs => p_min + random() * (p_max - p_min)),
+           last_booked_at = clock_timestamp(),
+           updated_at = now()
+     WHERE instance = p_instance;
+    RETURN QUERY SELECT true, next_at, NULL::timestamptz;
+END
+$$;
+
+--
+-- Name: listener_wake_sender(text, text, text[], timestamp with time zone); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.listener_wake_sender(p_instance text, p_default text, p_reasons text[], p_at timestamp with time zone) RETURNS integer
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+    woken integer;
+BEGIN
+    WITH affected AS (
+        SELECT c.id, listener_pool_of(c, p_default) AS pool
+          FROM campaigns c
+         WHERE c.status <> 'archived'
+           AND (p_instance = ANY (listener_pool_of(c, p_default))
+                OR (p_default IS NULL AND c.instances IS NULL AND c.instance IS NULL))
+    ), woken_rows AS (
+        UPDATE campaign_messages m
+           SET scheduled_at = p_at, wait_reason = NULL, updated_at = now()
+          FROM affected a
+         WHERE m.campaign_id = a.id AND m.status = 'pending'
+           AND m.wait_reason = ANY (p_reasons)
+           AND m.scheduled_at > p_at
+           AND (m.parts_sent = 0 OR COALESCE(m.instance, a.pool[1]) = p_instance)
+        RETURNING 1
+    )
+    SELECT count(*) INTO woken FROM woken_rows;
+    RETURN woken;
 END
 $$;
 
@@ -602,9 +1066,28 @@ CREATE FUNCTION public.roll_up_delivery(p_message_ids uuid[]) RETURNS void
             OR (m.delivery_error IS NULL AND r.error_part IS NOT NULL))
 $$;
 
-SET default_tablespace = '';
+--
+-- Name: sender_instances_wake(); Type: FUNCTION; Schema: public; Owner: -
+--
 
-SET default_table_access_method = heap;
+CREATE FUNCTION public.sender_instances_wake() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $$
+BEGIN
+    IF TG_OP = 'DELETE' THEN
+        PERFORM listener_wake_sender(OLD.name, NULL, ARRAY['no sender', 'sender cap'], now());
+        RETURN NULL;
+    END IF;
+    IF NEW.enabled AND NOT OLD.enabled THEN
+        PERFORM listener_wake_sender(NEW.name, NULL, ARRAY['no sender'], now());
+    END IF;
+    IF NEW.daily_cap IS DISTINCT FROM OLD.daily_cap OR NEW.hourly_cap IS DISTINCT FROM OLD.hourly_cap
+       OR NEW.warmup_started_on IS DISTINCT FROM OLD.warmup_started_on THEN
+        PERFORM listener_wake_sender(NEW.name, NULL, ARRAY['sender cap'], now());
+    END IF;
+    RETURN NULL;
+END
+$$;
 
 --
 -- Name: campaign_messages; Type: TABLE; Schema: public; Owner: -
@@ -644,6 +1127,7 @@ CREATE TABLE public.campaign_messages (
     prompt_tokens bigint DEFAULT 0 NOT NULL,
     completion_tokens bigint DEFAULT 0 NOT NULL,
     cost_usd numeric(18,10) DEFAULT 0 NOT NULL,
+    instance text,
     CONSTRAINT campaign_messages_attempts_check CHECK ((attempts >= 0)),
     CONSTRAINT campaign_messages_lease_check CHECK (((status <> 'processing'::text) OR ((locked_by IS NOT NULL) AND (locked_until IS NOT NULL)))),
     CONSTRAINT campaign_messages_parts_check CHECK (((parts IS NULL) OR (jsonb_typeof(parts) = 'array'::text))),
@@ -714,6 +1198,12 @@ COMMENT ON COLUMN public.campaign_messages.model_fallback IS 'true when that mod
 COMMENT ON COLUMN public.campaign_messages.cost_usd IS 'US dollars of every billed LLM call of the message (usage.cost), summed';
 
 --
+-- Name: COLUMN campaign_messages.instance; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.campaign_messages.instance IS 'the sender instance chosen for this message (all its parts go through it); while the message is processing with no part out, it holds a slot of that number''s caps';
+
+--
 -- Name: campaign_runs; Type: TABLE; Schema: public; Owner: -
 --
 
@@ -731,57 +1221,6 @@ CREATE TABLE public.campaign_runs (
     updated_at timestamp with time zone,
     CONSTRAINT campaign_runs_status_check CHECK ((status = ANY (ARRAY['running'::text, 'completed'::text, 'cancelled'::text])))
 );
-
---
--- Name: campaigns; Type: TABLE; Schema: public; Owner: -
---
-
-CREATE TABLE public.campaigns (
-    id uuid DEFAULT gen_random_uuid() NOT NULL,
-    name text NOT NULL,
-    prompt text,
-    model text,
-    instance text,
-    status text DEFAULT 'active'::text NOT NULL,
-    created_at timestamp with time zone DEFAULT now() NOT NULL,
-    updated_at timestamp with time zone,
-    send_window_start time without time zone,
-    send_window_end time without time zone,
-    send_timezone text DEFAULT 'America/Sao_Paulo'::text NOT NULL,
-    send_days smallint[],
-    daily_cap integer,
-    gap_min_seconds integer,
-    gap_max_seconds integer,
-    stop_on_reply boolean DEFAULT true NOT NULL,
-    fallback_models text[],
-    budget_usd numeric(14,6),
-    spent_usd numeric(18,10) DEFAULT 0 NOT NULL,
-    CONSTRAINT campaigns_budget_check CHECK (((budget_usd IS NULL) OR (budget_usd >= (0)::numeric))),
-    CONSTRAINT campaigns_cap_check CHECK (((daily_cap IS NULL) OR (daily_cap >= 0))),
-    CONSTRAINT campaigns_days_check CHECK (((send_days IS NULL) OR ((send_days <@ ARRAY[(1)::smallint, (2)::smallint, (3)::smallint, (4)::smallint, (5)::smallint, (6)::smallint, (7)::smallint]) AND (cardinality(send_days) > 0)))),
-    CONSTRAINT campaigns_gap_check CHECK ((((gap_min_seconds IS NULL) = (gap_max_seconds IS NULL)) AND ((gap_min_seconds IS NULL) OR ((gap_min_seconds >= 0) AND (gap_max_seconds >= gap_min_seconds))))),
-    CONSTRAINT campaigns_status_check CHECK ((status = ANY (ARRAY['active'::text, 'paused'::text, 'archived'::text]))),
-    CONSTRAINT campaigns_timezone_check CHECK ((('2000-01-01 00:00:00+00'::timestamp with time zone AT TIME ZONE send_timezone) IS NOT NULL)),
-    CONSTRAINT campaigns_window_check CHECK ((((send_window_start IS NULL) = (send_window_end IS NULL)) AND ((send_window_start IS NULL) OR (send_window_start <> send_window_end))))
-);
-
---
--- Name: COLUMN campaigns.fallback_models; Type: COMMENT; Schema: public; Owner: -
---
-
-COMMENT ON COLUMN public.campaigns.fallback_models IS 'models OpenRouter tries in order after the primary; NULL = LISTENER_FALLBACK_MODELS';
-
---
--- Name: COLUMN campaigns.budget_usd; Type: COMMENT; Schema: public; Owner: -
---
-
-COMMENT ON COLUMN public.campaigns.budget_usd IS 'once spent_usd reaches it, messages that still need the LLM wait (wait_reason budget)';
-
---
--- Name: COLUMN campaigns.spent_usd; Type: COMMENT; Schema: public; Owner: -
---
-
-COMMENT ON COLUMN public.campaigns.spent_usd IS 'sum of campaign_messages.cost_usd, kept by the listener''s writes that store the usage';
 
 --
 -- Name: delivery_updates_early; Type: TABLE; Schema: public; Owner: -
@@ -833,7 +1272,12 @@ CREATE TABLE public.listener_instances (
     next_send_at timestamp with time zone DEFAULT '-infinity'::timestamp with time zone NOT NULL,
     updated_at timestamp with time zone,
     refused integer DEFAULT 0 NOT NULL,
-    refused_for timestamp with time zone
+    refused_for timestamp with time zone,
+    held_reason text,
+    held_since timestamp with time zone,
+    held_until timestamp with time zone,
+    released_at timestamp with time zone,
+    last_booked_at timestamp with time zone
 );
 
 --
@@ -841,6 +1285,18 @@ CREATE TABLE public.listener_instances (
 --
 
 COMMENT ON COLUMN public.listener_instances.refused IS 'messages refused a slot while the instance waits for the slot at refused_for';
+
+--
+-- Name: COLUMN listener_instances.held_reason; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.listener_instances.held_reason IS 'why the number is held (instance down, instance restricted); NULL: not held';
+
+--
+-- Name: COLUMN listener_instances.held_until; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.listener_instances.held_until IS 'when a listener asks the number''s state again (a timed restriction: when it ends)';
 
 --
 -- Name: listener_migrations; Type: TABLE; Schema: public; Owner: -
@@ -904,6 +1360,54 @@ CREATE SEQUENCE public.sandbox_outbox_id_seq
 --
 
 ALTER SEQUENCE public.sandbox_outbox_id_seq OWNED BY public.sandbox_outbox.id;
+
+--
+-- Name: sender_instances; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.sender_instances (
+    name text NOT NULL,
+    daily_cap integer,
+    hourly_cap integer,
+    warmup_started_on date,
+    enabled boolean DEFAULT true NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    updated_at timestamp with time zone,
+    CONSTRAINT sender_instances_daily_cap_must_be_positive CHECK (((daily_cap IS NULL) OR (daily_cap > 0))),
+    CONSTRAINT sender_instances_hourly_cap_must_be_positive CHECK (((hourly_cap IS NULL) OR (hourly_cap > 0))),
+    CONSTRAINT sender_instances_hourly_cap_must_not_exceed_daily_cap CHECK (((hourly_cap IS NULL) OR (daily_cap IS NULL) OR (hourly_cap <= daily_cap))),
+    CONSTRAINT sender_instances_name_must_not_be_blank CHECK ((btrim(name) <> ''::text))
+);
+
+--
+-- Name: TABLE sender_instances; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON TABLE public.sender_instances IS 'optional limits per sender instance (WhatsApp number); numbers not listed have no caps';
+
+--
+-- Name: COLUMN sender_instances.daily_cap; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.sender_instances.daily_cap IS 'messages a day through this number (the day of its campaigns'' time zone, or America/Sao_Paulo when they disagree); during warm-up the smaller of this and the warm-up''s cap';
+
+--
+-- Name: COLUMN sender_instances.hourly_cap; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.sender_instances.hourly_cap IS 'messages per clock hour through this number';
+
+--
+-- Name: COLUMN sender_instances.warmup_started_on; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.sender_instances.warmup_started_on IS 'first day of the warm-up: day n since then allows the n-th value of LISTENER_WARMUP';
+
+--
+-- Name: COLUMN sender_instances.enabled; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.sender_instances.enabled IS 'false: the number leaves every pool (messages already started through it wait)';
 
 --
 -- Name: sent_events; Type: TABLE; Schema: public; Owner: -
@@ -1035,6 +1539,13 @@ ALTER TABLE ONLY public.message_parts
 
 ALTER TABLE ONLY public.sandbox_outbox
     ADD CONSTRAINT sandbox_outbox_pkey PRIMARY KEY (id);
+
+--
+-- Name: sender_instances sender_instances_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.sender_instances
+    ADD CONSTRAINT sender_instances_pkey PRIMARY KEY (name);
 
 --
 -- Name: sent_events sent_events_pkey; Type: CONSTRAINT; Schema: public; Owner: -
@@ -1199,6 +1710,12 @@ CREATE TRIGGER campaigns_mark_paused AFTER UPDATE OF status ON public.campaigns 
 --
 
 CREATE TRIGGER campaigns_wake_budget AFTER UPDATE OF budget_usd, spent_usd ON public.campaigns FOR EACH ROW WHEN (((new.budget_usd IS DISTINCT FROM old.budget_usd) OR (new.spent_usd < old.spent_usd))) EXECUTE FUNCTION public.campaigns_wake_budget();
+
+--
+-- Name: sender_instances sender_instances_after_change; Type: TRIGGER; Schema: public; Owner: -
+--
+
+CREATE TRIGGER sender_instances_after_change AFTER DELETE OR UPDATE ON public.sender_instances FOR EACH ROW EXECUTE FUNCTION public.sender_instances_wake();
 
 --
 -- Name: campaign_messages campaign_messages_campaign_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: -

@@ -1,0 +1,334 @@
+"""Sender pools (DESIGN.md, "Sender pool"): which WhatsApp number a message goes through, when,
+and what its messages do while a number cannot send. The rules that must hold across listeners
+(sticky sender, soonest free number, gap, caps, warm-up) are one SQL function with row locks
+(migrations/0009_sender_pools.sql); this module asks it at the right moments:
+
+- `check`, before any work on a message: is some number of its pool up? A number this listener
+  finds down (not connected, missing, restricted) is held once, in the database, and the
+  messages that cannot go without it are moved out of the claim's way in the same statement.
+  For a message that still needs the LLM and a pool with choices or limits, a first reading of
+  the pool says whether it can go soon at all, so no text is written for a message that waits.
+- `book`, right before the first part: the number and its slot, booked. A slot within
+  `HORIZON` is slept for in place, so the number's next message is ready when its slot opens
+  (handing it back and claiming it again would leave the number idle meanwhile).
+- `recheck`, a periodic job: held numbers are asked again (not their messages); one that is
+  back has its waiting messages made due at once.
+- `spread`: a hold of a whole campaign (its window, its cap, its budget) found by one message
+  is passed to its other due messages in one statement, instead of each being claimed and put
+  back.
+
+A single-number campaign without a gap or limits never calls the database here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from uuid import UUID
+
+import psycopg
+
+from listener.jobs import Job
+from listener.outcomes import MustWait
+from listener.pacing import InstanceHealth, Wait
+from listener.settings import Settings
+from listener.store import Store
+
+log = logging.getLogger(__name__)
+
+#: A number's turn at most this many seconds away is booked and slept for in place.
+HORIZON = 2.0
+
+#: How far the messages of a held number are moved: a listener makes them due as soon as the
+#: number is back; this only bounds the wait if no listener runs meanwhile.
+BACKSTOP = timedelta(hours=1)
+
+#: Waits logged once per episode (here, or by the gate or writer that found them), not once
+#: per message.
+QUIET_WAITS = frozenset(
+    {
+        "instance down",
+        "instance restricted",
+        "no sender",
+        "sender cap",
+        "gap",
+        "budget",
+        "window",
+        "cap",
+    }
+)
+
+#: Holds of a whole campaign, passed to its other messages at once.
+CAMPAIGN_HOLDS = frozenset({"window", "cap", "budget"})
+
+_UP = ("open", "unknown")
+
+
+class Senders:
+    """The numbers of each message's pool, for one listener."""
+
+    def __init__(self, settings: Settings, store: Store, health: InstanceHealth) -> None:
+        self.settings = settings
+        self.store = store
+        self.health = health
+        # Numbers this listener held in the database, with when (monotonic): within a state
+        # read's lifetime, their messages are put aside without asking the database again.
+        self._held: dict[str, float] = {}
+        # Episodes already logged or spread: key -> until.
+        self._told: dict[tuple[object, ...], datetime] = {}
+
+    def pool(self, job: Job) -> list[str]:
+        """The campaign's numbers: its pool, else its instance, else the default one."""
+        if job.campaign_instances:
+            return list(job.campaign_instances)
+        return [job.campaign_instance or self.settings.evolution_instance or "sandbox"]
+
+    def _paced(self, job: Job, pool: list[str]) -> bool:
+        return len(pool) > 1 or job.gap is not None or job.sender_limits
+
+    # ----------------------------------------------------------------------------------------
+    # Before any work, and right before the first part
+    # ----------------------------------------------------------------------------------------
+
+    async def check(self, job: Job) -> str:
+        """The number the message goes through as far as is known before any work (its own
+        once a part may have reached the lead); MustWait when no number of its pool can send
+        (nothing spent)."""
+        pool = self.pool(job)
+        own = job.sender_instance
+        names = [own] if own else pool
+        up = await self._up(names)
+        if not up:
+            reason = self.health.wait_reason(names[0]) if len(names) == 1 else "no sender"
+            raise MustWait(Wait(datetime.now(UTC) + BACKSTOP, reason))
+        if own is not None or not self._paced(job, pool):
+            return up[0]
+        needs_llm = job.parts is None and not (job.content and job.content.strip())
+        if needs_llm and (len(pool) > 1 or job.sender_limits):
+            picked = await self.store.pick_sender(job, pool, own=None, horizon=HORIZON, book=False)
+            if not picked.go:
+                raise MustWait(self._wait(job, pool, picked.wait_until, picked.reason))
+            assert picked.instance is not None
+            return picked.instance
+        return up[0]
+
+    async def book(self, job: Job, instance: str) -> str:
+        """Right before the first part: the number it goes through, its slot booked and waited
+        for (MustWait when the number's turn is further than HORIZON, or none can send).
+        Later parts go through the same number without a gap."""
+        if job.parts_sent > 0:
+            return instance
+        own = job.sender_instance
+        if own is not None:  # a first part that may have gone out is sent again through it
+            if job.gap is not None and (wait := await self.retake(own, job.gap)) is not None:
+                raise MustWait(wait)
+            return own
+        pool = self.pool(job)
+        if not self._paced(job, pool):
+            return instance
+        picked = await self.store.pick_sender(job, pool, own=None, horizon=HORIZON, book=True)
+        if not picked.go or picked.instance is None:
+            raise MustWait(self._wait(job, pool, picked.wait_until, picked.reason))
+        job.sender_instance = picked.instance
+        await _sleep_until(picked.slot_at)
+        return picked.instance
+
+    def before_retry(self, job: Job, instance: str) -> Callable[[], Awaitable[Wait | None]] | None:
+        """For the first part's send: nothing before its first try (`book` took the slot); a
+        try after a rate-limit wait books a fresh slot, so the gap holds from the real send."""
+        gap = job.gap
+        if gap is None or job.parts_sent > 0:
+            return None
+        tries = 0
+
+        async def before() -> Wait | None:
+            nonlocal tries
+            tries += 1
+            return None if tries == 1 else await self.retake(instance, gap)
+
+        return before
+
+    async def retake(self, instance: str, gap: tuple[float, float]) -> Wait | None:
+        """Book the number's next slot and wait for it, or say when to come back."""
+        slot, until = await self.store.retake_gap(instance, gap, HORIZON)
+        if slot is None:
+            assert until is not None
+            return Wait(until, "gap")
+        await _sleep_until(slot)
+        return None
+
+    async def sent(self, instance: str, gap: tuple[float, float] | None) -> None:
+        """The first part was accepted through `instance`: its gap counts from now."""
+        if gap is not None:
+            await self.store.stamp_gap(instance, gap)
+
+    def _wait(self, job: Job, pool: list[str], until: datetime | None, reason: str | None) -> Wait:
+        """A wait the pool function gave; a pool with no number to send through waits for
+        one to be back (a listener makes its messages due then), logged once."""
+        now = datetime.now(UTC)
+        reason = reason or "no sender"
+        if reason in ("no sender", "instance down", "instance restricted"):
+            until = now + BACKSTOP
+            self._once(
+                ("pool", tuple(pool), reason),
+                until,
+                "no number of the pool %s can send (%s): its messages wait until one is back",
+                ",".join(pool),
+                reason,
+            )
+        elif reason == "sender cap":
+            assert until is not None
+            self._once(
+                ("cap", tuple(pool)),
+                until,
+                "the numbers of the pool %s reached their caps: messages wait until %s",
+                ",".join(pool),
+                until.isoformat(timespec="seconds"),
+            )
+        return Wait(until or now + BACKSTOP, reason)
+
+    # ----------------------------------------------------------------------------------------
+    # Holds: the number is checked, not its messages
+    # ----------------------------------------------------------------------------------------
+
+    async def _up(self, names: list[str]) -> list[str]:
+        """The numbers among `names` whose state lets them send; each one found down is held
+        in the database (once), which puts its messages aside."""
+        states = await asyncio.gather(*(self.health.state(name) for name in names))
+        up: list[str] = []
+        for name, state in zip(names, states, strict=True):
+            if state in _UP:
+                self._held.pop(name, None)
+                up.append(name)
+            elif not await self._hold(name):
+                # Released since that state was read (another listener found it back): read
+                # it again.
+                self.health.forget(name)
+                if await self.health.state(name) in _UP:
+                    up.append(name)
+        return up
+
+    async def hold(self, name: str) -> None:
+        """A send found the number down (missing, not connected): hold it now."""
+        try:
+            await self._hold(name)
+        except psycopg.Error as exc:  # the next message through it holds it
+            log.warning(
+                "could not hold sender instance %s: %s",
+                name,
+                exc,
+                extra={"action": "sender_hold_failed", "instance": name},
+            )
+
+    async def _hold(self, name: str) -> bool:
+        """Hold the number in the database; False when the state read is stale."""
+        now_mono = time.monotonic()
+        since = self._held.get(name)
+        if since is not None and now_mono - since < self.health.ttl:
+            return True
+        now = datetime.now(UTC)
+        read_at = self.health.read_at(name)
+        seen_at = now - timedelta(seconds=now_mono - read_at) if read_at is not None else now
+        ends = self.health.held_until(name)
+        until = (
+            now + timedelta(seconds=ends - now_mono)
+            if ends is not None
+            else now + self.settings.instance_recheck
+        )
+        reason = self.health.wait_reason(name)
+        result = await self.store.hold_sender(
+            name, reason, until, max(until, now + BACKSTOP), seen_at
+        )
+        if result is None:
+            return False
+        began, moved = result
+        self._held[name] = now_mono
+        if began:
+            log.info(
+                "holding sender instance %s (%s): %d waiting messages put aside until it is back",
+                name,
+                reason,
+                moved,
+                extra={"action": "sender_held", "instance": name, "messages": moved},
+            )
+        return True
+
+    async def recheck(self) -> None:
+        """Ask the held numbers whose recheck is due (each taken by one listener); a number
+        that is back has its hold ended and its waiting messages made due."""
+        for name, reason in await self.store.held_due(self.settings.instance_recheck):
+            if self.health.held_until(name) is not None:
+                continue  # a timed hold of this listener (a restriction): asked when it ends
+            self.health.forget(name)
+            if await self.health.state(name) not in _UP:
+                continue
+            self._held.pop(name, None)
+            woken = await self.store.release_sender(name)
+            log.info(
+                "sender instance %s is back (was: %s): %d waiting messages are due again",
+                name,
+                reason,
+                woken,
+                extra={"action": "sender_released", "instance": name, "messages": woken},
+            )
+
+    # ----------------------------------------------------------------------------------------
+    # Holds of a whole campaign
+    # ----------------------------------------------------------------------------------------
+
+    async def spread(self, job: Job, wait: Wait) -> None:
+        """A message found its whole campaign held (window, cap, budget): the campaign's other
+        due messages that have not started wait too, moved in one statement, once."""
+        if wait.reason not in CAMPAIGN_HOLDS or job.parts_sent > 0:
+            return
+        key: tuple[object, ...] = ("campaign", job.campaign_id, wait.reason)
+        told = self._told.get(key)
+        if told is not None and told >= wait.until:
+            return
+        self._remember(key, wait.until)
+        try:
+            moved = await self.store.defer_campaign(job.campaign_id, wait)
+        except psycopg.Error as exc:  # each message then finds the hold for itself
+            log.warning(
+                "could not defer the campaign's other messages: %s",
+                exc,
+                extra={"action": "campaign_wait_failed"},
+            )
+            return
+        if wait.reason != "budget":  # the writer says it once per campaign
+            _log_campaign_hold(job.campaign_id, wait, moved)
+
+    def _once(self, key: tuple[object, ...], until: datetime, message: str, *args: object) -> None:
+        told = self._told.get(key)
+        if told is not None and told >= until - BACKSTOP / 2:
+            return
+        self._remember(key, until)
+        log.info(message, *args, extra={"action": "sender_wait"})
+
+    def _remember(self, key: tuple[object, ...], until: datetime) -> None:
+        if len(self._told) > 10_000:
+            now = datetime.now(UTC)
+            self._told = {k: v for k, v in self._told.items() if v > now}
+        self._told[key] = until
+
+
+def _log_campaign_hold(campaign_id: UUID, wait: Wait, moved: int) -> None:
+    log.info(
+        "campaign %s waits until %s (%s): %d more of its messages wait with it",
+        campaign_id,
+        wait.until.isoformat(timespec="seconds"),
+        wait.reason,
+        moved,
+        extra={"action": "campaign_wait", "reason": wait.reason, "messages": moved},
+    )
+
+
+async def _sleep_until(when: datetime | None) -> None:
+    if when is None:
+        return
+    delay = (when - datetime.now(UTC)).total_seconds()
+    if delay > 0:
+        await asyncio.sleep(delay)
