@@ -23,9 +23,10 @@ A single-number campaign without a gap or limits never calls the database here.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from uuid import UUID
 
@@ -104,7 +105,14 @@ class Senders:
         if not up:
             reason = self.health.wait_reason(names[0]) if len(names) == 1 else "no sender"
             raise MustWait(Wait(datetime.now(UTC) + BACKSTOP, reason))
-        if own is not None or not self._paced(job, pool):
+        if own is not None:
+            # Started: only its own number will do, and it may have been disabled or held by
+            # another listener (the database knows).
+            picked = await self.store.pick_sender(job, pool, own=own, horizon=HORIZON, book=False)
+            if not picked.go:
+                raise MustWait(self._wait(job, [own], picked.wait_until, picked.reason))
+            return own
+        if not self._paced(job, pool):
             return up[0]
         needs_llm = job.parts is None and not (job.content and job.content.strip())
         if needs_llm and (len(pool) > 1 or job.sender_limits):
@@ -160,10 +168,29 @@ class Senders:
         await _sleep_until(slot)
         return None
 
+    @contextlib.asynccontextmanager
+    async def sending(self, job: Job, instance: str) -> AsyncIterator[None]:
+        """Around each try of a paced message's first part: it leaves only once the previous
+        send through the number was answered a whole `gap_min_seconds` ago (so no two arrive
+        closer, however late the previous one left); a try that fails counts as answered."""
+        gap = job.gap
+        if gap is None or job.parts_sent > 0:
+            yield
+            return
+        while (again := await self.store.send_start(instance, gap[0])) is not None:
+            await _sleep_until(again)
+        try:
+            yield
+        except BaseException:
+            with contextlib.suppress(psycopg.Error):  # else the mark goes stale in a send's time
+                await self.store.send_done(instance, None)
+            raise
+
     async def sent(self, instance: str, gap: tuple[float, float] | None) -> None:
-        """The first part was accepted through `instance`: its gap counts from now."""
+        """The first part was accepted through `instance` (and recorded): the next message
+        through it goes a whole gap after this send, even if it came late for its booking."""
         if gap is not None:
-            await self.store.stamp_gap(instance, gap)
+            await self.store.send_done(instance, gap)
 
     def _wait(self, job: Job, pool: list[str], until: datetime | None, reason: str | None) -> Wait:
         """A wait the pool function gave; a pool with no number to send through waits for

@@ -403,7 +403,8 @@ class Processor:
             async def send(text: str = parts[index]) -> SentPart:
                 # From here until the part is recorded, a shutdown lets the task finish.
                 job.sending = True
-                return await self.sender.send_text(instance=instance, number=number, text=text)
+                async with self.senders.sending(job, instance):  # the gap from the last answer
+                    return await self.sender.send_text(instance=instance, number=number, text=text)
 
             try:
                 sent = await self.calls.call(

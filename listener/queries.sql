@@ -264,9 +264,14 @@ SELECT go, slot_at, wait_until
   FROM listener_take_gap_v2(%(instance)s, %(min)s::numeric, %(max)s::numeric,
                             %(horizon)s::numeric, now())
 
--- stamp_gap --
--- A message's first part was accepted through the number: its next send waits a gap from now.
-SELECT listener_gap_sent_v2(%(instance)s, %(min)s::numeric, %(max)s::numeric, now())
+-- send_start --
+-- At its slot, right before a first part: NULL (go) once the previous send through the number
+-- was answered a gap ago, else when to ask again.
+SELECT listener_send_start(%(instance)s, %(min)s::numeric, %(stale)s::numeric)
+
+-- send_done --
+-- A first part through the number was answered (accepted or failed): the next one waits a gap.
+SELECT listener_send_done(%(instance)s, %(min)s::numeric, %(max)s::numeric, now())
 
 -- hold_sender --
 -- Hold a number that is not connected, missing or restricted, and move the messages it holds

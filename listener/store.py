@@ -447,11 +447,30 @@ class Store:
         go, slot, until = row
         return (slot, None) if go else (None, until)
 
-    async def stamp_gap(self, instance: str, gap: tuple[float, float]) -> None:
-        """The first part was accepted: the next message through this number goes a whole
-        gap after this send, even if the send came late for its booking."""
+    async def send_start(self, instance: str, gap_min: float) -> datetime | None:
+        """At its slot, right before a first part: None once the previous send through the
+        number was answered a gap ago (the number is then marked sending), else when to ask
+        again."""
+        params = {
+            "instance": instance,
+            "min": gap_min,
+            "stale": self.settings.send_timeout.total_seconds(),
+        }
         async with self.pool.connection() as conn:
-            await conn.execute(q("stamp_gap"), {"instance": instance, "min": gap[0], "max": gap[1]})
+            cur = await conn.execute(q("send_start"), params)
+            row = await cur.fetchone()
+        return None if row is None else row[0]
+
+    async def send_done(self, instance: str, gap: tuple[float, float] | None) -> None:
+        """A first part through the number was answered (accepted or failed): the next one
+        waits a gap from now; with `gap`, the number's next slot moves a whole gap away."""
+        params = {
+            "instance": instance,
+            "min": gap[0] if gap else 0,
+            "max": gap[1] if gap else None,
+        }
+        async with self.pool.connection() as conn:
+            await conn.execute(q("send_done"), params)
 
     async def hold_sender(
         self, instance: str, reason: str, until: datetime, backstop: datetime, seen_at: datetime

@@ -6,8 +6,9 @@
 -- and its messages wait in the queue until it is back, instead of being claimed and put back
 -- at every recheck. listener/pool.py calls these functions.
 --
--- Changed signatures get new names (listener_take_gap_v2, listener_gap_sent_v2): the integer
--- versions stay for listeners of the previous release still running during an upgrade.
+-- Changed signatures get new names (listener_take_gap_v2; listener_send_done replaces
+-- listener_gap_sent): the integer versions stay for listeners of the previous release still
+-- running during an upgrade.
 
 -- ------------------------------------------------------------------------------------------
 -- Columns and tables
@@ -80,6 +81,12 @@ ALTER TABLE listener_instances ADD COLUMN IF NOT EXISTS held_since timestamptz;
 ALTER TABLE listener_instances ADD COLUMN IF NOT EXISTS held_until timestamptz;
 ALTER TABLE listener_instances ADD COLUMN IF NOT EXISTS released_at timestamptz;
 ALTER TABLE listener_instances ADD COLUMN IF NOT EXISTS last_booked_at timestamptz;
+ALTER TABLE listener_instances ADD COLUMN IF NOT EXISTS sending_since timestamptz;
+ALTER TABLE listener_instances ADD COLUMN IF NOT EXISTS last_sent_at timestamptz;
+COMMENT ON COLUMN listener_instances.sending_since IS
+    'a first part is on its way through the number since then (the next one waits for it)';
+COMMENT ON COLUMN listener_instances.last_sent_at IS
+    'when the last first part through the number was answered (or failed)';
 COMMENT ON COLUMN listener_instances.held_reason IS
     'why the number is held (instance down, instance restricted); NULL: not held';
 COMMENT ON COLUMN listener_instances.held_until IS
@@ -152,8 +159,7 @@ BEGIN
            count(*) FILTER (WHERE p.sent_at >= hour_start)
       INTO today, this_hour
       FROM message_parts p
-     WHERE p.instance = p_instance AND p.part_no = 0 AND p.sent_at >= day_start
-       AND p.sent_at <= p_at;
+     WHERE p.instance = p_instance AND p.part_no = 0 AND p.sent_at >= day_start;
     SELECT count(*) INTO going
       FROM campaign_messages m
      WHERE m.status = 'processing' AND m.instance = p_instance AND m.parts_sent = 0
@@ -344,16 +350,48 @@ BEGIN
 END
 $$;
 
--- listener_gap_sent with gaps in fractions of a second: once a message's first part is
--- accepted, the number's next slot is at least a whole random gap after the real send.
-CREATE OR REPLACE FUNCTION listener_gap_sent_v2(
+-- Right before a first part goes out through a paced number, at its booked slot: the send may
+-- start only once the previous one through the number was answered at least p_min seconds
+-- ago, so no two arrive closer than the gap, however late the previous one left (a busy
+-- process, a slow answer). NULL: go now (the number is marked as sending); else when to ask
+-- again. A mark older than p_stale seconds (a listener that died mid-send) is ignored.
+CREATE OR REPLACE FUNCTION listener_send_start(
+    p_instance text, p_min numeric, p_stale numeric)
+RETURNS timestamptz
+LANGUAGE plpgsql AS $$
+DECLARE
+    clock timestamptz := clock_timestamp();
+    i listener_instances;
+BEGIN
+    INSERT INTO listener_instances (instance) VALUES (p_instance) ON CONFLICT DO NOTHING;
+    SELECT * INTO i FROM listener_instances WHERE instance = p_instance FOR UPDATE;
+    IF i.sending_since IS NOT NULL AND i.sending_since > clock - make_interval(secs => p_stale) THEN
+        RETURN clock + interval '2 milliseconds';
+    END IF;
+    IF i.last_sent_at IS NOT NULL AND i.last_sent_at + make_interval(secs => p_min) > clock THEN
+        RETURN i.last_sent_at + make_interval(secs => p_min);
+    END IF;
+    UPDATE listener_instances SET sending_since = clock WHERE instance = p_instance;
+    RETURN NULL;
+END
+$$;
+
+-- A first part through a paced number was answered (accepted, or failed: it may have arrived):
+-- the next one may start p_min seconds from now at the earliest, and with p_max the number's
+-- next slot is at least a whole random gap away (listener_gap_sent_v2).
+CREATE OR REPLACE FUNCTION listener_send_done(
     p_instance text, p_min numeric, p_max numeric, p_at timestamptz)
 RETURNS void
 LANGUAGE sql AS $$
-    INSERT INTO listener_instances AS i (instance, next_send_at, updated_at)
-    VALUES (p_instance, p_at + make_interval(secs => p_min + random() * (p_max - p_min)), now())
+    INSERT INTO listener_instances AS i (instance, next_send_at, last_sent_at, updated_at)
+    VALUES (p_instance,
+            p_at + make_interval(secs => p_min + random() * (COALESCE(p_max, p_min) - p_min)),
+            clock_timestamp(), now())
     ON CONFLICT (instance) DO UPDATE
-       SET next_send_at = greatest(i.next_send_at, EXCLUDED.next_send_at),
+       SET next_send_at = CASE WHEN p_max IS NULL THEN i.next_send_at
+                               ELSE greatest(i.next_send_at, EXCLUDED.next_send_at) END,
+           sending_since = NULL,
+           last_sent_at = clock_timestamp(),
            updated_at = now()
 $$;
 

@@ -44,6 +44,8 @@ class FakeProviders:
     send_delay_range: tuple[float, float] | None = None
     reply_parts: int = 1
     state: str = "open"
+    # connectionState per instance (sender pools); instances not named here answer `state`.
+    states: dict[str, str] = field(default_factory=dict)
     on_llm: Callable[[dict[str, Any]], None] | None = None
     # Called with each accepted part's record just before its 201 is written (e.g. to cut the
     # listener's database connections between the provider's answer and the record).
@@ -238,7 +240,12 @@ class FakeProviders:
 
     async def _state(self, request: web.Request) -> web.Response:
         return web.json_response(
-            {"instance": {"instanceName": request.match_info["instance"], "state": self.state}}
+            {
+                "instance": {
+                    "instanceName": request.match_info["instance"],
+                    "state": self.states.get(request.match_info["instance"], self.state),
+                }
+            }
         )
 
     def accepted(self) -> list[dict[str, Any]]:
