@@ -10,7 +10,8 @@ the same latency per message whatever order the requests arrive in. `GET /stats`
 request counts, the delays applied, and for leads whose name starts with `--record-prefix` the
 CLOCK_MONOTONIC time (ns, comparable across processes on Linux) at which their LLM request
 arrived. `POST /reset` clears them. `GET /instance/connectionState/{instance}` always answers
-`open`.
+`open`. With `--record-sends`, `/stats` also has `send_times`: per instance, the
+CLOCK_MONOTONIC time (ns) each sendText arrived (the pool benchmark's gaps).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ class Fake:
         self.send_range = _range(args.send_latency)
         self.seed = args.seed
         self.prefix: str = args.record_prefix or ""
+        self.record_sends: bool = args.record_sends
         self.reset()
 
     def reset(self) -> None:
@@ -48,6 +50,7 @@ class Fake:
         self.llm_delays: list[float] = []
         self.send_delays: list[float] = []
         self.arrivals: dict[str, int] = {}
+        self.send_times: dict[str, list[int]] = {}
         self.first_ns = 0
         self.last_ns = 0
 
@@ -74,6 +77,10 @@ class Fake:
         return web.Response(body=LLM_BODY, content_type="application/json")
 
     async def send(self, request: web.Request) -> web.Response:
+        if self.record_sends:
+            arrived = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+            instance = request.match_info["instance"]
+            self.send_times.setdefault(instance, []).append(arrived)
         raw = await request.read()
         self.sends += 1
         if self.send_range[1] > 0:
@@ -98,6 +105,7 @@ class Fake:
             "llm_delays": self.llm_delays,
             "send_delays": self.send_delays,
             "arrivals": self.arrivals,
+            "send_times": self.send_times,
             "first_ns": self.first_ns,
             "last_ns": self.last_ns,
         }
@@ -120,6 +128,7 @@ async def main() -> None:
     parser.add_argument("--send-latency", default="0,0", help="min,max ms")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--record-prefix", default="")
+    parser.add_argument("--record-sends", action="store_true")
     args = parser.parse_args()
     fake = Fake(args)
     app = web.Application()

@@ -206,8 +206,13 @@ def stats(since: timedelta, as_json: bool) -> None:
     for their retry) and the due backlog with the age of its oldest message."""
     from listener.stats import collect_stats, render
 
-    url = _database(_settings(need_providers=False))
-    figures = run_async(collect_stats(url, since))
+    settings = _settings(need_providers=False)
+    url = _database(settings)
+    figures = run_async(
+        collect_stats(
+            url, since, warmup=settings.warmup, default_instance=settings.evolution_instance
+        )
+    )
     if as_json:
         click.echo(json.dumps(figures.as_json(), ensure_ascii=False))
     else:

@@ -80,6 +80,7 @@ class Senders:
         self._held: dict[str, float] = {}
         # Episodes already logged or spread: key -> until.
         self._told: dict[tuple[object, ...], datetime] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
 
     def pool(self, job: Job) -> list[str]:
         """The campaign's numbers: its pool, else its instance, else the default one."""
@@ -238,8 +239,18 @@ class Senders:
                     up.append(name)
         return up
 
-    async def hold(self, name: str) -> None:
-        """A send found the number down (missing, not connected): hold it now."""
+    def hold_soon(self, name: str) -> None:
+        """A restriction reported by delivery feedback: hold the number in the database now
+        (its messages put aside, `listener stats` shows it), not when its next message comes."""
+        task = asyncio.get_running_loop().create_task(self.hold(name, fresh=True))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def hold(self, name: str, *, fresh: bool = False) -> None:
+        """A send found the number down (missing, not connected): hold it now (`fresh`: even
+        if this listener held it a moment ago, as the reason may be new)."""
+        if fresh:
+            self._held.pop(name, None)
         try:
             await self._hold(name)
         except psycopg.Error as exc:  # the next message through it holds it

@@ -436,9 +436,12 @@ class Processor:
         once, for `seconds` (a run of failed first parts), or until its connectionState reads
         `open` again (logged out, banned). False when it was already held."""
         if seconds is not None:
-            return self.instances.hold(instance, f"restricted: {reason}", seconds)
-        self.instances.mark(instance, f"restricted: {reason}")
-        return True
+            held = self.instances.hold(instance, f"restricted: {reason}", seconds)
+        else:
+            self.instances.mark(instance, f"restricted: {reason}")
+            held = True
+        self.senders.hold_soon(instance)
+        return held
 
     def _check(self, job: Job) -> None:
         if job.lost:

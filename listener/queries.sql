@@ -312,8 +312,9 @@ UPDATE campaign_messages m
         OR (m.parts IS NULL AND (m.content IS NULL OR btrim(m.content) = '')))
 
 -- stats_senders --
--- Per number: today's sends against its caps and warm-up, its next free slot and its state,
--- for every number a campaign that is not archived names, and every number with limits.
+-- Per number: today's and this hour's sends (its campaigns' time zone, as its caps count them)
+-- against its caps and warm-up, its next free slot and its state, for every number a campaign
+-- that is not archived names, every number with limits, and every held one.
 WITH names AS (
     SELECT DISTINCT unnest(listener_pool_of(c, %(default_instance)s)) AS name
       FROM campaigns c WHERE c.status <> 'archived'
@@ -321,21 +322,34 @@ WITH names AS (
     SELECT name FROM sender_instances
     UNION
     SELECT instance FROM listener_instances WHERE held_reason IS NOT NULL
+), local AS (
+    SELECT n.name, listener_sender_timezone(n.name, %(default_instance)s) AS tz FROM names n
 )
-SELECT n.name AS instance, r.sent_today, r.day_cap, r.sent_hour, r.hour_cap,
+SELECT l.name AS instance, sent.today AS sent_today, sent.hour AS sent_hour,
+       r.day_cap, s.hourly_cap AS hour_cap,
        CASE WHEN r.reason IS NOT NULL THEN r.free_at END AS cap_until,
        s.daily_cap, s.warmup_started_on, COALESCE(s.enabled, true) AS enabled,
-       greatest(i.next_send_at, now()) AS next_slot,
-       i.held_reason, i.held_since, i.held_until,
-       (SELECT count(*) FROM message_parts p
-         WHERE p.instance = n.name AND p.part_no = 0
-           AND p.sent_at >= now() - interval '1 day')::integer AS sent_last_day
-  FROM names n
-  LEFT JOIN sender_instances s ON s.name = n.name
-  LEFT JOIN listener_instances i ON i.instance = n.name
-  CROSS JOIN LATERAL listener_sender_room(n.name, NULL, %(warmup)s::integer[],
+       CASE WHEN i.next_send_at > now() THEN i.next_send_at END AS next_slot,
+       i.held_reason, i.held_since, i.held_until, sent.last_day AS sent_last_day
+  FROM local l
+  LEFT JOIN sender_instances s ON s.name = l.name
+  LEFT JOIN listener_instances i ON i.instance = l.name
+  CROSS JOIN LATERAL (
+      SELECT count(*) FILTER (
+                 WHERE p.sent_at >= date_trunc('day', now() AT TIME ZONE l.tz) AT TIME ZONE l.tz
+             )::integer AS today,
+             count(*) FILTER (
+                 WHERE p.sent_at >= date_trunc('hour', now() AT TIME ZONE l.tz) AT TIME ZONE l.tz
+             )::integer AS hour,
+             count(*) FILTER (WHERE p.sent_at >= now() - interval '1 day')::integer AS last_day
+        FROM message_parts p
+       WHERE p.instance = l.name AND p.part_no = 0
+         AND p.sent_at >= least(now() - interval '1 day',
+                                date_trunc('day', now() AT TIME ZONE l.tz) AT TIME ZONE l.tz)
+  ) sent
+  CROSS JOIN LATERAL listener_sender_room(l.name, NULL, %(warmup)s::integer[],
                                           %(default_instance)s, now()) r
- ORDER BY n.name
+ ORDER BY l.name
 
 -- ==============================================================================================
 -- The LISTEN connection and health

@@ -13,7 +13,7 @@ from uuid import UUID
 from listener.errors import ConfigurationError
 from listener.oneshot import connection, one
 from listener.queries import q
-from listener.settings import format_duration
+from listener.settings import DEFAULT_WARMUP, format_duration
 
 #: The order statuses are shown in.
 STATUS_ORDER = ("pending", "processing", "sent", "failed", "skipped")
@@ -113,6 +113,62 @@ class ModelAnswers:
 
 
 @dataclass(frozen=True)
+class SenderNumber:
+    """One sender instance (WhatsApp number): today's sends against its caps and warm-up,
+    its next free slot, and its state (`open`, `held` with why and until when, `disabled`,
+    `capped` until its cap opens again)."""
+
+    instance: str
+    state: str
+    reason: str | None
+    until: datetime | None
+    sent_today: int
+    day_cap: int | None
+    warming_up: bool
+    sent_hour: int
+    hour_cap: int | None
+    next_slot: datetime | None
+    sent_last_day: int
+
+    def as_json(self) -> dict[str, Any]:
+        out = dict(self.__dict__)
+        for key in ("until", "next_slot"):
+            value = out[key]
+            out[key] = value.isoformat() if value is not None else None
+        return out
+
+
+def _sender(row: dict[str, Any]) -> SenderNumber:
+    if row["held_reason"] is not None:
+        state, reason, until = "held", row["held_reason"], row["held_until"]
+    elif not row["enabled"]:
+        state, reason, until = "disabled", None, None
+    elif row["cap_until"] is not None:
+        state, reason, until = "capped", "sender cap", row["cap_until"]
+    else:
+        state, reason, until = "open", None, None
+    day_cap = row["day_cap"]
+    warming = (
+        row["warmup_started_on"] is not None
+        and day_cap is not None
+        and (row["daily_cap"] is None or day_cap < row["daily_cap"])
+    )
+    return SenderNumber(
+        instance=row["instance"],
+        state=state,
+        reason=reason,
+        until=until,
+        sent_today=row["sent_today"] or 0,
+        day_cap=day_cap,
+        warming_up=warming,
+        sent_hour=row["sent_hour"] or 0,
+        hour_cap=row["hour_cap"],
+        next_slot=row["next_slot"],
+        sent_last_day=row["sent_last_day"],
+    )
+
+
+@dataclass(frozen=True)
 class Stats:
     """The seed's monitoring figures (DEPLOY-V8 step 4.2) over a window, plus retries and the
     due backlog."""
@@ -131,6 +187,7 @@ class Stats:
     spend: list[CampaignSpend] = field(default_factory=list)
     models: list[ModelAnswers] = field(default_factory=list)
     funnel: list[Funnel] = field(default_factory=list)
+    senders: list[SenderNumber] = field(default_factory=list)
 
     @property
     def since(self) -> datetime:
@@ -178,6 +235,7 @@ class Stats:
             ],
             "spend": [spend.as_json() for spend in self.spend],
             "funnel": [f.as_json() for f in self.funnel],
+            "senders": [n.as_json() for n in self.senders],
             "models": [
                 {
                     "model": m.model,
@@ -191,8 +249,15 @@ class Stats:
         }
 
 
-async def collect_stats(url: str, window: timedelta) -> Stats:
-    """Run the monitoring queries in one transaction, so they share one `now()`."""
+async def collect_stats(
+    url: str,
+    window: timedelta,
+    *,
+    warmup: tuple[int, ...] = DEFAULT_WARMUP,
+    default_instance: str | None = None,
+) -> Stats:
+    """Run the monitoring queries in one transaction, so they share one `now()`. `warmup` and
+    `default_instance` (LISTENER_WARMUP, EVOLUTION_INSTANCE) give each number's caps."""
     if window <= timedelta(0):
         raise ConfigurationError("the stats window must be longer than zero")
     params = {"window": window}
@@ -205,6 +270,12 @@ async def collect_stats(url: str, window: timedelta) -> Stats:
         spend = await (await conn.execute(q("stats_spend"), params)).fetchall()
         models = await (await conn.execute(q("stats_models"), params)).fetchall()
         funnel = await (await conn.execute(q("stats_funnel"), params)).fetchall()
+        numbers = await (
+            await conn.execute(
+                q("stats_senders"),
+                {"warmup": list(warmup), "default_instance": default_instance},
+            )
+        ).fetchall()
     rank = {status: index for index, status in enumerate(STATUS_ORDER)}
     by_status = sorted(
         ((row["status"], row["count"], row["percentage"]) for row in statuses),
@@ -228,6 +299,7 @@ async def collect_stats(url: str, window: timedelta) -> Stats:
         spend=[CampaignSpend(**row) for row in spend],
         models=[ModelAnswers(**row) for row in models],
         funnel=[Funnel(**row) for row in funnel],
+        senders=[_sender(row) for row in numbers],
     )
 
 
@@ -295,6 +367,32 @@ def _funnel_rows(funnels: list[Funnel]) -> list[tuple[str, ...]]:
     return rows
 
 
+def _sender_rows(numbers: list[SenderNumber]) -> list[tuple[str, ...]]:
+    def cap(sent: int, limit: int | None) -> str:
+        return f"{sent}/{limit}" if limit is not None else str(sent)
+
+    def when(value: datetime | None) -> str:
+        return value.isoformat(timespec="seconds") if value is not None else "-"
+
+    rows: list[tuple[str, ...]] = [
+        ("number", "state", "today/cap", "hour/cap", "next free slot", "until")
+    ]
+    for n in numbers:
+        state = n.state if n.reason is None else f"{n.state} ({n.reason})"
+        today = cap(n.sent_today, n.day_cap) + (" warm-up" if n.warming_up else "")
+        rows.append(
+            (
+                n.instance,
+                state,
+                today,
+                cap(n.sent_hour, n.hour_cap),
+                when(n.next_slot),
+                when(n.until),
+            )
+        )
+    return rows
+
+
 def render(figures: Stats) -> str:
     """The stats as plain-text tables for people."""
     window = format_duration(figures.window)
@@ -349,6 +447,11 @@ def render(figures: Stats) -> str:
         lines += _table(_funnel_rows(figures.funnel))
     else:
         lines.append("  none sent")
+    lines += ["", "sender numbers (today: the day of their campaigns' time zone)"]
+    if figures.senders:
+        lines += _table(_sender_rows(figures.senders))
+    else:
+        lines.append("  none")
     lines += ["", "LLM spend per campaign (messages created in the window)"]
     if figures.spend:
         spend = [

@@ -281,3 +281,39 @@ def test_a_state_read_before_the_last_release_holds_nothing(db: Conn) -> None:
     assert row == (False, 0)
     held = db.execute("SELECT held_reason FROM listener_instances WHERE instance = 'a'").fetchone()
     assert held == (None,)
+
+
+def test_stats_show_each_number_against_its_caps_and_its_state(
+    db_url: str, db: Conn, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    from listener.cli import entry
+
+    campaign = make_campaign(db, instances=["a", "b", "c"])
+    today = db.execute("SELECT (now() AT TIME ZONE 'America/Sao_Paulo')::date").fetchone()
+    assert today is not None
+    limits(db, "a", daily_cap=100, hourly_cap=10, warmup_started_on=today[0])
+    limits(db, "c", enabled=False)
+    [m] = enqueue(db, campaign, make_leads(db, 1))
+    send(db, m, "a", datetime.now(UTC))
+    until = datetime.now(UTC) + timedelta(hours=6)
+    db.execute(
+        "SELECT listener_hold_sender('b', 'instance restricted', %s, %s, now(), NULL, now())",
+        (until, until),
+    )
+    monkeypatch.setenv("DATABASE_URL", db_url)
+    assert entry(["stats", "--json"]) == 0
+    numbers = {n["instance"]: n for n in json.loads(capsys.readouterr().out)["senders"]}
+    a, b, c = numbers["a"], numbers["b"], numbers["c"]
+    # Day 1 of the warm-up: 20 a day (LISTENER_WARMUP's first value), under its own 100.
+    assert (a["state"], a["sent_today"], a["day_cap"], a["warming_up"]) == ("open", 1, 20, True)
+    assert (a["sent_hour"], a["hour_cap"]) == (1, 10)
+    assert (b["state"], b["reason"]) == ("held", "instance restricted")
+    assert datetime.fromisoformat(b["until"]) == until
+    assert c["state"] == "disabled"
+    assert entry(["stats"]) == 0
+    text = capsys.readouterr().out
+    assert (
+        "sender numbers" in text and "1/20 warm-up" in text and "held (instance restricted)" in text
+    )
