@@ -462,20 +462,6 @@ CREATE FUNCTION public.listener_gap_sent(p_instance text, p_min integer, p_max i
 $$;
 
 --
--- Name: listener_gap_sent_v2(text, numeric, numeric, timestamp with time zone); Type: FUNCTION; Schema: public; Owner: -
---
-
-CREATE FUNCTION public.listener_gap_sent_v2(p_instance text, p_min numeric, p_max numeric, p_at timestamp with time zone) RETURNS void
-    LANGUAGE sql
-    AS $$
-    INSERT INTO listener_instances AS i (instance, next_send_at, updated_at)
-    VALUES (p_instance, p_at + make_interval(secs => p_min + random() * (p_max - p_min)), now())
-    ON CONFLICT (instance) DO UPDATE
-       SET next_send_at = greatest(i.next_send_at, EXCLUDED.next_send_at),
-           updated_at = now()
-$$;
-
---
 -- Name: listener_hold_sender(text, text, timestamp with time zone, timestamp with time zone, timestamp with time zone, text, timestamp with time zone); Type: FUNCTION; Schema: public; Owner: -
 --
 
@@ -795,6 +781,49 @@ END
 $$;
 
 --
+-- Name: listener_send_done(text, numeric, numeric, timestamp with time zone); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.listener_send_done(p_instance text, p_min numeric, p_max numeric, p_at timestamp with time zone) RETURNS void
+    LANGUAGE sql
+    AS $$
+    INSERT INTO listener_instances AS i (instance, next_send_at, last_sent_at, updated_at)
+    VALUES (p_instance,
+            p_at + make_interval(secs => p_min + random() * (COALESCE(p_max, p_min) - p_min)),
+            clock_timestamp(), now())
+    ON CONFLICT (instance) DO UPDATE
+       SET next_send_at = CASE WHEN p_max IS NULL THEN i.next_send_at
+                               ELSE greatest(i.next_send_at, EXCLUDED.next_send_at) END,
+           sending_since = NULL,
+           last_sent_at = clock_timestamp(),
+           updated_at = now()
+$$;
+
+--
+-- Name: listener_send_start(text, numeric, numeric); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.listener_send_start(p_instance text, p_min numeric, p_stale numeric) RETURNS timestamp with time zone
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+    clock timestamptz := clock_timestamp();
+    i listener_instances;
+BEGIN
+    INSERT INTO listener_instances (instance) VALUES (p_instance) ON CONFLICT DO NOTHING;
+    SELECT * INTO i FROM listener_instances WHERE instance = p_instance FOR UPDATE;
+    IF i.sending_since IS NOT NULL AND i.sending_since > clock - make_interval(secs => p_stale) THEN
+        RETURN clock + interval '2 milliseconds';
+    END IF;
+    IF i.last_sent_at IS NOT NULL AND i.last_sent_at + make_interval(secs => p_min) > clock THEN
+        RETURN i.last_sent_at + make_interval(secs => p_min);
+    END IF;
+    UPDATE listener_instances SET sending_since = clock WHERE instance = p_instance;
+    RETURN NULL;
+END
+$$;
+
+--
 -- Name: listener_sender_room(text, uuid, integer[], text, timestamp with time zone); Type: FUNCTION; Schema: public; Owner: -
 --
 
@@ -836,8 +865,7 @@ BEGIN
            count(*) FILTER (WHERE p.sent_at >= hour_start)
       INTO today, this_hour
       FROM message_parts p
-     WHERE p.instance = p_instance AND p.part_no = 0 AND p.sent_at >= day_start
-       AND p.sent_at <= p_at;
+     WHERE p.instance = p_instance AND p.part_no = 0 AND p.sent_at >= day_start;
     SELECT count(*) INTO going
       FROM campaign_messages m
      WHERE m.status = 'processing' AND m.instance = p_instance AND m.parts_sent = 0
@@ -1277,7 +1305,9 @@ CREATE TABLE public.listener_instances (
     held_since timestamp with time zone,
     held_until timestamp with time zone,
     released_at timestamp with time zone,
-    last_booked_at timestamp with time zone
+    last_booked_at timestamp with time zone,
+    sending_since timestamp with time zone,
+    last_sent_at timestamp with time zone
 );
 
 --
@@ -1297,6 +1327,18 @@ COMMENT ON COLUMN public.listener_instances.held_reason IS 'why the number is he
 --
 
 COMMENT ON COLUMN public.listener_instances.held_until IS 'when a listener asks the number''s state again (a timed restriction: when it ends)';
+
+--
+-- Name: COLUMN listener_instances.sending_since; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.listener_instances.sending_since IS 'a first part is on its way through the number since then (the next one waits for it)';
+
+--
+-- Name: COLUMN listener_instances.last_sent_at; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.listener_instances.last_sent_at IS 'when the last first part through the number was answered (or failed)';
 
 --
 -- Name: listener_migrations; Type: TABLE; Schema: public; Owner: -
