@@ -1,5 +1,5 @@
 -- The schema `listener migrate` makes in an empty database: every file of migrations/ applied
--- in order, dumped by pg_dump 18 (--schema-only --no-owner --no-privileges), normalised.
+-- in order, dumped by pg_dump 15 (--schema-only --no-owner --no-privileges), normalised.
 -- Never applied; tests/integration/test_schema.py checks that migrating from zero gives it.
 -- Regenerate after adding a migration: uv run python -m tests.schema_snapshot
 
