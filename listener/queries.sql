@@ -113,6 +113,7 @@ WITH rec AS (
     UPDATE campaign_messages m
        SET parts_sent = v.part_no + 1,
            provider_message_ids = m.provider_message_ids || jsonb_build_array(v.provider_id),
+           instance = COALESCE(NULLIF(v.instance, ''), m.instance),
            status = CASE WHEN v.final THEN 'sent' ELSE m.status END,
            sent_at = CASE WHEN v.final THEN now() ELSE m.sent_at END,
            last_error = CASE WHEN v.final THEN NULL ELSE m.last_error END,
