@@ -899,9 +899,11 @@ SELECT c.name AS campaign, c.id AS campaign_id,
 -- restrict_check --
 -- The last 10 first parts sent through an instance: how many WhatsApp reported ERROR, and how
 -- many are still PENDING after %(alarm)s (a number restricted from new chats says only that).
+-- Only parts sent within %(window)s (the hold plus the alarm) count: once the hold they caused
+-- is over, they do not hold the number again; the parts it sends next are judged instead.
 WITH recent AS (
     SELECT status, status_at FROM message_parts
-     WHERE instance = %(instance)s AND part_no = 0
+     WHERE instance = %(instance)s AND part_no = 0 AND sent_at > now() - %(window)s
      ORDER BY sent_at DESC
      LIMIT 10
 )
@@ -910,7 +912,7 @@ SELECT count(*) FILTER (WHERE status = 'ERROR') AS errors,
   FROM recent
 
 -- restrict_check_all --
--- The same for every instance with a first part sent in the last day, whichever listener sent
+-- The same for every instance with a first part sent within %(window)s, whichever listener sent
 -- it: the instances come from a skip scan of idx_message_parts_first (one short index probe per
 -- instance), so a restarted listener still sees a number whose parts stay PENDING.
 WITH RECURSIVE inst AS (
@@ -926,14 +928,13 @@ SELECT inst.instance, r.errors, r.stale
   FROM inst
  CROSS JOIN LATERAL (
     SELECT count(*) FILTER (WHERE status = 'ERROR') AS errors,
-           count(*) FILTER (WHERE status = 'PENDING' AND status_at < now() - %(alarm)s) AS stale,
-           max(sent_at) AS latest
-      FROM (SELECT status, status_at, sent_at FROM message_parts
-             WHERE instance = inst.instance AND part_no = 0
+           count(*) FILTER (WHERE status = 'PENDING' AND status_at < now() - %(alarm)s) AS stale
+      FROM (SELECT status, status_at FROM message_parts
+             WHERE instance = inst.instance AND part_no = 0 AND sent_at > now() - %(window)s
              ORDER BY sent_at DESC
              LIMIT 10) recent
  ) r
- WHERE inst.instance IS NOT NULL AND r.latest > now() - interval '1 day'
+ WHERE inst.instance IS NOT NULL AND r.errors + r.stale > 0
  ORDER BY inst.instance
 
 -- webhook_instances --

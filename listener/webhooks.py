@@ -29,6 +29,7 @@ import json
 import logging
 import threading
 from collections.abc import Awaitable, Callable, Hashable
+from datetime import timedelta
 from typing import Any, TypeVar
 
 import psycopg
@@ -461,11 +462,20 @@ class WebhookReceiver:
         PENDING too long: WhatsApp restricts a number from new chats (error 463) while its
         connection still says `open`."""
         cur = await conn.execute(
-            q("restrict_check"), {"instance": instance, "alarm": self.settings.pending_alarm}
+            q("restrict_check"), {"instance": instance, **self._restrict_window()}
         )
         row = await cur.fetchone()
         if row is not None:
             await self._judge(instance, int(row[0]), int(row[1]))
+
+    def _restrict_window(self) -> dict[str, timedelta]:
+        """The alarm, and how far back first parts count: a part older than the hold plus the
+        alarm has had its hold already (else a number would be held again each minute)."""
+        settings = self.settings
+        return {
+            "alarm": settings.pending_alarm,
+            "window": settings.restrict_hold + settings.pending_alarm,
+        }
 
     async def _judge(self, instance: str, errors: int, stale: int) -> None:
         settings = self.settings
@@ -481,12 +491,10 @@ class WebhookReceiver:
             self.metrics.restrictions.labels(reason=label).inc()
 
     async def check_stale(self) -> None:
-        """The restriction check of every instance with a first part sent in the last day,
-        whichever listener sent it (a restarted one included)."""
+        """The restriction check of every instance with recent first parts (sent within the
+        hold plus the alarm), whichever listener sent them (a restarted one included)."""
         async with self._db.connection() as conn:
-            cur = await conn.execute(
-                q("restrict_check_all"), {"alarm": self.settings.pending_alarm}
-            )
+            cur = await conn.execute(q("restrict_check_all"), self._restrict_window())
             rows = await cur.fetchall()
         for instance, errors, stale in rows:
             await self._judge(str(instance), int(errors), int(stale))

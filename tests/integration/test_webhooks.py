@@ -456,9 +456,12 @@ async def test_stale_pending_first_parts_hold_a_number_this_listener_never_sent_
     db_url: str, db: Conn
 ) -> None:
     # Sent by a listener that has since restarted: this one has not sent through any of them.
+    # LISTENER_RESTRICT_HOLD 1h, LISTENER_PENDING_ALARM 10m.
     first_parts(db, "stale", 10, "PENDING", "20 minutes")
     first_parts(db, "young", 10, "PENDING", "2 minutes")  # not PENDING for long yet
-    first_parts(db, "retired", 10, "PENDING", "2 days")  # no first part in the last day
+    # Sent longer ago than the hold plus the alarm: the hold they caused is over, they do not
+    # hold the number again (it sends, and its next first parts are judged).
+    first_parts(db, "held before", 10, "PENDING", "75 minutes")
     first_parts(db, "fine", 10, "DELIVERY_ACK", "20 minutes")
     async with listening(db_url, restrict_hold="1h") as (daemon, fakes):
         receiver = daemon.webhooks
@@ -469,7 +472,7 @@ async def test_stale_pending_first_parts_hold_a_number_this_listener_never_sent_
         )
         assert restricted == 1
         held = {}
-        for instance in ("stale", "young", "retired", "fine"):
+        for instance in ("stale", "young", "held before", "fine"):
             cid = make_campaign(db, name=f"new on {instance}", instance=instance)
             [held[instance]] = enqueue(db, cid, make_leads(db, 1, prefix="55116"), content="Oi")
         await await_until(lambda: len(fakes.sends) == 3)
@@ -482,7 +485,7 @@ async def test_stale_pending_first_parts_hold_a_number_this_listener_never_sent_
                 == ("pending", 0, "instance restricted")
             )
         )
-        assert {s["instance"] for s in fakes.sends} == {"young", "retired", "fine"}
+        assert {s["instance"] for s in fakes.sends} == {"young", "held before", "fine"}
 
 
 async def test_webhook_set_configures_every_instance_in_use(
