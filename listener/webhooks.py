@@ -234,6 +234,7 @@ class WebhookReceiver:
         )
 
     async def _cleanup(self) -> None:
+        served = self._runner is not None
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -241,7 +242,7 @@ class WebhookReceiver:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
-        if self.pool is not None and self._applying is not None:
+        if served and self.pool is not None and self._applying is not None:
             # What was acknowledged is applied before the listener stops (else at its next
             # start: the rows stay in the inbox).
             with contextlib.suppress(psycopg.Error, TimeoutError):
