@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 import time
@@ -142,6 +143,11 @@ class Daemon:
             # behind: the process would hang instead of exiting with the error.
             await self._close_resources()
             raise
+        # What start-up made (modules, settings, the pool, the providers) lives as long as
+        # the run: kept out of the cycle collector's scans, which otherwise walk it again and
+        # again while messages flow (about 6 % of the listener's CPU per message). Unfrozen at
+        # the end, so a process that runs listeners one after another (the tests) frees them.
+        gc.freeze()
         listen_task = asyncio.create_task(self.listener.run(), name="listen")
         claim_task = asyncio.create_task(processor.claim_loop(), name="claim")
         stop_task = asyncio.create_task(self._stop.wait(), name="stop")
@@ -168,6 +174,7 @@ class Daemon:
                 task.cancel()
             await asyncio.gather(listen_task, claim_task, stop_task, return_exceptions=True)
             await self._close_resources()
+            gc.unfreeze()
             log.info("listener stopped", extra={"action": "stopped"})
 
     def live(self) -> Live | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 from typing import Any
 
@@ -212,8 +213,12 @@ async def test_a_message_with_content_is_sent_as_is_without_the_llm(db_url: str,
     campaign = make_campaign(db)
     leads = make_leads(db, 2)
     async with serve_fakes() as fakes, running(db_url, **http_settings(fakes)):
+        # What start-up made is kept out of the cycle collector's scans while it runs...
+        assert gc.get_freeze_count() > 0
         enqueue(db, campaign, leads, content="Oi! Mensagem pronta.")
         await await_until(lambda: statuses(db).get("sent") == 2)
+    # ...and handed back to it when the listener stops.
+    assert gc.get_freeze_count() == 0
     assert fakes.llm_requests == []
     assert [s["text"] for s in fakes.accepted()] == ["Oi! Mensagem pronta."] * 2
 
