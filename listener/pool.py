@@ -66,6 +66,7 @@ QUIET_WAITS = frozenset(
 CAMPAIGN_HOLDS = frozenset({"window", "cap", "budget"})
 
 _UP = ("open", "unknown")
+_AT_ONCE: contextlib.AbstractAsyncContextManager[None] = contextlib.nullcontext()
 
 
 class Senders:
@@ -169,15 +170,18 @@ class Senders:
         await _sleep_until(slot)
         return None
 
-    @contextlib.asynccontextmanager
-    async def sending(self, job: Job, instance: str) -> AsyncIterator[None]:
+    def sending(self, job: Job, instance: str) -> contextlib.AbstractAsyncContextManager[None]:
         """Around each try of a paced message's first part: it leaves only once the previous
         send through the number was answered a whole `gap_min_seconds` ago (so no two arrive
-        closer, however late the previous one left); a try that fails counts as answered."""
+        closer, however late the previous one left); a try that fails counts as answered.
+        Any other send goes at once (a shared no-op: nothing made per part)."""
         gap = job.gap
         if gap is None or job.parts_sent > 0:
-            yield
-            return
+            return _AT_ONCE
+        return self._spaced(instance, gap)
+
+    @contextlib.asynccontextmanager
+    async def _spaced(self, instance: str, gap: tuple[float, float]) -> AsyncIterator[None]:
         while (again := await self.store.send_start(instance, gap[0])) is not None:
             await _sleep_until(again)
         try:
@@ -225,7 +229,10 @@ class Senders:
     async def _up(self, names: list[str]) -> list[str]:
         """The numbers among `names` whose state lets them send; each one found down is held
         in the database (once), which puts its messages aside."""
-        states = await asyncio.gather(*(self.health.state(name) for name in names))
+        if len(names) == 1:  # the common case, without gather's tasks
+            states = [await self.health.state(names[0])]
+        else:
+            states = await asyncio.gather(*(self.health.state(name) for name in names))
         up: list[str] = []
         for name, state in zip(names, states, strict=True):
             if state in _UP:
