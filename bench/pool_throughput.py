@@ -136,8 +136,7 @@ async def run_pool(
     return result
 
 
-async def main_async(args: Any) -> dict[str, Any]:
-    url = c.recreate_db(args.url, args.db)
+async def main_async(args: Any, url: str) -> dict[str, Any]:
     gap = (args.gap[0], args.gap[1])
     runs = []
     with c.FakeServer("--record-sends") as fake:
@@ -155,7 +154,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--concurrency", type=int, default=10)
     args = parser.parse_args()
-    result = run_async(main_async(args))
+    url = c.recreate_db(args.url, args.db)
+    result = run_async(main_async(args, url))
     c.write_result("pool_throughput", result, args.tag)
 
 

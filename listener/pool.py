@@ -82,6 +82,8 @@ class Senders:
         # Episodes already logged or spread: key -> until.
         self._told: dict[tuple[object, ...], datetime] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        # When each message's first part was answered (monotonic), until its stamp.
+        self._answered: dict[UUID, float] = {}
 
     def pool(self, job: Job) -> list[str]:
         """The campaign's numbers: its pool, else its instance, else the default one."""
@@ -178,24 +180,34 @@ class Senders:
         gap = job.gap
         if gap is None or job.parts_sent > 0:
             return _AT_ONCE
-        return self._spaced(instance, gap)
+        return self._spaced(job, instance, gap)
 
     @contextlib.asynccontextmanager
-    async def _spaced(self, instance: str, gap: tuple[float, float]) -> AsyncIterator[None]:
-        while (again := await self.store.send_start(instance, gap[0])) is not None:
-            await _sleep_until(again)
+    async def _spaced(
+        self, job: Job, instance: str, gap: tuple[float, float]
+    ) -> AsyncIterator[None]:
+        while True:  # the database's clock says when: no local event can say it sooner
+            wait, reserved = await self.store.send_wait(instance, gap[0])
+            if reserved:
+                break
+            await asyncio.sleep(wait)
         try:
+            if wait > 0:
+                await asyncio.sleep(wait)
             yield
         except BaseException:
             with contextlib.suppress(psycopg.Error):  # else the mark goes stale in a send's time
-                await self.store.send_done(instance, None)
+                await self.store.send_answered(instance, None, 0.0)
             raise
+        self._answered[job.id] = time.monotonic()
 
-    async def sent(self, instance: str, gap: tuple[float, float] | None) -> None:
+    async def sent(self, job: Job, instance: str) -> None:
         """The first part was accepted through `instance` (and recorded): the next message
-        through it goes a whole gap after this send, even if it came late for its booking."""
-        if gap is not None:
-            await self.store.send_done(instance, gap)
+        through it goes a whole gap after the answer, even if it came late for its booking."""
+        answered = self._answered.pop(job.id, None)
+        if job.gap is not None:
+            ago = time.monotonic() - answered if answered is not None else 0.0
+            await self.store.send_answered(instance, job.gap, ago)
 
     def _wait(self, job: Job, pool: list[str], until: datetime | None, reason: str | None) -> Wait:
         """A wait the pool function gave; a pool with no number to send through waits for

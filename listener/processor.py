@@ -423,7 +423,7 @@ class Processor:
             self.metrics.parts_sent.inc()
             if first_part and job.gap:
                 try:
-                    await self.senders.sent(instance, job.gap)
+                    await self.senders.sent(job, instance)
                 except psycopg.Error as exc:  # the booking taken before the send still holds
                     log.warning(
                         "could not stamp the gap after a send: %s",

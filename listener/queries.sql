@@ -265,14 +265,16 @@ SELECT go, slot_at, wait_until
   FROM listener_take_gap_v2(%(instance)s, %(min)s::numeric, %(max)s::numeric,
                             %(horizon)s::numeric, now())
 
--- send_start --
--- At its slot, right before a first part: NULL (go) once the previous send through the number
--- was answered a gap ago, else when to ask again.
-SELECT listener_send_start(%(instance)s, %(min)s::numeric, %(stale)s::numeric)
+-- send_wait --
+-- At its slot, right before a first part: the seconds until the previous send through the
+-- number was answered a gap ago, the number reserved from then on (`reserved`), or, while
+-- another send is on its way, when to ask again.
+SELECT wait, reserved FROM listener_send_wait(%(instance)s, %(min)s::numeric, %(stale)s::numeric)
 
--- send_done --
--- A first part through the number was answered (accepted or failed): the next one waits a gap.
-SELECT listener_send_done(%(instance)s, %(min)s::numeric, %(max)s::numeric, now())
+-- send_answered --
+-- A first part through the number was answered %(ago)s seconds ago (accepted or failed): the
+-- next one waits a gap from that answer.
+SELECT listener_send_answered(%(instance)s, %(min)s::numeric, %(max)s::numeric, %(ago)s::numeric)
 
 -- hold_sender --
 -- Hold a number that is not connected, missing or restricted, and move the messages it holds

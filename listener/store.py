@@ -447,30 +447,35 @@ class Store:
         go, slot, until = row
         return (slot, None) if go else (None, until)
 
-    async def send_start(self, instance: str, gap_min: float) -> datetime | None:
-        """At its slot, right before a first part: None once the previous send through the
-        number was answered a gap ago (the number is then marked sending), else when to ask
-        again."""
+    async def send_wait(self, instance: str, gap_min: float) -> tuple[float, bool]:
+        """At its slot, right before a first part: (seconds, True) when the number is reserved
+        for this send from `seconds` on (once the previous send through it was answered a gap
+        ago), or (seconds, False) to ask again then (another send is on its way)."""
         params = {
             "instance": instance,
             "min": gap_min,
             "stale": self.settings.send_timeout.total_seconds(),
         }
         async with self.pool.connection() as conn:
-            cur = await conn.execute(q("send_start"), params)
+            cur = await conn.execute(q("send_wait"), params)
             row = await cur.fetchone()
-        return None if row is None else row[0]
+        assert row is not None
+        return float(row[0]), bool(row[1])
 
-    async def send_done(self, instance: str, gap: tuple[float, float] | None) -> None:
-        """A first part through the number was answered (accepted or failed): the next one
-        waits a gap from now; with `gap`, the number's next slot moves a whole gap away."""
+    async def send_answered(
+        self, instance: str, gap: tuple[float, float] | None, ago: float
+    ) -> None:
+        """A first part through the number was answered `ago` seconds ago (accepted or
+        failed): the next one waits a gap from then; with `gap`, the number's next slot moves
+        a whole gap after it."""
         params = {
             "instance": instance,
             "min": gap[0] if gap else 0,
             "max": gap[1] if gap else None,
+            "ago": max(ago, 0.0),
         }
         async with self.pool.connection() as conn:
-            await conn.execute(q("send_done"), params)
+            await conn.execute(q("send_answered"), params)
 
     async def hold_sender(
         self, instance: str, reason: str, until: datetime, backstop: datetime, seen_at: datetime

@@ -565,6 +565,8 @@ DECLARE
     why text;
     held_end timestamptz;
     waiting integer;
+    line_from timestamptz;
+    turn numeric;
     gap numeric := COALESCE((p_min + p_max) / 2.0, 0);
 BEGIN
     IF p_own IS NOT NULL THEN
@@ -642,14 +644,21 @@ BEGIN
     END IF;
     IF best_reason = 'sender cap' OR best_free > p_at + make_interval(secs => p_horizon) THEN
         IF best_reason = 'gap' THEN
+            -- Messages turned away while the number's turns are booked beyond the horizon
+            -- form a line: the k-th since the line began comes back when its turn is about
+            -- to be bookable, k-1 turns (of the pool) after the first, with a turn's jitter.
+            -- The line begins anew once the time it was measured from has passed.
             UPDATE listener_instances i
-               SET refused = CASE WHEN i.refused_for = best_free THEN i.refused + 1 ELSE 1 END,
-                   refused_for = best_free
+               SET refused = CASE WHEN i.refused_for >= p_at THEN i.refused + 1 ELSE 1 END,
+                   refused_for = CASE WHEN i.refused_for >= p_at THEN i.refused_for
+                                      ELSE best_free END
              WHERE i.instance = best
-            RETURNING i.refused INTO waiting;
-            best_free := best_free + make_interval(
-                secs => random() * (waiting - 1)
-                        * greatest(gap / cardinality(candidates), 0.01));
+            RETURNING i.refused, i.refused_for INTO waiting, line_from;
+            turn := greatest(gap / cardinality(candidates), 0.001);
+            best_free := greatest(
+                line_from - make_interval(secs => p_horizon)
+                    + make_interval(secs => (waiting - 1 + random()) * turn),
+                p_at + make_interval(secs => turn));
         END IF;
         RETURN QUERY SELECT best, false, NULL::timestamptz, best_free, best_reason;
         RETURN;
@@ -781,6 +790,26 @@ END
 $$;
 
 --
+-- Name: listener_send_answered(text, numeric, numeric, numeric); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.listener_send_answered(p_instance text, p_min numeric, p_max numeric, p_ago numeric) RETURNS void
+    LANGUAGE sql
+    AS $$
+    INSERT INTO listener_instances AS i (instance, next_send_at, last_sent_at, updated_at)
+    VALUES (p_instance,
+            clock_timestamp() - make_interval(secs => p_ago)
+                + make_interval(secs => p_min + random() * (COALESCE(p_max, p_min) - p_min)),
+            clock_timestamp() - make_interval(secs => p_ago), now())
+    ON CONFLICT (instance) DO UPDATE
+       SET next_send_at = CASE WHEN p_max IS NULL THEN i.next_send_at
+                               ELSE greatest(i.next_send_at, EXCLUDED.next_send_at) END,
+           sending_since = NULL,
+           last_sent_at = greatest(i.last_sent_at, EXCLUDED.last_sent_at),
+           updated_at = now()
+$$;
+
+--
 -- Name: listener_send_done(text, numeric, numeric, timestamp with time zone); Type: FUNCTION; Schema: public; Owner: -
 --
 
@@ -820,6 +849,30 @@ BEGIN
     END IF;
     UPDATE listener_instances SET sending_since = clock WHERE instance = p_instance;
     RETURN NULL;
+END
+$$;
+
+--
+-- Name: listener_send_wait(text, numeric, numeric); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.listener_send_wait(p_instance text, p_min numeric, p_stale numeric) RETURNS TABLE(wait numeric, reserved boolean)
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+    clock timestamptz := clock_timestamp();
+    i listener_instances;
+    start timestamptz;
+BEGIN
+    INSERT INTO listener_instances (instance) VALUES (p_instance) ON CONFLICT DO NOTHING;
+    SELECT * INTO i FROM listener_instances WHERE instance = p_instance FOR UPDATE;
+    IF i.sending_since IS NOT NULL AND i.sending_since > clock - make_interval(secs => p_stale) THEN
+        RETURN QUERY SELECT 0.002::numeric, false;
+        RETURN;
+    END IF;
+    start := greatest(clock, i.last_sent_at + make_interval(secs => p_min));
+    UPDATE listener_instances SET sending_since = start WHERE instance = p_instance;
+    RETURN QUERY SELECT extract(epoch FROM start - clock), true;
 END
 $$;
 

@@ -317,3 +317,23 @@ def test_stats_show_each_number_against_its_caps_and_its_state(
     assert (
         "sender numbers" in text and "1/20 warm-up" in text and "held (instance restricted)" in text
     )
+
+
+def test_messages_turned_away_come_back_one_turn_apart(db: Conn) -> None:
+    campaign = make_campaign(db, instances=["one"], gap_min_seconds=1, gap_max_seconds=1)
+    ms = working(db, campaign, 14)
+    now = at("2026-11-25 10:00:00-03")
+    booked = [pick(db, m, ["one"], now, gap=(1, 1)) for m in ms[:3]]
+    # Turns at now, +1 s, +2 s (the horizon is 2 s): booked.
+    assert [b[2] - now for b in booked] == [timedelta(seconds=s) for s in (0, 1, 2)]
+    # The next ones form a line: the k-th comes back k-1 turns after the first, which comes
+    # back when the next free turn (+3 s) is within the horizon (+1 s), within a turn's jitter.
+    back = [pick(db, m, ["one"], now, gap=(1, 1))[3] for m in ms[3:]]
+    offsets = [(b - now).total_seconds() for b in back]
+    for k, offset in enumerate(offsets):
+        assert 1 + k <= offset <= 2 + k, offsets
+    # Once the time the line was measured from has passed, a new line begins.
+    later = now + timedelta(seconds=5)
+    row = pick(db, ms[3], ["one"], later, gap=(1, 1), horizon=0.5)
+    assert row[1] is True  # the number's turn (+3 s) is long past: booked at once
+    assert row[2] == later
