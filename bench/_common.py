@@ -33,6 +33,7 @@ from listener.daemon import Daemon  # noqa: E402
 from listener.migrate import migrate  # noqa: E402
 from listener.providers.base import LLM, Sender  # noqa: E402
 from listener.settings import Settings, load_settings  # noqa: E402
+from tests.fakes import http_settings  # noqa: E402
 
 DEFAULT_URL = os.environ.get("BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 RESULTS = ROOT / "bench" / "results"
@@ -353,8 +354,8 @@ def cpu_line(cpu: dict[str, float]) -> str:
 
 
 class FakeServer:
-    """The fake OpenRouter + Evolution server (`bench/_fake_providers.py`) in its own process,
-    so it never shares the listener's event loop."""
+    """The fake OpenRouter + Evolution server of the tests (`tests/fakes.py`) in its own
+    process, `python -m tests.fakes ARGS`, so it never shares the listener's event loop."""
 
     def __init__(self, *args: str) -> None:
         self.args = list(args)
@@ -362,11 +363,11 @@ class FakeServer:
         self.url = ""
 
     def __enter__(self) -> FakeServer:
-        script = Path(__file__).resolve().parent / "_fake_providers.py"
         self.proc = subprocess.Popen(
-            [sys.executable, str(script), *self.args],
+            [sys.executable, "-m", "tests.fakes", *self.args],
             stdout=subprocess.PIPE,
             text=True,
+            cwd=ROOT,
         )
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline().strip()
@@ -405,12 +406,4 @@ class FakeServer:
 
     def settings(self) -> dict[str, Any]:
         """Settings overrides pointing both real HTTP providers at this server."""
-        return {
-            "llm": "openrouter",
-            "sender": "evolution",
-            "openrouter_api_key": "sk-bench",
-            "openrouter_base_url": self.url,
-            "evolution_api_url": self.url,
-            "evolution_api_key": "evo-bench",
-            "evolution_instance": "main",
-        }
+        return http_settings(self.url)

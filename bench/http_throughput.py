@@ -1,6 +1,6 @@
 """Throughput through the real HTTP providers against fake servers that answer at once.
 
-`bench/_fake_providers.py` (aiohttp, its own process, 127.0.0.1) plays OpenRouter and
+`tests/fakes.py` (aiohttp, its own process, 127.0.0.1) plays OpenRouter and
 Evolution API; the real `OpenRouterLLM` and `EvolutionSender` talk to it over loopback, from the
 real `listener.daemon.Daemon` run in this process. Every message costs one chat completion and
 one sendText (one part), and the same database work as the queue benchmark. For each
@@ -53,7 +53,7 @@ async def client_ceiling(fake: c.FakeServer, n: int, concurrency: int) -> dict[s
         settings,
         read_timeout=settings.send_timeout,
         base_url=fake.url,
-        headers={"apikey": "evo-bench"},
+        headers={"apikey": "evo-test-secret"},
     )
     try:
 
@@ -66,7 +66,7 @@ async def client_ceiling(fake: c.FakeServer, n: int, concurrency: int) -> dict[s
         await client.aclose()
     connector = aiohttp.TCPConnector(limit=max(10, concurrency * 2))
     async with aiohttp.ClientSession(
-        base_url=fake.url, connector=connector, headers={"apikey": "evo-bench"}
+        base_url=fake.url, connector=connector, headers={"apikey": "evo-test-secret"}
     ) as session:
 
         async def aiohttp_post() -> None:

@@ -35,7 +35,6 @@ import os
 import queue
 import statistics
 import time
-from datetime import UTC, datetime
 from typing import Any
 
 import _common as c
@@ -47,6 +46,7 @@ from listener.db import make_pool
 from listener.feedback import sign_jwt
 from listener.providers.base import SentPart
 from listener.providers.sandbox import SandboxSender
+from tests.fakes import reply_data, sent_data, status_data, webhook_body
 
 SECRET = "bench-webhook-secret"
 TARGET_P99_MS = 100.0
@@ -66,18 +66,7 @@ class HandingSender(SandboxSender):
 
 
 def _body(event: str, data: dict[str, Any]) -> bytes:
-    return json.dumps(
-        {
-            "event": event,
-            "instance": "sandbox",
-            "data": data,
-            "destination": "http://127.0.0.1/webhooks/evolution",
-            "date_time": datetime.now(UTC).isoformat(),
-            "sender": "5511900000000@s.whatsapp.net",
-            "server_url": "http://evolution:8080",
-            "apikey": "INSTANCE-TOKEN",
-        }
-    ).encode()
+    return json.dumps(webhook_body(event, data, instance="sandbox")).encode()
 
 
 def evolution(
@@ -211,25 +200,12 @@ async def _evolution(
                 except queue.Empty:
                     break
             if i % 10 == 5:
-                data = {
-                    "key": {
-                        "remoteJid": "5511999990000@s.whatsapp.net",
-                        "fromMe": True,
-                        "id": f"BENCHSENT{i:08d}",
-                    },
-                    "message": {"conversation": f"texto {i}"},
-                    "messageTimestamp": int(time.time()),
-                    "status": "PENDING",
-                }
+                data = sent_data(f"BENCHSENT{i:08d}", "5511999990000", f"texto {i}")
                 body, kind = _body("send.message", data), "sent"
             elif i % 20 == 7 and sent_parts:
                 number = sent_parts[-1][0]
                 replied.add(number)
-                data = {
-                    "key": {"remoteJid": f"{number}@s.whatsapp.net", "fromMe": False, "id": "R"},
-                    "message": {"conversation": "Oi, quem fala?"},
-                    "messageTimestamp": int(time.time()),
-                }
+                data = reply_data(number, "Oi, quem fala?", key_id="R")
                 body, kind = _body("messages.upsert", data), "reply"
             elif sent_parts or delivered:
                 if sent_parts:
@@ -239,13 +215,7 @@ async def _evolution(
                 else:
                     number, provider_id = delivered.popleft()
                     status, kind = "READ", "read"
-                data = {
-                    "keyId": provider_id,
-                    "remoteJid": f"{number}@s.whatsapp.net",
-                    "fromMe": True,
-                    "status": status,
-                }
-                body = _body("messages.update", data)
+                body = _body("messages.update", status_data(provider_id, status, number))
             else:
                 continue
             tasks.append(asyncio.create_task(post(client, due, body, kind)))

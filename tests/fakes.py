@@ -1,15 +1,41 @@
-"""Fake providers as real HTTP servers on 127.0.0.1: an OpenRouter and an Evolution API that
-record every request and answer from a script (status, body, headers, latency)."""
+"""The fake providers of the tests and the benchmarks, the one fake: an OpenRouter and an
+Evolution API on one real HTTP server on 127.0.0.1 (aiohttp) that records every request and
+answers from a script (status, body, headers, latency), and posts Evolution's webhooks.
+
+In a test, in the test's event loop: `async with serve_fakes() as fakes:`, then point the
+listener at it with `http_settings(fakes)`. Script answers per endpoint with `llm_script` /
+`send_script` (consumed in order, then the default success answers), or every request whatever
+its path with `script(...)` (the last answer repeats; the provider tests); `seen` lists every
+request as it came.
+
+The benchmarks run it as its own process (`bench/_common.py`'s `FakeServer`), so that it never
+shares the listener's event loop:
+
+    python -m tests.fakes [--llm-latency 200,600] [--send-latency 0,0] [--seed 1]
+                          [--record-prefix Probe] [--record-sends] [--port 0]
+
+It prints its base URL on the first line of stdout, then serves until terminated. Latency is
+drawn uniformly from the given range in ms, from a generator seeded by the lead's id (the LLM)
+or the number and text (the sender), so two runs over the same leads see the same latency per
+message whatever order the requests arrive in. `GET /stats` returns the request counts, the
+delays applied, and for leads whose name starts with `--record-prefix` the CLOCK_MONOTONIC time
+(ns, comparable across processes on Linux) at which their LLM request arrived. `POST /reset`
+clears them. With `--record-sends`, `/stats` also has `send_times`: per instance, the
+CLOCK_MONOTONIC time (ns) each sendText arrived.
+"""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import json
 import random
+import socket
+import sys
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -19,29 +45,98 @@ from aiohttp import web
 
 from listener.feedback import sign_jwt
 
+# What the recording middleware keeps on each request for the handlers: when it arrived
+# (CLOCK_MONOTONIC ns) and its body, parsed once.
+_ARRIVED = web.RequestKey("arrived_ns", int)
+_BODY: web.RequestKey[Any] = web.RequestKey("body")
+
 
 @dataclass
 class Reply:
+    """One scripted answer: `body` as JSON, or `text`, or `raw` bytes sent as they are (as
+    JSON, invalid UTF-8 and all), after `delay` seconds. With `trickle`, the headers go out,
+    then one byte of whitespace every `trickle` seconds, forever. In `llm_script` /
+    `send_script`, an answer that gives none of these and a status under 300 is the endpoint's
+    default success, after `delay`."""
+
     status: int = 200
     body: Any = None
     headers: dict[str, str] = field(default_factory=dict)
     delay: float = 0.0
+    text: str | None = None
+    raw: bytes | None = None
+    trickle: float = 0.0
+
+    def given(self) -> bool:
+        """Whether it says what to answer (else the endpoint answers its default success)."""
+        return (
+            self.body is not None
+            or self.text is not None
+            or self.raw is not None
+            or self.trickle > 0
+            or self.status >= 300
+        )
+
+
+@dataclass
+class Seen:
+    """One request the fake server received."""
+
+    method: str
+    path: str
+    raw_path: str
+    headers: dict[str, str]
+    body: Any
+
+
+def completion(content: str | None, **choice: Any) -> dict[str, Any]:
+    """An OpenRouter chat completion body with one choice (`choice` adds to it)."""
+    return {
+        "id": "gen-1",
+        "choices": [{"message": {"role": "assistant", "content": content}, **choice}],
+    }
 
 
 @dataclass
 class FakeProviders:
-    """Both providers on one server. Script answers with `llm_script` / `send_script` (consumed
-    in order; when empty, the default success answers)."""
+    """Both providers on one server (see the module's docstring)."""
 
     url: str = ""
+    # Every request as it came, whatever its path; the LLM requests (body and headers); the
+    # send requests (their body, whether accepted, the id given). With `keep_requests` off
+    # (the benchmarks' process, lighter on the CPU), only `llm_calls` and `send_calls` count.
+    keep_requests: bool = True
+    seen: list[Seen] = field(default_factory=list)
     llm_requests: list[dict[str, Any]] = field(default_factory=list)
     sends: list[dict[str, Any]] = field(default_factory=list)
+    llm_calls: int = 0
+    send_calls: int = 0
     llm_script: deque[Reply] = field(default_factory=deque)
     send_script: deque[Reply] = field(default_factory=deque)
+    # Answers to every request whatever its path, before the endpoints (`script()`).
+    replies: list[Reply] = field(default_factory=list)
     llm_delay: float = 0.0
     send_delay: float = 0.0
-    # When set, each successful send takes a random time in this range instead of send_delay.
+    # When set, each default LLM answer / successful send takes a time drawn uniformly from
+    # this range (seconds) instead of llm_delay / send_delay; with `seed`, drawn from a
+    # generator seeded by the lead's id / the number and text (the same latency per message
+    # whatever order the requests arrive in). Each applied goes to llm_delays / send_delays.
+    llm_delay_range: tuple[float, float] | None = None
     send_delay_range: tuple[float, float] | None = None
+    seed: int | None = None
+    llm_delays: list[float] = field(default_factory=list)
+    send_delays: list[float] = field(default_factory=list)
+    # Leads whose name starts with this (when set): CLOCK_MONOTONIC ns at which their LLM
+    # request arrived, by name. Also the first LLM request's and the last send's times.
+    arrival_prefix: str = ""
+    arrivals: dict[str, int] = field(default_factory=dict)
+    # With `record_send_times`: per instance, the CLOCK_MONOTONIC time (ns) each sendText
+    # arrived (the pool benchmark's gaps).
+    record_send_times: bool = False
+    send_times: dict[str, list[int]] = field(default_factory=dict)
+    first_ns: int = 0
+    last_ns: int = 0
+    state_checks: int = 0
     reply_parts: int = 1
     state: str = "open"
     # connectionState per instance (sender pools); instances not named here answer `state`.
@@ -56,6 +151,9 @@ class FakeProviders:
     chaos: Callable[[str], str | None] | None = None
     timeout_sleep: float = 0.5
     faults: int = 0
+    # Cancel a handler whose client hung up (read timeouts, trickling answers), and give
+    # handlers still running half a second at teardown.
+    cancel_on_hangup: bool = False
     # Delivery feedback: the listener's receiver the fake posts real-shaped webhooks to, and the
     # secret it signs their JWT with (Evolution's `jwt_key` header option).
     webhook_url: str = ""
@@ -80,11 +178,40 @@ class FakeProviders:
     )
     _counter: int = 0
 
+    def script(self, *replies: Reply) -> None:
+        """Answer every request, whatever its path, with these in order; the last repeats."""
+        self.replies = list(replies)
+
     def llm_text(self, body: dict[str, Any]) -> str:
-        user = json.loads(body["messages"][-1]["content"])
-        name = user["lead"]["name"]
+        name = _lead(body).get("name")
         parts = [f"Olá {name}, parte {i + 1}." for i in range(self.reply_parts)]
         return json.dumps({"messages": parts}, ensure_ascii=False)
+
+    def _draw(self, bounds: tuple[float, float], key: str) -> float:
+        rng = random if self.seed is None else random.Random(f"{self.seed}:{key}")
+        return rng.uniform(*bounds)
+
+    @web.middleware
+    async def _record(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        request[_ARRIVED] = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+        raw = await request.read()
+        try:
+            body = json.loads(raw) if raw else None
+        except ValueError:
+            body = raw.decode(errors="replace")
+        request[_BODY] = body
+        if self.keep_requests:
+            self.seen.append(
+                Seen(request.method, request.path, request.raw_path, dict(request.headers), body)
+            )
+        if not self.replies:
+            return await handler(request)
+        reply = self.replies.pop(0) if len(self.replies) > 1 else self.replies[0]
+        if reply.delay:
+            await asyncio.sleep(reply.delay)
+        return await _answer(request, reply)
 
     async def _fault(self, request: web.Request, endpoint: str) -> web.Response | None:
         kind = self.chaos(endpoint) if self.chaos is not None else None
@@ -104,58 +231,71 @@ class FakeProviders:
         request.transport.close()
         raise ConnectionResetError("injected drop")
 
-    async def _chat(self, request: web.Request) -> web.Response:
-        body = await request.json()
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
+        now: int = request[_ARRIVED]
+        self.first_ns = self.first_ns or now
+        body = request[_BODY]
         fault = await self._fault(request, "llm")
         if fault is not None:
             return fault
-        self.llm_requests.append({"body": body, "headers": dict(request.headers)})
+        self.llm_calls += 1
+        if self.keep_requests:
+            self.llm_requests.append({"body": body, "headers": dict(request.headers)})
+        lead = _lead(body) if self.arrival_prefix or self.llm_delay_range else {}
+        if self.arrival_prefix and str(lead.get("name", "")).startswith(self.arrival_prefix):
+            self.arrivals[str(lead.get("name"))] = now
         if self.on_llm is not None:
             self.on_llm(body)
         reply = self.llm_script.popleft() if self.llm_script else None
-        delay = reply.delay if reply and reply.delay else self.llm_delay
+        if reply is not None and reply.delay:
+            delay = reply.delay
+        elif self.llm_delay_range is not None:
+            delay = self._draw(self.llm_delay_range, str(lead.get("id")))
+            self.llm_delays.append(delay)
+        else:
+            delay = self.llm_delay
         if delay:
             await asyncio.sleep(delay)
-        if (reply is not None and reply.body is not None) or (reply and reply.status != 200):
-            assert reply is not None
-            return web.json_response(reply.body or {}, status=reply.status, headers=reply.headers)
-        text = self.llm_text(body)
-        answer: dict[str, Any] = {
-            "model": self.answer_model or body.get("model"),
-            "choices": [
-                {"message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
-            ],
-        }
+        if reply is not None and reply.given():
+            return await _answer(request, reply)
+        usage = None
         if (body.get("usage") or {}).get("include"):
             usage = dict(self.llm_usage)
             usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+        answer = completion(self.llm_text(body), finish_reason="stop")
+        answer["model"] = self.answer_model or body.get("model")
+        if usage is not None:
             answer["usage"] = usage
         return web.json_response(answer)
 
-    async def _send(self, request: web.Request) -> web.Response:
-        body = await request.json()
+    async def _send(self, request: web.Request) -> web.StreamResponse:
+        if self.record_send_times:
+            times = self.send_times.setdefault(request.match_info["instance"], [])
+            times.append(request[_ARRIVED])
+        body = request[_BODY]
         fault = await self._fault(request, "send")
         if fault is not None:
             return fault
+        self.send_calls += 1
         reply = self.send_script.popleft() if self.send_script else None
-        delay = reply.delay if reply and reply.delay else self.send_delay
-        if self.send_delay_range is not None and not (reply and reply.delay):
-            delay = random.uniform(*self.send_delay_range)
+        if reply is not None and reply.delay:
+            delay = reply.delay
+        elif self.send_delay_range is not None:
+            delay = self._draw(self.send_delay_range, f"{body.get('number')}:{body.get('text')}")
+            self.send_delays.append(delay)
+        else:
+            delay = self.send_delay
         if delay:
             await asyncio.sleep(delay)
-        if reply is not None and (reply.body is not None or reply.status >= 300):
-            self.sends.append(
-                {
-                    "instance": request.match_info["instance"],
-                    **body,
-                    "accepted": False,
-                    "at": time.monotonic(),
-                }
-            )
-            return web.json_response(reply.body or {}, status=reply.status, headers=reply.headers)
+        instance = request.match_info["instance"]
+        if reply is not None and reply.given():
+            if self.keep_requests:
+                self.sends.append(
+                    {"instance": instance, **body, "accepted": False, "at": time.monotonic()}
+                )
+            return await _answer(request, reply)
         self._counter += 1
         message_id = f"EVO{self._counter:08d}"
-        instance = request.match_info["instance"]
         accepted = {
             "instance": instance,
             **body,
@@ -164,7 +304,9 @@ class FakeProviders:
             "at": time.monotonic(),
             "timestamp": int(time.time()),
         }
-        self.sends.append(accepted)
+        if self.keep_requests:
+            self.sends.append(accepted)
+        self.last_ns = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
         if self.on_accept is not None:
             self.on_accept(accepted)
         if self.emit_sent:
@@ -180,7 +322,7 @@ class FakeProviders:
         return web.json_response({"key": {"id": message_id}, "status": "PENDING"}, status=201)
 
     async def _webhook_set(self, request: web.Request) -> web.Response:
-        body = await request.json()
+        body = request[_BODY]
         self.webhook_sets.append(
             {"instance": request.match_info["instance"], "apikey": request.headers.get("apikey")}
             | body
@@ -188,7 +330,7 @@ class FakeProviders:
         return web.json_response({"webhook": {"instanceName": request.match_info["instance"]}})
 
     async def _find_messages(self, request: web.Request) -> web.Response:
-        body = await request.json()
+        body = request[_BODY]
         self.find_requests.append(body)
         jid = body["where"]["key"]["remoteJid"]
         records = (
@@ -239,6 +381,7 @@ class FakeProviders:
             return response.status
 
     async def _state(self, request: web.Request) -> web.Response:
+        self.state_checks += 1
         return web.json_response(
             {
                 "instance": {
@@ -251,14 +394,97 @@ class FakeProviders:
     def accepted(self) -> list[dict[str, Any]]:
         return [s for s in self.sends if s["accepted"]]
 
+    def stats(self) -> dict[str, Any]:
+        """What `GET /stats` answers (the benchmarks)."""
+        return {
+            "llm_requests": self.llm_calls,
+            "sends": self.send_calls,
+            "state_checks": self.state_checks,
+            "llm_delays": self.llm_delays,
+            "send_delays": self.send_delays,
+            "arrivals": self.arrivals,
+            "send_times": self.send_times,
+            "first_ns": self.first_ns,
+            "last_ns": self.last_ns,
+        }
+
+    def reset(self) -> None:
+        """Forget what was received (`POST /reset`); the scripts and settings stay."""
+        for seen in (self.llm_requests, self.sends, self.seen, self.llm_delays, self.send_delays):
+            seen.clear()
+        self.arrivals.clear()
+        self.send_times.clear()
+        self.first_ns = self.last_ns = self.state_checks = self.llm_calls = self.send_calls = 0
+
+    async def _stats(self, request: web.Request) -> web.Response:
+        return web.json_response(self.stats())
+
+    async def _reset(self, request: web.Request) -> web.Response:
+        self.reset()
+        return web.json_response({"ok": True})
+
     def app(self) -> web.Application:
-        app = web.Application()
+        app = web.Application(middlewares=[self._record])
         app.router.add_post("/chat/completions", self._chat)
         app.router.add_post("/message/sendText/{instance}", self._send)
         app.router.add_get("/instance/connectionState/{instance}", self._state)
         app.router.add_post("/webhook/set/{instance}", self._webhook_set)
         app.router.add_post("/chat/findMessages/{instance}", self._find_messages)
+        app.router.add_get("/stats", self._stats)
+        app.router.add_post("/reset", self._reset)
         return app
+
+    async def start(self, port: int = 0) -> web.AppRunner:
+        """Serve on 127.0.0.1 (`port` 0: any free one) and set `url`; returns the runner to
+        clean up."""
+        if self.cancel_on_hangup:
+            runner = web.AppRunner(
+                self.app(), access_log=None, handler_cancellation=True, shutdown_timeout=0.5
+            )
+        else:
+            runner = web.AppRunner(self.app(), access_log=None)
+        await runner.setup()
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", port))
+        await web.SockSite(runner, sock, backlog=1024).start()
+        self.url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+        return runner
+
+
+def _lead(body: dict[str, Any]) -> dict[str, Any]:
+    """The lead's context in a chat completion request (its user message, as JSON)."""
+    try:
+        lead = json.loads(body["messages"][-1]["content"]).get("lead")
+    except (KeyError, IndexError, TypeError, ValueError, AttributeError):
+        return {}
+    return lead if isinstance(lead, dict) else {}
+
+
+async def _answer(request: web.Request, reply: Reply) -> web.StreamResponse:
+    if reply.trickle:
+        return await _trickle(request, reply)
+    if reply.raw is not None:
+        return web.Response(
+            status=reply.status,
+            body=reply.raw,
+            headers={"Content-Type": "application/json", **reply.headers},
+        )
+    if reply.text is not None:
+        return web.Response(status=reply.status, text=reply.text, headers=reply.headers)
+    body = reply.body if reply.body is not None else {}
+    return web.json_response(body, status=reply.status, headers=reply.headers)
+
+
+async def _trickle(request: web.Request, reply: Reply) -> web.StreamResponse:
+    """Headers at once, then a byte now and then: every gap is shorter than a read timeout,
+    the whole answer never ends. Stops when the client hangs up."""
+    response = web.StreamResponse(status=reply.status, headers=reply.headers)
+    response.content_type = "application/json"
+    await response.prepare(request)
+    while True:
+        await response.write(b" ")
+        await asyncio.sleep(reply.trickle)
 
 
 def webhook_body(event: str, data: Any, *, instance: str = "main") -> dict[str, Any]:
@@ -332,30 +558,64 @@ def connection_data(instance: str, state: str, reason: int) -> dict[str, Any]:
 
 
 @contextlib.asynccontextmanager
-async def serve_fakes() -> AsyncIterator[FakeProviders]:
-    fakes = FakeProviders()
-    runner = web.AppRunner(fakes.app(), access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    server = site._server
-    assert server is not None
-    port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    fakes.url = f"http://127.0.0.1:{port}"
+async def serve_fakes(**options: Any) -> AsyncIterator[FakeProviders]:
+    """The fakes (`options`: FakeProviders' fields) served on 127.0.0.1 in this event loop."""
+    fakes = FakeProviders(**options)
+    runner = await fakes.start()
     try:
         yield fakes
     finally:
         await runner.cleanup()
 
 
-def http_settings(fakes: FakeProviders) -> dict[str, Any]:
-    """Settings overrides that point both real HTTP providers at the fakes."""
+def http_settings(fakes: FakeProviders | str) -> dict[str, Any]:
+    """Settings overrides that point both real HTTP providers at the fakes (or that URL)."""
+    url = fakes if isinstance(fakes, str) else fakes.url
     return {
         "llm": "openrouter",
         "sender": "evolution",
         "openrouter_api_key": "sk-test-secret",
-        "openrouter_base_url": fakes.url,
-        "evolution_api_url": fakes.url,
+        "openrouter_base_url": url,
+        "evolution_api_url": url,
         "evolution_api_key": "evo-test-secret",
         "evolution_instance": "main",
     }
+
+
+def _ms_range(text: str) -> tuple[float, float] | None:
+    """`min,max` (or one value) in ms, as seconds; None when it is all zero."""
+    low, _, high = text.partition(",")
+    bounds = (float(low) / 1000, float(high or low) / 1000)
+    return bounds if bounds[1] > 0 else None
+
+
+async def _serve_forever(fakes: FakeProviders, port: int) -> None:
+    await fakes.start(port)
+    sys.stdout.write(fakes.url + "\n")
+    sys.stdout.flush()
+    await asyncio.Event().wait()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="fake OpenRouter + Evolution API")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--llm-latency", default="0,0", help="min,max ms")
+    parser.add_argument("--send-latency", default="0,0", help="min,max ms")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--record-prefix", default="")
+    parser.add_argument("--record-sends", action="store_true", help="per-instance send times")
+    args = parser.parse_args()
+    fakes = FakeProviders(
+        llm_delay_range=_ms_range(args.llm_latency),
+        send_delay_range=_ms_range(args.send_latency),
+        seed=args.seed,
+        arrival_prefix=args.record_prefix,
+        record_send_times=args.record_sends,
+        keep_requests=False,
+    )
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(_serve_forever(fakes, args.port))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,24 +1,22 @@
 """The HTTP providers against a real HTTP server on 127.0.0.1 (aiohttp), nothing patched.
 
-The fake server plays OpenRouter and Evolution: each test scripts its replies and then checks
-what the provider raised or returned and what the server saw (paths, headers, bodies, counts).
+The fake server (tests/fakes.py) plays OpenRouter and Evolution: each test scripts its replies
+and then checks what the provider raised or returned and what the server saw (paths, headers,
+bodies, counts).
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import socket
 import time
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from typing import Any
 
 import pytest
-from aiohttp import web
 
 from listener.errors import (
     EmptyReplyError,
@@ -38,106 +36,11 @@ from listener.providers.llm import OpenRouterLLM
 from listener.providers.sender import EvolutionSender
 from listener.settings import Settings, load_settings
 from listener.text import clean_text
+from tests.fakes import FakeProviders, Reply, completion, serve_fakes
 
 LLM_KEY = "k-secret"
 EVO_KEY = "evo-secret"
 NUMBER = "5511987654321"
-
-
-@dataclass
-class Reply:
-    """One scripted answer of the fake server: `body` as JSON, or `text`, or `raw` bytes sent
-    as they are (as JSON, invalid UTF-8 and all). With `trickle`, the headers go out, then one
-    byte of whitespace every `trickle` seconds, forever."""
-
-    status: int = 200
-    body: Any = None
-    text: str | None = None
-    headers: dict[str, str] = field(default_factory=dict)
-    sleep: float = 0.0
-    raw: bytes | None = None
-    trickle: float = 0.0
-
-
-@dataclass
-class Seen:
-    """One request the fake server received."""
-
-    method: str
-    path: str
-    raw_path: str
-    headers: dict[str, str]
-    body: Any
-
-
-class FakeProvider:
-    """A real aiohttp server that answers with scripted replies (the last one repeats)."""
-
-    def __init__(self) -> None:
-        self.replies: list[Reply] = [Reply(body=completion("hello"))]
-        self.seen: list[Seen] = []
-        self.url = ""
-        self._runner: web.AppRunner | None = None
-
-    def script(self, *replies: Reply) -> None:
-        self.replies = list(replies)
-
-    async def handle(self, request: web.Request) -> web.StreamResponse:
-        raw = await request.read()
-        try:
-            body = json.loads(raw) if raw else None
-        except ValueError:
-            body = raw.decode(errors="replace")
-        self.seen.append(
-            Seen(request.method, request.path, request.raw_path, dict(request.headers), body)
-        )
-        reply = self.replies.pop(0) if len(self.replies) > 1 else self.replies[0]
-        if reply.sleep:
-            await asyncio.sleep(reply.sleep)
-        if reply.trickle:
-            return await self.trickle(request, reply)
-        if reply.raw is not None:
-            return web.Response(
-                status=reply.status,
-                body=reply.raw,
-                headers={"Content-Type": "application/json", **reply.headers},
-            )
-        if reply.text is not None:
-            return web.Response(status=reply.status, text=reply.text, headers=reply.headers)
-        return web.json_response(reply.body, status=reply.status, headers=reply.headers)
-
-    async def trickle(self, request: web.Request, reply: Reply) -> web.StreamResponse:
-        """Headers at once, then a byte now and then: every gap is shorter than a read timeout,
-        the whole answer never ends. Stops when the client hangs up."""
-        response = web.StreamResponse(status=reply.status, headers=reply.headers)
-        response.content_type = "application/json"
-        await response.prepare(request)
-        while True:
-            await response.write(b" ")
-            await asyncio.sleep(reply.trickle)
-
-    async def start(self) -> None:
-        app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", self.handle)
-        # Cancel handlers whose client went away (read timeouts), so teardown is quick.
-        self._runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=0.5)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        host, port = self._runner.addresses[0][:2]
-        self.url = f"http://{host}:{port}"
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-
-
-def completion(content: str | None, **choice: Any) -> dict[str, Any]:
-    """An OpenRouter chat completion body."""
-    return {
-        "id": "gen-1",
-        "choices": [{"message": {"role": "assistant", "content": content}, **choice}],
-    }
 
 
 def make_settings(url: str, **overrides: Any) -> Settings:
@@ -164,17 +67,16 @@ def assert_no_secret(error: BaseException) -> None:
 
 
 @pytest.fixture
-async def server() -> AsyncIterator[FakeProvider]:
-    fake = FakeProvider()
-    await fake.start()
-    try:
+async def server() -> AsyncIterator[FakeProviders]:
+    """The fake providers answering every request with a completion until a test scripts
+    otherwise; a handler whose client hung up is cancelled (read timeouts, trickles)."""
+    async with serve_fakes(cancel_on_hangup=True) as fake:
+        fake.script(Reply(body=completion("hello")))
         yield fake
-    finally:
-        await fake.stop()
 
 
 @pytest.fixture
-async def llm(server: FakeProvider) -> AsyncIterator[OpenRouterLLM]:
+async def llm(server: FakeProviders) -> AsyncIterator[OpenRouterLLM]:
     client = OpenRouterLLM(make_settings(server.url))
     try:
         yield client
@@ -183,7 +85,7 @@ async def llm(server: FakeProvider) -> AsyncIterator[OpenRouterLLM]:
 
 
 @pytest.fixture
-async def sender(server: FakeProvider) -> AsyncIterator[EvolutionSender]:
+async def sender(server: FakeProviders) -> AsyncIterator[EvolutionSender]:
     client = EvolutionSender(make_settings(server.url))
     try:
         yield client
@@ -204,7 +106,7 @@ async def send(sender: EvolutionSender, instance: str = "inst") -> SentPart:
 
 
 async def test_llm_sends_the_documented_request_and_returns_the_text(
-    server: FakeProvider, llm: OpenRouterLLM
+    server: FakeProviders, llm: OpenRouterLLM
 ) -> None:
     server.script(Reply(body=completion("Oi, tudo bem?")))
 
@@ -221,7 +123,7 @@ async def test_llm_sends_the_documented_request_and_returns_the_text(
     ]
 
 
-async def test_llm_base_url_with_a_path_is_kept(server: FakeProvider) -> None:
+async def test_llm_base_url_with_a_path_is_kept(server: FakeProviders) -> None:
     client = OpenRouterLLM(make_settings(server.url + "/api/v1/"))
     try:
         assert await generate(client) == "hello"
@@ -231,7 +133,7 @@ async def test_llm_base_url_with_a_path_is_kept(server: FakeProvider) -> None:
 
 
 async def test_llm_429_is_rate_limited_with_retry_after_and_not_retried(
-    server: FakeProvider, llm: OpenRouterLLM
+    server: FakeProviders, llm: OpenRouterLLM
 ) -> None:
     server.script(
         Reply(429, {"error": {"code": 429, "message": "slow down"}}, headers={"Retry-After": "7"})
@@ -247,7 +149,7 @@ async def test_llm_429_is_rate_limited_with_retry_after_and_not_retried(
     assert_no_secret(caught.value)
 
 
-async def test_llm_429_retry_after_as_http_date(server: FakeProvider, llm: OpenRouterLLM) -> None:
+async def test_llm_429_retry_after_as_http_date(server: FakeProviders, llm: OpenRouterLLM) -> None:
     when = format_datetime(datetime.now(UTC) + timedelta(seconds=120), usegmt=True)
     server.script(Reply(429, {"error": {"message": "slow down"}}, headers={"Retry-After": when}))
 
@@ -258,7 +160,7 @@ async def test_llm_429_retry_after_as_http_date(server: FakeProvider, llm: OpenR
     assert 100 < caught.value.retry_after <= 120
 
 
-async def test_llm_429_without_retry_after(server: FakeProvider, llm: OpenRouterLLM) -> None:
+async def test_llm_429_without_retry_after(server: FakeProviders, llm: OpenRouterLLM) -> None:
     server.script(Reply(429, {"error": {"message": "slow down"}}))
 
     with pytest.raises(RateLimitedError) as caught:
@@ -268,7 +170,7 @@ async def test_llm_429_without_retry_after(server: FakeProvider, llm: OpenRouter
 
 
 async def test_llm_503_then_200_succeeds_after_a_quick_retry(
-    server: FakeProvider, llm: OpenRouterLLM, caplog: pytest.LogCaptureFixture
+    server: FakeProviders, llm: OpenRouterLLM, caplog: pytest.LogCaptureFixture
 ) -> None:
     server.script(Reply(503, {"error": {"message": "overloaded"}}), Reply(body=completion("ok")))
 
@@ -283,7 +185,7 @@ async def test_llm_503_then_200_succeeds_after_a_quick_retry(
 
 
 async def test_llm_503_forever_is_transient_after_all_quick_retries(
-    server: FakeProvider, llm: OpenRouterLLM
+    server: FakeProviders, llm: OpenRouterLLM
 ) -> None:
     server.script(Reply(503, {"error": {"message": "overloaded"}}))
 
@@ -295,7 +197,7 @@ async def test_llm_503_forever_is_transient_after_all_quick_retries(
     assert "503" in str(caught.value) and "overloaded" in str(caught.value)
 
 
-async def test_llm_without_quick_retries_calls_once(server: FakeProvider) -> None:
+async def test_llm_without_quick_retries_calls_once(server: FakeProviders) -> None:
     server.script(Reply(502, text="bad gateway"))
     client = OpenRouterLLM(make_settings(server.url, quick_retries=0))
     try:
@@ -308,7 +210,7 @@ async def test_llm_without_quick_retries_calls_once(server: FakeProvider) -> Non
 
 @pytest.mark.parametrize("status", [408, 500, 502, 503, 504])
 async def test_llm_408_and_5xx_are_transient(
-    server: FakeProvider, llm: OpenRouterLLM, status: int
+    server: FakeProviders, llm: OpenRouterLLM, status: int
 ) -> None:
     server.script(Reply(status, text="nope"))
 
@@ -336,7 +238,7 @@ async def test_llm_408_and_5xx_are_transient(
     ],
 )
 async def test_llm_failures_inside_a_200_are_transient_and_retried(
-    server: FakeProvider, llm: OpenRouterLLM, body: Any
+    server: FakeProviders, llm: OpenRouterLLM, body: Any
 ) -> None:
     server.script(Reply(200, body), Reply(200, completion("second time lucky")))
 
@@ -345,7 +247,7 @@ async def test_llm_failures_inside_a_200_are_transient_and_retried(
 
 
 async def test_llm_failure_inside_a_200_forever_is_transient(
-    server: FakeProvider, llm: OpenRouterLLM
+    server: FakeProviders, llm: OpenRouterLLM
 ) -> None:
     server.script(Reply(200, {"choices": [{"error": {"message": "upstream died"}}]}))
 
@@ -357,7 +259,7 @@ async def test_llm_failure_inside_a_200_forever_is_transient(
 
 
 async def test_llm_invalid_json_in_a_200_is_transient(
-    server: FakeProvider, llm: OpenRouterLLM
+    server: FakeProviders, llm: OpenRouterLLM
 ) -> None:
     server.script(Reply(200, text="<html>gateway</html>"))
 
@@ -369,7 +271,7 @@ async def test_llm_invalid_json_in_a_200_is_transient(
 
 @pytest.mark.parametrize("status", [400, 401, 403, 404, 422])
 async def test_llm_client_errors_hold_back_without_retry(
-    server: FakeProvider, llm: OpenRouterLLM, status: int
+    server: FakeProviders, llm: OpenRouterLLM, status: int
 ) -> None:
     server.script(Reply(status, {"error": {"code": status, "message": "no " * 400}}))
 
@@ -384,7 +286,7 @@ async def test_llm_client_errors_hold_back_without_retry(
 
 
 async def test_llm_402_in_flight_budget_is_rate_limited(
-    server: FakeProvider, llm: OpenRouterLLM
+    server: FakeProviders, llm: OpenRouterLLM
 ) -> None:
     server.script(
         Reply(
@@ -409,7 +311,7 @@ async def test_llm_402_in_flight_budget_is_rate_limited(
 
 
 async def test_llm_402_budget_metadata_without_retry_after_is_rate_limited(
-    server: FakeProvider, llm: OpenRouterLLM
+    server: FakeProviders, llm: OpenRouterLLM
 ) -> None:
     server.script(Reply(402, {"error": {"message": "wait", "metadata": {"in_flight_limit": 10}}}))
 
@@ -419,7 +321,7 @@ async def test_llm_402_budget_metadata_without_retry_after_is_rate_limited(
     assert caught.value.retry_after is None
 
 
-async def test_llm_plain_402_holds_back(server: FakeProvider, llm: OpenRouterLLM) -> None:
+async def test_llm_plain_402_holds_back(server: FakeProviders, llm: OpenRouterLLM) -> None:
     server.script(Reply(402, {"error": {"code": 402, "message": "Insufficient credits"}}))
 
     with pytest.raises(HoldBackError) as caught:
@@ -430,7 +332,7 @@ async def test_llm_plain_402_holds_back(server: FakeProvider, llm: OpenRouterLLM
 
 
 async def test_llm_402_out_of_credits_holds_back_even_with_retry_after(
-    server: FakeProvider, llm: OpenRouterLLM
+    server: FakeProviders, llm: OpenRouterLLM
 ) -> None:
     # Only error.metadata makes a 402 a budget wait; a Retry-After alone does not.
     server.script(
@@ -445,8 +347,8 @@ async def test_llm_402_out_of_credits_holds_back_even_with_retry_after(
         await generate(llm)
 
 
-async def test_llm_read_timeout_is_transient(server: FakeProvider) -> None:
-    server.script(Reply(body=completion("too late"), sleep=2))
+async def test_llm_read_timeout_is_transient(server: FakeProviders) -> None:
+    server.script(Reply(body=completion("too late"), delay=2))
     client = OpenRouterLLM(make_settings(server.url, llm_timeout="50ms"))
     try:
         with pytest.raises(TransientProviderError) as caught:
@@ -476,7 +378,7 @@ async def test_llm_connection_refused_is_transient() -> None:
 
 
 async def test_llm_key_echoed_by_the_provider_is_redacted(
-    server: FakeProvider, llm: OpenRouterLLM
+    server: FakeProviders, llm: OpenRouterLLM
 ) -> None:
     server.script(Reply(401, {"error": {"message": f"key {LLM_KEY} is not valid"}}))
 
@@ -488,7 +390,7 @@ async def test_llm_key_echoed_by_the_provider_is_redacted(
 
 
 async def test_llm_key_cut_by_truncation_leaves_no_fragment(
-    server: FakeProvider, llm: OpenRouterLLM
+    server: FakeProviders, llm: OpenRouterLLM
 ) -> None:
     # The key straddles the truncation point of the error text.
     server.script(Reply(403, {"error": {"message": "x" * 290 + LLM_KEY + "y" * 50}}))
@@ -499,7 +401,7 @@ async def test_llm_key_cut_by_truncation_leaves_no_fragment(
     assert "k-sec" not in str(caught.value)
 
 
-async def test_scrubbing_never_changes_how_a_reply_is_read(server: FakeProvider) -> None:
+async def test_scrubbing_never_changes_how_a_reply_is_read(server: FakeProviders) -> None:
     # A one-letter key occurs everywhere in a body; the reply must still parse, whole.
     server.script(Reply(body=completion("here we are")))
     client = OpenRouterLLM(make_settings(server.url, openrouter_api_key="e"))
@@ -513,7 +415,7 @@ async def test_scrubbing_never_changes_how_a_reply_is_read(server: FakeProvider)
 
 
 async def test_sender_sends_the_documented_request_and_stores_key_id(
-    server: FakeProvider, sender: EvolutionSender
+    server: FakeProviders, sender: EvolutionSender
 ) -> None:
     server.script(Reply(201, {"key": {"id": "3EB0ABC", "fromMe": True}, "status": "PENDING"}))
 
@@ -527,14 +429,14 @@ async def test_sender_sends_the_documented_request_and_stores_key_id(
 
 
 async def test_sender_200_with_key_id_succeeds(
-    server: FakeProvider, sender: EvolutionSender
+    server: FakeProviders, sender: EvolutionSender
 ) -> None:
     server.script(Reply(200, {"key": {"id": "ID-200"}}))
 
     assert (await send(sender)).provider_message_id == "ID-200"
 
 
-async def test_sender_adds_delay_and_quotes_the_instance(server: FakeProvider) -> None:
+async def test_sender_adds_delay_and_quotes_the_instance(server: FakeProviders) -> None:
     server.script(Reply(201, {"key": {"id": "x"}}))
     client = EvolutionSender(make_settings(server.url, evolution_delay_ms=1200))
     try:
@@ -548,7 +450,7 @@ async def test_sender_adds_delay_and_quotes_the_instance(server: FakeProvider) -
 
 
 async def test_sender_2xx_without_key_id_is_accepted_and_not_sent_again(
-    server: FakeProvider, sender: EvolutionSender
+    server: FakeProviders, sender: EvolutionSender
 ) -> None:
     server.script(Reply(200, {"status": "ok"}))
 
@@ -559,7 +461,7 @@ async def test_sender_2xx_without_key_id_is_accepted_and_not_sent_again(
 
 
 async def test_sender_number_not_on_whatsapp_is_permanent_without_retry(
-    server: FakeProvider, sender: EvolutionSender
+    server: FakeProviders, sender: EvolutionSender
 ) -> None:
     server.script(
         Reply(
@@ -585,7 +487,7 @@ async def test_sender_number_not_on_whatsapp_is_permanent_without_retry(
 
 
 async def test_sender_other_400_fails_the_attempt_with_the_message_and_masked_number(
-    server: FakeProvider, sender: EvolutionSender
+    server: FakeProviders, sender: EvolutionSender
 ) -> None:
     # Only `exists: false` is permanent; another 400 fails this attempt (the retry ladder),
     # neither failing the message at once nor holding back the whole listener.
@@ -611,7 +513,7 @@ async def test_sender_other_400_fails_the_attempt_with_the_message_and_masked_nu
 
 
 async def test_sender_missing_instance_is_that_instances_problem(
-    server: FakeProvider, sender: EvolutionSender
+    server: FakeProviders, sender: EvolutionSender
 ) -> None:
     server.script(Reply(404, {"status": 404, "error": "nope", "response": {}}))
 
@@ -625,7 +527,7 @@ async def test_sender_missing_instance_is_that_instances_problem(
 
 @pytest.mark.parametrize(("status", "words"), [(401, "credentials"), (403, "credentials")])
 async def test_sender_auth_refused_holds_back(
-    server: FakeProvider, sender: EvolutionSender, status: int, words: str
+    server: FakeProviders, sender: EvolutionSender, status: int, words: str
 ) -> None:
     server.script(Reply(status, {"status": status, "error": "nope", "response": {}}))
 
@@ -638,7 +540,7 @@ async def test_sender_auth_refused_holds_back(
 
 
 async def test_sender_429_is_rate_limited_without_retry(
-    server: FakeProvider, sender: EvolutionSender
+    server: FakeProviders, sender: EvolutionSender
 ) -> None:
     server.script(Reply(429, {"error": "Too Many Requests"}, headers={"Retry-After": "7"}))
 
@@ -650,7 +552,7 @@ async def test_sender_429_is_rate_limited_without_retry(
 
 
 async def test_sender_500_then_201_succeeds_after_a_quick_retry(
-    server: FakeProvider, sender: EvolutionSender
+    server: FakeProviders, sender: EvolutionSender
 ) -> None:
     server.script(Reply(500, {"error": "Internal Server Error"}), Reply(201, {"key": {"id": "k2"}}))
 
@@ -660,7 +562,7 @@ async def test_sender_500_then_201_succeeds_after_a_quick_retry(
 
 @pytest.mark.parametrize("status", [400, 500])
 async def test_sender_connection_closed_is_the_instance_not_the_message(
-    server: FakeProvider, sender: EvolutionSender, status: int
+    server: FakeProviders, sender: EvolutionSender, status: int
 ) -> None:
     # Evolution 2.3.7 answers 500 (older versions 400) for an instance that is not connected:
     # held at once, no quick retry (DESIGN.md, Provider wire formats).
@@ -675,7 +577,7 @@ async def test_sender_connection_closed_is_the_instance_not_the_message(
 
 @pytest.mark.parametrize("status", [408, 502, 503])
 async def test_sender_408_and_5xx_forever_are_transient(
-    server: FakeProvider, sender: EvolutionSender, status: int
+    server: FakeProviders, sender: EvolutionSender, status: int
 ) -> None:
     server.script(Reply(status, text="down"))
 
@@ -686,9 +588,9 @@ async def test_sender_408_and_5xx_forever_are_transient(
 
 
 async def test_sender_read_timeout_is_uncertain_and_not_sent_again_at_once(
-    server: FakeProvider,
+    server: FakeProviders,
 ) -> None:
-    server.script(Reply(201, {"key": {"id": "late"}}, sleep=2))
+    server.script(Reply(201, {"key": {"id": "late"}}, delay=2))
     client = EvolutionSender(make_settings(server.url, send_timeout="50ms"))
     try:
         with pytest.raises(UncertainDeliveryError) as caught:
@@ -699,9 +601,9 @@ async def test_sender_read_timeout_is_uncertain_and_not_sent_again_at_once(
     assert len(server.seen) == 1  # no quick retry: it may have been delivered
 
 
-async def test_sender_read_timeout_includes_the_typing_delay(server: FakeProvider) -> None:
+async def test_sender_read_timeout_includes_the_typing_delay(server: FakeProviders) -> None:
     # Evolution sleeps `delay` ms inside the request; 300 ms is past send_timeout alone.
-    server.script(Reply(201, {"key": {"id": "typed"}}, sleep=0.3))
+    server.script(Reply(201, {"key": {"id": "typed"}}, delay=0.3))
     client = EvolutionSender(
         make_settings(server.url, send_timeout="200ms", evolution_delay_ms=1000)
     )
@@ -731,7 +633,7 @@ async def test_sender_connection_refused_is_transient() -> None:
     ],
 )
 async def test_connection_state_is_parsed(
-    server: FakeProvider, sender: EvolutionSender, body: Any
+    server: FakeProviders, sender: EvolutionSender, body: Any
 ) -> None:
     server.script(Reply(200, body))
 
@@ -743,7 +645,7 @@ async def test_connection_state_is_parsed(
 
 
 async def test_connection_state_errors_use_the_same_classes(
-    server: FakeProvider, sender: EvolutionSender
+    server: FakeProviders, sender: EvolutionSender
 ) -> None:
     server.script(Reply(404, {"status": 404, "error": "Not Found"}))
     with pytest.raises(InstanceMissingError):
@@ -759,7 +661,7 @@ async def test_connection_state_errors_use_the_same_classes(
         await sender.connection_state("inst")
 
 
-async def test_errors_never_carry_api_keys(server: FakeProvider) -> None:
+async def test_errors_never_carry_api_keys(server: FakeProviders) -> None:
     """Every class of failure, both providers: the key is not in the error's text."""
     settings = make_settings(server.url)
     llm = OpenRouterLLM(settings)
@@ -786,7 +688,7 @@ async def test_errors_never_carry_api_keys(server: FakeProvider) -> None:
 # fires; only a deadline on the whole call ends these. Bounds are far from the timings.
 
 
-async def test_llm_trickling_answer_ends_at_the_whole_call_deadline(server: FakeProvider) -> None:
+async def test_llm_trickling_answer_ends_at_the_whole_call_deadline(server: FakeProviders) -> None:
     server.script(Reply(trickle=0.5))
     client = OpenRouterLLM(make_settings(server.url, llm_timeout="1s", quick_retries=1))
     started = time.monotonic()
@@ -802,7 +704,7 @@ async def test_llm_trickling_answer_ends_at_the_whole_call_deadline(server: Fake
 
 
 async def test_sender_trickling_answer_is_uncertain_at_the_whole_send_deadline(
-    server: FakeProvider,
+    server: FakeProviders,
 ) -> None:
     server.script(Reply(201, trickle=0.5))
     client = EvolutionSender(make_settings(server.url, send_timeout="1s"))
@@ -819,7 +721,7 @@ async def test_sender_trickling_answer_is_uncertain_at_the_whole_send_deadline(
     assert 0.9 <= elapsed < 5
 
 
-async def test_sender_whole_send_deadline_includes_the_typing_delay(server: FakeProvider) -> None:
+async def test_sender_whole_send_deadline_includes_the_typing_delay(server: FakeProviders) -> None:
     server.script(Reply(201, trickle=0.2))
     client = EvolutionSender(
         make_settings(server.url, send_timeout="500ms", evolution_delay_ms=1000)
@@ -836,7 +738,7 @@ async def test_sender_whole_send_deadline_includes_the_typing_delay(server: Fake
 
 
 async def test_connection_state_trickling_answer_is_transient_at_the_deadline(
-    server: FakeProvider,
+    server: FakeProviders,
 ) -> None:
     server.script(Reply(200, trickle=0.5))
     client = EvolutionSender(make_settings(server.url, send_timeout="1s"))
@@ -896,7 +798,7 @@ def assert_clean(text: str) -> None:
 
 
 async def test_llm_reply_with_nul_and_lone_surrogate_escapes_comes_out_clean(
-    server: FakeProvider, llm: OpenRouterLLM
+    server: FakeProviders, llm: OpenRouterLLM
 ) -> None:
     server.script(
         Reply(raw=b'{"choices":[{"message":{"content":"Oi\\u0000 Jo\\ud800ao \\ud83d\\ude00"}}]}')
@@ -906,7 +808,7 @@ async def test_llm_reply_with_nul_and_lone_surrogate_escapes_comes_out_clean(
 
 
 async def test_llm_reply_of_nul_bytes_only_is_empty(
-    server: FakeProvider, llm: OpenRouterLLM
+    server: FakeProviders, llm: OpenRouterLLM
 ) -> None:
     server.script(Reply(body=completion("\x00 \x00")))
 
@@ -917,7 +819,7 @@ async def test_llm_reply_of_nul_bytes_only_is_empty(
 
 
 async def test_llm_reply_with_invalid_utf8_keeps_its_text(
-    server: FakeProvider, llm: OpenRouterLLM
+    server: FakeProviders, llm: OpenRouterLLM
 ) -> None:
     server.script(Reply(raw=b'{"choices":[{"message":{"content":"Ol\xe1, tudo bem? \xff"}}]}'))
 
@@ -931,7 +833,7 @@ async def test_llm_reply_with_invalid_utf8_keeps_its_text(
     [(401, HoldBackError), (429, RateLimitedError), (500, TransientProviderError)],
 )
 async def test_llm_error_text_with_odd_bytes_is_clean_and_still_classified(
-    server: FakeProvider,
+    server: FakeProviders,
     llm: OpenRouterLLM,
     status: int,
     error_class: type[ProviderError],
@@ -947,7 +849,7 @@ async def test_llm_error_text_with_odd_bytes_is_clean_and_still_classified(
 
 
 async def test_llm_non_json_error_with_odd_bytes_is_clean(
-    server: FakeProvider, llm: OpenRouterLLM
+    server: FakeProviders, llm: OpenRouterLLM
 ) -> None:
     server.script(Reply(502, raw=b"<html>\x00 gateway \xff</html>"))
 
@@ -959,7 +861,7 @@ async def test_llm_non_json_error_with_odd_bytes_is_clean(
 
 
 async def test_sender_message_id_with_nul_and_lone_surrogate_comes_out_clean(
-    server: FakeProvider, sender: EvolutionSender
+    server: FakeProviders, sender: EvolutionSender
 ) -> None:
     server.script(Reply(201, raw=b'{"key":{"id":"3EB0\\u0000AB\\ud800"},"status":"PENDING"}'))
 
@@ -967,7 +869,7 @@ async def test_sender_message_id_with_nul_and_lone_surrogate_comes_out_clean(
 
 
 async def test_sender_accepted_reply_with_invalid_utf8_keeps_its_message_id(
-    server: FakeProvider, sender: EvolutionSender
+    server: FakeProviders, sender: EvolutionSender
 ) -> None:
     server.script(Reply(201, raw=b'{"key":{"id":"3EB0AB"},"message":{"conversation":"ol\xe1"}}'))
 
@@ -976,7 +878,7 @@ async def test_sender_accepted_reply_with_invalid_utf8_keeps_its_message_id(
 
 
 async def test_sender_number_not_on_whatsapp_is_read_through_invalid_utf8(
-    server: FakeProvider, sender: EvolutionSender
+    server: FakeProviders, sender: EvolutionSender
 ) -> None:
     body = b'{"error":"Bad \xff","response":{"message":[{"exists":false,"number":"1"}]}}'
     server.script(Reply(400, raw=body))
@@ -986,14 +888,14 @@ async def test_sender_number_not_on_whatsapp_is_read_through_invalid_utf8(
 
 
 async def test_connection_state_with_odd_bytes_comes_out_clean(
-    server: FakeProvider, sender: EvolutionSender
+    server: FakeProviders, sender: EvolutionSender
 ) -> None:
     server.script(Reply(200, raw=b'{"instance":{"instanceName":"inst","state":"open\\u0000"}}'))
 
     assert await sender.connection_state("inst") == "open"
 
 
-async def test_errors_never_carry_nul_or_lone_surrogates(server: FakeProvider) -> None:
+async def test_errors_never_carry_nul_or_lone_surrogates(server: FakeProviders) -> None:
     """Every class of failure, both providers: the error's text can be stored in Postgres."""
     settings = make_settings(server.url)
     llm = OpenRouterLLM(settings)
@@ -1091,7 +993,7 @@ def test_anything_like_a_phone_number_is_masked(text: str, expected: str | None)
 
 
 async def test_sender_error_echoing_the_number_in_another_form_is_masked(
-    server: FakeProvider, sender: EvolutionSender
+    server: FakeProviders, sender: EvolutionSender
 ) -> None:
     jid = NUMBER[:4] + NUMBER[5:]  # the JID without the ninth digit
     server.script(Reply(500, {"error": f"Connection Closed for {jid}@s.whatsapp.net"}))
@@ -1103,7 +1005,7 @@ async def test_sender_error_echoing_the_number_in_another_form_is_masked(
 
 
 async def test_sender_gateway_timeout_is_uncertain_and_not_sent_again_at_once(
-    server: FakeProvider, sender: EvolutionSender
+    server: FakeProviders, sender: EvolutionSender
 ) -> None:
     server.script(Reply(504, {"message": "Gateway Timeout"}))
 
