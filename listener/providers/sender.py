@@ -101,19 +101,7 @@ class EvolutionSender:
         """The instance's WhatsApp connection state (`open`, `connecting`, `close`), uncached
         and without quick retries: a health probe should report what it sees now."""
         path = f"/instance/connectionState/{quote(instance, safe='')}"
-        try:
-            response = await exchange(
-                self._client,
-                "GET",
-                path,
-                deadline=self._settings.send_timeout,
-                setting="LISTENER_SEND_TIMEOUT",
-            )
-        except REQUEST_ERRORS as exc:
-            raise self._clean(request_failure(exc, provider=PROVIDER)) from exc
-        payload = parse_json(response)
-        if not response.is_success:
-            raise self._clean(_http_error(response, payload, scrubber(secrets=self._secrets)))
+        response, payload = await self._ask("GET", path)
         state: Any = None
         if isinstance(payload, dict):
             inner = payload.get("instance")
@@ -144,21 +132,7 @@ class EvolutionSender:
                 "page": 1,
                 "offset": 50,
             }
-            try:
-                response = await exchange(
-                    self._client,
-                    "POST",
-                    path,
-                    deadline=self._settings.send_timeout,
-                    setting="LISTENER_SEND_TIMEOUT",
-                    body=body,
-                )
-            except REQUEST_ERRORS as exc:
-                raise self._clean(request_failure(exc, provider=PROVIDER), number) from exc
-            payload = parse_json(response)
-            if not response.is_success:
-                scrub = scrubber(secrets=self._secrets, numbers=[number])
-                raise self._clean(_http_error(response, payload, scrub), number)
+            _, payload = await self._ask("POST", path, body=body, number=number)
             found = _found(payload, text, since.timestamp())
             if found is not None:
                 return found
@@ -176,21 +150,8 @@ class EvolutionSender:
                 "events": WEBHOOK_EVENTS,
             }
         }
-        try:
-            response = await exchange(
-                self._client,
-                "POST",
-                f"/webhook/set/{quote(instance, safe='')}",
-                deadline=self._settings.send_timeout,
-                setting="LISTENER_SEND_TIMEOUT",
-                body=body,
-            )
-        except REQUEST_ERRORS as exc:
-            raise self._clean(request_failure(exc, provider=PROVIDER)) from exc
-        if not response.is_success:
-            payload = parse_json(response)
-            scrub = scrubber(secrets=[*self._secrets, secret])
-            raise self._clean(_http_error(response, payload, scrub))
+        path = f"/webhook/set/{quote(instance, safe='')}"
+        await self._ask("POST", path, body=body, secret=secret)
 
     async def aclose(self) -> None:
         """Close the HTTP client and its connections."""
@@ -245,6 +206,30 @@ class EvolutionSender:
             },
         )
         return SentPart(provider_message_id=message_id)
+
+    async def _ask(
+        self, method: str, path: str, *, body: Any = None, number: str = "", secret: str = ""
+    ) -> tuple[httpx.Response, Any]:
+        """One call that is not a send (a probe, a look-up, a setting): no quick retry, within
+        LISTENER_SEND_TIMEOUT. Its response and JSON; a failure, or an error status, raised as
+        the provider's error with the keys (and `secret`) out and `number` masked."""
+        try:
+            response = await exchange(
+                self._client,
+                method,
+                path,
+                deadline=self._settings.send_timeout,
+                setting="LISTENER_SEND_TIMEOUT",
+                body=body,
+            )
+        except REQUEST_ERRORS as exc:
+            raise self._clean(request_failure(exc, provider=PROVIDER), number) from exc
+        payload = parse_json(response)
+        if not response.is_success:
+            secrets = [*self._secrets, secret] if secret else self._secrets
+            scrub = scrubber(secrets=secrets, numbers=[number] if number else [])
+            raise self._clean(_http_error(response, payload, scrub), number)
+        return response, payload
 
     def _clean(self, error: E, number: str = "") -> E:
         """Keep API keys, NUL and lone surrogates out of error messages, and mask the phone
