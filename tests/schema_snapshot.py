@@ -28,7 +28,6 @@ import re
 import shutil
 import subprocess
 import sys
-import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -37,6 +36,7 @@ import psycopg
 from psycopg import sql
 
 from listener.migrate import SCHEMA_SNAPSHOT, migrate, migrations_dir
+from tests.helpers import embedded_postgres
 
 #: Where the snapshot lives.
 SNAPSHOT = migrations_dir() / SCHEMA_SNAPSHOT
@@ -229,15 +229,8 @@ def _server() -> Iterator[str]:
     if url:
         yield url
         return
-    import embedded_postgres
-
-    folder = Path(tempfile.mkdtemp(prefix="listener-schema-pg-"))
-    server = embedded_postgres.get_server(folder / "pgdata", cleanup_mode="delete")
-    try:
-        yield str(server.get_uri("postgres"))
-    finally:
-        server.cleanup()
-        shutil.rmtree(folder, ignore_errors=True)
+    with embedded_postgres("listener-schema-pg-") as server:
+        yield server
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,6 +11,7 @@ from uuid import UUID
 
 import psycopg
 
+from tests.fakes import FakeProviders, http_settings
 from tests.helpers import make_campaign, make_leads, make_run
 
 #: User input that must come out as text, never as markup.
@@ -24,6 +25,19 @@ class Scene:
     paused: UUID
     held: UUID
     phones: list[str]
+
+
+def held_instance_settings(fakes: FakeProviders, port: int) -> dict[str, Any]:
+    """The listener's settings for a status page on 127.0.0.1:`port` whose instances the fake
+    Evolution reports closed, checked once (an hour's TTL) so the page shows them held."""
+    fakes.state = "close"
+    return {
+        **http_settings(fakes),
+        "metrics_port": port,
+        "metrics_host": "127.0.0.1",
+        "instance_check_ttl": "1h",
+        "instance_recheck": "1h",
+    }
 
 
 def arrange(db: psycopg.Connection[Any], *, held_instance: str = "acme-2") -> Scene:

@@ -17,9 +17,17 @@ import psycopg
 import pytest
 
 from tests.daemon_harness import running
-from tests.fakes import http_settings, serve_fakes
+from tests.fakes import serve_fakes
 from tests.helpers import await_until
-from tests.status_scene import HOSTILE_NAME, arrange, expected, figure, instance_row, shown
+from tests.status_scene import (
+    HOSTILE_NAME,
+    arrange,
+    expected,
+    figure,
+    held_instance_settings,
+    instance_row,
+    shown,
+)
 
 Conn = psycopg.Connection[Any]
 
@@ -76,14 +84,7 @@ async def test_the_page_in_a_real_browser(db_url: str, db: Conn) -> None:
     scene = arrange(db, held_instance="acme-2")
     _throughput(db, scene.held)
     async with serve_fakes() as fakes:
-        fakes.state = "close"
-        settings = {
-            **http_settings(fakes),
-            "metrics_port": port,
-            "metrics_host": "127.0.0.1",
-            "instance_check_ttl": "1h",
-            "instance_recheck": "1h",
-        }
+        settings = held_instance_settings(fakes, port)
         async with running(db_url, **settings), async_playwright() as playwright:
             await await_until(
                 lambda: (

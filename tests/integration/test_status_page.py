@@ -19,13 +19,14 @@ from listener.metrics import Health, Metrics, serve
 from listener.phones import mask_phone
 from listener.status import Snapshot, StatusPage, render
 from tests.daemon_harness import fast_settings, running
-from tests.fakes import http_settings, serve_fakes
+from tests.fakes import serve_fakes
 from tests.helpers import await_until
 from tests.status_scene import (
     HOSTILE_NAME,
     arrange,
     expected,
     figure,
+    held_instance_settings,
     instance_row,
     shown,
 )
@@ -125,14 +126,7 @@ async def test_a_held_instance_shows_its_reason(db_url: str, db: Conn) -> None:
     port = free_port()
     scene = arrange(db, held_instance="acme-2")
     async with serve_fakes() as fakes:
-        fakes.state = "close"
-        settings = {
-            **http_settings(fakes),
-            "metrics_port": port,
-            "metrics_host": "127.0.0.1",
-            "instance_check_ttl": "1h",
-            "instance_recheck": "1h",
-        }
+        settings = held_instance_settings(fakes, port)
         async with (
             running(db_url, **settings),
             httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client,
