@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import os
 import time
 from typing import Any
 
@@ -99,6 +100,8 @@ async def run_pool(
             "sends": len(ordered),
             "smallest_gap_s": round(min(gaps), 4) if gaps else None,
             "mean_gap_s": round(sum(gaps) / len(gaps), 4) if gaps else None,
+            "largest_gap_s": round(max(gaps), 4) if gaps else None,
+            "gaps_over_max": sum(1 for g in gaps if g > gap[1] + 0.05),
         }
     smallest = min(
         (v["smallest_gap_s"] for v in per_number.values() if v["smallest_gap_s"]), default=None
@@ -139,11 +142,19 @@ async def run_pool(
 async def main_async(args: Any, url: str) -> dict[str, Any]:
     gap = (args.gap[0], args.gap[1])
     runs = []
+    load_before = os.getloadavg()
     with c.FakeServer("--record-sends") as fake:
         for n in args.pools:
             pool = [f"number-{i + 1:02d}" for i in range(n)]
             runs.append(await run_pool(url, fake, pool, gap, args.seconds, args.concurrency))
-    return {"machine": c.machine(args.url), "runs": runs}
+    load_after = os.getloadavg()
+    print(f"load average before {load_before}, after {load_after}")
+    return {
+        "machine": c.machine(args.url),
+        "load_average_before": load_before,
+        "load_average_after": load_after,
+        "runs": runs,
+    }
 
 
 def main() -> None:

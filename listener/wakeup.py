@@ -16,7 +16,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import psycopg
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
@@ -39,6 +39,10 @@ def check_timeout(interval: float) -> float:
     return min(max(interval, 1.0), 2.0)
 
 
+#: A wake-up this far past its time without having fired is taken as lost.
+_LOST_WAKE = timedelta(seconds=5)
+
+
 class WakeTimer:
     """One APScheduler date job at the earliest known future due time."""
 
@@ -58,8 +62,12 @@ class WakeTimer:
         self._wake()
 
     def schedule(self, due: datetime) -> None:
-        """Wake at `due` unless an earlier wake-up is already set."""
-        current = self.at
+        """Wake at `due` unless an earlier wake-up is already set. A wake-up whose time has
+        just passed but that has not fired yet (the loop was busy) is kept: replacing it with
+        a later one would leave the rows due meanwhile waiting for that one (or the poll)."""
+        current = self._at
+        if current is not None and current < datetime.now(UTC) - _LOST_WAKE:
+            current = None  # long past and never fired: lost with its job
         if current is not None and current <= due:
             return
         self._at = due
