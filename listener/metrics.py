@@ -67,6 +67,12 @@ class Metrics:
             registry=r,
         )
         self.backlog = Gauge("listener_backlog_due", "Pending rows already due", registry=r)
+        self.sender_held = Gauge(
+            "listener_sender_held",
+            "1 while this listener holds a sender number (its messages wait), by why; else 0",
+            ["instance", "reason"],
+            registry=r,
+        )
         self.batches = Counter(
             "listener_claims_total", "Claim queries that returned rows", registry=r
         )

@@ -33,6 +33,7 @@ from uuid import UUID
 import psycopg
 
 from listener.jobs import Job
+from listener.metrics import Metrics
 from listener.outcomes import MustWait
 from listener.pacing import InstanceHealth, Wait
 from listener.settings import Settings
@@ -62,6 +63,9 @@ QUIET_WAITS = frozenset(
     }
 )
 
+#: A campaign hold ending this much later than one already passed on is not passed on again.
+_SPREAD_AGAIN = timedelta(minutes=1)
+
 #: Holds of a whole campaign, passed to its other messages at once.
 CAMPAIGN_HOLDS = frozenset({"window", "cap", "budget"})
 
@@ -72,10 +76,17 @@ _AT_ONCE: contextlib.AbstractAsyncContextManager[None] = contextlib.nullcontext(
 class Senders:
     """The numbers of each message's pool, for one listener."""
 
-    def __init__(self, settings: Settings, store: Store, health: InstanceHealth) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        health: InstanceHealth,
+        metrics: Metrics | None = None,
+    ) -> None:
         self.settings = settings
         self.store = store
         self.health = health
+        self.metrics = metrics
         # Numbers this listener held in the database, with when (monotonic): within a state
         # read's lifetime, their messages are put aside without asking the database again.
         self._held: dict[str, float] = {}
@@ -248,7 +259,8 @@ class Senders:
         up: list[str] = []
         for name, state in zip(names, states, strict=True):
             if state in _UP:
-                self._held.pop(name, None)
+                if self._held.pop(name, None) is not None:
+                    self._gauge(name, 0)
                 up.append(name)
             elif not await self._hold(name):
                 # Released since that state was read (another listener found it back): read
@@ -303,6 +315,7 @@ class Senders:
             return False
         began, moved = result
         self._held[name] = now_mono
+        self._gauge(name, 1, reason)
         if began:
             log.info(
                 "holding sender instance %s (%s): %d waiting messages put aside until it is back",
@@ -312,6 +325,13 @@ class Senders:
                 extra={"action": "sender_held", "instance": name, "messages": moved},
             )
         return True
+
+    def _gauge(self, name: str, value: int, reason: str | None = None) -> None:
+        """`listener_sender_held`: 1 under the hold's reason; 0 under every reason when back."""
+        if self.metrics is None:
+            return
+        for why in (reason,) if reason is not None else ("instance down", "instance restricted"):
+            self.metrics.sender_held.labels(instance=name, reason=why).set(value)
 
     async def recheck(self) -> None:
         """Ask the held numbers whose recheck is due (each taken by one listener); a number
@@ -324,6 +344,7 @@ class Senders:
                 continue
             self._held.pop(name, None)
             woken = await self.store.release_sender(name)
+            self._gauge(name, 0)
             log.info(
                 "sender instance %s is back (was: %s): %d waiting messages are due again",
                 name,
@@ -343,8 +364,8 @@ class Senders:
             return
         key: tuple[object, ...] = ("campaign", job.campaign_id, wait.reason)
         told = self._told.get(key)
-        if told is not None and told >= wait.until:
-            return
+        if told is not None and told >= wait.until - _SPREAD_AGAIN:
+            return  # (a budget's recheck moves with each message's clock: not a new hold)
         self._remember(key, wait.until)
         try:
             moved = await self.store.defer_campaign(job.campaign_id, wait)

@@ -58,7 +58,7 @@ class Processor:
         self.instances = InstanceHealth(
             sender.connection_state, settings.instance_check_ttl.total_seconds()
         )
-        self.senders = Senders(settings, self.store, self.instances)
+        self.senders = Senders(settings, self.store, self.instances, self.metrics)
         self.journey = Journey(
             settings, self.store, self.calls, self.writer, sender, self.senders, self.metrics
         )

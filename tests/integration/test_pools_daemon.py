@@ -111,6 +111,8 @@ async def test_a_held_number_costs_no_claims_writes_or_log_lines_per_recheck(
             await await_until(lambda: count(db, "wait_reason = 'instance down'") == 300)
             # Holding 300 messages took a handful of claims, not 300.
             assert claims() <= 30, claims()
+            held = {"instance": "down", "reason": "instance down"}
+            assert registry.get_sample_value("listener_sender_held", held) == 1
             last_write = "SELECT max(updated_at) FROM campaign_messages"
             before = (claims(), db.execute(last_write).fetchone())
             caplog.clear()
@@ -131,6 +133,7 @@ async def test_a_held_number_costs_no_claims_writes_or_log_lines_per_recheck(
             # Back: its whole backlog is released at once and goes.
             fakes.state = "open"
             await await_until(lambda: statuses(db).get("sent") == 300, timeout=60)
+            assert registry.get_sample_value("listener_sender_held", held) == 0
     assert db.execute("SELECT max(attempts) FROM campaign_messages").fetchone() == (1,)
 
 
@@ -174,3 +177,26 @@ async def test_the_same_number_talks_with_a_lead_across_campaigns(db_url: str, d
     assert rows[leads[0]] == "b"
     # The others spread over the pool.
     assert set(rows.values()) == {"a", "b", "c"}
+
+
+async def test_a_closed_window_holds_the_campaigns_messages_with_one_claim_batch(
+    db_url: str, db: Conn
+) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    opens = datetime.now(UTC) + timedelta(hours=2)
+    campaign = make_campaign(
+        db,
+        send_window_start=opens.time().replace(microsecond=0),
+        send_window_end=(opens + timedelta(hours=1)).time().replace(microsecond=0),
+        send_timezone="UTC",
+    )
+    leads = make_leads(db, 300)
+    async with running(db_url) as daemon:
+        registry = daemon.metrics.registry
+        enqueue(db, campaign, leads)
+        await await_until(lambda: count(db, "wait_reason = 'window'") == 300)
+        claims = registry.get_sample_value("listener_attempts_total") or 0.0
+    # The first messages found the window closed and took the campaign's other 290 with them.
+    assert claims <= 30, claims
+    assert count(db, "attempts = 0 AND scheduled_at > now() + interval '1 hour'") == 300
