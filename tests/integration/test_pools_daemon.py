@@ -200,3 +200,24 @@ async def test_a_closed_window_holds_the_campaigns_messages_with_one_claim_batch
     # The first messages found the window closed and took the campaign's other 290 with them.
     assert claims <= 30, claims
     assert count(db, "attempts = 0 AND scheduled_at > now() + interval '1 hour'") == 300
+
+
+async def test_a_restriction_from_delivery_feedback_is_held_at_once_and_shown(
+    db_url: str, db: Conn
+) -> None:
+    campaign = make_campaign(db, instances=["banned", "fine"])
+    async with running(db_url) as daemon:
+        assert daemon.processor is not None
+        daemon.processor.restrict("banned", "banned (403)", 3600.0)
+        await await_until(
+            lambda: (
+                db.execute(
+                    "SELECT held_reason, held_until > now() + interval '50 minutes'"
+                    " FROM listener_instances WHERE instance = 'banned'"
+                ).fetchone()
+                == ("instance restricted", True)
+            )
+        )
+        enqueue(db, campaign, make_leads(db, 4), content="Oi")
+        await await_until(lambda: statuses(db).get("sent") == 4)
+    assert db.execute("SELECT DISTINCT instance FROM campaign_messages").fetchall() == [("fine",)]
