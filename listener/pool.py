@@ -95,6 +95,8 @@ class Senders:
         self._tasks: set[asyncio.Task[None]] = set()
         # When each message's first part was answered (monotonic), until its stamp.
         self._answered: dict[UUID, float] = {}
+        # Whether the default number has limits (None: not read yet).
+        self._default_limited: bool | None = None
 
     def pool(self, job: Job) -> list[str]:
         """The campaign's numbers: its pool, else its instance, else the default one."""
@@ -105,6 +107,20 @@ class Senders:
     def _paced(self, job: Job, pool: list[str]) -> bool:
         return len(pool) > 1 or job.gap is not None or job.sender_limits
 
+    async def _default_limits(self, job: Job) -> None:
+        """A campaign that names no number sends through the default one, whose limits the
+        claim does not look up: known here, read at the first such message and again at
+        every recheck."""
+        if job.campaign_instances or job.campaign_instance or job.sender_limits:
+            return
+        if self._default_limited is None:
+            await self._read_default_limits()
+        job.sender_limits = bool(self._default_limited)
+
+    async def _read_default_limits(self) -> None:
+        default = self.settings.evolution_instance or "sandbox"
+        self._default_limited = await self.store.sender_limited(default)
+
     # ----------------------------------------------------------------------------------------
     # Before any work, and right before the first part
     # ----------------------------------------------------------------------------------------
@@ -113,6 +129,7 @@ class Senders:
         """The number the message goes through as far as is known before any work (its own
         once a part may have reached the lead); MustWait when no number of its pool can send
         (nothing spent)."""
+        await self._default_limits(job)
         pool = self.pool(job)
         own = job.sender_instance
         names = [own] if own else pool
@@ -335,7 +352,9 @@ class Senders:
 
     async def recheck(self) -> None:
         """Ask the held numbers whose recheck is due (each taken by one listener); a number
-        that is back has its hold ended and its waiting messages made due."""
+        that is back has its hold ended and its waiting messages made due. (And read again
+        whether the default number has limits.)"""
+        await self._read_default_limits()
         for name, reason in await self.store.held_due(self.settings.instance_recheck):
             if self.health.held_until(name) is not None:
                 continue  # a timed hold of this listener (a restriction): asked when it ends

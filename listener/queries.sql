@@ -45,8 +45,7 @@ RETURNING m.id, m.campaign_id, m.lead_id, m.attempts, m.content, m.parts, m.part
           c.spent_usd AS campaign_spent,
           c.instances AS campaign_instances, m.instance AS sender_instance,
           EXISTS (SELECT 1 FROM sender_instances s
-                   WHERE s.name = ANY (c.instances) OR s.name = c.instance
-                      OR (c.instance IS NULL AND c.instances IS NULL)) AS sender_limits
+                   WHERE s.name = ANY (c.instances) OR s.name = c.instance) AS sender_limits
 
 -- lead_contexts --
 -- Every lead's context for a whole batch in one round trip.
@@ -287,6 +286,10 @@ SELECT began, deferred
 -- Was the number released after a state read that said it was down (the read is stale)?
 SELECT held_reason IS NULL AND released_at > %(seen_at)s FROM listener_instances
  WHERE instance = %(instance)s
+
+-- sender_limited --
+-- Does the default number (EVOLUTION_INSTANCE, for campaigns that name none) have limits?
+SELECT EXISTS (SELECT 1 FROM sender_instances WHERE name = %(instance)s)
 
 -- held_due --
 -- The held numbers due to be asked again; taken by one listener at a time (the next ask is

@@ -508,6 +508,13 @@ class Store:
             row = await cur.fetchone()
         return bool(row and row[0])
 
+    async def sender_limited(self, instance: str) -> bool:
+        """Whether `instance` has a row of limits (caps, warm-up, enabled)."""
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(q("sender_limited"), {"instance": instance})
+            row = await cur.fetchone()
+        return bool(row and row[0])
+
     async def held_due(self, recheck: timedelta) -> list[tuple[str, str]]:
         """The held numbers due to be asked again (their next ask is booked meanwhile)."""
         async with self.pool.connection() as conn:

@@ -221,3 +221,16 @@ async def test_a_restriction_from_delivery_feedback_is_held_at_once_and_shown(
         enqueue(db, campaign, make_leads(db, 4), content="Oi")
         await await_until(lambda: statuses(db).get("sent") == 4)
     assert db.execute("SELECT DISTINCT instance FROM campaign_messages").fetchall() == [("fine",)]
+
+
+async def test_the_default_numbers_caps_hold_campaigns_that_name_no_number(
+    db_url: str, db: Conn
+) -> None:
+    campaign = make_campaign(db)  # no instance, no pool: the default one (sandbox here)
+    db.execute("INSERT INTO sender_instances (name, daily_cap) VALUES ('sandbox', 2)")
+    async with running(db_url):
+        enqueue(db, campaign, make_leads(db, 5), content="Oi")
+        await await_until(
+            lambda: statuses(db).get("sent") == 2 and count(db, "wait_reason = 'sender cap'") == 3
+        )
+    assert db.execute("SELECT count(*) FROM sandbox_outbox").fetchone() == (2,)
