@@ -106,3 +106,8 @@ class InstanceClosedError(InstanceMissingError):
 
 class PermanentProviderError(ProviderError):
     """This message can never succeed this way (e.g. the number is not on WhatsApp)."""
+
+
+class MayHaveBeenDelivered(PermanentProviderError):
+    """A part already sent as often as it may be (sends that got no answer, or a send in the
+    air when its worker died), and not found by the lookup: it is not sent again."""

@@ -17,6 +17,7 @@ from listener.errors import (
     DataRefusedError,
     InstanceClosedError,
     InstanceMissingError,
+    MayHaveBeenDelivered,
     ProviderError,
     UncertainDeliveryError,
 )
@@ -24,6 +25,7 @@ from listener.feedback import phone_forms
 from listener.jobs import Job, RecordPart, StoreParts
 from listener.metrics import Metrics
 from listener.outcomes import (
+    MAX_UNCERTAIN_SENDS,
     GateClosed,
     MustWait,
     Outcome,
@@ -167,6 +169,13 @@ class Journey:
                     exc,
                     extra={"action": "uncertain_lookup_failed", "message_id": str(job.id)},
                 )
+        if found is None and job.uncertain_sends >= MAX_UNCERTAIN_SENDS:
+            raise MayHaveBeenDelivered(
+                f"part {index + 1} of {len(parts)} may have been delivered: it was sent "
+                f"{job.uncertain_sends} times without an answer (or by a worker that died), "
+                "and the lookup did not find it, so it is not sent again",
+                provider="evolution",
+            )
         if found is None:
             log.info(
                 "part %d to %s was not found after its send got no answer: sending it again",

@@ -203,14 +203,20 @@ RETURNING id
 -- Rows whose lease expired: back to pending at once. A worker that died keeps the attempt it
 -- spent (failed when that was the last one). A worker still connected (its application_name
 -- names it, see db.py) lost the lease to the database, not to the message: its attempt is
--- given back.
+-- given back. A worker that died with a begun message may have had its next part in the air:
+-- that part counts as a send that got no answer (since `window` before the lease ended), so it
+-- is looked up before it is sent again, and never sent more than twice in all.
 WITH expired AS (
     SELECT m.id,
-           m.attempts - CASE WHEN EXISTS (
-                   SELECT 1 FROM pg_stat_activity a
-                    WHERE a.application_name = left('listener ' || m.locked_by, 63))
-               THEN 1 ELSE 0 END AS attempts
+           m.attempts - CASE WHEN o.alive THEN 1 ELSE 0 END AS attempts,
+           NOT o.alive AND m.parts IS NOT NULL
+               AND m.parts_sent < jsonb_array_length(m.parts) AS in_air
       FROM campaign_messages m
+     CROSS JOIN LATERAL (
+           SELECT EXISTS (
+                   SELECT 1 FROM pg_stat_activity a
+                    WHERE a.application_name = left('listener ' || m.locked_by, 63)) AS alive
+           ) o
      WHERE m.status = 'processing' AND m.locked_until < now()
      ORDER BY m.locked_until
      LIMIT 1000
@@ -225,6 +231,14 @@ UPDATE campaign_messages m
                          ELSE 'lease of ' || COALESCE(m.locked_by, '?') || ' expired; taken back'
                     END,
        scheduled_at = CASE WHEN e.attempts >= %(max_attempts)s THEN m.scheduled_at ELSE now() END,
+       uncertain_sends = CASE WHEN NOT e.in_air THEN m.uncertain_sends
+                              WHEN m.uncertain_part = m.parts_sent THEN m.uncertain_sends + 1
+                              ELSE 1 END,
+       uncertain_at = CASE WHEN NOT e.in_air THEN m.uncertain_at
+                           WHEN m.uncertain_part = m.parts_sent
+                                AND m.uncertain_at IS NOT NULL THEN m.uncertain_at
+                           ELSE m.locked_until - %(window)s END,
+       uncertain_part = CASE WHEN e.in_air THEN m.parts_sent ELSE m.uncertain_part END,
        locked_by = NULL,
        locked_until = NULL,
        updated_at = now()

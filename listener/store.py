@@ -371,11 +371,22 @@ class Store:
                     raise
                 await asyncio.sleep(0.2 * (retry + 1))
 
+    def rescue_window(self) -> timedelta:
+        """How long before a dead worker's lease ended its last send may have left: a lease
+        (renewed while it lived), a send's deadline, Evolution's typing delay, a margin."""
+        settings = self.settings
+        return (
+            settings.lease
+            + settings.send_timeout
+            + timedelta(milliseconds=settings.evolution_delay_ms, seconds=60)
+        )
+
     async def rescue(self) -> list[tuple[UUID, str]]:
         """Take back rows whose lease expired (see queries.sql for who keeps the attempt)."""
         async with self.pool.connection() as conn:
             cur = await conn.execute(
-                q("rescue_expired"), {"max_attempts": self.settings.max_attempts}
+                q("rescue_expired"),
+                {"max_attempts": self.settings.max_attempts, "window": self.rescue_window()},
             )
             return [(row[0], row[1]) for row in await cur.fetchall()]
 

@@ -48,8 +48,13 @@ def listener_env(db_url: str, fakes: FakeProviders, **extra: str) -> dict[str, s
     return env
 
 
+# Each started listener's stderr, read as it comes: a pipe nobody reads fills up (64 KB) and
+# then blocks the listener's next log line, which freezes it (a soak under load logs that much).
+_STDERR: dict[int, tuple[bytearray, asyncio.Task[None]]] = {}
+
+
 async def start(env: dict[str, str]) -> asyncio.subprocess.Process:
-    return await asyncio.create_subprocess_exec(
+    proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "listener",
@@ -58,6 +63,23 @@ async def start(env: dict[str, str]) -> asyncio.subprocess.Process:
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.PIPE,
     )
+    written = bytearray()
+
+    async def drain() -> None:
+        assert proc.stderr is not None
+        while chunk := await proc.stderr.read(65536):
+            written.extend(chunk)
+
+    _STDERR[proc.pid] = (written, asyncio.create_task(drain()))
+    return proc
+
+
+async def stderr_of(proc: asyncio.subprocess.Process) -> str:
+    """What a listener started by `start` wrote to stderr, once it has exited."""
+    written, drained = _STDERR.pop(proc.pid)
+    await proc.wait()
+    await drained
+    return written.decode(errors="replace")
 
 
 def parts_per_number(fakes: FakeProviders) -> dict[str, list[str]]:
@@ -114,8 +136,7 @@ async def test_sigterm_finishes_in_flight_hands_back_the_rest_and_exits_0(
         await await_until(lambda: len(fakes.accepted()) >= 4, timeout=30)
         proc.send_signal(signal.SIGTERM)
         code = await asyncio.wait_for(proc.wait(), 30)
-        assert proc.stderr is not None
-        log = (await proc.stderr.read()).decode()
+        log = await stderr_of(proc)
     assert code == 0, log
     counts = statuses(db)
     assert counts.get("processing", 0) == 0
@@ -145,8 +166,8 @@ async def test_a_metrics_port_already_taken_ends_the_start_with_one_line(db_url:
                 LISTENER_LOG_LEVEL="ERROR",
             )
             process = await start(env)
-            _, err = await asyncio.wait_for(process.communicate(), timeout=30)
+            err = await asyncio.wait_for(stderr_of(process), timeout=30)
     assert process.returncode == 2
-    text = err.decode().strip()
+    text = err.strip()
     assert len(text.splitlines()) == 1, text
     assert "LISTENER_METRICS_PORT" in text and str(port) in text

@@ -17,7 +17,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from tests.e2e.test_processes import listener_env, parts_per_number, start
+from tests.e2e.test_processes import listener_env, parts_per_number, start, stderr_of
 from tests.fakes import FakeProviders, serve_fakes
 from tests.helpers import await_until, enqueue, make_campaign, make_leads, make_run, statuses
 
@@ -105,9 +105,17 @@ async def test_soak_with_kills_backend_restarts_and_provider_faults(db_url: str,
     ).fetchone()
     assert no_reason == (0,)
 
-    # Parts: every sent message's parts arrived in order; a part arrived twice only for a
-    # message the killed listener held when it died, and at most one part per message.
+    # Parts: every sent message's parts arrived in order; a part arrived twice only where
+    # DESIGN.md allows it (a message the killed listener held when it died, or one whose send
+    # got no answer and whose lookup could not find it), once at most: never a third time.
     texts = parts_per_number(fakes)
+    unanswered = {
+        r[0]
+        for r in db.execute(
+            "SELECT l.phone FROM campaign_messages m JOIN leads l ON l.id = m.lead_id"
+            " WHERE m.uncertain_sends > 0"
+        ).fetchall()
+    }
     sent_numbers = {
         r[0]
         for r in db.execute(
@@ -120,7 +128,10 @@ async def test_soak_with_kills_backend_restarts_and_provider_faults(db_url: str,
         deduped = [p for i, p in enumerate(parts) if i == 0 or parts[i - 1] != p]
         assert deduped in (["1."], ["1.", "2."]), parts
         extra = sum(n - 1 for n in Counter(parts).values())
-        assert extra == 0 or (extra == 1 and number in held_at_death), (number, parts)
+        assert extra == 0 or (extra == 1 and (number in held_at_death or number in unanswered)), (
+            number,
+            parts,
+        )
 
     run_row = db.execute(
         "SELECT status, total_count, sent_count, failed_count, skipped_count FROM campaign_runs"
@@ -177,8 +188,7 @@ async def test_a_storm_of_graceful_stops_repeats_no_part(db_url: str, db: Conn) 
 
             await await_until(up, timeout=60)
             if proc.returncode is not None:
-                assert proc.stderr is not None
-                raise AssertionError((await proc.stderr.read()).decode())
+                raise AssertionError(await stderr_of(proc))
             return proc
 
         procs = [await start_ready(), await start_ready()]

@@ -10,11 +10,13 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
 
+import httpx
 import psycopg
 import pytest
 from psycopg_pool import AsyncConnectionPool
 
 from listener.jobs import Finish
+from listener.phones import normalize_phone
 from listener.processor import Processor
 from listener.providers.sandbox import SandboxLLM, SandboxSender
 from listener.queries import q
@@ -256,7 +258,9 @@ def test_the_rescue_gives_back_the_attempt_of_a_live_owner_only(db_url: str, db:
         (alive,),
     )
     with psycopg.connect(db_url, application_name="listener alive-1"):
-        rescued = db.execute(q("rescue_expired"), {"max_attempts": 4}).fetchall()
+        rescued = db.execute(
+            q("rescue_expired"), {"max_attempts": 4, "window": timedelta(minutes=2)}
+        ).fetchall()
     assert len(rescued) == 2
     rows = {r[0]: r[1:] for r in db.execute("SELECT id, status, attempts FROM campaign_messages")}
     assert rows == {alive: ("pending", 1), dead: ("pending", 2)}
@@ -349,3 +353,60 @@ async def test_uncertain_sends_count_across_listeners(db_url: str, db: Conn, ans
             await await_until(lambda: statuses(db) == {"failed": 1}, timeout=20)
     assert len(fakes.sends) == 1
     assert "may have been delivered" in one(db, "SELECT last_error FROM campaign_messages")[0]
+
+
+async def test_a_part_in_the_air_when_its_worker_died_is_looked_up_before_it_is_sent_again(
+    db_url: str, db: Conn
+) -> None:
+    """A worker dies (its lease runs out, it is not connected) with a begun message: its next
+    part may have gone out. The rescue counts it as a send that got no answer, so the next
+    worker looks it up first: found, it is recorded and not sent again; not found, it is sent
+    (the second time); and a part that already had a send without an answer is not sent a
+    third time."""
+    campaign = make_campaign(db)
+    found, lost, twice = enqueue(db, campaign, make_leads(db, 3), content="x")
+    db.execute(
+        "UPDATE campaign_messages SET status = 'processing', attempts = 1,"
+        """ parts = '["Parte um.", "Parte dois."]', parts_sent = 0,"""
+        " locked_by = 'ghost-1', locked_until = now() - interval '1 second'"
+    )
+    db.execute(
+        "UPDATE campaign_messages SET uncertain_part = 0, uncertain_sends = 1,"
+        " uncertain_at = now() - interval '1 minute' WHERE id = %s",
+        (twice,),
+    )
+    numbers = {
+        mid: normalize_phone(
+            one(
+                db,
+                "SELECT l.phone FROM campaign_messages m JOIN leads l ON l.id = m.lead_id"
+                " WHERE m.id = %s",
+                mid,
+            )[0]
+        )
+        for mid in (found, lost, twice)
+    }
+    async with serve_fakes() as fakes:
+        # What the dead worker got out before it died: the first part of one message.
+        async with httpx.AsyncClient() as client:
+            answer = await client.post(
+                f"{fakes.url}/message/sendText/main",
+                headers={"apikey": "evo-test-secret"},
+                json={"number": numbers[found], "text": "Parte um."},
+            )
+        assert answer.status_code == 201
+        async with running(db_url, **http_settings(fakes)):
+            await await_until(lambda: statuses(db) == {"sent": 2, "failed": 1}, timeout=20)
+        texts = {
+            mid: [s["text"] for s in fakes.accepted() if s["number"] == number]
+            for mid, number in numbers.items()
+        }
+        assert len(fakes.find_requests) >= 3  # every one of them was looked up first
+    assert texts == {
+        found: ["Parte um.", "Parte dois."],  # the dead worker's, then the rest
+        lost: ["Parte um.", "Parte dois."],
+        twice: [],
+    }
+    assert one(db, "SELECT status FROM campaign_messages WHERE id = %s", found)[0] == "sent"
+    error = one(db, "SELECT last_error FROM campaign_messages WHERE id = %s", twice)[0]
+    assert "part 1 of 2 may have been delivered" in error

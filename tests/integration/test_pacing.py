@@ -131,7 +131,9 @@ def test_a_dead_workers_cap_slots_come_back_with_its_rows(db: Conn) -> None:
     assert pace(db, campaign, m2, now)[0] is True
     [m3] = claimed(db, campaign, 1)
     assert pace(db, campaign, m3, now)[2] == "cap"
-    taken_back = db.execute(q("rescue_expired"), {"max_attempts": 4}).fetchall()
+    taken_back = db.execute(
+        q("rescue_expired"), {"max_attempts": 4, "window": timedelta(minutes=2)}
+    ).fetchall()
     assert sorted(r[0] for r in taken_back) == sorted([m1, m2])
     assert held(db) == {}
     assert pace(db, campaign, m3, now)[0] is True  # the cap is whole again
