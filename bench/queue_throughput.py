@@ -46,7 +46,7 @@ STEPS = (
     ("listener.providers.sandbox:SandboxSender", "_flush", "sandbox_outbox flush"),
     ("listener.store:Store", "_flush_record", "record_parts flush"),
     ("listener.store:Store", "_flush_finish", "finish flush"),
-    ("listener.processor:Processor", "_journey", "message in its slot (_journey)"),
+    ("listener.journey:Journey", "run", "message in its slot (Journey.run)"),
 )
 
 
