@@ -12,7 +12,8 @@ its cumulative `_bucket{le=...}`, `_count` and `_sum`.
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import TypeVar
 
 from prometheus_client.metrics_core import (
     CounterMetricFamily,
@@ -20,6 +21,22 @@ from prometheus_client.metrics_core import (
     Metric,
 )
 from prometheus_client.registry import Collector, CollectorRegistry
+
+V = TypeVar("V")
+
+
+def _child(
+    children: dict[tuple[str, ...], V],
+    labelnames: tuple[str, ...],
+    labels: dict[str, str],
+    make: Callable[[], V],
+) -> V:
+    """The child of a labelled metric for these label values, made on first use."""
+    key = tuple(str(labels[n]) for n in labelnames)
+    child = children.get(key)
+    if child is None:
+        child = children[key] = make()
+    return child
 
 
 class CounterValue:
@@ -51,11 +68,7 @@ class FastCounter(Collector, CounterValue):
         registry.register(self)
 
     def labels(self, **labels: str) -> CounterValue:
-        key = tuple(str(labels[n]) for n in self.labelnames)
-        child = self._children.get(key)
-        if child is None:
-            child = self._children[key] = CounterValue()
-        return child
+        return _child(self._children, self.labelnames, labels, CounterValue)
 
     def describe(self) -> Iterable[Metric]:
         return [CounterMetricFamily(self.name, self.doc, labels=self.labelnames)]
@@ -107,11 +120,7 @@ class FastHistogram(Collector, HistogramValue):
         registry.register(self)
 
     def labels(self, **labels: str) -> HistogramValue:
-        key = tuple(str(labels[n]) for n in self.labelnames)
-        child = self._children.get(key)
-        if child is None:
-            child = self._children[key] = HistogramValue(self.bounds)
-        return child
+        return _child(self._children, self.labelnames, labels, lambda: HistogramValue(self.bounds))
 
     def describe(self) -> Iterable[Metric]:
         return [HistogramMetricFamily(self.name, self.doc, labels=self.labelnames)]
