@@ -192,6 +192,40 @@ async def test_events_acknowledged_and_left_in_the_inbox_are_applied(db_url: str
         await await_until(lambda: one(db, "SELECT count(*) FROM webhook_inbox") == 0)
 
 
+async def test_a_stop_applies_what_was_acknowledged_before_it_ends(db_url: str, db: Conn) -> None:
+    # A lock on the message's row keeps the applier's turn waiting, so the status is still in
+    # the inbox when the stop begins. The stop cancels that turn and applies the inbox itself
+    # (waiting for the lock, within its 5 s) before the listener ends, not at its next start.
+    waiting = (
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+        " AND wait_event_type = 'Lock'"
+    )
+    with psycopg.connect(db_url) as holder:
+        async with listening(db_url) as (daemon, fakes):
+            mid = await send_one(db, fakes)
+            [part] = (s["id"] for s in fakes.accepted())
+            holder.execute("SELECT 1 FROM campaign_messages WHERE id = %s FOR UPDATE", (mid,))
+            assert await fakes.post_webhook("messages.update", status_data(part, "READ")) == 200
+            await await_until(lambda: one(db, waiting) == 1)  # the applier's turn, held
+            assert one(db, "SELECT count(*) FROM webhook_inbox") == 1
+            port = daemon.settings.webhook_port
+            daemon.request_stop()
+
+            def closed() -> bool:
+                with socket.socket() as sock:
+                    return sock.connect_ex(("127.0.0.1", port)) != 0
+
+            await await_until(closed)  # the receiver is stopping
+            # Released well after the stop cancelled the applier's turn (at once), so only the
+            # stop's own apply can take the status; well within the 5 s it is given.
+            await asyncio.sleep(0.5)
+            holder.rollback()
+        # Out of `listening`: the daemon has ended.
+    assert parts_of(db) == {part: "READ"}
+    assert one(db, "SELECT read_at IS NOT NULL FROM campaign_messages WHERE id = %s", mid)
+    assert one(db, "SELECT count(*) FROM webhook_inbox") == 0
+
+
 async def test_bad_and_missing_auth_is_401_and_writes_nothing(db_url: str, db: Conn) -> None:
     async with listening(db_url) as (daemon, fakes):
         data = status_data("EVO-X", "READ")
