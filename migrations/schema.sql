@@ -1,5 +1,5 @@
 -- The schema `listener migrate` makes in an empty database: every file of migrations/ applied
--- in order, dumped by pg_dump 15 (--schema-only --no-owner --no-privileges), normalised.
+-- in order, dumped by pg_dump 18 (--schema-only --no-owner --no-privileges), normalised.
 -- Never applied; tests/integration/test_schema.py checks that migrating from zero gives it.
 -- Regenerate after adding a migration: uv run python -m tests.schema_snapshot
 
@@ -684,13 +684,17 @@ $$;
 --
 
 CREATE FUNCTION public.listener_valid_pool(p_pool text[]) RETURNS boolean
-    LANGUAGE sql IMMUTABLE
+    LANGUAGE plpgsql IMMUTABLE
     AS $$
-    SELECT p_pool IS NULL
-        OR (cardinality(p_pool) > 0
-            AND array_position(p_pool, NULL) IS NULL
-            AND NOT EXISTS (SELECT 1 FROM unnest(p_pool) AS n WHERE btrim(n) = '')
-            AND (SELECT count(DISTINCT n) FROM unnest(p_pool) AS n) = cardinality(p_pool))
+BEGIN
+    IF p_pool IS NULL THEN
+        RETURN true;
+    END IF;
+    RETURN cardinality(p_pool) > 0
+       AND array_position(p_pool, NULL) IS NULL
+       AND NOT EXISTS (SELECT 1 FROM unnest(p_pool) AS n WHERE btrim(n) = '')
+       AND (SELECT count(DISTINCT n) FROM unnest(p_pool) AS n) = cardinality(p_pool);
+END
 $$;
 
 SET default_tablespace = '';
