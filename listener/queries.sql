@@ -70,8 +70,9 @@ SELECT count(*) AS due FROM campaign_messages
 -- Fix the text and parts of messages before their first part goes out (guarded by the lease),
 -- adding the usage of the LLM calls that wrote them to the message's sums and, in the same
 -- statement, their cost to the campaign's spend (what budgets are checked against). Parts are
--- stored once (a resume never stores them again): a store run again after its answer was lost
--- finds them (`o`, the row before this statement) and adds no usage twice.
+-- stored once (a resume never stores them again): a row that has its parts already is not
+-- matched, so a store run again after its answer was lost adds no usage twice (the store then
+-- finds it with stored_parts).
 WITH stored AS (
     UPDATE campaign_messages m
        SET generated_text = v.generated_text,
@@ -82,18 +83,13 @@ WITH stored AS (
            model = COALESCE(v.model, m.model),
            model_fallback = COALESCE(v.fallback, m.model_fallback),
            updated_at = now()
-      FROM (SELECT u.id, u.generated_text, u.parts, u.model, u.fallback,
-                   CASE WHEN o.parts IS NULL THEN u.prompt_tokens ELSE 0 END AS prompt_tokens,
-                   CASE WHEN o.parts IS NULL THEN u.completion_tokens ELSE 0 END
-                       AS completion_tokens,
-                   CASE WHEN o.parts IS NULL THEN u.cost_usd ELSE 0 END AS cost_usd
-              FROM unnest(%(ids)b::uuid[], %(texts)b::text[], %(parts)b::jsonb[],
-                          %(prompt_tokens)b::bigint[], %(completion_tokens)b::bigint[],
-                          %(costs)b::float8[], %(models)b::text[], %(fallbacks)b::bool[])
-                   AS u(id, generated_text, parts, prompt_tokens, completion_tokens, cost_usd,
-                        model, fallback)
-              JOIN campaign_messages o ON o.id = u.id) AS v
+      FROM unnest(%(ids)b::uuid[], %(texts)b::text[], %(parts)b::jsonb[],
+                  %(prompt_tokens)b::bigint[], %(completion_tokens)b::bigint[],
+                  %(costs)b::float8[], %(models)b::text[], %(fallbacks)b::bool[])
+           AS v(id, generated_text, parts, prompt_tokens, completion_tokens, cost_usd,
+                model, fallback)
      WHERE m.id = v.id AND m.status = 'processing' AND m.locked_by = %(worker)b
+       AND m.parts IS NULL
     RETURNING m.id, m.campaign_id, v.cost_usd
 ), spend AS (
     UPDATE campaigns c
@@ -103,6 +99,13 @@ WITH stored AS (
      WHERE c.id = s.campaign_id
 )
 SELECT id FROM stored
+
+-- stored_parts --
+-- Of messages store_parts did not match, those still ours whose parts are stored already (by
+-- an earlier run of the same store whose answer was lost).
+SELECT id FROM campaign_messages
+ WHERE id = ANY (%(ids)b::uuid[]) AND status = 'processing' AND locked_by = %(worker)b
+   AND parts IS NOT NULL
 
 -- record_parts --
 -- Record accepted parts; the last part of a message completes it as sent in the same write.

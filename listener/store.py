@@ -298,7 +298,7 @@ class Store:
 
     async def _flush_store(self, items: list[StoreParts]) -> set[Hashable]:
         items = sorted(items, key=_id_order)
-        return await self._returning_ids(
+        stored = await self._returning_ids(
             "store_parts",
             {
                 "ids": [i.id for i in items],
@@ -310,6 +310,12 @@ class Store:
                 **_usage_params([i.usage for i in items]),
             },
         )
+        if len(stored) < len(items):  # rare: a lost lease, or a store run again (see the SQL)
+            missed = [i.id for i in items if i.id not in stored]
+            stored |= await self._returning_ids(
+                "stored_parts", {"ids": missed, "worker": self.worker}
+            )
+        return stored
 
     async def _flush_record(self, items: list[RecordPart]) -> set[Hashable]:
         items = sorted(items, key=_id_order)
