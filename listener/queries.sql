@@ -960,7 +960,10 @@ SELECT inst.instance, r.errors, r.stale
  ORDER BY inst.instance
 
 -- webhook_instances --
--- The instances campaigns that are not archived send through (`listener webhook set`).
-SELECT DISTINCT instance FROM campaigns
- WHERE instance IS NOT NULL AND status <> 'archived'
- ORDER BY instance
+-- The instances campaigns that are not archived send through (`listener webhook set`): each
+-- one's `instance` and every number of its pool (`instances`).
+SELECT DISTINCT n.instance
+  FROM campaigns c
+ CROSS JOIN LATERAL unnest(array_prepend(c.instance, COALESCE(c.instances, '{}'))) AS n(instance)
+ WHERE n.instance IS NOT NULL AND c.status <> 'archived'
+ ORDER BY n.instance

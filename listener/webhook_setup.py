@@ -27,7 +27,8 @@ def check(settings: Settings, url: str) -> str:
 
 
 async def instances_in_use(database_url: str, settings: Settings) -> list[str]:
-    """EVOLUTION_INSTANCE and every instance a campaign that is not archived names."""
+    """EVOLUTION_INSTANCE and every instance a campaign that is not archived names, its
+    `instance` and every number of its pool (`instances`)."""
     names = [settings.evolution_instance] if settings.evolution_instance else []
     async with connection(database_url, "reading the campaigns' instances") as conn:
         rows = await (await conn.execute(q("webhook_instances"))).fetchall()

@@ -528,6 +528,10 @@ async def test_webhook_set_configures_every_instance_in_use(
     make_campaign(db, name="a", instance="sales")
     make_campaign(db, name="b", instance="support")
     make_campaign(db, name="c", instance="old", status="archived")
+    # Pools: every number of one is configured, not only `instance` (issue 22).
+    make_campaign(db, name="d", instances=["t1", "t3"])
+    make_campaign(db, name="e", instance="sales", instances=["t3", "t4"])
+    make_campaign(db, name="f", instances=["gone"], status="archived")
     async with serve_fakes() as fakes:
         for name, value in {
             "DATABASE_URL": db_url,
@@ -539,7 +543,14 @@ async def test_webhook_set_configures_every_instance_in_use(
             monkeypatch.setenv(name, value)
         url = "https://listener.example.com/webhooks/evolution"
         assert await asyncio.to_thread(entry, ["webhook", "set", "--url", url]) == 0
-        assert [s["instance"] for s in fakes.webhook_sets] == ["main", "sales", "support"]
+        assert [s["instance"] for s in fakes.webhook_sets] == [
+            "main",
+            "sales",
+            "support",
+            "t1",
+            "t3",
+            "t4",
+        ]
         assert fakes.webhook_sets[0] == {
             "instance": "main",
             "apikey": "evo-test-secret",
@@ -571,7 +582,7 @@ async def test_webhook_set_configures_every_instance_in_use(
         assert err[-1] == (
             "listener: LISTENER_WEBHOOK_SECRET is required: Evolution signs its posts with it"
         )
-        assert len(fakes.webhook_sets) == 4
+        assert len(fakes.webhook_sets) == 7
 
 
 async def test_stats_show_the_funnel_per_campaign(db_url: str, db: Conn) -> None:
