@@ -8,6 +8,7 @@ the window meanwhile, so other campaigns and instances keep flowing."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -41,8 +42,10 @@ class PickedSender:
 
 class InstanceHealth:
     """Each sender instance's connection state, asked of the provider at most once per `ttl`
-    seconds. A state check that fails says nothing (the send itself will tell); only a state
-    other than `open` holds the instance's messages. Logged once per episode."""
+    seconds, and one call per instance at a time: callers that miss the cache while a call is
+    on its way wait for that call's answer (a batch of 100 messages for a closed number asks
+    once, not 100 times). A state check that fails says nothing (the send itself will tell);
+    only a state other than `open` holds the instance's messages. Logged once per episode."""
 
     def __init__(self, check: Callable[[str], Awaitable[str]], ttl: float) -> None:
         self._check = check
@@ -52,6 +55,10 @@ class InstanceHealth:
         # Holds with their own end (monotonic): a number WhatsApp restricts while it still
         # says `open` (delivery feedback). After the hold, the state is asked again.
         self._holds: dict[str, tuple[str, float]] = {}
+        # The state call on its way per instance, shared by every caller that misses the cache
+        # meanwhile; dropped when it ends, or when what is known changes (`forget`, `mark`,
+        # `hold`: a call begun before is not trusted by later callers, nor written to the cache).
+        self._reading: dict[str, asyncio.Future[str]] = {}
 
     async def state(self, instance: str) -> str:
         now = time.monotonic()
@@ -64,6 +71,18 @@ class InstanceHealth:
         cached = self._cache.get(instance)
         if cached is not None and now - cached[1] < self._ttl:
             return cached[0]
+        reading = self._reading.get(instance)
+        if reading is None:
+            reading = asyncio.ensure_future(self._read(instance, now))
+            self._reading[instance] = reading
+            reading.add_done_callback(lambda done: self._read_done(instance, done))
+        # Shielded: a caller that is cancelled (its message's lease lost, a stop) does not
+        # cancel the call the others wait for.
+        return await asyncio.shield(reading)
+
+    async def _read(self, instance: str, now: float) -> str:
+        """Ask the provider once; the answer goes to the cache unless what is known changed
+        while it was on its way."""
         try:
             state = await self._check(instance)
         except InstanceMissingError:
@@ -76,9 +95,16 @@ class InstanceHealth:
                 extra={"action": "instance_state_unknown", "instance": instance},
             )
             state = "unknown"
-        self._cache[instance] = (state, now)
-        self._note(instance, state)
+        if self._reading.get(instance) is asyncio.current_task():
+            self._cache[instance] = (state, now)
+            self._note(instance, state)
         return state
+
+    def _read_done(self, instance: str, done: asyncio.Future[str]) -> None:
+        if self._reading.get(instance) is done:
+            del self._reading[instance]
+        if not done.cancelled():
+            done.exception()  # retrieved: an error reaches the callers, not the loop's log
 
     def held_until(self, instance: str) -> float | None:
         """When the instance's hold ends (monotonic), while it is held."""
@@ -91,8 +117,10 @@ class InstanceHealth:
         return None if cached is None else cached[1]
 
     def forget(self, instance: str) -> None:
-        """Drop the cached state (not a timed hold): the next `state` asks the provider."""
+        """Drop the cached state (not a timed hold): the next `state` asks the provider (a
+        call already on its way is not waited for: it began before)."""
         self._cache.pop(instance, None)
+        self._reading.pop(instance, None)
 
     def known(self) -> dict[str, tuple[str, float]]:
         """Each instance's last state and when it was read (monotonic), for the status page."""
@@ -120,12 +148,14 @@ class InstanceHealth:
             return False
         self._holds[instance] = (state, now + seconds)
         self._cache[instance] = (state, now)
+        self._reading.pop(instance, None)
         self._note(instance, state)
         return True
 
     def mark(self, instance: str, state: str) -> None:
         """What a send found out (e.g. `missing`), held for `ttl` like a state check's."""
         self._cache[instance] = (state, time.monotonic())
+        self._reading.pop(instance, None)
         self._note(instance, state)
 
     def _note(self, instance: str, state: str) -> None:

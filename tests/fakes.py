@@ -137,6 +137,8 @@ class FakeProviders:
     first_ns: int = 0
     last_ns: int = 0
     state_checks: int = 0
+    # connectionState calls per instance.
+    state_calls: dict[str, int] = field(default_factory=dict)
     reply_parts: int = 1
     state: str = "open"
     # connectionState per instance (sender pools); instances not named here answer `state`.
@@ -382,6 +384,8 @@ class FakeProviders:
 
     async def _state(self, request: web.Request) -> web.Response:
         self.state_checks += 1
+        name = request.match_info["instance"]
+        self.state_calls[name] = self.state_calls.get(name, 0) + 1
         return web.json_response(
             {
                 "instance": {
@@ -414,6 +418,7 @@ class FakeProviders:
             seen.clear()
         self.arrivals.clear()
         self.send_times.clear()
+        self.state_calls.clear()
         self.first_ns = self.last_ns = self.state_checks = self.llm_calls = self.send_calls = 0
 
     async def _stats(self, request: web.Request) -> web.Response:

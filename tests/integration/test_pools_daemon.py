@@ -234,3 +234,27 @@ async def test_the_default_numbers_caps_hold_campaigns_that_name_no_number(
             lambda: statuses(db).get("sent") == 2 and count(db, "wait_reason = 'sender cap'") == 3
         )
     assert db.execute("SELECT count(*) FROM sandbox_outbox").fetchone() == (2,)
+
+
+async def test_a_hundred_messages_for_a_closed_number_ask_its_state_once_per_recheck(
+    db_url: str, db: Conn
+) -> None:
+    # Issue 22: a batch for a closed number asked connectionState once per message, all in the
+    # same millisecond (each missed the cache that only the answer fills).
+    campaign = make_campaign(db, instance="t1")
+    leads = make_leads(db, 100)
+    async with serve_fakes() as fakes:
+        fakes.states = {"t1": "close"}
+        settings = {"concurrency": 100, "instance_check_ttl": "1h", "instance_recheck": "1h"}
+        async with running(db_url, **http_settings(fakes), **settings) as daemon:
+            enqueue(db, campaign, leads, content="Olá")
+            await await_until(lambda: count(db, "wait_reason = 'instance down'") == 100)
+            assert fakes.state_calls == {"t1": 1}
+            # Back: one recheck asks once, and the 100 messages it releases ask no more.
+            fakes.states["t1"] = "open"
+            db.execute("UPDATE listener_instances SET held_until = now() WHERE instance = 't1'")
+            assert daemon.processor is not None
+            await daemon.processor.senders.recheck()
+            await await_until(lambda: statuses(db).get("sent") == 100, timeout=30)
+            assert fakes.state_calls == {"t1": 2}
+    assert db.execute("SELECT max(attempts) FROM campaign_messages").fetchone() == (1,)
