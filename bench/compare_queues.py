@@ -46,32 +46,52 @@ from __future__ import annotations
 
 import asyncio
 import importlib.metadata
+import itertools
 import logging
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 import _common as c
+import dbwork
 import psycopg
-from psycopg import sql
 
 from listener.cli import run_async  # the loop `listener run` uses (uvloop)
-from listener.providers.base import SentPart
+from listener.jobs import Usage
+from listener.providers.base import LLM, Reply, Sender, SentPart
 
 log = logging.getLogger("compare_queues")
 
 
 class NoopLLM:
-    async def generate(self, *, model: str, system: str, user: str) -> str:
-        return '{"messages": ["Olá!"]}'
+    """An LLM that answers at once with a one-part reply and bills nothing. It follows the
+    `LLM` Protocol's signature (checked where it is handed to the daemon), so the no-op pass
+    breaks loudly, not with 0 of N sent, when the Protocol changes."""
+
+    async def generate(
+        self,
+        *,
+        model: str,
+        system: str,
+        user: str,
+        fallbacks: Sequence[str] = (),
+        on_usage: Callable[[Usage], None] | None = None,
+    ) -> Reply:
+        return Reply(text='{"messages": ["Olá!"]}', model=model)
 
     async def aclose(self) -> None:
         return None
 
 
 class NoopSender:
+    """A sender that accepts every part at once and touches nothing."""
+
+    def __init__(self) -> None:
+        self._sent = itertools.count()
+
     async def send_text(self, *, instance: str, number: str, text: str) -> SentPart:
-        return SentPart(provider_message_id="NOOP")
+        # A provider's id is unique: a repeated one would skip the part's message_parts row.
+        return SentPart(provider_message_id=f"NOOP{next(self._sent)}")
 
     async def connection_state(self, instance: str) -> str:
         return "open"
@@ -85,39 +105,6 @@ Runner = Callable[[Coroutine[Any, Any, Any]], Any]
 QUEUES = ("listener_sandbox", "listener_noop", "procrastinate", "pgqueuer")
 
 
-STAT_COLUMNS = (
-    "xact_commit",
-    "tup_returned",
-    "tup_fetched",
-    "tup_inserted",
-    "tup_updated",
-    "tup_deleted",
-    "blks_hit",
-    "blks_read",
-)
-
-
-def db_stats(url: str) -> dict[str, int]:
-    """The scratch database's counters in `pg_stat_database` (this database only, so others'
-    work on the server is not counted). Read after the connections that did the work have
-    closed (a backend reports its counters when it exits), and a moment later."""
-    time.sleep(1.0)
-    with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute("SELECT pg_stat_clear_snapshot()")
-        query = sql.SQL(
-            "SELECT {} FROM pg_stat_database WHERE datname = current_database()"
-        ).format(sql.SQL(", ").join(map(sql.Identifier, STAT_COLUMNS)))
-        row = conn.execute(query).fetchone()
-    assert row is not None
-    return {name: int(value) for name, value in zip(STAT_COLUMNS, row, strict=True)}
-
-
-def stats_per_job(before: dict[str, int], after: dict[str, int], n: int) -> dict[str, float]:
-    """Database work per job between two `db_stats` readings (the reading's own transaction
-    included, which is noise at this size)."""
-    return {name: round((after[name] - before[name]) / n, 3) for name in STAT_COLUMNS}
-
-
 def run_listener(
     admin: str, db: str, n: int, concurrency: int, noop: bool, run: Runner
 ) -> dict[str, Any]:
@@ -126,15 +113,19 @@ def run_listener(
     campaign = c.seed_campaign(url)
     c.seed_messages(url, campaign, n)
     settings = c.bench_settings(concurrency=concurrency)
-    extra: dict[str, Any] = {"llm": NoopLLM(), "sender": NoopSender()} if noop else {}
-    before = db_stats(url)
-    result = run(c.drain(url, settings, n, cpu=c.CpuMeter(), **extra))
+    extra: dict[str, Any] = {}
+    if noop:
+        llm: LLM = NoopLLM()  # the annotations hold the no-ops to the Protocols (mypy bench/)
+        sender: Sender = NoopSender()
+        extra = {"llm": llm, "sender": sender}
+    with dbwork.measured(url, n) as db_per_job:
+        result = run(c.drain(url, settings, n, cpu=c.CpuMeter(), **extra))
     return {
         "seconds": result.seconds,
         "per_second": result.per_second,
         "check": result.statuses,
         **_cpu_per_job(result.cpu, n),
-        "db_per_job": stats_per_job(before, db_stats(url), n),
+        "db_per_job": db_per_job,
     }
 
 
@@ -152,18 +143,23 @@ async def run_procrastinate(url: str, n: int, concurrency: int) -> dict[str, Any
     async with app.open_async():
         await app.schema_manager.apply_schema_async()
         await noop.batch_defer_async(*({} for _ in range(n)))
-        meter = c.CpuMeter()
-        meter.start()
-        started = time.perf_counter()
-        await app.run_worker_async(
-            concurrency=concurrency, wait=False, install_signal_handlers=False
-        )
-        exited = time.perf_counter() - started
-        cpu = meter.stop()
+    # The worker's connections are closed by the end of the block, so their counters are in.
+    with dbwork.measured(url, n) as db_per_job:
+        async with app.open_async():
+            meter = c.CpuMeter()
+            meter.start()
+            started = time.perf_counter()
+            await app.run_worker_async(
+                concurrency=concurrency, wait=False, install_signal_handlers=False
+            )
+            exited = time.perf_counter() - started
+            cpu = meter.stop()
     with psycopg.connect(url, autocommit=True) as conn:
         rows = conn.execute("SELECT status::text, count(*) FROM procrastinate_jobs GROUP BY 1")
         check = {str(r[0]): int(r[1]) for r in rows}
-    return _figures(n, last - started, exited, check, cpu)
+    figures = _figures(n, last - started, exited, check, cpu)
+    figures["db_per_job"] = db_per_job
+    return figures
 
 
 def _cpu_per_job(cpu: dict[str, float], n: int) -> dict[str, Any]:
@@ -193,8 +189,7 @@ def _figures(
 
 
 async def run_pgqueuer(url: str, n: int, batch: int, driver: str) -> dict[str, Any]:
-    from pgqueuer import PgQueuer, Queries
-    from pgqueuer.domain.types import QueueExecutionMode
+    from pgqueuer import Queries
 
     setup = await psycopg.AsyncConnection.connect(url, autocommit=True)
     try:
@@ -202,7 +197,24 @@ async def run_pgqueuer(url: str, n: int, batch: int, driver: str) -> dict[str, A
         await Queries.from_psycopg_connection(setup).enqueue(["noop"] * n, [None] * n, [0] * n)
     finally:
         await setup.close()
-    before = db_stats(url)
+    with dbwork.measured(url, n) as db_per_job:
+        done, last, started, exited, cpu = await _pgqueuer_drain(url, batch, driver)
+    with psycopg.connect(url, autocommit=True) as check_conn:
+        row = check_conn.execute("SELECT count(*) FROM pgqueuer").fetchone()
+    check = {"executed": done, "left_in_queue": int(row[0]) if row else -1}
+    figures = _figures(n, last - started, exited, check, cpu)
+    figures["db_per_job"] = db_per_job
+    return figures
+
+
+async def _pgqueuer_drain(
+    url: str, batch: int, driver: str
+) -> tuple[int, float, float, float, dict[str, float]]:
+    """Drain PgQueuer's queue; returns the jobs done, when the last one ran, when the drain
+    started, how long until it returned, and the CPU used."""
+    from pgqueuer import PgQueuer
+    from pgqueuer.domain.types import QueueExecutionMode
+
     conn: Any
     if driver == "asyncpg":
         import asyncpg
@@ -230,12 +242,7 @@ async def run_pgqueuer(url: str, n: int, batch: int, driver: str) -> dict[str, A
         cpu = meter.stop()
     finally:
         await conn.close()
-    with psycopg.connect(url, autocommit=True) as check_conn:
-        row = check_conn.execute("SELECT count(*) FROM pgqueuer").fetchone()
-    check = {"executed": done, "left_in_queue": int(row[0]) if row else -1}
-    figures = _figures(n, last - started, exited, check, cpu)
-    figures["db_per_job"] = stats_per_job(before, db_stats(url), n)
-    return figures
+    return done, last, started, exited, cpu
 
 
 def _asyncpg_dsn(url: str) -> str:
@@ -332,11 +339,7 @@ def main() -> None:
             f"{result['postgres_cpu_us_per_job']:.0f} us  {result['check']}"
         )
         if "db_per_job" in result:
-            per_job = result["db_per_job"]
-            print(
-                "      per job in its database: "
-                + ", ".join(f"{key} {value:g}" for key, value in per_job.items())
-            )
+            print("      per job in its database: " + dbwork.summary(result["db_per_job"]))
     c.write_result(
         "compare_queues",
         {
