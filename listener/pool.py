@@ -215,7 +215,7 @@ class Senders:
         self, job: Job, instance: str, gap: tuple[float, float]
     ) -> AsyncIterator[None]:
         while True:  # the database's clock says when: no local event can say it sooner
-            wait, reserved = await self.store.send_wait(instance, gap[0])
+            wait, reserved = await self.store.send_wait(job, instance, gap[0])
             if reserved:
                 break
             await asyncio.sleep(wait)

@@ -72,7 +72,9 @@ SELECT count(*) AS due FROM campaign_messages
 -- statement, their cost to the campaign's spend (what budgets are checked against). Parts are
 -- stored once (a resume never stores them again): a row that has its parts already is not
 -- matched, so a store run again after its answer was lost adds no usage twice (the store then
--- finds it with stored_parts).
+-- finds it with stored_parts). The lead's stop (opted out) is read again here, right before
+-- the first part goes: a lead who opted out while the LLM wrote is not matched either, and
+-- lead_stop says why (the message then ends skipped, its LLM usage kept by finish).
 WITH stored AS (
     UPDATE campaign_messages m
        SET generated_text = v.generated_text,
@@ -90,6 +92,7 @@ WITH stored AS (
                 model, fallback)
      WHERE m.id = v.id AND m.status = 'processing' AND m.locked_by = %(worker)b
        AND m.parts IS NULL
+       AND NOT EXISTS (SELECT 1 FROM leads l WHERE l.id = m.lead_id AND l.opted_out)
     RETURNING m.id, m.campaign_id, v.cost_usd
 ), spend AS (
     UPDATE campaigns c
@@ -106,6 +109,15 @@ SELECT id FROM stored
 SELECT id FROM campaign_messages
  WHERE id = ANY (%(ids)b::uuid[]) AND status = 'processing' AND locked_by = %(worker)b
    AND parts IS NOT NULL
+
+-- lead_stop --
+-- Why a message still ours may not begin: its lead opted out since the claim (NULL: it may;
+-- no row: it is not ours any more). Every check of a lead's stop before a first part
+-- (store_parts, send_wait) names the same conditions.
+SELECT CASE WHEN l.opted_out THEN 'skipped: the lead opted out' END AS stop
+  FROM campaign_messages m
+  JOIN leads l ON l.id = m.lead_id
+ WHERE m.id = %(id)s AND m.status = 'processing' AND m.locked_by = %(worker)s
 
 -- record_parts --
 -- Record accepted parts; the last part of a message completes it as sent in the same write.
@@ -284,8 +296,19 @@ SELECT go, slot_at, wait_until
 -- send_wait --
 -- At its slot, right before a first part: the seconds until the previous send through the
 -- number was answered a gap ago, the number reserved from then on (`reserved`), or, while
--- another send is on its way, when to ask again.
-SELECT wait, reserved FROM listener_send_wait(%(instance)s, %(min)s::numeric, %(stale)s::numeric)
+-- another send is on its way, when to ask again. In the same statement, the lead's stop read
+-- again (as lead_stop): a lead who opted out while the message waited for its turn gets none
+-- of it (the reservation is then let go with send_cancel).
+SELECT w.wait, w.reserved,
+       (SELECT 'skipped: the lead opted out'
+          FROM campaign_messages m JOIN leads l ON l.id = m.lead_id
+         WHERE m.id = %(message_id)s AND l.opted_out) AS stop
+  FROM listener_send_wait(%(instance)s, %(min)s::numeric, %(stale)s::numeric) w
+
+-- send_cancel --
+-- A number reserved by send_wait for a send that will not happen (its lead opted out): free
+-- it for the next one without counting a send.
+UPDATE listener_instances SET sending_since = NULL WHERE instance = %(instance)s
 
 -- send_answered --
 -- A first part through the number was answered %(ago)s seconds ago (accepted or failed): the

@@ -30,6 +30,7 @@ from psycopg_pool import AsyncConnectionPool
 from listener.batch import GroupCommit
 from listener.errors import DataRefusedError
 from listener.jobs import Finish, Job, RecordPart, StoreParts, Usage
+from listener.outcomes import Stop
 from listener.pacing import PickedSender, Wait
 from listener.queries import q
 from listener.settings import Settings
@@ -236,7 +237,19 @@ class Store:
         # is recorded.
         if retried and isinstance(item, RecordPart) and await self._recorded(item):
             return
+        if isinstance(item, StoreParts) and (stop := await self.lead_stop(job)) is not None:
+            raise Stop("skipped", stop)
         raise LeaseLost()
+
+    async def lead_stop(self, job: Job) -> str | None:
+        """Why a message still ours may not begin (its lead opted out since the claim), or
+        None; LeaseLost when it is not ours any more."""
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(q("lead_stop"), {"id": job.id, "worker": self.worker})
+            row = await cur.fetchone()
+        if row is None:
+            raise LeaseLost()
+        return None if row[0] is None else str(row[0])
 
     async def _recorded(self, item: RecordPart) -> bool:
         async with self.pool.connection() as conn:
@@ -464,20 +477,28 @@ class Store:
         go, slot, until = row
         return (slot, None) if go else (None, until)
 
-    async def send_wait(self, instance: str, gap_min: float) -> tuple[float, bool]:
+    async def send_wait(self, job: Job, instance: str, gap_min: float) -> tuple[float, bool]:
         """At its slot, right before a first part: (seconds, True) when the number is reserved
         for this send from `seconds` on (once the previous send through it was answered a gap
-        ago), or (seconds, False) to ask again then (another send is on its way)."""
+        ago), or (seconds, False) to ask again then (another send is on its way). Stop when
+        the message's lead opted out meanwhile (read in the same statement; the reservation
+        is let go)."""
         params = {
             "instance": instance,
             "min": gap_min,
             "stale": self.settings.send_timeout.total_seconds(),
+            "message_id": job.id,
         }
         async with self.pool.connection() as conn:
             cur = await conn.execute(q("send_wait"), params)
             row = await cur.fetchone()
-        assert row is not None
-        return float(row[0]), bool(row[1])
+            assert row is not None
+            wait, reserved, stop = row
+            if stop is not None:
+                if reserved:
+                    await conn.execute(q("send_cancel"), {"instance": instance})
+                raise Stop("skipped", stop)
+        return float(wait), bool(reserved)
 
     async def send_answered(
         self, instance: str, gap: tuple[float, float] | None, ago: float

@@ -144,6 +144,9 @@ class FakeProviders:
     # connectionState per instance (sender pools); instances not named here answer `state`.
     states: dict[str, str] = field(default_factory=dict)
     on_llm: Callable[[dict[str, Any]], None] | None = None
+    # When set, every LLM answer waits until the test sets it (a step held as long as the test
+    # needs, without racing a delay).
+    llm_release: asyncio.Event | None = None
     # Called with each accepted part's record just before its 201 is written (e.g. to cut the
     # listener's database connections between the provider's answer and the record).
     on_accept: Callable[[dict[str, Any]], None] | None = None
@@ -258,6 +261,8 @@ class FakeProviders:
             delay = self.llm_delay
         if delay:
             await asyncio.sleep(delay)
+        if self.llm_release is not None:
+            await self.llm_release.wait()
         if reply is not None and reply.given():
             return await _answer(request, reply)
         usage = None
