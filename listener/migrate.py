@@ -1,19 +1,27 @@
-"""`listener migrate`: apply `migrations/*.sql` in order, once each, with a checksum.
+"""`listener migrate`: apply `migrations/*.sql` in order, once each, with a checksum, then the
+functions of `migrations/functions/`, each again whenever its file changes.
 
-An advisory lock makes two migrates started together take turns; a file changed after it
-was applied is an error, since the database no longer matches what the file says. Every file
-not yet applied is applied, in version order, even one numbered below the newest applied.
+An advisory lock makes two migrates started together take turns; a numbered file changed after
+it was applied is an error, since the database no longer matches what the file says. Every
+numbered file not yet applied is applied, in version order, even one numbered below the newest
+applied.
 
-Each file runs in its own transaction, unless its first line is `-- listener: no-transaction`:
-then each of its statements runs on its own, so `CREATE INDEX CONCURRENTLY` can build an index
-on the live queue table without blocking its writers. Such a file must be safe to run again
-from the start (`IF NOT EXISTS`): when a statement fails, the ones before it stay applied, the
-file is not recorded, and an index the failure left INVALID is dropped.
+Each numbered file runs in its own transaction, unless its first line is
+`-- listener: no-transaction`: then each of its statements runs on its own, so `CREATE INDEX
+CONCURRENTLY` can build an index on the live queue table without blocking its writers. Such a
+file must be safe to run again from the start (`IF NOT EXISTS`): when a statement fails, the
+ones before it stay applied, the file is not recorded, and an index the failure left INVALID is
+dropped.
 
-The policy (README, "Upgrades and retention"): 0001-0003 are the baseline; a changed function
-gets a new file that replaces it, a changed signature gets a new name (`name_v2`), so a listener
-of the previous release keeps calling the old one; `migrations/schema.sql` is the schema the
-files make from an empty database, and a test keeps it so.
+The functions are repeatable migrations (Flyway's `R__` files): `functions/NAME.sql` holds the
+one `CREATE OR REPLACE FUNCTION NAME`, recorded in `listener_migrations` as version
+`functions/NAME` with its checksum. They run after the numbered files, so a function may read a
+column a numbered file adds in the same migrate; a file whose checksum differs from the one
+recorded is applied again, and after any numbered file was applied every one is (a numbered
+file that needs a function at its own time creates the copy it needs, which the file then
+replaces). They run in one transaction, a function after the functions it names. How to change
+one: `migrations/functions/README.md`. `migrations/schema.sql` is the schema all the files make
+from an empty database, and a test keeps it so.
 """
 
 from __future__ import annotations
@@ -46,6 +54,10 @@ NO_TRANSACTION = "-- listener: no-transaction"
 
 #: The snapshot of the whole schema beside the migration files; never applied.
 SCHEMA_SNAPSHOT = "schema.sql"
+
+#: The folder, inside the migrations folder, of the functions: one file each, re-applied when
+#: it changes. Their rows in `listener_migrations` have versions `functions/NAME`.
+FUNCTIONS = "functions"
 
 _CREATE_TABLE = """
 CREATE TABLE IF NOT EXISTS listener_migrations (
@@ -114,6 +126,30 @@ class Migration:
         return names
 
 
+_FUNCTION_HEAD = re.compile(r"CREATE\s+(OR\s+REPLACE\s+)?FUNCTION\s+(?:public\.)?(\w+)\s*\(", re.I)
+
+
+@dataclass(frozen=True)
+class FunctionFile:
+    """`migrations/functions/NAME.sql`: the current definition of the function NAME."""
+
+    name: str
+    sql: str
+
+    @property
+    def version(self) -> str:
+        """Its key in `listener_migrations` (no numbered file's version starts like this)."""
+        return f"{FUNCTIONS}/{self.name}"
+
+    @property
+    def checksum(self) -> str:
+        return hashlib.sha256(self.sql.encode()).hexdigest()
+
+    @property
+    def label(self) -> str:
+        return f"{FUNCTIONS}/{self.name}.sql"
+
+
 def migrations_dir() -> Path:
     """The folder of SQL files: `migrations/` beside the package, or inside an installed wheel."""
     here = Path(__file__).resolve().parent
@@ -138,6 +174,46 @@ def load_migrations(folder: Path | None = None) -> list[Migration]:
     if len(set(versions)) != len(versions):
         raise MigrationError("two migration files share a version number")
     return found
+
+
+def load_functions(folder: Path | None = None) -> list[FunctionFile]:
+    """Every file of `functions/` in the folder, each checked to define the one function it is
+    named after with CREATE OR REPLACE, in the order they are applied: a function after the
+    functions its file names (a SQL function's body is checked when it is created, so what it
+    calls must exist), else by name."""
+    functions_dir = (folder or migrations_dir()) / FUNCTIONS
+    found: dict[str, FunctionFile] = {}
+    for path in sorted(functions_dir.glob("*.sql")):
+        text = path.read_text(encoding="utf-8")
+        heads = _FUNCTION_HEAD.findall(_strip_comments(text))
+        if [name.lower() for _, name in heads] != [path.stem.lower()]:
+            named = ", ".join(name for _, name in heads) or "no function"
+            raise MigrationError(
+                f"{FUNCTIONS}/{path.name} must create the one function {path.stem}"
+                f" (it creates {named})"
+            )
+        if not heads[0][0]:
+            raise MigrationError(
+                f"{FUNCTIONS}/{path.name} must use CREATE OR REPLACE FUNCTION: it is applied"
+                " again whenever it changes"
+            )
+        found[path.stem] = FunctionFile(name=path.stem, sql=text)
+    ordered: list[FunctionFile] = []
+    placed: set[str] = set()
+
+    def place(name: str, visiting: frozenset[str]) -> None:
+        if name in placed or name in visiting:  # a cycle: PL/pgSQL bodies resolve at call time
+            return
+        body = _strip_comments(found[name].sql)
+        for other in found:
+            if other != name and re.search(rf"\b{re.escape(other)}\s*\(", body):
+                place(other, visiting | {name})
+        placed.add(name)
+        ordered.append(found[name])
+
+    for name in found:
+        place(name, frozenset())
+    return ordered
 
 
 def split_statements(text: str) -> list[str]:
@@ -292,9 +368,32 @@ async def _record(conn: psycopg.AsyncConnection[Any], migration: Migration) -> N
     )
 
 
+async def _apply_functions(
+    conn: psycopg.AsyncConnection[Any], functions: list[FunctionFile]
+) -> None:
+    """The function files in one transaction, each recorded with its new checksum."""
+    async with conn.transaction():
+        for function in functions:
+            try:
+                await conn.execute(cast(LiteralString, function.sql))  # type: ignore[redundant-cast]
+            except psycopg.Error as exc:
+                raise MigrationError(
+                    f"function {function.label} failed: {_one_line(exc)}; no function file of"
+                    " this migrate was applied"
+                ) from exc
+            await conn.execute(
+                "INSERT INTO listener_migrations (version, name, checksum) VALUES (%s, %s, %s)"
+                " ON CONFLICT (version) DO UPDATE"
+                " SET checksum = EXCLUDED.checksum, applied_at = now()",
+                (function.version, function.name, function.checksum),
+            )
+
+
 async def migrate(url: str, folder: Path | None = None) -> list[str]:
-    """Apply the pending migrations; return the names applied (empty when up to date)."""
+    """Apply the pending migrations, then the new or changed functions; return the names
+    applied (empty when up to date)."""
     migrations = load_migrations(folder)
+    functions = load_functions(folder)
     conn = await connect(url)
     applied_now: list[str] = []
     try:
@@ -329,6 +428,20 @@ async def migrate(url: str, folder: Path | None = None) -> list[str]:
                     extra={"action": "migration_applied", "migration": migration.label},
                 )
                 applied_now.append(migration.label)
+            # After a numbered file, every function again: it may have replaced one.
+            changed = [
+                f
+                for f in functions
+                if applied_now or applied.get(f.version, ("", ""))[1] != f.checksum
+            ]
+            if changed:
+                await _apply_functions(conn, changed)
+                for function in changed:
+                    log.info(
+                        "function applied",
+                        extra={"action": "migration_applied", "migration": function.label},
+                    )
+                applied_now += [function.label for function in changed]
         finally:
             await conn.execute("SELECT pg_advisory_unlock(%s)", (_LOCK_KEY,))
     except psycopg.Error as exc:

@@ -12,7 +12,7 @@ import psycopg
 
 from listener.db import connect
 from listener.errors import DatabaseError, MigrationError
-from listener.migrate import load_migrations
+from listener.migrate import load_functions, load_migrations
 from listener.queries import q
 
 Connection = psycopg.AsyncConnection[dict[str, Any]]
@@ -23,7 +23,9 @@ MIGRATE_HINT = "run `listener migrate`"
 # The bookkeeping table of `listener migrate` is not queue SQL: as in migrate.py, its
 # statements stay beside their reader.
 _MIGRATIONS_TABLE: LiteralString = "SELECT to_regclass('listener_migrations') AS name"
-_MIGRATIONS_APPLIED: LiteralString = "SELECT version FROM listener_migrations"
+_MIGRATIONS_APPLIED: LiteralString = "SELECT version, checksum FROM listener_migrations"
+#: How many missing files the error names (an old database may lack every function file).
+_NAMED = 4
 
 
 @contextlib.asynccontextmanager
@@ -50,16 +52,19 @@ async def one(conn: Connection, name: str, params: dict[str, Any]) -> dict[str, 
 
 async def missing_migrations(url: str) -> list[str]:
     """The migration files not yet applied to the database at `url` (every one when it has
-    never been migrated), by file name."""
+    never been migrated), by file name: numbered files never applied, and function files
+    whose current text was not applied (new, or changed since)."""
     wanted = load_migrations()
+    functions = load_functions()
     async with connection(url, "the migration check") as conn:
         table = await (await conn.execute(_MIGRATIONS_TABLE)).fetchone()
         if table is None or table["name"] is None:
-            applied: set[str] = set()
+            applied: dict[str, str] = {}
         else:
             rows = await (await conn.execute(_MIGRATIONS_APPLIED)).fetchall()
-            applied = {row["version"] for row in rows}
-    return [f"{m.version}_{m.name}.sql" for m in wanted if m.version not in applied]
+            applied = {row["version"]: row["checksum"] for row in rows}
+    missing = [m.label for m in wanted if m.version not in applied]
+    return missing + [f.label for f in functions if applied.get(f.version) != f.checksum]
 
 
 async def require_migrated(url: str, *, hint: str = "") -> None:
@@ -68,11 +73,14 @@ async def require_migrated(url: str, *, hint: str = "") -> None:
     missing = await missing_migrations(url)
     if not missing:
         return
-    if len(missing) == len(load_migrations()):
+    if len(missing) == len(load_migrations()) + len(load_functions()):
         what = "the database has no listener schema"
     else:
         noun = "migration" if len(missing) == 1 else "migrations"
-        what = f"the database lacks {len(missing)} {noun} ({', '.join(missing)})"
+        named = ", ".join(missing[:_NAMED])
+        if len(missing) > _NAMED:
+            named += f" and {len(missing) - _NAMED} more"
+        what = f"the database lacks {len(missing)} {noun} ({named})"
     raise MigrationError(f"{what}: {MIGRATE_HINT}{hint}")
 
 

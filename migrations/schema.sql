@@ -448,20 +448,6 @@ END
 $$;
 
 --
--- Name: listener_gap_sent(text, integer, integer, timestamp with time zone); Type: FUNCTION; Schema: public; Owner: -
---
-
-CREATE FUNCTION public.listener_gap_sent(p_instance text, p_min integer, p_max integer, p_at timestamp with time zone) RETURNS void
-    LANGUAGE sql
-    AS $$
-    INSERT INTO listener_instances AS i (instance, next_send_at, updated_at)
-    VALUES (p_instance, p_at + make_interval(secs => p_min + random() * (p_max - p_min)), now())
-    ON CONFLICT (instance) DO UPDATE
-       SET next_send_at = greatest(i.next_send_at, EXCLUDED.next_send_at),
-           updated_at = now()
-$$;
-
---
 -- Name: listener_hold_sender(text, text, timestamp with time zone, timestamp with time zone, timestamp with time zone, text, timestamp with time zone); Type: FUNCTION; Schema: public; Owner: -
 --
 
@@ -814,49 +800,6 @@ CREATE FUNCTION public.listener_send_answered(p_instance text, p_min numeric, p_
 $$;
 
 --
--- Name: listener_send_done(text, numeric, numeric, timestamp with time zone); Type: FUNCTION; Schema: public; Owner: -
---
-
-CREATE FUNCTION public.listener_send_done(p_instance text, p_min numeric, p_max numeric, p_at timestamp with time zone) RETURNS void
-    LANGUAGE sql
-    AS $$
-    INSERT INTO listener_instances AS i (instance, next_send_at, last_sent_at, updated_at)
-    VALUES (p_instance,
-            p_at + make_interval(secs => p_min + random() * (COALESCE(p_max, p_min) - p_min)),
-            clock_timestamp(), now())
-    ON CONFLICT (instance) DO UPDATE
-       SET next_send_at = CASE WHEN p_max IS NULL THEN i.next_send_at
-                               ELSE greatest(i.next_send_at, EXCLUDED.next_send_at) END,
-           sending_since = NULL,
-           last_sent_at = clock_timestamp(),
-           updated_at = now()
-$$;
-
---
--- Name: listener_send_start(text, numeric, numeric); Type: FUNCTION; Schema: public; Owner: -
---
-
-CREATE FUNCTION public.listener_send_start(p_instance text, p_min numeric, p_stale numeric) RETURNS timestamp with time zone
-    LANGUAGE plpgsql
-    AS $$
-DECLARE
-    clock timestamptz := clock_timestamp();
-    i listener_instances;
-BEGIN
-    INSERT INTO listener_instances (instance) VALUES (p_instance) ON CONFLICT DO NOTHING;
-    SELECT * INTO i FROM listener_instances WHERE instance = p_instance FOR UPDATE;
-    IF i.sending_since IS NOT NULL AND i.sending_since > clock - make_interval(secs => p_stale) THEN
-        RETURN clock + interval '2 milliseconds';
-    END IF;
-    IF i.last_sent_at IS NOT NULL AND i.last_sent_at + make_interval(secs => p_min) > clock THEN
-        RETURN i.last_sent_at + make_interval(secs => p_min);
-    END IF;
-    UPDATE listener_instances SET sending_since = clock WHERE instance = p_instance;
-    RETURN NULL;
-END
-$$;
-
---
 -- Name: listener_send_wait(text, numeric, numeric); Type: FUNCTION; Schema: public; Owner: -
 --
 
@@ -952,39 +895,6 @@ CREATE FUNCTION public.listener_sender_timezone(p_instance text, p_default text)
                 ELSE 'America/Sao_Paulo' END
       FROM campaigns c
      WHERE c.status <> 'archived' AND p_instance = ANY (listener_pool_of(c, p_default))
-$$;
-
---
--- Name: listener_take_gap(text, integer, integer, timestamp with time zone); Type: FUNCTION; Schema: public; Owner: -
---
-
-CREATE FUNCTION public.listener_take_gap(p_instance text, p_min integer, p_max integer, p_at timestamp with time zone) RETURNS TABLE(go boolean, wait_until timestamp with time zone)
-    LANGUAGE plpgsql
-    AS $$
-DECLARE
-    next_at timestamptz;
-    waiting integer;
-BEGIN
-    INSERT INTO listener_instances (instance) VALUES (p_instance) ON CONFLICT DO NOTHING;
-    SELECT i.next_send_at INTO next_at FROM listener_instances i
-     WHERE i.instance = p_instance FOR UPDATE;
-    IF next_at > p_at THEN
-        UPDATE listener_instances i
-           SET refused = CASE WHEN i.refused_for = next_at THEN i.refused + 1 ELSE 1 END,
-               refused_for = next_at
-         WHERE i.instance = p_instance
-        RETURNING i.refused INTO waiting;
-        RETURN QUERY SELECT false,
-            next_at + make_interval(
-                secs => random() * (waiting - 1) * greatest((p_min + p_max) / 2.0, 1));
-        RETURN;
-    END IF;
-    UPDATE listener_instances
-       SET next_send_at = p_at + make_interval(secs => p_min + random() * (p_max - p_min)),
-           updated_at = now()
-     WHERE instance = p_instance;
-    RETURN QUERY SELECT true, NULL::timestamptz;
-END
 $$;
 
 --

@@ -616,9 +616,12 @@ def test_wheel_carries_the_migrations(installed: Installed) -> None:
     with zipfile.ZipFile(installed.wheel) as wheel:
         names = set(wheel.namelist())
         assert "listener/_migrations/0001_schema.sql" in names
-        for sql_file in sorted((ROOT / "migrations").glob("*.sql")):
-            packed = wheel.read(f"listener/_migrations/{sql_file.name}")
-            assert packed == sql_file.read_bytes(), sql_file.name
+        sql_files = sorted((ROOT / "migrations").rglob("*.sql"))
+        assert any(path.parent.name == "functions" for path in sql_files)
+        for sql_file in sql_files:
+            inside = sql_file.relative_to(ROOT / "migrations").as_posix()
+            packed = wheel.read(f"listener/_migrations/{inside}")
+            assert packed == sql_file.read_bytes(), inside
 
     done = installed.run(
         "python",
@@ -644,6 +647,7 @@ def test_entry_command_migrates_an_empty_database(installed: Installed, empty_db
     first = installed.run(listener, "migrate", DATABASE_URL=empty_db_url)
     assert first.returncode == 0, first.stderr
     applied = sorted(p.name for p in (ROOT / "migrations").glob("[0-9]*_*.sql"))
+    applied += sorted(f"functions/{p.name}" for p in (ROOT / "migrations/functions").glob("*.sql"))
     assert applied and all(f"applied {name}" in first.stdout for name in applied), first.stdout
 
     with psycopg.connect(empty_db_url, autocommit=True) as conn:

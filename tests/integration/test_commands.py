@@ -21,7 +21,7 @@ from psycopg.types.json import Jsonb
 from listener import logs
 from listener.cli import entry
 from listener.demo import stop_embedded
-from listener.migrate import load_migrations, migrate, migrations_dir
+from listener.migrate import FUNCTIONS, load_migrations, migrate, migrations_dir
 from tests.daemon_harness import running
 from tests.helpers import await_until, make_campaign, make_leads, make_run
 
@@ -414,6 +414,7 @@ async def test_a_database_missing_the_newest_migration_says_to_migrate(
     for applied in migrations[:-1]:
         source = migrations_dir() / f"{applied.version}_{applied.name}.sql"
         shutil.copy(source, older / source.name)
+    shutil.copytree(migrations_dir() / FUNCTIONS, older / FUNCTIONS)
     logs.setup("WARNING")  # quiet, and on this test's stderr (not an earlier test's)
     await migrate(empty_db_url, older)
     monkeypatch.setenv("DATABASE_URL", empty_db_url)
@@ -428,6 +429,31 @@ async def test_a_database_missing_the_newest_migration_says_to_migrate(
         expected = "the database has no listener schema"
     assert err == f"listener: {expected}: run `listener migrate`\n"
     # And once migrated, the same command works.
+    assert await asyncio.to_thread(entry, ["migrate"]) == 0
+    assert await asyncio.to_thread(entry, ["stats"]) == 0
+
+
+async def test_a_database_with_an_older_function_says_to_migrate(
+    empty_db_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A function file changed since it was applied (a new release, migrate not run yet)
+    counts as a missing migration: the listener would call the old definition."""
+    older = tmp_path / "older"
+    shutil.copytree(migrations_dir(), older)
+    rank = older / FUNCTIONS / "delivery_rank.sql"
+    rank.write_text(rank.read_text().replace("WHEN 'READ' THEN 4", "WHEN 'READ' THEN 40"))
+    logs.setup("WARNING")
+    await migrate(empty_db_url, older)
+    monkeypatch.setenv("DATABASE_URL", empty_db_url)
+
+    assert await asyncio.to_thread(entry, ["stats"]) == 1
+
+    err = capsys.readouterr().err
+    expected = "the database lacks 1 migration (functions/delivery_rank.sql)"
+    assert err == f"listener: {expected}: run `listener migrate`\n"
     assert await asyncio.to_thread(entry, ["migrate"]) == 0
     assert await asyncio.to_thread(entry, ["stats"]) == 0
 

@@ -289,7 +289,7 @@ def test_messages_refused_a_gap_come_back_spread_out_not_all_at_once(db: Conn) -
 
     def take(when: datetime) -> tuple[Any, ...]:
         row = db.execute(
-            "SELECT go, wait_until FROM listener_take_gap('busy', 120, 300, %s)", (when,)
+            "SELECT go, wait_until FROM listener_take_gap_v2('busy', 120, 300, 0, %s)", (when,)
         ).fetchone()
         assert row is not None
         return tuple(row)

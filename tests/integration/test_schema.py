@@ -1,4 +1,4 @@
-"""The schema, its functions and triggers, `listener migrate`, and the seed's SQL (issue 2)."""
+"""The schema, its functions and triggers, `listener migrate`, and the seed's SQL."""
 
 from __future__ import annotations
 
@@ -13,7 +13,14 @@ import psycopg
 import pytest
 
 from listener.errors import MigrationError
-from listener.migrate import Migration, load_migrations, migrate, migrations_dir
+from listener.migrate import (
+    FUNCTIONS,
+    Migration,
+    load_functions,
+    load_migrations,
+    migrate,
+    migrations_dir,
+)
 from listener.queries import q
 from tests import schema_snapshot
 from tests.helpers import enqueue, make_campaign, make_leads, make_run
@@ -200,7 +207,7 @@ def test_run_counts_follow_message_outcomes(db: Conn) -> None:
 
 async def test_migrate_is_idempotent_and_creates_everything(empty_db_url: str) -> None:
     applied = await migrate(empty_db_url)
-    assert applied == [f"{m.version}_{m.name}.sql" for m in load_migrations()]
+    assert applied == [m.label for m in load_migrations()] + [f.label for f in load_functions()]
     assert await migrate(empty_db_url) == []
     with psycopg.connect(empty_db_url) as conn:
         assert conn.execute("SELECT count(*) FROM listener_migrations").fetchone() == (
@@ -221,7 +228,8 @@ async def test_migrate_refuses_a_changed_applied_file(empty_db_url: str, tmp_pat
 async def test_two_concurrent_migrates_apply_each_file_once(empty_db_url: str) -> None:
     results = await asyncio.gather(migrate(empty_db_url), migrate(empty_db_url))
     names = [name for result in results for name in result]
-    assert sorted(names) == sorted(f"{m.version}_{m.name}.sql" for m in load_migrations())
+    every = [m.label for m in load_migrations()] + [f.label for f in load_functions()]
+    assert sorted(names) == sorted(every)
     assert [] in results
 
 
@@ -327,7 +335,6 @@ def test_the_snapshot_is_stable_across_runs_and_column_stamps() -> None:
     )
 
 
-_CREATE_FUNCTION = re.compile(r"CREATE\s+(?:OR\s+REPLACE\s+)?FUNCTION\s+([\w.]+)\s*\(", re.I)
 _CREATE_INDEX = re.compile(
     r"CREATE\s+(?:UNIQUE\s+)?INDEX\s+(CONCURRENTLY\s+)?(?:IF\s+NOT\s+EXISTS\s+)?[\w.\"]+"
     r"\s+ON\s+(?:ONLY\s+)?(?:public\.)?(\w+)",
@@ -336,87 +343,123 @@ _CREATE_INDEX = re.compile(
 #: The last file of the baseline (squashed before the first release).
 BASELINE = "0003"
 
-
-def _created_functions(migrations: list[Migration]) -> list[tuple[str, str, str]]:
-    """Every `CREATE [OR REPLACE] FUNCTION name(args)` of the files, in order: the name, the
-    argument list as written, and the file."""
-    found = []
-    for migration in migrations:
-        sql = re.sub(r"--[^\n]*", "", migration.sql)  # comments may name functions too
-        for match in _CREATE_FUNCTION.finditer(sql):
-            depth, end = 1, match.end()
-            while depth:
-                depth += {"(": 1, ")": -1}.get(sql[end], 0)
-                end += 1
-            args = " ".join(sql[match.end() : end - 1].split())
-            found.append((match.group(1), args, migration.label))
-    return found
+_OWN_FUNCTIONS = """
+SELECT p.proname, count(*) FROM pg_proc p
+ WHERE p.pronamespace = 'public'::regnamespace
+   AND NOT EXISTS (SELECT 1 FROM pg_depend d
+                    WHERE d.classid = 'pg_proc'::regclass AND d.objid = p.oid AND d.deptype = 'e')
+ GROUP BY p.proname
+"""
 
 
-def _argument_types(db: Conn, args: str) -> str:
-    """The argument types Postgres reads from an argument list as written (names, defaults),
-    through a throwaway function of the same arguments."""
-    with db.transaction(force_rollback=True):
-        db.execute(f"CREATE FUNCTION pg_temp.probe({args}) RETURNS void LANGUAGE sql AS ''")  # type: ignore[arg-type]
-        row = db.execute(
-            "SELECT oidvectortypes(proargtypes) FROM pg_proc"
-            " WHERE proname = 'probe' AND pronamespace = pg_my_temp_schema()"
+def test_every_function_lives_once_in_a_file_of_its_own(db: Conn) -> None:
+    """A database migrated from zero has exactly the functions of migrations/functions/, one
+    signature each: no function defined only in a numbered file, no overload left behind by a
+    changed argument list, none of the four dead pacing functions (0013 dropped them)."""
+    files = {f.name for f in load_functions()}
+    assert len(files) >= 30
+    counts = dict(db.execute(_OWN_FUNCTIONS).fetchall())
+    assert counts == dict.fromkeys(files, 1)
+    for dead in ("listener_take_gap", "listener_gap_sent", "listener_send_start"):
+        assert dead not in counts
+
+
+def _copy_of_the_migrations(tmp_path: Path) -> Path:
+    folder = tmp_path / "migrations"
+    shutil.copytree(migrations_dir(), folder)
+    return folder
+
+
+async def test_a_changed_function_file_is_applied_again_and_recorded(
+    empty_db_url: str, tmp_path: Path
+) -> None:
+    folder = _copy_of_the_migrations(tmp_path)
+    await migrate(empty_db_url, folder)
+    path = folder / FUNCTIONS / "delivery_rank.sql"
+    path.write_text(path.read_text().replace("WHEN 'READ' THEN", "WHEN 'READ_X' THEN"))
+    new_checksum = next(f.checksum for f in load_functions(folder) if f.name == "delivery_rank")
+
+    assert await migrate(empty_db_url, folder) == [f"{FUNCTIONS}/delivery_rank.sql"]
+    assert await migrate(empty_db_url, folder) == []
+    with psycopg.connect(empty_db_url) as conn:
+        ranks = conn.execute("SELECT delivery_rank('READ'), delivery_rank('READ_X')").fetchone()
+        assert ranks == (0, 4)
+        row = conn.execute(
+            "SELECT name, checksum FROM listener_migrations WHERE version = %s",
+            (f"{FUNCTIONS}/delivery_rank",),
         ).fetchone()
-    assert row is not None
-    return str(row[0])
+    assert row == ("delivery_rank", new_checksum)
 
 
-def _signature_changes(db: Conn, migrations: list[Migration]) -> list[str]:
-    """Functions a file creates under a name another file created with other argument types."""
-    first: dict[str, tuple[str, str]] = {}
-    changes = []
-    for name, args, label in _created_functions(migrations):
-        types = _argument_types(db, args)
-        if name not in first:
-            first[name] = (types, label)
-        elif first[name][0] != types:
-            changes.append(
-                f"{label} creates {name}({types}), but {first[name][1]} created"
-                f" {name}({first[name][0]}): give the new signature a new name ({name}_v2)"
-            )
-    return changes
-
-
-def test_a_changed_signature_gets_a_new_name(db: Conn) -> None:
-    """A listener of the previous release still calls a function by its old argument types
-    while the new one starts: a migration never gives a function's name other argument types
-    (that would add an overload beside it, or, once the old one is dropped, break the old
-    listener); it creates `name_v2` instead. A changed body keeps the name: CREATE OR REPLACE
-    in a new file."""
-    migrations = load_migrations()
-    assert len(_created_functions(migrations)) >= 10  # the parse finds the migrations' functions
-    assert _signature_changes(db, migrations) == []
-    # The check itself: a later file that changes a signature under the same name is named.
-    changed = Migration(
-        "0004",
-        "pace_start",
-        "CREATE OR REPLACE FUNCTION listener_pace_start(p_campaign uuid, p_at timestamptz)"
-        " RETURNS void LANGUAGE sql AS '';",
+async def test_functions_run_after_the_numbered_files_and_after_what_they_call(
+    empty_db_url: str, tmp_path: Path
+) -> None:
+    """A new SQL function reading a column a new numbered file adds, calling another new SQL
+    function whose name sorts after it: both are checked when created, so the column must
+    exist first and the callee before its caller."""
+    folder = _copy_of_the_migrations(tmp_path)
+    (folder / "9999_nickname.sql").write_text("ALTER TABLE leads ADD COLUMN nickname text;\n")
+    (folder / FUNCTIONS / "a_lead_greeting.sql").write_text(
+        "-- A greeting by nickname.\n"
+        "CREATE OR REPLACE FUNCTION a_lead_greeting(p_lead uuid) RETURNS text\n"
+        "LANGUAGE sql STABLE AS $$ SELECT 'Oi ' || z_lead_nickname(p_lead) $$;\n"
     )
-    versioned = Migration(
-        "0005",
-        "pace_start_v2",
-        changed.sql.replace("listener_pace_start", "listener_pace_start_v2"),
+    (folder / FUNCTIONS / "z_lead_nickname.sql").write_text(
+        "CREATE OR REPLACE FUNCTION z_lead_nickname(p_lead uuid) RETURNS text\n"
+        "LANGUAGE sql STABLE AS $$ SELECT nickname FROM leads WHERE id = p_lead $$;\n"
     )
-    changes = _signature_changes(db, [*migrations, changed, versioned])
-    assert len(changes) == 1
-    assert changes[0].startswith("0004_pace_start.sql creates listener_pace_start(uuid,")
-    assert "listener_pace_start_v2" in changes[0]
+    assert [f.name for f in load_functions(folder)].index("z_lead_nickname") < [
+        f.name for f in load_functions(folder)
+    ].index("a_lead_greeting")
+
+    applied = await migrate(empty_db_url, folder)
+
+    assert applied.index("9999_nickname.sql") < applied.index(f"{FUNCTIONS}/z_lead_nickname.sql")
+    with psycopg.connect(empty_db_url, autocommit=True) as conn:
+        lead = make_leads(conn, 1)[0]
+        conn.execute("UPDATE leads SET nickname = 'Aninha' WHERE id = %s", (lead,))
+        assert conn.execute("SELECT a_lead_greeting(%s)", (lead,)).fetchone() == ("Oi Aninha",)
 
 
-def test_the_baseline_creates_every_function_once_and_each_exists(db: Conn) -> None:
-    created = [f for f in _created_functions(load_migrations()) if f[2] <= f"{BASELINE}_~"]
-    names = [name for name, _, _ in created]
-    assert sorted(names) == sorted(set(names))
-    for name, args, label in created:
-        types = _argument_types(db, args)
-        row = db.execute("SELECT to_regprocedure(%s)", (f"{name}({types})",)).fetchone()
-        assert row is not None and row[0] is not None, f"{name}({types}) of {label}"
+async def test_a_numbered_file_applied_later_gets_every_function_again(
+    empty_db_url: str, tmp_path: Path
+) -> None:
+    """A numbered file that creates the copy of a function it needs at its own time (here an
+    old delivery_rank) does not leave that copy in place: the function files follow it."""
+    folder = _copy_of_the_migrations(tmp_path)
+    await migrate(empty_db_url, folder)
+    (folder / "9999_old_rank.sql").write_text(
+        "CREATE OR REPLACE FUNCTION delivery_rank(status text) RETURNS integer\n"
+        "LANGUAGE sql IMMUTABLE AS $$ SELECT 42 $$;\n"
+        "SELECT delivery_rank('READ');\n"
+    )
+
+    applied = await migrate(empty_db_url, folder)
+
+    assert applied == ["9999_old_rank.sql"] + [f.label for f in load_functions(folder)]
+    with psycopg.connect(empty_db_url) as conn:
+        assert conn.execute("SELECT delivery_rank('ERROR')").fetchone() == (9,)
+
+
+async def test_a_failing_function_file_applies_no_function_file(
+    empty_db_url: str, tmp_path: Path
+) -> None:
+    folder = _copy_of_the_migrations(tmp_path)
+    await migrate(empty_db_url, folder)
+    rank = folder / FUNCTIONS / "delivery_rank.sql"
+    rank.write_text(rank.read_text().replace("WHEN 'READ' THEN", "WHEN 'READ_X' THEN"))
+    (folder / FUNCTIONS / "zz_broken.sql").write_text(
+        "CREATE OR REPLACE FUNCTION zz_broken() RETURNS int LANGUAGE sql AS $$ SELECT nope $$;\n"
+    )
+
+    with pytest.raises(MigrationError, match=r"function functions/zz_broken\.sql failed"):
+        await migrate(empty_db_url, folder)
+
+    with psycopg.connect(empty_db_url) as conn:
+        assert conn.execute("SELECT delivery_rank('READ')").fetchone() == (4,)
+        assert conn.execute(
+            "SELECT count(*) FROM listener_migrations WHERE version LIKE 'functions/zz%'"
+        ).fetchone() == (0,)
 
 
 def _plain_queue_indexes(migrations: list[Migration]) -> list[str]:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from listener.errors import MigrationError
-from listener.migrate import Migration, load_migrations, split_statements
+from listener.migrate import Migration, load_functions, load_migrations, split_statements
 
 
 def test_statements_split_at_semicolons_outside_quotes_and_comments() -> None:
@@ -60,3 +60,45 @@ def test_the_folder_gives_numbered_files_in_order_and_not_the_snapshot(tmp_path:
     (tmp_path / "extra.sql").write_text("SELECT 1;\n")
     with pytest.raises(MigrationError, match=r"extra\.sql does not start with a number"):
         load_migrations(tmp_path)
+
+
+def _function(folder: Path, name: str, text: str) -> None:
+    (folder / "functions").mkdir(exist_ok=True)
+    (folder / "functions" / f"{name}.sql").write_text(text)
+
+
+def test_a_function_file_must_create_the_one_function_it_is_named_after(tmp_path: Path) -> None:
+    _function(
+        tmp_path, "f", "CREATE OR REPLACE FUNCTION g() RETURNS int LANGUAGE sql AS 'SELECT 1';"
+    )
+    with pytest.raises(MigrationError, match=r"functions/f\.sql must create the one function f"):
+        load_functions(tmp_path)
+    _function(
+        tmp_path,
+        "f",
+        "CREATE OR REPLACE FUNCTION f() RETURNS int LANGUAGE sql AS 'SELECT 1';\n"
+        "CREATE OR REPLACE FUNCTION f2() RETURNS int LANGUAGE sql AS 'SELECT 2';",
+    )
+    with pytest.raises(MigrationError, match=r"\(it creates f, f2\)"):
+        load_functions(tmp_path)
+
+
+def test_a_function_file_must_replace_its_function(tmp_path: Path) -> None:
+    _function(tmp_path, "f", "CREATE FUNCTION f() RETURNS int LANGUAGE sql AS 'SELECT 1';")
+    with pytest.raises(MigrationError, match="must use CREATE OR REPLACE FUNCTION"):
+        load_functions(tmp_path)
+
+
+def test_functions_come_after_the_functions_they_call_else_by_name(tmp_path: Path) -> None:
+    body = "CREATE OR REPLACE FUNCTION {}() RETURNS int LANGUAGE sql AS $$ SELECT {} $$;"
+    _function(tmp_path, "a", body.format("a", "c() + b()"))
+    _function(tmp_path, "b", body.format("b", "1"))
+    _function(
+        tmp_path, "c", "-- calls nothing; a() in a comment does not count\n" + body.format("c", "2")
+    )
+    _function(tmp_path, "d", body.format("d", "1"))
+    # Each other's callers (PL/pgSQL resolves at call time): no endless loop.
+    _function(tmp_path, "e", body.format("e", "f()"))
+    _function(tmp_path, "f", body.format("f", "e()"))
+    assert [f.name for f in load_functions(tmp_path)] == ["b", "c", "a", "d", "f", "e"]
+    assert load_functions(tmp_path)[0].label == "functions/b.sql"

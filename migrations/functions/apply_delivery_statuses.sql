@@ -1,0 +1,40 @@
+-- Apply a batch of `messages.update` statuses: forward only, ERROR final, each idempotent (a
+-- retried event changes nothing). Updates for parts not recorded yet are kept in
+-- delivery_updates_early. The parts' messages get their roll-up. Returns how many parts moved.
+CREATE OR REPLACE FUNCTION apply_delivery_statuses(
+    p_instances text[], p_ids text[], p_statuses text[], p_ats timestamptz[]
+) RETURNS integer
+LANGUAGE plpgsql AS $$
+DECLARE
+    moved uuid[];
+BEGIN
+    WITH v AS (
+        SELECT DISTINCT ON (u.instance, u.id) u.instance, u.id, u.status, u.at
+          FROM unnest(p_instances, p_ids, p_statuses, p_ats) AS u(instance, id, status, at)
+         WHERE delivery_rank(u.status) > 0
+         ORDER BY u.instance, u.id, delivery_rank(u.status) DESC, u.at
+    ), upd AS (
+        UPDATE message_parts p
+           SET status = v.status, status_at = v.at
+          FROM v
+         WHERE p.instance = v.instance AND p.provider_message_id = v.id
+           AND p.status <> 'ERROR' AND delivery_rank(v.status) > delivery_rank(p.status)
+        RETURNING p.message_id
+    ), early AS (
+        INSERT INTO delivery_updates_early AS e (instance, provider_message_id, status, status_at)
+        SELECT v.instance, v.id, v.status, v.at
+          FROM v
+         WHERE NOT EXISTS (SELECT 1 FROM message_parts p
+                            WHERE p.instance = v.instance AND p.provider_message_id = v.id)
+        ON CONFLICT (instance, provider_message_id) DO UPDATE
+           SET status = excluded.status, status_at = excluded.status_at
+         WHERE e.status <> 'ERROR' AND delivery_rank(excluded.status) > delivery_rank(e.status)
+    )
+    SELECT array_agg(DISTINCT message_id) INTO moved FROM upd;
+    IF moved IS NULL THEN
+        RETURN 0;
+    END IF;
+    PERFORM roll_up_delivery(moved);
+    RETURN cardinality(moved);
+END
+$$;

@@ -1,0 +1,20 @@
+-- After a DELETE of queue rows (one call per statement): the runs' counts lose the rows.
+CREATE OR REPLACE FUNCTION campaign_messages_notify_delete()
+RETURNS trigger
+LANGUAGE plpgsql AS $$
+DECLARE
+    r record;
+BEGIN
+    FOR r IN
+        SELECT run_id,
+               count(*)::integer AS total,
+               (count(*) FILTER (WHERE status = 'sent'))::integer AS sent,
+               (count(*) FILTER (WHERE status = 'failed'))::integer AS failed,
+               (count(*) FILTER (WHERE status = 'skipped'))::integer AS skipped
+          FROM old_rows WHERE run_id IS NOT NULL GROUP BY run_id ORDER BY run_id
+    LOOP
+        PERFORM campaign_runs_apply(r.run_id, -r.total, -r.sent, -r.failed, -r.skipped);
+    END LOOP;
+    RETURN NULL;
+END
+$$;

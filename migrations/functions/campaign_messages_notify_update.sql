@@ -1,0 +1,47 @@
+-- After an UPDATE of queue rows (one call per statement): a NOTIFY with the earliest due time
+-- of the rows that became due (a retry, a replay, a resume), and the runs' counts moved by the
+-- rows whose outcome changed.
+CREATE OR REPLACE FUNCTION campaign_messages_notify_update()
+RETURNS trigger
+LANGUAGE plpgsql AS $$
+DECLARE
+    due timestamptz;
+    r record;
+BEGIN
+    SELECT min(n.scheduled_at) INTO due
+      FROM new_rows n JOIN old_rows o ON o.id = n.id
+     WHERE n.status = 'pending'
+       AND (o.status <> 'pending' OR o.scheduled_at <> n.scheduled_at);
+    IF due IS NOT NULL THEN
+        PERFORM pg_notify('campaign_messages', extract(epoch FROM due)::text);
+    END IF;
+    FOR r IN
+        SELECT d.run_id,
+               sum(d.total)::integer AS total, sum(d.sent)::integer AS sent,
+               sum(d.failed)::integer AS failed, sum(d.skipped)::integer AS skipped
+          FROM (
+              SELECT n.run_id, 1 AS total,
+                     (n.status = 'sent')::integer AS sent,
+                     (n.status = 'failed')::integer AS failed,
+                     (n.status = 'skipped')::integer AS skipped
+                FROM new_rows n JOIN old_rows o ON o.id = n.id
+               WHERE n.run_id IS NOT NULL
+                 AND (n.status IS DISTINCT FROM o.status OR n.run_id IS DISTINCT FROM o.run_id)
+              UNION ALL
+              SELECT o.run_id, -1,
+                     -(o.status = 'sent')::integer,
+                     -(o.status = 'failed')::integer,
+                     -(o.status = 'skipped')::integer
+                FROM new_rows n JOIN old_rows o ON o.id = n.id
+               WHERE o.run_id IS NOT NULL
+                 AND (n.status IS DISTINCT FROM o.status OR n.run_id IS DISTINCT FROM o.run_id)
+          ) d
+         GROUP BY d.run_id
+        HAVING sum(d.total) <> 0 OR sum(d.sent) <> 0 OR sum(d.failed) <> 0 OR sum(d.skipped) <> 0
+         ORDER BY d.run_id
+    LOOP
+        PERFORM campaign_runs_apply(r.run_id, r.total, r.sent, r.failed, r.skipped);
+    END LOOP;
+    RETURN NULL;
+END
+$$;
