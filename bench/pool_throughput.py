@@ -1,6 +1,6 @@
-"""Sender pools: throughput of a pool of N numbers against its limit N/g (DESIGN.md, "Sender
-pool": at least 98%), and the smallest gap between two sends through one number (never under
-`gap_min_seconds`).
+"""Sender pools: throughput of a pool of N numbers against its limit N/g (docs/design.md,
+"Pacing and sender pools": at least 98%), and the smallest gap between two sends through one
+number (never under `gap_min_seconds`).
 
 Two real `listener.daemon.Daemon`s (two listeners, sharing the work through the database) run
 in this process against the fake providers (`tests/fakes.py`, its own process, loopback), which

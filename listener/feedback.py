@@ -1,4 +1,4 @@
-"""Pure: what an Evolution webhook says (DESIGN.md "Delivery feedback"), with no I/O. The
+"""Pure: what an Evolution webhook says (docs/design.md, "Delivery feedback"), with no I/O. The
 receiver (webhooks.py) authenticates a request with `authorized`, turns its body into events
 with `parse`, and writes them; opt-out words and the phone forms of a reply are decided here.
 

@@ -1,4 +1,4 @@
-"""Pure: what becomes of a message that did not end `sent`. DESIGN.md's failure table as one
+"""Pure: what becomes of a message that did not end `sent`. docs/design.md's failure table as one
 function, `outcome(error, job, settings, now)`, with no I/O: the processor applies the answer.
 
 | what happened                              | the message                                     |

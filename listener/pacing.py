@@ -1,6 +1,6 @@
 """Campaign pacing that needs the database's atomicity (send windows, daily caps, gaps per
-sender instance; the SQL lives in migrations/0003_pacing.sql) and the
-cached health of each sender instance.
+sender instance; the SQL lives in migrations/functions/) and the cached health of each sender
+instance.
 
 A message that may not go now is never failed or skipped for it: it goes back to `pending`,
 its attempt refunded, due when it may go, with `wait_reason` saying why. It holds no slot of

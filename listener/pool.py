@@ -1,7 +1,8 @@
-"""Sender pools (DESIGN.md, "Sender pool"): which WhatsApp number a message goes through, when,
-and what its messages do while a number cannot send. The rules that must hold across listeners
-(sticky sender, soonest free number, gap, caps, warm-up) are one SQL function with row locks
-(migrations/0009_sender_pools.sql); this module asks it at the right moments:
+"""Sender pools (docs/design.md, "Pacing and sender pools"): which WhatsApp number a message goes
+through, when, and what its messages do while a number cannot send. The rules that must hold
+across listeners (sticky sender, soonest free number, gap, caps, warm-up) are one SQL function
+with row locks (migrations/functions/listener_pick_sender.sql); this module asks it at the right
+moments:
 
 - `check`, before any work on a message: is some number of its pool up? A number this listener
   finds down (not connected, missing, restricted) is held once, in the database, and the

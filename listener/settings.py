@@ -1,6 +1,6 @@
 """The listener's settings: one typed object read from the environment (pydantic-settings).
 
-Every name in DESIGN.md's settings table is read here under that exact environment name.
+Every name in README.md's settings table is read here under that exact environment name.
 Durations accept a number with a unit (`ms`, `s`, `m`, `h`); a bare number means seconds.
 Secrets are `SecretStr`, so they never appear in a repr or a log line.
 """
@@ -134,7 +134,8 @@ def parse_warmup(value: Any) -> tuple[int, ...]:
 
 Warmup = Annotated[tuple[int, ...], NoDecode, BeforeValidator(parse_warmup)]
 
-#: The warm-up of a new number: messages a day on each day since it started (DESIGN.md).
+#: The warm-up of a new number: messages a day on each day since it started (README.md,
+#: "Sender pools").
 DEFAULT_WARMUP = (20, 30, 45, 60, 80, 100, 130, 160, 200)
 
 
@@ -144,11 +145,12 @@ def _default_worker_id() -> str:
 
 class Settings(BaseSettings):
     """Everything the listener reads from its environment. Fields are named for the code;
-    each one's environment name is its alias (DESIGN.md's table, plus the `LISTENER_*` extras)."""
+    each one's environment name is its alias (the original contract's names, plus the
+    `LISTENER_*` extras)."""
 
     model_config = SettingsConfigDict(populate_by_name=True, extra="ignore", frozen=True)
 
-    # --- DESIGN.md's table -------------------------------------------------------------------
+    # --- the original contract --------------------------------------------------------------
     database_url: str | None = Field(None, validation_alias="DATABASE_URL")
     openrouter_api_key: SecretStr | None = Field(None, validation_alias="OPENROUTER_API_KEY")
     openrouter_base_url: str = Field(

@@ -1,5 +1,5 @@
 """`listener webhook set`: point Evolution's webhook of each instance at the listener's receiver
-(DESIGN.md "Delivery feedback"), with the events the listener reads and the `jwt_key` header
+(docs/design.md, "Delivery feedback"), with the events the listener reads and the `jwt_key` header
 that makes Evolution sign every post with LISTENER_WEBHOOK_SECRET."""
 
 from __future__ import annotations

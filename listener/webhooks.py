@@ -1,5 +1,5 @@
-"""The delivery-feedback receiver: Evolution posts its webhooks here (DESIGN.md "Delivery
-feedback"). `POST /webhooks/evolution` (and `/webhooks/evolution/<event-with-dashes>` in
+"""The delivery-feedback receiver: Evolution posts its webhooks here (docs/design.md,
+"Delivery feedback"). `POST /webhooks/evolution` (and `/webhooks/evolution/<event-with-dashes>` in
 by-events mode) on LISTENER_WEBHOOK_HOST:LISTENER_WEBHOOK_PORT, on when LISTENER_WEBHOOK_SECRET
 is set.
 

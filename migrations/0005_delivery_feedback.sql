@@ -1,4 +1,4 @@
--- listener 0005: delivery feedback from Evolution's webhooks (DESIGN.md "Delivery feedback").
+-- listener 0005: delivery feedback from Evolution's webhooks (docs/design.md, "Delivery feedback").
 -- Per-part delivery status and its roll-up on the message, replies and opt-outs on the lead,
 -- stop-on-reply per campaign, the `send.message` events that settle uncertain sends, and the
 -- status updates that arrive before their part is recorded. Safe to run again from the start.

@@ -1,4 +1,4 @@
--- listener 0009: sender pools (DESIGN.md, "Sender pool"). A campaign may send through several
+-- listener 0009: sender pools (docs/design.md, "Pacing and sender pools"). A campaign may send through several
 -- WhatsApp numbers (`campaigns.instances`); each message goes through one of them, chosen when
 -- it starts and kept on the message (`campaign_messages.instance`); optional per-number limits
 -- (`sender_instances`: hourly and daily caps, warm-up, enabled); gaps in fractions of a second.

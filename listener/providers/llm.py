@@ -1,6 +1,6 @@
 """OpenRouter as the `LLM` port: one chat completion per message.
 
-Failures are sorted by what should happen next (DESIGN.md, "Provider wire formats"): 408, 5xx,
+Failures are sorted by what should happen next (docs/design.md, "Providers on the wire"): 408, 5xx,
 timeouts and broken 200s may heal (quick retries, then a delayed retry); 429 and an exhausted
 in-flight budget (a 402 that says so) are rate limits; 400, 401, 403, other 402s and any other
 4xx mean the operator must act, so the message is held back.
@@ -52,7 +52,7 @@ _BUDGET_WORDS = ("budget", "in-flight", "in_flight", "inflight")
 # "No endpoints found that can handle the requested parameters", "response_format is not
 # supported", ...).
 _PARAMETER_WORDS = ("parameter", "response_format", "json_schema", "structured output")
-#: How long a model that refused structured output is asked without it (DESIGN.md: an hour).
+#: How long a model that refused structured output is asked without it (docs/design.md: an hour).
 STRUCTURED_MEMORY_SECONDS = 3600.0
 
 
@@ -301,7 +301,7 @@ def _usage(payload: Any, *, billed: bool) -> Usage | None:
 
 def _budget_exhausted(payload: Any) -> bool:
     """True when a 402's `error.metadata` says OpenRouter's in-flight budget is exhausted, not
-    that the account ran dry (DESIGN.md: only the metadata decides, not a Retry-After)."""
+    that the account ran dry (docs/design.md: only the metadata decides, not a Retry-After)."""
     if not isinstance(payload, dict) or not isinstance(payload.get("error"), dict):
         return False
     metadata = payload["error"].get("metadata")

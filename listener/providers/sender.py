@@ -54,7 +54,7 @@ E = TypeVar("E", bound=ProviderError)
 
 PROVIDER = "evolution"
 
-# The events `listener webhook set` asks Evolution for (DESIGN.md, Delivery feedback).
+# The events `listener webhook set` asks Evolution for (docs/design.md, "Delivery feedback").
 WEBHOOK_EVENTS = ["MESSAGES_UPDATE", "MESSAGES_UPSERT", "SEND_MESSAGE", "CONNECTION_UPDATE"]
 
 

@@ -1,4 +1,4 @@
-"""Whole listener processes: kill -9 mid-batch, and SIGTERM mid-batch (issue 4)."""
+"""Whole listener processes: kill -9 mid-batch, and SIGTERM mid-batch."""
 
 from __future__ import annotations
 

@@ -1,8 +1,8 @@
-"""A scripted soak (issue 7): real listener processes against Postgres and fault-injecting
+"""A scripted soak: real listener processes against Postgres and fault-injecting
 providers. While a few thousand messages drain, a listener is killed with SIGKILL, every
 Postgres backend of the database is terminated, and the providers answer with 429s, 5xx,
 timeouts and dropped connections. Then: every message ended `sent` or `failed` with a reason,
-nothing is left `processing`, no part went out twice beyond what DESIGN.md allows (one part per
+nothing is left `processing`, no part went out twice beyond what docs/design.md allows (one part per
 message in flight at the kill), and the counts of `campaign_runs` match the messages."""
 
 from __future__ import annotations
@@ -106,7 +106,7 @@ async def test_soak_with_kills_backend_restarts_and_provider_faults(db_url: str,
     assert no_reason == (0,)
 
     # Parts: every sent message's parts arrived in order; a part arrived twice only where
-    # DESIGN.md allows it (a message the killed listener held when it died, or one whose send
+    # docs/design.md allows it (a message the killed listener held when it died, or one whose send
     # got no answer and whose lookup could not find it), once at most: never a third time.
     texts = parts_per_number(fakes)
     unanswered = {

@@ -1,4 +1,4 @@
-"""Exactly once to the lead's phone (issue 10): odd bytes, graceful stops, database blips,
+"""Exactly once to the lead's phone: odd bytes, graceful stops, database blips,
 long holds and unanswered sends must never repeat or drop a part."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The delivery promises of DESIGN.md under failure (issue 4), in-process with fault-injecting
+"""The delivery promises of docs/design.md under failure, in-process with fault-injecting
 HTTP providers on 127.0.0.1 and short delays through settings."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""A lead's stop reaches messages already in flight (issue 23): an opt-out that comes while the
+"""A lead's stop reaches messages already in flight: an opt-out that comes while the
 message is with the LLM, or while it waits for its number's turn, is read again right before
 the first part goes, and the lead receives none of it."""
 

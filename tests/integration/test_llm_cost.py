@@ -1,4 +1,4 @@
-"""The LLM step's contract (issue 13): structured output with its auto-downgrade, fallback
+"""The LLM step's contract: structured output with its auto-downgrade, fallback
 models, usage summed per message, campaign budgets; against the fake OpenRouter on 127.0.0.1
 and a real Postgres."""
 

@@ -4,6 +4,7 @@ CONCURRENTLY), the advisory lock around them, and a database from before the bas
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import shutil
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ import pytest
 
 from listener.cli import entry
 from listener.errors import MigrationError
-from listener.migrate import _CREATE_TABLE, load_migrations, migrate
+from listener.migrate import _CREATE_TABLE, REWORDED, load_migrations, migrate
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "migrations_no_transaction"
 
@@ -236,3 +237,50 @@ async def test_any_development_file_marks_a_database_from_before_the_baseline(
     with psycopg.connect(empty_db_url) as conn:
         tables: Any = conn.execute("SELECT to_regclass('campaign_messages')").fetchone()
     assert tables == (None,)
+
+
+# --------------------------------------------------------------------------------------------
+# Files reworded after they were applied
+# --------------------------------------------------------------------------------------------
+
+_OLD_DOC = "DESIGN" + ".md"  # a document outside the repository, named so nowhere else here
+#: The first lines the reworded files had when databases recorded their earlier checksums.
+_EARLIER_FIRST_LINES = {
+    "0005": f"-- listener 0005: delivery feedback from Evolution's webhooks ({_OLD_DOC}"
+    ' "Delivery feedback").',
+    "0009": f'-- listener 0009: sender pools ({_OLD_DOC}, "Sender pool"). A campaign may send'
+    " through several",
+}
+
+
+def test_a_reworded_file_differs_from_its_earlier_text_in_its_first_comment_line() -> None:
+    """REWORDED may only list texts whose statements are the current ones: here the earlier
+    text is the current one with its first line (a comment) as it was."""
+    files = {m.version: m for m in load_migrations()}
+    assert set(REWORDED) == set(_EARLIER_FIRST_LINES)
+    for version, checksums in REWORDED.items():
+        current = files[version].sql
+        first, rest = current.split("\n", 1)
+        assert first.startswith("-- ")
+        earlier = _EARLIER_FIRST_LINES[version] + "\n" + rest
+        assert hashlib.sha256(earlier.encode()).hexdigest() in checksums
+
+
+async def test_a_database_that_applied_a_reworded_file_migrates_on(empty_db_url: str) -> None:
+    await migrate(empty_db_url)
+    with psycopg.connect(empty_db_url, autocommit=True) as conn:
+        for version, checksums in REWORDED.items():
+            conn.execute(
+                "UPDATE listener_migrations SET checksum = %s WHERE version = %s",
+                (next(iter(checksums)), version),
+            )
+
+    assert await migrate(empty_db_url) == []
+
+    files = {m.version: m.checksum for m in load_migrations()}
+    with psycopg.connect(empty_db_url) as conn:
+        rows = conn.execute(
+            "SELECT version, checksum FROM listener_migrations WHERE version = ANY(%s)",
+            (list(REWORDED),),
+        ).fetchall()
+    assert dict(rows) == {version: files[version] for version in REWORDED}

@@ -1,4 +1,4 @@
-"""Campaign pacing (issue 6): send windows, daily caps, gaps per instance, instance health."""
+"""Campaign pacing: send windows, daily caps, gaps per instance, instance health."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The pipeline of DESIGN.md through real HTTP providers faked on 127.0.0.1 (issue 3)."""
+"""The pipeline of docs/design.md through real HTTP providers faked on 127.0.0.1."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Sender pools (issue 15), the SQL rules on a controllable clock: which number a message goes
+"""Sender pools, the SQL rules on a controllable clock: which number a message goes
 through (sticky, soonest free, spread), gaps in fractions of a second, caps and warm-up,
 failover, holds per number. The daemon-level tests are in test_pools_daemon.py."""
 

@@ -1,4 +1,4 @@
-"""Sender pools (issue 15) through running listeners and the fake Evolution: failover, a pool
+"""Sender pools through running listeners and the fake Evolution: failover, a pool
 with nothing healthy, holds that cost nothing per recheck, two listeners against gaps and caps,
 the sticky sender across campaigns."""
 
@@ -239,7 +239,7 @@ async def test_the_default_numbers_caps_hold_campaigns_that_name_no_number(
 async def test_a_hundred_messages_for_a_closed_number_ask_its_state_once_per_recheck(
     db_url: str, db: Conn
 ) -> None:
-    # Issue 22: a batch for a closed number asked connectionState once per message, all in the
+    # A batch for a closed number once asked connectionState once per message, all in the
     # same millisecond (each missed the cache that only the answer fills).
     campaign = make_campaign(db, instance="t1")
     leads = make_leads(db, 100)

@@ -565,7 +565,7 @@ async def test_sender_connection_closed_is_the_instance_not_the_message(
     server: FakeProviders, sender: EvolutionSender, status: int
 ) -> None:
     # Evolution 2.3.7 answers 500 (older versions 400) for an instance that is not connected:
-    # held at once, no quick retry (DESIGN.md, Provider wire formats).
+    # held at once, no quick retry (docs/design.md, "Providers on the wire").
     body = {"status": status, "error": "Internal Server Error"}
     server.script(Reply(status, {**body, "response": {"message": "Connection Closed"}}))
 

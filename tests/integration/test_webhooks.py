@@ -1,4 +1,4 @@
-"""Delivery feedback (issue 14): a fake Evolution on 127.0.0.1 posts real-shaped webhooks to the
+"""Delivery feedback: a fake Evolution on 127.0.0.1 posts real-shaped webhooks to the
 listener's receiver, on a real Postgres."""
 
 from __future__ import annotations
@@ -528,7 +528,7 @@ async def test_webhook_set_configures_every_instance_in_use(
     make_campaign(db, name="a", instance="sales")
     make_campaign(db, name="b", instance="support")
     make_campaign(db, name="c", instance="old", status="archived")
-    # Pools: every number of one is configured, not only `instance` (issue 22).
+    # Pools: every number of one is configured, not only `instance`.
     make_campaign(db, name="d", instances=["t1", "t3"])
     make_campaign(db, name="e", instance="sales", instances=["t3", "t4"])
     make_campaign(db, name="f", instances=["gone"], status="archived")

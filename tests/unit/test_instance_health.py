@@ -1,5 +1,5 @@
 """InstanceHealth (listener/pacing.py): one connection-state call per number at a time, however
-many messages ask at once (issue 22: a batch of 100 for a closed number asked 100 times)."""
+many messages ask at once (a batch of 100 for a closed number once asked 100 times)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Pure parts of the LLM step (issue 13): what counts as broken JSON, which model is a
+"""Pure parts of the LLM step: what counts as broken JSON, which model is a
 fallback, the budget's wait, usage sums and the settings."""
 
 from __future__ import annotations

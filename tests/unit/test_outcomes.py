@@ -1,4 +1,4 @@
-"""DESIGN.md's failure table, as the pure `outcome()` decides it: no Postgres, no HTTP."""
+"""docs/design.md's failure table, as the pure `outcome()` decides it: no Postgres, no HTTP."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""LISTENER_WARMUP (issue 15): one daily cap per day of a number's warm-up."""
+"""LISTENER_WARMUP: one daily cap per day of a number's warm-up."""
 
 from __future__ import annotations
 

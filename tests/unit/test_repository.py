@@ -1,0 +1,102 @@
+"""The repository stands alone and says where things are: no file names a path outside it or a
+tracker's issue number, and README.md's layout lists every module of the package."""
+
+from __future__ import annotations
+
+import pkgutil
+import re
+import subprocess
+from pathlib import Path
+
+import listener
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# Written in pieces, so that this file does not match them itself.
+_OUTSIDE = re.compile(
+    "|".join(
+        [
+            re.escape("DESIGN" + ".md"),  # the contract the repository's docs/design.md replaces
+            re.escape("STYLE" + ".md"),
+            re.escape(".." + "/shared"),
+            re.escape("/" + "work/"),
+            r"\bissues?\s+#?\d+\b",
+        ]
+    ),
+    re.IGNORECASE,
+)
+_CASE_SENSITIVE = re.compile(re.escape("DESIGN" + ".md") + "|" + re.escape("STYLE" + ".md"))
+
+
+def _tracked_text_files() -> list[Path]:
+    """The repository's files as git knows them (committed or added), text only."""
+    done = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    files = []
+    for name in done.stdout.splitlines():
+        path = ROOT / name
+        if path.is_file() and b"\0" not in path.read_bytes()[:4096]:
+            files.append(path)
+    return files
+
+
+def _outside_references(text: str) -> list[str]:
+    found = []
+    for match in _OUTSIDE.finditer(text):
+        word = match.group(0)
+        if word.lower().endswith(".md") and not _CASE_SENSITIVE.fullmatch(word):
+            continue  # docs/design.md is ours; only the upper-case file is outside
+        found.append(word)
+    return found
+
+
+def test_the_check_sees_what_it_looks_for() -> None:
+    issue = "issue"
+    assert _outside_references(f"see DESIGN{'.md'} and {issue} 12, {issue}s 3") == [
+        "DESIGN" + ".md",
+        f"{issue} 12",
+        f"{issue}s 3",
+    ]
+    assert _outside_references("see docs/design.md; an issue of 3 kinds") == []
+    assert _outside_references("(see `.." + "/shared/seed/`)") == [".." + "/shared"]
+
+
+def test_no_file_names_a_path_outside_the_repository_or_an_issue_number() -> None:
+    files = _tracked_text_files()
+    assert len(files) > 50
+    offending = []
+    for path in files:
+        for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+            for word in _outside_references(line):
+                offending.append(f"{path.relative_to(ROOT)}:{number}: {word}")
+    assert offending == []
+
+
+def test_the_design_document_exists_and_is_cited() -> None:
+    assert (ROOT / "docs" / "design.md").is_file()
+    assert "docs/design.md" in (ROOT / "README.md").read_text()
+
+
+def _layout() -> str:
+    text = (ROOT / "README.md").read_text()
+    section = text.split("\n## Layout\n", 1)[1].split("\n## ", 1)[0]
+    return section.split("```", 2)[1]
+
+
+def test_the_readme_layout_lists_every_module() -> None:
+    layout = _layout()
+    listed = set(re.findall(r"^\s+([\w]+/?)\s", layout, re.M))
+    missing = []
+    for info in pkgutil.walk_packages(listener.__path__, prefix="listener."):
+        name = info.name.rsplit(".", 1)[1]
+        if name == "__init__":
+            continue
+        if (name + "/" if info.ispkg else name) not in listed:
+            missing.append(info.name)
+    assert missing == []
