@@ -117,12 +117,13 @@ def per_job(
     """The database's work per job between two snapshots, and per table."""
     delta = {k: after.counters[k] - before.counters[k] for k in DATABASE_COUNTERS}
     tables: dict[str, dict[str, float]] = {}
+    hot = 0
     for name, now in after.tables.items():
         was = before.tables.get(name, {})
         moved = {k: v - was.get(k, 0) for k, v in now.items()}
+        hot += moved["hot_upd"]
         if any(moved.values()):
             tables[name] = {k: round(v / n, 3) for k, v in moved.items()}
-    hot = sum(t["hot_upd"] for t in tables.values())
     written = delta["tup_inserted"] + delta["tup_updated"] + delta["tup_deleted"]
     wal = wal_of_database(url, before, after)
     result: dict[str, Any] = {

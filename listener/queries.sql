@@ -7,11 +7,13 @@
 -- ==============================================================================================
 
 -- claim --
--- Take up to %(limit)s due rows. SKIP LOCKED lets listeners share the queue without waiting on
--- each other; the lease (locked_by, locked_until) says who has a row and until when. Rows of
--- paused campaigns stay pending and are passed over: those marked `paused` are not even in the
--- index (its predicate is repeated here so the planner can use it); the NOT EXISTS catches a
--- row inserted while its campaign was being paused.
+-- Take up to %(limit)s due rows, with their leads' contexts, in one round trip. SKIP LOCKED lets
+-- listeners share the queue without waiting on each other; the lease (locked_by, locked_until)
+-- says who has a row and until when. Rows of paused campaigns stay pending and are passed
+-- over: those marked `paused` are not even in the index (its predicate is repeated here so the
+-- planner can use it); the NOT EXISTS catches a row inserted while its campaign was being
+-- paused. get_lead_full_context runs once for the batch's leads (not at all when nothing is
+-- due), and a context it fails to give leaves the claim undone, not rows leased to no one.
 WITH due AS (
     SELECT m.id
       FROM campaign_messages m
@@ -22,30 +24,39 @@ WITH due AS (
      ORDER BY m.scheduled_at
      LIMIT %(limit)s
        FOR UPDATE OF m SKIP LOCKED
+), claimed AS (
+    UPDATE campaign_messages m
+       SET status = 'processing',
+           attempts = m.attempts + 1,
+           cap_day = CASE WHEN m.parts_sent > 0 THEN m.cap_day END,  -- a stale cap slot is dropped (migrations: cap slots)
+           -- A number is kept only by a message that may have reached the lead through it.
+           instance = CASE WHEN m.parts_sent > 0 OR m.uncertain_sends > 0 THEN m.instance END,
+           locked_by = %(worker)s,
+           locked_until = now() + %(lease)s,
+           started_at = now(),
+           updated_at = now()
+      FROM due, campaigns c
+     WHERE m.id = due.id AND c.id = m.campaign_id
+    RETURNING m.id, m.campaign_id, m.lead_id, m.attempts, m.content, m.parts, m.parts_sent,
+              m.scheduled_at, c.prompt AS campaign_prompt, c.model AS campaign_model,
+              c.instance AS campaign_instance, c.status AS campaign_status,
+              (c.send_window_start IS NOT NULL OR c.send_days IS NOT NULL
+               OR c.daily_cap IS NOT NULL) AS paced,
+              c.gap_min_seconds, c.gap_max_seconds,
+              c.fallback_models AS campaign_fallbacks, c.budget_usd AS campaign_budget,
+              c.spent_usd AS campaign_spent,
+              c.instances AS campaign_instances, m.instance AS sender_instance,
+              EXISTS (SELECT 1 FROM sender_instances s
+                       WHERE s.name = ANY (c.instances) OR s.name = c.instance) AS sender_limits
+), contexts AS (
+    -- One row per lead whatever the function returns, so no claimed row is repeated.
+    SELECT DISTINCT ON (x.lead_id) x.lead_id, x.context
+      FROM (SELECT ARRAY(SELECT DISTINCT lead_id FROM claimed) AS ids) l
+     CROSS JOIN LATERAL get_lead_full_context(l.ids) x
+     WHERE cardinality(l.ids) > 0
 )
-UPDATE campaign_messages m
-   SET status = 'processing',
-       attempts = m.attempts + 1,
-       cap_day = CASE WHEN m.parts_sent > 0 THEN m.cap_day END,  -- a stale cap slot is dropped (migrations: cap slots)
-       -- A number is kept only by a message that may have reached the lead through it.
-       instance = CASE WHEN m.parts_sent > 0 OR m.uncertain_sends > 0 THEN m.instance END,
-       locked_by = %(worker)s,
-       locked_until = now() + %(lease)s,
-       started_at = now(),
-       updated_at = now()
-  FROM due, campaigns c
- WHERE m.id = due.id AND c.id = m.campaign_id
-RETURNING m.id, m.campaign_id, m.lead_id, m.attempts, m.content, m.parts, m.parts_sent,
-          m.scheduled_at, c.prompt AS campaign_prompt, c.model AS campaign_model,
-          c.instance AS campaign_instance, c.status AS campaign_status,
-          (c.send_window_start IS NOT NULL OR c.send_days IS NOT NULL
-           OR c.daily_cap IS NOT NULL) AS paced,
-          c.gap_min_seconds, c.gap_max_seconds,
-          c.fallback_models AS campaign_fallbacks, c.budget_usd AS campaign_budget,
-          c.spent_usd AS campaign_spent,
-          c.instances AS campaign_instances, m.instance AS sender_instance,
-          EXISTS (SELECT 1 FROM sender_instances s
-                   WHERE s.name = ANY (c.instances) OR s.name = c.instance) AS sender_limits
+SELECT claimed.*, contexts.context
+  FROM claimed LEFT JOIN contexts ON contexts.lead_id = claimed.lead_id
 
 -- lead_contexts --
 -- Every lead's context for a whole batch in one round trip.
@@ -74,7 +85,9 @@ SELECT count(*) AS due FROM campaign_messages
 -- matched, so a store run again after its answer was lost adds no usage twice (the store then
 -- finds it with stored_parts). The lead's stop (opted out) is read again here, right before
 -- the first part goes: a lead who opted out while the LLM wrote is not matched either, and
--- lead_stop says why (the message then ends skipped, its LLM usage kept by finish).
+-- lead_stop says why (the message then ends skipped, its LLM usage kept by finish). No column
+-- it sets is in an index, and it leaves updated_at alone (the claim just set it; the record
+-- sets it again), so the update is HOT where the page has room: no index entry.
 WITH stored AS (
     UPDATE campaign_messages m
        SET generated_text = v.generated_text,
@@ -83,8 +96,7 @@ WITH stored AS (
            completion_tokens = m.completion_tokens + v.completion_tokens,
            cost_usd = m.cost_usd + v.cost_usd::numeric,
            model = COALESCE(v.model, m.model),
-           model_fallback = COALESCE(v.fallback, m.model_fallback),
-           updated_at = now()
+           model_fallback = COALESCE(v.fallback, m.model_fallback)
       FROM unnest(%(ids)b::uuid[], %(texts)b::text[], %(parts)b::jsonb[],
                   %(prompt_tokens)b::bigint[], %(completion_tokens)b::bigint[],
                   %(costs)b::float8[], %(models)b::text[], %(fallbacks)b::bool[])
@@ -122,7 +134,9 @@ SELECT CASE WHEN l.opted_out THEN 'skipped: the lead opted out' END AS stop
 -- record_parts --
 -- Record accepted parts; the last part of a message completes it as sent in the same write.
 -- Guarded by state, owner and the part number expected, so nothing is recorded twice. The same
--- statement files each part in message_parts (its delivery status, from the webhooks).
+-- statement files each part in message_parts (its delivery status, from the webhooks). A part
+-- before the last changes no indexed column (updated_at moves with the last), so its update
+-- is HOT.
 WITH rec AS (
     UPDATE campaign_messages m
        SET parts_sent = v.part_no + 1,
@@ -134,7 +148,7 @@ WITH rec AS (
            wait_reason = CASE WHEN v.final THEN NULL ELSE m.wait_reason END,
            locked_by = CASE WHEN v.final THEN NULL ELSE m.locked_by END,
            locked_until = CASE WHEN v.final THEN NULL ELSE m.locked_until END,
-           updated_at = now()
+           updated_at = CASE WHEN v.final THEN now() ELSE m.updated_at END
       FROM unnest(%(ids)b::uuid[], %(part_nos)b::int[], %(provider_ids)b::text[],
                   %(finals)b::bool[], %(instances)b::text[])
            AS v(id, part_no, provider_id, final, instance)

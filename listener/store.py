@@ -115,7 +115,7 @@ class Store:
     # ----------------------------------------------------------------------------------------
 
     async def claim(self, limit: int) -> list[Job]:
-        """Claim up to `limit` due rows and load their leads' contexts (two round trips)."""
+        """Claim up to `limit` due rows with their leads' contexts (one round trip)."""
         lease_until = time.monotonic() + self.lease_margin()
         async with self.pool.connection() as conn:
             cur = conn.cursor(row_factory=dict_row)
@@ -123,14 +123,12 @@ class Store:
                 q("claim"), {"limit": limit, "worker": self.worker, "lease": self.settings.lease}
             )
             rows = await cur.fetchall()
-            if not rows:
-                return []
-            jobs = [Job.from_row(row) for row in rows]
-            await cur.execute(q("lead_contexts"), {"lead_ids": list({j.lead_id for j in jobs})})
-            contexts = {row["lead_id"]: row["context"] for row in await cur.fetchall()}
-        for job in jobs:
-            job.context = contexts.get(job.lead_id)
+        jobs = []
+        for row in rows:
+            job = Job.from_row(row)
+            job.context = row["context"]
             job.lease_until = lease_until
+            jobs.append(job)
         return jobs
 
     async def next_due(self) -> datetime | None:

@@ -160,6 +160,7 @@ CREATE FUNCTION public.campaign_messages_notify_delete() RETURNS trigger
 DECLARE
     r record;
 BEGIN
+    DELETE FROM message_parts p USING old_rows o WHERE p.message_id = o.id;
     FOR r IN
         SELECT run_id,
                count(*)::integer AS total,
@@ -255,6 +256,19 @@ BEGIN
     LOOP
         PERFORM campaign_runs_apply(r.run_id, r.total, r.sent, r.failed, r.skipped);
     END LOOP;
+    RETURN NULL;
+END
+$$;
+
+--
+-- Name: campaign_messages_truncate_parts(); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.campaign_messages_truncate_parts() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $$
+BEGIN
+    TRUNCATE message_parts;
     RETURN NULL;
 END
 $$;
@@ -1697,6 +1711,12 @@ CREATE TRIGGER campaign_messages_after_delete AFTER DELETE ON public.campaign_me
 CREATE TRIGGER campaign_messages_after_insert AFTER INSERT ON public.campaign_messages REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION public.campaign_messages_notify_insert();
 
 --
+-- Name: campaign_messages campaign_messages_after_truncate; Type: TRIGGER; Schema: public; Owner: -
+--
+
+CREATE TRIGGER campaign_messages_after_truncate AFTER TRUNCATE ON public.campaign_messages FOR EACH STATEMENT EXECUTE FUNCTION public.campaign_messages_truncate_parts();
+
+--
 -- Name: campaign_messages campaign_messages_after_update; Type: TRIGGER; Schema: public; Owner: -
 --
 
@@ -1753,13 +1773,6 @@ ALTER TABLE ONLY public.campaign_runs
 
 ALTER TABLE ONLY public.listener_campaign_days
     ADD CONSTRAINT listener_campaign_days_campaign_id_fkey FOREIGN KEY (campaign_id) REFERENCES public.campaigns(id) ON DELETE CASCADE;
-
---
--- Name: message_parts message_parts_message_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: -
---
-
-ALTER TABLE ONLY public.message_parts
-    ADD CONSTRAINT message_parts_message_id_fkey FOREIGN KEY (message_id) REFERENCES public.campaign_messages(id) ON DELETE CASCADE;
 
 --
 -- PostgreSQL database dump complete

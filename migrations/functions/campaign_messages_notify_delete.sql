@@ -1,10 +1,12 @@
--- After a DELETE of queue rows (one call per statement): the runs' counts lose the rows.
+-- After a DELETE of queue rows (one call per statement): the rows' parts go with them (what
+-- message_parts' foreign key did until 0018), and the runs' counts lose the rows.
 CREATE OR REPLACE FUNCTION campaign_messages_notify_delete()
 RETURNS trigger
 LANGUAGE plpgsql AS $$
 DECLARE
     r record;
 BEGIN
+    DELETE FROM message_parts p USING old_rows o WHERE p.message_id = o.id;
     FOR r IN
         SELECT run_id,
                count(*)::integer AS total,

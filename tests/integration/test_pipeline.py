@@ -8,6 +8,7 @@ import json
 from typing import Any
 
 import psycopg
+import pytest
 from psycopg.rows import dict_row
 
 from listener.processor import Processor
@@ -182,7 +183,9 @@ class CountingCursor(psycopg.AsyncCursor[Any]):
         return await super().execute(query, params, **kwargs)
 
 
-async def test_contexts_of_a_whole_batch_load_in_one_round_trip(db_url: str, db: Conn) -> None:
+async def test_a_batch_is_claimed_with_its_contexts_in_one_round_trip(
+    db_url: str, db: Conn
+) -> None:
     from psycopg_pool import AsyncConnectionPool
 
     campaign = make_campaign(db)
@@ -206,7 +209,34 @@ async def test_contexts_of_a_whole_batch_load_in_one_round_trip(db_url: str, db:
     assert all(job.context is not None and job.context["id"] == str(job.lead_id) for job in jobs)
     context_queries = [s for s in CountingCursor.statements if "get_lead_full_context" in s]
     assert len(context_queries) == 1
-    assert len(CountingCursor.statements) == 2  # the claim, then the contexts
+    assert len(CountingCursor.statements) == 1  # the claim and the contexts together
+
+
+async def test_a_context_function_that_fails_leaves_the_batch_unclaimed(
+    db_url: str, db: Conn
+) -> None:
+    """The contexts load in the claim's statement: when get_lead_full_context fails, no row
+    is left leased to a worker that never got it (they stay pending, attempts untouched)."""
+    from psycopg_pool import AsyncConnectionPool
+
+    campaign = make_campaign(db)
+    enqueue(db, campaign, make_leads(db, 3))
+    db.execute("DROP FUNCTION get_lead_full_context(uuid[], integer)")
+    db.execute(
+        "CREATE FUNCTION get_lead_full_context(ids uuid[], history_limit integer DEFAULT 5) "
+        "RETURNS TABLE (lead_id uuid, context jsonb) LANGUAGE plpgsql AS "
+        "$$ BEGIN RAISE EXCEPTION 'context store is down'; END $$"
+    )
+    pool = AsyncConnectionPool(db_url, kwargs={"autocommit": True}, open=False, min_size=1)
+    await pool.open()
+    try:
+        processor = Processor(fast_settings(), pool, SandboxLLM(), SandboxSender(pool))
+        with pytest.raises(psycopg.errors.RaiseException):
+            await processor.claim(50)
+    finally:
+        await pool.close()
+    rows = db.execute("SELECT status, attempts, locked_by FROM campaign_messages").fetchall()
+    assert rows == [("pending", 0, None)] * 3
 
 
 async def test_a_message_with_content_is_sent_as_is_without_the_llm(db_url: str, db: Conn) -> None:

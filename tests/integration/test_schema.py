@@ -489,3 +489,81 @@ def test_indexes_on_the_queue_table_are_built_concurrently() -> None:
         "CREATE INDEX CONCURRENTLY IF NOT EXISTS idx_y ON public.campaign_messages (content);",
     )
     assert _plain_queue_indexes([plain, built]) == ["0004_index.sql"]
+
+
+def _parts_of(db: Conn, ids: list[Any]) -> int:
+    row = db.execute(
+        "SELECT count(*) FROM message_parts WHERE message_id = ANY (%s)", (ids,)
+    ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def test_a_message_deleted_or_truncated_takes_its_parts_with_it(db: Conn) -> None:
+    """message_parts has no foreign key (it cost a lock and a WAL record per part recorded):
+    the statement triggers delete a message's parts with it, directly, cascaded from its
+    campaign, or by TRUNCATE."""
+    keep, drop = make_campaign(db), make_campaign(db)
+    leads = make_leads(db, 3)
+    enqueue(db, keep, leads)
+    enqueue(db, drop, leads)
+    rows = db.execute("SELECT id, campaign_id FROM campaign_messages ORDER BY id").fetchall()
+    for n, (message, _) in enumerate(rows):
+        db.execute(
+            "INSERT INTO message_parts (message_id, part_no, instance, provider_message_id) "
+            "VALUES (%s, 0, 'inst', %s), (%s, 1, 'inst', %s)",
+            (message, f"P{n}a", message, f"P{n}b"),
+        )
+    kept = [m for m, c in rows if c == keep]
+    dropped = [m for m, c in rows if c == drop]
+    db.execute("DELETE FROM campaign_messages WHERE id = %s", (kept[0],))
+    assert _parts_of(db, [kept[0]]) == 0
+    assert _parts_of(db, kept[1:]) == 4
+    db.execute("DELETE FROM campaigns WHERE id = %s", (drop,))  # cascades to its messages
+    assert _parts_of(db, dropped) == 0
+    assert _parts_of(db, kept[1:]) == 4
+    db.execute("TRUNCATE campaign_messages CASCADE")
+    assert db.execute("SELECT count(*) FROM message_parts").fetchone() == (0,)
+
+
+def test_storing_parts_and_recording_a_part_before_the_last_are_hot_updates(db: Conn) -> None:
+    """store_parts and the record of a part before the last change no indexed column, so on
+    a page with room they are HOT updates (no index entry written); the claim and the last
+    part's record change the status, which indexes hold."""
+    campaign = make_campaign(db)
+    enqueue(db, campaign, make_leads(db, 1))
+    hot = "SELECT pg_stat_get_xact_tuples_hot_updated('campaign_messages'::regclass)"
+    worker = "w-hot"
+    claimed = db.execute(q("claim"), {"limit": 1, "worker": worker, "lease": "5 minutes"})
+    message = claimed.fetchall()[0][0]
+    # The writes that follow in one later transaction: the counter is that transaction's.
+    with db.transaction():
+        db.execute(
+            q("store_parts"),
+            {
+                "ids": [message],
+                "texts": ["Oi! Tudo bem?"],
+                "parts": ['["Oi!", "Tudo bem?"]'],
+                "prompt_tokens": [10],
+                "completion_tokens": [5],
+                "costs": [0.0001],
+                "models": ["m"],
+                "fallbacks": [False],
+                "worker": worker,
+            },
+        )
+        assert db.execute(hot).fetchone() == (1,)
+        record = {
+            "part_nos": [0],
+            "provider_ids": ["P0"],
+            "finals": [False],
+            "instances": ["inst"],
+            "worker": worker,
+        }
+        db.execute(q("record_parts"), {"ids": [message], **record})
+        assert db.execute(hot).fetchone() == (2,)
+        last = {**record, "part_nos": [1], "provider_ids": ["P1"], "finals": [True]}
+        db.execute(q("record_parts"), {"ids": [message], **last})
+        assert db.execute(hot).fetchone() == (2,)
+    row = db.execute("SELECT status, parts_sent FROM campaign_messages").fetchone()
+    assert row == ("sent", 2)
