@@ -293,7 +293,21 @@ class Senders:
         (its messages put aside, `listener stats` shows it), not when its next message comes."""
         task = asyncio.get_running_loop().create_task(self.hold(name, fresh=True))
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(lambda done: self._hold_done(name, done))
+
+    def _hold_done(self, name: str, task: asyncio.Task[None]) -> None:
+        """A hold that failed for a reason `hold` does not expect is said here, never left as
+        "Task exception was never retrieved" (the next message through the number holds it)."""
+        self._tasks.discard(task)
+        if task.cancelled() or (exc := task.exception()) is None:
+            return
+        log.error(
+            "could not hold sender instance %r: %s: %s",
+            name[:80],
+            type(exc).__name__,
+            exc,
+            extra={"action": "sender_hold_failed"},
+        )
 
     async def hold(self, name: str, *, fresh: bool = False) -> None:
         """A send found the number down (missing, not connected): hold it now (`fresh`: even

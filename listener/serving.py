@@ -5,14 +5,44 @@ line that names the setting."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from listener.errors import ConfigurationError
+from listener.inbound import cut
+
+log = logging.getLogger(__name__)
 
 
-async def serve_app(app: web.Application, host: str, port: int, setting: str) -> web.AppRunner:
+class _OneLineBadRequests(logging.Filter):
+    """aiohttp logs a request it cannot parse (bad header bytes, a bad chunk) at ERROR with a
+    traceback, so anyone who can reach the port can fill the log. Such a record is logged
+    again here as one WARNING line without the traceback (it was answered 400 already)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if not isinstance(exc, HttpProcessingError) or exc.code >= 500:
+            return True
+        log.warning(
+            "bad HTTP request (answered %d): %s",
+            exc.code,
+            cut(exc.message, 200),
+            extra={"action": "bad_http_request"},
+        )
+        return False
+
+
+_SERVER_LOG = logging.getLogger("aiohttp.server")
+if not any(isinstance(f, _OneLineBadRequests) for f in _SERVER_LOG.filters):
+    _SERVER_LOG.addFilter(_OneLineBadRequests())
+
+
+async def serve_app(
+    app: web.Application, host: str, port: int, setting: str, *, auto_decompress: bool = True
+) -> web.AppRunner:
     """Serve `app` on every address of `host` at `port`; the caller stops it with
     `runner.cleanup()`. A port that is taken (also by another listener starting at the same
     moment) or a host that is not an address of this machine is a ConfigurationError naming
@@ -24,7 +54,7 @@ async def serve_app(app: web.Application, host: str, port: int, setting: str) ->
         raise ConfigurationError(
             f"bad setting {setting}_HOST/{setting}_PORT: cannot listen on {host}:{port}: {reason}"
         ) from exc
-    runner = web.AppRunner(app, access_log=None)
+    runner = web.AppRunner(app, access_log=None, auto_decompress=auto_decompress)
     try:
         await runner.setup()
         for sock in sockets:

@@ -28,6 +28,7 @@ import contextlib
 import json
 import logging
 import threading
+import zlib
 from collections.abc import Awaitable, Callable, Hashable
 from datetime import timedelta
 from typing import Any, TypeVar
@@ -53,6 +54,7 @@ from listener.feedback import (
     parse,
     phone_forms,
 )
+from listener.inbound import MAX_DEPTH, check_events, cut, nesting_within
 from listener.phones import mask_phone
 from listener.queries import q
 from listener.serving import serve_app
@@ -71,6 +73,10 @@ PATH = "/webhooks/evolution"
 EVENTS = ("messages.update", "messages.upsert", "send.message", "connection.update")
 # Evolution's bodies are small (no media: base64 is off); anything bigger is not for us.
 MAX_BODY = 1024 * 1024
+# Content-Encodings the receiver decodes (anything else is 415).
+_ENCODINGS = frozenset({"", "identity", "gzip", "x-gzip", "deflate"})
+# A background job that failed is started again after this pause.
+RESTART_DELAY = 1.0
 # Kept statuses are matched with their parts this often (an update may outrun the record).
 EARLY_INTERVAL = 1.0
 # The inbox is applied as soon as events come in, and at least this often (rows left by a
@@ -149,13 +155,18 @@ class WebhookReceiver:
         self.pool: AsyncConnectionPool | None = None
         self.metrics = WebhookMetrics(registry)
         self.on_restricted = on_restricted
-        self._inbox: GroupCommit[list[Event]] = GroupCommit(self._flush_inbox, key=id)
+        # One request whose events Postgres refuses fails alone: the others of its batch are
+        # written again without it.
+        self._inbox: GroupCommit[list[Event]] = GroupCommit(
+            self._flush_inbox, key=id, isolate=_about_the_data
+        )
         self._applying: asyncio.Lock | None = None
         self._arrived: asyncio.Event | None = None
         self._said_apply = False
         self._runner: web.AppRunner | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._said_malformed = False
+        self._said_error = False
         self._said_db = False
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -167,7 +178,7 @@ class WebhookReceiver:
     # ----------------------------------------------------------------------------------------
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=MAX_BODY)
+        app = web.Application(client_max_size=MAX_BODY, middlewares=[self._never_500])
         app.router.add_post(PATH, self.handle)
         app.router.add_post(PATH + "/{event}", self.handle)
         return app
@@ -216,14 +227,20 @@ class WebhookReceiver:
         self._arrived.set()  # what an earlier run acknowledged and left is applied at once
         self.pool = make_pool(self.url, self.settings, min_size=1, max_size=4)
         await self.pool.open(wait=False)
-        self._runner = await serve_app(self.app(), host, port, "LISTENER_WEBHOOK")
+        # Content-Encoding is decoded here (_decoded), bounded, not by aiohttp's parser: its
+        # failures are logged with a traceback per request.
+        self._runner = await serve_app(
+            self.app(), host, port, "LISTENER_WEBHOOK", auto_decompress=False
+        )
+        jobs: dict[str, Callable[[], Awaitable[None]]] = {
+            "apply_inbox": self._apply_loop,
+            "early": lambda: self._every(EARLY_INTERVAL, self.apply_early),
+            "prune_sent": lambda: self._every(PRUNE_INTERVAL, self.prune),
+            "stale_pending": lambda: self._every(STALE_INTERVAL, self.check_stale),
+        }
         self._tasks = [
-            asyncio.create_task(self._apply_loop(), name="apply_inbox"),
-            asyncio.create_task(self._every(EARLY_INTERVAL, self.apply_early), name="early"),
-            asyncio.create_task(self._every(PRUNE_INTERVAL, self.prune), name="prune_sent"),
-            asyncio.create_task(
-                self._every(STALE_INTERVAL, self.check_stale), name="stale_pending"
-            ),
+            asyncio.create_task(self._supervised(name, job), name=name)
+            for name, job in jobs.items()
         ]
         log.info(
             "delivery feedback: Evolution webhooks on %s:%s%s",
@@ -277,30 +294,53 @@ class WebhookReceiver:
         self._thread = None
 
     async def handle(self, request: web.Request) -> web.Response:
+        """One webhook post: 2xx once its events are stored, 4xx for what we refuse (401 without
+        the secret, 413 too big, 415 an encoding we do not decode, 400 a body we cannot read or
+        an event out of bounds), 503 while the database is away; never a 500."""
         headers = request.headers
         if not self._auth.check(headers.get("Authorization"), headers.get("X-Listener-Token")):
             self.metrics.rejected.labels(reason="auth").inc()
             return web.json_response({"error": "unauthorized"}, status=401)
+        encoding = headers.get("Content-Encoding", "").strip().lower()
+        if encoding not in _ENCODINGS:
+            self.metrics.rejected.labels(reason="encoding").inc()
+            return web.json_response(
+                {"error": "unsupported Content-Encoding (gzip, deflate or none)"}, status=415
+            )
         try:
-            raw = await request.read()
-        except web.HTTPRequestEntityTooLarge:
+            raw = _decoded(await request.read(), encoding)
+        except (web.HTTPRequestEntityTooLarge, _TooLarge):
             self.metrics.rejected.labels(reason="too_large").inc()
             return web.json_response({"error": "body too large"}, status=413)
+        except zlib.error:
+            return self._malformed(BadEvent(f"the body is not {encoding}"))
+        if not nesting_within(raw):
+            return self._malformed(BadEvent(f"JSON nested deeper than {MAX_DEPTH}"))
         try:
             body = json.loads(raw)
-            path_event = request.match_info.get("event")
-            events = parse(body, path_event)
-        except (ValueError, UnicodeDecodeError) as exc:
-            # json.JSONDecodeError and BadEvent are ValueErrors.
+            events = check_events(parse(body, request.match_info.get("event")))
+        except (ValueError, RecursionError, ArithmeticError) as exc:
+            # json.JSONDecodeError, UnicodeDecodeError and BadEvent are ValueErrors; a number
+            # too big for a time is an ArithmeticError.
             return self._malformed(exc)
         try:
             await self.store(events)
-        except psycopg.Error as exc:
+        except (psycopg.Error, ValueError) as exc:
+            if _about_the_data(exc):
+                # Checked events should never get here; if one does, it fails alone (group
+                # commit retries the others without it) and is refused, not acknowledged.
+                self.metrics.rejected.labels(reason="unstorable").inc()
+                log.warning(
+                    "a webhook event could not be stored (answered 400): %s",
+                    cut(exc, 200),
+                    extra={"action": "webhook_unstorable"},
+                )
+                return web.json_response({"error": "an event cannot be stored"}, status=400)
             if not self._said_db:
                 self._said_db = True
                 log.warning(
                     "could not store webhook events (Evolution will retry): %s",
-                    exc,
+                    cut(exc, 200),
                     extra={"action": "webhook_db_error"},
                 )
             self.metrics.rejected.labels(reason="database").inc()
@@ -310,9 +350,33 @@ class WebhookReceiver:
             body=b'{"ok": true, "events": %d}' % len(events), content_type="application/json"
         )
 
+    @web.middleware
+    async def _never_500(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        """The last guard: an error nobody foresaw is a deliberate 503 (Evolution retries),
+        logged with its traceback once, then in one line; never aiohttp's 500 and a traceback
+        per request."""
+        try:
+            return await handler(request)
+        except web.HTTPException:
+            raise
+        except Exception as exc:
+            self.metrics.rejected.labels(reason="error").inc()
+            log.error(
+                "webhook request failed (answered 503): %s: %s",
+                type(exc).__name__,
+                cut(exc, 200),
+                exc_info=not self._said_error,
+                extra={"action": "webhook_error"},
+            )
+            self._said_error = True
+            return web.json_response({"error": "try again"}, status=503)
+
     def _malformed(self, exc: Exception) -> web.Response:
         self.metrics.rejected.labels(reason="malformed").inc()
         why = str(exc) if isinstance(exc, BadEvent) else f"not JSON: {type(exc).__name__}"
+        # str(BadEvent) names fields and sizes, never the values that came
         if not self._said_malformed:
             self._said_malformed = True
             log.warning(
@@ -561,11 +625,62 @@ class WebhookReceiver:
         async with self._db.connection() as conn:
             await conn.execute(q("prune_sent_events"))
 
+    async def _supervised(self, name: str, job: Callable[[], Awaitable[None]]) -> None:
+        """Run a background job for the receiver's life: one that fails is logged (its
+        traceback once) and started again after a pause, never lost with its error unread."""
+        said = False
+        while True:
+            try:
+                await job()
+                return
+            except Exception as exc:
+                log.log(
+                    logging.DEBUG if said else logging.ERROR,
+                    "webhook job %s failed (started again): %s: %s",
+                    name,
+                    type(exc).__name__,
+                    cut(exc, 200),
+                    exc_info=not said,
+                    extra={"action": "webhook_job_failed", "job": name},
+                )
+                said = True
+            await asyncio.sleep(RESTART_DELAY)
+
     async def _every(self, seconds: float, job: Callable[[], Any]) -> None:
         while True:
             await asyncio.sleep(seconds)
             with contextlib.suppress(psycopg.Error):  # the next turn tries again
                 await job()
+
+
+def _about_the_data(exc: BaseException) -> bool:
+    """Whether an error is about the rows written (it fails again, alone, whenever it is
+    tried: a value out of range, an index row too big, text psycopg cannot encode), not about
+    the database's state (gone, restarting, a deadlock, a timeout): rows are isolated and set
+    aside for the first kind only."""
+    if isinstance(exc, psycopg.errors.ProgramLimitExceeded):
+        return True
+    if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):
+        return False
+    return isinstance(exc, psycopg.Error | ValueError)
+
+
+class _TooLarge(Exception):
+    """A compressed body that inflates past MAX_BODY."""
+
+
+def _decoded(raw: bytes, encoding: str) -> bytes:
+    """The body without its Content-Encoding, at most MAX_BODY bytes (a small gzip may inflate
+    to gigabytes). zlib.error when it is not what its header says."""
+    if encoding in ("", "identity"):
+        return raw
+    inflater = zlib.decompressobj(32 + zlib.MAX_WBITS)  # a gzip or a zlib header, found by zlib
+    body = inflater.decompress(raw, MAX_BODY + 1)
+    if len(body) > MAX_BODY or inflater.unconsumed_tail:
+        raise _TooLarge
+    if not inflater.eof:
+        raise zlib.error("truncated")
+    return body
 
 
 async def _again_on_deadlock(apply: Callable[[], Awaitable[int]]) -> int:

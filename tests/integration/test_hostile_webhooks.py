@@ -1,0 +1,239 @@
+"""Issue 23: nothing the receiver acknowledged may block the rest, and no request gets a 500 or
+writes a traceback. Hostile and absurd requests on a real receiver and a real Postgres."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import gzip
+import json
+import logging
+import random
+import string
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+
+from listener.feedback import sign_jwt
+from tests.fakes import FakeProviders, connection_data, reply_data, status_data, webhook_body
+from tests.helpers import await_until, make_campaign
+from tests.integration.test_webhooks import SECRET, listening, one, parts_of, send_one
+
+Conn = psycopg.Connection[Any]
+
+
+async def raw_post(
+    fakes: FakeProviders, headers: list[tuple[bytes, bytes]], body: bytes, path: str = ""
+) -> int:
+    """POST exactly these bytes (headers that are not UTF-8 included) to the receiver; its
+    status code."""
+    url = fakes.webhook_url.removeprefix("http://")
+    hostport, _, base = url.partition("/")
+    host, _, port = hostport.partition(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    head = [
+        f"POST /{base}{path} HTTP/1.1".encode(),
+        f"Host: {hostport}".encode(),
+        b"Content-Type: application/json",
+        b"Content-Length: %d" % len(body),
+        b"Connection: close",
+    ]
+    head += [name + b": " + value for name, value in headers]
+    writer.write(b"\r\n".join(head) + b"\r\n\r\n" + body)
+    await writer.drain()
+    answer = await reader.read()
+    writer.close()
+    return int(answer.split(b" ", 2)[1])
+
+
+def bearer() -> tuple[bytes, bytes]:
+    return (b"Authorization", f"Bearer {sign_jwt(SECRET)}".encode())
+
+
+def body_of(event: str, data: Any, **fields: Any) -> bytes:
+    return json.dumps({**webhook_body(event, data), **fields}).encode()
+
+
+# A 12,000-character id Postgres cannot compress (its index row would pass 8,191 bytes).
+HUGE_ID = "".join(random.Random(23).choices(string.ascii_letters + string.digits, k=12_000))
+
+
+def nested_jwt(depth: int) -> str:
+    def enc(raw: bytes) -> str:
+        return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+    header = enc(b"[" * depth + b"]" * depth)
+    claims = enc(json.dumps({"exp": int(time.time()) + 600}).encode())
+    return f"{header}.{claims}.{enc(b'x' * 32)}"
+
+
+def tracebacks(caplog: pytest.LogCaptureFixture) -> Iterator[str]:
+    """Every captured record that carries a traceback or says a task's error was lost."""
+    for record in caplog.records:
+        text = record.getMessage()
+        if record.exc_info or "Traceback" in text or "never retrieved" in text:
+            yield f"{record.name}: {text}"
+
+
+async def test_hostile_requests_get_4xx_and_write_no_traceback(
+    db_url: str, db: Conn, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    signed = [bearer()]
+    deep = b'{"event": "messages.update", "instance": "main", "data": ' + b"[" * 5000
+    deep += b"]" * 5000 + b"}"
+    plain = body_of("messages.update", status_data("EVO-PLAIN", "READ"))
+    bomb = gzip.compress(b" " * (20 * 1024 * 1024))
+    gz, br, bad = ([*signed, (b"Content-Encoding", e)] for e in (b"gzip", b"br", b"g\xffzip"))
+    async with listening(db_url) as (daemon, fakes):
+        cases: list[tuple[str, list[tuple[bytes, bytes]], bytes, int]] = [
+            ("token with a \\xff byte", [(b"X-Listener-Token", b"se\xffcret")], plain, 401),
+            ("token of bytes only", [(b"X-Listener-Token", b"\xff\xfe\x80")], plain, 401),
+            ("bearer with a \\xff byte", [(b"Authorization", b"Bearer a.\xff.c")], plain, 401),
+            (
+                "JWT header nested 1,500 deep",
+                [(b"Authorization", f"Bearer {nested_jwt(1500)}".encode())],
+                plain,
+                401,
+            ),
+            (  # over aiohttp's 8 KB for a header line: its parser answers 400, in one log line
+                "JWT header nested 50,000 deep",
+                [(b"Authorization", f"Bearer {nested_jwt(50_000)}".encode())],
+                plain,
+                400,
+            ),
+            ("body nested 5,000 deep", signed, deep, 400),
+            ("gzip encoding on a plain body", gz, plain, 400),
+            ("an encoding we do not decode", br, plain, 415),
+            ("encoding with a \\xff byte", bad, plain, 415),
+            ("a gzip bomb", gz, bomb, 413),
+            ("a body that is not UTF-8", signed, b'{"event": "\xff\xfe"}', 400),
+            (
+                "a keyId of 12,000 characters",
+                signed,
+                body_of("messages.update", status_data(HUGE_ID, "READ")),
+                400,
+            ),
+            (
+                "an instance name of 200 KB",
+                signed,
+                body_of("messages.update", status_data("EVO-1", "READ"), instance="i" * 200_000),
+                400,
+            ),
+            (
+                "a messageTimestamp no clock can hold",
+                signed,
+                body_of(
+                    "messages.upsert",
+                    {**reply_data("5511987650000", "oi"), "messageTimestamp": 10**30},
+                ),
+                None,
+            ),
+        ]
+        for name, headers, body, expected in cases:
+            status = await raw_post(fakes, headers, body)
+            if expected is None:
+                assert status < 500, name
+            else:
+                assert status == expected, name
+        # An HTTP request aiohttp itself cannot parse: a 400, in one line.
+        reader, writer = await asyncio.open_connection("127.0.0.1", daemon.settings.webhook_port)
+        writer.write(b"POST /webhooks/evolution HTTP/1.1\r\nContent-Length: x\xff\r\n\r\n")
+        assert (await reader.read()).split(b" ", 2)[1] == b"400"
+        writer.close()
+        # A gzip body Evolution could send is decoded and stored.
+        zipped = gzip.compress(body_of("messages.update", status_data("EVO-ZIP", "READ")))
+        assert await raw_post(fakes, [*signed, (b"Content-Encoding", b"gzip")], zipped) == 200
+        receiver = daemon.webhooks
+        assert receiver is not None
+        await receiver.call(receiver.settle)
+        kept = "SELECT provider_message_id FROM delivery_updates_early"
+        assert [r[0] for r in db.execute(kept).fetchall()] == ["EVO-ZIP"]
+    assert list(tracebacks(caplog)) == []
+
+
+async def test_outside_names_are_cleaned_before_the_log_and_the_database(
+    db_url: str, db: Conn, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A lone surrogate (a JSON \ud800 escape) in a restricted instance's name killed the task
+    # that holds the number ("Task exception was never retrieved"); a NUL went to the log.
+    caplog.set_level(logging.DEBUG)
+    async with listening(db_url) as (daemon, fakes):
+        for name in ("lone\ud800surrogate", "nul\x00byte"):
+            body = webhook_body("connection.update", connection_data(name, "close", 401))
+            assert await raw_post(fakes, [bearer()], json.dumps(body).encode()) == 200
+        held = "SELECT instance FROM listener_instances WHERE held_reason IS NOT NULL ORDER BY 1"
+        await await_until(lambda: len(db.execute(held).fetchall()) == 2, timeout=10)
+        assert [r[0] for r in db.execute(held).fetchall()] == ["lone\ufffdsurrogate", "nulbyte"]
+        # A status for a part, then an id with a NUL and a surrogate: stored cleaned.
+        mid = await send_one(db, fakes)
+        assert mid
+        data = status_data("EVO\x00-\udc00", "READ")
+        assert await fakes.post_webhook("messages.update", data) == 200
+        receiver = daemon.webhooks
+        assert receiver is not None
+        await receiver.call(receiver.settle)
+        early = "SELECT provider_message_id FROM delivery_updates_early"
+        assert [r[0] for r in db.execute(early).fetchall()] == ["EVO-\ufffd"]
+    for record in caplog.records:
+        text = record.getMessage()
+        assert "\x00" not in text and "\ud800" not in text, text
+    assert list(tracebacks(caplog)) == []
+
+
+@pytest.mark.parametrize(
+    ("poison", "event", "data"),
+    [
+        (
+            "the year 1",
+            "messages.upsert",
+            {"date_time": "0001-01-01T00:00:00+14:00"},
+        ),
+        (
+            "the year 10,000",
+            "messages.upsert",
+            {"date_time": "9999-12-31T23:59:59-14:00"},
+        ),
+        ("a 12,000-character keyId", "messages.update", {}),
+    ],
+)
+async def test_after_a_poison_event_an_opt_out_and_a_status_apply(
+    db_url: str, db: Conn, poison: str, event: str, data: dict[str, Any]
+) -> None:
+    async with listening(db_url) as (daemon, fakes):
+        mid = await send_one(db, fakes)
+        [part] = (s["id"] for s in fakes.accepted())
+        lead = one(db, "SELECT lead_id FROM campaign_messages WHERE id = %s", mid)
+        phone = one(db, "SELECT phone FROM leads WHERE id = %s", lead)
+        waiting = make_campaign(db, name="later")
+        db.execute(
+            "INSERT INTO campaign_messages (campaign_id, lead_id, scheduled_at)"
+            " VALUES (%s, %s, now() + interval '1 day')",
+            (waiting, lead),
+        )
+        if event == "messages.upsert":
+            body = body_of(event, reply_data("5511987650000", "oi"), **data)
+        else:
+            body = body_of(event, status_data(HUGE_ID, "READ"))
+        # Refused at the door (400), or taken with a sane time (if the receiver does not read
+        # `date_time`): never a 5xx, and never a row that blocks the inbox.
+        assert await raw_post(fakes, [bearer()], body) in (200, 400), poison
+        assert await fakes.post_webhook("messages.upsert", reply_data(phone, "Sair 🙏")) == 200
+        assert await fakes.post_webhook("messages.update", status_data(part, "READ")) == 200
+        started = time.monotonic()
+        await await_until(
+            lambda: (
+                parts_of(db) == {part: "READ"}
+                and one(db, "SELECT opted_out FROM leads WHERE id = %s", lead)
+            ),
+            timeout=10,
+        )
+        assert time.monotonic() - started < 10
+        assert one(db, "SELECT status FROM campaign_messages WHERE campaign_id = %s", waiting) == (
+            "skipped"
+        )
+        await await_until(lambda: one(db, "SELECT count(*) FROM webhook_inbox") == 0, timeout=10)
+        assert daemon.webhooks is not None
