@@ -17,7 +17,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from listener.feedback import sign_jwt
+from listener.feedback import SentEvent, sign_jwt
 from tests.fakes import FakeProviders, connection_data, reply_data, status_data, webhook_body
 from tests.helpers import await_until, make_campaign
 from tests.integration.test_webhooks import SECRET, listening, one, parts_of, send_one
@@ -237,3 +237,25 @@ async def test_after_a_poison_event_an_opt_out_and_a_status_apply(
         )
         await await_until(lambda: one(db, "SELECT count(*) FROM webhook_inbox") == 0, timeout=10)
         assert daemon.webhooks is not None
+
+
+async def test_a_send_message_postgres_refuses_fails_alone_not_its_group_commit(
+    db_url: str, db: Conn
+) -> None:
+    # Past the door's checks (stored directly): the group commit that writes it with others
+    # fails, and each request is written again alone; only the bad one gets the error.
+    async with listening(db_url) as (daemon, _):
+        receiver = daemon.webhooks
+        assert receiver is not None
+        good = [SentEvent("main", f"3EB0GOOD{i}", "5511987654321", "oi") for i in range(5)]
+        bad = SentEvent("main", HUGE_ID, "5511987654321", "oi")
+
+        async def together() -> list[Any]:
+            stores = [receiver.store([event]) for event in (*good[:2], bad, *good[2:])]
+            return await asyncio.gather(*stores, return_exceptions=True)
+
+        results = await receiver.call(together)
+        assert [isinstance(r, psycopg.Error) for r in results] == [False] * 2 + [True] + [False] * 3
+        assert isinstance(results[2], psycopg.errors.ProgramLimitExceeded)
+        stored = db.execute("SELECT provider_message_id FROM sent_events ORDER BY 1").fetchall()
+        assert [r[0] for r in stored] == [e.provider_id for e in good]
