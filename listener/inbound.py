@@ -1,5 +1,5 @@
-"""Pure: what the webhook receiver accepts from outside before it decodes, stores or logs it
-(issue 23). Anything a request carries may be hostile or absurd: a body nested a thousand deep,
+"""Pure: what the webhook receiver accepts from outside before it decodes, stores or logs it.
+Anything a request carries may be hostile or absurd: a body nested a thousand deep,
 a time in the year 1 or 10,000, a 12,000-character id, an instance name with a NUL or a lone
 surrogate. What cannot be applied later must be refused now, with a 400, because an event the
 receiver acknowledged is kept until it is applied.

@@ -1,4 +1,4 @@
-"""Issue 23: nothing the receiver acknowledged may block the rest, and no request gets a 500 or
+"""Nothing the receiver acknowledged may block the rest, and no request gets a 500 or
 writes a traceback. Hostile and absurd requests on a real receiver and a real Postgres."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Issue 23: the receiver fuzzed with hypothesis, on a real receiver and Postgres. Whatever a
+"""The receiver fuzzed with hypothesis, on a real receiver and Postgres. Whatever a
 request carries (bodies shaped like Evolution's with absurd values, raw bytes, odd headers and
 encodings), the answer is a 2xx or a 4xx, never a 5xx, and nothing writes a traceback.
 Deterministic (derandomized, no example database) and bounded."""

@@ -1,4 +1,4 @@
-"""Issue 23: what the receiver refuses or cleans before it decodes, stores or logs (pure)."""
+"""What the receiver refuses or cleans before it decodes, stores or logs (pure)."""
 
 from __future__ import annotations
 
