@@ -61,6 +61,11 @@ class Job:
     # part may have reached the lead through it), and whether any number it may use has limits.
     campaign_instances: list[str] | None = None
     sender_instance: str | None = None
+    # A follow-up step (2, 3, ...): the message of the step before, and the number the
+    # sequence went through (the step goes through it too).
+    step: int = 1
+    previous_id: UUID | None = None
+    step_instance: str | None = None
     sender_limits: bool = False
     context: dict[str, Any] | None = None
     lost: bool = False
@@ -104,6 +109,9 @@ class Job:
             else None,
             campaign_instances=row.get("campaign_instances"),
             sender_instance=row.get("sender_instance"),
+            step=row.get("step") or 1,
+            previous_id=row.get("previous_id"),
+            step_instance=row.get("step_instance"),
             sender_limits=bool(row.get("sender_limits")),
             campaign_fallbacks=row.get("campaign_fallbacks"),
             campaign_budget=None if budget is None else float(budget),

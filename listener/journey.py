@@ -37,6 +37,7 @@ from listener.outcomes import (
 from listener.phones import mask_phone
 from listener.pool import QUIET_WAITS, Senders
 from listener.providers.base import Sender, SentFinder, SentPart
+from listener.sequences import StepFacts, check_step, step_context
 from listener.settings import Settings
 from listener.split import UnsplittableReply, split_content
 from listener.store import LeaseLost, Store, is_connection_error
@@ -87,6 +88,8 @@ class Journey:
         instance = job.sender_instance or self.senders.pool(job)[0]
         try:
             number = check_start(job)
+            if job.step > 1 and job.parts is None:
+                await self._check_step(job)
             instance = await self.senders.check(job)  # nothing spent while no number can send
             # A message that has begun is finished: its window and cap were judged when its
             # first part went out, and its remaining parts are not held to them.
@@ -124,6 +127,14 @@ class Journey:
                 extra={"action": "message_sent", "message_id": str(job.id), "parts": len(parts)},
             )
         return "sent"
+
+    async def _check_step(self, job: Job) -> None:
+        """A follow-up step not written yet: skipped when its sequence must stop (or waiting
+        for a reply's kind), else the LLM is given the earlier steps."""
+        facts = StepFacts.from_row(await self.store.step_facts(job))
+        check_step(facts, feedback_on=self.settings.webhooks_on, now=datetime.now(UTC))
+        if job.context is not None:
+            job.context = step_context(job.context, job.step, facts)
 
     async def _parts(self, job: Job) -> list[str]:
         """The message's parts: stored ones on a resume, else from its content or the LLM,

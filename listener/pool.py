@@ -100,7 +100,10 @@ class Senders:
         self._default_limited: bool | None = None
 
     def pool(self, job: Job) -> list[str]:
-        """The campaign's numbers: its pool, else its instance, else the default one."""
+        """The campaign's numbers: its pool, else its instance, else the default one; a
+        follow-up step goes through the number its sequence went through."""
+        if job.step_instance:
+            return [job.step_instance]
         if job.campaign_instances:
             return list(job.campaign_instances)
         return [job.campaign_instance or self.settings.evolution_instance or "sandbox"]

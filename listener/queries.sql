@@ -29,8 +29,10 @@ WITH due AS (
        SET status = 'processing',
            attempts = m.attempts + 1,
            cap_day = CASE WHEN m.parts_sent > 0 THEN m.cap_day END,  -- a stale cap slot is dropped (migrations: cap slots)
-           -- A number is kept only by a message that may have reached the lead through it.
-           instance = CASE WHEN m.parts_sent > 0 OR m.uncertain_sends > 0 THEN m.instance END,
+           -- A number is kept only by a message that may have reached the lead through it, and
+           -- by a follow-up step (the number its sequence began on: see sender_instance below).
+           instance = CASE WHEN m.parts_sent > 0 OR m.uncertain_sends > 0 OR m.step > 1
+                           THEN m.instance END,
            locked_by = %(worker)s,
            locked_until = now() + %(lease)s,
            started_at = now(),
@@ -38,14 +40,23 @@ WITH due AS (
       FROM due, campaigns c
      WHERE m.id = due.id AND c.id = m.campaign_id
     RETURNING m.id, m.campaign_id, m.lead_id, m.attempts, m.content, m.parts, m.parts_sent,
-              m.scheduled_at, c.prompt AS campaign_prompt, c.model AS campaign_model,
+              m.scheduled_at, m.step, m.previous_id,
+              -- A follow-up step's own prompt, else the campaign's (looked up for steps only).
+              COALESCE(CASE WHEN m.step > 1 THEN (SELECT s.prompt FROM campaign_steps s
+                                                   WHERE s.campaign_id = m.campaign_id
+                                                     AND s.step = m.step) END,
+                       c.prompt) AS campaign_prompt,
+              c.model AS campaign_model,
               c.instance AS campaign_instance, c.status AS campaign_status,
               (c.send_window_start IS NOT NULL OR c.send_days IS NOT NULL
                OR c.daily_cap IS NOT NULL) AS paced,
               c.gap_min_seconds, c.gap_max_seconds,
               c.fallback_models AS campaign_fallbacks, c.budget_usd AS campaign_budget,
               c.spent_usd AS campaign_spent,
-              c.instances AS campaign_instances, m.instance AS sender_instance,
+              c.instances AS campaign_instances,
+              CASE WHEN m.parts_sent > 0 OR m.uncertain_sends > 0 THEN m.instance END
+                  AS sender_instance,
+              CASE WHEN m.step > 1 THEN m.instance END AS step_instance,
               EXISTS (SELECT 1 FROM sender_instances s
                        WHERE s.name = ANY (c.instances) OR s.name = c.instance) AS sender_limits
 ), contexts AS (
@@ -134,9 +145,11 @@ SELECT CASE WHEN l.opted_out THEN 'skipped: the lead opted out' END AS stop
 -- record_parts --
 -- Record accepted parts; the last part of a message completes it as sent in the same write.
 -- Guarded by state, owner and the part number expected, so nothing is recorded twice. The same
--- statement files each part in message_parts (its delivery status, from the webhooks). A part
--- before the last changes no indexed column (updated_at moves with the last), so its update
--- is HOT.
+-- statement files each part in message_parts (its delivery status, from the webhooks) and,
+-- for a message whose campaign has a next step, creates that step's row: due its wait after
+-- this send, same lead, campaign, run and number. Its previous_id is unique, so a record run
+-- again (or by another listener) never creates a second one. A part before the last changes
+-- no indexed column (updated_at moves with the last), so its update is HOT.
 WITH rec AS (
     UPDATE campaign_messages m
        SET parts_sent = v.part_no + 1,
@@ -154,13 +167,23 @@ WITH rec AS (
            AS v(id, part_no, provider_id, final, instance)
      WHERE m.id = v.id AND m.status = 'processing' AND m.locked_by = %(worker)b
        AND m.parts_sent = v.part_no
-    RETURNING m.id, v.part_no, v.provider_id, v.instance
+    RETURNING m.id, v.part_no, v.provider_id, v.instance, v.final, m.campaign_id, m.lead_id,
+              m.run_id, m.step, m.instance AS sent_through
 ), filed AS (
     INSERT INTO message_parts (message_id, part_no, instance, provider_message_id)
     SELECT rec.id, rec.part_no, rec.instance, rec.provider_id
       FROM rec
      WHERE rec.provider_id <> ''
     ON CONFLICT DO NOTHING
+), next_step AS (
+    INSERT INTO campaign_messages (campaign_id, lead_id, run_id, step, previous_id,
+                                   scheduled_at, instance)
+    SELECT rec.campaign_id, rec.lead_id, rec.run_id, s.step, rec.id, now() + s.wait,
+           rec.sent_through
+      FROM rec
+      JOIN campaign_steps s ON s.campaign_id = rec.campaign_id AND s.step = rec.step + 1
+     WHERE rec.final
+    ON CONFLICT (previous_id) WHERE previous_id IS NOT NULL DO NOTHING
 )
 SELECT id FROM rec
 
@@ -199,6 +222,46 @@ WITH finished AS (
      WHERE c.id = s.campaign_id
 )
 SELECT id FROM finished
+
+-- step_check --
+-- A follow-up step about to be written: what says whether it still goes. The sequence began
+-- when its step 1's first part went out (the chain of previous_id leads back to it); a reply
+-- since then stops it. The previous step was delivered when WhatsApp
+-- acknowledged its first part's delivery (or read it). The earlier steps' texts, in order,
+-- are what the LLM follows up on.
+WITH RECURSIVE chain AS (
+    SELECT p.id, p.previous_id, p.step, p.sent_at, COALESCE(p.generated_text, p.content) AS text,
+           1 AS depth
+      FROM campaign_messages p
+     WHERE p.id = %(previous_id)s
+    UNION ALL
+    SELECT p.id, p.previous_id, p.step, p.sent_at, COALESCE(p.generated_text, p.content), c.depth + 1
+      FROM chain c
+      JOIN campaign_messages p ON p.id = c.previous_id
+     WHERE c.depth < 100
+), began AS (
+    SELECT COALESCE((SELECT min(mp.sent_at) FROM message_parts mp WHERE mp.message_id = f.id),
+                    f.sent_at) AS at
+      FROM chain f
+     ORDER BY f.depth DESC
+     LIMIT 1
+)
+SELECT l.id IS NOT NULL AS lead_exists,
+       COALESCE(l.opted_out, false) AS opted_out,
+       l.handoff_at IS NOT NULL AS handed_off,
+       c.stop_on_reply,
+       COALESCE(l.last_reply_at >= (SELECT at FROM began), false) AS replied,
+       false AS unclassified,
+       EXISTS (SELECT 1 FROM message_parts mp
+                WHERE mp.message_id = %(previous_id)s AND mp.part_no = 0
+                  AND mp.status IN ('DELIVERY_ACK', 'READ', 'PLAYED')) AS delivered,
+       (SELECT COALESCE(jsonb_agg(jsonb_build_object('step', h.step, 'sent_at', h.sent_at,
+                                                     'text', h.text) ORDER BY h.depth DESC),
+                        '[]'::jsonb)
+          FROM chain h) AS earlier_steps
+  FROM campaigns c
+  LEFT JOIN leads l ON l.id = %(lead_id)s
+ WHERE c.id = %(campaign_id)s
 
 -- parts_sent --
 -- How many parts of a message are recorded (after a write whose answer was lost).

@@ -131,6 +131,22 @@ class Store:
             jobs.append(job)
         return jobs
 
+    async def step_facts(self, job: Job) -> dict[str, Any]:
+        """What says whether a follow-up step still goes (see sequences.py): its lead's
+        opt-out, hand-off and replies since the sequence began, the previous step's delivery,
+        and the earlier steps' texts."""
+        params = {
+            "previous_id": job.previous_id,
+            "lead_id": job.lead_id,
+            "campaign_id": job.campaign_id,
+        }
+        async with self.pool.connection() as conn:
+            cur = conn.cursor(row_factory=dict_row)
+            await cur.execute(q("step_check"), params)
+            row = await cur.fetchone()
+        assert row is not None  # the campaign of a claimed message exists
+        return row
+
     async def next_due(self) -> datetime | None:
         """When the next future pending row comes due."""
         async with self.pool.connection() as conn:

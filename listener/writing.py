@@ -18,6 +18,7 @@ from listener.calls import ProviderCalls
 from listener.jobs import Job, Usage
 from listener.outcomes import MustWait, budget_wait
 from listener.providers.base import LLM, Reply
+from listener.sequences import STEP_INSTRUCTIONS
 from listener.settings import Settings
 from listener.split import UnsplittableReply, split_messages, split_reply
 from listener.text import clean_text
@@ -177,6 +178,8 @@ class Writer:
         system = (system + "\n\n" if system else "") + FORMAT_INSTRUCTIONS.replace(
             "{max_parts}", str(self.settings.max_parts)
         )
+        if job.step > 1:
+            system += " " + STEP_INSTRUCTIONS.replace("{step}", str(job.step - 1))
         user = json.dumps({"lead": job.context}, ensure_ascii=False, default=str)
         model = job.campaign_model or self.settings.model
         fallbacks = tuple(

@@ -497,15 +497,36 @@ $$;
 CREATE FUNCTION public.listener_pace_start(p_campaign uuid, p_message uuid, p_at timestamp with time zone) RETURNS TABLE(go boolean, wait_until timestamp with time zone, reason text, cap_day date)
     LANGUAGE plpgsql
     AS $$
+BEGIN
+    RETURN QUERY SELECT * FROM listener_pace_start_v2(p_campaign, p_message, p_at, NULL::text[]);
+END
+$$;
+
+--
+-- Name: listener_pace_start_v2(uuid, uuid, timestamp with time zone, text[]); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.listener_pace_start_v2(p_campaign uuid, p_message uuid, p_at timestamp with time zone, p_zones text[]) RETURNS TABLE(go boolean, wait_until timestamp with time zone, reason text, cap_day date)
+    LANGUAGE plpgsql
+    AS $$
 DECLARE
     c campaigns;
+    zones text[];
+    tz text;
     opens timestamptz;
     today date;
     held integer;
 BEGIN
     SELECT * INTO c FROM campaigns WHERE id = p_campaign;
-    opens := listener_window_opens(c.send_window_start, c.send_window_end, c.send_timezone,
-                                   c.send_days, p_at);
+    IF c.send_timezone = 'lead' THEN
+        zones := COALESCE(NULLIF(p_zones, '{}'), ARRAY['America/Sao_Paulo']);
+    ELSE
+        zones := ARRAY[c.send_timezone];
+    END IF;
+    -- The cap's day is read in the first zone (the lead's own, or the first its number names).
+    tz := zones[1];
+    opens := listener_window_opens_all(c.send_window_start, c.send_window_end, zones,
+                                       c.send_days, p_at);
     IF opens IS NULL OR opens > p_at THEN
         RETURN QUERY SELECT false, COALESCE(opens, p_at + interval '1 day'), 'window'::text, NULL::date;
         RETURN;
@@ -516,9 +537,9 @@ BEGIN
     END IF;
     -- The cap's day is the day the current window began: the early hours of a window that
     -- crosses midnight (22:00-02:00) still belong to the evening before.
-    today := (p_at AT TIME ZONE c.send_timezone)::date;
+    today := (p_at AT TIME ZONE tz)::date;
     IF c.send_window_start IS NOT NULL AND c.send_window_end <= c.send_window_start
-       AND (p_at AT TIME ZONE c.send_timezone)::time < c.send_window_end THEN
+       AND (p_at AT TIME ZONE tz)::time < c.send_window_end THEN
         today := today - 1;
     END IF;
     -- Takers of this campaign's slots for today queue here, so two cannot both see room.
@@ -534,9 +555,9 @@ BEGIN
         -- inside this very window), holding nothing.
         UPDATE campaign_messages m SET cap_day = NULL
          WHERE m.id = p_message AND m.cap_day IS NOT NULL;
-        opens := listener_window_opens(
-            c.send_window_start, c.send_window_end, c.send_timezone, c.send_days,
-            ((today + 1) + COALESCE(c.send_window_start, time '00:00')) AT TIME ZONE c.send_timezone);
+        opens := listener_window_opens_all(
+            c.send_window_start, c.send_window_end, zones, c.send_days,
+            ((today + 1) + COALESCE(c.send_window_start, time '00:00')) AT TIME ZONE tz);
         RETURN QUERY SELECT false, COALESCE(opens, p_at + interval '1 day'), 'cap'::text, NULL::date;
         RETURN;
     END IF;
@@ -732,7 +753,11 @@ CREATE TABLE public.campaigns (
     CONSTRAINT campaigns_gap_check CHECK ((((gap_min_seconds IS NULL) = (gap_max_seconds IS NULL)) AND ((gap_min_seconds IS NULL) OR ((gap_min_seconds >= (0)::numeric) AND (gap_max_seconds >= gap_min_seconds))))),
     CONSTRAINT campaigns_instances_must_be_distinct_names CHECK (public.listener_valid_pool(instances)),
     CONSTRAINT campaigns_status_check CHECK ((status = ANY (ARRAY['active'::text, 'paused'::text, 'archived'::text]))),
-    CONSTRAINT campaigns_timezone_check CHECK ((('2000-01-01 00:00:00+00'::timestamp with time zone AT TIME ZONE send_timezone) IS NOT NULL)),
+    CONSTRAINT campaigns_timezone_check CHECK (
+CASE
+    WHEN (send_timezone = 'lead'::text) THEN true
+    ELSE (('2000-01-01 00:00:00+00'::timestamp with time zone AT TIME ZONE send_timezone) IS NOT NULL)
+END),
     CONSTRAINT campaigns_window_check CHECK ((((send_window_start IS NULL) = (send_window_end IS NULL)) AND ((send_window_start IS NULL) OR (send_window_start <> send_window_end))))
 );
 
@@ -905,7 +930,8 @@ $$;
 CREATE FUNCTION public.listener_sender_timezone(p_instance text, p_default text) RETURNS text
     LANGUAGE sql STABLE
     AS $$
-    SELECT CASE WHEN count(DISTINCT c.send_timezone) = 1 THEN min(c.send_timezone)
+    SELECT CASE WHEN count(DISTINCT c.send_timezone) = 1 AND min(c.send_timezone) <> 'lead'
+                THEN min(c.send_timezone)
                 ELSE 'America/Sao_Paulo' END
       FROM campaigns c
      WHERE c.status <> 'archived' AND p_instance = ANY (listener_pool_of(c, p_default))
@@ -1009,6 +1035,29 @@ BEGIN
         END IF;
     END LOOP;
     RETURN NULL;
+END
+$$;
+
+--
+-- Name: listener_window_opens_all(time without time zone, time without time zone, text[], smallint[], timestamp with time zone); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.listener_window_opens_all(p_start time without time zone, p_end time without time zone, p_zones text[], p_days smallint[], p_at timestamp with time zone) RETURNS timestamp with time zone
+    LANGUAGE plpgsql STABLE
+    AS $$
+DECLARE
+    zone text;
+    opens timestamptz;
+    latest timestamptz := p_at;
+BEGIN
+    FOREACH zone IN ARRAY p_zones LOOP
+        opens := listener_window_opens(p_start, p_end, zone, p_days, p_at);
+        IF opens IS NULL THEN
+            RETURN NULL;
+        END IF;
+        latest := GREATEST(latest, opens);
+    END LOOP;
+    RETURN latest;
 END
 $$;
 
@@ -1137,11 +1186,14 @@ CREATE TABLE public.campaign_messages (
     completion_tokens bigint DEFAULT 0 NOT NULL,
     cost_usd numeric(18,10) DEFAULT 0 NOT NULL,
     instance text,
+    step integer DEFAULT 1 NOT NULL,
+    previous_id uuid,
     CONSTRAINT campaign_messages_attempts_check CHECK ((attempts >= 0)),
     CONSTRAINT campaign_messages_lease_check CHECK (((status <> 'processing'::text) OR ((locked_by IS NOT NULL) AND (locked_until IS NOT NULL)))),
     CONSTRAINT campaign_messages_parts_check CHECK (((parts IS NULL) OR (jsonb_typeof(parts) = 'array'::text))),
     CONSTRAINT campaign_messages_parts_sent_check CHECK ((parts_sent >= 0)),
     CONSTRAINT campaign_messages_status_check CHECK ((status = ANY (ARRAY['pending'::text, 'processing'::text, 'sent'::text, 'failed'::text, 'skipped'::text]))),
+    CONSTRAINT campaign_messages_step_check CHECK ((step >= 1)),
     CONSTRAINT campaign_messages_uncertain_sends_check CHECK ((uncertain_sends >= 0))
 )
 WITH (autovacuum_vacuum_scale_factor='0.01', autovacuum_analyze_scale_factor='0.02', autovacuum_vacuum_cost_delay='1', fillfactor='80');
@@ -1213,6 +1265,18 @@ COMMENT ON COLUMN public.campaign_messages.cost_usd IS 'US dollars of every bill
 COMMENT ON COLUMN public.campaign_messages.instance IS 'the sender instance chosen for this message (all its parts go through it); while the message is processing with no part out, it holds a slot of that number''s caps';
 
 --
+-- Name: COLUMN campaign_messages.step; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.campaign_messages.step IS 'the step of the campaign''s sequence this message is (1: the row the back end inserts)';
+
+--
+-- Name: COLUMN campaign_messages.previous_id; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.campaign_messages.previous_id IS 'the message of the step before, whose send created this row (NULL for step 1)';
+
+--
 -- Name: campaign_runs; Type: TABLE; Schema: public; Owner: -
 --
 
@@ -1232,6 +1296,33 @@ CREATE TABLE public.campaign_runs (
 );
 
 --
+-- Name: campaign_steps; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.campaign_steps (
+    campaign_id uuid NOT NULL,
+    step integer NOT NULL,
+    wait interval NOT NULL,
+    prompt text,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    updated_at timestamp with time zone,
+    CONSTRAINT campaign_steps_step_must_be_2_or_more CHECK ((step >= 2)),
+    CONSTRAINT campaign_steps_wait_must_not_be_negative CHECK ((wait >= '00:00:00'::interval))
+);
+
+--
+-- Name: TABLE campaign_steps; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON TABLE public.campaign_steps IS 'follow-up steps of a campaign: step k+1 goes `wait` after step k was sent, unless the lead replied as a person, opted out, was handed off, or step k was not delivered';
+
+--
+-- Name: COLUMN campaign_steps.prompt; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.campaign_steps.prompt IS 'the system prompt of this step; NULL: the campaign''s';
+
+--
 -- Name: delivery_updates_early; Type: TABLE; Schema: public; Owner: -
 --
 
@@ -1242,6 +1333,62 @@ CREATE TABLE public.delivery_updates_early (
     status_at timestamp with time zone NOT NULL,
     received_at timestamp with time zone DEFAULT now() NOT NULL
 );
+
+--
+-- Name: lead_replies; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.lead_replies (
+    id uuid DEFAULT gen_random_uuid() NOT NULL,
+    lead_id uuid NOT NULL,
+    message_id uuid,
+    campaign_id uuid,
+    instance text NOT NULL,
+    phone text NOT NULL,
+    text text NOT NULL,
+    received_at timestamp with time zone NOT NULL,
+    kind text,
+    classified_at timestamp with time zone,
+    model text,
+    prompt_tokens bigint DEFAULT 0 NOT NULL,
+    completion_tokens bigint DEFAULT 0 NOT NULL,
+    cost_usd numeric(18,10) DEFAULT 0 NOT NULL,
+    attempts integer DEFAULT 0 NOT NULL,
+    next_try_at timestamp with time zone DEFAULT now() NOT NULL,
+    last_error text,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT lead_replies_kind_check CHECK ((kind = ANY (ARRAY['interested'::text, 'question'::text, 'not_now'::text, 'not_interested'::text, 'opt_out'::text, 'auto_reply'::text, 'wrong_person'::text, 'other'::text])))
+);
+
+--
+-- Name: TABLE lead_replies; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON TABLE public.lead_replies IS 'what leads wrote back, and what it means (kind; NULL until classified)';
+
+--
+-- Name: COLUMN lead_replies.message_id; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.lead_replies.message_id IS 'the message it answers: the lead''s last message sent before it came';
+
+--
+-- Name: COLUMN lead_replies.instance; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.lead_replies.instance IS 'the number (sender instance) it was written to';
+
+--
+-- Name: COLUMN lead_replies.phone; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.lead_replies.phone IS 'the digits of the number it came from';
+
+--
+-- Name: COLUMN lead_replies.model; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.lead_replies.model IS 'the model that classified it; NULL for the free filters (opt-out words, the sandbox rules)';
 
 --
 -- Name: leads; Type: TABLE; Schema: public; Owner: -
@@ -1260,8 +1407,23 @@ CREATE TABLE public.leads (
     created_at timestamp with time zone DEFAULT now() NOT NULL,
     updated_at timestamp with time zone,
     last_reply_at timestamp with time zone,
-    opted_out_at timestamp with time zone
+    opted_out_at timestamp with time zone,
+    handoff_at timestamp with time zone,
+    timezone text,
+    CONSTRAINT leads_timezone_check CHECK (((timezone IS NULL) OR (('2000-01-01 00:00:00+00'::timestamp with time zone AT TIME ZONE timezone) IS NOT NULL)))
 );
+
+--
+-- Name: COLUMN leads.handoff_at; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.leads.handoff_at IS 'when a reply (interested, a question) handed the lead to a person: nothing more is sent to it automatically; NOTIFY listener_handoff said so';
+
+--
+-- Name: COLUMN leads.timezone; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.leads.timezone IS 'the lead''s IANA time zone, for campaigns whose send_timezone is ''lead''; NULL: told from the phone number';
 
 --
 -- Name: listener_campaign_days; Type: TABLE; Schema: public; Owner: -
@@ -1458,6 +1620,7 @@ CREATE TABLE public.webhook_inbox (
     opt_out boolean,
     at timestamp with time zone NOT NULL,
     received_at timestamp with time zone DEFAULT now() NOT NULL,
+    text text,
     CONSTRAINT webhook_inbox_kind_check CHECK ((kind = ANY (ARRAY['status'::text, 'reply'::text])))
 );
 
@@ -1501,6 +1664,13 @@ ALTER TABLE ONLY public.campaign_runs
     ADD CONSTRAINT campaign_runs_pkey PRIMARY KEY (id);
 
 --
+-- Name: campaign_steps campaign_steps_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.campaign_steps
+    ADD CONSTRAINT campaign_steps_pkey PRIMARY KEY (campaign_id, step);
+
+--
 -- Name: campaigns campaigns_pkey; Type: CONSTRAINT; Schema: public; Owner: -
 --
 
@@ -1513,6 +1683,13 @@ ALTER TABLE ONLY public.campaigns
 
 ALTER TABLE ONLY public.delivery_updates_early
     ADD CONSTRAINT delivery_updates_early_pkey PRIMARY KEY (instance, provider_message_id);
+
+--
+-- Name: lead_replies lead_replies_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.lead_replies
+    ADD CONSTRAINT lead_replies_pkey PRIMARY KEY (id);
 
 --
 -- Name: leads leads_pkey; Type: CONSTRAINT; Schema: public; Owner: -
@@ -1639,6 +1816,12 @@ CREATE INDEX idx_campaign_messages_lead_pending ON public.campaign_messages USIN
 CREATE INDEX idx_campaign_messages_lease ON public.campaign_messages USING btree (locked_until) WHERE (status = 'processing'::text);
 
 --
+-- Name: idx_campaign_messages_one_step_after_each; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE UNIQUE INDEX idx_campaign_messages_one_step_after_each ON public.campaign_messages USING btree (previous_id) WHERE (previous_id IS NOT NULL);
+
+--
 -- Name: idx_campaign_messages_open_due; Type: INDEX; Schema: public; Owner: -
 --
 
@@ -1673,6 +1856,30 @@ CREATE INDEX idx_campaign_messages_sent_campaign ON public.campaign_messages USI
 --
 
 CREATE INDEX idx_campaign_runs_campaign ON public.campaign_runs USING btree (campaign_id, started_at DESC);
+
+--
+-- Name: idx_lead_replies_campaign; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX idx_lead_replies_campaign ON public.lead_replies USING btree (campaign_id, received_at);
+
+--
+-- Name: idx_lead_replies_lead; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX idx_lead_replies_lead ON public.lead_replies USING btree (lead_id, received_at);
+
+--
+-- Name: idx_lead_replies_received; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX idx_lead_replies_received ON public.lead_replies USING btree (received_at);
+
+--
+-- Name: idx_lead_replies_unclassified; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX idx_lead_replies_unclassified ON public.lead_replies USING btree (next_try_at) WHERE (kind IS NULL);
 
 --
 -- Name: idx_leads_phone; Type: INDEX; Schema: public; Owner: -
@@ -1766,6 +1973,13 @@ ALTER TABLE ONLY public.campaign_messages
 
 ALTER TABLE ONLY public.campaign_runs
     ADD CONSTRAINT campaign_runs_campaign_id_fkey FOREIGN KEY (campaign_id) REFERENCES public.campaigns(id) ON DELETE CASCADE;
+
+--
+-- Name: campaign_steps campaign_steps_campaign_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.campaign_steps
+    ADD CONSTRAINT campaign_steps_campaign_id_fkey FOREIGN KEY (campaign_id) REFERENCES public.campaigns(id) ON DELETE CASCADE;
 
 --
 -- Name: listener_campaign_days listener_campaign_days_campaign_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: -

@@ -188,8 +188,11 @@ class FakeProviders:
         self.replies = list(replies)
 
     def llm_text(self, body: dict[str, Any]) -> str:
-        name = _lead(body).get("name")
-        parts = [f"Olá {name}, parte {i + 1}." for i in range(self.reply_parts)]
+        lead = _lead(body)
+        name, step = lead.get("name"), lead.get("step")
+        # A follow-up step's parts are told apart from step 1's: "parte 2.1.", "parte 2.2."
+        label = f"{step}." if step else ""
+        parts = [f"Olá {name}, parte {label}{i + 1}." for i in range(self.reply_parts)]
         return json.dumps({"messages": parts}, ensure_ascii=False)
 
     def _draw(self, bounds: tuple[float, float], key: str) -> float:

@@ -122,6 +122,42 @@ async def test_kill_9_mid_batch_then_a_new_listener_sends_everything_once(
     assert stored_once.fetchone() == (20,)
 
 
+async def test_kill_9_while_steps_are_created_creates_each_step_once(db_url: str, db: Conn) -> None:
+    """A campaign with a follow-up step due at once: a listener killed mid-batch (some
+    messages at their last part, whose record creates the next step) leaves no lead without
+    its step 2 and none with two; every part arrives, at most one repeated per message."""
+    campaign = make_campaign(db)
+    db.execute(
+        "INSERT INTO campaign_steps (campaign_id, step, wait) VALUES (%s, 2, '0 seconds')",
+        (campaign,),
+    )
+    leads = make_leads(db, 20)
+    async with serve_fakes() as fakes:
+        fakes.reply_parts = 3
+        fakes.send_delay = 0.1
+        env = listener_env(db_url, fakes)
+        first = await start(env)
+        enqueue(db, campaign, leads)
+        await await_until(lambda: len(fakes.accepted()) >= 14, timeout=30)
+        first.kill()  # SIGKILL: no drain, no hand-back
+        await first.wait()
+        second = await start(env)
+        try:
+            await await_until(lambda: statuses(db).get("sent") == 40, timeout=60)
+        finally:
+            second.send_signal(signal.SIGTERM)
+            assert await asyncio.wait_for(second.wait(), 30) == 0
+    assert statuses(db) == {"sent": 40}
+    steps = db.execute(
+        "SELECT lead_id, array_agg(step ORDER BY step) FROM campaign_messages GROUP BY lead_id"
+    ).fetchall()
+    assert len(steps) == 20 and all(s == [1, 2] for _, s in steps)
+    for parts in parts_per_number(fakes).values():
+        deduped = [p for i, p in enumerate(parts) if i == 0 or parts[i - 1] != p]
+        assert deduped == ["1.", "2.", "3.", "2.1.", "2.2.", "2.3."], parts
+        assert sum(n - 1 for n in Counter(parts).values()) <= 1
+
+
 async def test_sigterm_finishes_in_flight_hands_back_the_rest_and_exits_0(
     db_url: str, db: Conn
 ) -> None:

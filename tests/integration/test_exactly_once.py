@@ -163,6 +163,33 @@ async def test_a_stop_during_a_send_records_that_part_and_stops_before_the_next(
     assert one(db, "SELECT attempts FROM campaign_messages WHERE id = %s", message)[0] == 1
 
 
+async def test_a_stop_during_the_last_send_records_it_and_creates_the_next_step_once(
+    db_url: str, db: Conn
+) -> None:
+    """The grace ends while the last part is in the air (its record creates step 2): the part
+    is recorded with its step, and the next listener sends step 2 once, and nothing twice."""
+    campaign = make_campaign(db)
+    db.execute(
+        "INSERT INTO campaign_steps (campaign_id, step, wait) VALUES (%s, 2, '0 seconds')",
+        (campaign,),
+    )
+    enqueue(db, campaign, make_leads(db, 1))
+    async with serve_fakes() as fakes:
+        fakes.send_delay = 1.0
+        async with running(db_url, shutdown_grace="100ms", **http_settings(fakes)) as daemon:
+            await await_until(lambda: one(db, "SELECT parts IS NOT NULL FROM campaign_messages")[0])
+            await asyncio.sleep(0.1)  # the only part is in the air (the send takes 1 s)
+            daemon.request_stop()
+        assert db.execute(
+            "SELECT step, status FROM campaign_messages ORDER BY step"
+        ).fetchall() == [(1, "sent"), (2, "pending")]
+        fakes.send_delay = 0.0
+        async with running(db_url, **http_settings(fakes)):
+            await await_until(lambda: statuses(db) == {"sent": 2}, timeout=15)
+    [parts] = parts_by_number(fakes).values()
+    assert parts == ["Olá Lead 1, parte 1.", "Olá Lead 1, parte 2.1."]
+
+
 # --------------------------------------------------------------------------------------------
 # 3. A message that has begun is finished
 # --------------------------------------------------------------------------------------------
@@ -244,6 +271,43 @@ async def test_a_dropped_connection_between_the_answer_and_the_record_repeats_no
     assert no_repeats(fakes)
     assert sum(len(p) for p in parts_by_number(fakes).values()) == 10
     assert one(db, "SELECT max(attempts) FROM campaign_messages")[0] == 1
+
+
+async def test_a_dropped_connection_as_the_last_part_is_recorded_creates_one_next_step(
+    db_url: str, db: Conn
+) -> None:
+    """Connections cut right as the provider accepts a message's last part (whose record
+    creates its next step): the record is run again once the database answers, and every lead
+    has exactly one step 2, sent once."""
+    campaign = make_campaign(db)
+    db.execute(
+        "INSERT INTO campaign_steps (campaign_id, step, wait) VALUES (%s, 2, '0 seconds')",
+        (campaign,),
+    )
+    enqueue(db, campaign, make_leads(db, 5))
+    cuts = 0
+
+    def cut(_: dict[str, Any]) -> None:
+        nonlocal cuts
+        if cuts < 3:
+            cuts += 1
+            db.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                " AND starts_with(application_name, 'listener')"
+            )
+
+    async with serve_fakes() as fakes:
+        fakes.on_accept = cut
+        async with running(db_url, lease="20s", **http_settings(fakes)):
+            await await_until(lambda: statuses(db) == {"sent": 10}, timeout=30)
+    assert cuts == 3
+    assert no_repeats(fakes)
+    assert sum(len(p) for p in parts_by_number(fakes).values()) == 10
+    per_lead = db.execute(
+        "SELECT count(*) FILTER (WHERE step = 2) FROM campaign_messages GROUP BY lead_id"
+    ).fetchall()
+    assert per_lead == [(1,)] * 5
 
 
 def test_the_rescue_gives_back_the_attempt_of_a_live_owner_only(db_url: str, db: Conn) -> None:

@@ -1,0 +1,205 @@
+"""Sequences: follow-up steps sent to a silent lead, each its wait after the one
+before, and stopped, with the reason, for a lead who replied, opted out, was handed off or
+never received the step before."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+from uuid import UUID
+
+import psycopg
+import pytest
+
+from tests.daemon_harness import running
+from tests.fakes import http_settings, serve_fakes
+from tests.helpers import await_until, enqueue, make_campaign, make_leads, make_run
+from tests.integration.test_webhooks import free_port
+
+Conn = psycopg.Connection[Any]
+
+
+def add_steps(db: Conn, campaign: UUID, *waits: str, prompt: str | None = None) -> None:
+    """Steps 2, 3, ... of `campaign`, each `wait` after the one before."""
+    for step, wait in enumerate(waits, start=2):
+        db.execute(
+            "INSERT INTO campaign_steps (campaign_id, step, wait, prompt) VALUES (%s, %s, %s, %s)",
+            (campaign, step, wait, prompt),
+        )
+
+
+def rows(db: Conn) -> list[tuple[Any, ...]]:
+    """Every message: (lead, step, status, last_error, sent_at, run, instance, previous)."""
+    return db.execute(
+        "SELECT lead_id, step, status, last_error, sent_at, run_id, instance, previous_id"
+        " FROM campaign_messages ORDER BY lead_id, step"
+    ).fetchall()
+
+
+def finished(db: Conn, expected: int) -> bool:
+    row = db.execute(
+        "SELECT count(*) FILTER (WHERE status IN ('sent', 'failed', 'skipped')), count(*)"
+        " FROM campaign_messages"
+    ).fetchone()
+    assert row is not None
+    return bool(row[0] == row[1] == expected)
+
+
+async def test_a_silent_lead_gets_every_step_each_its_wait_after_the_one_before(
+    db_url: str, db: Conn
+) -> None:
+    campaign = make_campaign(db, instance="numero-a")
+    add_steps(db, campaign, "1 second", "2 seconds", prompt="Follow up.")
+    run = make_run(db, campaign)
+    [lead] = make_leads(db, 1)
+    async with serve_fakes() as fakes:
+        enqueue(db, campaign, [lead], run_id=run)
+        async with running(db_url, **http_settings(fakes)):
+            await await_until(lambda: finished(db, 3), timeout=30)
+    got = rows(db)
+    assert [(r[1], r[2]) for r in got] == [(1, "sent"), (2, "sent"), (3, "sent")]
+    assert {r[5] for r in got} == {run}  # same run
+    assert {r[6] for r in got} == {"numero-a"}  # same number
+    assert got[1][7] is not None and got[2][7] is not None
+    # Each step at least its wait after the one before (the rows say so; no timing here).
+    assert got[1][4] - got[0][4] >= timedelta(seconds=1)
+    assert got[2][4] - got[1][4] >= timedelta(seconds=2)
+    # The run counts the steps it grew.
+    assert db.execute("SELECT total_count, sent_count FROM campaign_runs").fetchone() == (3, 3)
+    # The LLM wrote steps 2 and 3 knowing the earlier steps, with the step's own prompt.
+    requests = [
+        {m["role"]: m["content"] for m in r["body"]["messages"]} for r in fakes.llm_requests
+    ]
+    assert len(requests) == 3
+    first_texts = [r["user"] for r in requests]
+    assert "earlier_steps" not in first_texts[0]
+    step1_text = db.execute(
+        "SELECT generated_text FROM campaign_messages WHERE step = 1"
+    ).fetchone()
+    assert step1_text is not None and step1_text[0]
+    assert "earlier_steps" in first_texts[1]
+    assert "Follow up." in requests[1]["system"] and "follow-up number 1" in requests[1]["system"]
+    assert "Be brief." in requests[0]["system"]
+    assert "follow-up number 2" in requests[2]["system"]
+
+
+async def test_the_step_is_created_once_when_its_record_runs_again(db_url: str, db: Conn) -> None:
+    """A second step row for the same previous message is refused by the database."""
+    campaign = make_campaign(db)
+    add_steps(db, campaign, "1 hour")
+    [lead] = make_leads(db, 1)
+    async with running(db_url):
+        enqueue(db, campaign, [lead])
+        await await_until(
+            lambda: db.execute("SELECT count(*) FROM campaign_messages").fetchone() == (2,)
+        )
+    [_first, second] = rows(db)
+    assert second[1] == 2 and second[2] == "pending" and second[7] is not None
+    with pytest.raises(psycopg.errors.UniqueViolation):
+        db.execute(
+            "INSERT INTO campaign_messages (campaign_id, lead_id, step, previous_id)"
+            " VALUES (%s, %s, 2, %s)",
+            (campaign, lead, second[7]),
+        )
+
+
+async def test_a_step_is_skipped_for_a_lead_who_replied_opted_out_or_was_handed_off(
+    db_url: str, db: Conn
+) -> None:
+    """Step 2 waits an hour; each lead's state changes after step 1 went out, then step 2 is
+    made due (no clock raced: the row is moved)."""
+    campaign = make_campaign(db)
+    add_steps(db, campaign, "1 hour")
+    leads = make_leads(db, 4)
+    replied, opted, handed, silent = leads
+    async with running(db_url):
+        enqueue(db, campaign, leads)
+        await await_until(
+            lambda: (
+                db.execute(
+                    "SELECT count(*) FROM campaign_messages WHERE step = 2 AND status = 'pending'"
+                    " AND scheduled_at > now() + interval '50 minutes'"
+                ).fetchone()
+                == (4,)
+            )
+        )
+    db.execute("UPDATE leads SET last_reply_at = now() WHERE id = %s", (replied,))
+    db.execute("UPDATE leads SET opted_out = true WHERE id = %s", (opted,))
+    db.execute("UPDATE leads SET handoff_at = now() WHERE id = %s", (handed,))
+    db.execute("UPDATE campaign_messages SET scheduled_at = now() WHERE step = 2")
+    async with running(db_url):
+        await await_until(lambda: finished(db, 8))
+    step2 = {r[0]: (r[2], r[3]) for r in rows(db) if r[1] == 2}
+    assert step2[replied] == ("skipped", "skipped: the lead replied")
+    assert step2[opted] == ("skipped", "skipped: the lead opted out")
+    assert step2[handed] == ("skipped", "skipped: the lead was handed off")
+    assert step2[silent] == ("sent", None)
+
+
+async def test_a_reply_before_the_step_was_due_skips_it_unless_the_campaign_goes_on(
+    db_url: str, db: Conn
+) -> None:
+    stopping = make_campaign(db)
+    going = make_campaign(db, stop_on_reply=False)
+    for campaign in (stopping, going):
+        add_steps(db, campaign, "0 seconds")
+    [lead] = make_leads(db, 1)
+    db.execute(
+        "INSERT INTO campaign_messages (campaign_id, lead_id, status, sent_at, generated_text)"
+        " VALUES (%s, %s, 'sent', now() - interval '1 minute', 'Oi'),"
+        "        (%s, %s, 'sent', now() - interval '1 minute', 'Oi')",
+        (stopping, lead, going, lead),
+    )
+    firsts = dict(db.execute("SELECT campaign_id, id FROM campaign_messages").fetchall())
+    db.execute("UPDATE leads SET last_reply_at = now()")
+    for campaign, first in firsts.items():
+        db.execute(
+            "INSERT INTO campaign_messages (campaign_id, lead_id, step, previous_id)"
+            " VALUES (%s, %s, 2, %s)",
+            (campaign, lead, first),
+        )
+    async with running(db_url):
+        await await_until(lambda: finished(db, 4))
+    got = dict(
+        db.execute(
+            "SELECT campaign_id, status || ' ' || COALESCE(last_error, '') FROM campaign_messages"
+            " WHERE step = 2"
+        ).fetchall()
+    )
+    assert got[stopping] == "skipped skipped: the lead replied"
+    assert got[going].startswith("sent")
+
+
+async def test_a_step_after_an_undelivered_one_is_skipped_when_feedback_is_on(
+    db_url: str, db: Conn
+) -> None:
+    """With delivery feedback on, step 2 goes only when step 1's first part was delivered."""
+    campaign = make_campaign(db)
+    add_steps(db, campaign, "0 seconds")
+    delivered, undelivered = make_leads(db, 2)
+    for lead, status in ((delivered, "DELIVERY_ACK"), (undelivered, "SERVER_ACK")):
+        row = db.execute(
+            "INSERT INTO campaign_messages (campaign_id, lead_id, status, sent_at, parts,"
+            " parts_sent, generated_text) VALUES (%s, %s, 'sent', now(), '[\"Oi\"]', 1, 'Oi')"
+            " RETURNING id",
+            (campaign, lead),
+        ).fetchone()
+        assert row is not None
+        db.execute(
+            "INSERT INTO message_parts (message_id, part_no, instance, provider_message_id,"
+            " status) VALUES (%s, 0, 'sandbox', %s, %s)",
+            (row[0], f"EVO{lead.hex[:8]}", status),
+        )
+        db.execute(
+            "INSERT INTO campaign_messages (campaign_id, lead_id, step, previous_id, instance)"
+            " VALUES (%s, %s, 2, %s, 'sandbox')",
+            (campaign, lead, row[0]),
+        )
+    port = free_port()
+    async with running(
+        db_url, webhook_secret="s3cret", webhook_host="127.0.0.1", webhook_port=port
+    ):
+        await await_until(lambda: finished(db, 4))
+    got = {r[0]: (r[2], r[3]) for r in rows(db) if r[1] == 2}
+    assert got[undelivered] == ("skipped", "skipped: the previous step was not delivered")
+    assert got[delivered] == ("sent", None)
