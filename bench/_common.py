@@ -33,7 +33,7 @@ from listener.daemon import Daemon  # noqa: E402
 from listener.migrate import migrate  # noqa: E402
 from listener.providers.base import LLM, Sender  # noqa: E402
 from listener.settings import Settings, load_settings  # noqa: E402
-from tests.fakes import http_settings  # noqa: E402
+from listener.testing import http_settings  # noqa: E402
 
 DEFAULT_URL = os.environ.get("BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 RESULTS = ROOT / "bench" / "results"
@@ -354,8 +354,8 @@ def cpu_line(cpu: dict[str, float]) -> str:
 
 
 class FakeServer:
-    """The fake OpenRouter + Evolution server of the tests (`tests/fakes.py`) in its own
-    process, `python -m tests.fakes ARGS`, so it never shares the listener's event loop."""
+    """The fake OpenRouter + Evolution server of the tests (`listener/testing`) in its own
+    process, `python -m listener.testing ARGS`, so it never shares the listener's event loop."""
 
     def __init__(self, *args: str) -> None:
         self.args = list(args)
@@ -364,7 +364,7 @@ class FakeServer:
 
     def __enter__(self) -> FakeServer:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.fakes", *self.args],
+            [sys.executable, "-m", "listener.testing", *self.args],
             stdout=subprocess.PIPE,
             text=True,
             cwd=ROOT,

@@ -1,6 +1,6 @@
 """Sliding-window efficiency with slow providers, against lock-step chunks of 5.
 
-The fake OpenRouter (`tests/fakes.py`, its own process) answers each chat completion
+The fake OpenRouter (`listener/testing`, its own process) answers each chat completion
 after a latency drawn uniformly from 200-600 ms; the fake Evolution API answers at once (the
 choice made here: the LLM is the slow provider in practice, and one latency per message keeps
 the limit well defined). The latency is seeded by the lead's id, so every message has the same

@@ -1,6 +1,6 @@
 """Throughput through the real HTTP providers against fake servers that answer at once.
 
-`tests/fakes.py` (aiohttp, its own process, 127.0.0.1) plays OpenRouter and
+`listener/testing` (aiohttp, its own process, 127.0.0.1) plays OpenRouter and
 Evolution API; the real `OpenRouterLLM` and `EvolutionSender` talk to it over loopback, from the
 real `listener.daemon.Daemon` run in this process. Every message costs one chat completion and
 one sendText (one part), and the same database work as the queue benchmark. For each

@@ -1,7 +1,7 @@
 """Pickup latency: from an insert's commit to the LLM request arriving at the fake OpenRouter.
 
 The real `listener.daemon.Daemon` runs in this process with the real HTTP providers; the fake
-OpenRouter/Evolution (`tests/fakes.py`) runs in its own process and stamps the arrival
+OpenRouter/Evolution (`listener/testing`) runs in its own process and stamps the arrival
 of every chat completion for a "Probe" lead with CLOCK_MONOTONIC. The probes are inserted by
 another process of this script (`--role inserter`, so the inserts never wait on this process's
 GIL or event loop): one autocommit INSERT of one due row at a time, spaced `--spacing` apart

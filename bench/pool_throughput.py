@@ -3,7 +3,7 @@
 number (never under `gap_min_seconds`).
 
 Two real `listener.daemon.Daemon`s (two listeners, sharing the work through the database) run
-in this process against the fake providers (`tests/fakes.py`, its own process, loopback), which
+in this process against the fake providers (`listener/testing`, its own process, loopback), which
 answer the LLM and sendText at once and record when each sendText arrived, per instance. A campaign
 with a pool of N numbers and a random gap of 0.2-0.4 s (mean g = 0.3 s) gets a backlog large
 enough for the whole run; the messages need the LLM, so each one takes the whole path (the

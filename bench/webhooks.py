@@ -46,7 +46,7 @@ from listener.db import make_pool
 from listener.feedback import sign_jwt
 from listener.providers.base import SentPart
 from listener.providers.sandbox import SandboxSender
-from tests.fakes import reply_data, sent_data, status_data, webhook_body
+from listener.testing import reply_data, sent_data, status_data, webhook_body
 
 SECRET = "bench-webhook-secret"
 TARGET_P99_MS = 100.0

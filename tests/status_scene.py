@@ -11,7 +11,7 @@ from uuid import UUID
 
 import psycopg
 
-from tests.fakes import FakeProviders, http_settings
+from listener.testing import FakeProviders, http_settings
 from tests.helpers import make_campaign, make_leads, make_run
 
 #: User input that must come out as text, never as markup.

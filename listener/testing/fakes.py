@@ -1,49 +1,23 @@
-"""The fake providers of the tests and the benchmarks, the one fake: an OpenRouter and an
-Evolution API on one real HTTP server on 127.0.0.1 (aiohttp) that records every request and
-answers from a script (status, body, headers, latency), and posts Evolution's webhooks.
-
-In a test, in the test's event loop: `async with serve_fakes() as fakes:`, then point the
-listener at it with `http_settings(fakes)`. Script answers per endpoint with `llm_script` /
-`send_script` (consumed in order, then the default success answers), or every request whatever
-its path with `script(...)` (the last answer repeats; the provider tests); `seen` lists every
-request as it came.
-
-The benchmarks run it as its own process (`bench/_common.py`'s `FakeServer`), so that it never
-shares the listener's event loop:
-
-    python -m tests.fakes [--llm-latency 200,600] [--send-latency 0,0] [--seed 1]
-                          [--record-prefix Probe] [--record-sends] [--port 0]
-
-It prints its base URL on the first line of stdout, then serves until terminated. Latency is
-drawn uniformly from the given range in ms, from a generator seeded by the lead's id (the LLM)
-or the number and text (the sender), so two runs over the same leads see the same latency per
-message whatever order the requests arrive in. `GET /stats` returns the request counts, the
-delays applied, and for leads whose name starts with `--record-prefix` the CLOCK_MONOTONIC time
-(ns, comparable across processes on Linux) at which their LLM request arrived. `POST /reset`
-clears them. With `--record-sends`, `/stats` also has `send_times`: per instance, the
-CLOCK_MONOTONIC time (ns) each sendText arrived.
-"""
+"""The fake OpenRouter + Evolution API server (see the package's docstring)."""
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import contextlib
 import json
 import random
 import socket
-import sys
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
 from aiohttp import web
 
 from listener.feedback import sign_jwt
+from listener.testing.replies import Reply, Seen, completion, write_reply
+from listener.testing.webhook_data import sent_data, webhook_body
 
 # What the recording middleware keeps on each request for the handlers: when it arrived
 # (CLOCK_MONOTONIC ns) and its body, parsed once.
@@ -52,54 +26,8 @@ _BODY: web.RequestKey[Any] = web.RequestKey("body")
 
 
 @dataclass
-class Reply:
-    """One scripted answer: `body` as JSON, or `text`, or `raw` bytes sent as they are (as
-    JSON, invalid UTF-8 and all), after `delay` seconds. With `trickle`, the headers go out,
-    then one byte of whitespace every `trickle` seconds, forever. In `llm_script` /
-    `send_script`, an answer that gives none of these and a status under 300 is the endpoint's
-    default success, after `delay`."""
-
-    status: int = 200
-    body: Any = None
-    headers: dict[str, str] = field(default_factory=dict)
-    delay: float = 0.0
-    text: str | None = None
-    raw: bytes | None = None
-    trickle: float = 0.0
-
-    def given(self) -> bool:
-        """Whether it says what to answer (else the endpoint answers its default success)."""
-        return (
-            self.body is not None
-            or self.text is not None
-            or self.raw is not None
-            or self.trickle > 0
-            or self.status >= 300
-        )
-
-
-@dataclass
-class Seen:
-    """One request the fake server received."""
-
-    method: str
-    path: str
-    raw_path: str
-    headers: dict[str, str]
-    body: Any
-
-
-def completion(content: str | None, **choice: Any) -> dict[str, Any]:
-    """An OpenRouter chat completion body with one choice (`choice` adds to it)."""
-    return {
-        "id": "gen-1",
-        "choices": [{"message": {"role": "assistant", "content": content}, **choice}],
-    }
-
-
-@dataclass
 class FakeProviders:
-    """Both providers on one server (see the module's docstring)."""
+    """Both providers on one server (see the package's docstring)."""
 
     url: str = ""
     # Every request as it came, whatever its path; the LLM requests (body and headers); the
@@ -219,7 +147,7 @@ class FakeProviders:
         reply = self.replies.pop(0) if len(self.replies) > 1 else self.replies[0]
         if reply.delay:
             await asyncio.sleep(reply.delay)
-        return await _answer(request, reply)
+        return await write_reply(request, reply)
 
     async def _fault(self, request: web.Request, endpoint: str) -> web.Response | None:
         kind = self.chaos(endpoint) if self.chaos is not None else None
@@ -267,7 +195,7 @@ class FakeProviders:
         if self.llm_release is not None:
             await self.llm_release.wait()
         if reply is not None and reply.given():
-            return await _answer(request, reply)
+            return await write_reply(request, reply)
         usage = None
         if (body.get("usage") or {}).get("include"):
             usage = dict(self.llm_usage)
@@ -303,7 +231,7 @@ class FakeProviders:
                 self.sends.append(
                     {"instance": instance, **body, "accepted": False, "at": time.monotonic()}
                 )
-            return await _answer(request, reply)
+            return await write_reply(request, reply)
         self._counter += 1
         message_id = f"EVO{self._counter:08d}"
         accepted = {
@@ -472,163 +400,3 @@ def _lead(body: dict[str, Any]) -> dict[str, Any]:
     except (KeyError, IndexError, TypeError, ValueError, AttributeError):
         return {}
     return lead if isinstance(lead, dict) else {}
-
-
-async def _answer(request: web.Request, reply: Reply) -> web.StreamResponse:
-    if reply.trickle:
-        return await _trickle(request, reply)
-    if reply.raw is not None:
-        return web.Response(
-            status=reply.status,
-            body=reply.raw,
-            headers={"Content-Type": "application/json", **reply.headers},
-        )
-    if reply.text is not None:
-        return web.Response(status=reply.status, text=reply.text, headers=reply.headers)
-    body = reply.body if reply.body is not None else {}
-    return web.json_response(body, status=reply.status, headers=reply.headers)
-
-
-async def _trickle(request: web.Request, reply: Reply) -> web.StreamResponse:
-    """Headers at once, then a byte now and then: every gap is shorter than a read timeout,
-    the whole answer never ends. Stops when the client hangs up."""
-    response = web.StreamResponse(status=reply.status, headers=reply.headers)
-    response.content_type = "application/json"
-    await response.prepare(request)
-    while True:
-        await response.write(b" ")
-        await asyncio.sleep(reply.trickle)
-
-
-def webhook_body(event: str, data: Any, *, instance: str = "main") -> dict[str, Any]:
-    """A webhook body as Evolution 2.3 posts it."""
-    return {
-        "event": event,
-        "instance": instance,
-        "data": data,
-        "destination": "http://listener/webhooks/evolution",
-        "date_time": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
-        "sender": "5511900000000@s.whatsapp.net",
-        "server_url": "http://evolution:8080",
-        "apikey": "INSTANCE-TOKEN",
-    }
-
-
-def status_data(key_id: str, status: str, number: str = "5511900000001") -> dict[str, Any]:
-    """`messages.update` data: the part's id, the chat (maybe @lid) and its new status."""
-    return {
-        "messageId": "cm" + key_id.lower(),
-        "keyId": key_id,
-        "remoteJid": f"{number}@s.whatsapp.net",
-        "fromMe": True,
-        "participant": None,
-        "status": status,
-        "instanceId": "0b1c2d3e",
-    }
-
-
-def reply_data(
-    number: str, text: str, *, lid: bool = False, key_id: str = "3EB0REPLY"
-) -> dict[str, Any]:
-    """`messages.upsert` data of a lead writing to us (`@lid` chats carry the number in
-    `remoteJidAlt`)."""
-    key: dict[str, Any] = {"remoteJid": f"{number}@s.whatsapp.net", "fromMe": False, "id": key_id}
-    if lid:
-        key = {
-            "remoteJid": "123456789012345@lid",
-            "remoteJidAlt": f"{number}@s.whatsapp.net",
-            "fromMe": False,
-            "id": key_id,
-        }
-    return {
-        "key": key,
-        "pushName": "Lead",
-        "status": "DELIVERY_ACK",
-        "message": {"conversation": text},
-        "messageType": "conversation",
-        "messageTimestamp": int(time.time()),
-        "instanceId": "0b1c2d3e",
-        "source": "android",
-    }
-
-
-def sent_data(key_id: str, number: str, text: str) -> dict[str, Any]:
-    """`send.message` data: what sendText answered."""
-    return {
-        "key": {"remoteJid": f"{number}@s.whatsapp.net", "fromMe": True, "id": key_id},
-        "pushName": "",
-        "status": "PENDING",
-        "message": {"conversation": text},
-        "messageType": "conversation",
-        "messageTimestamp": int(time.time()),
-        "instanceId": "0b1c2d3e",
-    }
-
-
-def connection_data(instance: str, state: str, reason: int) -> dict[str, Any]:
-    """`connection.update` data."""
-    return {"instance": instance, "state": state, "statusReason": reason}
-
-
-@contextlib.asynccontextmanager
-async def serve_fakes(**options: Any) -> AsyncIterator[FakeProviders]:
-    """The fakes (`options`: FakeProviders' fields) served on 127.0.0.1 in this event loop."""
-    fakes = FakeProviders(**options)
-    runner = await fakes.start()
-    try:
-        yield fakes
-    finally:
-        await runner.cleanup()
-
-
-def http_settings(fakes: FakeProviders | str) -> dict[str, Any]:
-    """Settings overrides that point both real HTTP providers at the fakes (or that URL)."""
-    url = fakes if isinstance(fakes, str) else fakes.url
-    return {
-        "llm": "openrouter",
-        "sender": "evolution",
-        "openrouter_api_key": "sk-test-secret",
-        "openrouter_base_url": url,
-        "evolution_api_url": url,
-        "evolution_api_key": "evo-test-secret",
-        "evolution_instance": "main",
-    }
-
-
-def _ms_range(text: str) -> tuple[float, float] | None:
-    """`min,max` (or one value) in ms, as seconds; None when it is all zero."""
-    low, _, high = text.partition(",")
-    bounds = (float(low) / 1000, float(high or low) / 1000)
-    return bounds if bounds[1] > 0 else None
-
-
-async def _serve_forever(fakes: FakeProviders, port: int) -> None:
-    await fakes.start(port)
-    sys.stdout.write(fakes.url + "\n")
-    sys.stdout.flush()
-    await asyncio.Event().wait()
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description="fake OpenRouter + Evolution API")
-    parser.add_argument("--port", type=int, default=0)
-    parser.add_argument("--llm-latency", default="0,0", help="min,max ms")
-    parser.add_argument("--send-latency", default="0,0", help="min,max ms")
-    parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--record-prefix", default="")
-    parser.add_argument("--record-sends", action="store_true", help="per-instance send times")
-    args = parser.parse_args()
-    fakes = FakeProviders(
-        llm_delay_range=_ms_range(args.llm_latency),
-        send_delay_range=_ms_range(args.send_latency),
-        seed=args.seed,
-        arrival_prefix=args.record_prefix,
-        record_send_times=args.record_sends,
-        keep_requests=False,
-    )
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_serve_forever(fakes, args.port))
-
-
-if __name__ == "__main__":
-    main()

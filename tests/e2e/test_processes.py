@@ -11,7 +11,7 @@ from typing import Any
 
 import psycopg
 
-from tests.fakes import FakeProviders, http_settings, serve_fakes
+from listener.testing import FakeProviders, http_settings, serve_fakes
 from tests.helpers import await_until, enqueue, make_campaign, make_leads, statuses
 
 Conn = psycopg.Connection[Any]

@@ -16,8 +16,8 @@ from typing import Any
 import psycopg
 import pytest
 
+from listener.testing import serve_fakes
 from tests.daemon_harness import running
-from tests.fakes import serve_fakes
 from tests.helpers import await_until
 from tests.status_scene import (
     HOSTILE_NAME,

@@ -17,8 +17,8 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from listener.testing import FakeProviders, serve_fakes
 from tests.e2e.test_processes import listener_env, parts_per_number, start, stderr_of
-from tests.fakes import FakeProviders, serve_fakes
 from tests.helpers import await_until, enqueue, make_campaign, make_leads, make_run, statuses
 
 Conn = psycopg.Connection[Any]

@@ -21,8 +21,8 @@ from listener.processor import Processor
 from listener.providers.sandbox import SandboxLLM, SandboxSender
 from listener.queries import q
 from listener.store import is_data_error
+from listener.testing import Reply, http_settings, serve_fakes
 from tests.daemon_harness import fast_settings, running
-from tests.fakes import Reply, http_settings, serve_fakes
 from tests.helpers import await_until, enqueue, make_campaign, make_leads, statuses
 
 Conn = psycopg.Connection[Any]

@@ -13,8 +13,8 @@ from typing import Any
 import psycopg
 import pytest
 
+from listener.testing import Reply, http_settings, serve_fakes
 from tests.daemon_harness import running
-from tests.fakes import Reply, http_settings, serve_fakes
 from tests.helpers import await_until, enqueue, make_campaign, make_leads, make_run, statuses
 
 Conn = psycopg.Connection[Any]

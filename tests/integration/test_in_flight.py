@@ -20,8 +20,8 @@ from listener.daemon import Daemon
 from listener.jobs import Job
 from listener.outcomes import Stop
 from listener.store import Store
+from listener.testing import FakeProviders, http_settings, reply_data, serve_fakes
 from tests.daemon_harness import fast_settings, running
-from tests.fakes import FakeProviders, http_settings, reply_data, serve_fakes
 from tests.helpers import await_until, enqueue, make_campaign
 
 Conn = psycopg.Connection[Any]

@@ -20,8 +20,8 @@ from listener.providers.llm import STRUCTURED_MEMORY_SECONDS, OpenRouterLLM
 from listener.settings import Settings, load_settings
 from listener.stats import collect_stats, render
 from listener.store import Store
+from listener.testing import FakeProviders, Reply, http_settings, serve_fakes
 from tests.daemon_harness import fast_settings, running
-from tests.fakes import FakeProviders, Reply, http_settings, serve_fakes
 from tests.helpers import await_until, enqueue, make_campaign, make_leads, statuses
 
 Conn = psycopg.Connection[Any]

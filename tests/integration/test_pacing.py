@@ -12,8 +12,8 @@ from zoneinfo import ZoneInfo
 import psycopg
 import pytest
 
+from listener.testing import Reply, http_settings, serve_fakes
 from tests.daemon_harness import running
-from tests.fakes import Reply, http_settings, serve_fakes
 from tests.helpers import await_until, enqueue, make_campaign, make_leads, statuses
 
 Conn = psycopg.Connection[Any]

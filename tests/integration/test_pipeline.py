@@ -13,8 +13,8 @@ from psycopg.rows import dict_row
 
 from listener.processor import Processor
 from listener.providers.sandbox import SandboxLLM, SandboxSender
+from listener.testing import http_settings, serve_fakes
 from tests.daemon_harness import fast_settings, running
-from tests.fakes import http_settings, serve_fakes
 from tests.helpers import (
     await_until,
     enqueue,

@@ -1,6 +1,6 @@
 """The HTTP providers against a real HTTP server on 127.0.0.1 (aiohttp), nothing patched.
 
-The fake server (tests/fakes.py) plays OpenRouter and Evolution: each test scripts its replies
+The fake server (listener/testing) plays OpenRouter and Evolution: each test scripts its replies
 and then checks what the provider raised or returned and what the server saw (paths, headers,
 bodies, counts).
 """
@@ -35,8 +35,8 @@ from listener.providers.base import SentPart
 from listener.providers.llm import OpenRouterLLM
 from listener.providers.sender import EvolutionSender
 from listener.settings import Settings, load_settings
+from listener.testing import FakeProviders, Reply, completion, serve_fakes
 from listener.text import clean_text
-from tests.fakes import FakeProviders, Reply, completion, serve_fakes
 
 LLM_KEY = "k-secret"
 EVO_KEY = "evo-secret"

@@ -18,8 +18,8 @@ from listener.db import make_pool
 from listener.metrics import Health, Metrics, serve
 from listener.phones import mask_phone
 from listener.status import Snapshot, StatusPage, render
+from listener.testing import serve_fakes
 from tests.daemon_harness import fast_settings, running
-from tests.fakes import serve_fakes
 from tests.helpers import await_until
 from tests.status_scene import (
     HOSTILE_NAME,

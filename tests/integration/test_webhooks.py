@@ -22,8 +22,7 @@ from listener.demo import demo, report
 from listener.errors import ConfigurationError
 from listener.feedback import sign_jwt
 from listener.stats import collect_stats, render
-from tests.daemon_harness import running
-from tests.fakes import (
+from listener.testing import (
     FakeProviders,
     Reply,
     connection_data,
@@ -32,6 +31,7 @@ from tests.fakes import (
     serve_fakes,
     status_data,
 )
+from tests.daemon_harness import running
 from tests.helpers import await_until, enqueue, make_campaign, make_leads, statuses
 
 Conn = psycopg.Connection[Any]

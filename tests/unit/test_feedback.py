@@ -22,7 +22,7 @@ from listener.feedback import (
     sign_jwt,
     verify_jwt,
 )
-from tests.fakes import connection_data, reply_data, sent_data, status_data, webhook_body
+from listener.testing import connection_data, reply_data, sent_data, status_data, webhook_body
 
 WORDS = ("sair", "parar", "pare", "stop", "cancelar", "descadastrar", "remover")
 
