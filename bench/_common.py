@@ -3,15 +3,23 @@ daemon run until a backlog is drained, RSS sampling and the JSON result files.
 
 Not a benchmark itself. The scripts beside it import it as `_common` (they run as plain
 scripts, so `bench/` is on `sys.path`).
+
+Every script takes `--smoke`: a tiny size that runs in seconds, so that CI (`bash
+bench/run_all.sh --smoke`, from `.ci/run`) fails when a benchmark no longer runs. A smoke run
+uses a scratch database of its own (dropped at exit, so two CI runs on one server do not meet),
+writes its result file under `bench/results/smoke/` (never over a reported figure), and fails
+on what a full run would only report (a message not sent, say). Its figures mean nothing.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import atexit
 import json
 import os
 import platform
+import socket
 import statistics
 import subprocess
 import sys
@@ -69,7 +77,63 @@ def base_parser(description: str | None) -> argparse.ArgumentParser:
         help="write bench/results/<name>.<tag>.json instead of <name>.json (an extra run that "
         "must not replace the reported one)",
     )
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="a tiny size that runs in seconds (CI), in a scratch database of its own; the "
+        "figures mean nothing and the result goes to bench/results/smoke/",
+    )
     return parser
+
+
+#: Whether this process is a smoke run (set by `smoke()`).
+SMOKE = False
+_dropped_at_exit: set[tuple[str, str]] = set()
+
+
+def smoke(parser: argparse.ArgumentParser, args: argparse.Namespace, **sizes: Any) -> bool:
+    """With `--smoke`: the given sizes replace the defaults (an option given on the command
+    line stays as given), and the scratch database gets a name of this process's own, dropped
+    at exit. Returns whether this is a smoke run."""
+    global SMOKE
+    if not getattr(args, "smoke", False):
+        return False
+    SMOKE = True
+    for name, value in sizes.items():
+        if not hasattr(args, name):
+            raise AttributeError(f"--smoke sets {name}, which the script has no option for")
+        if getattr(args, name) == parser.get_default(name):
+            setattr(args, name, value)
+    if hasattr(args, "db"):
+        args.db = f"{args.db}_smoke_{os.getpid()}"
+    return True
+
+
+def drop_at_exit(admin_url: str, name: str) -> None:
+    """Drop the scratch database `name` when this process exits (once however often asked)."""
+    if (admin_url, name) not in _dropped_at_exit:
+        _dropped_at_exit.add((admin_url, name))
+        atexit.register(_drop_database, admin_url, name)
+
+
+def require(ok: bool, what: str) -> None:
+    """A benchmark whose run went wrong fails (exit 1, one line), not a figure with a note."""
+    if not ok:
+        raise SystemExit(f"{Path(sys.argv[0]).name}: {what}")
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _drop_database(admin_url: str, name: str) -> None:
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+        )
 
 
 def with_dbname(url: str, dbname: str) -> str:
@@ -79,7 +143,10 @@ def with_dbname(url: str, dbname: str) -> str:
 
 
 def recreate_db(admin_url: str, name: str) -> str:
-    """Drop and create the scratch database, apply the migrations, return its DSN."""
+    """Drop and create the scratch database, apply the migrations, return its DSN. A smoke
+    run's scratch database is dropped again when the process exits."""
+    if SMOKE:
+        drop_at_exit(admin_url, name)
     with psycopg.connect(admin_url, autocommit=True) as conn:
         conn.execute(
             sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
@@ -269,11 +336,18 @@ def machine(url: str | None = None) -> dict[str, Any]:
     return info
 
 
+def results_dir() -> Path:
+    """Where result files go: `bench/results/`, or `bench/results/smoke/` in a smoke run."""
+    folder = RESULTS / "smoke" if SMOKE else RESULTS
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
 def write_result(name: str, payload: dict[str, Any], tag: str | None = None) -> Path:
     """Write `bench/results/<name>.json`, or `<name>.<tag>.json` when tagged (the figures plus
-    when and where)."""
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / (f"{name}.{tag}.json" if tag else f"{name}.json")
+    when and where); a smoke run's goes to `bench/results/smoke/`."""
+    folder = results_dir()
+    path = folder / (f"{name}.{tag}.json" if tag else f"{name}.json")
     body = {
         "benchmark": name,
         "tag": tag,

@@ -10,6 +10,9 @@ after every run, since other work on the machine (tests, say) shares its cores.
     git worktree add /tmp/bench-old <commit> && (cd /tmp/bench-old && uv sync --frozen)
     uv run python bench/ab.py --old /tmp/bench-old --new /tmp/bench-new --rounds 3
 
+`--smoke` runs one round of tiny backlogs with this checkout on both sides (the plumbing, not
+a comparison).
+
 Beside each rate it keeps the listener process's CPU per message, which other work on the
 machine disturbs less than the rate. Writes bench/results/ab.json (or ab.<tag>.json) with every
 run and the medians.
@@ -57,8 +60,9 @@ def run_script(
 
 def main() -> None:
     parser = c.base_parser(__doc__)
-    parser.add_argument("--old", type=Path, required=True, help="checkout of the old code")
-    parser.add_argument("--new", type=Path, required=True, help="checkout of the new code")
+    parser.add_argument("--old", type=Path, help="checkout of the old code")
+    parser.add_argument("--new", type=Path, help="checkout of the new code")
+    parser.add_argument("-n", type=int, default=None, help="backlog of each run (theirs: 20,000)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--queue-concurrency", type=int, nargs="+", default=[5, 50, 200])
     parser.add_argument(
@@ -71,6 +75,13 @@ def main() -> None:
     )
     parser.set_defaults(db="listener_bench_ab")
     args = parser.parse_args()
+    if c.smoke(parser, args, rounds=1, queue_concurrency=[50], http_concurrency=50, n=150):
+        args.old = args.old or c.ROOT
+        args.new = args.new or c.ROOT
+        args.tag = args.tag or "smoke"
+        c.drop_at_exit(args.url, args.db)
+    if args.old is None or args.new is None:
+        parser.error("--old and --new are required (two checkouts to compare)")
 
     sides = {"old": args.old.resolve(), "new": args.new.resolve()}
     order = ["new", "old"] if args.new_first else ["old", "new"]
@@ -80,6 +91,9 @@ def main() -> None:
     runs: list[dict[str, Any]] = []
     queue_args = ["--repeat", "1", "--concurrency", *map(str, args.queue_concurrency)]
     http_args = ["--repeat", "1", "--client-n", "0", "--concurrency", str(args.http_concurrency)]
+    if args.n is not None:
+        queue_args += ["-n", str(args.n)]
+        http_args += ["-n", str(args.n)]
     for round_ in range(1, args.rounds + 1):
         for side in order:
             path = sides[side]

@@ -78,6 +78,7 @@ def main() -> None:
     parser.add_argument("--pending", type=int, default=10_000, help="due pending rows")
     parser.add_argument("--leads", type=int, default=10_000)
     args = parser.parse_args()
+    c.smoke(parser, args, finished=2_000, pending=200, leads=200)
     out: dict[str, Any] = {"finished": args.finished, "pending": args.pending}
 
     # Baseline: only the pending rows.

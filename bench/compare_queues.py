@@ -1,10 +1,9 @@
 """The same drain through our queue, Procrastinate and PgQueuer, in one run, as ratios.
 
-Run it with the two libraries added to this run's environment only (they are not project
-dependencies):
+Run it with the peers of the `bench` dependency group (locked in uv.lock; not dependencies of
+the listener):
 
-    uv run --with procrastinate --with pgqueuer python bench/compare_queues.py [--url DSN]
-        [-n 20000] [--concurrency 50]
+    uv run --group bench python bench/compare_queues.py [--url DSN] [-n 20000] [--concurrency 50]
 
 Each queue gets a fresh scratch database, a backlog of N jobs inserted before its worker starts,
 and a worker in this process and event loop at the same concurrency (default 50); the figure is
@@ -24,7 +23,7 @@ N over the time from starting the worker to the last job done.
   batch_size=B)` (returns once the queue is empty). PgQueuer runs its jobs as tasks with no
   concurrency cap by default. It runs at each dequeue batch of `--pgq-batch` (default 10, its
   default, and 100, its best setting measured here), on psycopg and also on asyncpg (its other
-  driver, the one its own benchmark uses) when asyncpg is installed (`--with asyncpg`).
+  driver, the one its own benchmark uses) when asyncpg is installed (it is in the group).
 
 Each peer runs at its defaults and at its best setting. PgQueuer's setting is the batch (and the
 driver, above). Procrastinate's documented worker settings that bear on a drain are the
@@ -280,6 +279,7 @@ def main() -> None:
         help="the event loop every queue runs on (uvloop: what `listener run` uses)",
     )
     args = parser.parse_args()
+    c.smoke(parser, args, n=300, pgq_batch=[10])
     logging.basicConfig(level=logging.WARNING)
     versions = {}
     for package in ("procrastinate", "pgqueuer", "psycopg", "asyncpg"):
@@ -290,8 +290,8 @@ def main() -> None:
     peers = {"procrastinate", "pgqueuer"} & set(args.queues)
     if any(not versions[peer] for peer in peers):
         raise SystemExit(
-            "run me with: uv run --with procrastinate --with pgqueuer --with asyncpg python "
-            "bench/compare_queues.py"
+            "run me with the peers of the `bench` dependency group: uv run --group bench"
+            " python bench/compare_queues.py"
         )
     n, conc = args.n, args.concurrency
     print(
@@ -314,13 +314,22 @@ def main() -> None:
         if versions["asyncpg"]:
             drivers.append("asyncpg")
         else:
-            print("  (asyncpg not installed: PgQueuer runs on psycopg only; add --with asyncpg)")
+            print("  (asyncpg not installed: PgQueuer runs on psycopg only; use --group bench)")
         for batch in args.pgq_batch:
             for driver in drivers:
                 c.recreate_db(args.url, args.db)
                 results[f"pgqueuer_{driver}_batch{batch}"] = run(
                     run_pgqueuer(c.with_dbname(args.url, args.db), n, batch, driver)
                 )
+    # What each queue's check counts as done (the listeners' rows sent, the peers' jobs run).
+    done_key = {"listener": "sent", "procrastinate": "succeeded", "pgqueuer": "executed"}
+    for name, result in results.items():
+        key = next(value for prefix, value in done_key.items() if name.startswith(prefix))
+        check = result["check"]
+        c.require(
+            check.get(key) == n and not check.get("left_in_queue"),
+            f"{name} did not run its {n:,} jobs: {check}",
+        )
     for base in ("listener_sandbox", "listener_noop"):
         if base not in results:
             continue

@@ -120,6 +120,7 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[5, 50, 500])
     parser.add_argument("--reps", type=int, default=20)
     args = parser.parse_args()
+    c.smoke(parser, args, leads=600, sizes=[5, 50], reps=3)
 
     url = c.recreate_db(args.url, args.db)
     started = time.perf_counter()

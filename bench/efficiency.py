@@ -99,6 +99,7 @@ def main() -> None:
     parser.add_argument("--llm-latency", default="200,600", help="min,max ms of the fake LLM")
     parser.add_argument("--send-latency", default="0,0", help="min,max ms of the fake sender")
     args = parser.parse_args()
+    c.smoke(parser, args, n=20, llm_latency="5,20")
 
     url = c.recreate_db(args.url, args.db)
     c.seed_leads(url, args.n)

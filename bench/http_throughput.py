@@ -89,6 +89,7 @@ def main() -> None:
         help="requests for the HTTP-client-only ceiling at concurrency 50 (0 skips it)",
     )
     args = parser.parse_args()
+    c.smoke(parser, args, n=150, concurrency=[50], repeat=1, client_n=100)
 
     url = c.recreate_db(args.url, args.db)
     c.seed_leads(url, args.n)

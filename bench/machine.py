@@ -38,6 +38,7 @@ def main() -> None:
     parser = c.base_parser(__doc__)
     parser.add_argument("--reps", type=int, default=2000)
     args = parser.parse_args()
+    c.smoke(parser, args, reps=50)
     url = c.recreate_db(args.url, args.db)
     out: dict[str, Any] = {"machine": c.machine(url)}
     with psycopg.connect(url, autocommit=True) as conn:

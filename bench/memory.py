@@ -166,6 +166,7 @@ def main() -> None:
     if args.child:
         child(args.child_url, args.child, args.concurrency, args.analyze_every)
         return
+    c.smoke(parser, args, sizes=[300, 900], analyze_every=1.0)
 
     print(
         f"memory while a backlog drains (sandbox providers, concurrency {args.concurrency}); "

@@ -206,6 +206,7 @@ def main() -> None:
     if args.role == "feeder":
         role_feeder(args.url, args.campaign, args.rate, args.duration)
         return
+    c.smoke(parser, args, probes=10, spacing=0.02, load_rate=100.0, backlog=100, backlog_probes=5)
 
     url = c.recreate_db(args.url, args.db)
     phases = ("idle", "load", "backlog")

@@ -136,6 +136,8 @@ async def run_pool(
         f" = {100 * rate / limit:5.1f}% (target {100 * TARGET:.0f}%), smallest gap"
         f" {smallest}s (min {gap[0]}s), {sends} sends in {span:.1f}s"
     )
+    c.require(sends > len(pool), f"the pool of {len(pool)} sent {sends} parts")
+    c.require(result["never_under_gap_min"], f"two sends {smallest}s apart, under {gap[0]}s")
     return result
 
 
@@ -165,6 +167,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--concurrency", type=int, default=10)
     args = parser.parse_args()
+    c.smoke(parser, args, pools=[1, 3], gap=[0.05, 0.1], seconds=1.5)
     url = c.recreate_db(args.url, args.db)
     result = run_async(main_async(args, url))
     c.write_result("pool_throughput", result, args.tag)

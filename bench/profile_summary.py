@@ -16,14 +16,26 @@ then:
 script that runs the drain, so seeding is left out). With `--idle`, samples of the event loop
 waiting (the top frame is the loop's own `run`) are counted, so they show how idle the process
 was. The summary is printed and written next to the profile as `<profile>.summary.json`.
+
+`--smoke` summarises a small made-up profile in py-spy's raw format instead (CI: the parsing
+and the shares still work) and fails unless the shares come out as built.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import tempfile
 from collections import Counter
 from pathlib import Path
+
+# A made-up raw profile: 10 samples, 6 of them under `drain`, 3 with `post` on top.
+_SMOKE_PROFILE = """\
+main (bench.py:10);drain (bench.py:20);post (client.py:5) 3
+main (bench.py:10);drain (bench.py:20);record (store.py:9) 2
+main (bench.py:10);drain (bench.py:20);run (loop.py:1) 1
+main (bench.py:10);seed (bench.py:30) 4
+"""
 
 
 def load(path: Path, under: str | None) -> list[tuple[list[str], int]]:
@@ -40,11 +52,28 @@ def load(path: Path, under: str | None) -> list[tuple[list[str], int]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("profile", type=Path, help="a py-spy --format raw file")
+    parser.add_argument("profile", type=Path, nargs="?", help="a py-spy --format raw file")
     parser.add_argument("--under", help="keep samples whose stack contains this text")
     parser.add_argument("--frames", nargs="*", default=[], help="report the inclusive share")
     parser.add_argument("--top", type=int, default=15, help="how many top (self) frames")
+    parser.add_argument("--smoke", action="store_true", help="summarise a made-up profile (CI)")
     args = parser.parse_args()
+    if args.smoke:
+        with tempfile.TemporaryDirectory() as folder:
+            args.profile = Path(folder) / "smoke_profile.txt"
+            args.profile.write_text(_SMOKE_PROFILE, encoding="utf-8")
+            args.under, args.frames = "drain", ["post", "record"]
+            summary = summarise(args)
+        if summary["samples"] != 6 or summary["inclusive_pct"] != {"post": 50.0, "record": 33.3}:
+            raise SystemExit(f"profile_summary.py: the made-up profile gave {summary}")
+        return
+    if args.profile is None:
+        parser.error("a profile file is required (or --smoke)")
+    summarise(args)
+
+
+def summarise(args: argparse.Namespace) -> dict[str, object]:
+    """Print the summary of `args.profile` and write it beside the profile; return it."""
 
     rows = load(args.profile, args.under)
     total = sum(count for _, count in rows)
@@ -71,21 +100,16 @@ def main() -> None:
     for item in top:
         print(f"  {item['self_pct']:5.1f}%  {item['frame']}")
     out = args.profile.with_name(args.profile.name + ".summary.json")
-    out.write_text(
-        json.dumps(
-            {
-                "profile": args.profile.name,
-                "under": args.under,
-                "samples": total,
-                "inclusive_pct": inclusive,
-                "top_self": top,
-            },
-            indent=2,
-        )
-        + "\n",
-        encoding="utf-8",
-    )
+    summary: dict[str, object] = {
+        "profile": args.profile.name,
+        "under": args.under,
+        "samples": total,
+        "inclusive_pct": inclusive,
+        "top_self": top,
+    }
+    out.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     print(f"-> {out}")
+    return summary
 
 
 if __name__ == "__main__":

@@ -26,7 +26,6 @@ from __future__ import annotations
 import logging
 import os
 import statistics
-import sys
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
@@ -120,6 +119,7 @@ def main() -> None:
         help="time each database step of the pipeline (costs throughput; see the docstring)",
     )
     args = parser.parse_args()
+    c.smoke(parser, args, n=300, concurrency=[50], repeat=1)
     read_steps = time_steps() if args.step_times else None
 
     url = c.recreate_db(args.url, args.db)
@@ -156,8 +156,10 @@ def main() -> None:
             f"{result.claims} claims; {result.statuses})"
         )
         print(f"      {c.cpu_line(result.cpu)}")
-        if result.statuses.get("sent") != args.n:
-            print("  !! not every message ended sent", file=sys.stderr)
+        c.require(
+            result.statuses.get("sent") == args.n,
+            f"not every message ended sent: {result.statuses}",
+        )
         run: dict[str, Any] = {"concurrency": concurrency, "log_info": log_info}
         run.update(result.as_dict())
         if read_steps is not None:

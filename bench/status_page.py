@@ -212,6 +212,7 @@ def main() -> None:
         "--reuse", action="store_true", help="time the page on the scratch database as it is"
     )
     args = parser.parse_args()
+    c.smoke(parser, args, finished=3_000, open=200, requests=3, paused=50)
     if args.reuse:
         url = c.with_dbname(args.url, args.db)
     else:

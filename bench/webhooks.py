@@ -350,14 +350,14 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=50, help="LISTENER_CONCURRENCY")
     parser.add_argument("--port", type=int, default=18788, help="the receiver's port")
     args = parser.parse_args()
+    c.smoke(parser, args, rate=100, seconds=1.5, backlog=4_000, port=c.free_port())
     url = c.recreate_db(args.url, args.db)
     campaign = c.seed_campaign(url)
     c.seed_leads(url, args.backlog)
     c.seed_messages(url, campaign, args.backlog)
     result = run_async(run(url, args))
     name = "webhooks" if args.tag is None else f"webhooks.{args.tag}"
-    c.RESULTS.mkdir(parents=True, exist_ok=True)
-    (c.RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
+    (c.results_dir() / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
     events = result["events"]
     print(
         f"{events['requests']} events in {events['seconds']:.1f}s "
@@ -367,6 +367,12 @@ def main() -> None:
         f"{result['inbox_applied_seconds_after_the_last_answer']:.2f}s later; "
         f"{result['messages_sent_per_second_meanwhile']:.0f} messages sent a second meanwhile; "
         f"load average {result['load_average_1min'][0]:.1f} -> {result['load_average_1min'][1]:.1f}"
+    )
+    c.require(not any(result["lost"].values()), f"events lost: {result['lost']}")
+    c.require(events["requests"] > 0, "no event was posted")
+    c.require(
+        result["messages_sent_per_second_meanwhile"] > 0,
+        "the listener sent nothing while the events came (a larger --backlog?)",
     )
 
 
