@@ -18,7 +18,7 @@ import psycopg
 import pytest
 
 from listener.feedback import SentEvent, sign_jwt
-from tests.fakes import FakeProviders, connection_data, reply_data, status_data, webhook_body
+from listener.testing import FakeProviders, connection_data, reply_data, status_data, webhook_body
 from tests.helpers import await_until, make_campaign
 from tests.integration.test_webhooks import SECRET, listening, one, parts_of, send_one
 
