@@ -23,8 +23,8 @@ from listener.processor import Processor
 from listener.providers.base import LLM, Sender
 from listener.queries import q
 from listener.settings import Settings, format_duration
-from listener.status import Live, StatusPage, live_state
 from listener.wakeup import NotifyListener, WakeTimer, check_timeout
+from listener.web import Live, StatusPage, live_state
 from listener.webhooks import WebhookReceiver
 
 log = logging.getLogger(__name__)
@@ -103,7 +103,7 @@ class Daemon:
                 self.health,
                 settings.metrics_host,
                 settings.metrics_port,
-                status_page=page.handle,
+                routes=page.routes(),
             )
         try:
             await self.pool.open(wait=False)

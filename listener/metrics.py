@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from aiohttp import web
@@ -176,10 +176,11 @@ async def serve(
     host: str,
     port: int,
     *,
-    status_page: Callable[[web.Request], Awaitable[web.StreamResponse]] | None = None,
+    routes: Iterable[web.RouteDef] = (),
 ) -> web.AppRunner:
-    """Start the HTTP server; the caller stops it with `runner.cleanup()`. `status_page`
-    answers `GET /` (listener/status.py): only on this port, which operators keep private."""
+    """Start the HTTP server; the caller stops it with `runner.cleanup()`. `routes` are the
+    status page's (`GET /` and its stylesheet, listener/web/): only on this port, which
+    operators keep private."""
 
     async def health_view(_: web.Request) -> web.Response:
         return web.json_response(health.as_dict(), status=200 if health.ok else 503)
@@ -188,8 +189,7 @@ async def serve(
     # prometheus_client's own handler: content negotiation (OpenMetrics) and gzip included.
     app.router.add_get("/metrics", make_aiohttp_handler(metrics.registry))
     app.router.add_get("/healthz", health_view)
-    if status_page is not None:
-        app.router.add_get("/", status_page)
+    app.router.add_routes(routes)
     runner = await serve_app(app, host, port, "LISTENER_METRICS")
     log.info("metrics on %s:%s", host, port, extra={"action": "metrics_started", "port": port})
     return runner

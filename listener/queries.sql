@@ -705,21 +705,10 @@ WITH messages AS (
 DELETE FROM campaigns WHERE id = %(campaign_id)s
 
 -- ==============================================================================================
--- The status page (`GET /` on the metrics port, listener/status.py). Every query reads only
+-- The status page (`GET /` on the metrics port, listener/web/). Every query reads only
 -- open rows, the last hour or day of sent rows, or trigger-kept counts, through the indexes of
 -- migrations 0004 and 0008, so the page costs the same with millions of finished rows.
 -- ==============================================================================================
-
--- status_catalog --
--- The columns of the tables the page may show, read once: sections about delivery feedback,
--- spend and sender pools appear only when their columns exist.
-SELECT c.relname AS table_name, a.attname AS column_name
-  FROM pg_attribute a
-  JOIN pg_class c ON c.oid = a.attrelid
- WHERE c.relnamespace = current_schema()::regnamespace
-   AND c.relname = ANY (%(tables)s::text[])
-   AND c.relkind IN ('r', 'p')
-   AND a.attnum > 0 AND NOT a.attisdropped
 
 -- status_campaigns --
 -- The campaigns to show: those with queued messages first, then the newest not archived; with
@@ -808,15 +797,6 @@ SELECT campaign_id, reason, sum(n)::integer AS count, min(next_at) AS next_at
  GROUP BY 1, 2
 HAVING sum(n) > 0
 
--- status_sent_recent --
--- Messages sent per campaign in the last hour and the last day (index only).
-SELECT m.campaign_id,
-       count(*) FILTER (WHERE m.sent_at > now() - interval '1 hour')::integer AS last_hour,
-       count(*)::integer AS last_day
-  FROM campaign_messages m
- WHERE m.status = 'sent' AND m.sent_at > now() - interval '1 day'
- GROUP BY m.campaign_id
-
 -- status_queue --
 -- The queue as a whole: the clock, due rows (not paused) and the oldest of them.
 SELECT now() AS now, count(*)::integer AS due_now, min(scheduled_at) AS oldest_due
@@ -873,8 +853,8 @@ SELECT DISTINCT c.instance, NULL::timestamptz, NULL::timestamptz, 0, NULL::times
    AND NOT EXISTS (SELECT 1 FROM listener_instances i WHERE i.instance = c.instance)
 
 -- status_funnel --
--- With delivery feedback (its columns exist): the funnel of the messages sent in the last day,
--- per campaign, with status_sent_recent's counts (the same rows, so one pass instead of two).
+-- The funnel of the messages sent in the last day, per campaign, with the counts of the last
+-- hour and day the campaigns' rows show (the same rows, so one pass instead of two).
 SELECT m.campaign_id,
        count(*) FILTER (WHERE m.sent_at > now() - interval '1 hour')::integer AS last_hour,
        count(*)::integer AS last_day,
@@ -889,29 +869,19 @@ SELECT m.campaign_id,
  WHERE m.status = 'sent' AND m.sent_at > now() - interval '1 day'
  GROUP BY m.campaign_id
 
--- status_spend --
--- With LLM cost columns: what the messages sent or failed in the last day cost, per campaign.
-SELECT m.campaign_id,
-       COALESCE(sum(m.cost_usd), 0)::float8 AS cost_usd,
-       COALESCE(sum(m.prompt_tokens), 0)::bigint AS prompt_tokens,
-       COALESCE(sum(m.completion_tokens), 0)::bigint AS completion_tokens
-  FROM campaign_messages m
- WHERE m.status = 'sent' AND m.sent_at > now() - interval '1 day'
- GROUP BY m.campaign_id
-
 -- status_budgets --
--- With campaign budgets: each shown campaign's budget and the running spend checked against it.
+-- Each shown campaign's budget and the running spend checked against it.
 SELECT c.id AS campaign_id, c.budget_usd::float8 AS budget_usd, c.spent_usd::float8 AS spent_usd
   FROM campaigns c WHERE c.id = ANY (%(ids)s::uuid[])
 
 -- status_pools --
--- With sender pools: the numbers of each shown campaign's pool.
+-- The numbers of each shown campaign's pool.
 SELECT c.id AS campaign_id, c.instances
   FROM campaigns c WHERE c.id = ANY (%(ids)s::uuid[]) AND c.instances IS NOT NULL
 
 -- status_instance_sends --
--- With per-part delivery records: messages (first parts) sent through each named instance in
--- the last hour and day, one index range scan per instance.
+-- Messages (first parts) sent through each named instance in the last hour and day, one index
+-- range scan per instance.
 SELECT i.name AS instance, s.last_hour, s.last_day
   FROM unnest(%(names)s::text[]) AS i(name)
   CROSS JOIN LATERAL (
@@ -921,7 +891,7 @@ SELECT i.name AS instance, s.last_hour, s.last_day
        WHERE p.instance = i.name AND p.part_no = 0 AND p.sent_at > now() - interval '1 day') s
 
 -- status_sender_instances --
--- With the per-number limits table: each number's caps, warm-up and whether it is enabled.
+-- Each number's own caps, warm-up and whether it is enabled.
 SELECT s.name, s.daily_cap, s.hourly_cap, s.warmup_started_on, s.enabled
   FROM sender_instances s ORDER BY s.name
 

@@ -616,6 +616,10 @@ def test_wheel_carries_the_migrations(installed: Installed) -> None:
     with zipfile.ZipFile(installed.wheel) as wheel:
         names = set(wheel.namelist())
         assert "listener/_migrations/0001_schema.sql" in names
+        # The status page's templates and stylesheet travel inside the package.
+        web = ROOT / "listener" / "web"
+        for path in sorted([*(web / "templates").iterdir(), web / "static" / "status.css"]):
+            assert f"listener/web/{path.relative_to(web).as_posix()}" in names, path.name
         sql_files = sorted((ROOT / "migrations").rglob("*.sql"))
         assert any(path.parent.name == "functions" for path in sql_files)
         for sql_file in sql_files:

@@ -1,6 +1,6 @@
 """The status page (`GET /` on the metrics port) against a real Postgres: its counts are the
 database's, user input is escaped, phone numbers are masked, a held instance shows its reason,
-and the optional sections appear only when their columns exist."""
+every section is there, and its stylesheet is served by the daemon."""
 
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ from aiohttp import web
 from listener.db import make_pool
 from listener.metrics import Health, Metrics, serve
 from listener.phones import mask_phone
-from listener.status import Snapshot, StatusPage, render
 from listener.testing import serve_fakes
+from listener.web import Snapshot, StatusPage, render
 from tests.daemon_harness import fast_settings, running
 from tests.helpers import await_until
 from tests.status_scene import (
@@ -46,7 +46,7 @@ async def page_client(db_url: str) -> AsyncIterator[httpx.AsyncClient]:
     pool = make_pool(db_url, fast_settings())
     await pool.open(wait=True)
     runner: web.AppRunner = await serve(
-        Metrics(), Health(), "127.0.0.1", 0, status_page=StatusPage(pool).handle
+        Metrics(), Health(), "127.0.0.1", 0, routes=StatusPage(pool).routes()
     )
     port = runner.addresses[0][1]
     try:
@@ -82,7 +82,8 @@ async def test_the_page_counts_what_the_database_holds(
     assert figure(page, "sent-hour") == want["sent_hour"] == 5
     assert 'data-used="5" data-cap="10"' in page  # today's cap: the five sent hold slots
     assert "other-host:42:abc" in page  # in flight per listener
-    assert page.count("<rect ") == 60  # the last hour, a bar a minute
+    chart = re.search(r'<svg id="throughput".*?</svg>', page, re.S)
+    assert chart is not None and chart.group(0).count("<rect ") == 60  # a bar a minute
 
 
 async def test_campaign_names_and_reasons_are_escaped_and_phones_masked(
@@ -95,7 +96,7 @@ async def test_campaign_names_and_reasons_are_escaped_and_phones_masked(
     )
     page = (await page_client.get("/")).text
     assert "<script>alert" not in page and "<img src=x" not in page
-    assert "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt; &amp; &lt;b&gt;co&lt;/b&gt;" in page
+    assert "&lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt; &amp; &lt;b&gt;co&lt;/b&gt;" in page
     assert page.count("<script") == 0  # the page runs no script at all
     failed = scene.phones[5:7]
     for phone in scene.phones:
@@ -162,32 +163,8 @@ async def test_a_provider_hold_shows_with_its_reason(db_url: str, db: Conn) -> N
     assert "5511987654321" not in page and mask_phone("5511987654321") in page
 
 
-async def test_optional_sections_appear_once_their_columns_exist(
-    db_url: str, db: Conn, page_client: httpx.AsyncClient
-) -> None:
+async def test_the_funnel_and_the_spend_against_the_budget(db_url: str, db: Conn) -> None:
     scene = arrange(db)
-    # Without the columns of the delivery feedback and LLM cost migrations (dropped here
-    # should those migrations have landed), the page has neither section...
-    db.execute(
-        "ALTER TABLE campaign_messages DROP COLUMN IF EXISTS delivered_at CASCADE, "
-        "DROP COLUMN IF EXISTS read_at CASCADE, DROP COLUMN IF EXISTS replied_at CASCADE, "
-        "DROP COLUMN IF EXISTS delivery_error CASCADE, DROP COLUMN IF EXISTS cost_usd CASCADE, "
-        "DROP COLUMN IF EXISTS prompt_tokens CASCADE, "
-        "DROP COLUMN IF EXISTS completion_tokens CASCADE"
-    )
-    db.execute(
-        "ALTER TABLE campaigns DROP COLUMN IF EXISTS budget_usd CASCADE, "
-        "DROP COLUMN IF EXISTS spent_usd CASCADE"
-    )
-    page = (await page_client.get("/")).text
-    assert 'id="funnel"' not in page and 'id="spend"' not in page
-    # ...and with them, as the design names them, both.
-    db.execute(
-        "ALTER TABLE campaign_messages ADD COLUMN delivered_at timestamptz, "
-        "ADD COLUMN read_at timestamptz, ADD COLUMN replied_at timestamptz, "
-        "ADD COLUMN delivery_error text, ADD COLUMN cost_usd numeric, "
-        "ADD COLUMN prompt_tokens integer, ADD COLUMN completion_tokens integer"
-    )
     db.execute(
         "UPDATE campaign_messages SET delivered_at = now(), cost_usd = 0.0015, "
         "prompt_tokens = 100, completion_tokens = 20 WHERE status = 'sent'"
@@ -196,28 +173,15 @@ async def test_optional_sections_appear_once_their_columns_exist(
         "UPDATE campaign_messages SET read_at = now() WHERE id IN (SELECT id FROM "
         "campaign_messages WHERE status = 'sent' LIMIT 2)"
     )
-    # A page started now reads the catalog afresh.
-    snapshot = await _fresh_snapshot(db_url)
-    assert snapshot.features.funnel and snapshot.features.spend and not snapshot.features.budget
-    funnel = snapshot.funnel[scene.hostile]
-    assert (funnel["sent"], funnel["delivered"], funnel["read"], funnel["replied"]) == (5, 5, 2, 0)
-    assert snapshot.spend[scene.hostile]["cost_usd"] == pytest.approx(0.0075)
-    page = render(snapshot)
-    assert 'id="funnel"' in page and 'id="spend"' in page
-    assert '<th>campaign</th><th class="n">cost, sent in 24 h</th>' in page
-    assert "$0.0075" in page
-    # Campaigns that keep their running spend and a budget: the spend against the budget.
-    db.execute(
-        "ALTER TABLE campaigns ADD COLUMN budget_usd numeric, "
-        "ADD COLUMN spent_usd numeric NOT NULL DEFAULT 0"
-    )
     db.execute(
         "UPDATE campaigns SET budget_usd = 0.005, spent_usd = 0.0075 WHERE id = %s",
         (scene.hostile,),
     )
     snapshot = await _fresh_snapshot(db_url)
-    assert snapshot.features.budget and snapshot.spend == {}
+    funnel = snapshot.funnel[scene.hostile]
+    assert (funnel["sent"], funnel["delivered"], funnel["read"], funnel["replied"]) == (5, 5, 2, 0)
     page = render(snapshot)
+    assert 'id="funnel"' in page and 'id="spend"' in page
     assert (
         '<td class="n">$0.0075</td><td class="n"><span class="bad">$0.0050 reached</span>' in page
     )
@@ -232,31 +196,30 @@ async def _fresh_snapshot(db_url: str) -> Snapshot:
         await pool.close()
 
 
-async def test_the_pool_section_appears_once_sender_pools_exist(db_url: str, db: Conn) -> None:
+async def test_pools_and_the_numbers_own_limits(db_url: str, db: Conn) -> None:
     scene = arrange(db)
-    # What the sender pool migration adds, as the design names it (dropped first should that
-    # migration have landed).
-    db.execute("ALTER TABLE campaigns DROP COLUMN IF EXISTS instances CASCADE")
-    db.execute("DROP TABLE IF EXISTS sender_instances CASCADE")
     snapshot = await _fresh_snapshot(db_url)
-    assert not snapshot.features.pools and not snapshot.features.sender_table
-    assert "<th>pool</th>" not in render(snapshot)
-    db.execute("ALTER TABLE campaigns ADD COLUMN instances text[]")
-    db.execute(
-        "CREATE TABLE sender_instances (name text PRIMARY KEY, daily_cap integer, "
-        "hourly_cap integer, warmup_started_on date, enabled boolean NOT NULL DEFAULT true)"
-    )
+    assert "<th>pool</th>" not in render(snapshot)  # no campaign has a pool yet
     db.execute("UPDATE campaigns SET instances = '{acme-1,acme-3}' WHERE id = %s", (scene.hostile,))
     db.execute(
         "INSERT INTO sender_instances VALUES ('acme-3', 200, 30, '2026-11-20', true), "
         "('acme-4', NULL, NULL, NULL, false)"
     )
-    snapshot = await _fresh_snapshot(db_url)
-    assert snapshot.features.pools and snapshot.features.sender_table
-    page = render(snapshot)
+    page = render(await _fresh_snapshot(db_url))
     assert "<th>pool</th>" in page and "<td>acme-1, acme-3</td>" in page
     assert "200/day, 30/hour, warming up since 2026-11-20" in instance_row(page, "acme-3")
     assert "disabled" in instance_row(page, "acme-4")
+
+
+async def test_the_stylesheet_is_served_by_the_daemon(page_client: httpx.AsyncClient) -> None:
+    page = await page_client.get("/")
+    assert '<link rel="stylesheet" href="/static/status.css">' in page.text
+    assert "style-src 'self'" in page.headers["content-security-policy"]
+    assert "style=" not in page.text  # no inline style: the policy allows the stylesheet only
+    css = await page_client.get("/static/status.css")
+    assert css.status_code == 200
+    assert css.headers["content-type"].startswith("text/css")
+    assert "section.wide" in css.text and "svg.bar" in css.text
 
 
 async def test_without_a_database_the_page_says_so_with_a_503() -> None:
@@ -266,7 +229,7 @@ async def test_without_a_database_the_page_says_so_with_a_503() -> None:
     pool = make_pool(dead, fast_settings())
     await pool.open(wait=False)
     runner = await serve(
-        Metrics(), Health(), "127.0.0.1", 0, status_page=StatusPage(pool, timeout=0.3).handle
+        Metrics(), Health(), "127.0.0.1", 0, routes=StatusPage(pool, timeout=0.3).routes()
     )
     try:
         port = runner.addresses[0][1]
