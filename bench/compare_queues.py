@@ -30,6 +30,12 @@ driver, above). Procrastinate's documented worker settings that bear on a drain 
 concurrency (the same 50 as every queue here) and its polling interval, which only matters when
 the queue is empty; it has no batch, so it runs once.
 
+`--rounds R` runs every queue R times, the order reversed every other round (ABBA), and
+reports each queue's median run and the median of the ratios within a round: on a shared
+machine the ratio is the figure, not the rate. Beside each rate, what the queue cost its
+database per job (bench/dbwork.py): statements, transactions, tuples written (HOT updates
+apart), tuples returned, blocks, WAL bytes and records.
+
 `--queues` picks some of the queues (e.g. `--queues listener_noop` to profile our queue
 machinery alone under py-spy).
 
@@ -43,10 +49,13 @@ queue only after a poll interval).
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import importlib.metadata
 import itertools
 import logging
+import os
+import statistics
 import time
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
@@ -102,6 +111,9 @@ class NoopSender:
 Runner = Callable[[Coroutine[Any, Any, Any]], Any]
 
 QUEUES = ("listener_sandbox", "listener_noop", "procrastinate", "pgqueuer")
+
+# What each queue's check counts as done (the listeners' rows sent, the peers' jobs run).
+DONE_KEY = {"listener": "sent", "procrastinate": "succeeded", "pgqueuer": "executed"}
 
 
 def run_listener(
@@ -254,6 +266,20 @@ def _asyncpg_dsn(url: str) -> str:
     return f"postgresql://{user}{password}@{host}:{port}/{info.get('dbname', 'postgres')}"
 
 
+def run_queue(name: str, args: argparse.Namespace, run: Runner) -> dict[str, Any]:
+    """One drain of one queue (a name of `main`'s list) on a fresh scratch database."""
+    n, conc = args.n, args.concurrency
+    if name in ("listener_sandbox", "listener_noop"):
+        return run_listener(args.url, args.db, n, conc, name == "listener_noop", run)
+    url = c.recreate_db(args.url, args.db)
+    if name == "procrastinate":
+        result: dict[str, Any] = run(run_procrastinate(url, n, conc))
+        return result
+    _, driver, batch = name.split("_")
+    result = run(run_pgqueuer(url, n, int(batch.removeprefix("batch")), driver))
+    return result
+
+
 def main() -> None:
     parser = c.base_parser(__doc__)
     parser.add_argument("-n", type=int, default=20_000, help="jobs per queue")
@@ -278,6 +304,19 @@ def main() -> None:
         default="uvloop",
         help="the event loop every queue runs on (uvloop: what `listener run` uses)",
     )
+    parser.add_argument(
+        "--pgq-drivers",
+        nargs="+",
+        choices=["psycopg", "asyncpg"],
+        default=["psycopg", "asyncpg"],
+        help="PgQueuer's drivers to run (asyncpg only when installed)",
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="run every queue this many times, alternating the order (ABBA); medians reported",
+    )
     args = parser.parse_args()
     c.smoke(parser, args, n=300, pgq_batch=[10])
     logging.basicConfig(level=logging.WARNING)
@@ -300,42 +339,51 @@ def main() -> None:
         f"{', '.join(map(str, args.pgq_batch))}), psycopg {versions['psycopg']}; "
         f"event loop {args.loop}"
     )
-    results: dict[str, dict[str, Any]] = {}
     run: Runner = run_async if args.loop == "uvloop" else asyncio.run
-    if "listener_sandbox" in args.queues:
-        results["listener_sandbox"] = run_listener(args.url, args.db, n, conc, False, run)
-    if "listener_noop" in args.queues:
-        results["listener_noop"] = run_listener(args.url, args.db, n, conc, True, run)
-    if "procrastinate" in args.queues:
-        url = c.recreate_db(args.url, args.db)
-        results["procrastinate"] = run(run_procrastinate(url, n, conc))
+    drivers = ["psycopg", "asyncpg"] if versions["asyncpg"] else ["psycopg"]
+    if "asyncpg" in args.pgq_drivers and not versions["asyncpg"]:
+        print("  (asyncpg not installed: PgQueuer runs on psycopg only; use --group bench)")
+    names = [q for q in QUEUES[:3] if q in args.queues]
     if "pgqueuer" in args.queues:
-        drivers = ["psycopg"]
-        if versions["asyncpg"]:
-            drivers.append("asyncpg")
-        else:
-            print("  (asyncpg not installed: PgQueuer runs on psycopg only; use --group bench)")
-        for batch in args.pgq_batch:
-            for driver in drivers:
-                c.recreate_db(args.url, args.db)
-                results[f"pgqueuer_{driver}_batch{batch}"] = run(
-                    run_pgqueuer(c.with_dbname(args.url, args.db), n, batch, driver)
-                )
-    # What each queue's check counts as done (the listeners' rows sent, the peers' jobs run).
-    done_key = {"listener": "sent", "procrastinate": "succeeded", "pgqueuer": "executed"}
-    for name, result in results.items():
-        key = next(value for prefix, value in done_key.items() if name.startswith(prefix))
-        check = result["check"]
-        c.require(
-            check.get(key) == n and not check.get("left_in_queue"),
-            f"{name} did not run its {n:,} jobs: {check}",
-        )
+        names += [
+            f"pgqueuer_{driver}_batch{batch}"
+            for batch in args.pgq_batch
+            for driver in drivers
+            if driver in args.pgq_drivers
+        ]
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
+    for round_ in range(args.rounds):
+        # Every other round runs the queues in reverse (ABBA), so the machine's slow and fast
+        # spells fall on every queue alike.
+        for name in names if round_ % 2 == 0 else names[::-1]:
+            load = os.getloadavg()[0]
+            result = run_queue(name, args, run)
+            result["load_1m"] = [round(load, 2), round(os.getloadavg()[0], 2)]
+            key = next(value for prefix, value in DONE_KEY.items() if name.startswith(prefix))
+            check = result["check"]
+            c.require(
+                check.get(key) == n and not check.get("left_in_queue"),
+                f"{name} did not run its {n:,} jobs: {check}",
+            )
+            runs[name].append(result)
+            print(f"  round {round_ + 1} {name}: {result['per_second']:,.0f} jobs/s", flush=True)
+    results: dict[str, dict[str, Any]] = {}
+    for name, done in runs.items():
+        # The median run stands for the queue; every rate is kept.
+        result = dict(sorted(done, key=lambda r: r["per_second"])[len(done) // 2])
+        result["rates"] = [r["per_second"] for r in done]
+        result["load_1m_all"] = [r["load_1m"] for r in done]
+        results[name] = result
     for base in ("listener_sandbox", "listener_noop"):
         if base not in results:
             continue
-        ours = results[base]["per_second"]
-        for result in results.values():
-            result[f"ratio_{base}_to_this"] = round(ours / result["per_second"], 3)
+        for name, result in results.items():
+            # The median over rounds of the ratio within each round.
+            ratios = [
+                ours["per_second"] / theirs["per_second"]
+                for ours, theirs in zip(runs[base], runs[name], strict=True)
+            ]
+            result[f"ratio_{base}_to_this"] = round(statistics.median(ratios), 3)
     for name, result in results.items():
         ratios = "  ".join(
             f"{base.removeprefix('listener_')}/this {result[f'ratio_{base}_to_this']:.2f}"
@@ -356,6 +404,7 @@ def main() -> None:
             "concurrency": conc,
             "loop": args.loop,
             "pgqueuer_batches": args.pgq_batch,
+            "rounds": args.rounds,
             "versions": versions,
             "results": results,
             "machine": c.machine(args.url),

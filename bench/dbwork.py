@@ -140,6 +140,9 @@ def per_job(
         "wal_bytes": round(wal["bytes"] / n, 1) if wal else None,
         "wal_records": round(wal["records"] / n, 2) if wal else None,
         "wal_fpi_bytes": round(wal["fpi_bytes"] / n, 1) if wal else None,
+        # Full-page images follow checkpoints (other work's DROP DATABASE forces one): the
+        # bytes without them are what the queue's own writes cost, steady between runs.
+        "wal_bytes_without_fpi": round((wal["bytes"] - wal["fpi_bytes"]) / n, 1) if wal else None,
         "wal_bytes_server": round((lsn_bytes(after.lsn) - lsn_bytes(before.lsn)) / n, 1),
         "tables": tables,
     }
@@ -159,6 +162,7 @@ def summary(figures: dict[str, Any]) -> str:
         "returned",
         "blocks",
         "wal_bytes",
+        "wal_bytes_without_fpi",
         "wal_records",
     )
     return ", ".join(f"{k} {figures[k]:g}" for k in shown if figures.get(k) is not None)
