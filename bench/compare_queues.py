@@ -341,7 +341,7 @@ def main() -> None:
     )
     run: Runner = run_async if args.loop == "uvloop" else asyncio.run
     drivers = ["psycopg", "asyncpg"] if versions["asyncpg"] else ["psycopg"]
-    if "asyncpg" in args.pgq_drivers and not versions["asyncpg"]:
+    if "pgqueuer" in args.queues and "asyncpg" in args.pgq_drivers and not versions["asyncpg"]:
         print("  (asyncpg not installed: PgQueuer runs on psycopg only; use --group bench)")
     names = [q for q in QUEUES[:3] if q in args.queues]
     if "pgqueuer" in args.queues:

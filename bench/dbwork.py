@@ -89,7 +89,9 @@ def wal_of_database(url: str, before: Snapshot, after: Snapshot) -> dict[str, in
                    block_ref LIKE %(pattern)s AS ours
               FROM pg_get_wal_records_info(%(start)s::pg_lsn, %(end)s::pg_lsn)
         ), xids AS (SELECT DISTINCT xid FROM r WHERE ours AND xid <> '0')
-        SELECT count(*), COALESCE(sum(record_length), 0), COALESCE(sum(fpi_length), 0)
+        SELECT count(*), COALESCE(sum(record_length), 0), COALESCE(sum(fpi_length), 0),
+               count(*) FILTER (WHERE resource_manager = 'Btree'),
+               count(*) FILTER (WHERE resource_manager IN ('Heap', 'Heap2'))
           FROM r
          WHERE ours OR (resource_manager = 'Transaction' AND xid IN (SELECT xid FROM xids))
     """
@@ -103,7 +105,13 @@ def wal_of_database(url: str, before: Snapshot, after: Snapshot) -> dict[str, in
         print(f"  (WAL of the database not read: {exc})")
         return None
     assert row is not None
-    return {"records": int(row[0]), "bytes": int(row[1]), "fpi_bytes": int(row[2])}
+    return {
+        "records": int(row[0]),
+        "bytes": int(row[1]),
+        "fpi_bytes": int(row[2]),
+        "btree_records": int(row[3]),
+        "heap_records": int(row[4]),
+    }
 
 
 def lsn_bytes(lsn: str) -> int:
@@ -143,6 +151,10 @@ def per_job(
         # Full-page images follow checkpoints (other work's DROP DATABASE forces one): the
         # bytes without them are what the queue's own writes cost, steady between runs.
         "wal_bytes_without_fpi": round((wal["bytes"] - wal["fpi_bytes"]) / n, 1) if wal else None,
+        # Index entries written (and the odd page split), and heap changes (inserts, updates,
+        # row locks, page pruning): what the WAL says the writes were.
+        "wal_btree_records": round(wal["btree_records"] / n, 2) if wal else None,
+        "wal_heap_records": round(wal["heap_records"] / n, 2) if wal else None,
         "wal_bytes_server": round((lsn_bytes(after.lsn) - lsn_bytes(before.lsn)) / n, 1),
         "tables": tables,
     }
@@ -164,6 +176,8 @@ def summary(figures: dict[str, Any]) -> str:
         "wal_bytes",
         "wal_bytes_without_fpi",
         "wal_records",
+        "wal_heap_records",
+        "wal_btree_records",
     )
     return ", ".join(f"{k} {figures[k]:g}" for k in shown if figures.get(k) is not None)
 
