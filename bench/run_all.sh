@@ -46,6 +46,7 @@ run uv run python bench/context_load.py
 run uv run python bench/memory.py
 run uv run python bench/memory.py --analyze-every 0
 run uv run python bench/claim_cost.py
+run uv run python bench/statement_cpu.py
 run uv run python bench/webhooks.py
 run uv run python bench/pool_throughput.py
 run uv run python bench/status_page.py

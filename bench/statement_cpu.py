@@ -12,6 +12,8 @@ script (with `_common.py`) into the other one and running it there; a checkout w
 not load the contexts runs its `lead_contexts` statement too, counted with the claim:
 
     uv run python bench/statement_cpu.py [--batches 100] [--batch 50] [--rounds 3]
+
+(`/proc/<pid>/schedstat` must exist: Linux with the server on this machine.)
 """
 
 from __future__ import annotations
@@ -92,8 +94,10 @@ def one_round(url: str, batches: int, batch: int) -> dict[str, float]:
             done += len(ids)
         sent = conn.execute("SELECT count(*) FROM campaign_messages WHERE status = 'sent'")
         check = sent.fetchone()
-    if check is None or check[0] != done or done != batches * batch:
-        raise SystemExit(f"only {done} of {batches * batch} messages went through")
+    c.require(
+        check is not None and check[0] == done == batches * batch,
+        f"only {done} of {batches * batch} messages went through",
+    )
     per = {k: round(v / done * 1e6, 1) for k, v in spent.items()}
     per["total"] = round(sum(per.values()), 1)
     return per
@@ -105,6 +109,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=50, help="messages per statement")
     parser.add_argument("--rounds", type=int, default=3, help="fresh databases; medians kept")
     args = parser.parse_args()
+    c.smoke(parser, args, batches=2, batch=5, rounds=1)
     runs = []
     for round_ in range(args.rounds):
         url = c.recreate_db(args.url, args.db)
