@@ -287,6 +287,24 @@ def test_claim_query_uses_its_index(db: Conn) -> None:
     assert "idx_campaign_messages_due" in text
 
 
+def test_claim_reads_the_due_rows_only_not_the_whole_queue(db: Conn) -> None:
+    """The claim's update finds the due rows by their ids (primary-key probes). Joined to them as
+    a relation, the planner hashed them against a sequential scan of the whole queue table on
+    every claim once it held a few thousand rows."""
+    from listener.queries import q
+
+    campaign = make_campaign(db)
+    enqueue(db, campaign, make_leads(db, 3000))
+    db.execute("ANALYZE campaign_messages")
+    with db.transaction():
+        plan = db.execute(
+            "EXPLAIN " + q("claim"),  # type: ignore[operator]
+            {"limit": 50, "worker": "w", "lease": "30 seconds"},
+        ).fetchall()
+    text = "\n".join(r[0] for r in plan)
+    assert "Seq Scan on campaign_messages" not in text, text
+
+
 # --------------------------------------------------------------------------------------------
 # The migration policy (README, "Upgrades and retention")
 # --------------------------------------------------------------------------------------------
