@@ -588,6 +588,17 @@ SELECT (SELECT count(*)::integer FROM campaign_messages
          WHERE status = 'pending' AND wait_reason IS DISTINCT FROM 'paused'
            AND scheduled_at <= now()) AS due
 
+-- stats_dead_letters --
+-- Webhook events set aside because they could not be applied (listener/deadletter.py): how
+-- many in the window and in all, and the latest few with their errors.
+SELECT d.id, d.kind, left(d.instance, 80) AS instance, left(d.error, 300) AS error, d.dead_at,
+       count(*) FILTER (WHERE d.dead_at > now() - %(window)s::interval) OVER ()::integer
+           AS in_window,
+       count(*) OVER ()::integer AS total
+  FROM webhook_dead_letters d
+ ORDER BY d.dead_at DESC, d.id DESC
+ LIMIT %(limit)s
+
 -- stats_waiting --
 -- What is waiting per campaign, and why: a paused campaign, a pacing reason (window, cap,
 -- gap, instance down), a retry, a future schedule, or simply due.
@@ -823,6 +834,16 @@ SELECT date_trunc('minute', sent_at) AS minute, count(*)::integer AS count
  GROUP BY 1
  ORDER BY 1
 
+-- status_dead_letters --
+-- Webhook events set aside because they could not be applied, newest first, with how many in
+-- all and in the last day.
+SELECT d.id, d.kind, left(d.instance, 80) AS instance, left(d.error, 300) AS error, d.dead_at,
+       count(*) FILTER (WHERE d.dead_at > now() - interval '1 day') OVER ()::integer AS last_day,
+       count(*) OVER ()::integer AS total
+  FROM webhook_dead_letters d
+ ORDER BY d.dead_at DESC, d.id DESC
+ LIMIT %(limit)s
+
 -- status_failures --
 -- The last failures with their reasons: failed messages, and pending ones waiting for a retry,
 -- newest first, with the campaign and the lead's phone (masked by the page).
@@ -929,15 +950,45 @@ SELECT * FROM unnest(%(kinds)b::text[], %(instances)b::text[], %(ids)b::text[],
 -- deleted in one transaction; the instances that reported ERROR among them.
 SELECT taken, error_instances FROM apply_inbox_statuses(%(limit)s)
 
+-- webhook_apply_status_ids --
+-- These statuses of the inbox (a half of a batch that failed, or one suspect alone): applied
+-- and deleted in one transaction; the instances that reported ERROR among them.
+SELECT taken, error_instances FROM apply_inbox_status_ids(%(ids)s::bigint[])
+
 -- webhook_take_replies --
--- The oldest replies of the inbox, deleted in the caller's transaction, which applies them.
+-- The oldest fresh replies of the inbox (suspects are tried alone apart), deleted in the
+-- caller's transaction, which applies them.
 DELETE FROM webhook_inbox w
  WHERE w.id IN (SELECT b.id FROM webhook_inbox b
-                 WHERE b.kind = 'reply'
+                 WHERE b.kind = 'reply' AND b.attempts = 0
                  ORDER BY b.id
                  LIMIT %(limit)s
                    FOR UPDATE SKIP LOCKED)
 RETURNING w.id, w.phone, w.opt_out, w.at
+
+-- webhook_take_reply_ids --
+-- These replies of the inbox (a half of a batch that failed, or one suspect alone), deleted in
+-- the caller's transaction, which applies them.
+DELETE FROM webhook_inbox w
+ WHERE w.id IN (SELECT b.id FROM webhook_inbox b
+                 WHERE b.id = ANY (%(ids)s::bigint[]) AND b.kind = 'reply'
+                   FOR UPDATE SKIP LOCKED)
+RETURNING w.id, w.phone, w.opt_out, w.at
+
+-- webhook_fresh_ids --
+-- The ids of a batch that failed as a whole, oldest first: split until the bad row stands alone.
+SELECT id FROM webhook_inbox
+ WHERE kind = %(kind)s AND attempts = 0
+ ORDER BY id
+ LIMIT %(limit)s
+
+-- webhook_suspects --
+-- Rows that failed alone before, tried again alone (idx_webhook_inbox_suspects).
+SELECT id, kind FROM webhook_inbox WHERE attempts > 0 ORDER BY id LIMIT %(limit)s
+
+-- webhook_inbox_failed --
+-- A row failed alone: its attempt counted; at %(max)s attempts, moved to webhook_dead_letters.
+SELECT dead, kind, instance FROM webhook_inbox_failed(%(id)s, %(error)s, %(max)s)
 
 -- webhook_early --
 -- Kept statuses whose part is now recorded are applied; those older than 10 minutes dropped.

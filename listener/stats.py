@@ -169,6 +169,26 @@ def _sender(row: dict[str, Any]) -> SenderNumber:
 
 
 @dataclass(frozen=True)
+class DeadLetters:
+    """Webhook events set aside because they could not be applied: in the window, in all, and
+    the latest few (kind, instance, error, when)."""
+
+    in_window: int
+    total: int
+    latest: list[tuple[str, str, str, datetime]]
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "in_window": self.in_window,
+            "total": self.total,
+            "latest": [
+                {"kind": kind, "instance": instance, "error": error, "at": at.isoformat()}
+                for kind, instance, error, at in self.latest
+            ],
+        }
+
+
+@dataclass(frozen=True)
 class Stats:
     """The seed's monitoring figures (DEPLOY-V8 step 4.2) over a window, plus retries and the
     due backlog."""
@@ -188,6 +208,7 @@ class Stats:
     models: list[ModelAnswers] = field(default_factory=list)
     funnel: list[Funnel] = field(default_factory=list)
     senders: list[SenderNumber] = field(default_factory=list)
+    dead_letters: DeadLetters = field(default_factory=lambda: DeadLetters(0, 0, []))
 
     @property
     def since(self) -> datetime:
@@ -236,6 +257,7 @@ class Stats:
             "spend": [spend.as_json() for spend in self.spend],
             "funnel": [f.as_json() for f in self.funnel],
             "senders": [n.as_json() for n in self.senders],
+            "webhook_dead_letters": self.dead_letters.as_json(),
             "models": [
                 {
                     "model": m.model,
@@ -276,6 +298,9 @@ async def collect_stats(
                 {"warmup": list(warmup), "default_instance": default_instance},
             )
         ).fetchall()
+        dead = await (
+            await conn.execute(q("stats_dead_letters"), {**params, "limit": _DEAD_SHOWN})
+        ).fetchall()
     rank = {status: index for index, status in enumerate(STATUS_ORDER)}
     by_status = sorted(
         ((row["status"], row["count"], row["percentage"]) for row in statuses),
@@ -300,8 +325,16 @@ async def collect_stats(
         models=[ModelAnswers(**row) for row in models],
         funnel=[Funnel(**row) for row in funnel],
         senders=[_sender(row) for row in numbers],
+        dead_letters=DeadLetters(
+            in_window=dead[0]["in_window"] if dead else 0,
+            total=dead[0]["total"] if dead else 0,
+            latest=[(r["kind"], r["instance"], r["error"], r["dead_at"]) for r in dead],
+        ),
     )
 
+
+#: The latest webhook events set aside shown (the table keeps them all).
+_DEAD_SHOWN = 5
 
 #: Per-minute rows shown to people; --json has them all.
 _MAX_MINUTES = 15
@@ -452,6 +485,19 @@ def render(figures: Stats) -> str:
         lines += _table(_sender_rows(figures.senders))
     else:
         lines.append("  none")
+    dead = figures.dead_letters
+    lines += [
+        "",
+        f"webhook events set aside (webhook_dead_letters): {dead.in_window} in the window,"
+        f" {dead.total} in all",
+    ]
+    if dead.latest:
+        dead_rows = [("set aside at", "kind", "instance", "error")]
+        dead_rows += [
+            (at.isoformat(timespec="seconds"), kind, instance, " ".join(error.split())[:100])
+            for kind, instance, error, at in dead.latest
+        ]
+        lines += _table(dead_rows)
     lines += ["", "LLM spend per campaign (messages created in the window)"]
     if figures.spend:
         spend = [

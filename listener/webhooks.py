@@ -40,6 +40,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from listener.batch import GroupCommit
 from listener.db import make_pool
+from listener.deadletter import SetAside, transient
 from listener.feedback import (
     RESTRICTING_REASONS,
     STATUSES,
@@ -154,6 +155,7 @@ class WebhookReceiver:
         self.url = url
         self.pool: AsyncConnectionPool | None = None
         self.metrics = WebhookMetrics(registry)
+        self.set_aside = SetAside(lambda: self._db, registry)
         self.on_restricted = on_restricted
         # One request whose events Postgres refuses fails alone: the others of its batch are
         # written again without it.
@@ -500,22 +502,45 @@ class WebhookReceiver:
     async def settle(self) -> tuple[int, int]:
         """Apply the inbox until it is empty (of rows no other listener is applying); returns
         the statuses and replies applied. One at a time: a call made while the applier runs
-        waits for it, so it returns once everything stored before it is applied."""
+        waits for it, so it returns once everything stored before it is applied. A row that
+        cannot be applied fails alone and is set aside (listener/deadletter.py); the rows
+        behind it go on."""
         assert self._applying is not None, "the receiver is not running"
         statuses = replies = 0
         async with self._applying:
             while True:
-                taken_statuses = await _again_on_deadlock(self._apply_statuses)
-                taken_replies = await _again_on_deadlock(self._apply_replies)
+                taken_statuses = await self._apply_kind("status", STATUS_BATCH)
+                taken_replies = await self._apply_kind("reply", REPLY_BATCH)
                 statuses += taken_statuses
                 replies += taken_replies
                 if taken_statuses < STATUS_BATCH and taken_replies < REPLY_BATCH:
-                    return statuses, replies
+                    break
+            await self.set_aside.retry_suspects(
+                {"status": self._apply_statuses, "reply": self._apply_replies}
+            )
+        return statuses, replies
 
-    async def _apply_statuses(self) -> int:
+    async def _apply_kind(self, kind: str, limit: int) -> int:
+        """The oldest fresh rows of `kind` in one transaction; when that fails for the rows'
+        sake, the same rows split until the failing ones stand alone."""
+        apply = self._apply_statuses if kind == "status" else self._apply_replies
+        try:
+            return await _again_on_deadlock(lambda: apply(None))
+        except Exception as exc:
+            if transient(exc):
+                raise
+        return await self.set_aside.isolate(
+            kind, lambda ids: _again_on_deadlock(lambda: apply(ids)), limit
+        )
+
+    async def _apply_statuses(self, ids: list[int] | None = None) -> int:
+        """The oldest fresh statuses (or these ones) applied and deleted in one transaction."""
         async with self._db.connection() as conn:
             async with conn.transaction():
-                cur = await conn.execute(q("webhook_apply_statuses"), {"limit": STATUS_BATCH})
+                if ids is None:
+                    cur = await conn.execute(q("webhook_apply_statuses"), {"limit": STATUS_BATCH})
+                else:
+                    cur = await conn.execute(q("webhook_apply_status_ids"), {"ids": ids})
                 row = await cur.fetchone()
             taken, errors = (int(row[0]), row[1] or []) if row else (0, [])
             for instance in errors:
@@ -564,12 +589,15 @@ class WebhookReceiver:
         for instance, errors, stale in rows:
             await self._judge(str(instance), int(errors), int(stale))
 
-    async def _apply_replies(self) -> int:
-        """The oldest replies of the inbox, in the order they came, in one transaction; said
-        (logged, counted) once it commits."""
+    async def _apply_replies(self, ids: list[int] | None = None) -> int:
+        """The oldest fresh replies of the inbox (or these ones), in the order they came, in
+        one transaction; said (logged, counted) once it commits."""
         done = []
         async with self._db.connection() as conn, conn.transaction():
-            cur = await conn.execute(q("webhook_take_replies"), {"limit": REPLY_BATCH})
+            if ids is None:
+                cur = await conn.execute(q("webhook_take_replies"), {"limit": REPLY_BATCH})
+            else:
+                cur = await conn.execute(q("webhook_take_reply_ids"), {"ids": ids})
             taken = sorted(await cur.fetchall())
             for _, phone, opt_out, at in taken:
                 cur = await conn.execute(

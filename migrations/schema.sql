@@ -75,10 +75,10 @@ END
 $$;
 
 --
--- Name: apply_inbox_statuses(integer); Type: FUNCTION; Schema: public; Owner: -
+-- Name: apply_inbox_status_ids(bigint[]); Type: FUNCTION; Schema: public; Owner: -
 --
 
-CREATE FUNCTION public.apply_inbox_statuses(p_limit integer) RETURNS TABLE(taken integer, error_instances text[])
+CREATE FUNCTION public.apply_inbox_status_ids(p_ids bigint[]) RETURNS TABLE(taken integer, error_instances text[])
     LANGUAGE plpgsql
     AS $$
 DECLARE
@@ -87,14 +87,13 @@ BEGIN
     WITH batch AS (
         DELETE FROM webhook_inbox w
          WHERE w.id IN (SELECT b.id FROM webhook_inbox b
-                         WHERE b.kind = 'status'
-                         ORDER BY b.id
-                         LIMIT p_limit
+                         WHERE b.id = ANY (p_ids) AND b.kind = 'status'
                            FOR UPDATE SKIP LOCKED)
-        RETURNING w.instance, w.provider_message_id, w.status, w.at
+        RETURNING w.id, w.instance, w.provider_message_id, w.status, w.at
     )
-    SELECT array_agg(b.instance), array_agg(b.provider_message_id), array_agg(b.status),
-           array_agg(b.at), array_agg(DISTINCT b.instance) FILTER (WHERE b.status = 'ERROR')
+    SELECT array_agg(b.instance ORDER BY b.id), array_agg(b.provider_message_id ORDER BY b.id),
+           array_agg(b.status ORDER BY b.id), array_agg(b.at ORDER BY b.id),
+           array_agg(DISTINCT b.instance) FILTER (WHERE b.status = 'ERROR')
       INTO i, ids, s, ats, error_instances
       FROM batch b;
     taken := COALESCE(cardinality(i), 0);
@@ -102,6 +101,24 @@ BEGIN
         PERFORM apply_delivery_statuses(i, ids, s, ats);
     END IF;
     RETURN NEXT;
+END
+$$;
+
+--
+-- Name: apply_inbox_statuses(integer); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.apply_inbox_statuses(p_limit integer) RETURNS TABLE(taken integer, error_instances text[])
+    LANGUAGE plpgsql
+    AS $$
+BEGIN
+    RETURN QUERY
+    SELECT a.taken, a.error_instances
+      FROM apply_inbox_status_ids(ARRAY(SELECT b.id FROM webhook_inbox b
+                                         WHERE b.kind = 'status' AND b.attempts = 0
+                                         ORDER BY b.id
+                                         LIMIT p_limit
+                                           FOR UPDATE SKIP LOCKED)) a;
 END
 $$;
 
@@ -1148,6 +1165,37 @@ END
 $$;
 
 --
+-- Name: webhook_inbox_failed(bigint, text, integer); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.webhook_inbox_failed(p_id bigint, p_error text, p_max integer) RETURNS TABLE(dead boolean, kind text, instance text)
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+    n integer;
+BEGIN
+    UPDATE webhook_inbox w
+       SET attempts = w.attempts + 1, last_error = p_error
+     WHERE w.id = p_id
+    RETURNING w.attempts, w.kind, w.instance INTO n, kind, instance;
+    IF n IS NULL THEN
+        RETURN;
+    END IF;
+    dead := n >= p_max;
+    IF dead THEN
+        WITH moved AS (DELETE FROM webhook_inbox w WHERE w.id = p_id RETURNING w.*)
+        INSERT INTO webhook_dead_letters (id, kind, instance, provider_message_id, status, phone,
+                                          opt_out, at, received_at, attempts, error)
+        SELECT m.id, m.kind, m.instance, m.provider_message_id, m.status, m.phone, m.opt_out,
+               m.at::text, m.received_at, m.attempts, p_error
+          FROM moved m
+        ON CONFLICT (id) DO NOTHING;
+    END IF;
+    RETURN NEXT;
+END
+$$;
+
+--
 -- Name: campaign_messages; Type: TABLE; Schema: public; Owner: -
 --
 
@@ -1607,6 +1655,31 @@ CREATE TABLE public.sent_events (
 );
 
 --
+-- Name: webhook_dead_letters; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.webhook_dead_letters (
+    id bigint NOT NULL,
+    kind text NOT NULL,
+    instance text NOT NULL,
+    provider_message_id text,
+    status text,
+    phone text,
+    opt_out boolean,
+    at text,
+    received_at timestamp with time zone NOT NULL,
+    attempts integer NOT NULL,
+    error text NOT NULL,
+    dead_at timestamp with time zone DEFAULT now() NOT NULL
+);
+
+--
+-- Name: TABLE webhook_dead_letters; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON TABLE public.webhook_dead_letters IS 'acknowledged webhook events that could not be applied after a few attempts, with the error';
+
+--
 -- Name: webhook_inbox; Type: TABLE; Schema: public; Owner: -
 --
 
@@ -1620,6 +1693,8 @@ CREATE TABLE public.webhook_inbox (
     opt_out boolean,
     at timestamp with time zone NOT NULL,
     received_at timestamp with time zone DEFAULT now() NOT NULL,
+    attempts integer DEFAULT 0 NOT NULL,
+    last_error text,
     text text,
     CONSTRAINT webhook_inbox_kind_check CHECK ((kind = ANY (ARRAY['status'::text, 'reply'::text])))
 );
@@ -1753,6 +1828,13 @@ ALTER TABLE ONLY public.sender_instances
 
 ALTER TABLE ONLY public.sent_events
     ADD CONSTRAINT sent_events_pkey PRIMARY KEY (instance, provider_message_id);
+
+--
+-- Name: webhook_dead_letters webhook_dead_letters_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.webhook_dead_letters
+    ADD CONSTRAINT webhook_dead_letters_pkey PRIMARY KEY (id);
 
 --
 -- Name: webhook_inbox webhook_inbox_pkey; Type: CONSTRAINT; Schema: public; Owner: -
@@ -1904,6 +1986,18 @@ CREATE INDEX idx_message_parts_first ON public.message_parts USING btree (instan
 --
 
 CREATE INDEX idx_sent_events_number ON public.sent_events USING btree (number, received_at);
+
+--
+-- Name: idx_webhook_dead_letters_dead_at; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX idx_webhook_dead_letters_dead_at ON public.webhook_dead_letters USING btree (dead_at);
+
+--
+-- Name: idx_webhook_inbox_suspects; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX idx_webhook_inbox_suspects ON public.webhook_inbox USING btree (id) WHERE (attempts > 0);
 
 --
 -- Name: campaign_messages campaign_messages_after_delete; Type: TRIGGER; Schema: public; Owner: -

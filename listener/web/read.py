@@ -16,6 +16,7 @@ from listener.queries import q
 from listener.web.live import Live
 from listener.web.snapshot import (
     CAMPAIGN_LIMIT,
+    DEAD_LETTER_LIMIT,
     FAILURE_LIMIT,
     FOREVER,
     NEVER,
@@ -77,6 +78,7 @@ async def _read(cur: psycopg.AsyncCursor[dict[str, Any]], live: Live | None) -> 
             for row in await _rows(cur, "status_pools", {"ids": ids})
         },
         sender_instances=await _rows(cur, "status_sender_instances"),
+        dead_letters=await _rows(cur, "status_dead_letters", {"limit": DEAD_LETTER_LIMIT}),
         live=live,
     )
     names = sorted(instance_names(snapshot))

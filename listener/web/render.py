@@ -19,6 +19,7 @@ from listener.web.views import (
     FUNNEL_COLUMNS,
     campaign_rows,
     chart_view,
+    dead_letter_view,
     failure_rows,
     funnel_rows,
     instance_rows,
@@ -67,6 +68,7 @@ def render(s: Snapshot) -> str:
         funnel_columns=FUNNEL_COLUMNS,
         spend=spend_rows(s),
         failures=failure_rows(s),
+        dead_letters=dead_letter_view(s),
     )
 
 

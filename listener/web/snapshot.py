@@ -14,6 +14,8 @@ from listener.web.live import Live
 CAMPAIGN_LIMIT = 50
 #: Failed and retrying messages shown, each.
 FAILURE_LIMIT = 10
+#: Webhook events set aside (webhook_dead_letters) shown, newest first.
+DEAD_LETTER_LIMIT = 5
 
 #: Postgres' infinite timestamps ('-infinity' is the gap table's default), which datetime lacks.
 FOREVER = datetime.max.replace(tzinfo=UTC)
@@ -38,6 +40,8 @@ class Snapshot:
     pools: dict[UUID, list[str]] = field(default_factory=dict)
     sender_instances: list[dict[str, Any]] = field(default_factory=list)
     instance_sends: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: The newest webhook events set aside, each with the counts in all and in the last day.
+    dead_letters: list[dict[str, Any]] = field(default_factory=list)
     live: Live | None = None
 
 

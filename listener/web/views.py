@@ -282,6 +282,27 @@ def chart_view(now: datetime, per_minute: Iterable[dict[str, Any]]) -> dict[str,
     return {"width": width, "height": height, "base": height - pad, "top": top, "bars": bars}
 
 
+def dead_letter_view(s: Snapshot) -> dict[str, Any] | None:
+    """Webhook events set aside because they could not be applied (None: there are none):
+    acknowledged to Evolution and never applied, they need an operator's look."""
+    if not s.dead_letters:
+        return None
+    first = s.dead_letters[0]
+    return {
+        "total": first["total"],
+        "last_day": first["last_day"],
+        "rows": [
+            {
+                "at": row["dead_at"],
+                "kind": row["kind"],
+                "instance": row["instance"],
+                "error": masked(row["error"]),
+            }
+            for row in s.dead_letters
+        ],
+    }
+
+
 def failure_rows(s: Snapshot) -> list[dict[str, Any]]:
     """The newest failures first, the lead's phone masked."""
     oldest = datetime.min.replace(tzinfo=s.now.tzinfo)

@@ -1,29 +1,17 @@
--- Apply the oldest `p_limit` statuses of the inbox (rows another listener is applying are left
--- to it) and delete them, in the caller's transaction. Returns how many were taken and the
--- instances that reported an ERROR among them (their restriction check comes next).
+-- Apply the oldest `p_limit` fresh statuses of the inbox (rows another listener is applying are
+-- left to it; suspects, rows that failed before, are tried alone apart) and delete them, in the
+-- caller's transaction. Returns how many were taken and the instances that reported an ERROR
+-- among them (their restriction check comes next).
 CREATE OR REPLACE FUNCTION apply_inbox_statuses(p_limit integer)
 RETURNS TABLE (taken integer, error_instances text[])
 LANGUAGE plpgsql AS $$
-DECLARE
-    i text[]; ids text[]; s text[]; ats timestamptz[];
 BEGIN
-    WITH batch AS (
-        DELETE FROM webhook_inbox w
-         WHERE w.id IN (SELECT b.id FROM webhook_inbox b
-                         WHERE b.kind = 'status'
-                         ORDER BY b.id
-                         LIMIT p_limit
-                           FOR UPDATE SKIP LOCKED)
-        RETURNING w.instance, w.provider_message_id, w.status, w.at
-    )
-    SELECT array_agg(b.instance), array_agg(b.provider_message_id), array_agg(b.status),
-           array_agg(b.at), array_agg(DISTINCT b.instance) FILTER (WHERE b.status = 'ERROR')
-      INTO i, ids, s, ats, error_instances
-      FROM batch b;
-    taken := COALESCE(cardinality(i), 0);
-    IF taken > 0 THEN
-        PERFORM apply_delivery_statuses(i, ids, s, ats);
-    END IF;
-    RETURN NEXT;
+    RETURN QUERY
+    SELECT a.taken, a.error_instances
+      FROM apply_inbox_status_ids(ARRAY(SELECT b.id FROM webhook_inbox b
+                                         WHERE b.kind = 'status' AND b.attempts = 0
+                                         ORDER BY b.id
+                                         LIMIT p_limit
+                                           FOR UPDATE SKIP LOCKED)) a;
 END
 $$;

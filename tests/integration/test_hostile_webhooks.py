@@ -12,14 +12,19 @@ import random
 import string
 import time
 from collections.abc import Iterator
+from datetime import timedelta
 from typing import Any
 
+import httpx
 import psycopg
 import pytest
+from prometheus_client import generate_latest
 
 from listener.feedback import SentEvent, sign_jwt
+from listener.stats import collect_stats, render
 from listener.testing import FakeProviders, connection_data, reply_data, status_data, webhook_body
 from tests.helpers import await_until, make_campaign
+from tests.integration.test_status_page import page_client  # noqa: F401 (a fixture)
 from tests.integration.test_webhooks import SECRET, listening, one, parts_of, send_one
 
 Conn = psycopg.Connection[Any]
@@ -259,3 +264,85 @@ async def test_a_send_message_postgres_refuses_fails_alone_not_its_group_commit(
         assert isinstance(results[2], psycopg.errors.ProgramLimitExceeded)
         stored = db.execute("SELECT provider_message_id FROM sent_events ORDER BY 1").fetchall()
         assert [r[0] for r in stored] == [e.provider_id for e in good]
+
+
+POISON_ROWS = {
+    # What a receiver before the door's checks acknowledged (or what gets past them): each
+    # fails on every turn of the applier, and used to stop every event behind it for good.
+    "the year 1": (
+        "INSERT INTO webhook_inbox (kind, instance, phone, opt_out, at)"
+        " VALUES ('reply', 'main', '5511900000099', false, '0001-01-01T00:00:00+14:00')"
+    ),
+    "the year 10,000": (
+        "INSERT INTO webhook_inbox (kind, instance, phone, opt_out, at)"
+        " VALUES ('reply', 'main', '5511900000099', false, '9999-12-31T23:59:59-14:00')"
+    ),
+    "a 12,000-character keyId": (
+        "INSERT INTO webhook_inbox (kind, instance, provider_message_id, status, at)"
+        f" VALUES ('status', 'main', '{HUGE_ID}', 'READ', now())"
+    ),
+}
+
+
+def dead_letters(db: Conn) -> list[tuple[Any, ...]]:
+    return [
+        tuple(r)
+        for r in db.execute(
+            "SELECT kind, attempts, error FROM webhook_dead_letters ORDER BY id"
+        ).fetchall()
+    ]
+
+
+@pytest.mark.parametrize("poison", list(POISON_ROWS))
+async def test_an_acknowledged_poison_row_is_set_aside_and_the_rows_behind_it_apply(
+    db_url: str,
+    db: Conn,
+    poison: str,
+    page_client: httpx.AsyncClient,  # noqa: F811 (the fixture imported above)
+) -> None:
+    async with listening(db_url) as (daemon, fakes):
+        mid = await send_one(db, fakes)
+        [part] = (s["id"] for s in fakes.accepted())
+        lead = one(db, "SELECT lead_id FROM campaign_messages WHERE id = %s", mid)
+        phone = one(
+            db, "SELECT regexp_replace(phone, '[^0-9]', '', 'g') FROM leads WHERE id = %s", lead
+        )
+        # The poison first, then in the same moment an opt-out and a status behind it.
+        with db.transaction():
+            db.execute(POISON_ROWS[poison])
+            db.execute(
+                "INSERT INTO webhook_inbox (kind, instance, phone, opt_out, at)"
+                " VALUES ('reply', 'main', %s, true, now())",
+                (phone,),
+            )
+            db.execute(
+                "INSERT INTO webhook_inbox (kind, instance, provider_message_id, status, at)"
+                " VALUES ('status', 'main', %s, 'READ', now())",
+                (part,),
+            )
+        started = time.monotonic()
+        await await_until(
+            lambda: (
+                parts_of(db) == {part: "READ"}
+                and one(db, "SELECT opted_out FROM leads WHERE id = %s", lead)
+            ),
+            timeout=10,
+        )
+        applied_in = time.monotonic() - started
+        # Tried alone a few times (a turn a second), then set aside with its error.
+        await await_until(lambda: len(dead_letters(db)) == 1, timeout=15)
+        [(kind, attempts, error)] = dead_letters(db)
+        assert (kind, attempts) == ("status" if "keyId" in poison else "reply", 3)
+        assert error
+        assert one(db, "SELECT count(*) FROM webhook_inbox") == 0
+        # Counted on /metrics, shown by `listener stats` and on the status page.
+        metrics = generate_latest(daemon.metrics.registry).decode()
+        assert f'listener_webhook_dead_letters_total{{kind="{kind}"}} 1.0' in metrics
+    assert applied_in < 10
+    figures = await collect_stats(db_url, timedelta(hours=1))
+    assert (figures.dead_letters.in_window, figures.dead_letters.total) == (1, 1)
+    shown = render(figures)
+    assert "webhook events set aside (webhook_dead_letters): 1 in the window, 1 in all" in shown
+    assert f"  {kind}  " in shown.split("webhook events set aside")[1]
+    page = (await page_client.get("/")).text
+    assert "Webhook events set aside" in page and "1 in all, 1 in the last day" in page
