@@ -169,6 +169,7 @@ class Daemon:
             for task in late:
                 task.cancel()
             await processor.drain(max(deadline - time.monotonic(), 0.0))
+            await processor.senders.aclose()
             self.listener.stop()
             for task in (listen_task, claim_task, stop_task):
                 task.cancel()
@@ -193,6 +194,8 @@ class Daemon:
             # A job stuck on a frozen database winds down within psycopg's cancel timeouts;
             # the pool's close does not wait for it longer than that either.
             await asyncio.wait(running, timeout=2)
+        if self.processor is not None:
+            await self.processor.store.aclose()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -240,6 +243,8 @@ class Daemon:
             ("probe", self._probe, settings.health_interval.total_seconds(), None),
             # Held sender numbers are asked again (not their messages); see pool.py.
             ("recheck", processor.senders.recheck, settings.instance_recheck.total_seconds(), None),
+            # Holds of a campaign cut off mid-move are taken up (after their runner's lease).
+            ("holds", processor.senders.resume_holds, max(lease / 2, 0.05), None),
         ]
         if settings.sweep_max_age.total_seconds() > 0:
             jobs.append(("sweep", self.sweep, settings.sweep_interval.total_seconds(), None))

@@ -169,3 +169,45 @@ async def within(awaitable: Awaitable[T], seconds: float, *, on_timeout: Callabl
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
     raise TimeoutError(f"no answer within {seconds:g}s")
+
+
+class Lane:
+    """A connection of its own, outside the pool, for work that must never queue behind the
+    pool's (lease renewal, the rescue of expired leases): a lease renewal that waits longer
+    than the lease is a repeated part waiting to happen. Opened on first use with the pool's
+    settings (the worker's application_name, keepalives), opened again after it was lost;
+    one statement at a time."""
+
+    def __init__(self, pool: AsyncConnectionPool) -> None:
+        # The pool's own (make_pool gives a DSN and a dict; psycopg_pool allows callables).
+        assert isinstance(pool.conninfo, str) and isinstance(pool.kwargs, dict | None)
+        self._conninfo: str = pool.conninfo
+        self._kwargs: dict[str, Any] = dict(pool.kwargs or {})
+        self._conn: psycopg.AsyncConnection[Any] | None = None
+        self._lock = asyncio.Lock()
+
+    async def fetchall(self, query: Any, params: dict[str, Any]) -> list[tuple[Any, ...]]:
+        """Run one statement in its own transaction; its rows."""
+        async with self._lock:
+            conn = self._conn
+            if conn is None or conn.closed:
+                conn = self._conn = await psycopg.AsyncConnection.connect(
+                    self._conninfo, **{**self._kwargs, "autocommit": True}
+                )
+            try:
+                cur = await conn.execute(query, params)
+                return await cur.fetchall()
+            except psycopg.errors.DeadlockDetected:
+                raise  # the statement's own fate; the connection is fine
+            except BaseException:
+                # Lost, cancelled mid-statement or left in doubt: the next call opens a fresh
+                # one.
+                self._conn = None
+                await conn.close()
+                raise
+
+    async def close(self) -> None:
+        async with self._lock:
+            if self._conn is not None:
+                await self._conn.close()
+                self._conn = None

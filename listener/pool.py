@@ -15,8 +15,9 @@ moments:
 - `recheck`, a periodic job: held numbers are asked again (not their messages); one that is
   back has its waiting messages made due at once.
 - `spread`: a hold of a whole campaign (its window, its cap, its budget) found by one message
-  is passed to its other due messages in one statement, instead of each being claimed and put
-  back.
+  is passed to its other due messages, instead of each being claimed and put back: moved aside
+  in short batches by a task of its own (the claim passes over the campaign meanwhile), and
+  taken up again by `resume_holds` when a listener was cut off mid-move.
 
 A single-number campaign without a gap or limits never calls the database here.
 """
@@ -396,7 +397,8 @@ class Senders:
 
     async def spread(self, job: Job, wait: Wait) -> None:
         """A message found its whole campaign held (window, cap, budget): the campaign's other
-        due messages that have not started wait too, moved in one statement, once."""
+        due messages that have not started wait too, moved aside once, in batches, by a task
+        of its own (the message's slot is free meanwhile; see Store.hold_campaign)."""
         if wait.reason not in CAMPAIGN_HOLDS or job.parts_sent > 0:
             return
         key: tuple[object, ...] = ("campaign", job.campaign_id, wait.reason)
@@ -404,17 +406,53 @@ class Senders:
         if told is not None and told >= wait.until - _SPREAD_AGAIN:
             return  # (a budget's recheck moves with each message's clock: not a new hold)
         self._remember(key, wait.until)
+        task = asyncio.get_running_loop().create_task(self._hold_campaign(key, job, wait))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _hold_campaign(self, key: tuple[object, ...], job: Job, wait: Wait) -> None:
         try:
-            moved = await self.store.defer_campaign(job.campaign_id, wait)
-        except psycopg.Error as exc:  # each message then finds the hold for itself
+            moved = await self.store.hold_campaign(job.campaign_id, wait)
+        except Exception as exc:
+            if not isinstance(exc, psycopg.Error):
+                self._told.pop(key, None)
+                log.exception(
+                    "moving the campaign's other messages aside failed",
+                    extra={"action": "campaign_wait_failed"},
+                )
+                return
+            # Cut off mid-move: the hold stays in the database and a listener takes it up
+            # (resume_holds); cut off before it began: the next message of the campaign
+            # begins it again.
+            self._told.pop(key, None)
             log.warning(
-                "could not defer the campaign's other messages: %s",
+                "could not move the campaign's other messages aside: %s",
                 exc,
                 extra={"action": "campaign_wait_failed"},
             )
             return
-        if wait.reason != "budget":  # the writer says it once per campaign
+        if moved is not None and wait.reason != "budget":  # the writer says it once
             _log_campaign_hold(job.campaign_id, wait, moved)
+
+    async def resume_holds(self) -> None:
+        """A periodic job: holds of a campaign whose listener was cut off mid-move are taken
+        up, so their messages are never claimed and put back a few at a time."""
+        for campaign_id, reason, moved in await self.store.resume_holds():
+            log.info(
+                "took up the hold of campaign %s (%s) cut off mid-move: %d messages moved aside",
+                campaign_id,
+                reason,
+                moved,
+                extra={"action": "campaign_hold_resumed", "reason": reason, "messages": moved},
+            )
+
+    async def aclose(self) -> None:
+        """Wait briefly for holds under way (a stop); one cut off is taken up later."""
+        if self._tasks:
+            _, late = await asyncio.wait(set(self._tasks), timeout=2)
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*late, return_exceptions=True)
 
     def _once(self, key: tuple[object, ...], until: datetime, message: str, *args: object) -> None:
         told = self._told.get(key)

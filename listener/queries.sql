@@ -21,6 +21,15 @@ WITH due AS (
        AND m.wait_reason IS DISTINCT FROM 'paused'
        AND m.scheduled_at <= now()
        AND NOT EXISTS (SELECT 1 FROM campaigns c WHERE c.id = m.campaign_id AND c.status = 'paused')
+       -- A campaign whose due messages are being moved aside (hold_campaign_batch): its
+       -- unstarted ones (a budget: those that need the LLM) are not claimed meanwhile, only
+       -- to be put back one by one. One look at an empty table when no hold is under way.
+       AND NOT (m.parts_sent = 0 AND EXISTS (SELECT 1 FROM listener_campaign_holds)
+                AND (m.campaign_id IN (SELECT h.campaign_id FROM listener_campaign_holds h
+                                        WHERE h.until > now() AND h.reason <> 'budget')
+                     OR (m.parts IS NULL AND (m.content IS NULL OR btrim(m.content) = '')
+                         AND m.campaign_id IN (SELECT h.campaign_id FROM listener_campaign_holds h
+                                                WHERE h.until > now() AND h.reason = 'budget'))))
      ORDER BY m.scheduled_at
      LIMIT %(limit)s
        FOR UPDATE OF m SKIP LOCKED
@@ -425,16 +434,81 @@ RETURNING i.instance, i.held_reason
 -- The number is back: end its hold and make the messages that waited for it due now.
 SELECT listener_release_sender(%(instance)s, %(default_instance)s, now()) AS woken
 
--- defer_campaign --
+-- hold_campaign_begin --
 -- A hold of the whole campaign (its window, its daily cap, its budget) found by one message:
--- its other due messages that have not started wait too, in one statement, instead of each
--- being claimed and put back. A budget holds only the messages that still need the LLM.
-UPDATE campaign_messages m
-   SET scheduled_at = %(until)s, wait_reason = %(reason)s, updated_at = now()
- WHERE m.campaign_id = %(campaign_id)s AND m.status = 'pending' AND m.parts_sent = 0
-   AND m.scheduled_at < %(until)s AND m.wait_reason IS DISTINCT FROM 'paused'
-   AND (%(reason)s <> 'budget'
-        OR (m.parts IS NULL AND (m.content IS NULL OR btrim(m.content) = '')))
+-- its other due messages that have not started wait too, moved aside in batches
+-- (hold_campaign_batch) by the listener that takes the hold here. A hold of the same campaign
+-- and reason already under way with a live runner is left to it (no row returned); one whose
+-- runner's lease passed is taken over, with the later of the two ends.
+INSERT INTO listener_campaign_holds AS h (campaign_id, reason, until, runner, runner_until)
+VALUES (%(campaign_id)s, %(reason)s, %(until)s, %(worker)s, now() + %(lease)s)
+ON CONFLICT (campaign_id, reason) DO UPDATE
+   SET until = greatest(h.until, EXCLUDED.until),
+       runner = EXCLUDED.runner,
+       runner_until = EXCLUDED.runner_until
+ WHERE h.runner_until IS NULL OR h.runner_until < now() OR h.runner = EXCLUDED.runner
+RETURNING h.until
+
+-- hold_campaign_batch --
+-- Move up to %(limit)s of the campaign's due messages that have not started aside to the
+-- hold's end, in the order they came due, and push the runner's lease on. Rows another
+-- statement holds are skipped (a later batch or the claim's own hold takes them), so the
+-- batch waits for no lock and holds its own only for its short time. A budget holds only the
+-- messages that still need the LLM, and only while the campaign's spend is at its budget (a
+-- budget raised meanwhile ends the hold). `mine`: false when the hold is no longer ours.
+WITH moved AS (
+    UPDATE campaign_messages m
+       SET scheduled_at = %(until)s, wait_reason = %(reason)s, updated_at = now()
+     WHERE m.id = ANY (ARRAY(
+               SELECT b.id FROM campaign_messages b
+                WHERE b.campaign_id = %(campaign_id)s AND b.status = 'pending'
+                  AND b.wait_reason IS DISTINCT FROM 'paused'
+                  AND b.scheduled_at < %(until)s AND b.parts_sent = 0
+                  AND (%(reason)s <> 'budget'
+                       OR (b.parts IS NULL AND (b.content IS NULL OR btrim(b.content) = '')
+                           AND EXISTS (SELECT 1 FROM campaigns c
+                                        WHERE c.id = %(campaign_id)s
+                                          AND c.spent_usd >= c.budget_usd)))
+                ORDER BY b.scheduled_at
+                LIMIT %(limit)s
+                  FOR UPDATE SKIP LOCKED))
+       AND m.status = 'pending' AND m.parts_sent = 0
+    RETURNING 1
+), progress AS (
+    UPDATE listener_campaign_holds h
+       SET moved = h.moved + (SELECT count(*) FROM moved),
+           runner_until = now() + %(lease)s
+     WHERE h.campaign_id = %(campaign_id)s AND h.reason = %(reason)s AND h.runner = %(worker)s
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM moved)::integer AS moved, EXISTS (SELECT 1 FROM progress) AS mine
+
+-- hold_campaign_end --
+-- The move is done: the claim goes back to the campaign (its messages are out of the due range
+-- now); returns how many were moved in all.
+DELETE FROM listener_campaign_holds
+ WHERE campaign_id = %(campaign_id)s AND reason = %(reason)s AND runner = %(worker)s
+RETURNING moved
+
+-- holds_to_resume --
+-- Holds whose runner was cut off (its lease passed): those still in force are taken by this
+-- listener, to move the rest of their messages; those that ended meanwhile are dropped.
+WITH stale AS (
+    SELECT campaign_id, reason FROM listener_campaign_holds
+     WHERE runner_until < now()
+       FOR UPDATE SKIP LOCKED
+), dropped AS (
+    DELETE FROM listener_campaign_holds h
+     USING stale s
+     WHERE h.campaign_id = s.campaign_id AND h.reason = s.reason AND h.until <= now()
+), taken AS (
+    UPDATE listener_campaign_holds h
+       SET runner = %(worker)s, runner_until = now() + %(lease)s
+      FROM stale s
+     WHERE h.campaign_id = s.campaign_id AND h.reason = s.reason AND h.until > now()
+    RETURNING h.campaign_id, h.reason, h.until
+)
+SELECT campaign_id, reason, until FROM taken
 
 -- stats_senders --
 -- Per number: today's and this hour's sends (its campaigns' time zone, as its caps count them)

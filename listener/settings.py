@@ -189,6 +189,8 @@ class Settings(BaseSettings):
         timedelta(seconds=30), validation_alias="LISTENER_POLL_INTERVAL"
     )
     claim_batch: int = Field(100, ge=1, le=10000, validation_alias="LISTENER_CLAIM_BATCH")
+    # A hold of a whole campaign moves its due messages aside this many per statement.
+    hold_batch: int = Field(1000, ge=1, le=100000, validation_alias="LISTENER_HOLD_BATCH")
     lease: Duration = Field(timedelta(seconds=30), validation_alias="LISTENER_LEASE")
     rescue_interval: Duration = Field(
         timedelta(seconds=10), validation_alias="LISTENER_RESCUE_INTERVAL"

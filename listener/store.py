@@ -28,6 +28,7 @@ from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
 from listener.batch import GroupCommit
+from listener.db import Lane
 from listener.errors import DataRefusedError
 from listener.jobs import Finish, Job, RecordPart, StoreParts, Usage
 from listener.outcomes import Stop
@@ -103,6 +104,15 @@ class Store:
         self._store = GroupCommit(self._flush_store, key=_by_id, isolate=is_data_error)
         self._record = GroupCommit(self._flush_record, key=_by_id, isolate=is_data_error)
         self._finish = GroupCommit(self._flush_finish, key=_by_id, isolate=is_data_error)
+        # Lease renewal and the rescue each on a connection of their own: never queued behind
+        # the pool's work (a claim, a batch of writes, a hold being moved).
+        self._renewals = Lane(pool)
+        self._rescues = Lane(pool)
+
+    async def aclose(self) -> None:
+        """Close the connections of lease renewal and the rescue (the pool is the caller's)."""
+        await self._renewals.close()
+        await self._rescues.close()
 
     def lease_margin(self) -> float:
         """How long a lease taken (or renewed) now surely holds: its length, less a margin
@@ -302,12 +312,16 @@ class Store:
     # Batched statements (group commit)
     # ----------------------------------------------------------------------------------------
 
-    async def _returning_ids(self, name: str, params: dict[str, Any]) -> set[Hashable]:
-        """Run one batched write. Each is a single guarded statement (state, owner, part
-        number), so when Postgres picks it as the victim of a deadlock with another of our
-        writes it is simply run again."""
+    async def _returning_ids(
+        self, name: str, params: dict[str, Any], *, lane: Lane | None = None
+    ) -> set[Hashable]:
+        """Run one batched write (on `lane` when given, else a pool connection). Each is a
+        single guarded statement (state, owner, part number), so when Postgres picks it as the
+        victim of a deadlock with another of our writes it is simply run again."""
         for retry in range(_DEADLOCK_RETRIES + 1):
             try:
+                if lane is not None:
+                    return {row[0] for row in await lane.fetchall(q(name), params)}
                 async with self.pool.connection() as conn:
                     cur = await conn.execute(q(name), params)
                     return {row[0] for row in await cur.fetchall()}
@@ -384,6 +398,7 @@ class Store:
         kept = await self._returning_ids(
             "renew_leases",
             {"ids": [j.id for j in jobs], "worker": self.worker, "lease": self.settings.lease},
+            lane=self._renewals,
         )
         for job in jobs:
             if job.id in kept:
@@ -416,12 +431,11 @@ class Store:
 
     async def rescue(self) -> list[tuple[UUID, str]]:
         """Take back rows whose lease expired (see queries.sql for who keeps the attempt)."""
-        async with self.pool.connection() as conn:
-            cur = await conn.execute(
-                q("rescue_expired"),
-                {"max_attempts": self.settings.max_attempts, "window": self.rescue_window()},
-            )
-            return [(row[0], row[1]) for row in await cur.fetchall()]
+        rows = await self._rescues.fetchall(
+            q("rescue_expired"),
+            {"max_attempts": self.settings.max_attempts, "window": self.rescue_window()},
+        )
+        return [(row[0], row[1]) for row in rows]
 
     async def sweep(self, max_age: timedelta) -> int:
         """The seed's sweep: skip pending rows that have not begun, due longer than `max_age`."""
@@ -581,12 +595,68 @@ class Store:
             row = await cur.fetchone()
         return int(row[0]) if row else 0
 
-    async def defer_campaign(self, campaign_id: UUID, wait: Wait) -> int:
-        """A hold of the whole campaign: its other due, unstarted messages wait with it."""
-        params = {"campaign_id": campaign_id, "until": wait.until, "reason": wait.reason}
+    async def hold_campaign(self, campaign_id: UUID, wait: Wait) -> int | None:
+        """A hold of the whole campaign (window, cap, budget): its other due, unstarted
+        messages wait with it, moved aside in batches of `hold_batch` (each a short statement
+        that skips rows others hold, so the claim and lease renewals never wait behind it).
+        Returns how many were moved, or None when another listener is moving them. A move cut
+        off (a lost connection) is left in listener_campaign_holds, and taken up again by
+        `resume_holds` once this worker's lease on it has passed."""
+        params: dict[str, Any] = {
+            "campaign_id": campaign_id,
+            "reason": wait.reason,
+            "until": wait.until,
+            "worker": self.worker,
+            "lease": self.settings.lease,
+        }
         async with self.pool.connection() as conn:
-            cur = await conn.execute(q("defer_campaign"), params)
-            return cur.rowcount
+            cur = await conn.execute(q("hold_campaign_begin"), params)
+            row = await cur.fetchone()
+        if row is None:
+            return None
+        params["until"] = row[0]
+        return await self._move_held(params)
+
+    async def resume_holds(self) -> list[tuple[UUID, str, int]]:
+        """Take up the holds whose runner was cut off mid-move and move the rest of their
+        messages: (campaign, reason, moved in all) for each."""
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(
+                q("holds_to_resume"), {"worker": self.worker, "lease": self.settings.lease}
+            )
+            holds = await cur.fetchall()
+        done = []
+        for campaign_id, reason, until in holds:
+            params: dict[str, Any] = {
+                "campaign_id": campaign_id,
+                "reason": reason,
+                "until": until,
+                "worker": self.worker,
+                "lease": self.settings.lease,
+            }
+            moved = await self._move_held(params)
+            if moved is not None:
+                done.append((campaign_id, reason, moved))
+        return done
+
+    async def _move_held(self, params: dict[str, Any]) -> int | None:
+        """Move a hold's messages batch by batch (each on a pool connection taken for that
+        statement only), then end the hold; None when it was taken from us meanwhile."""
+        params = {**params, "limit": self.settings.hold_batch}
+        while True:
+            async with self.pool.connection() as conn:
+                cur = await conn.execute(q("hold_campaign_batch"), params)
+                row = await cur.fetchone()
+            assert row is not None
+            moved, mine = row
+            if not mine:
+                return None
+            if moved < params["limit"]:
+                break
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(q("hold_campaign_end"), params)
+            row = await cur.fetchone()
+        return None if row is None else int(row[0])
 
 
 # --------------------------------------------------------------------------------------------

@@ -1483,6 +1483,20 @@ CREATE TABLE public.listener_campaign_days (
 );
 
 --
+-- Name: listener_campaign_holds; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.listener_campaign_holds (
+    campaign_id uuid NOT NULL,
+    reason text NOT NULL,
+    until timestamp with time zone NOT NULL,
+    moved bigint DEFAULT 0 NOT NULL,
+    started_at timestamp with time zone DEFAULT now() NOT NULL,
+    runner text,
+    runner_until timestamp with time zone
+);
+
+--
 -- Name: listener_instances; Type: TABLE; Schema: public; Owner: -
 --
 
@@ -1781,6 +1795,13 @@ ALTER TABLE ONLY public.listener_campaign_days
     ADD CONSTRAINT listener_campaign_days_pkey PRIMARY KEY (campaign_id, day);
 
 --
+-- Name: listener_campaign_holds listener_campaign_holds_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.listener_campaign_holds
+    ADD CONSTRAINT listener_campaign_holds_pkey PRIMARY KEY (campaign_id, reason);
+
+--
 -- Name: listener_instances listener_instances_pkey; Type: CONSTRAINT; Schema: public; Owner: -
 --
 
@@ -1848,6 +1869,12 @@ ALTER TABLE ONLY public.webhook_inbox
 --
 
 CREATE INDEX idx_campaign_messages_campaign ON public.campaign_messages USING btree (campaign_id, status);
+
+--
+-- Name: idx_campaign_messages_campaign_due; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX idx_campaign_messages_campaign_due ON public.campaign_messages USING btree (campaign_id, scheduled_at) WHERE ((status = 'pending'::text) AND (wait_reason IS DISTINCT FROM 'paused'::text));
 
 --
 -- Name: idx_campaign_messages_cap_day; Type: INDEX; Schema: public; Owner: -
@@ -2081,6 +2108,13 @@ ALTER TABLE ONLY public.campaign_steps
 
 ALTER TABLE ONLY public.listener_campaign_days
     ADD CONSTRAINT listener_campaign_days_campaign_id_fkey FOREIGN KEY (campaign_id) REFERENCES public.campaigns(id) ON DELETE CASCADE;
+
+--
+-- Name: listener_campaign_holds listener_campaign_holds_campaign_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.listener_campaign_holds
+    ADD CONSTRAINT listener_campaign_holds_campaign_id_fkey FOREIGN KEY (campaign_id) REFERENCES public.campaigns(id) ON DELETE CASCADE;
 
 --
 -- PostgreSQL database dump complete
