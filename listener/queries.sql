@@ -462,7 +462,9 @@ WITH moved AS (
      WHERE m.id = ANY (ARRAY(
                SELECT b.id FROM campaign_messages b
                 WHERE b.campaign_id = %(campaign_id)s AND b.status = 'pending'
-                  AND b.wait_reason IS DISTINCT FROM 'paused'
+                  -- (not `IS DISTINCT FROM`: that would let the planner walk the claim's
+                  -- index of every campaign's due rows, see 0016)
+                  AND COALESCE(b.wait_reason, '') <> 'paused'
                   AND b.scheduled_at < %(until)s AND b.parts_sent = 0
                   AND (%(reason)s <> 'budget'
                        OR (b.parts IS NULL AND (b.content IS NULL OR btrim(b.content) = '')

@@ -21,9 +21,11 @@ CREATE TABLE IF NOT EXISTS listener_campaign_holds (
     PRIMARY KEY (campaign_id, reason)
 );
 
--- A campaign's due messages in due order: each batch of a hold is a short range scan of the
--- rows still to move, whatever other campaigns have due (the claim's idx_campaign_messages_due
--- has every campaign's rows in one order).
+-- A campaign's pending messages in due order: each batch of a hold is a short range scan of
+-- the rows still to move, whatever other campaigns have due before them (the claim's
+-- idx_campaign_messages_due has every campaign's rows in one order, and a batch through it
+-- would step over all of theirs every time; the batch's query is written so that the planner
+-- cannot take that one).
 CREATE INDEX CONCURRENTLY IF NOT EXISTS idx_campaign_messages_campaign_due
     ON campaign_messages (campaign_id, scheduled_at)
-    WHERE status = 'pending' AND wait_reason IS DISTINCT FROM 'paused';
+    WHERE status = 'pending';

@@ -1874,7 +1874,7 @@ CREATE INDEX idx_campaign_messages_campaign ON public.campaign_messages USING bt
 -- Name: idx_campaign_messages_campaign_due; Type: INDEX; Schema: public; Owner: -
 --
 
-CREATE INDEX idx_campaign_messages_campaign_due ON public.campaign_messages USING btree (campaign_id, scheduled_at) WHERE ((status = 'pending'::text) AND (wait_reason IS DISTINCT FROM 'paused'::text));
+CREATE INDEX idx_campaign_messages_campaign_due ON public.campaign_messages USING btree (campaign_id, scheduled_at) WHERE (status = 'pending'::text);
 
 --
 -- Name: idx_campaign_messages_cap_day; Type: INDEX; Schema: public; Owner: -

@@ -1,4 +1,4 @@
-"""A big hold never freezes the daemon (issue 23): a campaign of 100,000 due messages outside its
+"""A big hold never freezes the daemon: a campaign of 100,000 due messages outside its
 send window is moved aside in short batches while a small campaign beside it goes on sending
 (one attempt per message, no part repeated, no lease lapsing), also with the database busy; a
 hold cut off mid-move is taken up again, and its messages are not claimed meanwhile."""
@@ -284,7 +284,7 @@ def test_each_batch_of_a_hold_is_a_short_range_scan_of_the_campaigns_due_rows(
     big = closed_window(db)
     other = make_campaign(db, name="other")
     fill(db, other, 20_000)
-    fill(db, big, 2_000)
+    fill(db, big, 20_000)
     db.execute(
         "INSERT INTO listener_campaign_holds (campaign_id, reason, until, runner)"
         " VALUES (%s, 'window', now() + interval '2 hours', 'w')",
