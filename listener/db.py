@@ -186,14 +186,23 @@ class Lane:
         self._conn: psycopg.AsyncConnection[Any] | None = None
         self._lock = asyncio.Lock()
 
+    async def _connection(self) -> psycopg.AsyncConnection[Any]:
+        conn = self._conn
+        if conn is None or conn.closed:
+            conn = self._conn = await psycopg.AsyncConnection.connect(
+                self._conninfo, **{**self._kwargs, "autocommit": True}
+            )
+        return conn
+
+    async def open(self) -> None:
+        """Connect now (at start), so the first renewal or rescue does not pay for it."""
+        async with self._lock:
+            await self._connection()
+
     async def fetchall(self, query: Any, params: dict[str, Any]) -> list[tuple[Any, ...]]:
         """Run one statement in its own transaction; its rows."""
         async with self._lock:
-            conn = self._conn
-            if conn is None or conn.closed:
-                conn = self._conn = await psycopg.AsyncConnection.connect(
-                    self._conninfo, **{**self._kwargs, "autocommit": True}
-                )
+            conn = await self._connection()
             try:
                 cur = await conn.execute(query, params)
                 return await cur.fetchall()

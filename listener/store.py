@@ -109,6 +109,19 @@ class Store:
         self._renewals = Lane(pool)
         self._rescues = Lane(pool)
 
+    async def open_lanes(self) -> None:
+        """Open the connections of lease renewal and the rescue (at start; one that cannot
+        be opened now is opened at its first use)."""
+        for lane in (self._renewals, self._rescues):
+            try:
+                await lane.open()
+            except psycopg.Error as exc:
+                log.warning(
+                    "could not open a connection for lease renewal or the rescue yet: %s",
+                    exc,
+                    extra={"action": "lane_open_failed"},
+                )
+
     async def aclose(self) -> None:
         """Close the connections of lease renewal and the rescue (the pool is the caller's)."""
         await self._renewals.close()
