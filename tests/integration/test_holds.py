@@ -18,8 +18,8 @@ from uuid import UUID
 import psycopg
 import pytest
 
+from listener.testing import http_settings, serve_fakes
 from tests.daemon_harness import running
-from tests.fakes import http_settings, serve_fakes
 from tests.helpers import await_until, enqueue, make_campaign, make_leads
 
 Conn = psycopg.Connection[Any]
