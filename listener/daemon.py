@@ -78,7 +78,6 @@ class Daemon:
         self.listener: NotifyListener | None = None
         self._jobs: list[_Periodic] = []
         self._database_answers = True
-        self._lanes: asyncio.Task[None] | None = None
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -121,9 +120,17 @@ class Daemon:
                 health=self.health,
             )
             self.processor = processor
-            # Lease renewal's and the rescue's own connections, opened beside the start (a
-            # database that does not answer yet must not hold the start up).
-            self._lanes = asyncio.create_task(processor.store.open_lanes(), name="lanes")
+            # Lease renewal's and the rescue's own connections, opened before the first turn
+            # of either (a connect under load outlasts a short rescue interval); a database
+            # that does not answer yet holds the start up 2 s at most, they connect later.
+            try:
+                await within(processor.store.open_lanes(), 2.0, on_timeout=lambda: None)
+            except TimeoutError:
+                log.warning(
+                    "lease renewal's and the rescue's connections are not open yet; they open "
+                    "at their first use",
+                    extra={"action": "lane_open_failed"},
+                )
             await self._start_webhooks(processor)
             self.health.waiting = lambda: (
                 # Every slot busy: the loop waits for room, not for the database. A provider
@@ -198,9 +205,6 @@ class Daemon:
             # A job stuck on a frozen database winds down within psycopg's cancel timeouts;
             # the pool's close does not wait for it longer than that either.
             await asyncio.wait(running, timeout=2)
-        if self._lanes is not None:
-            self._lanes.cancel()
-            await asyncio.gather(self._lanes, return_exceptions=True)
         if self.processor is not None:
             await self.processor.store.aclose()
         if self._runner is not None:
