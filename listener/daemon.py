@@ -21,7 +21,9 @@ from listener.db import make_pool, redact, within
 from listener.metrics import Health, Metrics, serve
 from listener.processor import Processor
 from listener.providers.base import LLM, Sender
+from listener.providers.classify import LLMClassifier, ReplyClassifier, RulesClassifier
 from listener.queries import q
+from listener.replies import Replies
 from listener.settings import Settings, format_duration
 from listener.wakeup import NotifyListener, WakeTimer, check_timeout
 from listener.web import Live, StatusPage, live_state
@@ -77,6 +79,8 @@ class Daemon:
         self.webhooks: WebhookReceiver | None = None
         self.listener: NotifyListener | None = None
         self._jobs: list[_Periodic] = []
+        self.replies: Replies | None = None
+        self._extra_clients: list[LLM] = []
         self._database_answers = True
 
     def request_stop(self) -> None:
@@ -162,6 +166,11 @@ class Daemon:
         listen_task = asyncio.create_task(self.listener.run(), name="listen")
         claim_task = asyncio.create_task(processor.claim_loop(), name="claim")
         stop_task = asyncio.create_task(self._stop.wait(), name="stop")
+        classify_task = (
+            asyncio.create_task(self.replies.run(self.health), name="classify")
+            if self.replies is not None
+            else None
+        )
         try:
             done, _ = await asyncio.wait(
                 {listen_task, claim_task, stop_task}, return_when=asyncio.FIRST_COMPLETED
@@ -174,6 +183,9 @@ class Daemon:
             grace = settings.shutdown_grace.total_seconds()
             deadline = time.monotonic() + grace
             processor.stop_claiming()
+            if classify_task is not None:  # a reply half classified is taken again later
+                classify_task.cancel()
+                await asyncio.gather(classify_task, return_exceptions=True)
             # Let a claim already under way finish (its rows are then handed back by the
             # drain); one stuck past the grace period is cancelled, its rows left to the lease.
             _, late = await asyncio.wait({claim_task}, timeout=max(grace, 1.0))
@@ -213,7 +225,7 @@ class Daemon:
         if self.webhooks is not None:
             await self.webhooks.close()
             self.webhooks = None
-        for provider in (self._llm, self._sender):
+        for provider in (self._llm, self._sender, *self._extra_clients):
             if provider is not None:
                 with contextlib.suppress(Exception):
                     await provider.aclose()
@@ -229,13 +241,30 @@ class Daemon:
                 extra={"action": "webhooks_off"},
             )
             return
+        # Replies understood: classified on this loop, off the receiver's fast answer; a reply
+        # the receiver files wakes the classifier at once, the interval catches the rest.
+        assert self._llm is not None
+        self.replies = Replies(self.settings, self.pool, self._classifier(self._llm))
         self.webhooks = WebhookReceiver(
             self.settings,
             self.url,
             self.metrics.registry,
             on_restricted=processor.restrict,
+            on_replies=self.replies.wake,
         )
         await self.webhooks.start()
+
+    def _classifier(self, llm: LLM) -> ReplyClassifier:
+        """The sandbox's rules with the sandbox LLM; else OpenRouter on
+        LISTENER_CLASSIFIER_MODEL (through the listener's own client when it has one)."""
+        if self.settings.llm == "sandbox":
+            return RulesClassifier()
+        from listener.providers.llm import OpenRouterLLM
+
+        if not isinstance(llm, OpenRouterLLM):
+            llm = OpenRouterLLM(self.settings)
+            self._extra_clients.append(llm)
+        return LLMClassifier(llm, self.settings.classifier_model)
 
     def _schedule_jobs(self, processor: Processor, timer: WakeTimer) -> None:
         """Every periodic job runs through `_guard`: a run still going when the next one is due

@@ -237,7 +237,8 @@ SELECT id FROM finished
 -- step_check --
 -- A follow-up step about to be written: what says whether it still goes. The sequence began
 -- when its step 1's first part went out (the chain of previous_id leads back to it); a reply
--- since then stops it. The previous step was delivered when WhatsApp
+-- since then is a person's unless it was classified as an away message (one still being
+-- classified makes the step wait for its kind). The previous step was delivered when WhatsApp
 -- acknowledged its first part's delivery (or read it). The earlier steps' texts, in order,
 -- are what the LLM follows up on.
 WITH RECURSIVE chain AS (
@@ -261,8 +262,12 @@ SELECT l.id IS NOT NULL AS lead_exists,
        COALESCE(l.opted_out, false) AS opted_out,
        l.handoff_at IS NOT NULL AS handed_off,
        c.stop_on_reply,
-       COALESCE(l.last_reply_at >= (SELECT at FROM began), false) AS replied,
-       false AS unclassified,
+       EXISTS (SELECT 1 FROM lead_replies r, began b
+                WHERE r.lead_id = %(lead_id)s AND r.received_at >= b.at
+                  AND r.kind IS NOT NULL AND r.kind <> 'auto_reply') AS replied,
+       EXISTS (SELECT 1 FROM lead_replies r, began b
+                WHERE r.lead_id = %(lead_id)s AND r.received_at >= b.at
+                  AND r.kind IS NULL) AS unclassified,
        EXISTS (SELECT 1 FROM message_parts mp
                 WHERE mp.message_id = %(previous_id)s AND mp.part_no = 0
                   AND mp.status IN ('DELIVERY_ACK', 'READ', 'PLAYED')) AS delivered,
@@ -1016,10 +1021,10 @@ WITH sent AS (
                          %(sent_numbers)b::text[], %(sent_texts)b::text[])
     ON CONFLICT DO NOTHING
 )
-INSERT INTO webhook_inbox (kind, instance, provider_message_id, status, phone, opt_out, at)
+INSERT INTO webhook_inbox (kind, instance, provider_message_id, status, phone, opt_out, at, text)
 SELECT * FROM unnest(%(kinds)b::text[], %(instances)b::text[], %(ids)b::text[],
                      %(statuses)b::text[], %(phones)b::text[], %(opt_outs)b::boolean[],
-                     %(ats)b::timestamptz[])
+                     %(ats)b::timestamptz[], %(texts)b::text[])
 
 -- webhook_apply_statuses --
 -- The oldest statuses of the inbox: applied (forward only, ERROR final, early ones kept) and
@@ -1040,7 +1045,7 @@ DELETE FROM webhook_inbox w
                  ORDER BY b.id
                  LIMIT %(limit)s
                    FOR UPDATE SKIP LOCKED)
-RETURNING w.id, w.phone, w.opt_out, w.at
+RETURNING w.id, w.phone, w.opt_out, w.at, w.instance, w.text
 
 -- webhook_take_reply_ids --
 -- These replies of the inbox (a half of a batch that failed, or one suspect alone), deleted in
@@ -1071,8 +1076,46 @@ SELECT dead, kind, instance FROM webhook_inbox_failed(%(id)s, %(error)s, %(max)s
 SELECT applied, dropped FROM apply_early_delivery_statuses()
 
 -- webhook_reply --
--- A lead wrote to us: last_reply_at, replied_at, stop-on-reply and opt-out.
-SELECT lead_id, skipped FROM apply_reply(%(phones)s::text[], %(opt_out)s, %(at)s)
+-- A lead wrote to us: the reply kept in lead_replies (classified later, unless the opt-out
+-- words said it), last_reply_at, replied_at, and an opt-out's skips.
+SELECT lead_id, reply_id, skipped
+  FROM apply_reply_v2(%(phones)s::text[], %(phone)s, %(opt_out)s, %(at)s, %(instance)s, %(text)s)
+
+-- ==============================================================================================
+-- Replies understood: the classifier's reads and writes (listener/replies.py)
+-- ==============================================================================================
+
+-- replies_take --
+-- Replies whose kind is not known yet and whose turn came, oldest first: taken for `lease`
+-- (another listener passes them over meanwhile; a listener that dies leaves them to the next
+-- turn after it), with the text of the message each answers.
+UPDATE lead_replies r
+   SET attempts = r.attempts + 1,
+       next_try_at = now() + %(lease)s
+ WHERE r.id IN (SELECT x.id FROM lead_replies x
+                 WHERE x.kind IS NULL AND x.next_try_at <= now()
+                 ORDER BY x.next_try_at
+                 LIMIT %(limit)s
+                   FOR UPDATE SKIP LOCKED)
+RETURNING r.id, r.lead_id, r.campaign_id, r.text, r.attempts,
+          (SELECT COALESCE(m.generated_text, m.content) FROM campaign_messages m
+            WHERE m.id = r.message_id) AS answered,
+          (SELECT c.name FROM campaigns c WHERE c.id = r.campaign_id) AS campaign_name
+
+-- reply_classified --
+-- A reply's kind, applied (what it stops, the hand-off and its NOTIFY): see the function.
+SELECT lead_id, kind, skipped, handed_off
+  FROM reply_classified(%(id)s, %(kind)s, %(model)s, %(prompt_tokens)s, %(completion_tokens)s,
+                        %(cost)s::numeric, %(error)s)
+
+-- reply_unclassified --
+-- A try to classify a reply failed: tried again after `delay`, its call's usage kept.
+SELECT reply_unclassified(%(id)s, %(error)s, %(delay)s, %(prompt_tokens)s,
+                          %(completion_tokens)s, %(cost)s::numeric)
+
+-- replies_due --
+-- When the next unclassified reply's turn comes (none: NULL).
+SELECT min(next_try_at) FROM lead_replies WHERE kind IS NULL
 
 -- prune_sent_events --
 -- `send.message` events older than a day settle nothing any more.
@@ -1116,6 +1159,25 @@ SELECT c.name AS campaign, c.id AS campaign_id,
  WHERE m.status = 'sent' AND m.sent_at >= now() - %(window)s
  GROUP BY c.id, c.name
  ORDER BY c.name
+
+-- stats_replies --
+-- Replies received in the window per campaign (of the message each answers), by kind; those
+-- not classified yet; the leads they handed off.
+SELECT c.name AS campaign, r.campaign_id,
+       (SELECT jsonb_object_agg(k.kind, k.n)
+          FROM (SELECT x.kind, count(*) AS n FROM lead_replies x
+                 WHERE x.campaign_id IS NOT DISTINCT FROM r.campaign_id
+                   AND x.received_at >= now() - %(window)s AND x.kind IS NOT NULL
+                 GROUP BY x.kind) k) AS kinds,
+       count(*) FILTER (WHERE r.kind IS NULL) AS unclassified,
+       count(DISTINCT r.lead_id) FILTER (WHERE r.kind IN ('interested', 'question')
+                                          AND l.handoff_at IS NOT NULL) AS handed_off
+  FROM lead_replies r
+  LEFT JOIN campaigns c ON c.id = r.campaign_id
+  LEFT JOIN leads l ON l.id = r.lead_id
+ WHERE r.received_at >= now() - %(window)s
+ GROUP BY c.name, r.campaign_id
+ ORDER BY c.name NULLS LAST
 
 -- restrict_check --
 -- The last 10 first parts sent through an instance: how many WhatsApp reported ERROR, and how

@@ -157,6 +157,18 @@ class Settings(BaseSettings):
         "https://openrouter.ai/api/v1", validation_alias="OPENROUTER_BASE_URL"
     )
     model: str = Field("openai/gpt-4o-mini", validation_alias="LISTENER_MODEL")
+    # Replies understood: the cheap model that classifies leads' replies, how often unclassified
+    # ones are looked for (a reply filed by this listener's receiver wakes it at once too), and
+    # how long a classifier's failure waits before its next try (doubling, up to an hour).
+    classifier_model: str = Field(
+        "openai/gpt-4o-mini", min_length=1, validation_alias="LISTENER_CLASSIFIER_MODEL"
+    )
+    classify_interval: Duration = Field(
+        timedelta(seconds=5), validation_alias="LISTENER_CLASSIFY_INTERVAL"
+    )
+    classify_retry: Duration = Field(
+        timedelta(seconds=30), validation_alias="LISTENER_CLASSIFY_RETRY"
+    )
     fallback_models: Models = Field((), validation_alias="LISTENER_FALLBACK_MODELS")
     structured_output: Literal["auto", "on", "off"] = Field(
         "auto", validation_alias="LISTENER_STRUCTURED_OUTPUT"
@@ -302,6 +314,8 @@ class Settings(BaseSettings):
             ("LISTENER_SWEEP_INTERVAL", self.sweep_interval, _LEAST_INTERVAL),
             ("LISTENER_HEALTH_INTERVAL", self.health_interval, _LEAST_INTERVAL),
             ("LISTENER_INSTANCE_RECHECK", self.instance_recheck, _LEAST_INTERVAL),
+            ("LISTENER_CLASSIFY_INTERVAL", self.classify_interval, _LEAST_INTERVAL),
+            ("LISTENER_CLASSIFY_RETRY", self.classify_retry, _LEAST_INTERVAL),
             ("LISTENER_HOLD", self.hold, _LEAST_INTERVAL),
             ("LISTENER_RATE_LIMIT_BASE", self.rate_limit_base, _LEAST_INTERVAL),
             ("LISTENER_CONNECT_TIMEOUT", self.connect_timeout, _LEAST_INTERVAL),

@@ -13,6 +13,7 @@ from uuid import UUID
 from listener.errors import ConfigurationError
 from listener.oneshot import connection, one
 from listener.queries import q
+from listener.sequences import KINDS
 from listener.settings import DEFAULT_WARMUP, format_duration
 
 #: The order statuses are shown in.
@@ -98,6 +99,26 @@ class Funnel:
             "rates_percent": {k: self.rate(v) for k, v in counts.items() if k != "sent"},
             "median_delivery_seconds": self.median_delivery_seconds,
             "median_read_seconds": self.median_read_seconds,
+        }
+
+
+@dataclass(frozen=True)
+class ReplyKinds:
+    """A campaign's replies received in the window, by kind (replies understood)."""
+
+    campaign: str
+    campaign_id: UUID | None
+    kinds: dict[str, int]
+    unclassified: int
+    handed_off: int
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "campaign": self.campaign,
+            "campaign_id": None if self.campaign_id is None else str(self.campaign_id),
+            "kinds": {kind: self.kinds.get(kind, 0) for kind in KINDS},
+            "unclassified": self.unclassified,
+            "handed_off": self.handed_off,
         }
 
 
@@ -209,6 +230,7 @@ class Stats:
     funnel: list[Funnel] = field(default_factory=list)
     senders: list[SenderNumber] = field(default_factory=list)
     dead_letters: DeadLetters = field(default_factory=lambda: DeadLetters(0, 0, []))
+    replies: list[ReplyKinds] = field(default_factory=list)
 
     @property
     def since(self) -> datetime:
@@ -256,6 +278,7 @@ class Stats:
             ],
             "spend": [spend.as_json() for spend in self.spend],
             "funnel": [f.as_json() for f in self.funnel],
+            "replies": [r.as_json() for r in self.replies],
             "senders": [n.as_json() for n in self.senders],
             "webhook_dead_letters": self.dead_letters.as_json(),
             "models": [
@@ -292,6 +315,7 @@ async def collect_stats(
         spend = await (await conn.execute(q("stats_spend"), params)).fetchall()
         models = await (await conn.execute(q("stats_models"), params)).fetchall()
         funnel = await (await conn.execute(q("stats_funnel"), params)).fetchall()
+        replies = await (await conn.execute(q("stats_replies"), params)).fetchall()
         numbers = await (
             await conn.execute(
                 q("stats_senders"),
@@ -330,6 +354,16 @@ async def collect_stats(
             total=dead[0]["total"] if dead else 0,
             latest=[(r["kind"], r["instance"], r["error"], r["dead_at"]) for r in dead],
         ),
+        replies=[
+            ReplyKinds(
+                campaign=row["campaign"] or "(no message of ours)",
+                campaign_id=row["campaign_id"],
+                kinds=dict(row["kinds"] or {}),
+                unclassified=row["unclassified"],
+                handed_off=row["handed_off"],
+            )
+            for row in replies
+        ],
     )
 
 
@@ -367,6 +401,16 @@ def _minute(value: datetime) -> str:
 def _count(funnel: Funnel, count: int) -> str:
     rate = funnel.rate(count)
     return str(count) if rate is None else f"{count} ({rate:.0f}%)"
+
+
+def _reply_rows(replies: list[ReplyKinds]) -> list[tuple[str, ...]]:
+    rows: list[tuple[str, ...]] = [
+        ("campaign", *(k.replace("_", " ") for k in KINDS), "unclassified", "handed off")
+    ]
+    for r in replies:
+        counts = (str(r.kinds.get(kind, 0)) for kind in KINDS)
+        rows.append((r.campaign, *counts, str(r.unclassified), str(r.handed_off)))
+    return rows
 
 
 def _funnel_rows(funnels: list[Funnel]) -> list[tuple[str, ...]]:
@@ -480,6 +524,11 @@ def render(figures: Stats) -> str:
         lines += _table(_funnel_rows(figures.funnel))
     else:
         lines.append("  none sent")
+    lines += ["", "replies per campaign by kind (received in the window)"]
+    if figures.replies:
+        lines += _table(_reply_rows(figures.replies))
+    else:
+        lines.append("  none")
     lines += ["", "sender numbers (today: the day of their campaigns' time zone)"]
     if figures.senders:
         lines += _table(_sender_rows(figures.senders))

@@ -147,6 +147,7 @@ class WebhookReceiver:
         registry: CollectorRegistry,
         *,
         on_restricted: Callable[[str, str, float | None], bool] | None = None,
+        on_replies: Callable[[], None] | None = None,
     ) -> None:
         secret = settings.webhook_secret
         assert secret is not None
@@ -157,6 +158,8 @@ class WebhookReceiver:
         self.metrics = WebhookMetrics(registry)
         self.set_aside = SetAside(lambda: self._db, registry)
         self.on_restricted = on_restricted
+        # Called (on the daemon's loop) once replies to classify were filed.
+        self.on_replies = on_replies
         # One request whose events Postgres refuses fails alone: the others of its batch are
         # written again without it.
         self._inbox: GroupCommit[list[Event]] = GroupCommit(
@@ -430,6 +433,7 @@ class WebhookReceiver:
             "phones": [],
             "opt_outs": [],
             "ats": [],
+            "texts": [],
         }
         for item in inbox:
             status = isinstance(item, StatusUpdate)
@@ -440,11 +444,13 @@ class WebhookReceiver:
                 params["statuses"].append(item.status)
                 params["phones"].append(None)
                 params["opt_outs"].append(None)
+                params["texts"].append(None)
             else:
                 params["ids"].append(None)
                 params["statuses"].append(None)
                 params["phones"].append(item.phones[0])
                 params["opt_outs"].append(is_opt_out(item.text, words))
+                params["texts"].append(clean_text(item.text))
             params["ats"].append(item.at)
         params["sent_instances"] = [clean_text(i.instance) for i in sent]
         params["sent_ids"] = [clean_text(i.provider_id) for i in sent]
@@ -599,14 +605,27 @@ class WebhookReceiver:
             else:
                 cur = await conn.execute(q("webhook_take_reply_ids"), {"ids": ids})
             taken = sorted(await cur.fetchall())
-            for _, phone, opt_out, at in taken:
+            for _, phone, opt_out, at, instance, text in taken:
                 cur = await conn.execute(
                     q("webhook_reply"),
-                    {"phones": list(phone_forms(phone)), "opt_out": opt_out, "at": at},
+                    {
+                        "phones": list(phone_forms(phone)),
+                        "phone": phone,
+                        "opt_out": opt_out,
+                        "at": at,
+                        "instance": instance,
+                        "text": text,
+                    },
                 )
                 done.append((phone, bool(opt_out), await cur.fetchall()))
         for phone, opt_out, rows in done:
             self._said_reply(phone, opt_out, rows)
+        if self.on_replies is not None and any(rows and not o for _, o, rows in done):
+            main = self._main
+            if main is None or main is asyncio.get_running_loop():
+                self.on_replies()
+            else:
+                main.call_soon_threadsafe(self.on_replies)
         return len(taken)
 
     def _said_reply(self, digits: str, opt_out: bool, rows: list[Any]) -> None:
@@ -614,7 +633,7 @@ class WebhookReceiver:
         if not rows:
             log.debug("a reply from %s matches no lead", phone, extra={"action": "reply_unknown"})
             return
-        skipped = int(rows[0][1])
+        skipped = int(rows[0][2])
         self.metrics.replies.inc()
         self.metrics.skipped.inc(skipped)
         if opt_out:

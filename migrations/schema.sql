@@ -168,6 +168,59 @@ END
 $$;
 
 --
+-- Name: apply_reply_v2(text[], text, boolean, timestamp with time zone, text, text); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.apply_reply_v2(p_phones text[], p_phone text, p_opt_out boolean, p_at timestamp with time zone, p_instance text, p_text text) RETURNS TABLE(lead_id uuid, reply_id uuid, skipped integer)
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+    found uuid[];
+    n integer := 0;
+BEGIN
+    SELECT array_agg(l.id) INTO found
+      FROM leads l
+     WHERE regexp_replace(l.phone, '[^0-9]', '', 'g') = ANY (p_phones);
+    IF found IS NULL THEN
+        RETURN;
+    END IF;
+    UPDATE leads l
+       SET last_reply_at = GREATEST(l.last_reply_at, p_at),
+           opted_out = l.opted_out OR p_opt_out,
+           opted_out_at = CASE WHEN p_opt_out AND NOT l.opted_out THEN p_at
+                               ELSE l.opted_out_at END,
+           updated_at = now()
+     WHERE l.id = ANY (found);
+    UPDATE campaign_messages m
+       SET replied_at = p_at
+      FROM (SELECT DISTINCT ON (c.lead_id) c.id
+              FROM campaign_messages c
+             WHERE c.lead_id = ANY (found) AND c.sent_at IS NOT NULL
+             ORDER BY c.lead_id, c.sent_at DESC) latest
+     WHERE m.id = latest.id AND m.replied_at IS NULL;
+    IF p_opt_out THEN
+        UPDATE campaign_messages m
+           SET status = 'skipped',
+               last_error = 'skipped: the lead opted out',
+               wait_reason = NULL,
+               updated_at = now()
+         WHERE m.lead_id = ANY (found) AND m.status = 'pending' AND m.parts_sent = 0;
+        GET DIAGNOSTICS n = ROW_COUNT;
+    END IF;
+    RETURN QUERY
+    INSERT INTO lead_replies AS r (lead_id, message_id, campaign_id, instance, phone, text,
+                                   received_at, kind, classified_at)
+    SELECT f.id, latest.id, latest.campaign_id, p_instance, p_phone, COALESCE(p_text, ''), p_at,
+           CASE WHEN p_opt_out THEN 'opt_out' END, CASE WHEN p_opt_out THEN now() END
+      FROM unnest(found) AS f(id)
+      LEFT JOIN LATERAL (SELECT c.id, c.campaign_id FROM campaign_messages c
+                          WHERE c.lead_id = f.id AND c.sent_at IS NOT NULL
+                          ORDER BY c.sent_at DESC LIMIT 1) latest ON true
+    RETURNING r.lead_id, r.id, n;
+END
+$$;
+
+--
 -- Name: campaign_messages_notify_delete(); Type: FUNCTION; Schema: public; Owner: -
 --
 
@@ -1101,6 +1154,109 @@ BEGIN
                         WHERE c.id = m.campaign_id AND c.status = 'paused');
     GET DIAGNOSTICS skipped = ROW_COUNT;
     RETURN skipped;
+END
+$$;
+
+--
+-- Name: reply_classified(uuid, text, text, bigint, bigint, numeric, text); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.reply_classified(p_reply uuid, p_kind text, p_model text, p_prompt_tokens bigint, p_completion_tokens bigint, p_cost numeric, p_error text) RETURNS TABLE(lead_id uuid, kind text, skipped integer, handed_off boolean)
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+    r lead_replies;
+    n integer := 0;
+    k integer;
+    handed boolean := false;
+BEGIN
+    UPDATE lead_replies x
+       SET kind = p_kind,
+           classified_at = now(),
+           model = COALESCE(p_model, x.model),
+           prompt_tokens = x.prompt_tokens + p_prompt_tokens,
+           completion_tokens = x.completion_tokens + p_completion_tokens,
+           cost_usd = x.cost_usd + p_cost,
+           last_error = p_error
+     WHERE x.id = p_reply AND x.kind IS NULL
+    RETURNING x.* INTO r;
+    IF NOT FOUND THEN
+        RETURN;
+    END IF;
+    IF p_cost > 0 AND r.campaign_id IS NOT NULL THEN
+        UPDATE campaigns c SET spent_usd = c.spent_usd + p_cost WHERE c.id = r.campaign_id;
+    END IF;
+    IF p_kind = 'auto_reply' THEN
+        RETURN QUERY SELECT r.lead_id, p_kind, 0, false;
+        RETURN;
+    END IF;
+    IF p_kind = 'opt_out' THEN
+        UPDATE leads l
+           SET opted_out = true,
+               opted_out_at = COALESCE(l.opted_out_at, r.received_at),
+               updated_at = now()
+         WHERE l.id = r.lead_id AND NOT l.opted_out;
+        UPDATE campaign_messages m
+           SET status = 'skipped', last_error = 'skipped: the lead opted out',
+               wait_reason = NULL, updated_at = now()
+         WHERE m.lead_id = r.lead_id AND m.status = 'pending' AND m.parts_sent = 0;
+        GET DIAGNOSTICS n = ROW_COUNT;
+    ELSIF p_kind IN ('interested', 'question') THEN
+        UPDATE leads l SET handoff_at = now(), updated_at = now()
+         WHERE l.id = r.lead_id AND l.handoff_at IS NULL;
+        handed := FOUND;
+        UPDATE campaign_messages m
+           SET status = 'skipped', last_error = 'skipped: the lead was handed off',
+               wait_reason = NULL, updated_at = now()
+         WHERE m.lead_id = r.lead_id AND m.status = 'pending' AND m.parts_sent = 0;
+        GET DIAGNOSTICS n = ROW_COUNT;
+        IF handed THEN
+            PERFORM pg_notify('listener_handoff', json_build_object(
+                'lead_id', r.lead_id, 'reply_id', r.id, 'kind', p_kind,
+                'campaign_id', r.campaign_id, 'message_id', r.message_id)::text);
+        END IF;
+    ELSE
+        IF p_kind = 'not_interested' AND r.campaign_id IS NOT NULL THEN
+            UPDATE campaign_messages m
+               SET status = 'skipped', last_error = 'skipped: the lead is not interested',
+                   wait_reason = NULL, updated_at = now()
+             WHERE m.lead_id = r.lead_id AND m.campaign_id = r.campaign_id
+               AND m.status = 'pending' AND m.parts_sent = 0;
+            GET DIAGNOSTICS n = ROW_COUNT;
+        END IF;
+        UPDATE campaign_messages m
+           SET status = 'skipped', last_error = 'skipped: the lead replied',
+               wait_reason = NULL, updated_at = now()
+         WHERE m.lead_id = r.lead_id AND m.status = 'pending' AND m.parts_sent = 0
+           AND EXISTS (SELECT 1 FROM campaigns c WHERE c.id = m.campaign_id AND c.stop_on_reply);
+        GET DIAGNOSTICS k = ROW_COUNT;
+        n := n + k;
+    END IF;
+    RETURN QUERY SELECT r.lead_id, p_kind, n, handed;
+END
+$$;
+
+--
+-- Name: reply_unclassified(uuid, text, interval, bigint, bigint, numeric); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.reply_unclassified(p_reply uuid, p_error text, p_delay interval, p_prompt_tokens bigint, p_completion_tokens bigint, p_cost numeric) RETURNS void
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+    campaign uuid;
+BEGIN
+    UPDATE lead_replies x
+       SET next_try_at = now() + p_delay,
+           last_error = p_error,
+           prompt_tokens = x.prompt_tokens + p_prompt_tokens,
+           completion_tokens = x.completion_tokens + p_completion_tokens,
+           cost_usd = x.cost_usd + p_cost
+     WHERE x.id = p_reply AND x.kind IS NULL
+    RETURNING x.campaign_id INTO campaign;
+    IF FOUND AND p_cost > 0 AND campaign IS NOT NULL THEN
+        UPDATE campaigns c SET spent_usd = c.spent_usd + p_cost WHERE c.id = campaign;
+    END IF;
 END
 $$;
 

@@ -155,6 +155,28 @@ class OpenRouterLLM:
             self._settings, call, provider=PROVIDER, operation="chat_completion"
         )
 
+    async def complete(
+        self,
+        *,
+        model: str,
+        system: str,
+        user: str,
+        response_format: dict[str, Any],
+        on_usage: Callable[[Usage], None] | None = None,
+    ) -> Reply:
+        """One answer of `model` in the given structured format (a strict JSON schema), after
+        quick retries of transient failures: for small structured tasks such as classifying a
+        lead's reply. No fallback models, no asking again without the format."""
+
+        async def call() -> Reply:
+            return await self._generate_once(
+                [model], system, user, True, on_usage, response_format=response_format
+            )
+
+        return await with_quick_retry(
+            self._settings, call, provider=PROVIDER, operation="chat_completion"
+        )
+
     async def aclose(self) -> None:
         """Close the HTTP client and its connections."""
         await self._client.aclose()
@@ -166,6 +188,8 @@ class OpenRouterLLM:
         user: str,
         structured: bool,
         on_usage: Callable[[Usage], None] | None,
+        *,
+        response_format: dict[str, Any] | None = None,
     ) -> Reply:
         body: dict[str, Any] = {
             "model": models[0],
@@ -178,7 +202,7 @@ class OpenRouterLLM:
         if len(models) > 1:
             body["models"] = models
         if structured:
-            body["response_format"] = self._response_format
+            body["response_format"] = response_format or self._response_format
             body["provider"] = {"require_parameters": True}
         try:
             # The read timeout bounds each gap between bytes; this bounds the whole call.

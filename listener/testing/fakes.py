@@ -16,6 +16,7 @@ import aiohttp
 from aiohttp import web
 
 from listener.feedback import sign_jwt
+from listener.providers.classify import rules_kind
 from listener.testing.replies import Reply, Seen, completion, write_reply
 from listener.testing.webhook_data import sent_data, webhook_body
 
@@ -109,6 +110,9 @@ class FakeProviders:
     llm_usage: dict[str, Any] = field(
         default_factory=lambda: {"prompt_tokens": 120, "completion_tokens": 30, "cost": 0.0001}
     )
+    # Reply classifications asked (their bodies), and answers to give them first.
+    classify_requests: list[dict[str, Any]] = field(default_factory=list)
+    classify_script: deque[Reply] = field(default_factory=deque)
     _counter: int = 0
 
     def script(self, *replies: Reply) -> None:
@@ -174,6 +178,8 @@ class FakeProviders:
         fault = await self._fault(request, "llm")
         if fault is not None:
             return fault
+        if _schema_name(body) == "reply_kind":
+            return await self._classify(request, body)
         self.llm_calls += 1
         if self.keep_requests:
             self.llm_requests.append({"body": body, "headers": dict(request.headers)})
@@ -205,6 +211,19 @@ class FakeProviders:
         if usage is not None:
             answer["usage"] = usage
         return web.json_response(answer)
+
+    async def _classify(self, request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
+        """A reply classification (the `reply_kind` schema): the sandbox's rules read the
+        reply out of its fence; `classify_script` answers first when it holds something."""
+        self.classify_requests.append(body)
+        if self.classify_script:
+            return await write_reply(request, self.classify_script.popleft())
+        user = body["messages"][-1]["content"]
+        fenced = user.split("<<<REPLY\n", 1)[1].rsplit("\nREPLY>>>", 1)[0]
+        kind = rules_kind(json.loads(fenced))
+        usage = {**self.llm_usage, "total_tokens": 1}
+        answer = completion(json.dumps({"kind": kind}), finish_reason="stop")
+        return web.json_response({**answer, "model": body["model"], "usage": usage})
 
     async def _send(self, request: web.Request) -> web.StreamResponse:
         if self.record_send_times:
@@ -391,6 +410,14 @@ class FakeProviders:
         await web.SockSite(runner, sock, backlog=1024).start()
         self.url = f"http://127.0.0.1:{sock.getsockname()[1]}"
         return runner
+
+
+def _schema_name(body: Any) -> str | None:
+    """The name of a chat request's structured-output schema, if it asks for one."""
+    try:
+        return str(body["response_format"]["json_schema"]["name"])
+    except (KeyError, TypeError):
+        return None
 
 
 def _lead(body: dict[str, Any]) -> dict[str, Any]:

@@ -11,10 +11,10 @@ from uuid import UUID
 import psycopg
 import pytest
 
-from listener.testing import http_settings, serve_fakes
+from listener.testing import Reply, http_settings, serve_fakes, status_data
 from tests.daemon_harness import running
 from tests.helpers import await_until, enqueue, make_campaign, make_leads, make_run
-from tests.integration.test_webhooks import free_port
+from tests.integration.test_webhooks import _reply, free_port, listening, settle
 
 Conn = psycopg.Connection[Any]
 
@@ -26,6 +26,15 @@ def add_steps(db: Conn, campaign: UUID, *waits: str, prompt: str | None = None) 
             "INSERT INTO campaign_steps (campaign_id, step, wait, prompt) VALUES (%s, %s, %s, %s)",
             (campaign, step, wait, prompt),
         )
+
+
+def wrote(db: Conn, lead: UUID, kind: str = "other") -> None:
+    """The lead wrote back now, a reply classified as `kind`."""
+    db.execute(
+        "INSERT INTO lead_replies (lead_id, instance, phone, text, received_at, kind,"
+        " classified_at) VALUES (%s, 'main', '5511900000000', 'Oi', now(), %s, now())",
+        (lead, kind),
+    )
 
 
 def rows(db: Conn) -> list[tuple[Any, ...]]:
@@ -123,7 +132,7 @@ async def test_a_step_is_skipped_for_a_lead_who_replied_opted_out_or_was_handed_
                 == (4,)
             )
         )
-    db.execute("UPDATE leads SET last_reply_at = now() WHERE id = %s", (replied,))
+    wrote(db, replied)
     db.execute("UPDATE leads SET opted_out = true WHERE id = %s", (opted,))
     db.execute("UPDATE leads SET handoff_at = now() WHERE id = %s", (handed,))
     db.execute("UPDATE campaign_messages SET scheduled_at = now() WHERE step = 2")
@@ -151,7 +160,7 @@ async def test_a_reply_before_the_step_was_due_skips_it_unless_the_campaign_goes
         (stopping, lead, going, lead),
     )
     firsts = dict(db.execute("SELECT campaign_id, id FROM campaign_messages").fetchall())
-    db.execute("UPDATE leads SET last_reply_at = now()")
+    wrote(db, lead)
     for campaign, first in firsts.items():
         db.execute(
             "INSERT INTO campaign_messages (campaign_id, lead_id, step, previous_id)"
@@ -203,3 +212,62 @@ async def test_a_step_after_an_undelivered_one_is_skipped_when_feedback_is_on(
     got = {r[0]: (r[2], r[3]) for r in rows(db) if r[1] == 2}
     assert got[undelivered] == ("skipped", "skipped: the previous step was not delivered")
     assert got[delivered] == ("sent", None)
+
+
+async def test_a_sequence_goes_on_after_an_away_message_and_waits_for_a_reply_s_kind(
+    db_url: str, db: Conn
+) -> None:
+    """Delivery feedback on, step 2 an hour after step 1: the lead whose only reply was an away
+    message gets step 2; the one who wrote as a person does not; the one whose reply cannot
+    be classified yet waits for its kind; the silent one gets it."""
+    async with listening(db_url, classify_retry="1h", quick_retries=0) as (daemon, fakes):
+        campaign = make_campaign(db)
+        add_steps(db, campaign, "1 hour")
+        away, person, unknown, silent = make_leads(db, 4)
+        phone = dict(db.execute("SELECT id, phone FROM leads").fetchall())
+        enqueue(db, campaign, [away, person, unknown, silent], content="Olá!")
+        await await_until(
+            lambda: (
+                db.execute(
+                    "SELECT count(*) FROM campaign_messages WHERE step = 2 AND status = 'pending'"
+                ).fetchone()
+                == (4,)
+            )
+        )
+        for send in fakes.accepted():
+            data = status_data(send["id"], "DELIVERY_ACK", send["number"])
+            assert await fakes.post_webhook("messages.update", data) == 200
+        fakes.classify_script.append(Reply(500, {"error": {"code": 500, "message": "down"}}))
+        await _reply(fakes, phone[unknown], "Hmm")  # its classification fails first
+        await settle(daemon)
+        await await_until(
+            lambda: db.execute("SELECT attempts FROM lead_replies").fetchone() == (1,)
+        )
+        await _reply(fakes, phone[away], "Olá! Agradecemos seu contato, retornaremos em breve.")
+        await _reply(fakes, phone[person], "Oi, recebi")
+        await settle(daemon)
+        await await_until(
+            lambda: (
+                db.execute("SELECT count(*) FROM lead_replies WHERE kind IS NOT NULL").fetchone()
+                == (2,)
+            )
+        )
+        db.execute("UPDATE campaign_messages SET scheduled_at = now() WHERE status = 'pending'")
+        await await_until(
+            lambda: (
+                db.execute(
+                    "SELECT count(*) FROM campaign_messages WHERE step = 2 AND status <> 'pending'"
+                ).fetchone()
+                == (3,)
+            )
+        )
+        waiting = db.execute(
+            "SELECT wait_reason, scheduled_at > now() FROM campaign_messages"
+            " WHERE step = 2 AND lead_id = %s",
+            (unknown,),
+        ).fetchone()
+    got = {r[0]: (r[2], r[3]) for r in rows(db) if r[1] == 2}
+    assert got[away] == ("sent", None)
+    assert got[silent] == ("sent", None)
+    assert got[person] == ("skipped", "skipped: the lead replied")
+    assert got[unknown][0] == "pending" and waiting == ("reply unclassified", True)

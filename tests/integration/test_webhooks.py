@@ -305,13 +305,21 @@ async def test_replies_stop_on_reply_and_opt_outs(db_url: str, db: Conn) -> None
         later_stop = enqueue(db, stop, everyone, content="Segunda.", delay_seconds=3600)
         later_on = enqueue(db, goes_on, everyone, content="Outra.", delay_seconds=3600)
 
-        await _reply(fakes, "551187654321", "Oi, pode me ligar?")  # without the ninth digit
-        await _reply(fakes, "5511987654322", "Quem é?")  # with it, stored without
+        # Replies a person wrote (kind `other`: see test_replies.py for the other kinds).
+        await _reply(fakes, "551187654321", "Oi, recebi")  # without the ninth digit
+        await _reply(fakes, "5511987654322", "Quem fala")  # with it, stored without
         await _reply(fakes, "5511987654323", "SAIR", lid=True)
         await _reply(fakes, "5511987654324", "Não quero sair")
         await _reply(fakes, "5511987654325", "sair!! 🙏")
         await _reply(fakes, "5511999999999", "unknown number")  # no lead: nothing
         await settle(daemon)
+        # What a reply stops is decided once its kind is known (the classifier's turn).
+        await await_until(
+            lambda: (
+                one(db, "SELECT count(*) FILTER (WHERE kind IS NULL), count(*) FROM lead_replies")
+                == (0, 5)
+            )
+        )
 
         assert lead_row(db, leads["ninth"]) == (False, False, True)
         assert lead_row(db, leads["eight"]) == (False, False, True)
