@@ -64,6 +64,8 @@ class Job:
     # A follow-up step (2, 3, ...): the message of the step before, and the number the
     # sequence went through (the step goes through it too).
     step: int = 1
+    # The campaign's window, days and cap are judged in each lead's zone (send_timezone 'lead').
+    lead_clock: bool = False
     previous_id: UUID | None = None
     step_instance: str | None = None
     sender_limits: bool = False
@@ -110,6 +112,7 @@ class Job:
             campaign_instances=row.get("campaign_instances"),
             sender_instance=row.get("sender_instance"),
             step=row.get("step") or 1,
+            lead_clock=bool(row.get("lead_clock")),
             previous_id=row.get("previous_id"),
             step_instance=row.get("step_instance"),
             sender_limits=bool(row.get("sender_limits")),

@@ -34,6 +34,7 @@ from listener.outcomes import (
     check_start,
     outcome,
 )
+from listener.pacing import phone_zones
 from listener.phones import mask_phone
 from listener.pool import QUIET_WAITS, Senders
 from listener.providers.base import Sender, SentFinder, SentPart
@@ -94,7 +95,8 @@ class Journey:
             # A message that has begun is finished: its window and cap were judged when its
             # first part went out, and its remaining parts are not held to them.
             paced = job.paced and job.parts_sent == 0
-            if paced and (wait := await self.store.pace_start(job)) is not None:
+            zones = phone_zones(number) if job.lead_clock else None  # the lead's own clock
+            if paced and (wait := await self.store.pace_start(job, zones)) is not None:
                 raise MustWait(wait)
             resumed = job.parts is not None
             parts = await self._parts(job)

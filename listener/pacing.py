@@ -9,15 +9,45 @@ the window meanwhile, so other campaigns and instances keep flowing."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
+import zoneinfo
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 
+import phonenumbers
+from phonenumbers import timezone as phone_timezone
+
 from listener.errors import InstanceMissingError, ProviderError
 
 log = logging.getLogger(__name__)
+
+
+def phone_zones(digits: str) -> list[str]:
+    """The time zones a phone number (digits with the country code) may be in, from the
+    `phonenumbers` package's data: one for most Brazilian area codes (68: Rio Branco, 92:
+    Manaus); every zone of its country when it cannot place the area (a window must then be
+    open in all of them); none when not even the country can be told (the campaign's
+    default zone is used then)."""
+    try:
+        number = phonenumbers.parse("+" + digits)
+    except phonenumbers.NumberParseException:
+        return []
+    known = _known_zones()
+    zones = [z for z in phone_timezone.time_zones_for_number(number) if z in known]
+    if not zones:
+        # The country's zones (the package's own fallback, typed in its stubs).
+        country = phone_timezone._country_level_time_zones_for_number(number)
+        zones = [z for z in country if z in known]
+    return sorted(set(zones))
+
+
+@functools.cache
+def _known_zones() -> frozenset[str]:
+    """The IANA zones this Python knows (phonenumbers' "Etc/Unknown" is not one)."""
+    return frozenset(zoneinfo.available_timezones())
 
 
 @dataclass(frozen=True, slots=True)

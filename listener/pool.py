@@ -401,6 +401,8 @@ class Senders:
         of its own (the message's slot is free meanwhile; see Store.hold_campaign)."""
         if wait.reason not in CAMPAIGN_HOLDS or job.parts_sent > 0:
             return
+        if job.lead_clock and wait.reason != "budget":
+            return  # judged in this lead's zone: the campaign's other leads may be in theirs
         key: tuple[object, ...] = ("campaign", job.campaign_id, wait.reason)
         told = self._told.get(key)
         if told is not None and told >= wait.until - _SPREAD_AGAIN:

@@ -61,6 +61,7 @@ WITH due AS (
               c.instance AS campaign_instance, c.status AS campaign_status,
               (c.send_window_start IS NOT NULL OR c.send_days IS NOT NULL
                OR c.daily_cap IS NOT NULL) AS paced,
+              c.send_timezone = 'lead' AS lead_clock,
               c.gap_min_seconds, c.gap_max_seconds,
               c.fallback_models AS campaign_fallbacks, c.budget_usd AS campaign_budget,
               c.spent_usd AS campaign_spent,
@@ -366,7 +367,7 @@ SELECT mark_old_campaign_messages_as_skipped(%(max_age)s) AS skipped
 -- A paced campaign's window and daily cap: may this message be worked on now? Gives it a slot of
 -- today's cap, which it lets go of by itself if it leaves `processing` for anything but `sent`.
 SELECT go, wait_until, reason, cap_day
-  FROM listener_pace_start(%(campaign_id)s, %(message_id)s, now())
+  FROM listener_pace_start_v2(%(campaign_id)s, %(message_id)s, now(), %(zones)s::text[])
 
 -- ==============================================================================================
 -- Sender pools: which number, its slot, its holds (the rules are SQL functions in migrations/)
@@ -819,19 +820,24 @@ WITH flagged AS (
      WHERE f.queued OR f.status <> 'archived'
      ORDER BY f.queued DESC, f.created_at DESC
      LIMIT %(limit)s
+), zoned AS (
+    -- A campaign in its leads' zones ('lead') is shown on São Paulo's clock.
+    SELECT s.*, CASE WHEN s.send_timezone = 'lead' THEN 'America/Sao_Paulo'
+                     ELSE s.send_timezone END AS zone
+      FROM shown s
 ), days AS (
     SELECT s.*,
            CASE WHEN s.send_window_start IS NOT NULL
                      AND s.send_window_end <= s.send_window_start
-                     AND (now() AT TIME ZONE s.send_timezone)::time < s.send_window_end
-                THEN (now() AT TIME ZONE s.send_timezone)::date - 1
-                ELSE (now() AT TIME ZONE s.send_timezone)::date END AS cap_today
-      FROM shown s
+                     AND (now() AT TIME ZONE s.zone)::time < s.send_window_end
+                THEN (now() AT TIME ZONE s.zone)::date - 1
+                ELSE (now() AT TIME ZONE s.zone)::date END AS cap_today
+      FROM zoned s
 )
 SELECT d.id, d.name, d.status, d.instance, d.queued, d.daily_cap, d.cap_today,
        d.send_window_start, d.send_window_end, d.send_timezone, d.send_days,
        d.gap_min_seconds, d.gap_max_seconds,
-       listener_window_opens(d.send_window_start, d.send_window_end, d.send_timezone,
+       listener_window_opens(d.send_window_start, d.send_window_end, d.zone,
                              d.send_days, now()) AS window_opens,
        CASE WHEN d.daily_cap IS NULL THEN NULL ELSE (
            SELECT count(*)::integer FROM campaign_messages m

@@ -461,13 +461,14 @@ class Store:
     # Pacing: the bookings (the rules are SQL functions, atomic across listeners)
     # ----------------------------------------------------------------------------------------
 
-    async def pace_start(self, job: Job) -> Wait | None:
-        """The campaign's window and daily cap. On success the message holds a slot of today's
-        cap for as long as it is processing or sent, or once a part of it went out."""
+    async def pace_start(self, job: Job, zones: list[str] | None = None) -> Wait | None:
+        """The campaign's window and daily cap (for a campaign in its leads' zones, judged in
+        the lead's own zone, else in `zones`, its phone number's). On success the message holds
+        a slot of today's cap for as long as it is processing or sent, or once a part of it
+        went out."""
+        params = {"campaign_id": job.campaign_id, "message_id": job.id, "zones": zones}
         async with self.pool.connection() as conn:
-            cur = await conn.execute(
-                q("pace_start"), {"campaign_id": job.campaign_id, "message_id": job.id}
-            )
+            cur = await conn.execute(q("pace_start"), params)
             row = await cur.fetchone()
         assert row is not None
         go, until, reason, _ = row

@@ -581,6 +581,7 @@ CREATE FUNCTION public.listener_pace_start_v2(p_campaign uuid, p_message uuid, p
     AS $$
 DECLARE
     c campaigns;
+    own text;
     zones text[];
     tz text;
     opens timestamptz;
@@ -589,7 +590,11 @@ DECLARE
 BEGIN
     SELECT * INTO c FROM campaigns WHERE id = p_campaign;
     IF c.send_timezone = 'lead' THEN
-        zones := COALESCE(NULLIF(p_zones, '{}'), ARRAY['America/Sao_Paulo']);
+        SELECT l.timezone INTO own
+          FROM campaign_messages m JOIN leads l ON l.id = m.lead_id
+         WHERE m.id = p_message;
+        zones := CASE WHEN own IS NOT NULL THEN ARRAY[own]
+                      ELSE COALESCE(NULLIF(p_zones, '{}'), ARRAY['America/Sao_Paulo']) END;
     ELSE
         zones := ARRAY[c.send_timezone];
     END IF;

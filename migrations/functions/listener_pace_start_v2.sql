@@ -1,13 +1,15 @@
 -- listener_pace_start with the lead's zones (a new signature, so a new name): for a campaign
--- whose send_timezone is 'lead', `p_zones` are the zones the lead may be in (its own, or its
--- phone number's; NULL: São Paulo's), and the window, days and daily cap are judged there.
--- Otherwise as before.
+-- whose send_timezone is 'lead', the window, days and daily cap are judged in the lead's own
+-- zone (leads.timezone) when it has one, else in `p_zones`, the zones its phone number may be
+-- in (the window must be open in every one of them: the most restrictive reading), else in
+-- São Paulo's. Otherwise as before.
 CREATE OR REPLACE FUNCTION listener_pace_start_v2(
     p_campaign uuid, p_message uuid, p_at timestamptz, p_zones text[])
 RETURNS TABLE(go boolean, wait_until timestamptz, reason text, cap_day date)
 LANGUAGE plpgsql AS $$
 DECLARE
     c campaigns;
+    own text;
     zones text[];
     tz text;
     opens timestamptz;
@@ -16,7 +18,11 @@ DECLARE
 BEGIN
     SELECT * INTO c FROM campaigns WHERE id = p_campaign;
     IF c.send_timezone = 'lead' THEN
-        zones := COALESCE(NULLIF(p_zones, '{}'), ARRAY['America/Sao_Paulo']);
+        SELECT l.timezone INTO own
+          FROM campaign_messages m JOIN leads l ON l.id = m.lead_id
+         WHERE m.id = p_message;
+        zones := CASE WHEN own IS NOT NULL THEN ARRAY[own]
+                      ELSE COALESCE(NULLIF(p_zones, '{}'), ARRAY['America/Sao_Paulo']) END;
     ELSE
         zones := ARRAY[c.send_timezone];
     END IF;
