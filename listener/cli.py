@@ -280,13 +280,21 @@ def webhook_set(instances: tuple[str, ...], url: str) -> None:
     "them (the demo prints the command); by default they are deleted once the stats are "
     "printed.",
 )
-def demo(leads: int, keep: bool) -> None:
+@click.option(
+    "--serve",
+    is_flag=True,
+    help="Once the demo is done, keep its listener and status page up until Ctrl-C.",
+)
+def demo(leads: int, keep: bool, serve: bool) -> None:
     """Run the whole pipeline on sample data, with nothing to configure.
 
     Without DATABASE_URL it starts an embedded Postgres in LISTENER_DATA_DIR/demo (stopped at
     the end). It applies the migrations, starts a listener in this process with the built-in
     sandbox LLM and sender, inserts a sample campaign (a new one each run) whose messages the
-    listener sends, shows the progress, then the stats and a few of the messages "sent"."""
+    listener sends, shows the progress, then the stats and a few of the messages "sent".
+    The campaign has a follow-up step a few seconds later; sandbox leads reply in each kind
+    the listener tells apart, and the leads handed off to a person are printed. With --serve
+    the listener and its status page stay up until Ctrl-C."""
     from listener import demo as work
 
     settings = _settings(need_providers=False)
@@ -301,6 +309,19 @@ def demo(leads: int, keep: bool) -> None:
     else:
         url = settings.database_url
     bar = work.ProgressLine(sys.stderr)
+    printed = False
+
+    def show(result: work.DemoResult) -> None:
+        nonlocal printed
+        bar.close()
+        for line in work.report(result, keep=keep, data_dir=own_folder):
+            click.echo(line)
+        printed = True
+
+    def inform(line: str) -> None:
+        bar.close()  # a line of its own, not glued to the progress bar
+        click.echo(line, err=True)
+
     try:
         result = run_async(
             work.demo(
@@ -309,15 +330,17 @@ def demo(leads: int, keep: bool) -> None:
                 keep=keep,
                 check=own_folder is None,
                 progress=bar,
-                inform=lambda line: click.echo(line, err=True),
+                inform=inform,
+                serve=serve,
+                on_result=show,
             )
         )
     finally:
         bar.close()
         if own_folder is not None:
             work.stop_embedded()
-    for line in work.report(result, keep=keep, data_dir=own_folder):
-        click.echo(line)
+    if not printed:
+        show(result)
     if result.interrupted:
         raise click.Abort()
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import random
 import secrets
@@ -15,8 +16,8 @@ import signal
 import socket
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
@@ -26,13 +27,20 @@ import psycopg
 
 from listener.errors import ConfigurationError, DatabaseError, ListenerError
 from listener.oneshot import Connection, connection, one
-from listener.phones import mask_phone
+from listener.phones import mask_phone, normalize_phone
 from listener.queries import q
 from listener.settings import Settings, load_settings
 from listener.stats import Stats, collect_stats, render
 
 if TYPE_CHECKING:
     from listener.daemon import Daemon
+
+#: The demo's follow-up: step 2 goes this long after step 1 to leads who did not stop it.
+DEMO_STEP_WAIT = timedelta(seconds=3)
+DEMO_STEP_PROMPT = (
+    "Escreva um follow-up curto e gentil para o lead que ainda não respondeu, retomando a "
+    "mensagem anterior sem se apresentar de novo."
+)
 
 DEMO_PROMPT = (
     "Você é um SDR simpático de uma agência de marketing digital. Escreva uma primeira mensagem "
@@ -112,6 +120,8 @@ class DemoResult:
     stats: Stats
     samples: list[tuple[str, str]]
     interrupted: bool = False
+    #: The hand-offs announced on listener_handoff: (name, phone, what they wrote, kind).
+    handoffs: list[tuple[str, str, str, str]] = field(default_factory=list)
 
 
 def sample_leads(count: int, rng: random.Random | None = None) -> list[dict[str, Any]]:
@@ -160,6 +170,10 @@ async def _create_sample(conn: Connection, leads: list[dict[str, Any]]) -> tuple
     campaign_id: UUID = (await one(conn, "demo_campaign", {"name": name, "prompt": DEMO_PROMPT}))[
         "id"
     ]
+    await conn.execute(
+        q("demo_step"),
+        {"campaign_id": campaign_id, "wait": DEMO_STEP_WAIT, "prompt": DEMO_STEP_PROMPT},
+    )
     run_id: UUID = (await one(conn, "demo_run", {"campaign_id": campaign_id}))["id"]
     columns = {
         "ids": "id", "names": "name", "phones": "phone", "companies": "company", "cities": "city",
@@ -202,14 +216,20 @@ async def run_demo(
     leads: int = 30,
     keep: bool = False,
     on_progress: Callable[[Progress], None] | None = None,
+    on_handoff: Callable[[tuple[str, str, str, str]], None] | None = None,
+    on_result: Callable[[DemoResult], None] | None = None,
+    serve: bool = False,
     stop: asyncio.Event | None = None,
     timeout: float = 45.0,
     poll: float = 0.1,
 ) -> DemoResult:
-    """Run a sandbox listener in this process, insert a sample campaign with `leads` leads,
-    report the run's counts every `poll` seconds until every message has an outcome, stop the
-    listener (drained) and gather the stats and a few delivered parts. Unless `keep`, the
-    sample rows are deleted afterwards. `stop` ends the wait early (Ctrl-C)."""
+    """Run a sandbox listener in this process, insert a sample campaign with `leads` leads (and
+    a follow-up step seconds later), report the run's counts every `poll` seconds until every
+    message has an outcome, and gather the stats, a few delivered parts and the hand-offs
+    announced on listener_handoff (each also given to `on_handoff` as it comes). With `serve`,
+    the result goes to `on_result` and the listener and its status page stay up until `stop`
+    (Ctrl-C). Then the listener stops (drained) and, unless `keep`, the sample rows are
+    deleted. `stop` also ends the wait early."""
     if leads < 1:
         raise ConfigurationError("the demo needs at least one lead")
     stop = stop or asyncio.Event()
@@ -218,10 +238,21 @@ async def run_demo(
     daemon = Daemon(settings, url)
     task = asyncio.create_task(daemon.run(), name="demo-listener")
     created: tuple[UUID, UUID] | None = None
+    handoffs: list[tuple[str, str, str, str]] = []
+
+    def handed(handoff: tuple[str, str, str, str]) -> None:
+        handoffs.append(handoff)
+        if on_handoff is not None:
+            on_handoff(handoff)
+
     try:
         try:
-            async with connection(url, "demo") as conn:
+            async with (
+                connection(url, "demo") as conn,
+                _handoffs(url, handed) as listening,
+            ):
                 await _wait_listening(daemon, task)
+                await listening
                 started = time.monotonic()
                 created = await _create_sample(conn, sample_leads(leads))
                 interrupted = await _follow(
@@ -232,28 +263,90 @@ async def run_demo(
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(stop.wait(), FEEDBACK_WAIT)
                 elapsed = time.monotonic() - started
+                campaign_id, run_id = created
+                progress = await _progress(conn, run_id)
+                cur = await conn.execute(q("demo_samples"), {"run_id": run_id, "limit": 5})
+                samples = [(row["number"], row["text"]) for row in await cur.fetchall()]
+                # The stats window covers the demo, rounded up to whole seconds.
+                stats = await collect_stats(url, timedelta(seconds=int(elapsed) + 2))
+                result = DemoResult(
+                    campaign_id=campaign_id,
+                    run_id=run_id,
+                    progress=progress,
+                    elapsed=elapsed,
+                    stats=stats,
+                    samples=samples,
+                    interrupted=interrupted,
+                    handoffs=handoffs,
+                )
+                if serve and not interrupted:
+                    if on_result is not None:
+                        on_result(result)
+                    await _serve_until(stop, task)
         finally:
             await _stop_daemon(daemon, task, settings)
-        campaign_id, run_id = created
-        async with connection(url, "demo") as conn:
-            progress = await _progress(conn, run_id)
-            cur = await conn.execute(q("demo_samples"), {"run_id": run_id, "limit": 5})
-            samples = [(row["number"], row["text"]) for row in await cur.fetchall()]
-        # The stats window covers the demo, rounded up to whole seconds.
-        stats = await collect_stats(url, timedelta(seconds=int(elapsed) + 2))
     finally:
         if created is not None and not keep:
             async with connection(url, "demo cleanup") as conn:
                 await conn.execute(q("demo_cleanup"), {"campaign_id": created[0]})
-    return DemoResult(
-        campaign_id=campaign_id,
-        run_id=run_id,
-        progress=progress,
-        elapsed=elapsed,
-        stats=stats,
-        samples=samples,
-        interrupted=interrupted,
-    )
+    return result
+
+
+async def _serve_until(stop: asyncio.Event, task: asyncio.Task[None]) -> None:
+    """Keep the demo's listener (and its status page) up until `stop`; a listener that ends
+    by itself meanwhile is an error."""
+    waiter = asyncio.create_task(stop.wait())
+    try:
+        await asyncio.wait({waiter, task}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        waiter.cancel()
+    if task.done() and not stop.is_set():
+        task.result()
+        raise ListenerError("the demo's listener stopped while serving")
+
+
+@contextlib.asynccontextmanager
+async def _handoffs(
+    url: str, handed: Callable[[tuple[str, str, str, str]], None]
+) -> AsyncIterator[asyncio.Future[None]]:
+    """LISTEN on listener_handoff, as a back end would, for as long as the demo runs: each
+    hand-off is read (who, what they wrote) and given to `handed`. Yields a future that is
+    done once the LISTEN is in place."""
+    ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    async def listen() -> None:
+        # The notifies generator holds its connection: the lookups go through another one.
+        async with (
+            connection(url, "demo handoffs") as conn,
+            connection(url, "demo handoffs") as lookup,
+        ):
+            await conn.execute("LISTEN listener_handoff")
+            ready.set_result(None)
+            async for note in conn.notifies():
+                reply_id = json.loads(note.payload).get("reply_id")
+                cur = await lookup.execute(q("demo_handoff"), {"reply_id": reply_id})
+                row = await cur.fetchone()
+                if row is not None:  # (not one of the demo's: nothing to say)
+                    handed((row["name"] or "", row["phone"], row["text"], row["kind"]))
+
+    task = asyncio.create_task(listen(), name="demo-handoffs")
+    task.add_done_callback(lambda t: _ended(t, ready))
+    try:
+        yield ready
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+def _ended(task: asyncio.Task[None], ready: asyncio.Future[None]) -> None:
+    """The hand-off listener ended: before it was listening, the demo fails with why."""
+    if ready.done():
+        return
+    if task.cancelled():
+        ready.set_exception(ListenerError("the demo's hand-off listener was cancelled"))
+    else:
+        ready.set_exception(task.exception() or ListenerError("the hand-off listener ended"))
 
 
 async def _follow(
@@ -348,9 +441,11 @@ class ProgressLine:
             self._last, self._step = line, step
 
     def close(self) -> None:
-        """End the bar's line (a terminal only: plain lines end themselves)."""
+        """End the bar's line (a terminal only: plain lines end themselves), so other lines
+        can be written; the next change draws the bar again below them."""
         if self._terminal and self._last:
             self._write("\n")
+            self._last = ""
 
     def _write(self, text: str) -> None:
         self._stream.write(text)
@@ -388,6 +483,13 @@ def report(result: DemoResult, *, keep: bool, data_dir: Path | None) -> Iterator
     )
     yield ""
     yield render(result.stats)
+    yield ""
+    if result.handoffs:
+        yield "leads handed off to a person (NOTIFY listener_handoff)"
+        for handoff in result.handoffs:
+            yield "  " + handoff_line(handoff)
+    else:
+        yield "no lead was handed off"
     if result.samples:
         yield ""
         yield "some messages the sandbox sender delivered"
@@ -399,6 +501,13 @@ def report(result: DemoResult, *, keep: bool, data_dir: Path | None) -> Iterator
         yield f"look at them with: {look_command(data_dir)}"
     else:
         yield "removed the demo's rows (use --keep to look at them)"
+
+
+def handoff_line(handoff: tuple[str, str, str, str]) -> str:
+    """One hand-off as the demo prints it: who (phone masked), what they wrote, its kind."""
+    name, phone, text, kind = handoff
+    digits = normalize_phone(phone) or phone
+    return f'{name} ({mask_phone(digits)}) wrote "{text}" ({kind.replace("_", " ")})'
 
 
 #: The status page's port in the demo when it is free (the metrics port's default).
@@ -457,10 +566,15 @@ async def demo(
     check: bool,
     progress: Callable[[Progress], None],
     inform: Callable[[str], None],
+    serve: bool = False,
+    on_result: Callable[[DemoResult], None] | None = None,
+    stop: asyncio.Event | None = None,
 ) -> DemoResult:
     """The command's work: migrate, refuse a database where the demo could do harm (`check`,
     for a database the demo does not own), then run the demo with Ctrl-C or SIGTERM ending the
-    wait (the listener drains and the sample rows are cleaned up) instead of killing it."""
+    wait (the listener drains and the sample rows are cleaned up) instead of killing it. Each
+    hand-off is told (`inform`) as it comes. With `serve`, the result goes to `on_result` and
+    the listener and its status page stay up until Ctrl-C (or `stop`)."""
     from listener.migrate import migrate
 
     applied = await migrate(url)
@@ -470,7 +584,13 @@ async def demo(
         await demo_guard(url)
     port = page_port()
     inform(f"status page while the demo runs: http://127.0.0.1:{port}/")
-    stop = asyncio.Event()
+    stop = stop or asyncio.Event()
+
+    def result_ready(result: DemoResult) -> None:
+        if on_result is not None:
+            on_result(result)
+        inform(f"serving the status page at http://127.0.0.1:{port}/ until Ctrl-C")
+
     with _on_interrupt(stop):
         return await run_demo(
             url,
@@ -478,6 +598,9 @@ async def demo(
             leads=leads,
             keep=keep,
             on_progress=progress,
+            on_handoff=lambda handoff: inform("hand-off: " + handoff_line(handoff)),
+            on_result=result_ready,
+            serve=serve,
             stop=stop,
         )
 

@@ -753,6 +753,17 @@ SELECT (SELECT count(*)::integer FROM pg_stat_activity
 -- The demo's sample campaign.
 INSERT INTO campaigns (name, prompt) VALUES (%(name)s, %(prompt)s) RETURNING id
 
+-- demo_step --
+-- The demo campaign's follow-up: step 2, seconds after step 1 (days, in a real campaign).
+INSERT INTO campaign_steps (campaign_id, step, wait, prompt)
+VALUES (%(campaign_id)s, 2, %(wait)s, %(prompt)s)
+
+-- demo_handoff --
+-- Who a hand-off names and what they wrote (the demo prints it).
+SELECT l.name, l.phone, r.text, r.kind
+  FROM lead_replies r JOIN leads l ON l.id = r.lead_id
+ WHERE r.id = %(reply_id)s
+
 -- demo_run --
 -- The demo campaign's run, whose counts (kept by the trigger) drive the progress bar.
 INSERT INTO campaign_runs (campaign_id) VALUES (%(campaign_id)s) RETURNING id
@@ -786,7 +797,7 @@ SELECT o.number, o.text
  LIMIT %(limit)s
 
 -- demo_cleanup --
--- Remove what the demo created: its outbox rows, messages, leads, run and campaign.
+-- Remove what the demo created: its outbox rows, messages, replies, leads, run and campaign.
 WITH messages AS (
     DELETE FROM campaign_messages WHERE campaign_id = %(campaign_id)s
     RETURNING lead_id, provider_message_ids
@@ -794,6 +805,8 @@ WITH messages AS (
     DELETE FROM sandbox_outbox
      WHERE provider_message_id IN (
                SELECT jsonb_array_elements_text(provider_message_ids) FROM messages)
+), replies AS (
+    DELETE FROM lead_replies WHERE lead_id IN (SELECT lead_id FROM messages)
 ), gone_leads AS (
     DELETE FROM leads WHERE id IN (SELECT lead_id FROM messages)
 )

@@ -1,7 +1,8 @@
 """The sandbox sender playing Evolution's part in delivery feedback (the demo): after each
 accepted part it posts real-shaped webhooks to the listener's own receiver, through the same
 HTTP endpoint, authentication and writes as Evolution's: the server's ack, the delivery, a read
-for most, and a reply from a few leads, one of which is "SAIR" (an opt-out)."""
+for most, and a reply to its first message from one lead in REPLY_EVERY: "SAIR" (an opt-out),
+then one reply of each kind the listener tells apart (an away message among them)."""
 
 from __future__ import annotations
 
@@ -17,9 +18,18 @@ import aiohttp
 
 from listener.settings import Settings
 
-# A reply from one lead in this many (the first one says SAIR).
-REPLY_EVERY = 6
-REPLIES = ("Oi! Tenho interesse, pode me contar mais?", "Obrigado, vou ver e te respondo.")
+# A reply from one lead in this many, in this order (then again from the start).
+REPLY_EVERY = 3
+REPLIES = (
+    "SAIR",
+    "Oi! Tenho interesse, pode me contar mais?",
+    "Quanto custa?",
+    "Agora não, talvez no mês que vem.",
+    "Não tenho interesse, obrigado.",
+    "Olá! Agradecemos seu contato. Estamos fora do horário de atendimento e retornaremos em breve.",
+    "Número errado, não sou essa pessoa.",
+    "👍",
+)
 
 
 class SandboxFeedback:
@@ -40,7 +50,7 @@ class SandboxFeedback:
         self._session: aiohttp.ClientSession | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._numbers: set[str] = set()
-        self._said_sair = False
+        self._replies = 0
 
     def sent(self, instance: str, number: str, provider_id: str) -> None:
         """A part was accepted: play what WhatsApp would report about it, a moment later."""
@@ -53,8 +63,8 @@ class SandboxFeedback:
         if number not in self._numbers:
             self._numbers.add(number)
             if len(self._numbers) % REPLY_EVERY == 1:
-                text = "SAIR" if not self._said_sair else self._rng.choice(REPLIES)
-                self._said_sair = True
+                text = REPLIES[self._replies % len(REPLIES)]
+                self._replies += 1
                 events.append((1.0, "messages.upsert", _reply(number, text)))
         task = asyncio.create_task(self._play(instance, events))
         self._tasks.add(task)

@@ -592,43 +592,72 @@ def test_demo_runs_end_to_end_and_keeps_its_rows(
     assert entry(["demo", "--leads", "12", "--keep"]) == 0
 
     captured = capsys.readouterr()
+    # Step 1: every lead's message, the opted-out lead's skipped.
+    first = dict(
+        db.execute(
+            "SELECT status, count(*) FROM campaign_messages WHERE step = 1 GROUP BY status"
+        ).fetchall()
+    )
+    assert first == {"sent": 11, "skipped": 1}
+    reason = db.execute(
+        "SELECT last_error FROM campaign_messages WHERE step = 1 AND status = 'skipped'"
+    ).fetchone()
+    assert reason == ("skipped: the lead opted out",)
+    # Step 2, seconds later, for each lead step 1 reached: sent, or stopped by the lead's reply.
+    second = db.execute(
+        "SELECT status, last_error FROM campaign_messages WHERE step = 2"
+    ).fetchall()
+    assert len(second) == 11
+    assert {s for s, _ in second} <= {"sent", "skipped"}
+    assert {e for s, e in second if s == "skipped"} <= {
+        "skipped: the lead opted out",
+        "skipped: the lead was handed off",
+        "skipped: the lead replied",
+    }
     counts = dict(
         db.execute("SELECT status, count(*) FROM campaign_messages GROUP BY status").fetchall()
     )
-    assert counts == {"sent": 11, "skipped": 1}
-    reason = db.execute(
-        "SELECT last_error FROM campaign_messages WHERE status = 'skipped'"
-    ).fetchone()
-    assert reason == ("skipped: the lead opted out",)
-    # Two messages went with the content they were inserted with, the rest (but the opted-out
-    # lead's) from the LLM.
+    sent, skipped, total = counts["sent"], counts.get("skipped", 0), 23
+    assert sent + skipped == total
+    # Two messages went with the content they were inserted with, the rest from the LLM.
     sources = db.execute(
         "SELECT count(*) FILTER (WHERE content IS NOT NULL),"
         " count(*) FILTER (WHERE generated_text IS NOT NULL) FROM campaign_messages"
     ).fetchone()
-    assert sources == (2, 9)
-    assert db.execute("SELECT count(*) FROM sandbox_outbox").fetchone() == (11,)
+    assert sources == (2, sent - 2)
+    assert db.execute("SELECT count(*) FROM sandbox_outbox").fetchone() == (sent,)
     run = db.execute("SELECT status, sent_count, skipped_count FROM campaign_runs").fetchone()
-    assert run == ("completed", 11, 1)
+    assert run == ("completed", sent, skipped)
+    # The sandbox leads replied in every kind they were given, classified by the rules.
+    kinds = {r[0] for r in db.execute("SELECT kind FROM lead_replies")}
+    assert kinds == {"opt_out", "interested", "question", "not_now"}
 
-    assert "12 messages, done in" in captured.out
-    assert "11 sent, 1 skipped, 0 failed" in captured.out
-    assert re.search(r"^sent\s+11$", captured.out, re.MULTILINE)
+    assert f"{total} messages, done in" in captured.out
+    assert f"{sent} sent, {skipped} skipped, 0 failed" in captured.out
+    assert re.search(rf"^sent\s+{sent}$", captured.out, re.MULTILINE)
     assert "kept the demo's rows" in captured.out
+    # The hand-offs were printed as they came and in the report, phones masked.
+    assert "leads handed off to a person (NOTIFY listener_handoff)" in captured.out
+    assert re.search(
+        r'^hand-off: .+ \(55\d{3}\*+\d{3}\) wrote ".+" \(interested\)$', captured.err, re.MULTILINE
+    )
+    assert "replies per campaign by kind" in captured.out
     # On DATABASE_URL, the same settings show the data.
     assert re.search(
         r"^look at them with: (uv run )?listener stats --since 1h$", captured.out, re.MULTILINE
     )
     # Phones are masked: no lead's full number is printed.
     phones = [str(r[0]).replace(" ", "") for r in db.execute("SELECT phone FROM leads")]
-    assert len(phones) == 12 and all(phone not in captured.out for phone in phones)
+    assert len(phones) == 12 and all(phone not in captured.out + captured.err for phone in phones)
     assert re.search(r"^  55\d{3}\*+\d{3}  \S", captured.out, re.MULTILINE)
     # The progress reached the end, on stderr, in plain lines (stderr is not a terminal here);
     # logs stayed quiet.
     assert "\r" not in captured.err
     progress = [line for line in captured.err.splitlines() if line.startswith("[")]
-    assert progress[-1] == "[" + "#" * 30 + "] 12/12  sent 11  skipped 1  failed 0"
-    assert 1 <= len(progress) <= 11  # a line per tenth at most, not a frame per poll
+    assert progress[-1] == (
+        "[" + "#" * 30 + f"] {total}/{total}  sent {sent}  skipped {skipped}  failed 0"
+    )
+    assert 1 <= len(progress) <= 22  # a line per tenth at most (the total grows with steps)
     assert "INFO" not in captured.err
 
 
@@ -639,9 +668,10 @@ def test_demo_cleans_up_and_runs_again(
     assert entry(["demo", "--leads", "5"]) == 0
 
     out = capsys.readouterr().out
-    campaigns = re.findall(r"^demo campaign (\S+): 5 messages", out, re.MULTILINE)
+    campaigns = re.findall(r"^demo campaign (\S+): 9 messages", out, re.MULTILINE)
     assert len(set(campaigns)) == 2
-    for table in ("campaigns", "campaign_runs", "campaign_messages", "leads", "sandbox_outbox"):
+    tables = ("campaigns", "campaign_runs", "campaign_messages", "leads", "sandbox_outbox")
+    for table in (*tables, "campaign_steps", "lead_replies"):
         assert db.execute(f"SELECT count(*) FROM {table}").fetchone() == (0,), table  # type: ignore[arg-type]
 
 
@@ -670,7 +700,9 @@ def test_demo_on_a_fresh_machine_uses_an_embedded_postgres_and_stops_it(
     captured = capsys.readouterr()
     assert code == 0, captured.err
     out = captured.out
-    assert "4 messages, done in" in out and "3 sent, 1 skipped, 0 failed" in out
+    # 4 leads (one opted out), and step 2 for the 3 step 1 reached (one of them replied SAIR).
+    assert "7 messages, done in" in out
+    assert re.search(r": [4-6] sent, [1-3] skipped, 0 failed", out), out
     assert (data_dir / "demo" / "pgdata" / "PG_VERSION").exists()
     assert not (data_dir / "demo" / "pgdata" / "postmaster.pid").exists()
 
@@ -716,7 +748,9 @@ def test_after_the_demo_the_printed_command_shows_its_data(
         captured = capsys.readouterr()
         assert code == 0, captured.err
         figures = json.loads(captured.out)
-        assert figures["sent"]["total"] == 3
-        assert figures["by_status"]["skipped"]["count"] == 1
+        # Step 1 to 3 of the 4 leads (one opted out), then the follow-ups not stopped.
+        assert 3 <= figures["sent"]["total"] <= 6
+        assert figures["by_status"]["skipped"]["count"] >= 1
+        assert figures["sent"]["total"] + figures["by_status"]["skipped"]["count"] == 7
     finally:
         stop_embedded()

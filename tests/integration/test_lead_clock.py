@@ -13,7 +13,8 @@ import pytest
 
 from listener.db import make_pool
 from listener.pacing import phone_zones
-from listener.status import StatusPage, render
+from listener.web.page import StatusPage
+from listener.web.render import render
 from tests.daemon_harness import fast_settings, running
 from tests.helpers import await_until, enqueue, make_campaign
 

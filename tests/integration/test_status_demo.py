@@ -7,7 +7,7 @@ import re
 
 import httpx
 
-from listener.demo import Progress, demo
+from listener.demo import DemoResult, Progress, demo
 
 
 async def test_the_demo_prints_the_page_address_and_serves_it_while_it_runs(db_url: str) -> None:
@@ -34,9 +34,53 @@ async def test_the_demo_prints_the_page_address_and_serves_it_while_it_runs(db_u
         db_url, leads=300, keep=False, check=True, progress=progress, inform=lines.append
     )
     await asyncio.wait_for(looker, timeout=10)
-    assert result.progress.total == 300
+    assert result.progress.total >= 300  # and the follow-up steps it grew
     assert any(
         line.startswith("status page while the demo runs: http://127.0.0.1:") for line in lines
     )
     # The page showed the demo's campaign while its messages were going out.
     assert re.search(r'<b class="name">Demo \d{4}-\d\d-\d\d', pages[0])
+
+
+async def test_demo_serve_keeps_the_listener_and_the_page_up_until_stopped(db_url: str) -> None:
+    """With serve, the result is given while the listener still runs: its page answers, and
+    it stays up until Ctrl-C (here, `stop`)."""
+    lines: list[str] = []
+    stop = asyncio.Event()
+    ready: list[DemoResult] = []
+    given = asyncio.Event()
+    pages: list[str] = []
+
+    def result_ready(result: DemoResult) -> None:
+        ready.append(result)
+        given.set()
+
+    async def look() -> None:
+        await given.wait()
+        address = next(
+            m.group(1) for line in lines if (m := re.search(r"(http://127\.0\.0\.1:\d+/)", line))
+        )
+        async with httpx.AsyncClient() as client:
+            for _ in range(2):  # twice, a moment apart: it stays up
+                response = await client.get(address)
+                assert response.status_code == 200
+                pages.append(response.text)
+                await asyncio.sleep(0.3)
+        stop.set()
+
+    looker = asyncio.create_task(look())
+    result = await demo(
+        db_url,
+        leads=6,
+        keep=False,
+        check=True,
+        progress=lambda _: None,
+        inform=lines.append,
+        serve=True,
+        on_result=result_ready,
+        stop=stop,
+    )
+    await asyncio.wait_for(looker, timeout=10)
+    assert ready == [result] and not result.interrupted
+    assert any("until Ctrl-C" in line for line in lines)
+    assert len(pages) == 2 and all("Demo " in page for page in pages)

@@ -623,15 +623,17 @@ async def test_stats_show_the_funnel_per_campaign(db_url: str, db: Conn) -> None
 
 
 async def test_the_demo_shows_the_funnel_and_an_opt_out(db_url: str, db: Conn) -> None:
-    # The sandbox sender posts deliveries, reads and two replies (the first "SAIR") to the
-    # demo listener's own receiver, through the same endpoint as Evolution.
+    # The sandbox sender posts deliveries, reads and four replies to step 1 (the first "SAIR",
+    # then an interested lead, a question, a "not now") to the demo listener's own receiver,
+    # through the same endpoint as Evolution.
     result = await demo(
         db_url, leads=12, keep=True, check=True, progress=lambda _: None, inform=lambda _: None
     )
     [funnel] = result.stats.funnel
     sent = result.progress.sent  # the sample has a lead that cannot be sent to
-    assert sent >= 10
-    assert (funnel.sent, funnel.delivered, funnel.replied, funnel.opted_out) == (sent, sent, 2, 1)
+    assert sent >= 11
+    assert (funnel.sent, funnel.delivered, funnel.replied, funnel.opted_out) == (sent, sent, 4, 1)
+    assert sorted(kind for *_, kind in result.handoffs) == ["interested", "question"]
     assert 0 < funnel.read <= sent
     assert one(db, "SELECT count(*) FROM leads WHERE opted_out_at IS NOT NULL") == 1
     assert "delivery funnel per campaign" in "\n".join(report(result, keep=True, data_dir=None))
