@@ -18,6 +18,11 @@ and a message's whole time in its slot (`Processor._process`) in timers, and add
 count, mean, p50 and mean batch to the JSON: where a message's time goes. The timers cost
 some throughput themselves, so such a run is for the breakdown, not the rate (use `--tag`).
 
+`--steps-ab` runs each concurrency's repeats twice, interleaved: without a follow-up step,
+then with one (a `campaign_steps` row due a day later, so every message's last record also
+creates its next step's row, which this drain does not send): what step creation costs the
+drain, as the ratio of the two medians in one sitting.
+
     uv run python bench/queue_throughput.py [--url DSN] [-n 20000] [--concurrency 5 50 200]
 """
 
@@ -94,10 +99,25 @@ def time_steps() -> Callable[[], dict[str, dict[str, float]]]:
     return read
 
 
-def prepare(url: str, campaign: str, n: int) -> None:
+def prepare(url: str, campaign: str, n: int, *, steps: bool = False) -> None:
+    """A fresh backlog of `n`; with `steps`, the campaign has a step 2 due a day after each
+    send (created by every message's last record, never drained here)."""
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("TRUNCATE campaign_messages, sandbox_outbox CASCADE")
+        conn.execute("DELETE FROM campaign_steps WHERE campaign_id = %s", (campaign,))
+        if steps:
+            conn.execute(
+                "INSERT INTO campaign_steps (campaign_id, step, wait) VALUES (%s, 2, '1 day')",
+                (campaign,),
+            )
     c.seed_messages(url, campaign, n)
+
+
+def _steps_made(url: str) -> int:
+    """Step rows the drain created (pending, due a day later)."""
+    with psycopg.connect(url) as conn:
+        row = conn.execute("SELECT count(*) FROM campaign_messages WHERE step = 2").fetchone()
+    return int(row[0]) if row else 0
 
 
 def main() -> None:
@@ -118,6 +138,11 @@ def main() -> None:
         action="store_true",
         help="time each database step of the pipeline (costs throughput; see the docstring)",
     )
+    parser.add_argument(
+        "--steps-ab",
+        action="store_true",
+        help="interleave runs without and with a follow-up step (what step creation costs)",
+    )
     args = parser.parse_args()
     c.smoke(parser, args, n=300, concurrency=[50], repeat=1)
     read_steps = time_steps() if args.step_times else None
@@ -127,13 +152,17 @@ def main() -> None:
     campaign = c.seed_campaign(url)
     runs: list[dict[str, Any]] = []
     print(f"queue throughput, sandbox providers, backlog of {args.n:,} messages (target 5,000/s)")
-    plan: list[tuple[int, bool]] = [
-        (conc, False) for conc in args.concurrency for _ in range(args.repeat)
+    sides = (False, True) if args.steps_ab else (False,)
+    plan: list[tuple[int, bool, bool]] = [
+        (conc, False, steps)
+        for conc in args.concurrency
+        for _ in range(args.repeat)
+        for steps in sides
     ]
     if args.log_info:
-        plan.append((max(args.concurrency), True))
-    for concurrency, log_info in plan:
-        prepare(url, campaign, args.n)
+        plan.append((max(args.concurrency), True, False))
+    for concurrency, log_info, steps in plan:
+        prepare(url, campaign, args.n, steps=steps)
         handler: logging.Handler | None = None
         if log_info:
             from listener import logs
@@ -150,6 +179,10 @@ def main() -> None:
             logging.getLogger().handlers.clear()
             logging.getLogger().setLevel(logging.WARNING)
         label = f"concurrency {concurrency:>4}" + (" (INFO logs)" if log_info else "")
+        label += " with steps" if steps else ""
+        if steps:
+            made = _steps_made(url)
+            c.require(made == args.n, f"{made} step rows created, not {args.n}")
         print(
             f"  {label}: {result.per_second:>8,.0f} msg/s  ({result.seconds:.2f}s wall; "
             f"db span {result.db_seconds:.2f}s = {result.db_per_second:,.0f}/s; "
@@ -160,7 +193,7 @@ def main() -> None:
             result.statuses.get("sent") == args.n,
             f"not every message ended sent: {result.statuses}",
         )
-        run: dict[str, Any] = {"concurrency": concurrency, "log_info": log_info}
+        run: dict[str, Any] = {"concurrency": concurrency, "log_info": log_info, "steps": steps}
         run.update(result.as_dict())
         if read_steps is not None:
             run["step_times"] = read_steps()
@@ -173,9 +206,24 @@ def main() -> None:
     summary: dict[int, dict[str, float]] = {}
     for concurrency in args.concurrency:
         rates = [
-            r["per_second"] for r in runs if r["concurrency"] == concurrency and not r["log_info"]
+            r["per_second"]
+            for r in runs
+            if r["concurrency"] == concurrency and not r["log_info"] and not r["steps"]
         ]
+        if args.steps_ab:
+            with_steps = [
+                r["per_second"] for r in runs if r["concurrency"] == concurrency and r["steps"]
+            ]
+            ratio = statistics.median(with_steps) / statistics.median(rates)
+            steps_median = statistics.median(with_steps)
+            print(
+                f"concurrency {concurrency:>4}: with steps median {steps_median:>7,.0f} msg/s"
+                f" against {statistics.median(rates):>7,.0f} without: x{ratio:.3f}"
+            )
         summary[concurrency] = {"median": statistics.median(rates), "max": max(rates)}
+        if args.steps_ab:
+            summary[concurrency]["steps_median"] = statistics.median(with_steps)
+            summary[concurrency]["steps_ratio"] = round(ratio, 4)
         verdict = "met" if summary[concurrency]["median"] >= TARGET else "missed"
         print(
             f"concurrency {concurrency:>4}: median {summary[concurrency]['median']:>7,.0f} msg/s, "
@@ -186,6 +234,8 @@ def main() -> None:
         if args.debounce is None
         else f"queue_throughput_debounce_{args.debounce}"
     )
+    if args.steps_ab:
+        name += "_steps_ab"
     c.write_result(
         name,
         {
