@@ -11,7 +11,7 @@ ListenerError
     ├── RateLimitedError          429 (or an exhausted in-flight budget): hold, spend nothing
     ├── HoldBackError             credentials refused, credits exhausted: not the message's fault
     ├── InstanceMissingError      the instance does not exist (404): hold that instance
-    │   └── InstanceClosedError   a send answered "Connection Closed": hold that instance
+    │   └── InstanceClosedError   a send answered "Connection Closed" (or: not ready): hold it
     └── PermanentProviderError    will never heal for this message: number not on WhatsApp
 """
 
@@ -99,9 +99,10 @@ class InstanceMissingError(ProviderError):
 
 
 class InstanceClosedError(InstanceMissingError):
-    """A send answered "Connection Closed" (Evolution 2.3.7: a 500; older: a 400): the
-    instance's WhatsApp connection is down, not the message's fault. Held like a missing
-    instance, at once, spending nothing."""
+    """A send answered "Connection Closed" (Evolution 2.3.7: a 500; older: a 400), or another
+    answer of an instance that is not ready (never connected, not loaded): the instance's
+    WhatsApp connection is down, not the message's fault. Held like a missing instance, at
+    once, spending nothing."""
 
 
 class PermanentProviderError(ProviderError):

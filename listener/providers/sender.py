@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 from urllib.parse import quote
@@ -109,6 +110,10 @@ class EvolutionSender:
                 state = inner.get("state")
             if state is None:
                 state = payload.get("state")
+            if state is None and isinstance(inner, dict) and inner.get("instanceName"):
+                # Evolution reads `waInstances[name]?.connectionStatus?.state`: an instance in
+                # its database but not loaded has none, and cannot send.
+                state = "close"
         if isinstance(state, str):
             state = clean_text(state)
         if not isinstance(state, str) or not state:
@@ -262,18 +267,33 @@ def _found(payload: Any, text: str, since: float) -> str | None:
     return None
 
 
+# What Evolution 2.3.7 answers a send through an instance that cannot send now (its source:
+# whatsapp.baileys.service.ts `sendMessageWithTyping`, `whatsappNumber`; main.ts's error
+# handler answers a thrown Error 500 with its message, the `try` around the send a 400 with
+# `[error.toString()]`):
+# - the socket is closed: Baileys' Boom "Connection Closed" (500, or 400 "Error: Connection
+#   Closed" once the number's WhatsApp check was cached);
+# - the instance never connected (no Baileys client): "Cannot read properties of undefined
+#   (reading 'onWhatsApp')" (500), or reading 'presenceSubscribe' / 'relayMessage' /
+#   'sendMessage' (400) when the number's check was cached;
+# - the instance is known (in its database) but not loaded: reading 'textMessage' (500).
+_NOT_READY = re.compile(
+    r"^(?:error: )?connection closed$"
+    r"|^(?:typeerror: )?cannot read propert(?:y|ies) of (?:undefined|null) \(reading "
+    r"'(?:onwhatsapp|presencesubscribe|sendpresenceupdate|relaymessage|sendmessage|textmessage)'\)$"
+)
+
+
 def _connection_closed(payload: Any) -> bool:
-    """Evolution's answer for an instance that is not connected: `response.message` (or
-    `message`) is "Connection Closed"."""
+    """Evolution's answer for an instance that is not ready to send (see `_NOT_READY`): its
+    `response.message` (or `message`), a text or a list of them."""
     if not isinstance(payload, dict):
         return False
     for holder in (payload.get("response"), payload):
         if isinstance(holder, dict):
             message = holder.get("message")
             messages = message if isinstance(message, list) else [message]
-            if any(
-                isinstance(m, str) and m.strip().lower() == "connection closed" for m in messages
-            ):
+            if any(isinstance(m, str) and _NOT_READY.match(m.strip().lower()) for m in messages):
                 return True
     return False
 

@@ -33,7 +33,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from listener.testing.fakes import FakeProviders
-from listener.testing.replies import Reply, Seen, completion
+from listener.testing.replies import UNREADY, Reply, Seen, completion
 from listener.testing.webhook_data import (
     connection_data,
     reply_data,
@@ -43,6 +43,7 @@ from listener.testing.webhook_data import (
 )
 
 __all__ = [
+    "UNREADY",
     "FakeProviders",
     "Reply",
     "Seen",

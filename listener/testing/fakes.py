@@ -17,7 +17,7 @@ from aiohttp import web
 
 from listener.feedback import sign_jwt
 from listener.providers.classify import rules_kind
-from listener.testing.replies import Reply, Seen, completion, write_reply
+from listener.testing.replies import UNREADY, Reply, Seen, completion, write_reply
 from listener.testing.webhook_data import sent_data, webhook_body
 
 # What the recording middleware keeps on each request for the handlers: when it arrived
@@ -66,6 +66,9 @@ class FakeProviders:
     first_ns: int = 0
     last_ns: int = 0
     state_checks: int = 0
+    # Instances that cannot send now, by how (UNREADY's keys): their sends and connectionState
+    # answer as Evolution 2.3.7 does for them (`states` still overrides the connectionState).
+    unready: dict[str, str] = field(default_factory=dict)
     # connectionState calls per instance.
     state_calls: dict[str, int] = field(default_factory=dict)
     reply_parts: int = 1
@@ -245,6 +248,8 @@ class FakeProviders:
         if delay:
             await asyncio.sleep(delay)
         instance = request.match_info["instance"]
+        if reply is None and instance in self.unready:
+            reply = UNREADY[self.unready[instance]][0]
         if reply is not None and reply.given():
             if self.keep_requests:
                 self.sends.append(
@@ -341,14 +346,13 @@ class FakeProviders:
         self.state_checks += 1
         name = request.match_info["instance"]
         self.state_calls[name] = self.state_calls.get(name, 0) + 1
-        return web.json_response(
-            {
-                "instance": {
-                    "instanceName": request.match_info["instance"],
-                    "state": self.states.get(request.match_info["instance"], self.state),
-                }
-            }
-        )
+        inner: dict[str, Any] = {"instanceName": name}
+        state: str | None = self.states.get(name, self.state)
+        if name in self.unready and name not in self.states:
+            state = UNREADY[self.unready[name]][1]
+        if state is not None:  # (Evolution leaves it out for an instance it has not loaded)
+            inner["state"] = state
+        return web.json_response({"instance": inner})
 
     def accepted(self) -> list[dict[str, Any]]:
         return [s for s in self.sends if s["accepted"]]

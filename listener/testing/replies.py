@@ -81,3 +81,41 @@ async def trickle(request: web.Request, reply: Reply) -> web.StreamResponse:
     while True:
         await response.write(b" ")
         await asyncio.sleep(reply.trickle)
+
+
+def evolution_error(status: int, message: str) -> Reply:
+    """An error as Evolution 2.3.7 answers it: a thrown Error is a 500 with its message (main.ts's
+    handler); a BadRequestException a 400 with a list of messages."""
+    if status == 400:
+        body = {"status": 400, "error": "Bad Request", "response": {"message": [message]}}
+    else:
+        error = "Internal Server Error"
+        body = {"status": status, "error": error, "response": {"message": message}}
+    return Reply(status, body)
+
+
+# What Evolution 2.3.7 answers for an instance that cannot send (whatsapp.baileys.service.ts),
+# by how: (the sendText answer, the connectionState `state`, None when it has none).
+UNREADY: dict[str, tuple[Reply, str | None]] = {
+    # The socket closed: Baileys' Boom from the number's WhatsApp check.
+    "closed": (evolution_error(500, "Connection Closed"), "close"),
+    # The same, once the number's WhatsApp check was cached: inside the send's try.
+    "closed_cached": (evolution_error(400, "Error: Connection Closed"), "close"),
+    # Created, never connected: no Baileys client at all.
+    "never_connected": (
+        evolution_error(500, "Cannot read properties of undefined (reading 'onWhatsApp')"),
+        "close",
+    ),
+    # The same, the number's check cached, with a typing delay.
+    "never_connected_cached": (
+        evolution_error(
+            400, "TypeError: Cannot read properties of undefined (reading 'presenceSubscribe')"
+        ),
+        "close",
+    ),
+    # In Evolution's database, not loaded in its memory.
+    "not_loaded": (
+        evolution_error(500, "Cannot read properties of undefined (reading 'textMessage')"),
+        None,
+    ),
+}

@@ -575,6 +575,20 @@ async def test_sender_connection_closed_is_the_instance_not_the_message(
     assert len(server.seen) == 1
 
 
+async def test_sender_other_type_errors_are_not_read_as_an_instance_not_ready(
+    server: FakeProviders, sender: EvolutionSender
+) -> None:
+    # Only the properties Evolution reads off a missing client or instance mean "not ready"
+    # (issue 22); any other TypeError is a 500 like another, retried.
+    message = "Cannot read properties of undefined (reading 'conversation')"
+    server.script(
+        Reply(500, {"status": 500, "response": {"message": message}}),
+        Reply(201, {"key": {"id": "k2"}}),
+    )
+
+    assert (await send(sender)).provider_message_id == "k2"
+
+
 @pytest.mark.parametrize("status", [408, 502, 503])
 async def test_sender_408_and_5xx_forever_are_transient(
     server: FakeProviders, sender: EvolutionSender, status: int
