@@ -670,9 +670,13 @@ async def test_connection_state_errors_use_the_same_classes(
         await sender.connection_state("inst")
     assert_no_secret(caught.value)
 
-    server.script(Reply(200, {"instance": {"instanceName": "inst"}}))
+    server.script(Reply(200, {"instance": {}}))
     with pytest.raises(TransientProviderError):
         await sender.connection_state("inst")
+
+    # Evolution leaves `state` out for an instance it has not loaded (issue 22): not ready.
+    server.script(Reply(200, {"instance": {"instanceName": "inst"}}))
+    assert await sender.connection_state("inst") == "close"
 
 
 async def test_errors_never_carry_api_keys(server: FakeProviders) -> None:
