@@ -1,4 +1,4 @@
-"""What a real Evolution 2.3.7 showed (issue 22), through a running listener and the fake
+"""What a real Evolution 2.3.7 showed, through a running listener and the fake
 Evolution on 127.0.0.1: the answers of an instance that is not ready, event times against
 Evolution's skewed `date_time`, and the smaller points."""
 

@@ -579,7 +579,7 @@ async def test_sender_other_type_errors_are_not_read_as_an_instance_not_ready(
     server: FakeProviders, sender: EvolutionSender
 ) -> None:
     # Only the properties Evolution reads off a missing client or instance mean "not ready"
-    # (issue 22); any other TypeError is a 500 like another, retried.
+    # (what a real Evolution showed); any other TypeError is a 500 like another, retried.
     message = "Cannot read properties of undefined (reading 'conversation')"
     server.script(
         Reply(500, {"status": 500, "response": {"message": message}}),
@@ -674,7 +674,7 @@ async def test_connection_state_errors_use_the_same_classes(
     with pytest.raises(TransientProviderError):
         await sender.connection_state("inst")
 
-    # Evolution leaves `state` out for an instance it has not loaded (issue 22): not ready.
+    # Evolution leaves `state` out for an instance it has not loaded: not ready.
     server.script(Reply(200, {"instance": {"instanceName": "inst"}}))
     assert await sender.connection_state("inst") == "close"
 
