@@ -1073,7 +1073,7 @@ DELETE FROM webhook_inbox w
  WHERE w.id IN (SELECT b.id FROM webhook_inbox b
                  WHERE b.id = ANY (%(ids)s::bigint[]) AND b.kind = 'reply'
                    FOR UPDATE SKIP LOCKED)
-RETURNING w.id, w.phone, w.opt_out, w.at
+RETURNING w.id, w.phone, w.opt_out, w.at, w.instance, w.text
 
 -- webhook_fresh_ids --
 -- The ids of a batch that failed as a whole, oldest first: split until the bad row stands alone.
