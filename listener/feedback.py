@@ -21,6 +21,8 @@ from typing import Any
 import jwt
 from jwt.warnings import InsecureKeyLengthWarning
 
+from listener.phones import whatsapp_forms
+
 # The secret is the operator's (Evolution signs with it as `jwt_key`); a warning on stderr at
 # each verification would tell them nothing they can act on in Evolution.
 warnings.filterwarnings("ignore", category=InsecureKeyLengthWarning)
@@ -212,16 +214,9 @@ def jid_digits(jid: Any) -> str:
 
 
 def phone_forms(digits: str) -> tuple[str, ...]:
-    """The number as it may be stored: Brazilian mobiles with and without the ninth digit."""
-    if not digits:
-        return ()
-    forms = [digits]
-    if digits.startswith("55"):
-        if len(digits) == 13 and digits[4] == "9":
-            forms.append(digits[:4] + digits[5:])
-        elif len(digits) == 12 and digits[4] in "6789":
-            forms.append(digits[:4] + "9" + digits[4:])
-    return tuple(forms)
+    """The number as WhatsApp may know it: Brazilian mobiles with and without the ninth digit
+    (`listener.phones`, which also gives the national forms a lead may be stored in)."""
+    return whatsapp_forms(digits)
 
 
 def _text(message: Any) -> str:

@@ -88,7 +88,7 @@ class Journey:
         """Take one message to an outcome; returns the outcome's name."""
         instance = job.sender_instance or self.senders.pool(job)[0]
         try:
-            number = check_start(job)
+            number = check_start(job, self.settings.default_region)
             if job.step > 1 and job.parts is None:
                 await self._check_step(job)
             instance = await self.senders.check(job)  # nothing spent while no number can send

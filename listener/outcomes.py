@@ -32,7 +32,7 @@ from listener.errors import (
 )
 from listener.jobs import Finish, Job
 from listener.pacing import Wait
-from listener.phones import normalize_phone
+from listener.phones import BadPhone, fixed_line_note, parse_phone
 from listener.retry import after_failure
 from listener.settings import Settings
 from listener.split import UnsplittableReply
@@ -83,8 +83,9 @@ class Outcome:
     finish: Finish
 
 
-def check_start(job: Job) -> str:
-    """The number to send to, or Stop when the message can never go."""
+def check_start(job: Job, region: str) -> str:
+    """The number to send to (international digits, national numbers read in `region`), or
+    Stop when the message can never go."""
     ctx: dict[str, Any] | None = job.context
     if job.campaign_status == "archived":
         raise Stop("skipped", "skipped: the campaign is archived")
@@ -92,10 +93,10 @@ def check_start(job: Job) -> str:
         raise Stop("failed", f"lead {job.lead_id} does not exist")
     if ctx.get("opted_out"):
         raise Stop("skipped", "skipped: the lead opted out")
-    number = normalize_phone(ctx.get("phone"))
-    if number is None:
-        raise Stop("failed", "invalid phone number: not 10 to 15 digits")
-    return number
+    try:
+        return parse_phone(ctx.get("phone"), region).digits
+    except BadPhone as exc:
+        raise Stop("failed", str(exc)) from None
 
 
 def budget_wait(job: Job, now: datetime) -> Wait | None:
@@ -130,7 +131,8 @@ def outcome(error: BaseException, job: Job, settings: Settings, now: datetime) -
         why = "has no text to send" if type(error) is UnsplittableReply else "cannot be sent"
         return _end(job, "failed", f"{what} {why}: {error}")
     if isinstance(error, PermanentProviderError):
-        return _end(job, "failed", f"{error.provider}: {error}")
+        note = fixed_line_note((job.context or {}).get("phone"), settings.default_region)
+        return _end(job, "failed", f"{error.provider}: {error}{note}")
     if isinstance(error, UncertainDeliveryError) and job.uncertain_sends >= MAX_UNCERTAIN_SENDS:
         parts = len(job.parts or ())
         label = f"part {job.parts_sent + 1}" + (f" of {parts}" if parts else "")

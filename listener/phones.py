@@ -1,18 +1,175 @@
-"""Phone numbers: the digits Evolution wants, and the masked form that logs show."""
+"""Phone numbers: the digits Evolution wants, the forms a stored number may take, and the
+masked form that logs show.
+
+Leads are often stored the way people write numbers in their own country: `(11) 98765-4321`,
+`021 98765 4321`. Evolution wants the international digits (`5511987654321`), so a stored
+number is parsed with `phonenumbers` in a default region (`LISTENER_DEFAULT_REGION`, `BR`):
+a national number gains its country code, a trunk `0` is dropped, and a number that is not
+valid for its region is refused with the reason.
+"""
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
+
+import phonenumbers
+from phonenumbers import NumberParseException, PhoneNumberType
 
 _NOT_DIGIT = re.compile(r"[^0-9]")  # ASCII digits only: Evolution wants 0-9
 
+#: Regions whose numbers are parsed when a stored one has no `+` (ISO 3166 alpha-2 codes).
+DEFAULT_REGION = "BR"
 
-def normalize_phone(raw: str | None) -> str | None:
-    """Digits only, with country code; None when it cannot be a phone number (10-15 digits)."""
-    if not raw:
+_KIND = {
+    PhoneNumberType.MOBILE: "mobile",
+    PhoneNumberType.FIXED_LINE: "fixed line",
+    PhoneNumberType.FIXED_LINE_OR_MOBILE: "mobile",
+    PhoneNumberType.TOLL_FREE: "toll-free",
+    PhoneNumberType.PREMIUM_RATE: "premium-rate",
+    PhoneNumberType.SHARED_COST: "shared-cost",
+    PhoneNumberType.VOIP: "voip",
+    PhoneNumberType.PERSONAL_NUMBER: "personal",
+    PhoneNumberType.PAGER: "pager",
+    PhoneNumberType.UAN: "uan",
+    PhoneNumberType.VOICEMAIL: "voicemail",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Phone:
+    """A stored number, parsed: its international digits (no `+`) and what kind of line."""
+
+    digits: str
+    kind: str  # "mobile", "fixed line", "toll-free", ... ("unknown" when the metadata cannot say)
+
+    @property
+    def fixed_line(self) -> bool:
+        return self.kind == "fixed line"
+
+
+class BadPhone(ValueError):
+    """A stored number that cannot be sent to; the message says why, with the number masked."""
+
+
+def valid_region(region: str) -> bool:
+    """True for a region `phonenumbers` knows (`BR`, `PT`, `US`, ...)."""
+    return region.upper() in phonenumbers.SUPPORTED_REGIONS
+
+
+def parse_phone(raw: str | None, region: str = DEFAULT_REGION) -> Phone:
+    """The number `raw` as Evolution wants it, or BadPhone with the reason.
+
+    A number with `+` (or an international prefix) is read as international; any other is read
+    in `region`, and, when that is not a valid number there, as international digits without
+    their `+` (`5511987654321` stored bare)."""
+    if raw is None or not raw.strip():
+        raise BadPhone("invalid phone number: the lead has none")
+    text = raw.strip()
+    if not text.isascii() or not any("0" <= ch <= "9" for ch in text):
+        raise BadPhone(f"invalid phone number {mask_phone_like(text)!r}: not a phone number")
+    region = region.upper()
+    parsed = _parse(text, region)
+    if parsed is not None and (old := _without_ninth_digit(parsed)) is not None:
+        return old
+    if parsed is None or not phonenumbers.is_valid_number(parsed):
+        digits = _NOT_DIGIT.sub("", text)
+        bare = _parse("+" + digits, None) if not text.startswith("+") else None
+        if bare is not None and phonenumbers.is_valid_number(bare):
+            parsed = bare
+        else:
+            where = (
+                f"for its country (+{parsed.country_code})"
+                if parsed is not None and text.startswith("+")
+                else f"for region {region}"
+            )
+            raise BadPhone(f"invalid phone number {mask_phone_like(text)!r}: not valid {where}")
+        if (old := _without_ninth_digit(parsed)) is not None:
+            return old
+    digits = phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)[1:]
+    return Phone(digits, _KIND.get(phonenumbers.number_type(parsed), "unknown"))
+
+
+def _without_ninth_digit(parsed: phonenumbers.PhoneNumber) -> Phone | None:
+    """A Brazilian mobile stored the way it was written before 2016, without its ninth digit
+    (`55 11 8765-4321`): not valid today, but WhatsApp still knows many accounts by it, so it
+    is sent as stored (the ninth-digit forms of replies match it too)."""
+    national = str(parsed.national_number)
+    if parsed.country_code != 55 or len(national) != 10 or national[2] not in "6789":
         return None
-    digits = _NOT_DIGIT.sub("", raw)
-    return digits if 10 <= len(digits) <= 15 else None
+    if phonenumbers.is_valid_number(parsed):
+        return None
+    with_nine = phonenumbers.PhoneNumber(
+        country_code=55, national_number=int(national[:2] + "9" + national[2:])
+    )
+    if phonenumbers.number_type(with_nine) != PhoneNumberType.MOBILE:
+        return None
+    return Phone("55" + national, "mobile")
+
+
+def _parse(text: str, region: str | None) -> phonenumbers.PhoneNumber | None:
+    try:
+        return phonenumbers.parse(text, region)
+    except NumberParseException:
+        return None
+
+
+def normalize_phone(raw: str | None, region: str = DEFAULT_REGION) -> str | None:
+    """The international digits of `raw` (`5511987654321`), or None when it is not a valid
+    number (see parse_phone for the reason)."""
+    try:
+        return parse_phone(raw, region).digits
+    except BadPhone:
+        return None
+
+
+def fixed_line_note(raw: str | None, region: str = DEFAULT_REGION) -> str:
+    """` (a fixed line, not a mobile: most are not on WhatsApp)` when `raw` is a fixed line,
+    else empty: appended to a failure's reason so the operator sees the likely cause."""
+    try:
+        phone = parse_phone(raw, region)
+    except BadPhone:
+        return ""
+    return " (a fixed line, not a mobile: most are not on WhatsApp)" if phone.fixed_line else ""
+
+
+def whatsapp_forms(digits: str) -> tuple[str, ...]:
+    """International digits as WhatsApp may know them: Brazilian mobiles with and without the
+    ninth digit (a JID may carry either)."""
+    if not digits:
+        return ()
+    forms = [digits]
+    if digits.startswith("55"):
+        if len(digits) == 13 and digits[4] == "9":
+            forms.append(digits[:4] + digits[5:])
+        elif len(digits) == 12 and digits[4] in "6789":
+            forms.append(digits[:4] + "9" + digits[4:])
+    return tuple(forms)
+
+
+def stored_forms(digits: str, region: str = DEFAULT_REGION) -> tuple[str, ...]:
+    """The digits a lead's stored phone may have when WhatsApp knows it as `digits`: every
+    WhatsApp form, and, for a number of the default region's country, its national forms too
+    (`11987654321`, with a trunk `0`: `011987654321`), since leads are stored as people write
+    them. Replies are matched on these."""
+    forms = list(whatsapp_forms(digits))
+    code = phonenumbers.country_code_for_region(region.upper())
+    prefix = str(code)
+    if code and digits.startswith(prefix):
+        trunk = _trunk_prefix(region)
+        for form in list(forms):
+            national = form[len(prefix) :]
+            if len(national) >= 8:
+                forms.append(national)
+                if trunk:
+                    forms.append(trunk + national)
+    return tuple(dict.fromkeys(forms))
+
+
+def _trunk_prefix(region: str) -> str:
+    metadata = phonenumbers.PhoneMetadata.metadata_for_region(region.upper())
+    prefix = metadata.national_prefix if metadata is not None else None
+    return prefix or ""
 
 
 def mask_phone(number: str) -> str:

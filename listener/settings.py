@@ -28,6 +28,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from listener.errors import ConfigurationError
+from listener.phones import DEFAULT_REGION, valid_region
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
@@ -257,6 +258,7 @@ class Settings(BaseSettings):
         timedelta(minutes=10), validation_alias="LISTENER_PENDING_ALARM"
     )
     restrict_hold: Duration = Field(timedelta(hours=6), validation_alias="LISTENER_RESTRICT_HOLD")
+    default_region: str = Field(DEFAULT_REGION, validation_alias="LISTENER_DEFAULT_REGION")
     log_format: Literal["text", "json"] = Field("text", validation_alias="LISTENER_LOG_FORMAT")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         "INFO", validation_alias="LISTENER_LOG_LEVEL"
@@ -270,6 +272,17 @@ class Settings(BaseSettings):
             return value
         text = value.strip()
         return text.upper() if info.field_name == "log_level" else text.lower()
+
+    @field_validator("default_region", mode="before")
+    @classmethod
+    def _region(cls, value: Any) -> Any:
+        # An ISO 3166 code phonenumbers knows (`BR`, `PT`): national numbers are read in it.
+        if isinstance(value, str):
+            code = value.strip().upper()
+            if not valid_region(code):
+                raise ValueError(f"{value!r} is not a region code phonenumbers knows (e.g. BR)")
+            return code
+        return value
 
     @field_validator("opt_out_words", mode="before")
     @classmethod

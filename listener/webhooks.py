@@ -53,10 +53,9 @@ from listener.feedback import (
     StatusUpdate,
     is_opt_out,
     parse,
-    phone_forms,
 )
 from listener.inbound import MAX_DEPTH, check_events, cut, nesting_within
-from listener.phones import mask_phone
+from listener.phones import mask_phone, stored_forms
 from listener.queries import q
 from listener.serving import serve_app
 from listener.settings import Settings, format_duration
@@ -609,7 +608,7 @@ class WebhookReceiver:
                 cur = await conn.execute(
                     q("webhook_reply"),
                     {
-                        "phones": list(phone_forms(phone)),
+                        "phones": list(stored_forms(phone, self.settings.default_region)),
                         "phone": phone,
                         "opt_out": opt_out,
                         "at": at,

@@ -336,7 +336,7 @@ async def test_a_disconnected_instance_holds_its_messages_and_resumes(
 async def test_a_missing_instance_holds_only_its_own_messages(db_url: str, db: Conn) -> None:
     ghost = make_campaign(db, instance="ghost")
     main = make_campaign(db, instance="main")
-    ghost_leads = make_leads(db, 2, prefix="55218")
+    ghost_leads = make_leads(db, 2, prefix="55229")
     main_leads = make_leads(db, 20)
     async with serve_fakes() as fakes:
         fakes.send_script.extend([Reply(404, {"status": 404, "error": "Not Found"})] * 2)

@@ -107,7 +107,7 @@ def test_messages_spread_over_the_pool_and_each_number_keeps_its_gap(db: Conn) -
     # A gap of 0.25-0.5 s per number: three messages go at once, one per number; the fourth
     # gets the number free soonest, booked at its turn (within the horizon).
     gapped = make_campaign(db, instances=["x", "y", "z"], gap_min_seconds=0.25, gap_max_seconds=0.5)
-    ms = working(db, gapped, 5, prefix="55218")
+    ms = working(db, gapped, 5, prefix="55229")
     first = [pick(db, m, ["x", "y", "z"], now, gap=(0.25, 0.5)) for m in ms[:3]]
     assert sorted(p[0] for p in first) == ["x", "y", "z"]
     assert all(p[1] is True and p[2] == now for p in first)

@@ -116,7 +116,7 @@ def test_mark_old_messages_as_skipped_returns_the_count_and_keeps_rows(db: Conn)
 def test_the_sweep_spares_a_paused_campaign_until_it_is_active_again(db: Conn) -> None:
     paused = make_campaign(db, status="paused")
     active = make_campaign(db)
-    enqueue(db, paused, make_leads(db, 2, prefix="55218"), delay_seconds=-3 * 86400)
+    enqueue(db, paused, make_leads(db, 2, prefix="55229"), delay_seconds=-3 * 86400)
     enqueue(db, active, make_leads(db, 1), delay_seconds=-3 * 86400)
     assert db.execute("SELECT mark_old_campaign_messages_as_skipped()").fetchone() == (1,)
     # A row back in the queue during the pause (a replay, a retry) carries no mark.
@@ -139,7 +139,7 @@ def test_the_sweep_spares_a_paused_campaign_until_it_is_active_again(db: Conn) -
 def test_a_paused_campaigns_messages_leave_the_claim_index_until_it_resumes(db: Conn) -> None:
     campaign = make_campaign(db)
     early = enqueue(db, campaign, make_leads(db, 2), delay_seconds=-60)
-    future = enqueue(db, campaign, make_leads(db, 1, prefix="55218"), delay_seconds=3600)
+    future = enqueue(db, campaign, make_leads(db, 1, prefix="55229"), delay_seconds=3600)
 
     def marks() -> dict[str, int]:
         rows = db.execute(

@@ -360,8 +360,8 @@ async def test_a_401_close_holds_only_that_instance(db_url: str, db: Conn) -> No
             "connection.update", connection_data("banned", "close", 401), instance="banned"
         )
         assert status == 200
-        held = enqueue(db, banned, make_leads(db, 2, prefix="55118"), content="Olá")
-        enqueue(db, fine, make_leads(db, 2, prefix="55117"), content="Olá")
+        held = enqueue(db, banned, make_leads(db, 2, prefix="55319"), content="Olá")
+        enqueue(db, fine, make_leads(db, 2, prefix="55329"), content="Olá")
         await await_until(lambda: statuses(db).get("sent") == 2)
         await await_until(
             lambda: (
@@ -462,7 +462,7 @@ async def test_three_errors_of_ten_first_parts_hold_the_number(db_url: str, db: 
         # The third: the number is held for LISTENER_RESTRICT_HOLD, nothing spent.
         await fakes.post_webhook("messages.update", status_data(ids[2], "ERROR"))
         await settle(daemon)
-        [held] = enqueue(db, cid, make_leads(db, 1, prefix="55115"), content="Olá")
+        [held] = enqueue(db, cid, make_leads(db, 1, prefix="55339"), content="Olá")
         await await_until(
             lambda: (
                 db.execute(
@@ -479,7 +479,7 @@ def first_parts(db: Conn, instance: str, n: int, status: str, age: str) -> None:
     """`n` messages sent through `instance` `age` ago (by some listener), their one part at
     `status` since."""
     cid = make_campaign(db, name=f"sent by {instance}", instance=instance)
-    ids = enqueue(db, cid, make_leads(db, n, prefix=f"5511{len(instance)}"), content="Olá")
+    ids = enqueue(db, cid, make_leads(db, n, prefix=f"551{len(instance)}9"), content="Olá")
     db.execute(
         "UPDATE campaign_messages SET status = 'sent', parts_sent = 1,"
         " sent_at = now() - %s::interval WHERE id = ANY(%s)",
@@ -516,7 +516,7 @@ async def test_stale_pending_first_parts_hold_a_number_this_listener_never_sent_
         held = {}
         for instance in ("stale", "young", "held before", "fine"):
             cid = make_campaign(db, name=f"new on {instance}", instance=instance)
-            [held[instance]] = enqueue(db, cid, make_leads(db, 1, prefix="55116"), content="Oi")
+            [held[instance]] = enqueue(db, cid, make_leads(db, 1, prefix="55349"), content="Oi")
         await await_until(lambda: len(fakes.sends) == 3)
         await await_until(
             lambda: (
@@ -678,3 +678,36 @@ async def test_the_secret_is_never_logged(
     text = "\n".join(r.getMessage() for r in caplog.records)
     assert SECRET not in text
     assert "5511987650000" not in text
+
+
+async def test_a_lead_stored_in_national_form_is_sent_to_and_matched_by_its_reply(
+    db_url: str, db: Conn
+) -> None:
+    """`(11) 98765-4321` goes to 5511987654321; the reply from that JID finds the lead; a
+    number not valid in Brazil fails at once with the reason; a fixed line that WhatsApp
+    refuses says it is a fixed line."""
+    async with listening(db_url) as (daemon, fakes):
+        campaign = make_campaign(db)
+        national, trunk, bad = (
+            UUID(str(one(db, "INSERT INTO leads (name, phone) VALUES (%s, %s) RETURNING id", *r)))
+            for r in (("Ana", "(11) 98765-4321"), ("Bia", "021 98765 4321"), ("Cid", "(11) 1234"))
+        )
+        sent = enqueue(db, campaign, [national, trunk, bad], content="Olá!")
+        await await_until(lambda: statuses(db).get("sent") == 2 and statuses(db).get("failed") == 1)
+        assert sorted(s["number"] for s in fakes.accepted()) == ["5511987654321", "5521987654321"]
+        error = one(db, "SELECT last_error FROM campaign_messages WHERE lead_id = %s", bad)
+        assert error.startswith("invalid phone number") and "region BR" in error
+        await _reply(fakes, "5511987654321", "Quem é?")
+        await _reply(fakes, "552187654321", "Oi")  # the JID without the ninth digit
+        await settle(daemon)
+        assert lead_row(db, national) == (False, False, True)
+        assert lead_row(db, trunk) == (False, False, True)
+        assert (
+            one(
+                db,
+                "SELECT count(*) FROM campaign_messages"
+                " WHERE id = ANY(%s) AND replied_at IS NOT NULL",
+                sent,
+            )
+            == 2
+        )

@@ -158,11 +158,11 @@ def test_messages_that_can_never_go_are_stopped_before_any_call(
     fields: dict[str, object], status: str, reason: str
 ) -> None:
     with pytest.raises(Stop) as caught:
-        check_start(job(**fields))
+        check_start(job(**fields), "BR")
     result = outcome(caught.value, job(**fields), settings(), NOW)
     assert (result.name, result.finish.status) == (status, status)
     assert reason in (result.finish.last_error or "")
 
 
 def test_the_number_is_normalized_for_the_sender() -> None:
-    assert check_start(job()) == "5511987654321"
+    assert check_start(job(), "BR") == "5511987654321"
