@@ -106,15 +106,45 @@ def run() -> None:
 
 
 @main.command()
-def migrate() -> None:
-    """Apply the SQL files of migrations/ in order, once each (safe when two run together)."""
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Print each SQL statement migrate would run on this database, with what it does to"
+    " which table, and change nothing.",
+)
+def migrate(dry_run: bool) -> None:
+    """Apply the SQL files of migrations/ in order, once each (safe when two run together).
+
+    On a database whose tables the listener did not make (the Edge Function's), adopt them in
+    place first: add what the listener needs, keep everything of yours."""
     from listener.db import database_url
-    from listener.migrate import migrate as apply
+    from listener.errors import AdoptionRefused
+    from listener.migrate import run_migrate
 
     settings = _settings(need_providers=False)
-    applied = run_async(apply(database_url(settings)))
-    if applied:
-        for name in applied:
+    try:
+        outcome = run_async(run_migrate(database_url(settings), dry_run=dry_run))
+    except AdoptionRefused as exc:
+        for line in exc.conflicts:
+            click.echo(f"conflict: {line}", err=True)
+        raise click.ClickException(str(exc)) from None
+    adoption = outcome.adoption
+    if adoption is not None:
+        verb = "would adopt" if dry_run else "adopted"
+        click.echo(f"{verb} your tables {', '.join(adoption.tables)} in place")
+        for note in adoption.notes:
+            click.echo(f"note: {note}")
+    if dry_run:
+        if not outcome.statements:
+            click.echo("database is up to date: nothing to run")
+        for what, statement in outcome.statements:
+            click.echo(f"\n-- {what}\n{statement.strip().rstrip(';')};")
+        click.echo("\n(dry run: nothing was changed)")
+        return
+    for line in outcome.said:
+        click.echo(f"note: {line}")
+    if outcome.applied:
+        for name in outcome.applied:
             click.echo(f"applied {name}")
     else:
         click.echo("database is up to date")

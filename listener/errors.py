@@ -5,6 +5,7 @@ ListenerError
 ├── DatabaseError             a database operation failed (wraps psycopg errors)
 │   └── DataRefusedError      Postgres refused a message's own data (one bad row)
 ├── MigrationError            a migration file is missing, changed or fails
+│   └── AdoptionRefused       a database whose tables cannot be adopted (one line a conflict)
 └── ProviderError             an LLM or sender call did not succeed
     ├── TransientProviderError    may heal on its own: timeouts, 5xx, 408
     │   └── EmptyReplyError       no text in the LLM's reply; fails after quick retries
@@ -37,6 +38,16 @@ class DataRefusedError(DatabaseError):
 
 class MigrationError(ListenerError):
     """A migration cannot be applied: a changed applied file, or a failing statement."""
+
+
+class AdoptionRefused(MigrationError):
+    """A database whose tables the listener cannot adopt; `conflicts` has one line each."""
+
+    def __init__(self, conflicts: list[str]) -> None:
+        super().__init__(
+            f"cannot adopt this database ({len(conflicts)} conflict(s)); nothing was changed"
+        )
+        self.conflicts = conflicts
 
 
 class ProviderError(ListenerError):

@@ -86,6 +86,9 @@ class Job:
     campaign_fallbacks: list[str] | None = None
     campaign_budget: float | None = None
     campaign_spent: float = 0.0
+    # Left `processing` by the system before the listener: looked up on Evolution (anything
+    # sent to the lead since this time) before anything is sent.
+    look_up_since: datetime | None = None
     # The LLM calls of this attempt not yet stored; they travel with the next write.
     usage: Usage = field(default_factory=Usage)
 
@@ -119,6 +122,7 @@ class Job:
             campaign_fallbacks=row.get("campaign_fallbacks"),
             campaign_budget=None if budget is None else float(budget),
             campaign_spent=0.0 if spent is None else float(spent),
+            look_up_since=row.get("look_up_since"),
         )
 
 

@@ -37,7 +37,7 @@ from listener.outcomes import (
 from listener.pacing import phone_zones
 from listener.phones import mask_phone
 from listener.pool import QUIET_WAITS, Senders
-from listener.providers.base import Sender, SentFinder, SentPart
+from listener.providers.base import LeftBehindFinder, Sender, SentFinder, SentPart
 from listener.sequences import StepFacts, check_step, step_context
 from listener.settings import Settings
 from listener.split import UnsplittableReply, split_content
@@ -92,6 +92,8 @@ class Journey:
             if job.step > 1 and job.parts is None:
                 await self._check_step(job)
             instance = await self.senders.check(job)  # nothing spent while no number can send
+            if job.look_up_since is not None and await self._left_behind(job, instance, number):
+                return "sent"
             # A message that has begun is finished: its window and cap were judged when its
             # first part went out, and its remaining parts are not held to them.
             paced = job.paced and job.parts_sent == 0
@@ -137,6 +139,53 @@ class Journey:
         check_step(facts, feedback_on=self.settings.webhooks_on, now=datetime.now(UTC))
         if job.context is not None:
             job.context = step_context(job.context, job.step, facts)
+
+    async def _left_behind(self, job: Job, instance: str, number: str) -> bool:
+        """A row the old system left `processing` may have gone out: never sent blindly. Looked
+        up on Evolution (anything sent to the lead since the row was last touched): found, it
+        is recorded as sent with the text found (True); not found, it goes on to be sent. When
+        it cannot be looked up it fails with a reason `listener replay` acts on."""
+        since = job.look_up_since
+        assert since is not None
+        replay = (
+            f"it may have been sent: check the chat, then `listener replay --id {job.id}` sends it"
+        )
+        if not isinstance(self.sender, LeftBehindFinder):
+            raise Stop(
+                "failed",
+                f"left processing by the Edge Function and this sender cannot look it up; {replay}",
+            )
+        try:
+            found = await self.sender.find_any_sent(
+                instance=instance, numbers=phone_forms(number), since=since
+            )
+        except ProviderError as exc:
+            raise Stop(
+                "failed",
+                f"left processing by the Edge Function and the lookup failed ({exc}); {replay}",
+            ) from None
+        await self.store.looked_up(job)
+        if found is None:
+            log.info(
+                "a message left processing by the Edge Function was not sent to %s: sending it",
+                mask_phone(number),
+                extra={"action": "left_behind_not_found", "message_id": str(job.id)},
+            )
+            return False
+        provider_id, text = found
+        job.sending = True
+        try:
+            await self.store.store_parts(StoreParts(job.id, text or None, [text]), job)
+            await self.store.record_part(RecordPart(job.id, 0, provider_id, True, instance), job)
+        finally:
+            job.sending = False
+        log.info(
+            "a message left processing by the Edge Function had gone out to %s: recorded as"
+            " sent, not sent again",
+            mask_phone(number),
+            extra={"action": "left_behind_found", "message_id": str(job.id)},
+        )
+        return True
 
     async def _parts(self, job: Job) -> list[str]:
         """The message's parts: stored ones on a resume, else from its content or the LLM,

@@ -30,15 +30,16 @@ import asyncio
 import hashlib
 import logging
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, LiteralString, cast
 
 import psycopg
 from psycopg import sql
 
+from listener import adopt
 from listener.db import connect
-from listener.errors import DatabaseError, MigrationError
+from listener.errors import AdoptionRefused, DatabaseError, MigrationError
 
 log = logging.getLogger(__name__)
 
@@ -322,7 +323,9 @@ async def _drop_indexes(conn: psycopg.AsyncConnection[Any], names: list[str]) ->
         )
 
 
-async def _apply_in_transaction(conn: psycopg.AsyncConnection[Any], migration: Migration) -> None:
+async def _apply_in_transaction(
+    conn: psycopg.AsyncConnection[Any], migration: Migration, held: adopt.Held
+) -> None:
     if migration.concurrent_indexes():
         raise MigrationError(
             f"migration {migration.label} builds an index CONCURRENTLY, which cannot run in a"
@@ -330,13 +333,21 @@ async def _apply_in_transaction(conn: psycopg.AsyncConnection[Any], migration: M
         )
     try:
         async with conn.transaction():
-            await conn.execute(cast(LiteralString, migration.sql))  # type: ignore[redundant-cast]
+            if held:
+                # An adopted database: statements on the user's objects are left out.
+                for statement in split_statements(migration.sql):
+                    if held.leaves_out(statement) is None:
+                        await conn.execute(cast(LiteralString, statement))  # type: ignore[redundant-cast]
+            else:
+                await conn.execute(cast(LiteralString, migration.sql))  # type: ignore[redundant-cast]
             await _record(conn, migration)
     except psycopg.Error as exc:
         raise MigrationError(f"migration {migration.label} failed: {_one_line(exc)}") from exc
 
 
-async def _apply_each_statement(conn: psycopg.AsyncConnection[Any], migration: Migration) -> None:
+async def _apply_each_statement(
+    conn: psycopg.AsyncConnection[Any], migration: Migration, held: adopt.Held
+) -> None:
     """A no-transaction file: each statement on its own (autocommit), then the record."""
     indexes = migration.concurrent_indexes()
     # An index a killed migrate left INVALID would satisfy `IF NOT EXISTS`: build it afresh.
@@ -349,6 +360,8 @@ async def _apply_each_statement(conn: psycopg.AsyncConnection[Any], migration: M
         await _drop_indexes(conn, stale)
     statements = split_statements(migration.sql)
     for number, statement in enumerate(statements, start=1):
+        if held.leaves_out(statement) is not None:
+            continue
         try:
             await conn.execute(cast(LiteralString, statement))  # type: ignore[redundant-cast]
         except psycopg.Error as exc:
@@ -378,11 +391,16 @@ async def _record(conn: psycopg.AsyncConnection[Any], migration: Migration) -> N
 
 
 async def _apply_functions(
-    conn: psycopg.AsyncConnection[Any], functions: list[FunctionFile]
+    conn: psycopg.AsyncConnection[Any], functions: list[FunctionFile], held: adopt.Held
 ) -> None:
-    """The function files in one transaction, each recorded with its new checksum."""
+    """The function files in one transaction, each recorded with its new checksum. On an
+    adopted database, a file of a function the user has under that name is recorded without
+    being applied: the user's function stays."""
     async with conn.transaction():
         for function in functions:
+            if held.leaves_out(function.sql) is not None:
+                await _record_function(conn, function)
+                continue
             try:
                 await conn.execute(cast(LiteralString, function.sql))  # type: ignore[redundant-cast]
             except psycopg.Error as exc:
@@ -390,29 +408,49 @@ async def _apply_functions(
                     f"function {function.label} failed: {_one_line(exc)}; no function file of"
                     " this migrate was applied"
                 ) from exc
-            await conn.execute(
-                "INSERT INTO listener_migrations (version, name, checksum) VALUES (%s, %s, %s)"
-                " ON CONFLICT (version) DO UPDATE"
-                " SET checksum = EXCLUDED.checksum, applied_at = now()",
-                (function.version, function.name, function.checksum),
-            )
+            await _record_function(conn, function)
+
+
+async def _record_function(conn: psycopg.AsyncConnection[Any], function: FunctionFile) -> None:
+    await conn.execute(
+        "INSERT INTO listener_migrations (version, name, checksum) VALUES (%s, %s, %s)"
+        " ON CONFLICT (version) DO UPDATE"
+        " SET checksum = EXCLUDED.checksum, applied_at = now()",
+        (function.version, function.name, function.checksum),
+    )
+
+
+@dataclass
+class Outcome:
+    """What a migrate did (or, with `dry_run`, would do): the files applied, the adoption's
+    plan when the database was adopted, and lines for the operator."""
+
+    applied: list[str] = field(default_factory=list)
+    adoption: adopt.Plan | None = None
+    said: list[str] = field(default_factory=list)
+    # With dry_run: each statement it would run, with what it does to which table.
+    statements: list[tuple[str, str]] = field(default_factory=list)
 
 
 async def migrate(url: str, folder: Path | None = None) -> list[str]:
     """Apply the pending migrations, then the new or changed functions; return the names
     applied (empty when up to date)."""
+    return (await run_migrate(url, folder)).applied
+
+
+async def run_migrate(url: str, folder: Path | None = None, *, dry_run: bool = False) -> Outcome:
+    """Apply the pending migrations, adopting the user's tables first when the database has
+    tables of ours that our migrations did not make (`listener.adopt`). With `dry_run`, change
+    nothing and return the statements it would run. AdoptionRefused, before any change, when
+    a table cannot be adopted."""
     migrations = load_migrations(folder)
     functions = load_functions(folder)
     conn = await connect(url)
-    applied_now: list[str] = []
+    result = Outcome()
     try:
         await _take_lock(conn)
         try:
-            await conn.execute(_CREATE_TABLE)
-            rows = await (
-                await conn.execute("SELECT version, name, checksum FROM listener_migrations")
-            ).fetchall()
-            applied = {row["version"]: (row["name"], row["checksum"]) for row in rows}
+            applied = await _applied(conn, create=not dry_run)
             old = _pre_baseline(applied)
             if old is not None:
                 raise MigrationError(
@@ -420,6 +458,7 @@ async def migrate(url: str, folder: Path | None = None) -> list[str]:
                     f" migrations (it has {old}); recreate it (drop the database, create it"
                     " empty) and run `listener migrate` again"
                 )
+            pending = []
             for migration in migrations:
                 if migration.version in applied:
                     recorded = applied[migration.version][1]
@@ -434,36 +473,152 @@ async def migrate(url: str, folder: Path | None = None) -> list[str]:
                             "add a new migration file instead of editing an applied one"
                         )
                     continue
+                pending.append(migration)
+            held = await adopt.held(conn)
+            if not applied and pending:
+                statements = [s for m in migrations for s in split_statements(m.sql)]
+                statements += [f.sql for f in functions]
+                adoption = await adopt.plan(conn, statements)
+                if adoption.tables:
+                    if adoption.conflicts:
+                        raise AdoptionRefused(adoption.conflicts)
+                    result.adoption = adoption
+                    held = adopt.Held(
+                        frozenset(adoption.held_functions) | held.functions,
+                        frozenset(adoption.held_indexes) | held.indexes,
+                    )
+                    if not dry_run:
+                        result.said = await adopt.apply(conn, adoption)
+                        log.info(
+                            "adopted the tables %s",
+                            ", ".join(adoption.tables),
+                            extra={"action": "migration_adopted"},
+                        )
+            if dry_run:
+                if result.adoption is not None:
+                    for step in result.adoption.steps:
+                        result.statements.append((f"{step.table}: {step.what}", step.sql))
+                for migration in pending:
+                    for statement in split_statements(migration.sql):
+                        result.statements.append(_said(migration.label, statement, held))
+                for function in _changed(functions, applied, bool(pending)):
+                    result.statements.append(_said(function.label, function.sql, held))
+                return result
+            for migration in pending:
                 if migration.transactional:
-                    await _apply_in_transaction(conn, migration)
+                    await _apply_in_transaction(conn, migration, held)
                 else:
-                    await _apply_each_statement(conn, migration)
+                    await _apply_each_statement(conn, migration, held)
                 log.info(
                     "migration applied",
                     extra={"action": "migration_applied", "migration": migration.label},
                 )
-                applied_now.append(migration.label)
+                result.applied.append(migration.label)
             # After a numbered file, every function again: it may have replaced one.
-            changed = [
-                f
-                for f in functions
-                if applied_now or applied.get(f.version, ("", ""))[1] != f.checksum
-            ]
+            changed = _changed(functions, applied, bool(result.applied))
             if changed:
-                await _apply_functions(conn, changed)
+                await _apply_functions(conn, changed, held)
                 for function in changed:
                     log.info(
                         "function applied",
                         extra={"action": "migration_applied", "migration": function.label},
                     )
-                applied_now += [function.label for function in changed]
+                result.applied += [function.label for function in changed]
         finally:
             await conn.execute("SELECT pg_advisory_unlock(%s)", (_LOCK_KEY,))
     except psycopg.Error as exc:
         raise DatabaseError(f"migrate failed: {_one_line(exc)}") from exc
     finally:
         await conn.close()
-    return applied_now
+    return result
+
+
+def _changed(
+    functions: list[FunctionFile], applied: dict[str, tuple[str, str]], numbered: bool
+) -> list[FunctionFile]:
+    """The function files to apply: every one after a numbered file, else the new or changed."""
+    return [f for f in functions if numbered or applied.get(f.version, ("", ""))[1] != f.checksum]
+
+
+def _said(label: str, statement: str, held: adopt.Held) -> tuple[str, str]:
+    """A statement of --dry-run's output, with what it does (or why it is left out)."""
+    why = held.leaves_out(statement)
+    what = describe(statement)
+    return (f"{label}: left out ({why}): {what}" if why else f"{label}: {what}", statement)
+
+
+async def _applied(
+    conn: psycopg.AsyncConnection[Any], *, create: bool
+) -> dict[str, tuple[str, str]]:
+    """The files applied (version: name, checksum). Creates the bookkeeping table unless
+    `create` is off (a dry run changes nothing: no table, nothing applied)."""
+    if create:
+        await conn.execute(_CREATE_TABLE)
+    else:
+        row = await (
+            await conn.execute("SELECT to_regclass('listener_migrations') IS NOT NULL AS there")
+        ).fetchone()
+        if row is None or not row["there"]:
+            return {}
+    rows = await (
+        await conn.execute("SELECT version, name, checksum FROM listener_migrations")
+    ).fetchall()
+    return {row["version"]: (row["name"], row["checksum"]) for row in rows}
+
+
+_DESCRIBE = [
+    (
+        re.compile(
+            r"CREATE\s+(?:UNIQUE\s+)?INDEX\s+(?:CONCURRENTLY\s+)?(?:IF\s+NOT\s+EXISTS\s+)?"
+            r"(\w+)\s+ON\s+(?:ONLY\s+)?([\w.]+)",
+            re.I,
+        ),
+        "builds index {0} on {1}",
+    ),
+    (
+        re.compile(r"DROP\s+INDEX\s+(?:CONCURRENTLY\s+)?(?:IF\s+EXISTS\s+)?([\w.]+)", re.I),
+        "drops index {0}",
+    ),
+    (
+        re.compile(r"CREATE\s+TABLE\s+(?:IF\s+NOT\s+EXISTS\s+)?([\w.]+)", re.I),
+        "creates table {0} (when it does not exist)",
+    ),
+    (
+        re.compile(
+            r"ALTER\s+TABLE\s+(?:ONLY\s+)?(?:IF\s+EXISTS\s+)?([\w.]+)\s+(\w+(?:\s+\w+)?)", re.I
+        ),
+        "alters table {0}: {1}",
+    ),
+    (
+        re.compile(r"CREATE\s+(?:OR\s+REPLACE\s+)?FUNCTION\s+([\w.]+)", re.I),
+        "creates or replaces function {0}",
+    ),
+    (
+        re.compile(r"DROP\s+TRIGGER\s+(?:IF\s+EXISTS\s+)?(\w+)\s+ON\s+([\w.]+)", re.I),
+        "drops trigger {0} on {1} (to create it again)",
+    ),
+    (
+        re.compile(r"CREATE\s+(?:OR\s+REPLACE\s+)?TRIGGER\s+(\w+).*?\bON\s+([\w.]+)", re.I | re.S),
+        "creates trigger {0} on {1}",
+    ),
+    (re.compile(r"COMMENT\s+ON\s+(\w+)\s+([\w.]+)", re.I), "comments on {0} {1}"),
+    (re.compile(r"(UPDATE|INSERT\s+INTO|DELETE\s+FROM)\s+([\w.]+)", re.I), "{0} rows of {1}"),
+]
+
+
+def describe(statement: str) -> str:
+    """What a migration statement does to which table, in a few words (for --dry-run)."""
+    text = " ".join(_strip_comments(statement).split())
+    for pattern, words in _DESCRIBE:
+        match = pattern.match(text)
+        if match:
+            return words.format(
+                *(
+                    g.lower() if i == 0 and "rows" in words else g
+                    for i, g in enumerate(match.groups())
+                )
+            )
+    return text[:60]
 
 
 def _one_line(exc: BaseException) -> str:

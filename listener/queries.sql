@@ -12,7 +12,7 @@
 -- says who has a row and until when. Rows of paused campaigns stay pending and are passed
 -- over: those marked `paused` are not even in the index (its predicate is repeated here so the
 -- planner can use it); the NOT EXISTS catches a row inserted while its campaign was being
--- paused. get_lead_full_context runs once for the batch's leads (not at all when nothing is
+-- paused. listener_get_lead_full_context runs once for the batch's leads (not at all when nothing is
 -- due), and a context it fails to give leaves the claim undone, not rows leased to no one.
 WITH due AS (
     SELECT m.id
@@ -69,13 +69,14 @@ WITH due AS (
               CASE WHEN m.parts_sent > 0 OR m.uncertain_sends > 0 THEN m.instance END
                   AS sender_instance,
               CASE WHEN m.step > 1 THEN m.instance END AS step_instance,
+              m.look_up_since,
               EXISTS (SELECT 1 FROM sender_instances s
                        WHERE s.name = ANY (c.instances) OR s.name = c.instance) AS sender_limits
 ), contexts AS (
     -- One row per lead whatever the function returns, so no claimed row is repeated.
     SELECT DISTINCT ON (x.lead_id) x.lead_id, x.context
       FROM (SELECT ARRAY(SELECT DISTINCT lead_id FROM claimed) AS ids) l
-     CROSS JOIN LATERAL get_lead_full_context(l.ids) x
+     CROSS JOIN LATERAL listener_get_lead_full_context(l.ids) x
      WHERE cardinality(l.ids) > 0
 )
 SELECT claimed.*, contexts.context
@@ -83,7 +84,7 @@ SELECT claimed.*, contexts.context
 
 -- lead_contexts --
 -- Every lead's context for a whole batch in one round trip.
-SELECT lead_id, context FROM get_lead_full_context(%(lead_ids)b::uuid[])
+SELECT lead_id, context FROM listener_get_lead_full_context(%(lead_ids)b::uuid[])
 
 -- next_due --
 -- When the next pending row comes due, to set the wake-up timer.
@@ -357,7 +358,7 @@ RETURNING m.id, m.status
 
 -- sweep_old --
 -- The seed's sweep: skip pending rows due longer ago than the age limit.
-SELECT mark_old_campaign_messages_as_skipped(%(max_age)s) AS skipped
+SELECT listener_mark_old_campaign_messages_as_skipped(%(max_age)s) AS skipped
 
 -- ==============================================================================================
 -- Pacing: windows, daily caps and gaps (the rules are SQL functions in migrations/)
@@ -615,6 +616,7 @@ WITH target AS (
            wait_reason = NULL,
            locked_by = NULL,
            locked_until = NULL,
+           look_up_since = NULL,
            updated_at = now()
       FROM target t
      WHERE m.id = t.id
@@ -1147,6 +1149,14 @@ SELECT provider_message_id FROM sent_events
    AND received_at >= %(since)s
  ORDER BY received_at
  LIMIT 1
+
+-- looked_up --
+-- A row the old system left `processing` was looked up: nothing went out (send it now), or
+-- it did (its parts become the text found, recorded next). Guarded by the lease.
+UPDATE campaign_messages
+   SET look_up_since = NULL, updated_at = now()
+ WHERE id = %(id)s AND status = 'processing' AND locked_by = %(worker)s
+RETURNING id
 
 -- uncertain_of --
 -- The part of a message whose send got no answer, and since when (for the lookup).

@@ -232,6 +232,19 @@ class Store:
             raise LeaseLost()
         return sends
 
+    async def looked_up(self, job: Job) -> None:
+        """A row the old system left `processing` was looked up: it is not looked up again."""
+
+        async def execute() -> bool:
+            async with self.pool.connection() as conn:
+                cur = await conn.execute(q("looked_up"), {"id": job.id, "worker": self.worker})
+                return await cur.fetchone() is not None
+
+        kept, _ = await self._retrying(job, execute)
+        if not kept:
+            raise LeaseLost()
+        job.look_up_since = None
+
     async def load_uncertain(self, job: Job) -> None:
         """On a resume: which part's send got no answer, how many times, since when."""
         async with self.pool.connection() as conn:

@@ -60,6 +60,19 @@ class SentFinder(Protocol):
         ...
 
 
+@runtime_checkable
+class LeftBehindFinder(Protocol):
+    """A sender that can tell whether anything went to a number since a time (a row the old
+    system left `processing`: its text is unknown, so any message of ours counts)."""
+
+    async def find_any_sent(
+        self, *, instance: str, numbers: tuple[str, ...], since: datetime
+    ) -> tuple[str, str] | None:
+        """The id and text of the newest message sent to one of `numbers` since `since`, or
+        None. Raises a ProviderError when it cannot tell."""
+        ...
+
+
 class Sender(Protocol):
     """Delivers one part of a message to one phone number."""
 

@@ -143,6 +143,24 @@ class EvolutionSender:
                 return found
         return None
 
+    async def find_any_sent(
+        self, *, instance: str, numbers: tuple[str, ...], since: datetime
+    ) -> tuple[str, str] | None:
+        """A row the old system left `processing`, looked up on Evolution: the id and text of
+        the newest message we sent to one of `numbers` since `since`, or None."""
+        path = f"/chat/findMessages/{quote(instance, safe='')}"
+        for number in numbers:
+            body = {
+                "where": {"key": {"remoteJid": f"{number}@s.whatsapp.net", "fromMe": True}},
+                "page": 1,
+                "offset": 50,
+            }
+            _, payload = await self._ask("POST", path, body=body, number=number)
+            found = _found_any(payload, since.timestamp())
+            if found is not None:
+                return found
+        return None
+
     async def set_webhook(self, *, instance: str, url: str, secret: str) -> None:
         """Point the instance's webhook at the listener (`listener webhook set`)."""
         body = {
@@ -264,6 +282,32 @@ def _found(payload: Any, text: str, since: float) -> str | None:
         when = float(stamp) if isinstance(stamp, int | float) else None
         if body == text and (when is None or when >= since - 1) and isinstance(key.get("id"), str):
             return clean_text(key["id"]) or None
+    return None
+
+
+def _found_any(payload: Any, since: float) -> tuple[str, str] | None:
+    """The id and text of the newest record of a findMessages answer sent at or after `since`
+    (epoch seconds). A record without a time does not count: it cannot be placed after it."""
+    messages = payload.get("messages") if isinstance(payload, dict) else None
+    records = messages.get("records") if isinstance(messages, dict) else None
+    if not isinstance(records, list):
+        return None
+    for record in records:
+        if not isinstance(record, dict):
+            continue
+        key, message = record.get("key"), record.get("message")
+        stamp = record.get("messageTimestamp")
+        if not isinstance(key, dict) or not isinstance(key.get("id"), str):
+            continue
+        if not isinstance(stamp, int | float) or float(stamp) < since - 1:
+            continue
+        body = message.get("conversation") if isinstance(message, dict) else None
+        if not isinstance(body, str) and isinstance(message, dict):
+            extended = message.get("extendedTextMessage")
+            body = extended.get("text") if isinstance(extended, dict) else None
+        ident = clean_text(key["id"])
+        if ident:
+            return ident, clean_text(body) if isinstance(body, str) else ""
     return None
 
 

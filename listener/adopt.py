@@ -1,0 +1,640 @@
+"""Adopting a database the listener did not make: the Edge Function's Supabase project, whose
+`campaigns`, `campaign_runs`, `leads` and `campaign_messages` already hold the user's rows.
+
+`plan()` compares the user's tables with the schema the migration files make, which it learns
+by running every file in a scratch schema inside a transaction it rolls back (so the target is
+always the files themselves, and nothing is left behind). The answer is a `Plan`: conflicts
+(what cannot be adopted: the migrate stops before any change), the statements that bring each
+user table over in place (columns added, defaults, constraints `NOT VALID` then validated,
+indexes built `CONCURRENTLY`, the rows the old system left made ready), notes for the
+operator, and the user's functions that keep their name (the listener's own live under
+`listener_` names). Nothing of the user's is renamed, retyped or dropped.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, LiteralString, cast
+
+import psycopg
+
+#: The scratch schema the target is built in (rolled back, never committed).
+PROBE_SCHEMA = "listener_probe"
+
+#: Functions of the seed whose names DESIGN.md gives ours too: a user's function of that name
+#: is kept as it is (its callers keep their arguments and meaning); the listener calls its own
+#: `listener_` one.
+ADOPTABLE_FUNCTIONS = frozenset({"get_lead_full_context", "mark_old_campaign_messages_as_skipped"})
+
+#: What the listener writes to `campaign_messages.status`.
+STATUSES = ("pending", "processing", "sent", "failed", "skipped")
+
+#: The try count a copied `retry_count` is capped at: a row the Edge Function had retried keeps
+#: at least its last try (the listener tries a message at most 4 times).
+_MOST_COPIED_TRIES = 3
+
+#: Columns whose type the listener's queries depend on exactly (ids and foreign keys).
+_KEY_COLUMNS = {"id", "campaign_id", "lead_id", "run_id"}
+_TEXT_TYPES = {"text", "character varying"}
+_INTEGER_TYPES = {"smallint", "integer", "bigint"}
+_VOLATILE_DEFAULT = re.compile(r"\b(now|gen_random_uuid|clock_timestamp|random|nextval)\s*\(")
+_CONCURRENTLY = re.compile(r"\bCONCURRENTLY\b", re.I)
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """One statement of the plan and what it does to which table. `transaction`: runs in the
+    adoption's transaction (else on its own: CREATE INDEX CONCURRENTLY, VALIDATE). `guard`: a
+    query counting the rows that would break the statement; it is skipped when the count is
+    not zero (a constraint the user's rows do not meet is left out, and said)."""
+
+    table: str
+    what: str
+    sql: str
+    transaction: bool = True
+    guard: str | None = None
+    # The order steps run in: columns and defaults, then the rows, then constraints, indexes.
+    phase: int = 0
+
+
+@dataclass
+class Plan:
+    """What adopting this database takes (see the module's docstring)."""
+
+    conflicts: list[str] = field(default_factory=list)
+    steps: list[Step] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    tables: list[str] = field(default_factory=list)
+    held_functions: list[str] = field(default_factory=list)
+    held_indexes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _Table:
+    columns: dict[str, dict[str, Any]] = field(default_factory=dict)
+    constraints: list[dict[str, Any]] = field(default_factory=list)
+    indexes: dict[str, dict[str, Any]] = field(default_factory=dict)
+    triggers: set[str] = field(default_factory=set)
+    rows: int = 0
+    rls: bool = False
+    forced: bool = False
+    options: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _Catalog:
+    tables: dict[str, _Table] = field(default_factory=dict)
+    functions: dict[str, list[str]] = field(default_factory=dict)
+    index_tables: dict[str, str] = field(default_factory=dict)
+
+
+_COLUMNS: LiteralString = """
+SELECT c.relname AS tbl, a.attname AS col, format_type(a.atttypid, a.atttypmod) AS type,
+       t.typname AS base, a.attnotnull AS not_null, pg_get_expr(d.adbin, d.adrelid) AS dflt,
+       c.reltuples::bigint AS rows, c.relrowsecurity AS rls, c.relforcerowsecurity AS forced,
+       c.reloptions AS options
+  FROM pg_class c
+  JOIN pg_namespace n ON n.oid = c.relnamespace
+  JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+  JOIN pg_type t ON t.oid = a.atttypid
+  LEFT JOIN pg_attrdef d ON d.adrelid = c.oid AND d.adnum = a.attnum
+ WHERE n.nspname = %(schema)s AND c.relkind IN ('r', 'p')
+ ORDER BY c.relname, a.attnum
+"""
+_CONSTRAINTS: LiteralString = """
+SELECT c.relname AS tbl, k.conname AS name, k.contype AS kind, pg_get_constraintdef(k.oid) AS def,
+       ARRAY(SELECT a.attname::text FROM pg_attribute a
+              WHERE a.attrelid = c.oid AND a.attnum = ANY (k.conkey) ORDER BY a.attnum) AS cols,
+       f.relname AS ref, pg_get_expr(k.conbin, k.conrelid) AS expr
+  FROM pg_constraint k
+  JOIN pg_class c ON c.oid = k.conrelid
+  JOIN pg_namespace n ON n.oid = c.relnamespace
+  LEFT JOIN pg_class f ON f.oid = k.confrelid
+ WHERE n.nspname = %(schema)s
+ ORDER BY c.relname, k.conname
+"""
+_INDEXES: LiteralString = """
+SELECT t.relname AS tbl, i.relname AS name, x.indisunique AS uniq, x.indisprimary AS pk,
+       pg_get_indexdef(x.indexrelid) AS def,
+       ARRAY(SELECT a.attname::text FROM pg_attribute a
+              WHERE a.attrelid = t.oid AND a.attnum = ANY (x.indkey)) AS cols,
+       x.indpred IS NULL AND x.indexprs IS NULL AS plain,
+       EXISTS (SELECT 1 FROM pg_constraint k WHERE k.conindid = x.indexrelid) AS backs
+  FROM pg_index x
+  JOIN pg_class i ON i.oid = x.indexrelid
+  JOIN pg_class t ON t.oid = x.indrelid
+  JOIN pg_namespace n ON n.oid = t.relnamespace
+ WHERE n.nspname = %(schema)s
+"""
+_TRIGGERS: LiteralString = """
+SELECT c.relname AS tbl, t.tgname AS name
+  FROM pg_trigger t
+  JOIN pg_class c ON c.oid = t.tgrelid
+  JOIN pg_namespace n ON n.oid = c.relnamespace
+ WHERE n.nspname = %(schema)s AND NOT t.tgisinternal
+"""
+_FUNCTIONS: LiteralString = """
+SELECT p.proname AS name, pg_get_function_identity_arguments(p.oid) AS args
+  FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+ WHERE n.nspname = %(schema)s
+ ORDER BY 1, 2
+"""
+_ROLE: LiteralString = """
+SELECT rolsuper OR rolbypassrls AS bypass FROM pg_roles WHERE rolname = current_user
+"""
+
+
+async def _catalog(conn: psycopg.AsyncConnection[Any], schema: str) -> _Catalog:
+    found = _Catalog()
+    args = {"schema": schema}
+    for row in await (await conn.execute(_COLUMNS, args)).fetchall():
+        table = found.tables.setdefault(row["tbl"], _Table())
+        table.columns[row["col"]] = row
+        table.rows, table.rls, table.forced = max(int(row["rows"]), 0), row["rls"], row["forced"]
+        table.options = list(row["options"] or ())
+    for row in await (await conn.execute(_CONSTRAINTS, args)).fetchall():
+        if row["tbl"] in found.tables:
+            found.tables[row["tbl"]].constraints.append(row)
+    for row in await (await conn.execute(_INDEXES, args)).fetchall():
+        found.index_tables[row["name"]] = row["tbl"]
+        if row["tbl"] in found.tables:
+            found.tables[row["tbl"]].indexes[row["name"]] = row
+    for row in await (await conn.execute(_TRIGGERS, args)).fetchall():
+        if row["tbl"] in found.tables:
+            found.tables[row["tbl"]].triggers.add(row["name"])
+    for row in await (await conn.execute(_FUNCTIONS, args)).fetchall():
+        found.functions.setdefault(row["name"], []).append(row["args"])
+    return found
+
+
+async def target(conn: psycopg.AsyncConnection[Any], statements: list[str]) -> _Catalog:
+    """The schema the migration files make, read from a scratch schema in a transaction that
+    is rolled back: nothing of it stays."""
+    async with conn.transaction(force_rollback=True):
+        await conn.execute(f"CREATE SCHEMA {PROBE_SCHEMA}")
+        await conn.execute(f"SET LOCAL search_path = {PROBE_SCHEMA}")
+        for statement in statements:
+            # The tables are empty and the transaction is ours: no need (and no way) to build
+            # concurrently here.
+            await conn.execute(cast(LiteralString, _CONCURRENTLY.sub("", statement)))  # type: ignore[redundant-cast]
+        return await _catalog(conn, PROBE_SCHEMA)
+
+
+def _compatible(user: dict[str, Any], ours: dict[str, Any], column: str) -> bool:
+    if user["type"] == ours["type"]:
+        return True
+    if column in _KEY_COLUMNS:
+        return False
+    if ours["type"] == "text" and user["type"].split("(")[0] in _TEXT_TYPES:
+        return True
+    return ours["type"] in _INTEGER_TYPES and user["type"] in _INTEGER_TYPES
+
+
+def _id_need(table: str, column: str, user_type: str) -> str:
+    if column == "id":
+        return (
+            f"{table}.id is {user_type}; the listener needs uuid (its queries, webhooks and"
+            f" `listener replay --id` pass ids as uuid, and converting would rewrite every row"
+            f" and every reference to it)"
+        )
+    return f"{table}.{column} is {user_type}; the listener needs uuid (the ids it refers to)"
+
+
+def _unique_id(table: _Table) -> bool:
+    for index in table.indexes.values():
+        if index["uniq"] and list(index["cols"]) == ["id"] and index["plain"]:
+            return True
+    return False
+
+
+async def plan(
+    conn: psycopg.AsyncConnection[Any], statements: list[str], *, adopting: set[str] | None = None
+) -> Plan:
+    """The adoption plan of this database (see the module's docstring). `adopting`: the tables
+    to adopt (default: every table of the target the database already has)."""
+    ours = await target(conn, statements)
+    theirs = await _catalog(conn, "public")
+    result = Plan()
+    names = sorted(set(ours.tables) & set(theirs.tables) if adopting is None else adopting)
+    result.tables = names
+    row = await (await conn.execute(_ROLE)).fetchone()
+    bypass = bool(row and row["bypass"])
+    for name, args in theirs.functions.items():
+        if name not in ours.functions:
+            continue
+        if name in ADOPTABLE_FUNCTIONS:
+            result.held_functions.append(name)
+            result.notes.append(
+                f"function {name}({'; '.join(args)}) is yours: kept as it is for its callers;"
+                f" the listener calls its own listener_{name}"
+            )
+        else:
+            for signature in args:
+                result.conflicts.append(
+                    f"function public.{name}({signature}): a function of yours; the listener"
+                    f" needs its own function of that name"
+                )
+    for name in names:
+        _adopt_table(name, ours, theirs.tables[name], theirs, result, bypass)
+    await _user_checks(conn, theirs, result)
+    await _rows_left_behind(conn, theirs, result)
+    result.steps.sort(key=lambda step: step.phase)
+    return result
+
+
+def _adopt_table(
+    name: str, target_: _Catalog, theirs: _Table, catalog: _Catalog, result: Plan, bypass: bool
+) -> None:
+    ours = target_.tables[name]
+    added: set[str] = set()
+    for column, want in ours.columns.items():
+        have = theirs.columns.get(column)
+        if have is not None:
+            if not _compatible(have, want, column):
+                result.conflicts.append(
+                    _id_need(name, column, have["type"])
+                    if column in _KEY_COLUMNS
+                    else f"{name}.{column} is {have['type']}; the listener needs {want['type']}"
+                )
+            elif want["dflt"] is not None and have["dflt"] is None:
+                result.steps.append(
+                    Step(
+                        name,
+                        f"sets a default on your column {column}, so rows inserted without it"
+                        " get it",
+                        f"ALTER TABLE public.{name} ALTER COLUMN {column} SET DEFAULT"
+                        f" {want['dflt']}",
+                    )
+                )
+            continue
+        added.add(column)
+        result.steps.extend(_add_column(name, column, want))
+    have_options = {o.split("=", 1)[0] for o in theirs.options}
+    options = [o for o in ours.options if o.split("=", 1)[0] not in have_options]
+    if options:
+        result.steps.append(
+            Step(
+                name,
+                "sets the storage settings of a queue table (autovacuum after 1% of its rows"
+                " changed; room on each page for updates)",
+                f"ALTER TABLE public.{name} SET ({', '.join(options)})",
+            )
+        )
+    if "id" in theirs.columns and "id" in ours.columns and not _unique_id(theirs):
+        result.conflicts.append(
+            f"{name}.id is not unique (no primary key or unique index on it); the listener"
+            " needs it unique (its own tables refer to it)"
+        )
+    for trigger in sorted(ours.triggers & theirs.triggers):
+        result.conflicts.append(
+            f"{name}: trigger {trigger} is yours; the listener needs its own trigger of that name"
+        )
+    if theirs.forced and not bypass:
+        result.conflicts.append(
+            f"{name} has FORCE ROW LEVEL SECURITY and this role does not bypass RLS; the"
+            " listener needs to read and write every row: connect as a role with BYPASSRLS"
+        )
+    existing = {c["name"] for c in theirs.constraints}
+    for constraint in ours.constraints:
+        if constraint["name"] in existing or constraint["kind"] == "p":
+            continue
+        _add_constraint(name, constraint, theirs, catalog, added, result, target_.functions)
+    for index in sorted(ours.indexes.values(), key=lambda i: str(i["name"])):
+        if index["backs"]:
+            continue
+        _add_index(name, index, catalog, result)
+
+
+def _add_column(table: str, column: str, want: dict[str, Any]) -> list[Step]:
+    default, not_null = want["dflt"], want["not_null"]
+    what = f"adds column {column} ({want['type']})"
+    if default is not None and _VOLATILE_DEFAULT.search(default):
+        # A volatile default on ADD COLUMN rewrites the whole table: add it empty, then set
+        # the default for new rows (the user's rows keep NULL there).
+        return [
+            Step(
+                table,
+                what,
+                f"ALTER TABLE public.{table} ADD COLUMN IF NOT EXISTS {column} {want['type']}",
+            ),
+            Step(
+                table,
+                f"sets the default of {column} for new rows",
+                f"ALTER TABLE public.{table} ALTER COLUMN {column} SET DEFAULT {default}",
+            ),
+        ]
+    sql = f"ALTER TABLE public.{table} ADD COLUMN IF NOT EXISTS {column} {want['type']}"
+    if default is not None:
+        sql += f" DEFAULT {default}"
+        if not_null:
+            sql += " NOT NULL"  # a constant default fills the existing rows without a rewrite
+    return [Step(table, what, sql)]
+
+
+async def _user_checks(conn: psycopg.AsyncConnection[Any], catalog: _Catalog, result: Plan) -> None:
+    """A CHECK of the user's on `campaign_messages.status` must let the listener write each of
+    its statuses: evaluated here on the statuses themselves, before anything changes."""
+    table = catalog.tables.get("campaign_messages")
+    if table is None or "campaign_messages" not in result.tables:
+        return
+    if "status" not in table.columns:
+        result.conflicts.append(
+            "campaign_messages.status is missing; the listener needs it (text: pending,"
+            " processing, sent, failed, skipped) to tell your sent rows from the ones to send"
+        )
+        return
+    values = ", ".join(f"('{s}'::text)" for s in STATUSES)
+    for constraint in table.constraints:
+        if constraint["kind"] != "c" or list(constraint["cols"]) != ["status"]:
+            continue
+        query = (
+            f"SELECT string_agg(status, ', ') AS refused FROM (VALUES {values}) AS v(status)"
+            f" WHERE ({constraint['expr']}) IS FALSE"
+        )
+        row = await (await conn.execute(cast(LiteralString, query))).fetchone()  # type: ignore[redundant-cast]
+        if row is not None and row["refused"]:
+            result.conflicts.append(
+                f"campaign_messages.status: your CHECK {constraint['name']} refuses"
+                f" {row['refused']}; the listener needs to write pending, processing, sent,"
+                " failed and skipped"
+            )
+
+
+def _add_constraint(
+    table: str,
+    constraint: dict[str, Any],
+    theirs: _Table,
+    catalog: _Catalog,
+    added: set[str],
+    result: Plan,
+    functions: dict[str, list[str]],
+) -> None:
+    cname, definition, cols = constraint["name"], constraint["def"], list(constraint["cols"])
+    if any(re.search(rf"\b{name}\(", definition) for name in functions):
+        return  # it calls a function of the migration files: the file that makes it adds it
+    user_cols = [c for c in cols if c not in added]
+    if constraint["kind"] == "f":
+        ref = constraint["ref"]
+        if any(c["kind"] == "f" and list(c["cols"]) == cols for c in theirs.constraints):
+            result.notes.append(f"{table}.{cols[0]}: your foreign key stays; {cname} not added")
+            return
+        if ref not in catalog.tables:
+            result.notes.append(
+                f"{table}.{cols[0]}: {cname} not added: {ref} is created empty, and your rows"
+                f" name {ref} that it does not have (the listener skips a message whose"
+                " campaign is gone, with the reason)"
+            )
+            return
+        column = cols[0]
+        guard = (
+            f"SELECT count(*) FROM public.{table} t WHERE t.{column} IS NOT NULL AND NOT EXISTS"
+            f" (SELECT 1 FROM public.{ref} r WHERE r.id = t.{column})"
+        )
+    elif constraint["kind"] == "c":
+        checked = {col for c in theirs.constraints if c["kind"] == "c" for col in c["cols"]}
+        if user_cols and len(user_cols) == len(cols) and set(user_cols) <= checked:
+            result.notes.append(
+                f"{table}: {cname} not added: your own CHECK on {', '.join(user_cols)} governs"
+            )
+            return
+        guard = f"SELECT count(*) FROM public.{table} WHERE ({constraint['expr']}) IS FALSE"
+    else:
+        result.notes.append(f"{table}: {cname} ({definition}) not added to your table")
+        return
+    result.steps.append(
+        Step(
+            table,
+            f"adds constraint {cname} NOT VALID (new rows are checked at once); left out if"
+            " your rows do not meet it",
+            f"ALTER TABLE public.{table} ADD CONSTRAINT {cname} {definition} NOT VALID",
+            guard=guard if user_cols else None,
+            phase=2,
+        )
+    )
+    result.steps.append(
+        Step(
+            table,
+            f"validates {cname} without blocking writes",
+            f"ALTER TABLE public.{table} VALIDATE CONSTRAINT {cname}",
+            transaction=False,
+            guard=f"SELECT count(*) FROM pg_constraint WHERE conname = '{cname}'"
+            f" AND conrelid = 'public.{table}'::regclass AND convalidated"
+            f" OR NOT EXISTS (SELECT 1 FROM pg_constraint WHERE conname = '{cname}'"
+            f" AND conrelid = 'public.{table}'::regclass)",
+            phase=3,
+        )
+    )
+
+
+def _add_index(table: str, index: dict[str, Any], catalog: _Catalog, result: Plan) -> None:
+    name = str(index["name"])
+    definition = str(index["def"])
+    body = definition[definition.index(" USING ") :]
+    have_table = catalog.index_tables.get(name)
+    if have_table is not None:
+        have = catalog.tables.get(have_table)
+        have_def = have.indexes[name]["def"] if have is not None else ""
+        if have_table == table and have_def[have_def.index(" USING ") :] == body:
+            return
+        result.held_indexes.append(name)
+        own = ("listener_" + name)[:63]
+        result.notes.append(
+            f"{table}: your index {name} stays as it is; the listener's is built as {own}"
+        )
+        name = own
+    unique = "UNIQUE " if index["uniq"] else ""
+    result.steps.append(
+        Step(
+            table,
+            f"builds index {name} without blocking writes",
+            f"CREATE {unique}INDEX CONCURRENTLY IF NOT EXISTS {name} ON public.{table}{body}",
+            transaction=False,
+            phase=4,
+        )
+    )
+
+
+async def _rows_left_behind(
+    conn: psycopg.AsyncConnection[Any], theirs: _Catalog, result: Plan
+) -> None:
+    """What becomes of the rows the old system left in campaign_messages."""
+
+    def _data_step(table: str, what: str, sql: str) -> Step:
+        return Step(table, what, sql, phase=1)
+
+    table = theirs.tables.get("campaign_messages")
+    if table is None or "campaign_messages" not in result.tables or "status" not in table.columns:
+        return
+    cols = table.columns
+    rows = await (
+        await conn.execute(
+            "SELECT status, count(*) AS n FROM public.campaign_messages GROUP BY status"
+            " ORDER BY status"
+        )
+    ).fetchall()
+    counts = {row["status"]: int(row["n"]) for row in rows}
+    for status, n in counts.items():
+        if status not in STATUSES:
+            result.notes.append(
+                f"campaign_messages: {n} row(s) with status {status!r}, which the listener"
+                " does not know: left alone (set them to 'pending' to have them sent)"
+            )
+    summary = ", ".join(f"{counts.get(s, 0)} {s}" for s in STATUSES)
+    result.notes.append(f"campaign_messages: rows left behind: {summary}")
+    if "scheduled_at" in cols and not cols["scheduled_at"]["not_null"]:
+        result.steps.append(
+            _data_step(
+                "campaign_messages",
+                "makes pending rows without a due time due when they were created",
+                "UPDATE public.campaign_messages SET scheduled_at = "
+                + ("COALESCE(created_at, now())" if "created_at" in cols else "now()")
+                + " WHERE status = 'pending' AND scheduled_at IS NULL",
+            )
+        )
+    if (
+        "retry_count" in cols
+        and "attempts" not in cols
+        and cols["retry_count"]["base"]
+        in (
+            "int2",
+            "int4",
+            "int8",
+        )
+    ):
+        result.steps.append(
+            _data_step(
+                "campaign_messages",
+                "copies retry_count into attempts once, for rows not finished (the listener"
+                " counts tries in attempts; retry_count is left as it is)",
+                f"UPDATE public.campaign_messages SET attempts = LEAST(retry_count,"
+                f" {_MOST_COPIED_TRIES}) WHERE status IN ('pending', 'processing')"
+                " AND retry_count > 0",
+            )
+        )
+    if "error_message" in cols and "last_error" not in cols:
+        result.steps.append(
+            _data_step(
+                "campaign_messages",
+                "copies error_message into last_error once (replay and stats show it;"
+                " error_message is left as it is)",
+                "UPDATE public.campaign_messages SET last_error = error_message"
+                " WHERE error_message IS NOT NULL",
+            )
+        )
+    touched = [c for c in ("updated_at", "scheduled_at", "created_at") if c in cols]
+    since = f"COALESCE({', '.join(touched)}, now())" if touched else "now()"
+    result.steps.append(
+        _data_step(
+            "campaign_messages",
+            "rows left processing by the Edge Function: pending, to be looked up on Evolution"
+            " (findMessages since the row was last touched) before anything is sent",
+            "UPDATE public.campaign_messages SET status = 'pending', scheduled_at = now(),"
+            f" look_up_since = {since} - interval '1 minute',"
+            " last_error = 'left processing by the Edge Function: looked up before it is sent'"
+            " WHERE status = 'processing' AND locked_by IS NULL",
+        )
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Applying a plan, and what stays the user's afterwards
+# --------------------------------------------------------------------------------------------
+
+#: The listener's record of what it adopted: the tables, and the user's functions and indexes
+#: that keep names the migration files also use (their statements are left out, now and in
+#: every later migrate).
+ADOPTION_TABLE: LiteralString = """
+CREATE TABLE IF NOT EXISTS listener_adoption (
+    kind        text NOT NULL,
+    name        text NOT NULL,
+    adopted_at  timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (kind, name)
+)
+"""
+
+_HELD_STATEMENT = re.compile(
+    r"^\s*(?:CREATE\s+(?:OR\s+REPLACE\s+)?FUNCTION|DROP\s+FUNCTION(?:\s+IF\s+EXISTS)?"
+    r"|ALTER\s+FUNCTION|COMMENT\s+ON\s+FUNCTION|(?:GRANT|REVOKE)\s+.*?\s+ON\s+FUNCTION)"
+    r"\s+(?:public\.)?\"?(\w+)\"?\s*\(",
+    re.I | re.S,
+)
+_HELD_INDEX = re.compile(
+    r"^\s*DROP\s+INDEX\s+(?:CONCURRENTLY\s+)?(?:IF\s+EXISTS\s+)?(?:public\.)?\"?(\w+)", re.I
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Held:
+    """The user's objects whose names the migration files use too."""
+
+    functions: frozenset[str] = frozenset()
+    indexes: frozenset[str] = frozenset()
+
+    def __bool__(self) -> bool:
+        return bool(self.functions or self.indexes)
+
+    def leaves_out(self, statement: str) -> str | None:
+        """Why `statement` is left out (it would touch an object of the user's), or None."""
+        text = re.sub(r"--[^\n]*", "", statement)
+        match = _HELD_STATEMENT.match(text)
+        if match and match.group(1) in self.functions:
+            return f"your function {match.group(1)} stays as it is"
+        match = _HELD_INDEX.match(text)
+        if match and match.group(1) in self.indexes:
+            return f"your index {match.group(1)} stays as it is"
+        return None
+
+
+async def held(conn: psycopg.AsyncConnection[Any]) -> Held:
+    """What an earlier adoption recorded (nothing when this database was never adopted)."""
+    row = await (
+        await conn.execute("SELECT to_regclass('listener_adoption') IS NOT NULL AS there")
+    ).fetchone()
+    if row is None or not row["there"]:
+        return Held()
+    rows = await (await conn.execute("SELECT kind, name FROM listener_adoption")).fetchall()
+    return Held(
+        frozenset(r["name"] for r in rows if r["kind"] == "function"),
+        frozenset(r["name"] for r in rows if r["kind"] == "index"),
+    )
+
+
+async def _left_out(conn: psycopg.AsyncConnection[Any], step: Step) -> int:
+    if step.guard is None:
+        return 0
+    row = await (await conn.execute(cast(LiteralString, step.guard))).fetchone()  # type: ignore[redundant-cast]
+    return int(next(iter(row.values()))) if row else 0
+
+
+async def apply(conn: psycopg.AsyncConnection[Any], adoption: Plan) -> list[str]:
+    """Run the plan's steps: those of the transaction together, then the others one by one
+    (each safe to run again, so an interrupted adoption is finished by the next migrate).
+    Returns a line for each step left out because the user's rows do not meet it."""
+    said: list[str] = []
+    async with conn.transaction():
+        await conn.execute(ADOPTION_TABLE)
+        records = [("table", t) for t in adoption.tables]
+        records += [("function", f) for f in adoption.held_functions]
+        records += [("index", i) for i in adoption.held_indexes]
+        for kind, name in records:
+            await conn.execute(
+                "INSERT INTO listener_adoption (kind, name) VALUES (%s, %s) ON CONFLICT DO NOTHING",
+                (kind, name),
+            )
+        for step in adoption.steps:
+            if step.transaction:
+                await _run(conn, step, said)
+    for step in adoption.steps:
+        if not step.transaction:
+            await _run(conn, step, said)
+    return said
+
+
+async def _run(conn: psycopg.AsyncConnection[Any], step: Step, said: list[str]) -> None:
+    rows = await _left_out(conn, step)
+    if rows:
+        if step.phase == 2:
+            said.append(f"{step.table}: left out ({rows} of your rows do not meet it): {step.sql}")
+        return
+    await conn.execute(cast(LiteralString, step.sql))  # type: ignore[redundant-cast]
