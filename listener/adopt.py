@@ -297,7 +297,8 @@ def _adopt_table(
         )
     existing = {c["name"] for c in theirs.constraints}
     for constraint in ours.constraints:
-        if constraint["name"] in existing or constraint["kind"] == "p":
+        # `n`: NOT NULL, a constraint of its own since Postgres 18 (the column carries it).
+        if constraint["name"] in existing or constraint["kind"] in ("p", "n"):
             continue
         _add_constraint(name, constraint, theirs, catalog, added, result, target_.functions)
     for index in sorted(ours.indexes.values(), key=lambda i: str(i["name"])):

@@ -79,6 +79,10 @@ async def test_a_seed_shaped_database_is_adopted_and_its_rows_go_as_promised(
     before = _user_lines(catalog(empty_db_url))
     monkeypatch.setenv("DATABASE_URL", empty_db_url)
 
+    # README's path: the plan first (it changes nothing), then the migrate.
+    assert await cli("migrate", "--dry-run") == 0
+    assert "(dry run: nothing was changed)" in capsys.readouterr().out
+    assert _user_lines(catalog(empty_db_url)) == before
     assert await cli("migrate") == 0
     out = capsys.readouterr().out
     assert "adopted your tables" in out
@@ -116,12 +120,15 @@ async def _run_left_behind(conn: Conn, url: str, rows: LeftBehind, *, seed_funct
         fakes.reply_parts = 1
         _went_out(fakes, "5511987650002", "Olá, da Edge Function.")
         async with running(url, **http_settings(fakes)):
-            # A row inserted afterwards the way the back end always did.
+            # A row inserted afterwards the way the back end always did, as Supabase's
+            # `authenticated` role (RLS on, its policy lets it insert).
+            conn.execute("SET ROLE authenticated")
             new = conn.execute(
                 "INSERT INTO campaign_messages (campaign_id, lead_id, status)"
                 " VALUES (%s, %s, 'pending') RETURNING id",
                 (rows.campaign, rows.leads["skipped"]),
             ).fetchone()
+            conn.execute("RESET ROLE")
             assert new is not None
             sent = [m["pending"], m["went_out"], m["not_out"], new[0]]
 
@@ -191,7 +198,10 @@ async def test_a_row_left_processing_is_failed_replayably_when_it_cannot_be_look
         # The sandbox sender cannot look anything up: the row is failed, never sent blindly.
         async with running(empty_db_url, llm="sandbox", sender="sandbox"):
             await await_until(
-                lambda: _status(conn, rows.messages["went_out"])[0] != "pending", timeout=30
+                lambda: (
+                    _status(conn, rows.messages["went_out"])[0] not in ("pending", "processing")
+                ),
+                timeout=30,
             )
         status, error, parts_sent, _ = _status(conn, rows.messages["went_out"])
         assert (status, parts_sent) == ("failed", 0)
