@@ -262,7 +262,7 @@ async def test_dry_run_on_our_database_prints_the_pending_migrations(
     assert catalog(empty_db_url) == before
     assert "adopt" not in out.split("\n")[0]
     assert "-- 0014_adopt.sql: alters table campaign_messages: ADD COLUMN" in out
-    assert "-- 0014_adopt.sql: creates or replaces function listener_get_lead_full_context" in out
+    assert "-- functions/listener_get_lead_full_context.sql: creates or replaces function" in out
 
 
 def test_dry_run_on_an_up_to_date_database_says_so(
