@@ -37,7 +37,7 @@ from typing import Any, LiteralString, cast
 import psycopg
 from psycopg import sql
 
-from listener import adopt
+from listener import adoption as adopt
 from listener.db import connect
 from listener.errors import AdoptionRefused, DatabaseError, MigrationError
 

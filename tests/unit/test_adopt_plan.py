@@ -3,7 +3,7 @@ adopted database, and the words --dry-run prints for each statement."""
 
 from __future__ import annotations
 
-from listener.adopt import Held
+from listener.adoption import Held
 from listener.migrate import describe
 
 HELD = Held(frozenset({"get_lead_full_context"}), frozenset({"idx_campaign_messages_open"}))

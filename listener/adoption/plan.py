@@ -19,8 +19,7 @@ from typing import Any, LiteralString, cast
 
 import psycopg
 
-#: The scratch schema the target is built in (rolled back, never committed).
-PROBE_SCHEMA = "listener_probe"
+from listener.adoption.catalog import ROLE_BYPASSES_RLS, Catalog, Table, read, target
 
 #: Functions of the seed whose names DESIGN.md gives ours too: a user's function of that name
 #: is kept as it is (its callers keep their arguments and meaning); the listener calls its own
@@ -39,7 +38,6 @@ _KEY_COLUMNS = {"id", "campaign_id", "lead_id", "run_id"}
 _TEXT_TYPES = {"text", "character varying"}
 _INTEGER_TYPES = {"smallint", "integer", "bigint"}
 _VOLATILE_DEFAULT = re.compile(r"\b(now|gen_random_uuid|clock_timestamp|random|nextval)\s*\(")
-_CONCURRENTLY = re.compile(r"\bCONCURRENTLY\b", re.I)
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,117 +68,6 @@ class Plan:
     held_indexes: list[str] = field(default_factory=list)
 
 
-@dataclass
-class _Table:
-    columns: dict[str, dict[str, Any]] = field(default_factory=dict)
-    constraints: list[dict[str, Any]] = field(default_factory=list)
-    indexes: dict[str, dict[str, Any]] = field(default_factory=dict)
-    triggers: set[str] = field(default_factory=set)
-    rows: int = 0
-    rls: bool = False
-    forced: bool = False
-    options: list[str] = field(default_factory=list)
-
-
-@dataclass
-class _Catalog:
-    tables: dict[str, _Table] = field(default_factory=dict)
-    functions: dict[str, list[str]] = field(default_factory=dict)
-    index_tables: dict[str, str] = field(default_factory=dict)
-
-
-_COLUMNS: LiteralString = """
-SELECT c.relname AS tbl, a.attname AS col, format_type(a.atttypid, a.atttypmod) AS type,
-       t.typname AS base, a.attnotnull AS not_null, pg_get_expr(d.adbin, d.adrelid) AS dflt,
-       c.reltuples::bigint AS rows, c.relrowsecurity AS rls, c.relforcerowsecurity AS forced,
-       c.reloptions AS options
-  FROM pg_class c
-  JOIN pg_namespace n ON n.oid = c.relnamespace
-  JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
-  JOIN pg_type t ON t.oid = a.atttypid
-  LEFT JOIN pg_attrdef d ON d.adrelid = c.oid AND d.adnum = a.attnum
- WHERE n.nspname = %(schema)s AND c.relkind IN ('r', 'p')
- ORDER BY c.relname, a.attnum
-"""
-_CONSTRAINTS: LiteralString = """
-SELECT c.relname AS tbl, k.conname AS name, k.contype AS kind, pg_get_constraintdef(k.oid) AS def,
-       ARRAY(SELECT a.attname::text FROM pg_attribute a
-              WHERE a.attrelid = c.oid AND a.attnum = ANY (k.conkey) ORDER BY a.attnum) AS cols,
-       f.relname AS ref, pg_get_expr(k.conbin, k.conrelid) AS expr
-  FROM pg_constraint k
-  JOIN pg_class c ON c.oid = k.conrelid
-  JOIN pg_namespace n ON n.oid = c.relnamespace
-  LEFT JOIN pg_class f ON f.oid = k.confrelid
- WHERE n.nspname = %(schema)s
- ORDER BY c.relname, k.conname
-"""
-_INDEXES: LiteralString = """
-SELECT t.relname AS tbl, i.relname AS name, x.indisunique AS uniq, x.indisprimary AS pk,
-       pg_get_indexdef(x.indexrelid) AS def,
-       ARRAY(SELECT a.attname::text FROM pg_attribute a
-              WHERE a.attrelid = t.oid AND a.attnum = ANY (x.indkey)) AS cols,
-       x.indpred IS NULL AND x.indexprs IS NULL AS plain,
-       EXISTS (SELECT 1 FROM pg_constraint k WHERE k.conindid = x.indexrelid) AS backs
-  FROM pg_index x
-  JOIN pg_class i ON i.oid = x.indexrelid
-  JOIN pg_class t ON t.oid = x.indrelid
-  JOIN pg_namespace n ON n.oid = t.relnamespace
- WHERE n.nspname = %(schema)s
-"""
-_TRIGGERS: LiteralString = """
-SELECT c.relname AS tbl, t.tgname AS name
-  FROM pg_trigger t
-  JOIN pg_class c ON c.oid = t.tgrelid
-  JOIN pg_namespace n ON n.oid = c.relnamespace
- WHERE n.nspname = %(schema)s AND NOT t.tgisinternal
-"""
-_FUNCTIONS: LiteralString = """
-SELECT p.proname AS name, pg_get_function_identity_arguments(p.oid) AS args
-  FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
- WHERE n.nspname = %(schema)s
- ORDER BY 1, 2
-"""
-_ROLE: LiteralString = """
-SELECT rolsuper OR rolbypassrls AS bypass FROM pg_roles WHERE rolname = current_user
-"""
-
-
-async def _catalog(conn: psycopg.AsyncConnection[Any], schema: str) -> _Catalog:
-    found = _Catalog()
-    args = {"schema": schema}
-    for row in await (await conn.execute(_COLUMNS, args)).fetchall():
-        table = found.tables.setdefault(row["tbl"], _Table())
-        table.columns[row["col"]] = row
-        table.rows, table.rls, table.forced = max(int(row["rows"]), 0), row["rls"], row["forced"]
-        table.options = list(row["options"] or ())
-    for row in await (await conn.execute(_CONSTRAINTS, args)).fetchall():
-        if row["tbl"] in found.tables:
-            found.tables[row["tbl"]].constraints.append(row)
-    for row in await (await conn.execute(_INDEXES, args)).fetchall():
-        found.index_tables[row["name"]] = row["tbl"]
-        if row["tbl"] in found.tables:
-            found.tables[row["tbl"]].indexes[row["name"]] = row
-    for row in await (await conn.execute(_TRIGGERS, args)).fetchall():
-        if row["tbl"] in found.tables:
-            found.tables[row["tbl"]].triggers.add(row["name"])
-    for row in await (await conn.execute(_FUNCTIONS, args)).fetchall():
-        found.functions.setdefault(row["name"], []).append(row["args"])
-    return found
-
-
-async def target(conn: psycopg.AsyncConnection[Any], statements: list[str]) -> _Catalog:
-    """The schema the migration files make, read from a scratch schema in a transaction that
-    is rolled back: nothing of it stays."""
-    async with conn.transaction(force_rollback=True):
-        await conn.execute(f"CREATE SCHEMA {PROBE_SCHEMA}")
-        await conn.execute(f"SET LOCAL search_path = {PROBE_SCHEMA}")
-        for statement in statements:
-            # The tables are empty and the transaction is ours: no need (and no way) to build
-            # concurrently here.
-            await conn.execute(cast(LiteralString, _CONCURRENTLY.sub("", statement)))  # type: ignore[redundant-cast]
-        return await _catalog(conn, PROBE_SCHEMA)
-
-
 def _compatible(user: dict[str, Any], ours: dict[str, Any], column: str) -> bool:
     if user["type"] == ours["type"]:
         return True
@@ -201,7 +88,7 @@ def _id_need(table: str, column: str, user_type: str) -> str:
     return f"{table}.{column} is {user_type}; the listener needs uuid (the ids it refers to)"
 
 
-def _unique_id(table: _Table) -> bool:
+def _unique_id(table: Table) -> bool:
     for index in table.indexes.values():
         if index["uniq"] and list(index["cols"]) == ["id"] and index["plain"]:
             return True
@@ -214,11 +101,11 @@ async def plan(
     """The adoption plan of this database (see the module's docstring). `adopting`: the tables
     to adopt (default: every table of the target the database already has)."""
     ours = await target(conn, statements)
-    theirs = await _catalog(conn, "public")
+    theirs = await read(conn, "public")
     result = Plan()
     names = sorted(set(ours.tables) & set(theirs.tables) if adopting is None else adopting)
     result.tables = names
-    row = await (await conn.execute(_ROLE)).fetchone()
+    row = await (await conn.execute(ROLE_BYPASSES_RLS)).fetchone()
     bypass = bool(row and row["bypass"])
     for name, args in theirs.functions.items():
         if name not in ours.functions:
@@ -244,7 +131,7 @@ async def plan(
 
 
 def _adopt_table(
-    name: str, target_: _Catalog, theirs: _Table, catalog: _Catalog, result: Plan, bypass: bool
+    name: str, target_: Catalog, theirs: Table, catalog: Catalog, result: Plan, bypass: bool
 ) -> None:
     ours = target_.tables[name]
     added: set[str] = set()
@@ -333,7 +220,7 @@ def _add_column(table: str, column: str, want: dict[str, Any]) -> list[Step]:
     return [Step(table, what, sql)]
 
 
-async def _user_checks(conn: psycopg.AsyncConnection[Any], catalog: _Catalog, result: Plan) -> None:
+async def _user_checks(conn: psycopg.AsyncConnection[Any], catalog: Catalog, result: Plan) -> None:
     """A CHECK of the user's on `campaign_messages.status` must let the listener write each of
     its statuses: evaluated here on the statuses themselves, before anything changes."""
     table = catalog.tables.get("campaign_messages")
@@ -365,8 +252,8 @@ async def _user_checks(conn: psycopg.AsyncConnection[Any], catalog: _Catalog, re
 def _add_constraint(
     table: str,
     constraint: dict[str, Any],
-    theirs: _Table,
-    catalog: _Catalog,
+    theirs: Table,
+    catalog: Catalog,
     added: set[str],
     result: Plan,
     functions: dict[str, list[str]],
@@ -428,7 +315,7 @@ def _add_constraint(
     )
 
 
-def _add_index(table: str, index: dict[str, Any], catalog: _Catalog, result: Plan) -> None:
+def _add_index(table: str, index: dict[str, Any], catalog: Catalog, result: Plan) -> None:
     name = str(index["name"])
     definition = str(index["def"])
     body = definition[definition.index(" USING ") :]
@@ -457,7 +344,7 @@ def _add_index(table: str, index: dict[str, Any], catalog: _Catalog, result: Pla
 
 
 async def _rows_left_behind(
-    conn: psycopg.AsyncConnection[Any], theirs: _Catalog, result: Plan
+    conn: psycopg.AsyncConnection[Any], theirs: Catalog, result: Plan
 ) -> None:
     """What becomes of the rows the old system left in campaign_messages."""
 
@@ -536,106 +423,3 @@ async def _rows_left_behind(
             " WHERE status = 'processing' AND locked_by IS NULL",
         )
     )
-
-
-# --------------------------------------------------------------------------------------------
-# Applying a plan, and what stays the user's afterwards
-# --------------------------------------------------------------------------------------------
-
-#: The listener's record of what it adopted: the tables, and the user's functions and indexes
-#: that keep names the migration files also use (their statements are left out, now and in
-#: every later migrate).
-ADOPTION_TABLE: LiteralString = """
-CREATE TABLE IF NOT EXISTS listener_adoption (
-    kind        text NOT NULL,
-    name        text NOT NULL,
-    adopted_at  timestamptz NOT NULL DEFAULT now(),
-    PRIMARY KEY (kind, name)
-)
-"""
-
-_HELD_STATEMENT = re.compile(
-    r"^\s*(?:CREATE\s+(?:OR\s+REPLACE\s+)?FUNCTION|DROP\s+FUNCTION(?:\s+IF\s+EXISTS)?"
-    r"|ALTER\s+FUNCTION|COMMENT\s+ON\s+FUNCTION|(?:GRANT|REVOKE)\s+.*?\s+ON\s+FUNCTION)"
-    r"\s+(?:public\.)?\"?(\w+)\"?\s*\(",
-    re.I | re.S,
-)
-_HELD_INDEX = re.compile(
-    r"^\s*DROP\s+INDEX\s+(?:CONCURRENTLY\s+)?(?:IF\s+EXISTS\s+)?(?:public\.)?\"?(\w+)", re.I
-)
-
-
-@dataclass(frozen=True, slots=True)
-class Held:
-    """The user's objects whose names the migration files use too."""
-
-    functions: frozenset[str] = frozenset()
-    indexes: frozenset[str] = frozenset()
-
-    def __bool__(self) -> bool:
-        return bool(self.functions or self.indexes)
-
-    def leaves_out(self, statement: str) -> str | None:
-        """Why `statement` is left out (it would touch an object of the user's), or None."""
-        text = re.sub(r"--[^\n]*", "", statement)
-        match = _HELD_STATEMENT.match(text)
-        if match and match.group(1) in self.functions:
-            return f"your function {match.group(1)} stays as it is"
-        match = _HELD_INDEX.match(text)
-        if match and match.group(1) in self.indexes:
-            return f"your index {match.group(1)} stays as it is"
-        return None
-
-
-async def held(conn: psycopg.AsyncConnection[Any]) -> Held:
-    """What an earlier adoption recorded (nothing when this database was never adopted)."""
-    row = await (
-        await conn.execute("SELECT to_regclass('listener_adoption') IS NOT NULL AS there")
-    ).fetchone()
-    if row is None or not row["there"]:
-        return Held()
-    rows = await (await conn.execute("SELECT kind, name FROM listener_adoption")).fetchall()
-    return Held(
-        frozenset(r["name"] for r in rows if r["kind"] == "function"),
-        frozenset(r["name"] for r in rows if r["kind"] == "index"),
-    )
-
-
-async def _left_out(conn: psycopg.AsyncConnection[Any], step: Step) -> int:
-    if step.guard is None:
-        return 0
-    row = await (await conn.execute(cast(LiteralString, step.guard))).fetchone()  # type: ignore[redundant-cast]
-    return int(next(iter(row.values()))) if row else 0
-
-
-async def apply(conn: psycopg.AsyncConnection[Any], adoption: Plan) -> list[str]:
-    """Run the plan's steps: those of the transaction together, then the others one by one
-    (each safe to run again, so an interrupted adoption is finished by the next migrate).
-    Returns a line for each step left out because the user's rows do not meet it."""
-    said: list[str] = []
-    async with conn.transaction():
-        await conn.execute(ADOPTION_TABLE)
-        records = [("table", t) for t in adoption.tables]
-        records += [("function", f) for f in adoption.held_functions]
-        records += [("index", i) for i in adoption.held_indexes]
-        for kind, name in records:
-            await conn.execute(
-                "INSERT INTO listener_adoption (kind, name) VALUES (%s, %s) ON CONFLICT DO NOTHING",
-                (kind, name),
-            )
-        for step in adoption.steps:
-            if step.transaction:
-                await _run(conn, step, said)
-    for step in adoption.steps:
-        if not step.transaction:
-            await _run(conn, step, said)
-    return said
-
-
-async def _run(conn: psycopg.AsyncConnection[Any], step: Step, said: list[str]) -> None:
-    rows = await _left_out(conn, step)
-    if rows:
-        if step.phase == 2:
-            said.append(f"{step.table}: left out ({rows} of your rows do not meet it): {step.sql}")
-        return
-    await conn.execute(cast(LiteralString, step.sql))  # type: ignore[redundant-cast]

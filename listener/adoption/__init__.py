@@ -1,0 +1,19 @@
+"""Adopting a database the listener did not make (the Edge Function's): `plan` compares the
+user's tables with the schema the migration files make (`catalog`), `apply` runs the plan and
+records what stays the user's (`Held`). `listener migrate` drives it; README, "Moving from the
+Edge Function", is the operator's account."""
+
+from listener.adoption.apply import ADOPTION_TABLE, Held, apply, held
+from listener.adoption.plan import ADOPTABLE_FUNCTIONS, STATUSES, Plan, Step, plan
+
+__all__ = [
+    "ADOPTABLE_FUNCTIONS",
+    "ADOPTION_TABLE",
+    "STATUSES",
+    "Held",
+    "Plan",
+    "Step",
+    "apply",
+    "held",
+    "plan",
+]

@@ -1,0 +1,111 @@
+"""Applying an adoption's plan, and remembering what stays the user's: the functions and
+indexes whose names the migration files also use, whose statements every later migrate leaves
+out."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, LiteralString, cast
+
+import psycopg
+
+from listener.adoption.plan import Plan, Step
+
+#: The listener's record of what it adopted: the tables, and the user's functions and indexes
+#: that keep names the migration files also use (their statements are left out, now and in
+#: every later migrate).
+ADOPTION_TABLE: LiteralString = """
+CREATE TABLE IF NOT EXISTS listener_adoption (
+    kind        text NOT NULL,
+    name        text NOT NULL,
+    adopted_at  timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (kind, name)
+)
+"""
+
+_HELD_STATEMENT = re.compile(
+    r"^\s*(?:CREATE\s+(?:OR\s+REPLACE\s+)?FUNCTION|DROP\s+FUNCTION(?:\s+IF\s+EXISTS)?"
+    r"|ALTER\s+FUNCTION|COMMENT\s+ON\s+FUNCTION|(?:GRANT|REVOKE)\s+.*?\s+ON\s+FUNCTION)"
+    r"\s+(?:public\.)?\"?(\w+)\"?\s*\(",
+    re.I | re.S,
+)
+_HELD_INDEX = re.compile(
+    r"^\s*DROP\s+INDEX\s+(?:CONCURRENTLY\s+)?(?:IF\s+EXISTS\s+)?(?:public\.)?\"?(\w+)", re.I
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Held:
+    """The user's objects whose names the migration files use too."""
+
+    functions: frozenset[str] = frozenset()
+    indexes: frozenset[str] = frozenset()
+
+    def __bool__(self) -> bool:
+        return bool(self.functions or self.indexes)
+
+    def leaves_out(self, statement: str) -> str | None:
+        """Why `statement` is left out (it would touch an object of the user's), or None."""
+        text = re.sub(r"--[^\n]*", "", statement)
+        match = _HELD_STATEMENT.match(text)
+        if match and match.group(1) in self.functions:
+            return f"your function {match.group(1)} stays as it is"
+        match = _HELD_INDEX.match(text)
+        if match and match.group(1) in self.indexes:
+            return f"your index {match.group(1)} stays as it is"
+        return None
+
+
+async def held(conn: psycopg.AsyncConnection[Any]) -> Held:
+    """What an earlier adoption recorded (nothing when this database was never adopted)."""
+    row = await (
+        await conn.execute("SELECT to_regclass('listener_adoption') IS NOT NULL AS there")
+    ).fetchone()
+    if row is None or not row["there"]:
+        return Held()
+    rows = await (await conn.execute("SELECT kind, name FROM listener_adoption")).fetchall()
+    return Held(
+        frozenset(r["name"] for r in rows if r["kind"] == "function"),
+        frozenset(r["name"] for r in rows if r["kind"] == "index"),
+    )
+
+
+async def _left_out(conn: psycopg.AsyncConnection[Any], step: Step) -> int:
+    if step.guard is None:
+        return 0
+    row = await (await conn.execute(cast(LiteralString, step.guard))).fetchone()  # type: ignore[redundant-cast]
+    return int(next(iter(row.values()))) if row else 0
+
+
+async def apply(conn: psycopg.AsyncConnection[Any], adoption: Plan) -> list[str]:
+    """Run the plan's steps: those of the transaction together, then the others one by one
+    (each safe to run again, so an interrupted adoption is finished by the next migrate).
+    Returns a line for each step left out because the user's rows do not meet it."""
+    said: list[str] = []
+    async with conn.transaction():
+        await conn.execute(ADOPTION_TABLE)
+        records = [("table", t) for t in adoption.tables]
+        records += [("function", f) for f in adoption.held_functions]
+        records += [("index", i) for i in adoption.held_indexes]
+        for kind, name in records:
+            await conn.execute(
+                "INSERT INTO listener_adoption (kind, name) VALUES (%s, %s) ON CONFLICT DO NOTHING",
+                (kind, name),
+            )
+        for step in adoption.steps:
+            if step.transaction:
+                await _run(conn, step, said)
+    for step in adoption.steps:
+        if not step.transaction:
+            await _run(conn, step, said)
+    return said
+
+
+async def _run(conn: psycopg.AsyncConnection[Any], step: Step, said: list[str]) -> None:
+    rows = await _left_out(conn, step)
+    if rows:
+        if step.phase == 2:
+            said.append(f"{step.table}: left out ({rows} of your rows do not meet it): {step.sql}")
+        return
+    await conn.execute(cast(LiteralString, step.sql))  # type: ignore[redundant-cast]
