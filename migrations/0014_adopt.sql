@@ -1,6 +1,6 @@
 -- listener 0014: adopting the Edge Function's database.
 --
--- The listener's own functions of the two names DESIGN.md gives are `listener_` ones now
+-- The listener's own functions of the two names of the contract are `listener_` ones now
 -- (functions/listener_get_lead_full_context.sql, listener_mark_old_campaign_messages_as_
 -- skipped.sql), so a database whose functions of those names are the seed's keeps them.
 

@@ -21,7 +21,7 @@ import psycopg
 
 from listener.adoption.catalog import ROLE_BYPASSES_RLS, Catalog, Table, read, target
 
-#: Functions of the seed whose names DESIGN.md gives ours too: a user's function of that name
+#: Functions of the seed whose names the contract gives ours too: a user's function of that name
 #: is kept as it is (its callers keep their arguments and meaning); the listener calls its own
 #: `listener_` one.
 ADOPTABLE_FUNCTIONS = frozenset({"get_lead_full_context", "mark_old_campaign_messages_as_skipped"})

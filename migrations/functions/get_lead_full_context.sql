@@ -1,4 +1,4 @@
--- The name DESIGN.md gives the lead context, for callers of a database the listener made: the
+-- The name the contract gives the lead context, for callers of a database the listener made: the
 -- same signature and answer as listener_get_lead_full_context, which the listener itself calls.
 -- On a database adopted from the Edge Function the user's function of this name stays instead
 -- (this file is then recorded, not applied).

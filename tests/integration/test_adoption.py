@@ -1,4 +1,4 @@
-"""`listener migrate` on the Edge Function's database (issue 21): shapes of the seed's tables
+"""`listener migrate` on the Edge Function's database: shapes of the seed's tables
 adopted in place and then run end to end against the fake providers; shapes that cannot be
 adopted refused with the database as it was; `--dry-run` changing nothing."""
 
