@@ -456,33 +456,7 @@ $$;
 CREATE FUNCTION public.get_lead_full_context(lead_ids uuid[], history_limit integer DEFAULT 5) RETURNS TABLE(lead_id uuid, context jsonb)
     LANGUAGE sql STABLE
     AS $$
-    SELECT l.id,
-           jsonb_build_object(
-               'id', l.id,
-               'name', l.name,
-               'phone', l.phone,
-               'opted_out', l.opted_out,
-               'company', l.company,
-               'city', l.city,
-               'segment', l.segment,
-               'notes', l.notes,
-               'metadata', l.metadata,
-               'recent_messages', COALESCE((
-                   SELECT jsonb_agg(jsonb_build_object(
-                              'campaign_id', h.campaign_id,
-                              'sent_at', h.sent_at,
-                              'text', h.text) ORDER BY h.sent_at DESC)
-                   FROM (
-                       SELECT m.campaign_id, m.sent_at, COALESCE(m.generated_text, m.content) AS text
-                       FROM campaign_messages m
-                       WHERE m.lead_id = l.id AND m.sent_at IS NOT NULL
-                       ORDER BY m.sent_at DESC
-                       LIMIT history_limit
-                   ) h
-               ), '[]'::jsonb)
-           )
-    FROM leads l
-    WHERE l.id = ANY (lead_ids)
+    SELECT * FROM listener_get_lead_full_context(lead_ids, history_limit)
 $$;
 
 --
@@ -532,6 +506,42 @@ END
 $$;
 
 --
+-- Name: listener_get_lead_full_context(uuid[], integer); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.listener_get_lead_full_context(lead_ids uuid[], history_limit integer DEFAULT 5) RETURNS TABLE(lead_id uuid, context jsonb)
+    LANGUAGE sql STABLE
+    AS $$
+    SELECT l.id,
+           jsonb_build_object(
+               'id', l.id,
+               'name', l.name,
+               'phone', l.phone,
+               'opted_out', l.opted_out,
+               'company', l.company,
+               'city', l.city,
+               'segment', l.segment,
+               'notes', l.notes,
+               'metadata', l.metadata,
+               'recent_messages', COALESCE((
+                   SELECT jsonb_agg(jsonb_build_object(
+                              'campaign_id', h.campaign_id,
+                              'sent_at', h.sent_at,
+                              'text', h.text) ORDER BY h.sent_at DESC)
+                   FROM (
+                       SELECT m.campaign_id, m.sent_at, COALESCE(m.generated_text, m.content) AS text
+                       FROM campaign_messages m
+                       WHERE m.lead_id = l.id AND m.sent_at IS NOT NULL
+                       ORDER BY m.sent_at DESC
+                       LIMIT history_limit
+                   ) h
+               ), '[]'::jsonb)
+           )
+    FROM leads l
+    WHERE l.id = ANY (lead_ids)
+$$;
+
+--
 -- Name: listener_hold_sender(text, text, timestamp with time zone, timestamp with time zone, timestamp with time zone, text, timestamp with time zone); Type: FUNCTION; Schema: public; Owner: -
 --
 
@@ -557,6 +567,32 @@ BEGIN
      WHERE instance = p_instance;
     moved := listener_defer_held(p_instance, p_backstop, p_default, p_at);
     RETURN QUERY SELECT i.held_reason IS NULL, moved;
+END
+$$;
+
+--
+-- Name: listener_mark_old_campaign_messages_as_skipped(interval); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.listener_mark_old_campaign_messages_as_skipped(max_age interval DEFAULT '24:00:00'::interval) RETURNS integer
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+    skipped integer;
+BEGIN
+    UPDATE campaign_messages m
+       SET status = 'skipped',
+           last_error = format('skipped by the sweep: due since %s, longer than the age limit of %s',
+                               m.scheduled_at, max_age),
+           updated_at = now()
+     WHERE m.status = 'pending'
+       AND m.scheduled_at < now() - max_age
+       AND m.parts_sent = 0
+       AND m.wait_reason IS DISTINCT FROM 'paused'
+       AND NOT EXISTS (SELECT 1 FROM campaigns c
+                        WHERE c.id = m.campaign_id AND c.status = 'paused');
+    GET DIAGNOSTICS skipped = ROW_COUNT;
+    RETURN skipped;
 END
 $$;
 
@@ -1141,25 +1177,9 @@ $$;
 --
 
 CREATE FUNCTION public.mark_old_campaign_messages_as_skipped(max_age interval DEFAULT '24:00:00'::interval) RETURNS integer
-    LANGUAGE plpgsql
+    LANGUAGE sql
     AS $$
-DECLARE
-    skipped integer;
-BEGIN
-    UPDATE campaign_messages m
-       SET status = 'skipped',
-           last_error = format('skipped by the sweep: due since %s, longer than the age limit of %s',
-                               m.scheduled_at, max_age),
-           updated_at = now()
-     WHERE m.status = 'pending'
-       AND m.scheduled_at < now() - max_age
-       AND m.parts_sent = 0
-       AND m.wait_reason IS DISTINCT FROM 'paused'
-       AND NOT EXISTS (SELECT 1 FROM campaigns c
-                        WHERE c.id = m.campaign_id AND c.status = 'paused');
-    GET DIAGNOSTICS skipped = ROW_COUNT;
-    RETURN skipped;
-END
+    SELECT listener_mark_old_campaign_messages_as_skipped(max_age)
 $$;
 
 --
@@ -1395,6 +1415,7 @@ CREATE TABLE public.campaign_messages (
     completion_tokens bigint DEFAULT 0 NOT NULL,
     cost_usd numeric(18,10) DEFAULT 0 NOT NULL,
     instance text,
+    look_up_since timestamp with time zone,
     step integer DEFAULT 1 NOT NULL,
     previous_id uuid,
     CONSTRAINT campaign_messages_attempts_check CHECK ((attempts >= 0)),
@@ -1472,6 +1493,12 @@ COMMENT ON COLUMN public.campaign_messages.cost_usd IS 'US dollars of every bill
 --
 
 COMMENT ON COLUMN public.campaign_messages.instance IS 'the sender instance chosen for this message (all its parts go through it); while the message is processing with no part out, it holds a slot of that number''s caps';
+
+--
+-- Name: COLUMN campaign_messages.look_up_since; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.campaign_messages.look_up_since IS 'left processing by the system before the listener: looked up on Evolution (a message to the lead since this time) before it is sent';
 
 --
 -- Name: COLUMN campaign_messages.step; Type: COMMENT; Schema: public; Owner: -
