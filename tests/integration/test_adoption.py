@@ -14,8 +14,8 @@ import pytest
 
 from listener.cli import entry
 from listener.queries import q
+from listener.testing import FakeProviders, http_settings, serve_fakes
 from tests.daemon_harness import running
-from tests.fakes import FakeProviders, http_settings, serve_fakes
 from tests.helpers import await_until
 from tests.seed_shapes import LeftBehind, build, catalog, leave_rows, seed_sql
 
