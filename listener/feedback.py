@@ -5,6 +5,11 @@ with `parse`, and writes them; opt-out words and the phone forms of a reply are 
 Evolution posts `{"event", "instance", "data", "date_time", ...}`, `event` lowercase dotted
 (`messages.update`); older versions and by-events paths say `MESSAGES_UPDATE` or
 `messages-update`, all read as the same event.
+
+`date_time` is not read: Evolution builds it from the server's local time with a `Z` appended
+(channel.service.ts `sendDataWebhook`; its Dockerfile sets TZ=America/Sao_Paulo, three hours
+early). A reply carries its own epoch `messageTimestamp` (WhatsApp's); a status carries none, and
+is at its receipt (the inbox row's time, the database's clock, as the send's time is).
 """
 
 from __future__ import annotations
@@ -52,18 +57,21 @@ class BadEvent(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class StatusUpdate:
+    """A part's new status; at its receipt (`messages.update` has no time of its own)."""
+
     instance: str
     provider_id: str
     status: str
-    at: datetime
 
 
 @dataclass(frozen=True, slots=True)
 class Reply:
+    """A lead wrote to us; `at`: the message's own time (None: at its receipt)."""
+
     instance: str
     phones: tuple[str, ...]
     text: str
-    at: datetime
+    at: datetime | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,16 +193,19 @@ def event_name(raw: str) -> str:
     return raw.strip().lower().replace("_", ".").replace("-", ".")
 
 
-def _when(body: dict[str, Any]) -> datetime:
-    raw = body.get("date_time")
-    if isinstance(raw, str):
-        try:
-            at = datetime.fromisoformat(raw.replace("Z", "+00:00"))
-        except ValueError:
-            at = None
-        if at is not None:
-            return at if at.tzinfo is not None else at.replace(tzinfo=UTC)
-    return datetime.now(UTC)
+def epoch_time(raw: Any) -> datetime | None:
+    """A `messageTimestamp` (epoch seconds: a number, its digits, or a protobuf Long
+    `{"low", "high"}` as some versions serialise it) as a time; None when it is none."""
+    if isinstance(raw, dict):
+        low, high = raw.get("low"), raw.get("high")
+        if not isinstance(low, int) or not isinstance(high, int):
+            return None
+        raw = (high << 32) | (low & 0xFFFFFFFF)
+    elif isinstance(raw, str) and raw.strip().isdigit():
+        raw = int(raw.strip())
+    if not isinstance(raw, int | float) or isinstance(raw, bool) or not 0 < raw < 1e11:
+        return None
+    return datetime.fromtimestamp(raw, UTC)
 
 
 def _items(data: Any) -> list[dict[str, Any]]:
@@ -248,15 +259,14 @@ def parse(body: Any, path_event: str | None = None) -> list[Event]:
         return []
     if "data" not in body:
         raise BadEvent("no `data`")
-    at = _when(body)
     events: list[Event] = []
     for item in _items(body["data"]):
         if name == "messages.update":
-            update = _status(instance, item, at)
+            update = _status(instance, item)
             if update is not None:
                 events.append(update)
         elif name == "messages.upsert":
-            reply = _reply(instance, item, at)
+            reply = _reply(instance, item)
             if reply is not None:
                 events.append(reply)
         elif name == "send.message":
@@ -268,7 +278,7 @@ def parse(body: Any, path_event: str | None = None) -> list[Event]:
     return events
 
 
-def _status(instance: str, item: dict[str, Any], at: datetime) -> StatusUpdate | None:
+def _status(instance: str, item: dict[str, Any]) -> StatusUpdate | None:
     raw_key = item.get("key")
     key: dict[str, Any] = raw_key if isinstance(raw_key, dict) else {}
     provider_id = item.get("keyId") or key.get("id")
@@ -282,10 +292,10 @@ def _status(instance: str, item: dict[str, Any], at: datetime) -> StatusUpdate |
         status = "DELIVERY_ACK"
     if status not in STATUSES or item.get("fromMe") is False:
         return None  # a status we do not track, or of a message the lead sent
-    return StatusUpdate(instance, provider_id, status, at)
+    return StatusUpdate(instance, provider_id, status)
 
 
-def _reply(instance: str, item: dict[str, Any], at: datetime) -> Reply | None:
+def _reply(instance: str, item: dict[str, Any]) -> Reply | None:
     key = item.get("key")
     if not isinstance(key, dict):
         raise BadEvent("messages.upsert without `key`")
@@ -299,6 +309,7 @@ def _reply(instance: str, item: dict[str, Any], at: datetime) -> Reply | None:
     phones = phone_forms(jid_digits(jid))
     if not phones:
         return None
+    at = epoch_time(item.get("messageTimestamp"))
     return Reply(instance, phones, _text(item.get("message")), at)
 
 

@@ -1029,13 +1029,15 @@ SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY
 SET LOCAL statement_timeout = '2s'
 
 -- ==============================================================================================
--- Delivery feedback: Evolution's webhooks (listener/webhooks.py; functions in migration 0005)
+-- Delivery feedback: Evolution's webhooks (listener/webhooks.py; functions in migrations/functions)
 -- ==============================================================================================
 
 -- webhook_inbox --
 -- The events of a batch of webhook requests, stored before they are answered: statuses and
 -- replies into the inbox (applied off the request path), `send.message` events straight into
--- sent_events. Plain inserts: they wait for no lock the sender or the applier holds.
+-- sent_events. Plain inserts: they wait for no lock the sender or the applier holds. An event
+-- without a time of its own (a status) is at the row's receipt: Evolution's `date_time` is not
+-- a true clock (0019_true_event_times.sql).
 WITH sent AS (
     INSERT INTO sent_events (instance, provider_message_id, number, text)
     SELECT * FROM unnest(%(sent_instances)b::text[], %(sent_ids)b::text[],
@@ -1043,39 +1045,48 @@ WITH sent AS (
     ON CONFLICT DO NOTHING
 )
 INSERT INTO webhook_inbox (kind, instance, provider_message_id, status, phone, opt_out, at, text)
-SELECT * FROM unnest(%(kinds)b::text[], %(instances)b::text[], %(ids)b::text[],
-                     %(statuses)b::text[], %(phones)b::text[], %(opt_outs)b::boolean[],
-                     %(ats)b::timestamptz[], %(texts)b::text[])
+SELECT u.kind, u.instance, u.id, u.status, u.phone, u.opt_out, COALESCE(u.at, now()), u.text
+  FROM unnest(%(kinds)b::text[], %(instances)b::text[], %(ids)b::text[],
+              %(statuses)b::text[], %(phones)b::text[], %(opt_outs)b::boolean[],
+              %(ats)b::timestamptz[], %(texts)b::text[])
+       AS u(kind, instance, id, status, phone, opt_out, at, text)
 
 -- webhook_apply_statuses --
 -- The oldest statuses of the inbox: applied (forward only, ERROR final, early ones kept) and
--- deleted in one transaction; the instances that reported ERROR among them.
-SELECT taken, error_instances FROM apply_inbox_statuses(%(limit)s)
+-- deleted in one transaction; the instances that reported ERROR among them, and how many times
+-- were clamped (later than their receipt, before their part's send).
+SELECT taken, error_instances, clamped_future, clamped_before_send
+  FROM apply_inbox_statuses(%(limit)s)
 
 -- webhook_apply_status_ids --
 -- These statuses of the inbox (a half of a batch that failed, or one suspect alone): applied
--- and deleted in one transaction; the instances that reported ERROR among them.
-SELECT taken, error_instances FROM apply_inbox_status_ids(%(ids)s::bigint[])
+-- and deleted in one transaction; the instances that reported ERROR among them, and how many
+-- times were clamped (as webhook_apply_statuses).
+SELECT taken, error_instances, clamped_future, clamped_before_send
+  FROM apply_inbox_status_ids(%(ids)s::bigint[])
 
 -- webhook_take_replies --
 -- The oldest fresh replies of the inbox (suspects are tried alone apart), deleted in the
--- caller's transaction, which applies them.
+-- caller's transaction, which applies them; each at its receipt at the latest (and whether its
+-- own time was later: clamped).
 DELETE FROM webhook_inbox w
  WHERE w.id IN (SELECT b.id FROM webhook_inbox b
                  WHERE b.kind = 'reply' AND b.attempts = 0
                  ORDER BY b.id
                  LIMIT %(limit)s
                    FOR UPDATE SKIP LOCKED)
-RETURNING w.id, w.phone, w.opt_out, w.at, w.instance, w.text
+RETURNING w.id, w.phone, w.opt_out, LEAST(w.at, w.received_at), w.instance, w.text,
+          w.at > w.received_at
 
 -- webhook_take_reply_ids --
 -- These replies of the inbox (a half of a batch that failed, or one suspect alone), deleted in
--- the caller's transaction, which applies them.
+-- the caller's transaction, which applies them; the same columns as webhook_take_replies.
 DELETE FROM webhook_inbox w
  WHERE w.id IN (SELECT b.id FROM webhook_inbox b
                  WHERE b.id = ANY (%(ids)s::bigint[]) AND b.kind = 'reply'
                    FOR UPDATE SKIP LOCKED)
-RETURNING w.id, w.phone, w.opt_out, w.at, w.instance, w.text
+RETURNING w.id, w.phone, w.opt_out, LEAST(w.at, w.received_at), w.instance, w.text,
+          w.at > w.received_at
 
 -- webhook_fresh_ids --
 -- The ids of a batch that failed as a whole, oldest first: split until the bad row stands alone.
@@ -1093,13 +1104,15 @@ SELECT id, kind FROM webhook_inbox WHERE attempts > 0 ORDER BY id LIMIT %(limit)
 SELECT dead, kind, instance FROM webhook_inbox_failed(%(id)s, %(error)s, %(max)s)
 
 -- webhook_early --
--- Kept statuses whose part is now recorded are applied; those older than 10 minutes dropped.
-SELECT applied, dropped FROM apply_early_delivery_statuses()
+-- Kept statuses whose part is now recorded are applied; those older than 10 minutes dropped;
+-- the times moved up to their part's send.
+SELECT applied, dropped, clamped FROM apply_early_delivery_statuses()
 
 -- webhook_reply --
 -- A lead wrote to us: the reply kept in lead_replies (classified later, unless the opt-out
--- words said it), last_reply_at, replied_at, and an opt-out's skips.
-SELECT lead_id, reply_id, skipped
+-- words said it), last_reply_at, replied_at, and an opt-out's skips (its time clamped to the
+-- lead's latest send when before it).
+SELECT lead_id, reply_id, skipped, clamped
   FROM apply_reply_v2(%(phones)s::text[], %(phone)s, %(opt_out)s, %(at)s, %(instance)s, %(text)s)
 
 -- ==============================================================================================

@@ -124,6 +124,13 @@ class WebhookMetrics:
             "Pending messages skipped because their lead replied or opted out",
             registry=registry,
         )
+        self.clamped = Counter(
+            "listener_event_times_clamped_total",
+            "Webhook event times moved to a true bound: later than their receipt (future), or"
+            " before the send they are about (before_send)",
+            ["reason"],
+            registry=registry,
+        )
         self.restrictions = Counter(
             "listener_instance_restrictions_total",
             "Instances held because WhatsApp restricted or logged out the number",
@@ -444,13 +451,14 @@ class WebhookReceiver:
                 params["phones"].append(None)
                 params["opt_outs"].append(None)
                 params["texts"].append(None)
+                params["ats"].append(None)  # at its receipt (the row's, in the database)
             else:
                 params["ids"].append(None)
                 params["statuses"].append(None)
                 params["phones"].append(item.phones[0])
                 params["opt_outs"].append(is_opt_out(item.text, words))
                 params["texts"].append(clean_text(item.text))
-            params["ats"].append(item.at)
+                params["ats"].append(item.at)
         params["sent_instances"] = [clean_text(i.instance) for i in sent]
         params["sent_ids"] = [clean_text(i.provider_id) for i in sent]
         params["sent_numbers"] = [i.number for i in sent]
@@ -548,6 +556,8 @@ class WebhookReceiver:
                     cur = await conn.execute(q("webhook_apply_status_ids"), {"ids": ids})
                 row = await cur.fetchone()
             taken, errors = (int(row[0]), row[1] or []) if row else (0, [])
+            if row:
+                self._clamped(int(row[2] or 0), int(row[3] or 0))
             for instance in errors:
                 await self._check(conn, instance)
         return taken
@@ -604,7 +614,8 @@ class WebhookReceiver:
             else:
                 cur = await conn.execute(q("webhook_take_reply_ids"), {"ids": ids})
             taken = sorted(await cur.fetchall())
-            for _, phone, opt_out, at, instance, text in taken:
+            future = before = 0
+            for _, phone, opt_out, at, instance, text, ahead in taken:
                 cur = await conn.execute(
                     q("webhook_reply"),
                     {
@@ -616,7 +627,11 @@ class WebhookReceiver:
                         "text": text,
                     },
                 )
-                done.append((phone, bool(opt_out), await cur.fetchall()))
+                rows = await cur.fetchall()
+                future += bool(ahead)
+                before += bool(rows and rows[0][3])
+                done.append((phone, bool(opt_out), rows))
+        self._clamped(future, before)
         for phone, opt_out, rows in done:
             self._said_reply(phone, opt_out, rows)
         if self.on_replies is not None and any(rows and not o for _, o, rows in done):
@@ -626,6 +641,13 @@ class WebhookReceiver:
             else:
                 main.call_soon_threadsafe(self.on_replies)
         return len(taken)
+
+    def _clamped(self, future: int, before_send: int) -> None:
+        """Count event times that were clamped (once their application committed)."""
+        if future:
+            self.metrics.clamped.labels(reason="future").inc(future)
+        if before_send:
+            self.metrics.clamped.labels(reason="before_send").inc(before_send)
 
     def _said_reply(self, digits: str, opt_out: bool, rows: list[Any]) -> None:
         phone = mask_phone(digits)
@@ -659,6 +681,8 @@ class WebhookReceiver:
             cur = await conn.execute(q("webhook_early"))
             row = await cur.fetchone()
         applied, dropped = (int(row[0]), int(row[1])) if row else (0, 0)
+        if row:
+            self._clamped(0, int(row[2] or 0))
         if dropped:
             log.debug(
                 "dropped %d delivery statuses whose part never showed up",

@@ -7,11 +7,12 @@
 -- Name: apply_delivery_statuses(text[], text[], text[], timestamp with time zone[]); Type: FUNCTION; Schema: public; Owner: -
 --
 
-CREATE FUNCTION public.apply_delivery_statuses(p_instances text[], p_ids text[], p_statuses text[], p_ats timestamp with time zone[]) RETURNS integer
+CREATE FUNCTION public.apply_delivery_statuses(p_instances text[], p_ids text[], p_statuses text[], p_ats timestamp with time zone[]) RETURNS TABLE(moved integer, clamped integer)
     LANGUAGE plpgsql
     AS $$
 DECLARE
-    moved uuid[];
+    moved_ids uuid[];
+    before_send integer;
 BEGIN
     WITH v AS (
         SELECT DISTINCT ON (u.instance, u.id) u.instance, u.id, u.status, u.at
@@ -20,11 +21,11 @@ BEGIN
          ORDER BY u.instance, u.id, delivery_rank(u.status) DESC, u.at
     ), upd AS (
         UPDATE message_parts p
-           SET status = v.status, status_at = v.at
+           SET status = v.status, status_at = GREATEST(v.at, p.sent_at)
           FROM v
          WHERE p.instance = v.instance AND p.provider_message_id = v.id
            AND p.status <> 'ERROR' AND delivery_rank(v.status) > delivery_rank(p.status)
-        RETURNING p.message_id
+        RETURNING p.message_id, v.at < p.sent_at AS early_time
     ), early AS (
         INSERT INTO delivery_updates_early AS e (instance, provider_message_id, status, status_at)
         SELECT v.instance, v.id, v.status, v.at
@@ -35,12 +36,13 @@ BEGIN
            SET status = excluded.status, status_at = excluded.status_at
          WHERE e.status <> 'ERROR' AND delivery_rank(excluded.status) > delivery_rank(e.status)
     )
-    SELECT array_agg(DISTINCT message_id) INTO moved FROM upd;
-    IF moved IS NULL THEN
-        RETURN 0;
+    SELECT array_agg(DISTINCT upd.message_id), count(*) FILTER (WHERE upd.early_time)
+      INTO moved_ids, before_send
+      FROM upd;
+    IF moved_ids IS NOT NULL THEN
+        PERFORM roll_up_delivery(moved_ids);
     END IF;
-    PERFORM roll_up_delivery(moved);
-    RETURN cardinality(moved);
+    RETURN QUERY SELECT COALESCE(cardinality(moved_ids), 0), COALESCE(before_send, 0);
 END
 $$;
 
@@ -48,7 +50,7 @@ $$;
 -- Name: apply_early_delivery_statuses(); Type: FUNCTION; Schema: public; Owner: -
 --
 
-CREATE FUNCTION public.apply_early_delivery_statuses() RETURNS TABLE(applied integer, dropped integer)
+CREATE FUNCTION public.apply_early_delivery_statuses() RETURNS TABLE(applied integer, dropped integer, clamped integer)
     LANGUAGE plpgsql
     AS $$
 DECLARE
@@ -65,8 +67,9 @@ BEGIN
       INTO i, ids, s, ats
       FROM ready;
     applied := COALESCE(cardinality(i), 0);
+    clamped := 0;
     IF applied > 0 THEN
-        PERFORM apply_delivery_statuses(i, ids, s, ats);
+        SELECT a.clamped INTO clamped FROM apply_delivery_statuses(i, ids, s, ats) a;
     END IF;
     DELETE FROM delivery_updates_early WHERE received_at < now() - interval '10 minutes';
     GET DIAGNOSTICS dropped = ROW_COUNT;
@@ -78,7 +81,7 @@ $$;
 -- Name: apply_inbox_status_ids(bigint[]); Type: FUNCTION; Schema: public; Owner: -
 --
 
-CREATE FUNCTION public.apply_inbox_status_ids(p_ids bigint[]) RETURNS TABLE(taken integer, error_instances text[])
+CREATE FUNCTION public.apply_inbox_status_ids(p_ids bigint[]) RETURNS TABLE(taken integer, error_instances text[], clamped_future integer, clamped_before_send integer)
     LANGUAGE plpgsql
     AS $$
 DECLARE
@@ -89,16 +92,19 @@ BEGIN
          WHERE w.id IN (SELECT b.id FROM webhook_inbox b
                          WHERE b.id = ANY (p_ids) AND b.kind = 'status'
                            FOR UPDATE SKIP LOCKED)
-        RETURNING w.id, w.instance, w.provider_message_id, w.status, w.at
+        RETURNING w.id, w.instance, w.provider_message_id, w.status,
+                  LEAST(w.at, w.received_at) AS true_at, w.at > w.received_at AS ahead
     )
     SELECT array_agg(b.instance ORDER BY b.id), array_agg(b.provider_message_id ORDER BY b.id),
-           array_agg(b.status ORDER BY b.id), array_agg(b.at ORDER BY b.id),
-           array_agg(DISTINCT b.instance) FILTER (WHERE b.status = 'ERROR')
-      INTO i, ids, s, ats, error_instances
+           array_agg(b.status ORDER BY b.id), array_agg(b.true_at ORDER BY b.id),
+           array_agg(DISTINCT b.instance) FILTER (WHERE b.status = 'ERROR'),
+           count(*) FILTER (WHERE b.ahead)
+      INTO i, ids, s, ats, error_instances, clamped_future
       FROM batch b;
     taken := COALESCE(cardinality(i), 0);
+    clamped_before_send := 0;
     IF taken > 0 THEN
-        PERFORM apply_delivery_statuses(i, ids, s, ats);
+        SELECT a.clamped INTO clamped_before_send FROM apply_delivery_statuses(i, ids, s, ats) a;
     END IF;
     RETURN NEXT;
 END
@@ -108,12 +114,12 @@ $$;
 -- Name: apply_inbox_statuses(integer); Type: FUNCTION; Schema: public; Owner: -
 --
 
-CREATE FUNCTION public.apply_inbox_statuses(p_limit integer) RETURNS TABLE(taken integer, error_instances text[])
+CREATE FUNCTION public.apply_inbox_statuses(p_limit integer) RETURNS TABLE(taken integer, error_instances text[], clamped_future integer, clamped_before_send integer)
     LANGUAGE plpgsql
     AS $$
 BEGIN
     RETURN QUERY
-    SELECT a.taken, a.error_instances
+    SELECT a.taken, a.error_instances, a.clamped_future, a.clamped_before_send
       FROM apply_inbox_status_ids(ARRAY(SELECT b.id FROM webhook_inbox b
                                          WHERE b.kind = 'status' AND b.attempts = 0
                                          ORDER BY b.id
@@ -126,12 +132,13 @@ $$;
 -- Name: apply_reply(text[], boolean, timestamp with time zone); Type: FUNCTION; Schema: public; Owner: -
 --
 
-CREATE FUNCTION public.apply_reply(p_phones text[], p_opt_out boolean, p_at timestamp with time zone) RETURNS TABLE(lead_id uuid, skipped integer)
+CREATE FUNCTION public.apply_reply(p_phones text[], p_opt_out boolean, p_at timestamp with time zone) RETURNS TABLE(lead_id uuid, skipped integer, clamped boolean)
     LANGUAGE plpgsql
     AS $$
 DECLARE
     found uuid[];
     n integer;
+    last_sent timestamptz;
 BEGIN
     SELECT array_agg(l.id) INTO found
       FROM leads l
@@ -139,16 +146,23 @@ BEGIN
     IF found IS NULL THEN
         RETURN;
     END IF;
+    SELECT max(c.sent_at) INTO last_sent
+      FROM campaign_messages c
+     WHERE c.lead_id = ANY (found) AND c.sent_at IS NOT NULL;
     UPDATE leads l
-       SET last_reply_at = GREATEST(l.last_reply_at, p_at),
+       SET last_reply_at = GREATEST(l.last_reply_at, p_at, s.sent_at),
            opted_out = l.opted_out OR p_opt_out,
-           opted_out_at = CASE WHEN p_opt_out AND NOT l.opted_out THEN p_at
+           opted_out_at = CASE WHEN p_opt_out AND NOT l.opted_out THEN GREATEST(p_at, s.sent_at)
                                ELSE l.opted_out_at END,
            updated_at = now()
-     WHERE l.id = ANY (found);
+      FROM (SELECT f.id,
+                   (SELECT max(c.sent_at) FROM campaign_messages c
+                     WHERE c.lead_id = f.id AND c.sent_at IS NOT NULL) AS sent_at
+              FROM unnest(found) AS f(id)) s
+     WHERE l.id = s.id;
     UPDATE campaign_messages m
-       SET replied_at = p_at
-      FROM (SELECT DISTINCT ON (c.lead_id) c.id
+       SET replied_at = GREATEST(p_at, latest.sent_at)
+      FROM (SELECT DISTINCT ON (c.lead_id) c.id, c.sent_at
               FROM campaign_messages c
              WHERE c.lead_id = ANY (found) AND c.sent_at IS NOT NULL
              ORDER BY c.lead_id, c.sent_at DESC) latest
@@ -163,7 +177,9 @@ BEGIN
        AND (p_opt_out OR EXISTS (SELECT 1 FROM campaigns c
                                   WHERE c.id = m.campaign_id AND c.stop_on_reply));
     GET DIAGNOSTICS n = ROW_COUNT;
-    RETURN QUERY SELECT unnest(found), n;
+    -- Counted as clamped beyond a second: messageTimestamp has whole seconds, so a reply in the
+    -- second of the send reads as up to a second before it.
+    RETURN QUERY SELECT unnest(found), n, COALESCE(p_at < last_sent - interval '1 second', false);
 END
 $$;
 
@@ -171,12 +187,13 @@ $$;
 -- Name: apply_reply_v2(text[], text, boolean, timestamp with time zone, text, text); Type: FUNCTION; Schema: public; Owner: -
 --
 
-CREATE FUNCTION public.apply_reply_v2(p_phones text[], p_phone text, p_opt_out boolean, p_at timestamp with time zone, p_instance text, p_text text) RETURNS TABLE(lead_id uuid, reply_id uuid, skipped integer)
+CREATE FUNCTION public.apply_reply_v2(p_phones text[], p_phone text, p_opt_out boolean, p_at timestamp with time zone, p_instance text, p_text text) RETURNS TABLE(lead_id uuid, reply_id uuid, skipped integer, clamped boolean)
     LANGUAGE plpgsql
     AS $$
 DECLARE
     found uuid[];
     n integer := 0;
+    last_sent timestamptz;
 BEGIN
     SELECT array_agg(l.id) INTO found
       FROM leads l
@@ -184,16 +201,23 @@ BEGIN
     IF found IS NULL THEN
         RETURN;
     END IF;
+    SELECT max(c.sent_at) INTO last_sent
+      FROM campaign_messages c
+     WHERE c.lead_id = ANY (found) AND c.sent_at IS NOT NULL;
     UPDATE leads l
-       SET last_reply_at = GREATEST(l.last_reply_at, p_at),
+       SET last_reply_at = GREATEST(l.last_reply_at, p_at, s.sent_at),
            opted_out = l.opted_out OR p_opt_out,
-           opted_out_at = CASE WHEN p_opt_out AND NOT l.opted_out THEN p_at
+           opted_out_at = CASE WHEN p_opt_out AND NOT l.opted_out THEN GREATEST(p_at, s.sent_at)
                                ELSE l.opted_out_at END,
            updated_at = now()
-     WHERE l.id = ANY (found);
+      FROM (SELECT f.id,
+                   (SELECT max(c.sent_at) FROM campaign_messages c
+                     WHERE c.lead_id = f.id AND c.sent_at IS NOT NULL) AS sent_at
+              FROM unnest(found) AS f(id)) s
+     WHERE l.id = s.id;
     UPDATE campaign_messages m
-       SET replied_at = p_at
-      FROM (SELECT DISTINCT ON (c.lead_id) c.id
+       SET replied_at = GREATEST(p_at, latest.sent_at)
+      FROM (SELECT DISTINCT ON (c.lead_id) c.id, c.sent_at
               FROM campaign_messages c
              WHERE c.lead_id = ANY (found) AND c.sent_at IS NOT NULL
              ORDER BY c.lead_id, c.sent_at DESC) latest
@@ -207,16 +231,19 @@ BEGIN
          WHERE m.lead_id = ANY (found) AND m.status = 'pending' AND m.parts_sent = 0;
         GET DIAGNOSTICS n = ROW_COUNT;
     END IF;
+    -- Counted as clamped beyond a second: messageTimestamp has whole seconds, so a reply in the
+    -- second of the send reads as up to a second before it.
     RETURN QUERY
     INSERT INTO lead_replies AS r (lead_id, message_id, campaign_id, instance, phone, text,
                                    received_at, kind, classified_at)
-    SELECT f.id, latest.id, latest.campaign_id, p_instance, p_phone, COALESCE(p_text, ''), p_at,
+    SELECT f.id, latest.id, latest.campaign_id, p_instance, p_phone, COALESCE(p_text, ''),
+           GREATEST(p_at, latest.sent_at),
            CASE WHEN p_opt_out THEN 'opt_out' END, CASE WHEN p_opt_out THEN now() END
       FROM unnest(found) AS f(id)
-      LEFT JOIN LATERAL (SELECT c.id, c.campaign_id FROM campaign_messages c
+      LEFT JOIN LATERAL (SELECT c.id, c.campaign_id, c.sent_at FROM campaign_messages c
                           WHERE c.lead_id = f.id AND c.sent_at IS NOT NULL
                           ORDER BY c.sent_at DESC LIMIT 1) latest ON true
-    RETURNING r.lead_id, r.id, n;
+    RETURNING r.lead_id, r.id, n, COALESCE(p_at < last_sent - interval '1 second', false);
 END
 $$;
 
@@ -1310,8 +1337,10 @@ CREATE FUNCTION public.roll_up_delivery(p_message_ids uuid[]) RETURNS void
        SET delivered_at = COALESCE(m.delivered_at,
                                    CASE WHEN r.delivered >= GREATEST(jsonb_array_length(
                                                  COALESCE(m.parts, '[]'::jsonb)), 1)
-                                        THEN r.last_at END),
-           read_at = COALESCE(m.read_at, r.read_at),
+                                        THEN GREATEST(r.last_at, m.sent_at) END),
+           read_at = COALESCE(m.read_at,
+                              CASE WHEN r.read_at IS NOT NULL
+                                   THEN GREATEST(r.read_at, m.sent_at) END),
            delivery_error = COALESCE(m.delivery_error,
                                      CASE WHEN r.error_part IS NOT NULL
                                           THEN 'WhatsApp reported ERROR for part '
@@ -1906,6 +1935,12 @@ CREATE TABLE public.webhook_inbox (
 --
 
 COMMENT ON TABLE public.webhook_inbox IS 'webhook events acknowledged to Evolution and not applied yet (applied within moments)';
+
+--
+-- Name: COLUMN webhook_inbox.at; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.webhook_inbox.at IS 'the event''s own time (a reply''s messageTimestamp), else when the row was written';
 
 --
 -- Name: webhook_inbox_id_seq; Type: SEQUENCE; Schema: public; Owner: -

@@ -95,6 +95,9 @@ class FakeProviders:
     # secret it signs their JWT with (Evolution's `jwt_key` header option).
     webhook_url: str = ""
     webhook_secret: str = ""
+    # Seconds added to each webhook's `date_time`: Evolution writes the server's local time with
+    # a `Z` appended, so under its Dockerfile's TZ=America/Sao_Paulo it is -3 hours.
+    date_time_skew: float = 0.0
     # Post `send.message` after each accepted send, as Evolution does.
     emit_sent: bool = False
     # The next sends are delivered (and `send.message` posted when emit_sent) but answered 504
@@ -324,7 +327,7 @@ class FakeProviders:
     ) -> int:
         """Post one webhook to the listener as Evolution 2.3 does (body, JWT from `jwt_key`);
         returns the status it answered."""
-        body = webhook_body(event, data, instance=instance)
+        body = webhook_body(event, data, instance=instance, skew=self.date_time_skew)
         if headers is None:
             headers = {"Authorization": f"Bearer {sign_jwt(self.webhook_secret)}"}
         url = self.webhook_url

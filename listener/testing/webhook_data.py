@@ -5,18 +5,22 @@ event the listener reads (`messages.update`, `messages.upsert`, `send.message`,
 from __future__ import annotations
 
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 
-def webhook_body(event: str, data: Any, *, instance: str = "main") -> dict[str, Any]:
-    """A webhook body as Evolution 2.3 posts it."""
+def webhook_body(
+    event: str, data: Any, *, instance: str = "main", skew: float = 0.0
+) -> dict[str, Any]:
+    """A webhook body as Evolution 2.3 posts it (`skew`: seconds its `date_time` is off:
+    Evolution writes the server's local time with a `Z`, -3 h under TZ=America/Sao_Paulo)."""
+    date_time = datetime.now(UTC) + timedelta(seconds=skew)
     return {
         "event": event,
         "instance": instance,
         "data": data,
         "destination": "http://listener/webhooks/evolution",
-        "date_time": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        "date_time": date_time.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
         "sender": "5511900000000@s.whatsapp.net",
         "server_url": "http://evolution:8080",
         "apikey": "INSTANCE-TOKEN",
@@ -37,10 +41,15 @@ def status_data(key_id: str, status: str, number: str = "5511900000001") -> dict
 
 
 def reply_data(
-    number: str, text: str, *, lid: bool = False, key_id: str = "3EB0REPLY"
+    number: str,
+    text: str,
+    *,
+    lid: bool = False,
+    key_id: str = "3EB0REPLY",
+    timestamp: Any = None,
 ) -> dict[str, Any]:
     """`messages.upsert` data of a lead writing to us (`@lid` chats carry the number in
-    `remoteJidAlt`)."""
+    `remoteJidAlt`); `timestamp`: its `messageTimestamp` (default: now, epoch seconds)."""
     key: dict[str, Any] = {"remoteJid": f"{number}@s.whatsapp.net", "fromMe": False, "id": key_id}
     if lid:
         key = {
@@ -55,7 +64,7 @@ def reply_data(
         "status": "DELIVERY_ACK",
         "message": {"conversation": text},
         "messageType": "conversation",
-        "messageTimestamp": int(time.time()),
+        "messageTimestamp": int(time.time()) if timestamp is None else timestamp,
         "instanceId": "0b1c2d3e",
         "source": "android",
     }

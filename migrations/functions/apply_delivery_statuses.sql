@@ -1,12 +1,15 @@
 -- Apply a batch of `messages.update` statuses: forward only, ERROR final, each idempotent (a
--- retried event changes nothing). Updates for parts not recorded yet are kept in
--- delivery_updates_early. The parts' messages get their roll-up. Returns how many parts moved.
+-- retried event changes nothing), a part's status_at never before the part was sent (a status
+-- received before its part was recorded, or with a clock behind). Updates for parts not recorded
+-- yet are kept in delivery_updates_early. The parts' messages get their roll-up. Returns how
+-- many messages moved and how many times were moved up to their part's send.
 CREATE OR REPLACE FUNCTION apply_delivery_statuses(
     p_instances text[], p_ids text[], p_statuses text[], p_ats timestamptz[]
-) RETURNS integer
+) RETURNS TABLE (moved integer, clamped integer)
 LANGUAGE plpgsql AS $$
 DECLARE
-    moved uuid[];
+    moved_ids uuid[];
+    before_send integer;
 BEGIN
     WITH v AS (
         SELECT DISTINCT ON (u.instance, u.id) u.instance, u.id, u.status, u.at
@@ -15,11 +18,11 @@ BEGIN
          ORDER BY u.instance, u.id, delivery_rank(u.status) DESC, u.at
     ), upd AS (
         UPDATE message_parts p
-           SET status = v.status, status_at = v.at
+           SET status = v.status, status_at = GREATEST(v.at, p.sent_at)
           FROM v
          WHERE p.instance = v.instance AND p.provider_message_id = v.id
            AND p.status <> 'ERROR' AND delivery_rank(v.status) > delivery_rank(p.status)
-        RETURNING p.message_id
+        RETURNING p.message_id, v.at < p.sent_at AS early_time
     ), early AS (
         INSERT INTO delivery_updates_early AS e (instance, provider_message_id, status, status_at)
         SELECT v.instance, v.id, v.status, v.at
@@ -30,11 +33,12 @@ BEGIN
            SET status = excluded.status, status_at = excluded.status_at
          WHERE e.status <> 'ERROR' AND delivery_rank(excluded.status) > delivery_rank(e.status)
     )
-    SELECT array_agg(DISTINCT message_id) INTO moved FROM upd;
-    IF moved IS NULL THEN
-        RETURN 0;
+    SELECT array_agg(DISTINCT upd.message_id), count(*) FILTER (WHERE upd.early_time)
+      INTO moved_ids, before_send
+      FROM upd;
+    IF moved_ids IS NOT NULL THEN
+        PERFORM roll_up_delivery(moved_ids);
     END IF;
-    PERFORM roll_up_delivery(moved);
-    RETURN cardinality(moved);
+    RETURN QUERY SELECT COALESCE(cardinality(moved_ids), 0), COALESCE(before_send, 0);
 END
 $$;

@@ -1,7 +1,8 @@
 -- Apply the kept updates whose part is now recorded; drop the ones older than 10 minutes.
--- Returns (applied, dropped).
+-- Returns (applied, dropped, clamped): clamped, the times moved up to their part's send (an
+-- update that outran its part's record was received before it).
 CREATE OR REPLACE FUNCTION apply_early_delivery_statuses()
-RETURNS TABLE (applied integer, dropped integer)
+RETURNS TABLE (applied integer, dropped integer, clamped integer)
 LANGUAGE plpgsql AS $$
 DECLARE
     i text[]; ids text[]; s text[]; ats timestamptz[];
@@ -17,8 +18,9 @@ BEGIN
       INTO i, ids, s, ats
       FROM ready;
     applied := COALESCE(cardinality(i), 0);
+    clamped := 0;
     IF applied > 0 THEN
-        PERFORM apply_delivery_statuses(i, ids, s, ats);
+        SELECT a.clamped INTO clamped FROM apply_delivery_statuses(i, ids, s, ats) a;
     END IF;
     DELETE FROM delivery_updates_early WHERE received_at < now() - interval '10 minutes';
     GET DIAGNOSTICS dropped = ROW_COUNT;

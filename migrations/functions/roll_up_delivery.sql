@@ -1,5 +1,7 @@
 -- The messages' roll-up from their parts: delivered when every part is DELIVERY_ACK or later,
--- read when any part is READ or PLAYED, the error of a part that reported ERROR. Set once.
+-- read when any part is READ or PLAYED, the error of a part that reported ERROR. Set once. The
+-- times are never before the message's own sent_at (a message of several parts is sent when its
+-- last part is recorded; its first may be read before).
 CREATE OR REPLACE FUNCTION roll_up_delivery(p_message_ids uuid[]) RETURNS void
 LANGUAGE sql AS $$
     WITH locked AS (
@@ -20,8 +22,10 @@ LANGUAGE sql AS $$
        SET delivered_at = COALESCE(m.delivered_at,
                                    CASE WHEN r.delivered >= GREATEST(jsonb_array_length(
                                                  COALESCE(m.parts, '[]'::jsonb)), 1)
-                                        THEN r.last_at END),
-           read_at = COALESCE(m.read_at, r.read_at),
+                                        THEN GREATEST(r.last_at, m.sent_at) END),
+           read_at = COALESCE(m.read_at,
+                              CASE WHEN r.read_at IS NOT NULL
+                                   THEN GREATEST(r.read_at, m.sent_at) END),
            delivery_error = COALESCE(m.delivery_error,
                                      CASE WHEN r.error_part IS NOT NULL
                                           THEN 'WhatsApp reported ERROR for part '

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime
 
 import pytest
 
@@ -14,6 +15,7 @@ from listener.feedback import (
     SentEvent,
     StatusUpdate,
     authorized,
+    epoch_time,
     event_name,
     fold,
     is_opt_out,
@@ -123,3 +125,26 @@ def test_brazilian_numbers_with_and_without_the_ninth_digit() -> None:
     assert phone_forms("551187654321") == ("551187654321", "5511987654321")
     assert phone_forms("551132654321") == ("551132654321",)  # a landline has no ninth digit
     assert phone_forms("14155550100") == ("14155550100",)
+
+
+def test_event_times_come_from_message_timestamp_never_from_date_time() -> None:
+    # Evolution's date_time is local time with a Z (three hours early under its TZ): not read.
+    body = webhook_body(
+        "messages.upsert", reply_data("5511987654321", "Oi", timestamp=1_800_000_000), skew=-10800
+    )
+    [reply] = parse(body)
+    assert isinstance(reply, Reply)
+    assert reply.at == datetime.fromtimestamp(1_800_000_000, UTC)
+    [status] = parse(webhook_body("messages.update", status_data("ID1", "READ"), skew=-10800))
+    assert isinstance(status, StatusUpdate) and not hasattr(status, "at")  # at its receipt
+
+
+def test_message_timestamps_in_every_shape_evolution_sends() -> None:
+    moment = datetime.fromtimestamp(1_800_000_000, UTC)
+    assert epoch_time(1_800_000_000) == moment
+    assert epoch_time("1800000000") == moment
+    assert epoch_time({"low": 1_800_000_000, "high": 0, "unsigned": False}) == moment
+    # A Long whose low word reads as a negative int32.
+    assert epoch_time({"low": -1_294_967_296, "high": 0}) == datetime.fromtimestamp(3e9, UTC)
+    for bad in (None, True, "", "soon", -5, 0, 1e15, {"low": "x"}, [1]):
+        assert epoch_time(bad) is None
