@@ -7,13 +7,8 @@
 -- receipt is taken as the receipt, and a time before the part (for a reply: the lead's latest
 -- message) was sent as that send; the receiver counts both (listener_event_times_clamped_total).
 --
--- The functions that apply the inbox now also say how many times they clamped: their result
--- types change, so the old signatures are dropped here and migrations/functions/ creates the new
--- ones right after (callers read their columns by name, so a listener of the previous release
--- goes on working with them).
+-- The functions that apply the inbox now also say how many times they clamped: their files in
+-- migrations/functions/ drop a definition with the earlier result type before creating theirs
+-- (callers read the columns by name, so a listener of the previous release goes on working).
 COMMENT ON COLUMN webhook_inbox.at IS
     'the event''s own time (a reply''s messageTimestamp), else when the row was written';
-DROP FUNCTION IF EXISTS apply_delivery_statuses(text[], text[], text[], timestamptz[]);
-DROP FUNCTION IF EXISTS apply_inbox_statuses(integer);
-DROP FUNCTION IF EXISTS apply_early_delivery_statuses();
-DROP FUNCTION IF EXISTS apply_reply(text[], boolean, timestamptz);

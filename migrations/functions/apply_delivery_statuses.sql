@@ -3,6 +3,17 @@
 -- received before its part was recorded, or with a clock behind). Updates for parts not recorded
 -- yet are kept in delivery_updates_early. The parts' messages get their roll-up. Returns how
 -- many messages moved and how many times were moved up to their part's send.
+-- Its result gained a column in 0019 (how many times were clamped); CREATE OR REPLACE cannot
+-- change a result type, so a definition with another one is dropped first.
+DO $$
+BEGIN
+    IF pg_get_function_result(
+           to_regprocedure('apply_delivery_statuses(text[], text[], text[], timestamptz[])'))
+       <> 'TABLE(moved integer, clamped integer)' THEN
+        DROP FUNCTION apply_delivery_statuses(text[], text[], text[], timestamptz[]);
+    END IF;
+END
+$$;
 CREATE OR REPLACE FUNCTION apply_delivery_statuses(
     p_instances text[], p_ids text[], p_statuses text[], p_ats timestamptz[]
 ) RETURNS TABLE (moved integer, clamped integer)

@@ -1,6 +1,17 @@
 -- Apply the kept updates whose part is now recorded; drop the ones older than 10 minutes.
 -- Returns (applied, dropped, clamped): clamped, the times moved up to their part's send (an
 -- update that outran its part's record was received before it).
+-- Its result gained a column in 0019 (how many times were clamped); CREATE OR REPLACE cannot
+-- change a result type, so a definition with another one is dropped first.
+DO $$
+BEGIN
+    IF pg_get_function_result(
+           to_regprocedure('apply_early_delivery_statuses()'))
+       <> 'TABLE(applied integer, dropped integer, clamped integer)' THEN
+        DROP FUNCTION apply_early_delivery_statuses();
+    END IF;
+END
+$$;
 CREATE OR REPLACE FUNCTION apply_early_delivery_statuses()
 RETURNS TABLE (applied integer, dropped integer, clamped integer)
 LANGUAGE plpgsql AS $$

@@ -5,6 +5,17 @@
 -- begun sending finish. Idempotent for a retried event. The times it sets (last_reply_at,
 -- replied_at, opted_out_at) are never before the lead's latest message was sent. Returns the
 -- lead, how many it skipped, and whether `p_at` was before that send (no row: no such lead).
+-- Its result gained a column in 0019 (how many times were clamped); CREATE OR REPLACE cannot
+-- change a result type, so a definition with another one is dropped first.
+DO $$
+BEGIN
+    IF pg_get_function_result(
+           to_regprocedure('apply_reply(text[], boolean, timestamptz)'))
+       <> 'TABLE(lead_id uuid, skipped integer, clamped boolean)' THEN
+        DROP FUNCTION apply_reply(text[], boolean, timestamptz);
+    END IF;
+END
+$$;
 CREATE OR REPLACE FUNCTION apply_reply(p_phones text[], p_opt_out boolean, p_at timestamptz)
 RETURNS TABLE (lead_id uuid, skipped integer, clamped boolean)
 LANGUAGE plpgsql AS $$
