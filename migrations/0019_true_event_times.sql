@@ -1,4 +1,4 @@
--- listener 0019: event times from a true clock (issue 22). Evolution builds a webhook's
+-- listener 0019: event times from a true clock. Evolution builds a webhook's
 -- `date_time` as the server's local time with a `Z` appended (channel.service.ts), and its own
 -- Dockerfile sets TZ=America/Sao_Paulo: three hours early. Taken as it came, it put deliveries,
 -- reads, replies and opt-outs before their send, and the funnel's times below zero. The receiver
