@@ -29,8 +29,10 @@ MAX_STATE = 32
 # WhatsApp's own limit on a text message.
 MAX_TEXT = 65_536
 # Event times outside [EARLIEST, now + AHEAD] are not times a phone reported: Postgres would
-# store the year 1 +14:00 as a BC date that no client can read back. A day ahead covers a
-# server clock in another zone (Evolution appends `Z` to its local time).
+# store the year 1 +14:00 as a BC date that no client can read back. A reply's own time
+# (`messageTimestamp`) outside them is not used: the reply is at its receipt (a status has no
+# time of its own; Evolution's `date_time` is never read). One up to a day ahead is kept, and
+# clamped to its receipt when it is applied (and counted).
 EARLIEST = datetime(2015, 1, 1, tzinfo=UTC)
 AHEAD = timedelta(days=1)
 # Outside text in a log line or a metric label is cut to this.
@@ -86,15 +88,15 @@ def _bounded(value: str, limit: int, what: str) -> str:
 
 def check_events(events: list[Event], now: datetime | None = None) -> list[Event]:
     """The events cleaned of what Postgres cannot store (NUL, lone surrogates), or BadEvent
-    when one is out of bounds (an id, an instance, digits or a text too long, a time out of
-    range): refused at the door, it is never acknowledged and so never blocks the inbox."""
+    when one is out of bounds (an id, an instance, digits or a text too long): refused at the
+    door, it is never acknowledged and so never blocks the inbox. A reply's own time out of
+    range is dropped instead (the reply is kept, at its receipt: an opt-out is never lost for
+    a clock)."""
     now = now or datetime.now(UTC)
     checked: list[Event] = []
     for event in events:
         instance = _bounded(event.instance, MAX_INSTANCE, "`instance`")
         if isinstance(event, StatusUpdate):
-            if not sane_time(event.at, now):
-                raise BadEvent("an event time out of range")
             checked.append(
                 dataclasses.replace(
                     event,
@@ -103,12 +105,11 @@ def check_events(events: list[Event], now: datetime | None = None) -> list[Event
                 )
             )
         elif isinstance(event, Reply):
-            if not sane_time(event.at, now):
-                raise BadEvent("an event time out of range")
+            at = event.at if event.at is None or sane_time(event.at, now) else None
             if any(len(phone) > MAX_DIGITS for phone in event.phones):
                 raise BadEvent(f"`remoteJid` longer than {MAX_DIGITS} digits")
             text = _bounded(event.text, MAX_TEXT, "the message text")
-            checked.append(dataclasses.replace(event, instance=instance, text=text))
+            checked.append(dataclasses.replace(event, instance=instance, text=text, at=at))
         elif isinstance(event, SentEvent):
             if len(event.number) > MAX_DIGITS:
                 raise BadEvent(f"`remoteJid` longer than {MAX_DIGITS} digits")

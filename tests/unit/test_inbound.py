@@ -62,14 +62,18 @@ def test_event_times_in_a_sane_range(at: datetime, sane: bool) -> None:
 
 
 def test_events_out_of_bounds_are_refused_and_the_rest_cleaned() -> None:
-    good = StatusUpdate("ma\x00in", "3EB0\udc00", "READ", NOW)
-    assert check_events([good], NOW) == [StatusUpdate("main", "3EB0\ufffd", "READ", NOW)]
+    good = StatusUpdate("ma\x00in", "3EB0\udc00", "READ")
+    assert check_events([good], NOW) == [StatusUpdate("main", "3EB0\ufffd", "READ")]
+    # A reply's own time no phone reported is dropped (at its receipt), the reply kept.
     year_one = datetime(1, 1, 1, tzinfo=timezone(timedelta(hours=14)))
+    for at in (year_one, NOW + timedelta(days=2)):
+        reply = Reply("main", ("5511987654321",), "Sair", at)
+        assert check_events([reply], NOW) == [Reply("main", ("5511987654321",), "Sair", None)]
+    ahead = Reply("main", ("5511987654321",), "Sair", NOW + timedelta(hours=3))
+    assert check_events([ahead], NOW) == [ahead]  # clamped when applied, and counted
     for bad in (
-        StatusUpdate("main", "K" * 12_000, "READ", NOW),
-        StatusUpdate("i" * 200_000, "3EB0", "READ", NOW),
-        StatusUpdate("main", "3EB0", "READ", year_one),
-        Reply("main", ("5511987654321",), "Sair", year_one),
+        StatusUpdate("main", "K" * 12_000, "READ"),
+        StatusUpdate("i" * 200_000, "3EB0", "READ"),
         Reply("main", ("9" * 40,), "Sair", NOW),
         Reply("main", ("5511987654321",), "x" * 70_000, NOW),
         SentEvent("main", "3EB0", "9" * 40, "hi"),
