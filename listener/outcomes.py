@@ -24,6 +24,7 @@ from listener.errors import (
     DataRefusedError,
     EmptyReplyError,
     HoldBackError,
+    InstanceClosedError,
     InstanceMissingError,
     PermanentProviderError,
     ProviderError,
@@ -116,7 +117,10 @@ def outcome(error: BaseException, job: Job, settings: Settings, now: datetime) -
     if isinstance(error, MustWait):
         return _defer(job, error.wait)
     if isinstance(error, InstanceMissingError):
-        return _defer(job, Wait(now + settings.instance_recheck, "instance down"))
+        # Evolution's 404 (a mistyped name, a deleted instance) is not a disconnected number.
+        closed = isinstance(error, InstanceClosedError)
+        reason = "instance down" if closed else "unknown to Evolution"
+        return _defer(job, Wait(now + settings.instance_recheck, reason))
     if isinstance(error, GateClosed):
         return _hold(job, now, error.seconds, error.reason, "held back")
     if isinstance(error, RateLimitedError | HoldBackError):

@@ -164,10 +164,13 @@ class InstanceHealth:
         return await self.state(instance) not in ("open", "unknown")
 
     def wait_reason(self, instance: str) -> str:
-        """Why a held instance's messages wait: restricted by WhatsApp, or not connected."""
+        """Why a held instance's messages wait: restricted by WhatsApp, unknown to Evolution
+        (its 404: a mistyped name, a deleted instance), or not connected."""
         cached = self._cache.get(instance)
-        restricted = cached is not None and cached[0].startswith("restricted")
-        return "instance restricted" if restricted else "instance down"
+        state = cached[0] if cached is not None else ""
+        if state.startswith("restricted"):
+            return "instance restricted"
+        return "unknown to Evolution" if state == "missing" else "instance down"
 
     def hold(self, instance: str, state: str, seconds: float) -> bool:
         """Hold the instance in `state` for `seconds`, whatever its connection says; False
@@ -195,7 +198,9 @@ class InstanceHealth:
             log.error(
                 "sender instance %s is %s: holding its messages until it reconnects",
                 instance,
-                state,
+                "unknown to Evolution (404: a mistyped name or a deleted instance)"
+                if state == "missing"
+                else state,
                 extra={"action": "instance_down", "instance": instance, "state": state},
             )
         elif not down and instance in self._down:

@@ -56,6 +56,7 @@ QUIET_WAITS = frozenset(
     {
         "instance down",
         "instance restricted",
+        "unknown to Evolution",
         "no sender",
         "sender cap",
         "gap",
@@ -72,6 +73,10 @@ _SPREAD_AGAIN = timedelta(minutes=1)
 CAMPAIGN_HOLDS = frozenset({"window", "cap", "budget"})
 
 _UP = ("open", "unknown")
+
+UNKNOWN_TO_EVOLUTION = "unknown to Evolution"
+#: Why a number is held: not connected, restricted by WhatsApp, or unknown to Evolution (404).
+NUMBER_HOLDS = ("instance down", "instance restricted", UNKNOWN_TO_EVOLUTION)
 _AT_ONCE: contextlib.AbstractAsyncContextManager[None] = contextlib.nullcontext()
 
 
@@ -247,7 +252,7 @@ class Senders:
         one to be back (a listener makes its messages due then), logged once."""
         now = datetime.now(UTC)
         reason = reason or "no sender"
-        if reason in ("no sender", "instance down", "instance restricted"):
+        if reason in ("no sender", *NUMBER_HOLDS):
             until = now + BACKSTOP
             self._once(
                 ("pool", tuple(pool), reason),
@@ -366,7 +371,7 @@ class Senders:
         """`listener_sender_held`: 1 under the hold's reason; 0 under every reason when back."""
         if self.metrics is None:
             return
-        for why in (reason,) if reason is not None else ("instance down", "instance restricted"):
+        for why in (reason,) if reason is not None else NUMBER_HOLDS:
             self.metrics.sender_held.labels(instance=name, reason=why).set(value)
 
     async def recheck(self) -> None:
@@ -379,6 +384,13 @@ class Senders:
                 continue  # a timed hold of this listener (a restriction): asked when it ends
             self.health.forget(name)
             if await self.health.state(name) not in _UP:
+                # Still down: the stored reason follows what is true now (a number held as
+                # restricted that Evolution now answers 404 for was deleted, and the other way
+                # round); a restriction that reads `close` stays a restriction.
+                now = self.health.wait_reason(name)
+                if now != reason and UNKNOWN_TO_EVOLUTION in (now, reason):
+                    self._gauge(name, 0)
+                    await self.hold(name, fresh=True)
                 continue
             self._held.pop(name, None)
             woken = await self.store.release_sender(name)

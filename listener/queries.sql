@@ -522,7 +522,8 @@ SELECT campaign_id, reason, until FROM taken
 -- stats_senders --
 -- Per number: today's and this hour's sends (its campaigns' time zone, as its caps count them)
 -- against its caps and warm-up, its next free slot and its state, for every number a campaign
--- that is not archived names, every number with limits, and every held one.
+-- that is not archived names, every number with limits, and every held one. `seen_up`: it sent
+-- within a day, or was found back after a hold (no listener writes down a state read `open`).
 WITH names AS (
     SELECT DISTINCT unnest(listener_pool_of(c, %(default_instance)s)) AS name
       FROM campaigns c WHERE c.status <> 'archived'
@@ -538,7 +539,8 @@ SELECT l.name AS instance, sent.today AS sent_today, sent.hour AS sent_hour,
        CASE WHEN r.reason IS NOT NULL THEN r.free_at END AS cap_until,
        s.daily_cap, s.warmup_started_on, COALESCE(s.enabled, true) AS enabled,
        CASE WHEN i.next_send_at > now() THEN i.next_send_at END AS next_slot,
-       i.held_reason, i.held_since, i.held_until, sent.last_day AS sent_last_day
+       i.held_reason, i.held_since, i.held_until, sent.last_day AS sent_last_day,
+       (sent.last_day > 0 OR i.released_at > now() - interval '1 day') AS seen_up
   FROM local l
   LEFT JOIN sender_instances s ON s.name = l.name
   LEFT JOIN listener_instances i ON i.instance = l.name

@@ -137,7 +137,8 @@ class ModelAnswers:
 class SenderNumber:
     """One sender instance (WhatsApp number): today's sends against its caps and warm-up,
     its next free slot, and its state (`open`, `held` with why and until when, `disabled`,
-    `capped` until its cap opens again)."""
+    `capped` until its cap opens again, `unknown`: not held, but nothing says it is connected:
+    it has not sent within a day nor been found back after a hold, e.g. a number never used)."""
 
     instance: str
     state: str
@@ -166,8 +167,10 @@ def _sender(row: dict[str, Any]) -> SenderNumber:
         state, reason, until = "disabled", None, None
     elif row["cap_until"] is not None:
         state, reason, until = "capped", "sender cap", row["cap_until"]
-    else:
+    elif row["seen_up"]:
         state, reason, until = "open", None, None
+    else:
+        state, reason, until = "unknown", None, None
     day_cap = row["day_cap"]
     warming = (
         row["warmup_started_on"] is not None

@@ -952,7 +952,8 @@ BEGIN
            updated_at = now()
      WHERE instance = p_instance;
     RETURN listener_wake_sender(p_instance, p_default,
-                                ARRAY['instance down', 'instance restricted', 'no sender'], p_at);
+                                ARRAY['instance down', 'instance restricted',
+                                      'unknown to Evolution', 'no sender'], p_at);
 END
 $$;
 

@@ -129,16 +129,23 @@ class EvolutionSender:
     ) -> str | None:
         """A part whose send got no answer, looked up on Evolution: the id of a message we sent
         to one of `numbers` with exactly `text` since `since`, or None. `findMessages` has no
-        text filter: the newest 50 messages to each number are compared here."""
+        text filter: the newest 50 messages to each number are compared here.
+
+        A send to a number Evolution knows by its `@lid` is stored under the lid
+        (`sendMessageWithTyping` sends to the JID its WhatsApp check cached, and the message is
+        kept with Baileys' key as it came): Evolution's `fetchMessages` matches `key.remoteJid`
+        OR `key.remoteJidAlt`, so the number is asked in both. Each record found must name the
+        number in one of them (a record under a bare lid cannot be told apart: not taken)."""
         path = f"/chat/findMessages/{quote(instance, safe='')}"
         for number in numbers:
+            jid = f"{number}@s.whatsapp.net"
             body = {
-                "where": {"key": {"remoteJid": f"{number}@s.whatsapp.net", "fromMe": True}},
+                "where": {"key": {"remoteJid": jid, "remoteJidAlt": jid, "fromMe": True}},
                 "page": 1,
                 "offset": 50,
             }
             _, payload = await self._ask("POST", path, body=body, number=number)
-            found = _found(payload, text, since.timestamp())
+            found = _found(payload, text, since.timestamp(), numbers)
             if found is not None:
                 return found
         return None
@@ -261,9 +268,10 @@ class EvolutionSender:
         return error
 
 
-def _found(payload: Any, text: str, since: float) -> str | None:
-    """The id of the newest record of a findMessages answer with exactly `text`, sent at or
-    after `since` (epoch seconds)."""
+def _found(payload: Any, text: str, since: float, numbers: tuple[str, ...]) -> str | None:
+    """The id of the newest record of a findMessages answer to one of `numbers` (its
+    `key.remoteJid` or `key.remoteJidAlt`) with exactly `text`, sent at or after `since`
+    (epoch seconds)."""
     messages = payload.get("messages") if isinstance(payload, dict) else None
     records = messages.get("records") if isinstance(messages, dict) else None
     if not isinstance(records, list):
@@ -274,6 +282,10 @@ def _found(payload: Any, text: str, since: float) -> str | None:
         key, message = record.get("key"), record.get("message")
         if not isinstance(key, dict) or not isinstance(message, dict):
             continue
+        if not {_jid_number(key.get("remoteJid")), _jid_number(key.get("remoteJidAlt"))} & set(
+            numbers
+        ):
+            continue  # another chat (or a bare lid, which names no number)
         body = message.get("conversation")
         if not isinstance(body, str):
             extended = message.get("extendedTextMessage")
@@ -326,6 +338,14 @@ _NOT_READY = re.compile(
     r"|^(?:typeerror: )?cannot read propert(?:y|ies) of (?:undefined|null) \(reading "
     r"'(?:onwhatsapp|presencesubscribe|sendpresenceupdate|relaymessage|sendmessage|textmessage)'\)$"
 )
+
+
+def _jid_number(jid: Any) -> str:
+    """The digits of a phone JID (`5511...@s.whatsapp.net`, a device suffix dropped); "" for
+    anything else (a lid, a group)."""
+    if not isinstance(jid, str) or not jid.endswith("@s.whatsapp.net"):
+        return ""
+    return jid.split("@", 1)[0].split(":", 1)[0]
 
 
 def _connection_closed(payload: Any) -> bool:

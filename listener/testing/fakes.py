@@ -17,7 +17,14 @@ from aiohttp import web
 
 from listener.feedback import sign_jwt
 from listener.providers.classify import rules_kind
-from listener.testing.replies import UNREADY, Reply, Seen, completion, write_reply
+from listener.testing.replies import (
+    UNREADY,
+    Reply,
+    Seen,
+    completion,
+    not_found,
+    write_reply,
+)
 from listener.testing.webhook_data import sent_data, webhook_body
 
 # What the recording middleware keeps on each request for the handlers: when it arrived
@@ -69,6 +76,9 @@ class FakeProviders:
     # Instances that cannot send now, by how (UNREADY's keys): their sends and connectionState
     # answer as Evolution 2.3.7 does for them (`states` still overrides the connectionState).
     unready: dict[str, str] = field(default_factory=dict)
+    # Instances Evolution does not know (a mistyped name, a deleted instance): their sends and
+    # connectionState answer its 404 (`states` still overrides the connectionState).
+    missing: set[str] = field(default_factory=set)
     # connectionState calls per instance.
     state_calls: dict[str, int] = field(default_factory=dict)
     reply_parts: int = 1
@@ -110,6 +120,9 @@ class FakeProviders:
     find_requests: list[dict[str, Any]] = field(default_factory=list)
     # What findMessages finds: the accepted sends (newest first) unless `find_nothing`.
     find_nothing: bool = False
+    # Numbers Evolution knows by a lid (number -> lid digits): their sends are stored under
+    # `key.remoteJid` "<lid>@lid", with the number in `key.remoteJidAlt`.
+    lid_chats: dict[str, str] = field(default_factory=dict)
     # What a default LLM answer reports: the model that answered (None: the request's `model`)
     # and, when the request asks for it (`usage.include`), this usage.
     answer_model: str | None = None
@@ -251,6 +264,8 @@ class FakeProviders:
         if delay:
             await asyncio.sleep(delay)
         instance = request.match_info["instance"]
+        if reply is None and instance in self.missing:
+            reply = not_found(instance)
         if reply is None and instance in self.unready:
             reply = UNREADY[self.unready[instance]][0]
         if reply is not None and reply.given():
@@ -297,20 +312,29 @@ class FakeProviders:
     async def _find_messages(self, request: web.Request) -> web.Response:
         body = request[_BODY]
         self.find_requests.append(body)
-        jid = body["where"]["key"]["remoteJid"]
-        records = (
-            []
-            if self.find_nothing
-            else [
-                {
-                    "key": {"id": s["id"], "remoteJid": jid, "fromMe": True},
-                    "message": {"conversation": s["text"]},
-                    "messageTimestamp": s["timestamp"],
+        where = body["where"]["key"]
+        records = []
+        for s in [] if self.find_nothing else reversed(self.accepted()):
+            phone = f"{s['number']}@s.whatsapp.net"
+            key: dict[str, Any] = {"id": s["id"], "remoteJid": phone, "fromMe": True}
+            if s["number"] in self.lid_chats:
+                key = {
+                    **key,
+                    "remoteJid": f"{self.lid_chats[s['number']]}@lid",
+                    "remoteJidAlt": phone,
                 }
-                for s in reversed(self.accepted())
-                if f"{s['number']}@s.whatsapp.net" == jid
-            ]
-        )
+            # Evolution's fetchMessages: remoteJid OR remoteJidAlt, each when asked.
+            if any(
+                where.get(name) and key.get(name) == where[name]
+                for name in ("remoteJid", "remoteJidAlt")
+            ):
+                records.append(
+                    {
+                        "key": key,
+                        "message": {"conversation": s["text"]},
+                        "messageTimestamp": s["timestamp"],
+                    }
+                )
         return web.json_response(
             {"messages": {"total": len(records), "pages": 1, "currentPage": 1, "records": records}}
         )
@@ -345,10 +369,12 @@ class FakeProviders:
             self.webhook_posts.append((response.status, body))
             return response.status
 
-    async def _state(self, request: web.Request) -> web.Response:
+    async def _state(self, request: web.Request) -> web.StreamResponse:
         self.state_checks += 1
         name = request.match_info["instance"]
         self.state_calls[name] = self.state_calls.get(name, 0) + 1
+        if name in self.missing and name not in self.states:
+            return await write_reply(request, not_found(name))
         inner: dict[str, Any] = {"instanceName": name}
         state: str | None = self.states.get(name, self.state)
         if name in self.unready and name not in self.states:

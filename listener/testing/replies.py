@@ -94,6 +94,12 @@ def evolution_error(status: int, message: str) -> Reply:
     return Reply(status, body)
 
 
+def not_found(instance: str) -> Reply:
+    """Evolution 2.3.7's answer for an instance it does not know (instance.guard.ts)."""
+    message = f'The "{instance}" instance does not exist'
+    return Reply(404, {"status": 404, "error": "Not Found", "response": {"message": [message]}})
+
+
 # What Evolution 2.3.7 answers for an instance that cannot send (whatsapp.baileys.service.ts),
 # by how: (the sendText answer, the connectionState `state`, None when it has none).
 UNREADY: dict[str, tuple[Reply, str | None]] = {

@@ -15,7 +15,8 @@ from listener.web.snapshot import Snapshot, instance_names
 #: The wait reasons in the order the page lists them; others (from later migrations) follow.
 REASON_ORDER = (
     "in flight", "due", "retry", "scheduled", "paused", "window", "cap", "gap",
-    "instance down", "instance restricted", "no sender", "budget", "rate limit", "held back",
+    "instance down", "instance restricted", "unknown to Evolution", "no sender", "budget",
+    "rate limit", "held back",
 )  # fmt: skip
 REASON_HELP = {
     "in flight": "being worked on now",
@@ -28,12 +29,19 @@ REASON_HELP = {
     "gap": "waiting for the instance's gap",
     "instance down": "the sender instance is disconnected",
     "instance restricted": "the sender instance is restricted",
+    "unknown to Evolution": "Evolution does not know the instance (a mistyped or deleted name)",
     "no sender": "no healthy number in the pool",
     "budget": "the campaign's budget is spent",
     "rate limit": "a provider asked to slow down",
     "held back": "a provider refused (credentials, credits)",
 }
-_BAD_REASONS = ("instance down", "instance restricted", "no sender", "held back")
+_BAD_REASONS = (
+    "instance down",
+    "instance restricted",
+    "unknown to Evolution",
+    "no sender",
+    "held back",
+)
 #: The funnel's columns, in order.
 FUNNEL_COLUMNS = ("sent", "delivered", "read", "replied", "opted_out", "errors")
 
@@ -194,7 +202,7 @@ def instance_rows(s: Snapshot) -> list[dict[str, Any]]:
     held: dict[str, dict[str, int]] = {}
     for c in s.campaigns:
         instance = c["instance"] or default
-        for reason in ("gap", "instance down", "instance restricted"):
+        for reason in ("gap", "instance down", "instance restricted", "unknown to Evolution"):
             wait = s.waiting.get(c["id"], {}).get(reason)
             if instance and wait:
                 bucket = held.setdefault(instance, {})

@@ -4,6 +4,7 @@ Evolution's skewed `date_time`, and the smaller points."""
 
 from __future__ import annotations
 
+import json
 import time
 from datetime import timedelta
 from typing import Any
@@ -11,9 +12,17 @@ from typing import Any
 import psycopg
 import pytest
 
+from listener.cli import entry
 from listener.daemon import Daemon
 from listener.stats import collect_stats
-from listener.testing import UNREADY, http_settings, reply_data, serve_fakes, status_data
+from listener.testing import (
+    UNREADY,
+    connection_data,
+    http_settings,
+    reply_data,
+    serve_fakes,
+    status_data,
+)
 from tests.daemon_harness import running
 from tests.helpers import await_until, enqueue, make_campaign, make_leads, statuses
 from tests.integration.test_webhooks import listening, settle
@@ -127,3 +136,73 @@ async def test_a_reply_time_in_the_future_is_clamped_to_its_receipt_and_counted(
     ) or (None, None, None)
     assert replied is not None and last == replied
     assert replied <= now
+
+
+async def test_a_number_held_as_restricted_that_evolution_then_deletes_says_so(
+    db_url: str, db: Conn
+) -> None:
+    # Logged out (401): held as restricted; then Evolution answers 404 for it (deleted).
+    async with listening(db_url, instance_recheck="100ms") as (_, fakes):
+        make_campaign(db, instance="t1")
+        closed = connection_data("t1", "close", 401)
+        assert await fakes.post_webhook("connection.update", closed, instance="t1") == 200
+        held = "SELECT held_reason FROM listener_instances WHERE instance = 't1'"
+        await await_until(lambda: row(db, held) == ("instance restricted",))
+        fakes.missing = {"t1"}
+        await await_until(lambda: row(db, held) == ("unknown to Evolution",))
+
+
+@pytest.mark.parametrize("found_by", ["state", "send"])
+async def test_a_404_is_unknown_to_evolution_not_instance_down(
+    db_url: str, db: Conn, found_by: str
+) -> None:
+    # A mistyped instance name: its connectionState (or, after a stale `open`, its send) is 404.
+    cid = make_campaign(db, instance="typo")
+    async with serve_fakes() as fakes:
+        fakes.missing = {"typo"}
+        if found_by == "send":
+            fakes.states = {"typo": "open"}
+        async with running(db_url, **http_settings(fakes), instance_recheck="1h"):
+            [mid] = enqueue(db, cid, make_leads(db, 1), content="Olá")
+            sql = "SELECT status, attempts, wait_reason FROM campaign_messages WHERE id = %s"
+            await await_until(lambda: row(db, sql, mid) == ("pending", 0, "unknown to Evolution"))
+            held = "SELECT held_reason FROM listener_instances WHERE instance = 'typo'"
+            await await_until(lambda: row(db, held) == ("unknown to Evolution",))
+    assert len(fakes.sends) == (1 if found_by == "send" else 0)
+
+
+def test_stats_say_unknown_for_a_number_nothing_says_is_connected(
+    db_url: str, db: Conn, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    make_campaign(db, name="never used", instance="never")
+    used = make_campaign(db, name="used", instance="used")
+    [mid] = enqueue(db, used, make_leads(db, 1))
+    db.execute(
+        "INSERT INTO message_parts (message_id, part_no, instance, provider_message_id)"
+        " VALUES (%s, 0, 'used', 'EVO1')",
+        (mid,),
+    )
+    monkeypatch.setenv("DATABASE_URL", db_url)
+    assert entry(["stats", "--json"]) == 0
+    numbers = {n["instance"]: n for n in json.loads(capsys.readouterr().out)["senders"]}
+    assert numbers["never"]["state"] == "unknown"
+    assert numbers["used"]["state"] == "open"
+
+
+async def test_a_timed_out_send_to_a_lid_chat_is_found_by_its_number_and_sent_once(
+    db_url: str, db: Conn
+) -> None:
+    # Evolution stores a send to a number it knows by a lid under the lid, the number in
+    # `key.remoteJidAlt`; findMessages matches remoteJid OR remoteJidAlt.
+    async with listening(db_url) as (_, fakes):
+        fakes.lid_chats = {"5511900000001": "123456789012345"}
+        fakes.deliver_then_timeout = 1
+        fakes.timeout_sleep = 0.05
+        cid = make_campaign(db)
+        [mid] = enqueue(db, cid, make_leads(db, 1), content="Olá")
+        await await_until(lambda: row(db, "SELECT status FROM campaign_messages") == ("sent",))
+        assert [s["number"] for s in fakes.sends] == ["5511900000001"]
+        [request] = fakes.find_requests
+        assert request["where"]["key"]["remoteJidAlt"] == "5511900000001@s.whatsapp.net"
+        parts = "SELECT provider_message_id FROM message_parts WHERE message_id = %s"
+        assert row(db, parts, mid) == (fakes.sends[0]["id"],)

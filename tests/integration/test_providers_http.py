@@ -1032,3 +1032,33 @@ async def test_sender_gateway_timeout_is_uncertain_and_not_sent_again_at_once(
 
     assert "may have been delivered" in str(caught.value)
     assert len(server.seen) == 1
+
+
+async def test_find_sent_takes_only_a_record_that_names_the_number(
+    server: FakeProviders, sender: EvolutionSender
+) -> None:
+    # findMessages is asked by remoteJid or remoteJidAlt; whatever it answers, a record of
+    # another chat with the same text (or under a bare lid, naming no number) is not ours.
+    since = datetime.now(UTC) - timedelta(minutes=1)
+
+    def answer(*keys: dict[str, str]) -> Reply:
+        records = [
+            {
+                "key": {"id": f"K{i}", "fromMe": True, **key},
+                "message": {"conversation": "Olá"},
+                "messageTimestamp": int(time.time()),
+            }
+            for i, key in enumerate(keys)
+        ]
+        return Reply(200, {"messages": {"records": records}})
+
+    def find() -> Any:
+        return sender.find_sent(instance="inst", numbers=(NUMBER,), text="Olá", since=since)
+
+    server.script(answer({"remoteJid": "5511999999999@s.whatsapp.net"}, {"remoteJid": "1@lid"}))
+    assert await find() is None
+    jid = f"{NUMBER}@s.whatsapp.net"
+    server.script(answer({"remoteJid": "1@lid", "remoteJidAlt": jid}))
+    assert await find() == "K0"
+    [*_, asked] = server.seen
+    assert asked.body["where"]["key"] == {"remoteJid": jid, "remoteJidAlt": jid, "fromMe": True}

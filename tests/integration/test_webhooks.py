@@ -425,10 +425,8 @@ async def test_a_timed_out_send_found_by_find_messages_is_sent_once(db_url: str,
         await send_one(db, fakes)
         assert len(fakes.sends) == 1
         [request] = fakes.find_requests
-        assert request["where"]["key"] == {
-            "remoteJid": fakes.sends[0]["number"] + "@s.whatsapp.net",
-            "fromMe": True,
-        }
+        jid = fakes.sends[0]["number"] + "@s.whatsapp.net"
+        assert request["where"]["key"] == {"remoteJid": jid, "remoteJidAlt": jid, "fromMe": True}
         assert parts_of(db) == {fakes.sends[0]["id"]: "PENDING"}
 
 
