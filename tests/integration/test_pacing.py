@@ -355,7 +355,7 @@ async def test_a_missing_instance_holds_only_its_own_messages(db_url: str, db: C
                 (ghost,),
             ).fetchall()
     assert took < 5  # not held back listener-wide for LISTENER_HOLD (30 s)
-    assert ghost_rows == [("pending", 0, "instance down")] * 2
+    assert ghost_rows == [("pending", 0, "unknown to Evolution")] * 2
     assert len([s for s in fakes.sends if s["instance"] == "ghost"]) == 2
 
 

@@ -84,7 +84,7 @@ def test_an_unknown_instance_defers_the_message_without_spending() -> None:
     result = outcome(error, job(), settings(), NOW)
     assert result.name == "deferred"
     assert (result.finish.status, result.finish.refund) == ("pending", 1)
-    assert result.finish.wait_reason == "instance down"
+    assert result.finish.wait_reason == "unknown to Evolution"  # a 404, not a closed number
     assert result.finish.scheduled_at == NOW + settings().instance_recheck
 
 
