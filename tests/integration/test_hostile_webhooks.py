@@ -273,15 +273,37 @@ POISON_ROWS = {
         "INSERT INTO webhook_inbox (kind, instance, phone, opt_out, at)"
         " VALUES ('reply', 'main', '5511900000099', false, '0001-01-01T00:00:00+14:00')"
     ),
-    "the year 10,000": (
-        "INSERT INTO webhook_inbox (kind, instance, phone, opt_out, at)"
-        " VALUES ('reply', 'main', '5511900000099', false, '9999-12-31T23:59:59-14:00')"
-    ),
     "a 12,000-character keyId": (
         "INSERT INTO webhook_inbox (kind, instance, provider_message_id, status, at)"
         f" VALUES ('status', 'main', '{HUGE_ID}', 'READ', now())"
     ),
 }
+
+
+# A reply timed in the year 10,000 was poison too (no client reads it back); it is applied at its
+# receipt now, as every time later than its receipt is (clamped and counted), not set aside.
+YEAR_10000 = (
+    "INSERT INTO webhook_inbox (kind, instance, phone, opt_out, at)"
+    " VALUES ('reply', 'main', %s, true, '9999-12-31T23:59:59-14:00')"
+)
+
+
+async def test_a_reply_timed_in_the_year_10000_applies_at_its_receipt(
+    db_url: str, db: Conn
+) -> None:
+    async with listening(db_url) as (daemon, fakes):
+        mid = await send_one(db, fakes)
+        lead = one(db, "SELECT lead_id FROM campaign_messages WHERE id = %s", mid)
+        phone = one(
+            db, "SELECT regexp_replace(phone, '[^0-9]', '', 'g') FROM leads WHERE id = %s", lead
+        )
+        db.execute(YEAR_10000, (phone,))
+        await await_until(lambda: one(db, "SELECT opted_out FROM leads WHERE id = %s", lead))
+        assert one(db, "SELECT opted_out_at <= now() FROM leads WHERE id = %s", lead)
+        assert one(db, "SELECT count(*) FROM webhook_inbox") == 0
+        assert dead_letters(db) == []
+        metrics = generate_latest(daemon.metrics.registry).decode()
+        assert 'listener_event_times_clamped_total{reason="future"} 1.0' in metrics
 
 
 def dead_letters(db: Conn) -> list[tuple[Any, ...]]:
