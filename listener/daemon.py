@@ -184,6 +184,8 @@ class Daemon:
             deadline = time.monotonic() + grace
             processor.stop_claiming()
             if classify_task is not None:  # a reply half classified is taken again later
+                if self.replies is not None:
+                    self.replies.stop()
                 classify_task.cancel()
                 await asyncio.gather(classify_task, return_exceptions=True)
             # Let a claim already under way finish (its rows are then handed back by the

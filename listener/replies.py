@@ -69,10 +69,18 @@ class Replies:
         self.pool = pool
         self.classifier = classifier
         self._wake = asyncio.Event()
+        self._stopping = False
         self._said_error = False
 
     def wake(self) -> None:
         """Replies were filed: classify them now (called on the listener's loop)."""
+        self._wake.set()
+
+    def stop(self) -> None:
+        """End `run` at its next turn. Besides the task's cancel: on Python 3.11 a cancel that
+        meets the wake-up inside `wait_for` can be swallowed, and the daemon's stop would then
+        wait for the loop for ever."""
+        self._stopping = True
         self._wake.set()
 
     async def run(self, health: Health) -> None:
@@ -80,10 +88,12 @@ class Replies:
         database error is logged once per episode and marks the health; the next turn tries
         again (the replies stay in the table)."""
         interval = self.settings.classify_interval.total_seconds()
-        while True:
+        while not self._stopping:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), interval)
             self._wake.clear()
+            if self._stopping:
+                return
             try:
                 while await self.classify_due() >= BATCH:
                     pass
