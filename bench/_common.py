@@ -37,8 +37,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from listener.commands.migrate import migrate  # noqa: E402
 from listener.daemon import Daemon  # noqa: E402
-from listener.migrate import migrate  # noqa: E402
 from listener.providers.base import LLM, Sender  # noqa: E402
 from listener.settings import Settings, load_settings  # noqa: E402
 from listener.testing import http_settings  # noqa: E402

@@ -30,10 +30,10 @@ from typing import Any
 import _common as c
 import psycopg
 
-from listener.cli import run_async  # the loop `listener run` uses (uvloop)
+from listener.commands.cli import run_async  # the loop `listener run` uses (uvloop)
 from listener.phones import normalize_phone
 from listener.providers._http import make_client
-from listener.writing import FORMAT_INSTRUCTIONS
+from listener.queue.writing import FORMAT_INSTRUCTIONS
 
 TARGET = 0.95
 

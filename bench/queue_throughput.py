@@ -39,18 +39,18 @@ from typing import Any
 import _common as c
 import psycopg
 
-from listener.cli import run_async  # the loop `listener run` uses (uvloop)
+from listener.commands.cli import run_async  # the loop `listener run` uses (uvloop)
 
 TARGET = 5000.0
 
 #: The steps `--step-times` times: (class, method, label). Patched in this process only.
 STEPS = (
-    ("listener.processor:Processor", "claim", "claim + context (2 statements)"),
-    ("listener.store:Store", "_flush_store", "store_parts flush"),
+    ("listener.queue.processor:Processor", "claim", "claim + context (2 statements)"),
+    ("listener.queue.store:Store", "_flush_store", "store_parts flush"),
     ("listener.providers.sandbox:SandboxSender", "_flush", "sandbox_outbox flush"),
-    ("listener.store:Store", "_flush_record", "record_parts flush"),
-    ("listener.store:Store", "_flush_finish", "finish flush"),
-    ("listener.journey:Journey", "run", "message in its slot (Journey.run)"),
+    ("listener.queue.store:Store", "_flush_record", "record_parts flush"),
+    ("listener.queue.store:Store", "_flush_finish", "finish flush"),
+    ("listener.queue.journey:Journey", "run", "message in its slot (Journey.run)"),
 )
 
 

@@ -40,10 +40,10 @@ from typing import Any
 import _common as c
 import psycopg
 
-from listener.cli import run_async
+from listener.commands.cli import run_async
 from listener.daemon import Daemon
 from listener.db import make_pool
-from listener.feedback import sign_jwt
+from listener.feedback.events import sign_jwt
 from listener.providers.base import SentPart
 from listener.providers.sandbox import SandboxSender
 from listener.testing import reply_data, sent_data, status_data, webhook_body

@@ -1,6 +1,6 @@
 """`python -m listener` is the `listener` command."""
 
-from listener.cli import console
+from listener.commands.cli import console
 
 if __name__ == "__main__":
     console()

@@ -18,16 +18,16 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from psycopg_pool import AsyncConnectionPool
 
 from listener.db import make_pool, redact, within
+from listener.feedback.receiver import WebhookReceiver
+from listener.feedback.replies import Replies
 from listener.metrics import Health, Metrics, serve
-from listener.processor import Processor
 from listener.providers.base import LLM, Sender
 from listener.providers.classify import LLMClassifier, ReplyClassifier, RulesClassifier
 from listener.queries import q
-from listener.replies import Replies
+from listener.queue.processor import Processor
+from listener.queue.wakeup import NotifyListener, WakeTimer, check_timeout
 from listener.settings import Settings, format_duration
-from listener.wakeup import NotifyListener, WakeTimer, check_timeout
 from listener.web import Live, StatusPage, live_state
-from listener.webhooks import WebhookReceiver
 
 log = logging.getLogger(__name__)
 

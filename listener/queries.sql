@@ -675,7 +675,7 @@ SELECT (SELECT count(*)::integer FROM campaign_messages
            AND scheduled_at <= now()) AS due
 
 -- stats_dead_letters --
--- Webhook events set aside because they could not be applied (listener/deadletter.py): how
+-- Webhook events set aside because they could not be applied (listener/feedback/deadletter.py): how
 -- many in the window and in all, and the latest few with their errors.
 SELECT d.id, d.kind, left(d.instance, 80) AS instance, left(d.error, 300) AS error, d.dead_at,
        count(*) FILTER (WHERE d.dead_at > now() - %(window)s::interval) OVER ()::integer
@@ -1031,7 +1031,7 @@ SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY
 SET LOCAL statement_timeout = '2s'
 
 -- ==============================================================================================
--- Delivery feedback: Evolution's webhooks (listener/webhooks.py; functions in migrations/functions)
+-- Delivery feedback: Evolution's webhooks (listener/feedback/receiver.py; functions in migrations/functions)
 -- ==============================================================================================
 
 -- webhook_inbox --
@@ -1118,7 +1118,7 @@ SELECT lead_id, reply_id, skipped, clamped
   FROM apply_reply_v2(%(phones)s::text[], %(phone)s, %(opt_out)s, %(at)s, %(instance)s, %(text)s)
 
 -- ==============================================================================================
--- Replies understood: the classifier's reads and writes (listener/replies.py)
+-- Replies understood: the classifier's reads and writes (listener/feedback/replies.py)
 -- ==============================================================================================
 
 -- replies_take --

@@ -1,5 +1,5 @@
 """Serving an aiohttp app on a port of ours: the metrics port (listener/metrics.py) and the
-webhook receiver's (listener/webhooks.py) bind the same way and fail the same way, with one
+webhook receiver's (listener/feedback/receiver.py) bind the same way and fail the same way, with one
 line that names the setting."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from listener.errors import ConfigurationError
-from listener.inbound import cut
+from listener.text import cut
 
 log = logging.getLogger(__name__)
 

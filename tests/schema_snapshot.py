@@ -35,7 +35,7 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
-from listener.migrate import SCHEMA_SNAPSHOT, migrate, migrations_dir
+from listener.commands.migrate import SCHEMA_SNAPSHOT, migrate, migrations_dir
 from tests.helpers import embedded_postgres
 
 #: Where the snapshot lives.

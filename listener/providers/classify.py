@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from listener.errors import TransientProviderError
-from listener.feedback import fold
 from listener.jobs import Usage
+from listener.kinds import KINDS
 from listener.providers.llm import OpenRouterLLM
-from listener.sequences import KINDS
+from listener.text import fold
 
 RESPONSE_FORMAT: dict[str, Any] = {
     "type": "json_schema",

@@ -12,9 +12,9 @@ from psycopg_pool import AsyncConnectionPool
 
 from listener.batch import GroupCommit
 from listener.jobs import Usage
+from listener.outbox import record_sandbox_parts
 from listener.providers.base import Reply, SentPart
 from listener.providers.sandbox_feedback import SandboxFeedback
-from listener.store import record_sandbox_parts
 
 
 class SandboxLLM:

@@ -15,7 +15,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from listener.feedback import sign_jwt
+from listener.feedback.events import sign_jwt
 from listener.providers.classify import rules_kind
 from listener.testing.replies import (
     UNREADY,

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
 
 class _Gate(Protocol):
-    """A provider's hold, as the page reads it (listener/gate.py)."""
+    """A provider's hold, as the page reads it (listener/providers/gate.py)."""
 
     name: str
 
@@ -37,7 +37,7 @@ class _Gate(Protocol):
 
 
 class _Health(Protocol):
-    """The sender numbers' health this listener read (listener/pacing.py)."""
+    """The sender numbers' health this listener read (listener/pacing/health.py)."""
 
     @property
     def ttl(self) -> float: ...

@@ -631,7 +631,7 @@ def test_wheel_carries_the_migrations(installed: Installed) -> None:
         "python",
         "-I",
         "-c",
-        "import listener, listener.migrate as m; "
+        "import listener, listener.commands.migrate as m; "
         "print(listener.__file__); print(m.migrations_dir())",
     )
     assert done.returncode == 0, done.stderr
@@ -888,7 +888,7 @@ def _healthz(port: int) -> dict[str, Any]:
 
 def _multi_part_content() -> tuple[str, int]:
     """Content that the default part limit cuts into several parts, and how many."""
-    from listener.split import split_content
+    from listener.queue.split import split_content
 
     content = " ".join(f"Frase {i}: " + "palavra " * 70 + "fim." for i in range(3))
     parts = len(split_content(content))

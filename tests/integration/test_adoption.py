@@ -12,7 +12,7 @@ from uuid import UUID
 import psycopg
 import pytest
 
-from listener.cli import entry
+from listener.commands.cli import entry
 from listener.queries import q
 from listener.testing import FakeProviders, http_settings, serve_fakes
 from tests.daemon_harness import running

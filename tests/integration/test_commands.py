@@ -19,9 +19,9 @@ import pytest
 from psycopg.types.json import Jsonb
 
 from listener import logs
-from listener.cli import entry
-from listener.demo import stop_embedded
-from listener.migrate import FUNCTIONS, load_migrations, migrate, migrations_dir
+from listener.commands.cli import entry
+from listener.commands.demo import stop_embedded
+from listener.commands.migrate import FUNCTIONS, load_migrations, migrate, migrations_dir
 from tests.daemon_harness import running
 from tests.helpers import await_until, make_campaign, make_leads, make_run
 

@@ -12,9 +12,9 @@ from typing import Any
 import psycopg
 import pytest
 
-from listener.cli import entry
+from listener.commands.cli import entry
+from listener.commands.stats import collect_stats
 from listener.daemon import Daemon
-from listener.stats import collect_stats
 from listener.testing import (
     UNREADY,
     connection_data,

@@ -107,7 +107,7 @@ async def test_429_storm_loses_nothing_and_spends_no_attempt(
         storm = [Reply(429, {"error": {"code": 429, "message": "slow down"}}, headers)] * 3
         fakes.llm_script.extend(storm)
         fakes.send_script.extend(storm)
-        caplog.set_level(logging.WARNING, logger="listener.gate")
+        caplog.set_level(logging.WARNING, logger="listener.providers.gate")
         async with running(db_url, **http_settings(fakes)):
             enqueue(db, campaign, leads)
             await await_until(lambda: statuses(db).get("sent") == 10, timeout=30)
@@ -126,7 +126,7 @@ async def test_credentials_refused_hold_back_and_spend_nothing(
     leads = make_leads(db, 2)
     async with serve_fakes() as fakes:
         fakes.llm_script.append(Reply(401, {"error": {"code": 401, "message": "No auth"}}))
-        caplog.set_level(logging.ERROR, logger="listener.gate")
+        caplog.set_level(logging.ERROR, logger="listener.providers.gate")
         async with running(db_url, hold="400ms", **http_settings(fakes)):
             enqueue(db, campaign, leads)
             await await_until(lambda: statuses(db).get("sent") == 2, timeout=15)
@@ -269,7 +269,7 @@ async def test_retry_after_zero_backs_off_instead_of_asking_again_at_once(
     async with serve_fakes() as fakes:
         slow_down = Reply(429, {"error": {"code": 429, "message": "slow"}}, {"Retry-After": "0"})
         fakes.send_script.extend([slow_down] * 6)
-        caplog.set_level(logging.INFO, logger="listener.gate")
+        caplog.set_level(logging.INFO, logger="listener.providers.gate")
         async with running(db_url, rate_limit_base="20ms", **http_settings(fakes)):
             enqueue(db, campaign, leads)
             await await_until(lambda: statuses(db) == {"sent": 1}, timeout=15)
@@ -387,7 +387,7 @@ async def test_a_batched_write_chosen_as_a_deadlock_victim_runs_again(
 ) -> None:
     from psycopg_pool import AsyncConnectionPool
 
-    from listener.store import Store
+    from listener.queue.store import Store
     from tests.daemon_harness import fast_settings
 
     campaign = make_campaign(db)

@@ -20,8 +20,8 @@ import psycopg
 import pytest
 from prometheus_client import generate_latest
 
-from listener.feedback import SentEvent, sign_jwt
-from listener.stats import collect_stats, render
+from listener.commands.stats import collect_stats, render
+from listener.feedback.events import SentEvent, sign_jwt
 from listener.testing import FakeProviders, connection_data, reply_data, status_data, webhook_body
 from tests.helpers import await_until, make_campaign
 from tests.integration.test_status_page import page_client  # noqa: F401 (a fixture)

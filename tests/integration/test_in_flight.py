@@ -17,9 +17,10 @@ import pytest
 from psycopg_pool import AsyncConnectionPool
 
 from listener.daemon import Daemon
+from listener.flow import Stop
 from listener.jobs import Job
-from listener.outcomes import Stop
-from listener.store import Store
+from listener.pacing.store import SenderStore
+from listener.queue.store import Store
 from listener.testing import FakeProviders, http_settings, reply_data, serve_fakes
 from tests.daemon_harness import fast_settings, running
 from tests.helpers import await_until, enqueue, make_campaign
@@ -163,7 +164,7 @@ async def test_a_number_reserved_for_a_send_whose_lead_opted_out_is_let_go(
     async with AsyncConnectionPool(db_url, kwargs={"autocommit": True}, open=False) as pool:
         store = Store(pool, settings)
         with pytest.raises(Stop) as stopped:
-            await store.send_wait(job, "main", 0.1)
+            await SenderStore(pool, settings).send_wait(job, "main", 0.1)
         assert stopped.value.reason == "skipped: the lead opted out"
         assert await store.lead_stop(job) == "skipped: the lead opted out"
     # The number was reserved and let go in the same turn: the next send need not wait.

@@ -12,7 +12,7 @@ import psycopg
 import pytest
 
 from listener.db import make_pool
-from listener.pacing import phone_zones
+from listener.pacing.health import phone_zones
 from listener.web.page import StatusPage
 from listener.web.render import render
 from tests.daemon_harness import fast_settings, running

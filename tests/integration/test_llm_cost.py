@@ -14,12 +14,12 @@ import pytest
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
+from listener.commands.stats import collect_stats, render
 from listener.errors import HoldBackError
 from listener.jobs import StoreParts, Usage
 from listener.providers.llm import STRUCTURED_MEMORY_SECONDS, OpenRouterLLM
+from listener.queue.store import Store
 from listener.settings import Settings, load_settings
-from listener.stats import collect_stats, render
-from listener.store import Store
 from listener.testing import FakeProviders, Reply, http_settings, serve_fakes
 from tests.daemon_harness import fast_settings, running
 from tests.helpers import await_until, enqueue, make_campaign, make_leads, statuses

@@ -73,7 +73,9 @@ async def test_health_says_503_when_the_database_is_unreachable() -> None:
 
 @pytest.mark.parametrize("formatter", [TextFormatter(), JsonFormatter()])
 def test_logs_carry_the_same_event_in_text_or_json(formatter: logging.Formatter) -> None:
-    record = logging.LogRecord("listener.processor", logging.INFO, __file__, 1, "sent", (), None)
+    record = logging.LogRecord(
+        "listener.queue.processor", logging.INFO, __file__, 1, "sent", (), None
+    )
     record.action = "message_sent"
     record.message_id = "abc"
     line = formatter.format(record)
@@ -88,7 +90,9 @@ def test_a_multi_line_error_is_one_log_line_and_one_health_field() -> None:
     from listener.metrics import Health
 
     error = 'connection failed: FATAL:  terminating connection\nDETAIL:  "x"\nHINT:  retry'
-    record = logging.LogRecord("listener.wakeup", logging.WARNING, __file__, 1, error, (), None)
+    record = logging.LogRecord(
+        "listener.queue.wakeup", logging.WARNING, __file__, 1, error, (), None
+    )
     line = TextFormatter().format(record)
     assert "\n" not in line and "DETAIL:" in line
     health = Health(last_error=error)
@@ -116,7 +120,7 @@ class Racing(real):
 
 socket.socket = Racing
 sys.argv = ["listener", "run"]
-from listener.cli import console
+from listener.commands.cli import console
 console()
 """
 

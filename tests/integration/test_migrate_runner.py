@@ -12,9 +12,9 @@ from typing import Any
 import psycopg
 import pytest
 
-from listener.cli import entry
+from listener.commands.cli import entry
+from listener.commands.migrate import _CREATE_TABLE, REWORDED, load_migrations, migrate
 from listener.errors import MigrationError
-from listener.migrate import _CREATE_TABLE, REWORDED, load_migrations, migrate
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "migrations_no_transaction"
 
@@ -151,7 +151,7 @@ async def test_a_migrate_waiting_for_the_lock_does_not_hold_up_a_concurrent_inde
     """A second migrate waits for the first one's advisory lock without holding a snapshot:
     CREATE INDEX CONCURRENTLY waits for every older snapshot, so a migrate blocked inside
     pg_advisory_lock and the build would wait for each other (a deadlock)."""
-    from listener.migrate import _LOCK_KEY
+    from listener.commands.migrate import _LOCK_KEY
 
     first = await psycopg.AsyncConnection.connect(empty_db_url, autocommit=True)
     try:

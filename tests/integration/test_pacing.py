@@ -394,7 +394,7 @@ def test_stats_show_what_waits_per_campaign_and_why(
 ) -> None:
     import json
 
-    from listener.cli import entry
+    from listener.commands.cli import entry
 
     capped = make_campaign(db, name="Capped")
     paused = make_campaign(db, name="Paused", status="paused")

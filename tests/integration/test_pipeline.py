@@ -11,8 +11,8 @@ import psycopg
 import pytest
 from psycopg.rows import dict_row
 
-from listener.processor import Processor
 from listener.providers.sandbox import SandboxLLM, SandboxSender
+from listener.queue.processor import Processor
 from listener.testing import http_settings, serve_fakes
 from tests.daemon_harness import fast_settings, running
 from tests.helpers import (

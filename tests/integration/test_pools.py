@@ -288,7 +288,7 @@ def test_stats_show_each_number_against_its_caps_and_its_state(
 ) -> None:
     import json
 
-    from listener.cli import entry
+    from listener.commands.cli import entry
 
     campaign = make_campaign(db, instances=["a", "b", "c"])
     today = db.execute("SELECT (now() AT TIME ZONE 'America/Sao_Paulo')::date").fetchone()

@@ -14,9 +14,9 @@ from uuid import UUID
 import psycopg
 import pytest
 
+from listener.commands.stats import collect_stats
+from listener.commands.stats import render as render_text
 from listener.providers.classify import RulesClassifier, parse_kind, prompt, rules_kind
-from listener.stats import collect_stats
-from listener.stats import render as render_text
 from listener.testing import Reply
 from tests.helpers import await_until, enqueue, make_campaign
 from tests.integration.test_webhooks import _reply, listening, one, settle

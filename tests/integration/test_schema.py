@@ -12,8 +12,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from listener.errors import MigrationError
-from listener.migrate import (
+from listener.commands.migrate import (
     FUNCTIONS,
     Migration,
     load_functions,
@@ -21,6 +20,7 @@ from listener.migrate import (
     migrate,
     migrations_dir,
 )
+from listener.errors import MigrationError
 from listener.queries import q
 from tests import schema_snapshot
 from tests.helpers import enqueue, make_campaign, make_leads, make_run

@@ -7,7 +7,7 @@ import re
 
 import httpx
 
-from listener.demo import DemoResult, Progress, demo
+from listener.commands.demo import DemoResult, Progress, demo
 
 
 async def test_the_demo_prints_the_page_address_and_serves_it_while_it_runs(db_url: str) -> None:

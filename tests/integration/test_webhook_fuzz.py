@@ -19,8 +19,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
-from listener.feedback import sign_jwt
-from listener.webhooks import WebhookReceiver
+from listener.feedback.events import sign_jwt
+from listener.feedback.receiver import WebhookReceiver
 from tests.daemon_harness import fast_settings
 from tests.integration.test_hostile_webhooks import tracebacks
 from tests.integration.test_webhooks import SECRET, free_port

@@ -16,12 +16,12 @@ from uuid import UUID
 import psycopg
 import pytest
 
-from listener.cli import entry
+from listener.commands.cli import entry
+from listener.commands.demo import demo, report
+from listener.commands.stats import collect_stats, render
 from listener.daemon import Daemon
-from listener.demo import demo, report
 from listener.errors import ConfigurationError
-from listener.feedback import sign_jwt
-from listener.stats import collect_stats, render
+from listener.feedback.events import sign_jwt
 from listener.testing import (
     FakeProviders,
     Reply,

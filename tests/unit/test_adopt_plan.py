@@ -3,8 +3,8 @@ adopted database, and the words --dry-run prints for each statement."""
 
 from __future__ import annotations
 
-from listener.adoption import Held
-from listener.migrate import describe
+from listener.commands.adoption import Held
+from listener.commands.migrate import describe
 
 HELD = Held(frozenset({"get_lead_full_context"}), frozenset({"idx_campaign_messages_open"}))
 

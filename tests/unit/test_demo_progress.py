@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 
-from listener.demo import Progress, ProgressLine
+from listener.commands.demo import Progress, ProgressLine
 
 
 def _run(bar: ProgressLine, total: int) -> None:

@@ -7,8 +7,8 @@ from datetime import timedelta
 
 import pytest
 
-from listener.replay import ReplayFilter
-from listener.retry import after_failure
+from listener.commands.replay import ReplayFilter
+from listener.queue.retry import after_failure
 from listener.settings import format_duration, parse_duration
 
 

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from listener.feedback import (
+from listener.feedback.events import (
     Authenticator,
     BadEvent,
     ConnectionChange,

@@ -9,8 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from listener.feedback import BadEvent, ConnectionChange, Reply, SentEvent, StatusUpdate
-from listener.inbound import MAX_DEPTH, check_events, cut, nesting_within, sane_time
+from listener.feedback.events import BadEvent, ConnectionChange, Reply, SentEvent, StatusUpdate
+from listener.feedback.inbound import MAX_DEPTH, check_events, nesting_within, sane_time
+from listener.text import cut
 
 NOW = datetime(2026, 12, 6, 12, tzinfo=UTC)
 

@@ -1,11 +1,12 @@
-"""InstanceHealth (listener/pacing.py): one connection-state call per number at a time, however
-many messages ask at once (a batch of 100 for a closed number once asked 100 times)."""
+"""InstanceHealth (listener/pacing/health.py): one connection-state call per number at a
+time, however many messages ask at once (a batch of 100 for a closed number once asked 100
+times)."""
 
 from __future__ import annotations
 
 import asyncio
 
-from listener.pacing import InstanceHealth
+from listener.pacing.health import InstanceHealth
 
 
 class SlowCheck:

@@ -9,10 +9,11 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from listener.errors import ConfigurationError
+from listener.flow import MustWait
 from listener.jobs import Job, Usage
-from listener.outcomes import BUDGET_RECHECK, MustWait, budget_wait, outcome
+from listener.queue.outcomes import BUDGET_RECHECK, budget_wait, outcome
+from listener.queue.writing import is_fallback, json_problem
 from listener.settings import load_settings
-from listener.writing import is_fallback, json_problem
 
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from listener.commands.migrate import Migration, load_functions, load_migrations, split_statements
 from listener.errors import MigrationError
-from listener.migrate import Migration, load_functions, load_migrations, split_statements
 
 
 def test_statements_split_at_semicolons_outside_quotes_and_comments() -> None:

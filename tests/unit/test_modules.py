@@ -29,11 +29,11 @@ def test_every_module_imports_on_its_own(module: str) -> None:
 
 
 def test_every_command_is_registered_in_one_module() -> None:
-    from listener.cli import main
+    from listener.commands.cli import main
 
     assert sorted(main.commands) == ["demo", "migrate", "replay", "run", "stats", "webhook"]
     assert {command.callback.__module__ for command in main.commands.values()} == {  # type: ignore[union-attr]
-        "listener.cli"
+        "listener.commands.cli"
     }
 
 

@@ -17,18 +17,11 @@ from listener.errors import (
     TransientProviderError,
     UncertainDeliveryError,
 )
+from listener.flow import GateClosed, MustWait, Stop, StopBetweenParts, Wait
 from listener.jobs import Job
-from listener.outcomes import (
-    GateClosed,
-    MustWait,
-    Stop,
-    StopBetweenParts,
-    check_start,
-    outcome,
-)
-from listener.pacing import Wait
+from listener.queue.outcomes import check_start, outcome
+from listener.queue.split import ReplyTooLong, UnsplittableReply
 from listener.settings import Settings, load_settings
-from listener.split import ReplyTooLong, UnsplittableReply
 
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any, cast
 
+from listener.feedback.replies import Replies
 from listener.providers.classify import RulesClassifier
-from listener.replies import Replies
 from listener.settings import load_settings
 
 

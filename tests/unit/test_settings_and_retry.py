@@ -10,9 +10,9 @@ import pytest
 
 from listener.batch import GroupCommit
 from listener.errors import ConfigurationError
-from listener.gate import Gate
 from listener.phones import normalize_phone
-from listener.retry import after_failure, rate_limit_backoff
+from listener.providers.gate import Gate
+from listener.queue.retry import after_failure, rate_limit_backoff
 from listener.settings import format_duration, load_settings, parse_duration
 
 LADDER = (timedelta(minutes=5), timedelta(minutes=15), timedelta(minutes=30))

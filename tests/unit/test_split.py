@@ -1,4 +1,4 @@
-"""Tests of listener.split: reply formats, trimming, cutting, the part cap, and losslessness."""
+"""Tests of listener.queue.split: reply formats, trimming, cutting, the part cap, losslessness."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from functools import partial
 
 import pytest
 
-from listener.split import ReplyTooLong, UnsplittableReply, split_content, split_reply
+from listener.queue.split import ReplyTooLong, UnsplittableReply, split_content, split_reply
 
 
 def _words(parts: list[str]) -> list[str]:

@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
-from listener.wakeup import WakeTimer
+from listener.queue.wakeup import WakeTimer
 
 
 async def test_a_wake_up_not_yet_fired_is_not_replaced_by_a_later_one() -> None:

@@ -34,12 +34,12 @@ from uuid import UUID
 
 import psycopg
 
+from listener.flow import MustWait, Wait
 from listener.jobs import Job
 from listener.metrics import Metrics
-from listener.outcomes import MustWait
-from listener.pacing import InstanceHealth, Wait
+from listener.pacing.health import InstanceHealth
+from listener.pacing.store import SenderStore
 from listener.settings import Settings
-from listener.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +86,7 @@ class Senders:
     def __init__(
         self,
         settings: Settings,
-        store: Store,
+        store: SenderStore,
         health: InstanceHealth,
         metrics: Metrics | None = None,
     ) -> None:

@@ -14,13 +14,14 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from uuid import UUID
 
-from listener.calls import ProviderCalls
+from listener.flow import MustWait
 from listener.jobs import Job, Usage
-from listener.outcomes import MustWait, budget_wait
 from listener.providers.base import LLM, Reply
-from listener.sequences import STEP_INSTRUCTIONS
+from listener.queue.calls import ProviderCalls
+from listener.queue.outcomes import budget_wait
+from listener.queue.sequences import STEP_INSTRUCTIONS
+from listener.queue.split import UnsplittableReply, split_messages, split_reply
 from listener.settings import Settings
-from listener.split import UnsplittableReply, split_messages, split_reply
 from listener.text import clean_text
 
 log = logging.getLogger(__name__)

@@ -1,5 +1,5 @@
 """`listener replay`: put failed (and, if asked, skipped) messages back in the queue, and the
-lines the command prints about it. The command line itself is in `listener.cli`."""
+lines the command prints about it. The command line itself is in `listener.commands.cli`."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ from datetime import timedelta
 from typing import Any
 from uuid import UUID
 
+from listener.commands.oneshot import connection
 from listener.errors import ConfigurationError
-from listener.oneshot import connection
+from listener.queue.store import message_statuses, requeue
 from listener.settings import format_duration
-from listener.store import message_statuses, requeue
 
 #: Statuses a replay takes back into the queue; every other one is refused.
 REPLAYABLE = ("failed", "skipped")

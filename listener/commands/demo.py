@@ -1,7 +1,7 @@
 """`listener demo`: the whole pipeline on sample data with nothing to configure. A sandbox
 listener runs in this process; a sample campaign goes through it while a progress line shows
 the run's counts; then the stats and a few of the messages "sent". The command line itself is
-in `listener.cli`."""
+in `listener.commands.cli`."""
 
 from __future__ import annotations
 
@@ -25,12 +25,12 @@ from uuid import UUID
 
 import psycopg
 
+from listener.commands.oneshot import Connection, connection, one
+from listener.commands.stats import Stats, collect_stats, render
 from listener.errors import ConfigurationError, DatabaseError, ListenerError
-from listener.oneshot import Connection, connection, one
 from listener.phones import mask_phone, normalize_phone
 from listener.queries import q
 from listener.settings import Settings, load_settings
-from listener.stats import Stats, collect_stats, render
 
 if TYPE_CHECKING:
     from listener.daemon import Daemon
@@ -575,7 +575,7 @@ async def demo(
     wait (the listener drains and the sample rows are cleaned up) instead of killing it. Each
     hand-off is told (`inform`) as it comes. With `serve`, the result goes to `on_result` and
     the listener and its status page stay up until Ctrl-C (or `stop`)."""
-    from listener.migrate import migrate
+    from listener.commands.migrate import migrate
 
     applied = await migrate(url)
     if applied:

@@ -31,12 +31,12 @@ from listener.errors import (
     RateLimitedError,
     UncertainDeliveryError,
 )
+from listener.flow import GateClosed, MustWait, Stop, StopBetweenParts, Wait
 from listener.jobs import Finish, Job
-from listener.pacing import Wait
 from listener.phones import BadPhone, fixed_line_note, parse_phone
-from listener.retry import after_failure
+from listener.queue.retry import after_failure
+from listener.queue.split import UnsplittableReply
 from listener.settings import Settings
-from listener.split import UnsplittableReply
 
 # A part whose send got no answer may have been delivered; it is sent at most this many times.
 MAX_UNCERTAIN_SENDS = 2
@@ -44,36 +44,6 @@ MAX_UNCERTAIN_SENDS = 2
 # A message held by its campaign's budget is woken when the budget is raised (a trigger); it
 # also looks again after this long, in case its spend was lowered by hand.
 BUDGET_RECHECK = timedelta(hours=1)
-
-
-class StopBetweenParts(Exception):
-    """The shutdown's grace period is over: the message stops before its next part."""
-
-
-class GateClosed(Exception):
-    """A provider holds the whole listener back for longer than is worth waiting in place."""
-
-    def __init__(self, seconds: float, reason: str) -> None:
-        super().__init__(reason)
-        self.seconds = seconds
-        self.reason = reason
-
-
-class MustWait(Exception):
-    """Pacing says the message may not go now (a window, a cap, a gap, its instance)."""
-
-    def __init__(self, wait: Wait) -> None:
-        super().__init__(wait.reason)
-        self.wait = wait
-
-
-class Stop(Exception):
-    """The message cannot go, for a reason known before any provider call."""
-
-    def __init__(self, status: str, reason: str) -> None:
-        super().__init__(reason)
-        self.status = status
-        self.reason = reason
 
 
 @dataclass(frozen=True, slots=True)

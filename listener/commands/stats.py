@@ -1,6 +1,6 @@
 """`listener stats`: the seed's monitoring figures over a window (its DEPLOY-V8 step 4.2),
 plus retries, the due backlog and what is waiting, and their plain-text tables. The command
-line itself is in `listener.cli`."""
+line itself is in `listener.commands.cli`."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID
 
+from listener.commands.oneshot import connection, one
 from listener.errors import ConfigurationError
-from listener.oneshot import connection, one
+from listener.kinds import KINDS
 from listener.queries import q
-from listener.sequences import KINDS
 from listener.settings import DEFAULT_WARMUP, format_duration
 
 #: The order statuses are shown in.

@@ -37,7 +37,7 @@ from typing import Any, LiteralString, cast
 import psycopg
 from psycopg import sql
 
-from listener import adoption as adopt
+from listener.commands import adoption as adopt
 from listener.db import connect
 from listener.errors import AdoptionRefused, DatabaseError, MigrationError
 
@@ -162,7 +162,7 @@ class FunctionFile:
 
 def migrations_dir() -> Path:
     """The folder of SQL files: `migrations/` beside the package, or inside an installed wheel."""
-    here = Path(__file__).resolve().parent
+    here = Path(__file__).resolve().parents[1]  # the package: listener/commands/.. = listener/
     for candidate in (here.parent / "migrations", here / "_migrations"):
         if candidate.is_dir():
             return candidate

@@ -42,14 +42,14 @@ def _database(settings: Settings, *, reachable_only: bool = False) -> str:
     """The database URL for a command that needs the schema: refused with one line saying to
     run `listener migrate` when a migration is missing. With `reachable_only`, a database that
     cannot be reached is left to the caller (the daemon waits for it)."""
+    from listener.commands.oneshot import require_migrated
     from listener.db import database_url
-    from listener.oneshot import require_migrated
 
     url = database_url(settings)
     hint = ""
     demo_data = settings.data_dir / "demo"
     if settings.database_url is None and (demo_data / "pgdata").is_dir():
-        from listener.demo import look_command
+        from listener.commands.demo import look_command
 
         hint = f" (the demo's data is elsewhere: {look_command(demo_data)})"
     try:
@@ -117,9 +117,9 @@ def migrate(dry_run: bool) -> None:
 
     On a database whose tables the listener did not make (the Edge Function's), adopt them in
     place first: add what the listener needs, keep everything of yours."""
+    from listener.commands.migrate import run_migrate
     from listener.db import database_url
     from listener.errors import AdoptionRefused
-    from listener.migrate import run_migrate
 
     settings = _settings(need_providers=False)
     try:
@@ -192,7 +192,7 @@ def replay(
     last accepted part. Running listeners take them at once (the table's trigger notifies
     them); no restart is needed. At least one filter, or --all, is required; filters combine
     (all must match)."""
-    from listener import replay as work
+    from listener.commands import replay as work
 
     filters = work.ReplayFilter(
         campaign_id=campaign_id,
@@ -234,7 +234,7 @@ def stats(since: timedelta, as_json: bool) -> None:
     over the whole window; share by status of the messages created in the window. Plus
     retries (created in the window with more than one attempt; pending with an error, waiting
     for their retry) and the due backlog with the age of its oldest message."""
-    from listener.stats import collect_stats, render
+    from listener.commands.stats import collect_stats, render
 
     settings = _settings(need_providers=False)
     url = _database(settings)
@@ -276,16 +276,17 @@ def webhook_set(instances: tuple[str, ...], url: str) -> None:
     """Point Evolution's webhook at the listener: the events it reads (MESSAGES_UPDATE,
     MESSAGES_UPSERT, SEND_MESSAGE, CONNECTION_UPDATE) and the `jwt_key` header, so every post
     is signed with LISTENER_WEBHOOK_SECRET."""
-    from listener import webhook_setup
 
     settings = _settings(need_providers=False)
     settings = load_settings(llm="sandbox", sender="evolution")
-    webhook_setup.check(settings, url)
+    from listener.commands import webhooks
+
+    webhooks.check(settings, url)
     names = list(dict.fromkeys(instances))
     if not names:
         database = _database(settings)
-        names = run_async(webhook_setup.instances_in_use(database, settings))
-    done = run_async(webhook_setup.set_webhooks(settings, url, names))
+        names = run_async(webhooks.instances_in_use(database, settings))
+    done = run_async(webhooks.set_webhooks(settings, url, names))
     for name in done:
         click.echo(f"webhook set on {name}: {url}")
 
@@ -325,7 +326,7 @@ def demo(leads: int, keep: bool, serve: bool) -> None:
     The campaign has a follow-up step a few seconds later; sandbox leads reply in each kind
     the listener tells apart, and the leads handed off to a person are printed. With --serve
     the listener and its status page stay up until Ctrl-C."""
-    from listener import demo as work
+    from listener.commands import demo as work
 
     settings = _settings(need_providers=False)
     logs.setup("WARNING", settings.log_format)

@@ -10,9 +10,9 @@ from typing import Any, LiteralString
 
 import psycopg
 
+from listener.commands.migrate import load_functions, load_migrations
 from listener.db import connect
 from listener.errors import DatabaseError, MigrationError
-from listener.migrate import load_functions, load_migrations
 from listener.queries import q
 
 Connection = psycopg.AsyncConnection[dict[str, Any]]

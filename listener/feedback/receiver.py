@@ -40,8 +40,8 @@ from psycopg_pool import AsyncConnectionPool
 
 from listener.batch import GroupCommit
 from listener.db import make_pool
-from listener.deadletter import SetAside, transient
-from listener.feedback import (
+from listener.feedback.deadletter import SetAside, transient
+from listener.feedback.events import (
     RESTRICTING_REASONS,
     STATUSES,
     Authenticator,
@@ -54,12 +54,12 @@ from listener.feedback import (
     is_opt_out,
     parse,
 )
-from listener.inbound import MAX_DEPTH, check_events, cut, nesting_within
+from listener.feedback.inbound import MAX_DEPTH, check_events, nesting_within
 from listener.phones import mask_phone, stored_forms
 from listener.queries import q
 from listener.serving import serve_app
 from listener.settings import Settings, format_duration
-from listener.text import clean_text
+from listener.text import clean_text, cut
 
 log = logging.getLogger(__name__)
 
@@ -516,7 +516,7 @@ class WebhookReceiver:
         """Apply the inbox until it is empty (of rows no other listener is applying); returns
         the statuses and replies applied. One at a time: a call made while the applier runs
         waits for it, so it returns once everything stored before it is applied. A row that
-        cannot be applied fails alone and is set aside (listener/deadletter.py); the rows
+        cannot be applied fails alone and is set aside (listener/feedback/deadletter.py); the rows
         behind it go on."""
         assert self._applying is not None, "the receiver is not running"
         statuses = replies = 0

@@ -1,7 +1,7 @@
-"""The pipeline, top to bottom: the claim loop -> each message in a slot, through its journey
-(listener/journey.py: check, pace, write, split, send the parts in order, record) -> the drain.
-No HTTP and no SQL here: providers come in behind their Protocols, the database through the
-store.
+"""The pipeline, top to bottom: the claim loop -> each message in a slot, through its
+journey (listener/queue/journey.py: check, pace, write, split, send the parts in order,
+record) -> the drain. No HTTP and no SQL here: providers come in behind their Protocols, the
+database through the store.
 """
 
 from __future__ import annotations
@@ -17,18 +17,19 @@ from uuid import UUID
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
-from listener.calls import ProviderCalls
 from listener.db import within
-from listener.gate import Gate
 from listener.jobs import Finish, Job
-from listener.journey import Journey
 from listener.metrics import Health, Metrics
-from listener.pacing import InstanceHealth
-from listener.pool import Senders
+from listener.pacing.health import InstanceHealth
+from listener.pacing.pool import Senders
+from listener.pacing.store import SenderStore
 from listener.providers.base import LLM, Sender
+from listener.providers.gate import Gate
+from listener.queue.calls import ProviderCalls
+from listener.queue.journey import Journey
+from listener.queue.store import LeaseLost, Store
+from listener.queue.writing import Writer
 from listener.settings import Settings
-from listener.store import LeaseLost, Store
-from listener.writing import Writer
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +59,7 @@ class Processor:
         self.instances = InstanceHealth(
             sender.connection_state, settings.instance_check_ttl.total_seconds()
         )
-        self.senders = Senders(settings, self.store, self.instances, self.metrics)
+        self.senders = Senders(settings, SenderStore(pool, settings), self.instances, self.metrics)
         self.journey = Journey(
             settings, self.store, self.calls, self.writer, sender, self.senders, self.metrics
         )
@@ -213,7 +214,7 @@ class Processor:
             self.on_next_due(self.next_due)
 
     # ----------------------------------------------------------------------------------------
-    # One message in its slot (its journey is listener/journey.py)
+    # One message in its slot (its journey is listener/queue/journey.py)
     # ----------------------------------------------------------------------------------------
 
     async def _run(self, job: Job) -> None:

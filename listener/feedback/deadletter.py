@@ -19,8 +19,8 @@ import psycopg
 from prometheus_client import CollectorRegistry, Counter
 from psycopg_pool import AsyncConnectionPool
 
-from listener.inbound import cut
 from listener.queries import q
+from listener.text import cut
 
 log = logging.getLogger(__name__)
 

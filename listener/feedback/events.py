@@ -15,9 +15,7 @@ is at its receipt (the inbox row's time, the database's clock, as the send's tim
 from __future__ import annotations
 
 import hmac
-import re
 import time
-import unicodedata
 import warnings
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -27,6 +25,7 @@ import jwt
 from jwt.warnings import InsecureKeyLengthWarning
 
 from listener.phones import whatsapp_forms
+from listener.text import fold
 
 # The secret is the operator's (Evolution signs with it as `jwt_key`); a warning on stderr at
 # each verification would tell them nothing they can act on in Evolution.
@@ -336,15 +335,6 @@ def _connection(instance: str, item: dict[str, Any]) -> ConnectionChange:
 # --------------------------------------------------------------------------------------------
 # Opt-out
 # --------------------------------------------------------------------------------------------
-
-_NOT_WORD = re.compile(r"[^0-9a-z ]+")
-
-
-def fold(text: str) -> str:
-    """Case and accents folded, punctuation and emoji removed, spaces collapsed."""
-    decomposed = unicodedata.normalize("NFKD", text.casefold())
-    plain = "".join(ch for ch in decomposed if not unicodedata.combining(ch))
-    return " ".join(_NOT_WORD.sub(" ", plain).split())
 
 
 def is_opt_out(text: str, words: tuple[str, ...]) -> bool:

@@ -51,14 +51,6 @@ def _known_zones() -> frozenset[str]:
 
 
 @dataclass(frozen=True, slots=True)
-class Wait:
-    """The message may not go now: come back at `until`, because of `reason`."""
-
-    until: datetime
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
 class PickedSender:
     """listener_pick_sender's answer: the number (None: none available), whether the message
     may go (at `slot_at`), else until when it waits and why."""

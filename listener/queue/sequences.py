@@ -15,20 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from listener.outcomes import MustWait, Stop
-from listener.pacing import Wait
-
-# What a lead's reply can mean (lead_replies.kind), in the funnel's order.
-KINDS = (
-    "interested",
-    "question",
-    "not_now",
-    "not_interested",
-    "opt_out",
-    "auto_reply",
-    "wrong_person",
-    "other",
-)
+from listener.flow import MustWait, Stop, Wait
 
 # A step whose lead has a reply not classified yet looks again after this long.
 UNCLASSIFIED_RECHECK = timedelta(seconds=30)

@@ -11,11 +11,10 @@ from datetime import timedelta
 from typing import TypeVar
 
 from listener.errors import HoldBackError, ProviderError, RateLimitedError
-from listener.gate import Gate
+from listener.flow import GateClosed, MustWait, Wait
 from listener.metrics import Metrics
-from listener.outcomes import GateClosed, MustWait
-from listener.pacing import Wait
-from listener.retry import rate_limit_backoff
+from listener.providers.gate import Gate
+from listener.queue.retry import rate_limit_backoff
 from listener.settings import Settings
 
 T = TypeVar("T")

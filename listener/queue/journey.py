@@ -12,7 +12,6 @@ from datetime import UTC, datetime
 
 import psycopg
 
-from listener.calls import ProviderCalls
 from listener.errors import (
     DataRefusedError,
     InstanceClosedError,
@@ -21,28 +20,21 @@ from listener.errors import (
     ProviderError,
     UncertainDeliveryError,
 )
-from listener.feedback import phone_forms
+from listener.feedback.events import phone_forms
+from listener.flow import GateClosed, MustWait, Stop, StopBetweenParts
 from listener.jobs import Job, RecordPart, StoreParts
 from listener.metrics import Metrics
-from listener.outcomes import (
-    MAX_UNCERTAIN_SENDS,
-    GateClosed,
-    MustWait,
-    Outcome,
-    Stop,
-    StopBetweenParts,
-    check_start,
-    outcome,
-)
-from listener.pacing import phone_zones
+from listener.pacing.health import phone_zones
+from listener.pacing.pool import QUIET_WAITS, Senders
 from listener.phones import mask_phone
-from listener.pool import QUIET_WAITS, Senders
 from listener.providers.base import LeftBehindFinder, Sender, SentFinder, SentPart
-from listener.sequences import StepFacts, check_step, step_context
+from listener.queue.calls import ProviderCalls
+from listener.queue.outcomes import MAX_UNCERTAIN_SENDS, Outcome, check_start, outcome
+from listener.queue.sequences import StepFacts, check_step, step_context
+from listener.queue.split import UnsplittableReply, split_content
+from listener.queue.store import LeaseLost, Store, is_connection_error
+from listener.queue.writing import Writer
 from listener.settings import Settings
-from listener.split import UnsplittableReply, split_content
-from listener.store import LeaseLost, Store, is_connection_error
-from listener.writing import Writer
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +90,7 @@ class Journey:
             # first part went out, and its remaining parts are not held to them.
             paced = job.paced and job.parts_sent == 0
             zones = phone_zones(number) if job.lead_clock else None  # the lead's own clock
-            if paced and (wait := await self.store.pace_start(job, zones)) is not None:
+            if paced and (wait := await self.senders.store.pace_start(job, zones)) is not None:
                 raise MustWait(wait)
             resumed = job.parts is not None
             parts = await self._parts(job)

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
+from listener.commands.oneshot import connection
 from listener.errors import ConfigurationError, ProviderError
-from listener.oneshot import connection
 from listener.providers.sender import EvolutionSender
 from listener.queries import q
 from listener.settings import Settings

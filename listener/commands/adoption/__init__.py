@@ -3,8 +3,8 @@ user's tables with the schema the migration files make (`catalog`), `apply` runs
 records what stays the user's (`Held`). `listener migrate` drives it; README, "Moving from the
 Edge Function", is the operator's account."""
 
-from listener.adoption.apply import ADOPTION_TABLE, Held, apply, held
-from listener.adoption.plan import ADOPTABLE_FUNCTIONS, STATUSES, Plan, Step, plan
+from listener.commands.adoption.apply import ADOPTION_TABLE, Held, apply, held
+from listener.commands.adoption.plan import ADOPTABLE_FUNCTIONS, STATUSES, Plan, Step, plan
 
 __all__ = [
     "ADOPTABLE_FUNCTIONS",

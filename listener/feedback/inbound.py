@@ -15,7 +15,14 @@ import dataclasses
 import re
 from datetime import UTC, datetime, timedelta
 
-from listener.feedback import BadEvent, ConnectionChange, Event, Reply, SentEvent, StatusUpdate
+from listener.feedback.events import (
+    BadEvent,
+    ConnectionChange,
+    Event,
+    Reply,
+    SentEvent,
+    StatusUpdate,
+)
 from listener.text import clean_text
 
 # Evolution's bodies nest about ten deep (data.message.extendedTextMessage.contextInfo...).
@@ -36,7 +43,6 @@ MAX_TEXT = 65_536
 EARLIEST = datetime(2015, 1, 1, tzinfo=UTC)
 AHEAD = timedelta(days=1)
 # Outside text in a log line or a metric label is cut to this.
-LOG_CHARS = 80
 
 # A JSON string (escapes included), or a bracket outside strings.
 _TOKENS = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"|[\[{]|[\]}]')
@@ -60,15 +66,6 @@ def nesting_within(raw: bytes, limit: int = MAX_DEPTH) -> bool:
         else:
             depth -= 1
     return True
-
-
-def cut(text: object, limit: int = LOG_CHARS) -> str:
-    """Outside text fit for a log line or a metric label: cleaned (NUL, lone surrogates,
-    control characters shown escaped) and cut to `limit` characters."""
-    shown = clean_text(text if isinstance(text, str) else repr(text))
-    if len(shown) > limit:
-        shown = f"{shown[:limit]}...({len(shown)} chars)"
-    return shown.encode("unicode_escape").decode("ascii") if not shown.isprintable() else shown
 
 
 def sane_time(at: datetime, now: datetime) -> bool:

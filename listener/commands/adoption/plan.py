@@ -19,7 +19,7 @@ from typing import Any, LiteralString, cast
 
 import psycopg
 
-from listener.adoption.catalog import ROLE_BYPASSES_RLS, Catalog, Table, read, target
+from listener.commands.adoption.catalog import ROLE_BYPASSES_RLS, Catalog, Table, read, target
 
 #: Functions of the seed whose names the contract gives ours too: a user's function of that name
 #: is kept as it is (its callers keep their arguments and meaning); the listener calls its own

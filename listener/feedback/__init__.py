@@ -1,0 +1,1 @@
+"""Delivery feedback: Evolution's webhook events, from the door to the database."""
