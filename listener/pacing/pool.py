@@ -108,24 +108,24 @@ class Senders:
     def pool(self, job: Job) -> list[str]:
         """The campaign's numbers: its pool, else its instance, else the default one; a
         follow-up step goes through the number its sequence went through."""
-        if job.step_instance:
-            return [job.step_instance]
-        if job.campaign_instances:
-            return list(job.campaign_instances)
-        return [job.campaign_instance or self.settings.evolution_instance or "sandbox"]
+        if job.claim.step_instance:
+            return [job.claim.step_instance]
+        if job.claim.campaign_instances:
+            return list(job.claim.campaign_instances)
+        return [job.claim.campaign_instance or self.settings.evolution_instance or "sandbox"]
 
     def _paced(self, job: Job, pool: list[str]) -> bool:
-        return len(pool) > 1 or job.gap is not None or job.sender_limits
+        return len(pool) > 1 or job.claim.gap is not None or job.plan.sender_limits
 
     async def _default_limits(self, job: Job) -> None:
         """A campaign that names no number sends through the default one, whose limits the
         claim does not look up: known here, read at the first such message and again at
         every recheck."""
-        if job.campaign_instances or job.campaign_instance or job.sender_limits:
+        if job.claim.campaign_instances or job.claim.campaign_instance or job.plan.sender_limits:
             return
         if self._default_limited is None:
             await self._read_default_limits()
-        job.sender_limits = bool(self._default_limited)
+        job.plan.sender_limits = bool(self._default_limited)
 
     async def _read_default_limits(self) -> None:
         default = self.settings.evolution_instance or "sandbox"
@@ -141,7 +141,7 @@ class Senders:
         (nothing spent)."""
         await self._default_limits(job)
         pool = self.pool(job)
-        own = job.sender_instance
+        own = job.plan.sender_instance
         names = [own] if own else pool
         up = await self._up(names)
         if not up:
@@ -156,8 +156,8 @@ class Senders:
             return own
         if not self._paced(job, pool):
             return up[0]
-        needs_llm = job.parts is None and not (job.content and job.content.strip())
-        if needs_llm and (len(pool) > 1 or job.sender_limits):
+        needs_llm = job.plan.parts is None and not (job.claim.content and job.claim.content.strip())
+        if needs_llm and (len(pool) > 1 or job.plan.sender_limits):
             picked = await self.store.pick_sender(job, pool, own=None, horizon=HORIZON, book=False)
             if not picked.go:
                 raise MustWait(self._wait(job, pool, picked.wait_until, picked.reason))
@@ -169,11 +169,14 @@ class Senders:
         """Right before the first part: the number it goes through, its slot booked and waited
         for (MustWait when the number's turn is further than HORIZON, or none can send).
         Later parts go through the same number without a gap."""
-        if job.parts_sent > 0:
+        if job.plan.parts_sent > 0:
             return instance
-        own = job.sender_instance
+        own = job.plan.sender_instance
         if own is not None:  # a first part that may have gone out is sent again through it
-            if job.gap is not None and (wait := await self.retake(own, job.gap)) is not None:
+            if (
+                job.claim.gap is not None
+                and (wait := await self.retake(own, job.claim.gap)) is not None
+            ):
                 raise MustWait(wait)
             return own
         pool = self.pool(job)
@@ -182,15 +185,15 @@ class Senders:
         picked = await self.store.pick_sender(job, pool, own=None, horizon=HORIZON, book=True)
         if not picked.go or picked.instance is None:
             raise MustWait(self._wait(job, pool, picked.wait_until, picked.reason))
-        job.sender_instance = picked.instance
+        job.plan.sender_instance = picked.instance
         await _sleep_until(picked.slot_at)
         return picked.instance
 
     def before_retry(self, job: Job, instance: str) -> Callable[[], Awaitable[Wait | None]] | None:
         """For the first part's send: nothing before its first try (`book` took the slot); a
         try after a rate-limit wait books a fresh slot, so the gap holds from the real send."""
-        gap = job.gap
-        if gap is None or job.parts_sent > 0:
+        gap = job.claim.gap
+        if gap is None or job.plan.parts_sent > 0:
             return None
         tries = 0
 
@@ -215,8 +218,8 @@ class Senders:
         send through the number was answered a whole `gap_min_seconds` ago (so no two arrive
         closer, however late the previous one left); a try that fails counts as answered.
         Any other send goes at once (a shared no-op: nothing made per part)."""
-        gap = job.gap
-        if gap is None or job.parts_sent > 0:
+        gap = job.claim.gap
+        if gap is None or job.plan.parts_sent > 0:
             return _AT_ONCE
         return self._spaced(job, instance, gap)
 
@@ -243,9 +246,9 @@ class Senders:
         """The first part was accepted through `instance` (and recorded): the next message
         through it goes a whole gap after the answer, even if it came late for its booking."""
         answered = self._answered.pop(job.id, None)
-        if job.gap is not None:
+        if job.claim.gap is not None:
             ago = time.monotonic() - answered if answered is not None else 0.0
-            await self.store.send_answered(instance, job.gap, ago)
+            await self.store.send_answered(instance, job.claim.gap, ago)
 
     def _wait(self, job: Job, pool: list[str], until: datetime | None, reason: str | None) -> Wait:
         """A wait the pool function gave; a pool with no number to send through waits for
@@ -411,11 +414,11 @@ class Senders:
         """A message found its whole campaign held (window, cap, budget): the campaign's other
         due messages that have not started wait too, moved aside once, in batches, by a task
         of its own (the message's slot is free meanwhile; see Store.hold_campaign)."""
-        if wait.reason not in CAMPAIGN_HOLDS or job.parts_sent > 0:
+        if wait.reason not in CAMPAIGN_HOLDS or job.plan.parts_sent > 0:
             return
-        if job.lead_clock and wait.reason != "budget":
+        if job.claim.lead_clock and wait.reason != "budget":
             return  # judged in this lead's zone: the campaign's other leads may be in theirs
-        key: tuple[object, ...] = ("campaign", job.campaign_id, wait.reason)
+        key: tuple[object, ...] = ("campaign", job.claim.campaign_id, wait.reason)
         told = self._told.get(key)
         if told is not None and told >= wait.until - _SPREAD_AGAIN:
             return  # (a budget's recheck moves with each message's clock: not a new hold)
@@ -426,7 +429,7 @@ class Senders:
 
     async def _hold_campaign(self, key: tuple[object, ...], job: Job, wait: Wait) -> None:
         try:
-            moved = await self.store.hold_campaign(job.campaign_id, wait)
+            moved = await self.store.hold_campaign(job.claim.campaign_id, wait)
         except Exception as exc:
             if not isinstance(exc, psycopg.Error):
                 self._told.pop(key, None)
@@ -446,7 +449,7 @@ class Senders:
             )
             return
         if moved is not None and wait.reason != "budget":  # the writer says it once
-            _log_campaign_hold(job.campaign_id, wait, moved)
+            _log_campaign_hold(job.claim.campaign_id, wait, moved)
 
     async def resume_holds(self) -> None:
         """A periodic job: holds of a campaign whose listener was cut off mid-move are taken

@@ -37,7 +37,7 @@ class SenderStore:
         the lead's own zone, else in `zones`, its phone number's). On success the message holds
         a slot of today's cap for as long as it is processing or sent, or once a part of it
         went out."""
-        params = {"campaign_id": job.campaign_id, "message_id": job.id, "zones": zones}
+        params = {"campaign_id": job.claim.campaign_id, "message_id": job.id, "zones": zones}
         async with self.pool.connection() as conn:
             cur = await conn.execute(q("pace_start"), params)
             row = await cur.fetchone()
@@ -60,7 +60,7 @@ class SenderStore:
     ) -> PickedSender:
         """The number of `pool` the message goes through and when; with `book`, its slot is
         taken (atomic across listeners: the candidates' rows are locked)."""
-        gap = job.gap or (None, None)
+        gap = job.claim.gap or (None, None)
         params = {
             "message_id": job.id,
             "pool": pool,

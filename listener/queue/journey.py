@@ -78,21 +78,23 @@ class Journey:
 
     async def run(self, job: Job) -> str:
         """Take one message to an outcome; returns the outcome's name."""
-        instance = job.sender_instance or self.senders.pool(job)[0]
+        instance = job.plan.sender_instance or self.senders.pool(job)[0]
         try:
             number = check_start(job, self.settings.default_region)
-            if job.step > 1 and job.parts is None:
+            if job.claim.step > 1 and job.plan.parts is None:
                 await self._check_step(job)
             instance = await self.senders.check(job)  # nothing spent while no number can send
-            if job.look_up_since is not None and await self._left_behind(job, instance, number):
+            if job.plan.look_up_since is not None and await self._left_behind(
+                job, instance, number
+            ):
                 return "sent"
             # A message that has begun is finished: its window and cap were judged when its
             # first part went out, and its remaining parts are not held to them.
-            paced = job.paced and job.parts_sent == 0
-            zones = phone_zones(number) if job.lead_clock else None  # the lead's own clock
+            paced = job.claim.paced and job.plan.parts_sent == 0
+            zones = phone_zones(number) if job.claim.lead_clock else None  # the lead's own clock
             if paced and (wait := await self.senders.store.pace_start(job, zones)) is not None:
                 raise MustWait(wait)
-            resumed = job.parts is not None
+            resumed = job.plan.parts is not None
             parts = await self._parts(job)
             if resumed:
                 await self._settle_uncertain(job, instance, number, parts)
@@ -108,7 +110,7 @@ class Journey:
                 self.instances.mark(instance, "close" if closed else "missing")
                 await self.senders.hold(instance)
             if isinstance(exc, UncertainDeliveryError):
-                job.uncertain_sends = await self.store.note_uncertain(job)
+                job.plan.uncertain_sends = await self.store.note_uncertain(job)
             result = outcome(exc, job, self.settings, datetime.now(UTC))
             await self.store.finish(result.finish, job)
             if isinstance(exc, MustWait):
@@ -129,15 +131,15 @@ class Journey:
         for a reply's kind), else the LLM is given the earlier steps."""
         facts = StepFacts.from_row(await self.store.step_facts(job))
         check_step(facts, feedback_on=self.settings.webhooks_on, now=datetime.now(UTC))
-        if job.context is not None:
-            job.context = step_context(job.context, job.step, facts)
+        if job.plan.context is not None:
+            job.plan.context = step_context(job.plan.context, job.claim.step, facts)
 
     async def _left_behind(self, job: Job, instance: str, number: str) -> bool:
         """A row the old system left `processing` may have gone out: never sent blindly. Looked
         up on Evolution (anything sent to the lead since the row was last touched): found, it
         is recorded as sent with the text found (True); not found, it goes on to be sent. When
         it cannot be looked up it fails with a reason `listener replay` acts on."""
-        since = job.look_up_since
+        since = job.plan.look_up_since
         assert since is not None
         replay = (
             f"it may have been sent: check the chat, then `listener replay --id {job.id}` sends it"
@@ -165,12 +167,12 @@ class Journey:
             )
             return False
         provider_id, text = found
-        job.sending = True
+        job.attempt.sending = True
         try:
             await self.store.store_parts(StoreParts(job.id, text or None, [text]), job)
             await self.store.record_part(RecordPart(job.id, 0, provider_id, True, instance), job)
         finally:
-            job.sending = False
+            job.attempt.sending = False
         log.info(
             "a message left processing by the Edge Function had gone out to %s: recorded as"
             " sent, not sent again",
@@ -182,19 +184,19 @@ class Journey:
     async def _parts(self, job: Job) -> list[str]:
         """The message's parts: stored ones on a resume, else from its content or the LLM,
         stored before the first part goes out so a retry never writes a different text."""
-        if job.parts is not None:
-            return job.parts
+        if job.plan.parts is not None:
+            return job.plan.parts
         settings = self.settings
         text: str | None = None
-        if job.content is not None and job.content.strip():
+        if job.claim.content is not None and job.claim.content.strip():
             parts = split_content(
-                job.content, max_parts=settings.max_parts, max_chars=settings.max_part_chars
+                job.claim.content, max_parts=settings.max_parts, max_chars=settings.max_part_chars
             )
         else:
             text, parts = await self.writer.write(job, check=lambda: self._check(job))
         self._check(job)
         await self.store.store_parts(StoreParts(job.id, text, parts), job)
-        job.parts = parts
+        job.plan.parts = parts
         return parts
 
     async def _settle_uncertain(
@@ -205,8 +207,8 @@ class Journey:
         the sender's own lookup (Evolution's findMessages). Found: recorded as accepted with
         that id, nothing sent. Not found, or the lookup failed: it is sent again."""
         await self.store.load_uncertain(job)
-        index, since = job.parts_sent, job.uncertain_at
-        if job.uncertain_part != index or job.uncertain_sends <= 0 or since is None:
+        index, since = job.plan.parts_sent, job.plan.uncertain_at
+        if job.plan.uncertain_part != index or job.plan.uncertain_sends <= 0 or since is None:
             return
         if index >= len(parts):
             return
@@ -223,10 +225,10 @@ class Journey:
                     exc,
                     extra={"action": "uncertain_lookup_failed", "message_id": str(job.id)},
                 )
-        if found is None and job.uncertain_sends >= MAX_UNCERTAIN_SENDS:
+        if found is None and job.plan.uncertain_sends >= MAX_UNCERTAIN_SENDS:
             raise MayHaveBeenDelivered(
                 f"part {index + 1} of {len(parts)} may have been delivered: it was sent "
-                f"{job.uncertain_sends} times without an answer (or by a worker that died), "
+                f"{job.plan.uncertain_sends} times without an answer (or by a worker that died), "
                 "and the lookup did not find it, so it is not sent again",
                 provider="evolution",
             )
@@ -238,13 +240,13 @@ class Journey:
                 extra={"action": "uncertain_not_found", "message_id": str(job.id)},
             )
             return
-        job.sending = True
+        job.attempt.sending = True
         try:
             final = index == len(parts) - 1
             await self.store.record_part(RecordPart(job.id, index, found, final, instance), job)
         finally:
-            job.sending = False
-        job.parts_sent = index + 1
+            job.attempt.sending = False
+        job.plan.parts_sent = index + 1
         log.info(
             "part %d to %s went out although its send got no answer: recorded, not sent again",
             index + 1,
@@ -254,7 +256,7 @@ class Journey:
 
     async def _send_parts(self, job: Job, instance: str, number: str, parts: list[str]) -> None:
         delay = self.settings.part_delay.total_seconds()
-        first = job.parts_sent
+        first = job.plan.parts_sent
         for index in range(first, len(parts)):
             if index > first and delay > 0:
                 await asyncio.sleep(delay)
@@ -268,7 +270,7 @@ class Journey:
 
             async def send(text: str = parts[index]) -> SentPart:
                 # From here until the part is recorded, a shutdown lets the task finish.
-                job.sending = True
+                job.attempt.sending = True
                 async with self.senders.sending(job, instance):  # the gap from the last answer
                     return await self.sender.send_text(instance=instance, number=number, text=text)
 
@@ -284,10 +286,10 @@ class Journey:
                 record = RecordPart(job.id, index, sent.provider_message_id, final, instance)
                 await self.store.record_part(record, job)
             finally:
-                job.sending = False
-            job.parts_sent = index + 1
+                job.attempt.sending = False
+            job.plan.parts_sent = index + 1
             self.metrics.parts_sent.inc()
-            if first_part and job.gap:
+            if first_part and job.claim.gap:
                 try:
                     await self.senders.sent(job, instance)
                 except psycopg.Error as exc:  # the booking taken before the send still holds
@@ -298,7 +300,7 @@ class Journey:
                     )
 
     def _check(self, job: Job) -> None:
-        if job.lost:
+        if job.attempt.lost:
             raise LeaseLost()
 
 
@@ -315,7 +317,7 @@ def _log_outcome(job: Job, result: Outcome, error: BaseException) -> None:
         log.warning(
             "%s",
             finish.last_error,
-            extra={"action": "message_retry", "attempt": job.attempts, **ids},
+            extra={"action": "message_retry", "attempt": job.claim.attempts, **ids},
         )
     elif result.name == "deferred" and finish.scheduled_at is not None:
         if finish.wait_reason in QUIET_WAITS:

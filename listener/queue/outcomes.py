@@ -57,11 +57,11 @@ class Outcome:
 def check_start(job: Job, region: str) -> str:
     """The number to send to (international digits, national numbers read in `region`), or
     Stop when the message can never go."""
-    ctx: dict[str, Any] | None = job.context
-    if job.campaign_status == "archived":
+    ctx: dict[str, Any] | None = job.plan.context
+    if job.claim.campaign_status == "archived":
         raise Stop("skipped", "skipped: the campaign is archived")
     if ctx is None:
-        raise Stop("failed", f"lead {job.lead_id} does not exist")
+        raise Stop("failed", f"lead {job.claim.lead_id} does not exist")
     if ctx.get("opted_out"):
         raise Stop("skipped", "skipped: the lead opted out")
     try:
@@ -73,7 +73,7 @@ def check_start(job: Job, region: str) -> str:
 def budget_wait(job: Job, now: datetime) -> Wait | None:
     """A message that needs the LLM waits, spending no attempt, while its campaign's spend (as
     it was at the claim) has reached the campaign's budget."""
-    if job.campaign_budget is None or job.campaign_spent < job.campaign_budget:
+    if job.claim.campaign_budget is None or job.claim.campaign_spent < job.claim.campaign_budget:
         return None
     return Wait(now + BUDGET_RECHECK, "budget")
 
@@ -101,20 +101,27 @@ def outcome(error: BaseException, job: Job, settings: Settings, now: datetime) -
     if isinstance(error, EmptyReplyError):
         return _end(job, "failed", f"the LLM gave an empty reply after retries: {error}")
     if isinstance(error, UnsplittableReply):
-        what = "the content" if job.content is not None and job.content.strip() else "the LLM reply"
+        what = (
+            "the content"
+            if job.claim.content is not None and job.claim.content.strip()
+            else "the LLM reply"
+        )
         why = "has no text to send" if type(error) is UnsplittableReply else "cannot be sent"
         return _end(job, "failed", f"{what} {why}: {error}")
     if isinstance(error, PermanentProviderError):
-        note = fixed_line_note((job.context or {}).get("phone"), settings.default_region)
+        note = fixed_line_note((job.plan.context or {}).get("phone"), settings.default_region)
         return _end(job, "failed", f"{error.provider}: {error}{note}")
-    if isinstance(error, UncertainDeliveryError) and job.uncertain_sends >= MAX_UNCERTAIN_SENDS:
-        parts = len(job.parts or ())
-        label = f"part {job.parts_sent + 1}" + (f" of {parts}" if parts else "")
+    if (
+        isinstance(error, UncertainDeliveryError)
+        and job.plan.uncertain_sends >= MAX_UNCERTAIN_SENDS
+    ):
+        parts = len(job.plan.parts or ())
+        label = f"part {job.plan.parts_sent + 1}" + (f" of {parts}" if parts else "")
         return _end(
             job,
             "failed",
             f"{error.provider}: {label} may have been delivered: its send got no answer "
-            f"{job.uncertain_sends} times, so it is not sent again ({error})",
+            f"{job.plan.uncertain_sends} times, so it is not sent again ({error})",
         )
     if isinstance(error, DataRefusedError):
         return _end(job, "failed", str(error))
@@ -137,7 +144,7 @@ def _hold(job: Job, now: datetime, seconds: float, note: str, reason: str) -> Ou
 
 
 def _retry_or_fail(job: Job, now: datetime, settings: Settings, error: str) -> Outcome:
-    decision = after_failure(job.attempts, settings.retry_delays, error)
+    decision = after_failure(job.claim.attempts, settings.retry_delays, error)
     if decision.kind == "retry" and decision.delay is not None:
         finish = Finish(job.id, "pending", now + decision.delay, 0, decision.last_error)
         return Outcome("retry", finish)

@@ -190,11 +190,13 @@ class Processor:
             return []
         now = datetime.now(UTC)
         for job in jobs:
-            self.metrics.pickup_seconds.observe(max(0.0, (now - job.scheduled_at).total_seconds()))
+            self.metrics.pickup_seconds.observe(
+                max(0.0, (now - job.claim.scheduled_at).total_seconds())
+            )
         self.metrics.attempts.inc(len(jobs))
         self.metrics.batches.inc()
-        leads = {job.lead_id for job in jobs}
-        found = {job.lead_id for job in jobs if job.context is not None}
+        leads = {job.claim.lead_id for job in jobs}
+        found = {job.claim.lead_id for job in jobs if job.plan.context is not None}
         log.info(
             "Loaded %d/%d lead contexts in batch",
             len(found),
@@ -230,7 +232,7 @@ class Processor:
                 finally:
                     self._busy -= 1
                 self.metrics.outcome(name).inc()
-                self.metrics.processing_seconds.observe(time.monotonic() - job.claimed_at)
+                self.metrics.processing_seconds.observe(time.monotonic() - job.claim.claimed_at)
         except LeaseLost:
             log.warning(
                 "lease lost, leaving the message to its new owner",
@@ -297,7 +299,7 @@ class Processor:
         late = list(self._tasks.values())
         for message_id, task in list(self._tasks.items()):
             job = self._held.get(message_id)
-            if job is None or not job.sending:
+            if job is None or not job.attempt.sending:
                 task.cancel()  # in a wait, a pause, the LLM or a pacing call: nothing in the air
         await asyncio.gather(*late, return_exceptions=True)
         leftover = list(set(self._held) | set(unfinished))

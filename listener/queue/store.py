@@ -148,8 +148,8 @@ class Store:
         jobs = []
         for row in rows:
             job = Job.from_row(row)
-            job.context = row["context"]
-            job.lease_until = lease_until
+            job.plan.context = row["context"]
+            job.attempt.lease_until = lease_until
             jobs.append(job)
         return jobs
 
@@ -158,9 +158,9 @@ class Store:
         opt-out, hand-off and replies since the sequence began, the previous step's delivery,
         and the earlier steps' texts."""
         params = {
-            "previous_id": job.previous_id,
-            "lead_id": job.lead_id,
-            "campaign_id": job.campaign_id,
+            "previous_id": job.claim.previous_id,
+            "lead_id": job.claim.lead_id,
+            "campaign_id": job.claim.campaign_id,
         }
         async with self.pool.connection() as conn:
             cur = conn.cursor(row_factory=dict_row)
@@ -189,22 +189,22 @@ class Store:
 
     async def store_parts(self, item: StoreParts, job: Job) -> None:
         """Store the parts, with the usage of the LLM calls the attempt made so far."""
-        if job.usage.calls and item.usage is None:
-            item = StoreParts(item.id, item.text, item.parts, job.usage)
+        if job.attempt.usage.calls and item.usage is None:
+            item = StoreParts(item.id, item.text, item.parts, job.attempt.usage)
         await self._guarded(self._store, item, job)
-        if item.usage is job.usage:
-            job.usage = Usage()
+        if item.usage is job.attempt.usage:
+            job.attempt.usage = Usage()
 
     async def record_part(self, item: RecordPart, job: Job) -> None:
         await self._guarded(self._record, item, job)
 
     async def finish(self, item: Finish, job: Job) -> None:
         """End the attempt; the usage of LLM calls not stored yet travels with it."""
-        if job.usage.calls and item.usage is None:
-            item = replace(item, usage=job.usage)
+        if job.attempt.usage.calls and item.usage is None:
+            item = replace(item, usage=job.attempt.usage)
         await self._guarded(self._finish, item, job)
-        if item.usage is job.usage:
-            job.usage = Usage()
+        if item.usage is job.attempt.usage:
+            job.attempt.usage = Usage()
 
     async def note_uncertain(self, job: Job) -> int:
         """A send of the message's next part got no answer: count it on the row (so every
@@ -215,7 +215,7 @@ class Store:
         )
         params = {
             "id": job.id,
-            "part_no": job.parts_sent,
+            "part_no": job.plan.parts_sent,
             "worker": self.worker,
             "window": window,
         }
@@ -242,7 +242,7 @@ class Store:
         kept, _ = await self._retrying(job, execute)
         if not kept:
             raise LeaseLost()
-        job.look_up_since = None
+        job.plan.look_up_since = None
 
     async def load_uncertain(self, job: Job) -> None:
         """On a resume: which part's send got no answer, how many times, since when."""
@@ -250,7 +250,11 @@ class Store:
             cur = await conn.execute(q("uncertain_of"), {"id": job.id})
             row = await cur.fetchone()
         if row is not None:
-            job.uncertain_part, job.uncertain_sends, job.uncertain_at = row[0], row[1], row[2]
+            job.plan.uncertain_part, job.plan.uncertain_sends, job.plan.uncertain_at = (
+                row[0],
+                row[1],
+                row[2],
+            )
 
     async def find_sent(
         self, instance: str, numbers: tuple[str, ...], text: str, since: datetime
@@ -321,7 +325,10 @@ class Store:
                 return await write(), retried
             except Exception as exc:
                 failed = None
-                if not is_connection_error(exc) or time.monotonic() + pause > job.lease_until:
+                if (
+                    not is_connection_error(exc)
+                    or time.monotonic() + pause > job.attempt.lease_until
+                ):
                     raise
                 log.warning(
                     "a write lost its connection, trying again in %.1fs: %s",
@@ -427,9 +434,9 @@ class Store:
         )
         for job in jobs:
             if job.id in kept:
-                job.lease_until = lease_until
+                job.attempt.lease_until = lease_until
             else:
-                job.lost = True
+                job.attempt.lost = True
 
     async def hand_back(self, ids: list[UUID]) -> None:
         """Put messages we still hold back in the queue, due as they were, attempt refunded

@@ -2,8 +2,8 @@
 LLM's gate (structured output, fallback models, usage), the reply split into parts, and a reply
 with nothing to send (or JSON that does not parse) asked again before the message fails for it.
 
-The usage of every billed call is added to `job.usage`, which travels with the message's next
-write (its parts, or the end of the attempt): no extra round trip."""
+The usage of every billed call is added to `job.attempt.usage`, which travels with the
+message's next write (its parts, or the end of the attempt): no extra round trip."""
 
 from __future__ import annotations
 
@@ -155,37 +155,37 @@ class Writer:
         raise AssertionError("unreachable")
 
     def _log_budget(self, job: Job) -> None:
-        assert job.campaign_budget is not None
-        key = (job.campaign_id, job.campaign_budget)
+        assert job.claim.campaign_budget is not None
+        key = (job.claim.campaign_id, job.claim.campaign_budget)
         if key in self._budget_logged:
             return
         self._budget_logged.add(key)
         log.warning(
             "campaign %s spent $%.4f of its $%.2f budget: its messages that need the LLM wait "
             "until the budget is raised",
-            job.campaign_id,
-            job.campaign_spent,
-            job.campaign_budget,
+            job.claim.campaign_id,
+            job.claim.campaign_spent,
+            job.claim.campaign_budget,
             extra={
                 "action": "campaign_budget_reached",
-                "campaign_id": str(job.campaign_id),
-                "spent_usd": job.campaign_spent,
-                "budget_usd": job.campaign_budget,
+                "campaign_id": str(job.claim.campaign_id),
+                "spent_usd": job.claim.campaign_spent,
+                "budget_usd": job.claim.campaign_budget,
             },
         )
 
     async def _generate(self, job: Job, check: Callable[[], None]) -> Reply:
-        system = (job.campaign_prompt or "").strip()
+        system = (job.claim.campaign_prompt or "").strip()
         system = (system + "\n\n" if system else "") + FORMAT_INSTRUCTIONS.replace(
             "{max_parts}", str(self.settings.max_parts)
         )
-        if job.step > 1:
-            system += " " + STEP_INSTRUCTIONS.replace("{step}", str(job.step - 1))
-        user = json.dumps({"lead": job.context}, ensure_ascii=False, default=str)
-        model = job.campaign_model or self.settings.model
+        if job.claim.step > 1:
+            system += " " + STEP_INSTRUCTIONS.replace("{step}", str(job.claim.step - 1))
+        user = json.dumps({"lead": job.plan.context}, ensure_ascii=False, default=str)
+        model = job.claim.campaign_model or self.settings.model
         fallbacks = tuple(
-            job.campaign_fallbacks
-            if job.campaign_fallbacks is not None
+            job.claim.campaign_fallbacks
+            if job.claim.campaign_fallbacks is not None
             else self.settings.fallback_models
         )
         metrics = self.calls.metrics
@@ -200,7 +200,7 @@ class Writer:
                     usage.model,
                     usage.model != model and is_fallback(usage.model, model, fallbacks),
                 )
-            job.usage = job.usage + usage
+            job.attempt.usage = job.attempt.usage + usage
             metrics.llm_usage(usage)
 
         if self._on_request is not None:

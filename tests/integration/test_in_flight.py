@@ -147,7 +147,7 @@ async def test_a_number_reserved_for_a_send_whose_lead_opted_out_is_let_go(
         (message,),
     )
     db.execute("UPDATE leads SET opted_out = true WHERE id = %s", (lead,))
-    job = Job(
+    job = Job.of(
         id=message,
         campaign_id=campaign,
         lead_id=lead,

@@ -206,7 +206,10 @@ async def test_a_batch_is_claimed_with_its_contexts_in_one_round_trip(
     finally:
         await pool.close()
     assert len(jobs) == 50
-    assert all(job.context is not None and job.context["id"] == str(job.lead_id) for job in jobs)
+    assert all(
+        job.plan.context is not None and job.plan.context["id"] == str(job.claim.lead_id)
+        for job in jobs
+    )
     context_queries = [s for s in CountingCursor.statements if "get_lead_full_context" in s]
     assert len(context_queries) == 1
     assert len(CountingCursor.statements) == 1  # the claim and the contexts together

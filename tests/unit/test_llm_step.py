@@ -19,7 +19,7 @@ NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 
 
 def job(budget: float | None, spent: float) -> Job:
-    return Job(
+    return Job.of(
         id=uuid.uuid4(),
         campaign_id=uuid.uuid4(),
         lead_id=uuid.uuid4(),

@@ -47,7 +47,7 @@ def job(**fields: object) -> Job:
         "context": {"phone": "+55 11 98765-4321", "opted_out": False},
     }
     values.update(fields)
-    return Job(**values)  # type: ignore[arg-type]
+    return Job.of(**values)
 
 
 def test_429_spends_nothing_and_waits_for_the_retry_after() -> None:
