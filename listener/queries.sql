@@ -107,9 +107,10 @@ SELECT count(*) AS due FROM campaign_messages
 -- statement, their cost to the campaign's spend (what budgets are checked against). Parts are
 -- stored once (a resume never stores them again): a row that has its parts already is not
 -- matched, so a store run again after its answer was lost adds no usage twice (the store then
--- finds it with stored_parts). The lead's stop (opted out) is read again here, right before
--- the first part goes: a lead who opted out while the LLM wrote is not matched either, and
--- lead_stop says why (the message then ends skipped, its LLM usage kept by finish). No column
+-- finds it with stored_parts). The lead's stop (opted out, or handed off to a person since the
+-- message was made) is read again here, right before the first part goes: a lead who opted
+-- out or was handed off while the LLM wrote is not matched either, and lead_stop says why (the
+-- message then ends skipped, its LLM usage kept by finish). No column
 -- it sets is in an index, and it leaves updated_at alone (the claim just set it; the record
 -- sets it again), so the update is HOT where the page has room: no index entry.
 WITH stored AS (
@@ -128,7 +129,9 @@ WITH stored AS (
                 model, fallback)
      WHERE m.id = v.id AND m.status = 'processing' AND m.locked_by = %(worker)b
        AND m.parts IS NULL
-       AND NOT EXISTS (SELECT 1 FROM leads l WHERE l.id = m.lead_id AND l.opted_out)
+       AND NOT EXISTS (SELECT 1 FROM leads l
+                        WHERE l.id = m.lead_id
+                          AND (l.opted_out OR l.handoff_at >= m.created_at))
     RETURNING m.id, m.campaign_id, v.cost_usd
 ), spend AS (
     UPDATE campaigns c
@@ -147,10 +150,13 @@ SELECT id FROM campaign_messages
    AND parts IS NOT NULL
 
 -- lead_stop --
--- Why a message still ours may not begin: its lead opted out since the claim (NULL: it may;
--- no row: it is not ours any more). Every check of a lead's stop before a first part
--- (store_parts, send_wait) names the same conditions.
-SELECT CASE WHEN l.opted_out THEN 'skipped: the lead opted out' END AS stop
+-- Why a message still ours may not begin: its lead opted out since the claim, or was handed
+-- off to a person since the message was made (a hand-off skips the lead's pending messages;
+-- this catches the ones in flight then) (NULL: it may; no row: it is not ours any more).
+-- Every check of a lead's stop before a first part (store_parts, send_wait) names the same
+-- conditions.
+SELECT CASE WHEN l.opted_out THEN 'skipped: the lead opted out'
+            WHEN l.handoff_at >= m.created_at THEN 'skipped: the lead was handed off' END AS stop
   FROM campaign_messages m
   JOIN leads l ON l.id = m.lead_id
  WHERE m.id = %(id)s AND m.status = 'processing' AND m.locked_by = %(worker)s
@@ -392,16 +398,18 @@ SELECT go, slot_at, wait_until
 -- At its slot, right before a first part: the seconds until the previous send through the
 -- number was answered a gap ago, the number reserved from then on (`reserved`), or, while
 -- another send is on its way, when to ask again. In the same statement, the lead's stop read
--- again (as lead_stop): a lead who opted out while the message waited for its turn gets none
--- of it (the reservation is then let go with send_cancel).
+-- again (as lead_stop): a lead who opted out or was handed off while the message waited for
+-- its turn gets none of it (the reservation is then let go with send_cancel).
 SELECT w.wait, w.reserved,
-       (SELECT 'skipped: the lead opted out'
+       (SELECT CASE WHEN l.opted_out THEN 'skipped: the lead opted out'
+                    WHEN l.handoff_at >= m.created_at THEN 'skipped: the lead was handed off'
+                    END
           FROM campaign_messages m JOIN leads l ON l.id = m.lead_id
-         WHERE m.id = %(message_id)s AND l.opted_out) AS stop
+         WHERE m.id = %(message_id)s) AS stop
   FROM listener_send_wait(%(instance)s, %(min)s::numeric, %(stale)s::numeric) w
 
 -- send_cancel --
--- A number reserved by send_wait for a send that will not happen (its lead opted out): free
+-- A number reserved by send_wait for a send that will not happen (its lead's stop): free
 -- it for the next one without counting a send.
 UPDATE listener_instances SET sending_since = NULL WHERE instance = %(instance)s
 

@@ -94,8 +94,8 @@ class SenderStore:
         """At its slot, right before a first part: (seconds, True) when the number is reserved
         for this send from `seconds` on (once the previous send through it was answered a gap
         ago), or (seconds, False) to ask again then (another send is on its way). Stop when
-        the message's lead opted out meanwhile (read in the same statement; the reservation
-        is let go)."""
+        the message's lead opted out or was handed off meanwhile (read in the same statement;
+        the reservation is let go)."""
         params = {
             "instance": instance,
             "min": gap_min,

@@ -295,8 +295,9 @@ class Store:
         raise LeaseLost()
 
     async def lead_stop(self, job: Job) -> str | None:
-        """Why a message still ours may not begin (its lead opted out since the claim), or
-        None; LeaseLost when it is not ours any more."""
+        """Why a message still ours may not begin (its lead opted out since the claim, or was
+        handed off since the message was made), or None; LeaseLost when it is not ours any
+        more."""
         async with self.pool.connection() as conn:
             cur = await conn.execute(q("lead_stop"), {"id": job.id, "worker": self.worker})
             row = await cur.fetchone()

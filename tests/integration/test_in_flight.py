@@ -1,6 +1,6 @@
-"""A lead's stop reaches messages already in flight: an opt-out that comes while the
-message is with the LLM, or while it waits for its number's turn, is read again right before
-the first part goes, and the lead receives none of it."""
+"""A lead's stop reaches messages already in flight: an opt-out or a hand-off to a person that
+comes while the message is with the LLM, or while it waits for its number's turn, is read again
+right before the first part goes, and the lead receives none of it."""
 
 from __future__ import annotations
 
@@ -102,6 +102,73 @@ async def test_a_lead_who_opts_out_while_the_llm_writes_receives_none_of_it(
         assert one(db, "SELECT spent_usd > 0 FROM campaigns WHERE id = %s", campaign) is True
 
 
+async def test_a_lead_handed_off_while_the_llm_writes_receives_none_of_it(
+    db_url: str, db: Conn
+) -> None:
+    async with serve_fakes() as fakes, running(db_url, **http_settings(fakes)):
+        fakes.reply_parts = 2
+        fakes.llm_release = asyncio.Event()  # the LLM answers when the test says so
+        campaign = make_campaign(db)
+        lead = make_lead(db)
+        [message] = enqueue(db, campaign, [lead])
+        await await_until(lambda: fakes.llm_calls == 1)
+        # The lead's reply is classified `interested` while its message is with the LLM: the
+        # hand-off (reply_classified, as the classifier applies it) commits meanwhile. The
+        # reply is not due for the listener's own classifier (it would wait on the held LLM).
+        reply = one(
+            db,
+            "INSERT INTO lead_replies (lead_id, campaign_id, message_id, instance, phone, text,"
+            " received_at, next_try_at) VALUES (%s, %s, %s, 'main', %s, 'Quero saber mais',"
+            " now(), now() + interval '1 hour') RETURNING id",
+            lead,
+            campaign,
+            message,
+            PHONE,
+        )
+        handed = one(
+            db,
+            "SELECT handed_off FROM reply_classified(%s, 'interested', NULL, 0, 0, 0, NULL)",
+            reply,
+        )
+        assert handed is True
+        assert one(db, "SELECT status FROM campaign_messages WHERE id = %s", message) == (
+            "processing"
+        )
+        fakes.llm_release.set()
+        await await_until(
+            lambda: (
+                one(db, "SELECT status FROM campaign_messages WHERE id = %s", message)
+                != "processing"
+            )
+        )
+        assert fakes.sends == []
+        row = one(
+            db,
+            "SELECT status, last_error, parts, parts_sent, prompt_tokens, cost_usd > 0, attempts"
+            " FROM campaign_messages WHERE id = %s",
+            message,
+        )
+    # Skipped with the reason, nothing stored to send, the LLM's cost kept.
+    assert row == ("skipped", "skipped: the lead was handed off", None, 0, 120, True, 1)
+    assert one(db, "SELECT spent_usd > 0 FROM campaigns WHERE id = %s", campaign) is True
+
+
+async def test_a_message_made_after_the_lead_was_handed_off_is_not_stopped_by_it(
+    db_url: str, db: Conn
+) -> None:
+    """Only a hand-off since the message was made stops it there (one made later, a new
+    campaign's, is the operator's choice)."""
+    lead = make_lead(db)
+    db.execute("UPDATE leads SET handoff_at = now() - interval '1 day' WHERE id = %s", (lead,))
+    campaign = make_campaign(db)
+    async with serve_fakes() as fakes, running(db_url, **http_settings(fakes)):
+        [message] = enqueue(db, campaign, [lead], content="Olá!")
+        await await_until(
+            lambda: one(db, "SELECT status FROM campaign_messages WHERE id = %s", message) == "sent"
+        )
+    assert len(fakes.sends) == 1
+
+
 async def test_a_lead_who_opts_out_while_its_message_waits_for_its_number_receives_none(
     db_url: str, db: Conn
 ) -> None:
@@ -167,5 +234,11 @@ async def test_a_number_reserved_for_a_send_whose_lead_opted_out_is_let_go(
             await SenderStore(pool, settings).send_wait(job, "main", 0.1)
         assert stopped.value.reason == "skipped: the lead opted out"
         assert await store.lead_stop(job) == "skipped: the lead opted out"
+        # A hand-off since the message was made stops it the same way, with its own reason.
+        db.execute("UPDATE leads SET opted_out = false, handoff_at = now() WHERE id = %s", (lead,))
+        with pytest.raises(Stop) as stopped:
+            await SenderStore(pool, settings).send_wait(job, "main", 0.1)
+        assert stopped.value.reason == "skipped: the lead was handed off"
+        assert await store.lead_stop(job) == "skipped: the lead was handed off"
     # The number was reserved and let go in the same turn: the next send need not wait.
     assert one(db, "SELECT sending_since FROM listener_instances WHERE instance = 'main'") is None
