@@ -70,6 +70,12 @@ def embedded_url(data_dir: Path) -> str:
     return str(_embedded.get_uri("postgres"))
 
 
+def stop_embedded() -> None:
+    """Stop the embedded Postgres this process started (if no other process still uses it)."""
+    if _embedded is not None:
+        _embedded.cleanup()
+
+
 def database_url(settings: Settings) -> str:
     """The DSN to use: DATABASE_URL, else an embedded Postgres in the data folder."""
     if settings.database_url:

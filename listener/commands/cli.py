@@ -330,6 +330,8 @@ def demo(leads: int, keep: bool, serve: bool) -> None:
 
     settings = _settings(need_providers=False)
     logs.setup("WARNING", settings.log_format)
+    from listener.db import stop_embedded
+
     own_folder: Path | None = None
     if settings.database_url is None:
         from listener.db import embedded_url
@@ -369,7 +371,7 @@ def demo(leads: int, keep: bool, serve: bool) -> None:
     finally:
         bar.close()
         if own_folder is not None:
-            work.stop_embedded()
+            stop_embedded()
     if not printed:
         show(result)
     if result.interrupted:

@@ -1,149 +1,34 @@
-"""`listener demo`: the whole pipeline on sample data with nothing to configure. A sandbox
-listener runs in this process; a sample campaign goes through it while a progress line shows
-the run's counts; then the stats and a few of the messages "sent". The command line itself is
-in `listener.commands.cli`."""
+"""The demo's run: a sandbox listener in this process (its settings, its ports), the guard
+against a database where it could do harm, the sample campaign inserted and followed until
+every message has an outcome, the hand-offs heard on listener_handoff, the stats gathered, and
+the clean-up; Ctrl-C or SIGTERM ends the wait instead of killing it."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import json
-import os
-import random
 import secrets
-import shlex
 import signal
 import socket
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass, field
-from datetime import datetime, timedelta
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO
+from datetime import timedelta
+from typing import TYPE_CHECKING
 from uuid import UUID
 
 import psycopg
 
+from listener.commands.demo.progress import DemoResult, Progress, handoff_line
+from listener.commands.demo.sample import create_sample, sample_leads
 from listener.commands.oneshot import Connection, connection, one
-from listener.commands.stats import Stats, collect_stats, render
+from listener.commands.stats import collect_stats
 from listener.errors import ConfigurationError, DatabaseError, ListenerError
-from listener.phones import mask_phone, normalize_phone
 from listener.queries import q
 from listener.settings import Settings, load_settings
 
 if TYPE_CHECKING:
     from listener.daemon import Daemon
-
-#: The demo's follow-up: step 2 goes this long after step 1 to leads who did not stop it.
-DEMO_STEP_WAIT = timedelta(seconds=3)
-DEMO_STEP_PROMPT = (
-    "Escreva um follow-up curto e gentil para o lead que ainda não respondeu, retomando a "
-    "mensagem anterior sem se apresentar de novo."
-)
-
-DEMO_PROMPT = (
-    "Você é um SDR simpático de uma agência de marketing digital. Escreva uma primeira mensagem "
-    "de WhatsApp curta e pessoal para o lead, citando a empresa e a cidade dele, e convide para "
-    "uma conversa rápida de 15 minutos. Sem emojis em excesso e sem parecer spam."
-)
-
-_FIRST_NAMES = (
-    "Ana", "Bruno", "Camila", "Diego", "Eduarda", "Felipe", "Gabriela", "Henrique", "Isabela",
-    "João", "Juliana", "Lucas", "Mariana", "Matheus", "Natália", "Pedro", "Rafaela", "Rodrigo",
-    "Sofia", "Thiago", "Vanessa", "Vinícius", "Larissa", "Gustavo", "Beatriz", "Carlos",
-)  # fmt: skip
-_SURNAMES = (
-    "Silva", "Santos", "Oliveira", "Souza", "Rodrigues", "Ferreira", "Alves", "Pereira", "Lima",
-    "Gomes", "Costa", "Ribeiro", "Martins", "Carvalho", "Almeida", "Lopes", "Barbosa", "Rocha",
-)  # fmt: skip
-#: City and its area code (DDD), so the sample phones look right.
-_CITIES = (
-    ("São Paulo", "11"), ("Campinas", "19"), ("Rio de Janeiro", "21"), ("Belo Horizonte", "31"),
-    ("Curitiba", "41"), ("Porto Alegre", "51"), ("Brasília", "61"), ("Salvador", "71"),
-    ("Recife", "81"), ("Fortaleza", "85"), ("Florianópolis", "48"), ("Goiânia", "62"),
-)  # fmt: skip
-#: Segment and company names in it.
-_COMPANIES = (
-    ("padaria", ("Padaria Pão Dourado", "Panificadora Trigo Bom", "Padaria Estrela")),
-    ("clínica odontológica", ("Sorriso Pleno Odontologia", "OdontoVida", "Clínica Dente Feliz")),
-    ("academia", ("Academia Corpo em Forma", "Studio Movimento", "Fit Center")),
-    ("imobiliária", ("Imobiliária Casa Nova", "Lar Ideal Imóveis", "Chave de Ouro Imóveis")),
-    ("contabilidade", ("Contábil Exata", "Escritório Balanço Certo", "Conta Fácil")),
-    ("pet shop", ("Pet Feliz", "Mundo Animal", "Cão & Cia")),
-    ("restaurante", ("Restaurante Sabor da Terra", "Cantina Nonna Rosa", "Bistrô do Porto")),
-    ("oficina mecânica", ("Auto Center Pistão", "Oficina Roda Viva", "Mecânica Confiança")),
-)  # fmt: skip
-_NOTES = (
-    "Pediu orçamento de site pelo formulário.",
-    "Seguidor ativo no Instagram; curtiu posts sobre anúncios.",
-    "Baixou o e-book de marketing local.",
-    "Indicado por um cliente atual.",
-    "Visitou a página de preços duas vezes.",
-    None,
-)
-#: Messages inserted with `content`: sent as they are, without the LLM.
-_CONTENTS = (
-    "Oi! Aqui é a Carol, da Agência Norte. Separei três ideias para trazer mais clientes "
-    "para a sua empresa pelo Google. Posso te mandar?",
-    "Olá! Vi que vocês abriram uma nova unidade, parabéns! Temos um pacote de lançamento "
-    "com anúncios locais. Topa uma conversa de 15 minutos esta semana?",
-)
-
-
-@dataclass(frozen=True)
-class Progress:
-    """The demo run's counts, from the trigger-kept columns of `campaign_runs`."""
-
-    total: int
-    sent: int
-    failed: int
-    skipped: int
-
-    @property
-    def done(self) -> int:
-        return self.sent + self.failed + self.skipped
-
-    @property
-    def finished(self) -> bool:
-        return self.total > 0 and self.done >= self.total
-
-
-@dataclass(frozen=True)
-class DemoResult:
-    """What the demo did, for the command to print."""
-
-    campaign_id: UUID
-    run_id: UUID
-    progress: Progress
-    elapsed: float
-    stats: Stats
-    samples: list[tuple[str, str]]
-    interrupted: bool = False
-    #: The hand-offs announced on listener_handoff: (name, phone, what they wrote, kind).
-    handoffs: list[tuple[str, str, str, str]] = field(default_factory=list)
-
-
-def sample_leads(count: int, rng: random.Random | None = None) -> list[dict[str, Any]]:
-    """`count` plausible Brazilian leads; the second one opted out (its message is skipped)."""
-    rng = rng or random.Random()
-    leads = []
-    for index in range(count):
-        city, ddd = rng.choice(_CITIES)
-        segment, companies = rng.choice(_COMPANIES)
-        leads.append(
-            {
-                "id": uuid.uuid4(),
-                "name": f"{rng.choice(_FIRST_NAMES)} {rng.choice(_SURNAMES)}",
-                "phone": f"55{ddd} 9{rng.randrange(10_000):04d} {rng.randrange(10_000):04d}",
-                "company": rng.choice(companies),
-                "city": city,
-                "segment": segment,
-                "notes": rng.choice(_NOTES),
-                "opted_out": index == 1,
-            }
-        )
-    return leads
 
 
 async def demo_guard(url: str) -> None:
@@ -162,41 +47,6 @@ async def demo_guard(url: str) -> None:
             f"this database has {row['queued']} queued messages that the demo's sandbox would "
             "take; run the demo on its own database (unset DATABASE_URL)"
         )
-
-
-async def _create_sample(conn: Connection, leads: list[dict[str, Any]]) -> tuple[UUID, UUID]:
-    """Insert the campaign, its run, the leads and one message per lead (one statement)."""
-    name = f"Demo {datetime.now().astimezone():%Y-%m-%d %H:%M:%S}"
-    campaign_id: UUID = (await one(conn, "demo_campaign", {"name": name, "prompt": DEMO_PROMPT}))[
-        "id"
-    ]
-    await conn.execute(
-        q("demo_step"),
-        {"campaign_id": campaign_id, "wait": DEMO_STEP_WAIT, "prompt": DEMO_STEP_PROMPT},
-    )
-    run_id: UUID = (await one(conn, "demo_run", {"campaign_id": campaign_id}))["id"]
-    columns = {
-        "ids": "id", "names": "name", "phones": "phone", "companies": "company", "cities": "city",
-        "segments": "segment", "notes": "notes", "opted_out": "opted_out",
-    }  # fmt: skip
-    await conn.execute(
-        q("demo_leads"), {name: [lead[c] for lead in leads] for name, c in columns.items()}
-    )
-    contents: list[str | None] = [None] * len(leads)
-    for offset, text in enumerate(_CONTENTS):
-        index = 2 + offset * 5
-        if index < len(leads):
-            contents[index] = text
-    await conn.execute(
-        q("demo_messages"),
-        {
-            "campaign_id": campaign_id,
-            "run_id": run_id,
-            "lead_ids": [lead["id"] for lead in leads],
-            "contents": contents,
-        },
-    )
-    return campaign_id, run_id
 
 
 async def _progress(conn: Connection, run_id: UUID) -> Progress:
@@ -254,7 +104,7 @@ async def run_demo(
                 await _wait_listening(daemon, task)
                 await listening
                 started = time.monotonic()
-                created = await _create_sample(conn, sample_leads(leads))
+                created = await create_sample(conn, sample_leads(leads))
                 interrupted = await _follow(
                     conn, created[1], task, stop, on_progress, started + timeout, poll
                 )
@@ -401,115 +251,6 @@ async def _wait_listening(daemon: Daemon, task: asyncio.Task[None], limit: float
     raise ListenerError(f"the demo's listener did not start listening within {limit:.0f}s")
 
 
-# --------------------------------------------------------------------------------------------
-# what the command prints
-# --------------------------------------------------------------------------------------------
-
-_BAR_WIDTH = 30
-
-#: Without a terminal, a plain line each time the run passes another tenth of its messages.
-_PLAIN_STEPS = 10
-
-
-class ProgressLine:
-    """The demo's progress on `stream` (stderr). On a terminal, one bar rewritten in place with
-    `\\r` whenever it changes; elsewhere (a pipe, a file, a CI log) plain lines, one per tenth
-    of the messages and one at the end, so no `\\r` frames pile up."""
-
-    def __init__(self, stream: TextIO, *, terminal: bool | None = None) -> None:
-        self._stream = stream
-        self._terminal = _is_terminal(stream) if terminal is None else terminal
-        self._last = ""
-        self._step = -1
-
-    def __call__(self, progress: Progress) -> None:
-        total = max(progress.total, 1)
-        filled = _BAR_WIDTH * progress.done // total
-        line = (
-            f"[{'#' * filled}{'.' * (_BAR_WIDTH - filled)}] {progress.done}/{progress.total}"
-            f"  sent {progress.sent}  skipped {progress.skipped}  failed {progress.failed}"
-        )
-        if line == self._last:
-            return
-        if self._terminal:
-            self._write("\r" + line)
-            self._last = line
-            return
-        step = _PLAIN_STEPS * progress.done // total
-        if step != self._step or progress.finished:
-            self._write(line + "\n")
-            self._last, self._step = line, step
-
-    def close(self) -> None:
-        """End the bar's line (a terminal only: plain lines end themselves), so other lines
-        can be written; the next change draws the bar again below them."""
-        if self._terminal and self._last:
-            self._write("\n")
-            self._last = ""
-
-    def _write(self, text: str) -> None:
-        self._stream.write(text)
-        self._stream.flush()
-
-
-def _is_terminal(stream: TextIO) -> bool:
-    try:
-        return stream.isatty()
-    except (AttributeError, ValueError):  # a closed or odd stream
-        return False
-
-
-def look_command(data_dir: Path | None) -> str:
-    """The command that shows the demo's data: `listener stats` on the same database. For the
-    demo's own embedded Postgres (`data_dir`), with LISTENER_DATA_DIR pointing at it; stats
-    starts that Postgres again from the same folder."""
-    program = "uv run listener" if os.environ.get("UV") else "listener"
-    command = f"{program} stats --since 1h"
-    if data_dir is None:
-        return command
-    return f"LISTENER_DATA_DIR={shlex.quote(str(data_dir))} {command}"
-
-
-def report(result: DemoResult, *, keep: bool, data_dir: Path | None) -> Iterator[str]:
-    """What `listener demo` prints at the end: the outcome, the stats, some messages sent, and
-    how to look at the data afterwards. `data_dir` is the folder of the demo's own embedded
-    Postgres (None when it ran on DATABASE_URL)."""
-    progress = result.progress
-    state = "interrupted after" if result.interrupted else "done in"
-    yield (
-        f"demo campaign {result.campaign_id}: {progress.total} messages, {state} "
-        f"{result.elapsed:.1f}s: {progress.sent} sent, {progress.skipped} skipped, "
-        f"{progress.failed} failed"
-    )
-    yield ""
-    yield render(result.stats)
-    yield ""
-    if result.handoffs:
-        yield "leads handed off to a person (NOTIFY listener_handoff)"
-        for handoff in result.handoffs:
-            yield "  " + handoff_line(handoff)
-    else:
-        yield "no lead was handed off"
-    if result.samples:
-        yield ""
-        yield "some messages the sandbox sender delivered"
-        for number, text in result.samples:
-            yield f"  {mask_phone(number)}  {text}"
-    yield ""
-    if keep:
-        yield f"kept the demo's rows: campaign {result.campaign_id}, run {result.run_id}"
-        yield f"look at them with: {look_command(data_dir)}"
-    else:
-        yield "removed the demo's rows (use --keep to look at them)"
-
-
-def handoff_line(handoff: tuple[str, str, str, str]) -> str:
-    """One hand-off as the demo prints it: who (phone masked), what they wrote, its kind."""
-    name, phone, text, kind = handoff
-    digits = normalize_phone(phone) or phone
-    return f'{name} ({mask_phone(digits)}) wrote "{text}" ({kind.replace("_", " ")})'
-
-
 #: The status page's port in the demo when it is free (the metrics port's default).
 DEMO_PAGE_PORT = 9464
 
@@ -621,12 +362,3 @@ def _on_interrupt(stop: asyncio.Event) -> Iterator[None]:
     finally:
         for sig in installed:
             loop.remove_signal_handler(sig)
-
-
-def stop_embedded() -> None:
-    """Stop the embedded Postgres this process started (if no other process still uses it)."""
-    from listener import db
-
-    server = db._embedded
-    if server is not None:
-        server.cleanup()
