@@ -30,7 +30,7 @@ COPY README.md ./
 COPY listener ./listener
 COPY migrations ./migrations
 RUN uv sync --frozen --no-dev --no-editable \
-    && /app/.venv/bin/python -I -c "from listener.commands.migrate import migrations_dir as m; \
+    && /app/.venv/bin/python -I -c "from listener.commands.migration_files import migrations_dir as m; \
 assert m().name == '_migrations' and any(m().glob('*.sql')), m()" \
     && /app/.venv/bin/python -I -c "from importlib.resources import files; w = files('listener.web'); \
 assert w.joinpath('templates', 'status.html').is_file() and w.joinpath('static', 'status.css').is_file()"

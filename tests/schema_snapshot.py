@@ -35,7 +35,8 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
-from listener.commands.migrate import SCHEMA_SNAPSHOT, migrate, migrations_dir
+from listener.commands.migrate import migrate
+from listener.commands.migration_files import SCHEMA_SNAPSHOT, migrations_dir
 from tests.helpers import embedded_postgres
 
 #: Where the snapshot lives.

@@ -10,7 +10,7 @@ from typing import Any, LiteralString
 
 import psycopg
 
-from listener.commands.migrate import load_functions, load_migrations
+from listener.commands.migration_files import load_functions, load_migrations
 from listener.db import connect
 from listener.errors import DatabaseError, MigrationError
 from listener.queries import q

@@ -631,7 +631,7 @@ def test_wheel_carries_the_migrations(installed: Installed) -> None:
         "python",
         "-I",
         "-c",
-        "import listener, listener.commands.migrate as m; "
+        "import listener, listener.commands.migration_files as m; "
         "print(listener.__file__); print(m.migrations_dir())",
     )
     assert done.returncode == 0, done.stderr

@@ -20,7 +20,8 @@ from psycopg.types.json import Jsonb
 
 from listener import logs
 from listener.commands.cli import entry
-from listener.commands.migrate import FUNCTIONS, load_migrations, migrate, migrations_dir
+from listener.commands.migrate import migrate
+from listener.commands.migration_files import FUNCTIONS, load_migrations, migrations_dir
 from listener.db import stop_embedded
 from tests.daemon_harness import running
 from tests.helpers import await_until, make_campaign, make_leads, make_run

@@ -13,7 +13,8 @@ import psycopg
 import pytest
 
 from listener.commands.cli import entry
-from listener.commands.migrate import _CREATE_TABLE, REWORDED, load_migrations, migrate
+from listener.commands.migrate import _CREATE_TABLE, REWORDED, migrate
+from listener.commands.migration_files import load_migrations
 from listener.errors import MigrationError
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "migrations_no_transaction"

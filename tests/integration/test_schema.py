@@ -12,12 +12,12 @@ from typing import Any
 import psycopg
 import pytest
 
-from listener.commands.migrate import (
+from listener.commands.migrate import migrate
+from listener.commands.migration_files import (
     FUNCTIONS,
     Migration,
     load_functions,
     load_migrations,
-    migrate,
     migrations_dir,
 )
 from listener.errors import MigrationError

@@ -4,7 +4,7 @@ adopted database, and the words --dry-run prints for each statement."""
 from __future__ import annotations
 
 from listener.commands.adoption import Held
-from listener.commands.migrate import describe
+from listener.commands.migration_files import describe
 
 HELD = Held(frozenset({"get_lead_full_context"}), frozenset({"idx_campaign_messages_open"}))
 

@@ -7,7 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from listener.commands.migrate import Migration, load_functions, load_migrations, split_statements
+from listener.commands.migration_files import (
+    Migration,
+    load_functions,
+    load_migrations,
+    split_statements,
+)
 from listener.errors import MigrationError
 
 
