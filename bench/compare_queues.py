@@ -64,7 +64,7 @@ import _common as c
 import dbwork
 import psycopg
 
-from listener.commands.cli import run_async  # the loop `listener run` uses (uvloop)
+from listener.commands.common import run_async  # the loop `listener run` uses (uvloop)
 from listener.jobs import Usage
 from listener.providers.base import LLM, Reply, Sender, SentPart
 

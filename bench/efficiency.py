@@ -30,7 +30,7 @@ from typing import Any
 import _common as c
 import psycopg
 
-from listener.commands.cli import run_async  # the loop `listener run` uses (uvloop)
+from listener.commands.common import run_async  # the loop `listener run` uses (uvloop)
 from listener.phones import normalize_phone
 from listener.providers._http import make_client
 from listener.queue.writing import FORMAT_INSTRUCTIONS

@@ -20,7 +20,7 @@ from typing import Any
 import _common as c
 import psycopg
 
-from listener.commands.cli import run_async  # the loop `listener run` uses (uvloop)
+from listener.commands.common import run_async  # the loop `listener run` uses (uvloop)
 
 TARGET = 1000.0
 TARGET_CONCURRENCY = 50

@@ -41,7 +41,7 @@ import _common as c
 import psutil
 import psycopg
 
-from listener.commands.cli import run_async  # the loop `listener run` uses (uvloop)
+from listener.commands.common import run_async  # the loop `listener run` uses (uvloop)
 
 
 def analyzer(url: str, every: float, stop: threading.Event) -> None:

@@ -29,7 +29,7 @@ from typing import Any
 import _common as c
 import psycopg
 
-from listener.commands.cli import run_async  # the loop `listener run` uses (uvloop)
+from listener.commands.common import run_async  # the loop `listener run` uses (uvloop)
 from listener.daemon import Daemon
 
 TARGET = 0.98

@@ -39,7 +39,7 @@ from typing import Any
 import _common as c
 import psycopg
 
-from listener.commands.cli import run_async  # the loop `listener run` uses (uvloop)
+from listener.commands.common import run_async  # the loop `listener run` uses (uvloop)
 
 TARGET = 5000.0
 

@@ -40,7 +40,7 @@ from typing import Any
 import _common as c
 import psycopg
 
-from listener.commands.cli import run_async
+from listener.commands.common import run_async
 from listener.daemon import Daemon
 from listener.db import make_pool
 from listener.feedback.events import sign_jwt

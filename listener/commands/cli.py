@@ -1,85 +1,23 @@
 """The `listener` command: every subcommand's options, dispatch and printing. The work is in
 one module per command (`daemon`, `migrate`, `replay`, `stats`, `demo`), which never import
-this one. Errors in arguments or settings become one line and exit code 2; other known
-failures one line and exit code 1; never a traceback."""
+this one; what the commands share (the loop, settings, the database) is in `common`. Errors in
+arguments or settings become one line and exit code 2; other known failures one line and exit
+code 1; never a traceback."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sys
-from collections.abc import Coroutine
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, TypeVar
 from uuid import UUID
 
 import click
 
 from listener import logs
-from listener.errors import ConfigurationError, DatabaseError, ListenerError
-from listener.settings import Settings, load_settings, parse_duration, provider_free
-
-T = TypeVar("T")
-
-
-def run_async(coro: Coroutine[Any, Any, T]) -> T:
-    """Run a command's coroutine on uvloop (a faster event loop; asyncio's when missing)."""
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover - a dependency, but the daemon works without it
-        return asyncio.run(coro)
-    return uvloop.run(coro)
-
-
-def _settings(need_providers: bool) -> Settings:
-    settings = load_settings() if need_providers else provider_free()
-    logs.setup(settings.log_level, settings.log_format)
-    return settings
-
-
-def _database(settings: Settings, *, reachable_only: bool = False) -> str:
-    """The database URL for a command that needs the schema: refused with one line saying to
-    run `listener migrate` when a migration is missing. With `reachable_only`, a database that
-    cannot be reached is left to the caller (the daemon waits for it)."""
-    from listener.commands.oneshot import require_migrated
-    from listener.db import database_url
-
-    url = database_url(settings)
-    hint = ""
-    demo_data = settings.data_dir / "demo"
-    if settings.database_url is None and (demo_data / "pgdata").is_dir():
-        from listener.commands.demo import look_command
-
-        hint = f" (the demo's data is elsewhere: {look_command(demo_data)})"
-    try:
-        run_async(require_migrated(url, hint=hint))
-    except DatabaseError:
-        if not reachable_only:
-            raise
-    return url
-
-
-class Duration(click.ParamType[timedelta, Any]):
-    """A window such as `30m`, `1h` or `90s` (a bare number is seconds), longer than zero."""
-
-    name = "duration"
-
-    def convert(
-        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
-    ) -> timedelta:
-        if isinstance(value, timedelta):
-            return value
-        try:
-            duration = parse_duration(value)
-        except ValueError as exc:
-            self.fail(str(exc), param, ctx)
-        if duration <= timedelta(0):
-            self.fail("must be longer than zero", param, ctx)
-        return duration
-
-
-DURATION = Duration()
+from listener.commands.common import DURATION, command_database, command_settings, run_async
+from listener.errors import ConfigurationError, ListenerError
+from listener.settings import load_settings
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -100,8 +38,8 @@ def run() -> None:
     """Run the daemon until SIGTERM or SIGINT (then finish in-flight messages and exit 0)."""
     from listener.daemon import run_daemon
 
-    settings = _settings(need_providers=True)
-    url = _database(settings, reachable_only=True)
+    settings = command_settings(need_providers=True)
+    url = command_database(settings, reachable_only=True)
     run_async(run_daemon(settings, url))
 
 
@@ -121,7 +59,7 @@ def migrate(dry_run: bool) -> None:
     from listener.db import database_url
     from listener.errors import AdoptionRefused
 
-    settings = _settings(need_providers=False)
+    settings = command_settings(need_providers=False)
     try:
         outcome = run_async(run_migrate(database_url(settings), dry_run=dry_run))
     except AdoptionRefused as exc:
@@ -205,7 +143,7 @@ def replay(
     if everything and filters.filtered:
         raise click.UsageError("--all cannot be combined with filters; give one or the other")
     filters.check()
-    url = _database(_settings(need_providers=False))
+    url = command_database(command_settings(need_providers=False))
     click.echo(filters.describe() + (" (dry run)" if dry_run else ""))
     result = run_async(work.replay(url, filters, dry_run=dry_run))
     for line in work.report(result, include_skipped=include_skipped):
@@ -236,8 +174,8 @@ def stats(since: timedelta, as_json: bool) -> None:
     for their retry) and the due backlog with the age of its oldest message."""
     from listener.commands.stats import collect_stats, render
 
-    settings = _settings(need_providers=False)
-    url = _database(settings)
+    settings = command_settings(need_providers=False)
+    url = command_database(settings)
     figures = run_async(
         collect_stats(
             url, since, warmup=settings.warmup, default_instance=settings.evolution_instance
@@ -277,14 +215,14 @@ def webhook_set(instances: tuple[str, ...], url: str) -> None:
     MESSAGES_UPSERT, SEND_MESSAGE, CONNECTION_UPDATE) and the `jwt_key` header, so every post
     is signed with LISTENER_WEBHOOK_SECRET."""
 
-    settings = _settings(need_providers=False)
+    settings = command_settings(need_providers=False)
     settings = load_settings(llm="sandbox", sender="evolution")
     from listener.commands import webhooks
 
     webhooks.check(settings, url)
     names = list(dict.fromkeys(instances))
     if not names:
-        database = _database(settings)
+        database = command_database(settings)
         names = run_async(webhooks.instances_in_use(database, settings))
     done = run_async(webhooks.set_webhooks(settings, url, names))
     for name in done:
@@ -328,7 +266,7 @@ def demo(leads: int, keep: bool, serve: bool) -> None:
     the listener and its status page stay up until Ctrl-C."""
     from listener.commands import demo as work
 
-    settings = _settings(need_providers=False)
+    settings = command_settings(need_providers=False)
     logs.setup("WARNING", settings.log_format)
     from listener.db import stop_embedded
 
