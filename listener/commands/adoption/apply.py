@@ -10,7 +10,7 @@ from typing import Any, LiteralString, cast
 
 import psycopg
 
-from listener.commands.adoption.plan import Plan, Step
+from listener.commands.adoption.steps import Plan, Step
 
 #: The listener's record of what it adopted: the tables, and the user's functions and indexes
 #: that keep names the migration files also use (their statements are left out, now and in
