@@ -98,7 +98,7 @@ SELECT count(*) AS due FROM campaign_messages
  WHERE status = 'pending' AND wait_reason IS DISTINCT FROM 'paused' AND scheduled_at <= now()
 
 -- ==============================================================================================
--- A message's guarded writes (batched by group commit; see store.py)
+-- A message's guarded writes (batched by group commit; see queue/store.py)
 -- ==============================================================================================
 
 -- store_parts --

@@ -263,9 +263,9 @@ async def migrate(url: str, folder: Path | None = None) -> list[str]:
 
 async def run_migrate(url: str, folder: Path | None = None, *, dry_run: bool = False) -> Outcome:
     """Apply the pending migrations, adopting the user's tables first when the database has
-    tables of ours that our migrations did not make (`listener.adopt`). With `dry_run`, change
-    nothing and return the statements it would run. AdoptionRefused, before any change, when
-    a table cannot be adopted."""
+    tables of ours that our migrations did not make (`listener.commands.adoption`). With
+    `dry_run`, change nothing and return the statements it would run. AdoptionRefused, before
+    any change, when a table cannot be adopted."""
     migrations = load_migrations(folder)
     functions = load_functions(folder)
     conn = await connect(url)

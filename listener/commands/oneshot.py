@@ -20,7 +20,7 @@ Connection = psycopg.AsyncConnection[dict[str, Any]]
 #: What every "not migrated" error ends with: the one thing the operator has to do.
 MIGRATE_HINT = "run `listener migrate`"
 
-# The bookkeeping table of `listener migrate` is not queue SQL: as in migrate.py, its
+# The bookkeeping table of `listener migrate` is not queue SQL: as in commands/migrate.py, its
 # statements stay beside their reader.
 _MIGRATIONS_TABLE: LiteralString = "SELECT to_regclass('listener_migrations') AS name"
 _MIGRATIONS_APPLIED: LiteralString = "SELECT version, checksum FROM listener_migrations"

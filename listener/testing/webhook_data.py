@@ -19,7 +19,7 @@ def webhook_body(
         "event": event,
         "instance": instance,
         "data": data,
-        "destination": "http://listener/feedback/receiver/evolution",
+        "destination": "http://listener/webhooks/evolution",
         "date_time": date_time.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
         "sender": "5511900000000@s.whatsapp.net",
         "server_url": "http://evolution:8080",

@@ -309,7 +309,7 @@ async def test_cost_is_summed_across_a_retry(db_url: str, db: Conn) -> None:
 async def test_parts_stored_again_after_a_lost_answer_add_their_usage_once(
     db_url: str, db: Conn
 ) -> None:
-    """A guarded write whose answer was lost runs again (store.py); the second store of the
+    """A guarded write whose answer was lost runs again (queue/store.py); the second store of the
     same parts must not bill the message or the campaign twice."""
     campaign = make_campaign(db)
     enqueue(db, campaign, make_leads(db, 1))

@@ -412,7 +412,7 @@ def _assert_well_formed(parts: list[str], max_parts: int, max_chars: int) -> Non
 
 
 def _whole(parts: list[str]) -> str:
-    """The text the parts make together, as split.py measures it."""
+    """The text the parts make together, as queue/split.py measures it."""
     return "\n\n".join(p.strip() for p in parts if p.strip())
 
 
