@@ -827,7 +827,7 @@ DELETE FROM campaigns WHERE id = %(campaign_id)s
 -- ==============================================================================================
 -- The status page (`GET /` on the metrics port, listener/web/). Every query reads only
 -- open rows, the last hour or day of sent rows, or trigger-kept counts, through the indexes of
--- migrations 0004 and 0008, so the page costs the same with millions of finished rows.
+-- migrations 0004, 0008 and 0021, so the page costs the same with millions of finished rows.
 -- ==============================================================================================
 
 -- status_campaigns --
@@ -883,14 +883,20 @@ SELECT d.id, d.name, d.status, d.instance, d.queued, d.daily_cap, d.cap_today,
 -- status_open --
 -- Queued messages per campaign and why they wait, as `listener stats` names the reasons
 -- (a paused campaign, a pacing or hold reason, a retry, a future schedule, or simply due);
--- `in flight` for processing rows. Counted from the indexes alone (migration 0008): the
--- retries are counted apart and taken out of the due and scheduled rows they are among.
+-- `in flight` for processing rows. The pending rows are counted from the indexes alone
+-- (migration 0021), the retries apart and taken out of the due and scheduled rows they are
+-- among; the rows in flight, few (what the listeners hold), through the lease index.
 WITH open AS (
-    SELECT m.campaign_id, m.status, m.wait_reason, m.scheduled_at <= now() AS due,
+    SELECT m.campaign_id, 'pending' AS status, m.wait_reason, m.scheduled_at <= now() AS due,
            count(*) AS n, min(m.scheduled_at) AS next_at
       FROM campaign_messages m
-     WHERE m.status IN ('pending', 'processing')
-     GROUP BY 1, 2, 3, 4
+     WHERE m.status = 'pending'
+     GROUP BY 1, 3, 4
+    UNION ALL
+    SELECT m.campaign_id, 'processing', NULL, NULL, count(*), min(m.scheduled_at)
+      FROM campaign_messages m
+     WHERE m.status = 'processing'
+     GROUP BY 1
 ), retry AS (
     SELECT m.campaign_id, m.scheduled_at <= now() AS due, count(*) AS n,
            min(m.scheduled_at) AS next_at

@@ -2155,10 +2155,10 @@ CREATE INDEX idx_campaign_messages_lease ON public.campaign_messages USING btree
 CREATE UNIQUE INDEX idx_campaign_messages_one_step_after_each ON public.campaign_messages USING btree (previous_id) WHERE (previous_id IS NOT NULL);
 
 --
--- Name: idx_campaign_messages_open_due; Type: INDEX; Schema: public; Owner: -
+-- Name: idx_campaign_messages_open_pending; Type: INDEX; Schema: public; Owner: -
 --
 
-CREATE INDEX idx_campaign_messages_open_due ON public.campaign_messages USING btree (campaign_id, status, wait_reason, scheduled_at) WHERE (status = ANY (ARRAY['pending'::text, 'processing'::text]));
+CREATE INDEX idx_campaign_messages_open_pending ON public.campaign_messages USING btree (campaign_id, wait_reason, scheduled_at) WHERE (status = 'pending'::text);
 
 --
 -- Name: idx_campaign_messages_retry; Type: INDEX; Schema: public; Owner: -
@@ -2176,13 +2176,7 @@ CREATE INDEX idx_campaign_messages_run ON public.campaign_messages USING btree (
 -- Name: idx_campaign_messages_sent_at; Type: INDEX; Schema: public; Owner: -
 --
 
-CREATE INDEX idx_campaign_messages_sent_at ON public.campaign_messages USING btree (sent_at) WHERE (status = 'sent'::text);
-
---
--- Name: idx_campaign_messages_sent_campaign; Type: INDEX; Schema: public; Owner: -
---
-
-CREATE INDEX idx_campaign_messages_sent_campaign ON public.campaign_messages USING btree (sent_at) INCLUDE (campaign_id) WHERE (status = 'sent'::text);
+CREATE INDEX idx_campaign_messages_sent_at ON public.campaign_messages USING btree (sent_at) INCLUDE (campaign_id) WHERE (status = 'sent'::text);
 
 --
 -- Name: idx_campaign_runs_campaign; Type: INDEX; Schema: public; Owner: -
