@@ -18,6 +18,8 @@ from phonenumbers import NumberParseException, PhoneNumberType
 
 _NOT_DIGIT = re.compile(r"[^0-9]")  # ASCII digits only: Evolution wants 0-9
 
+_UNKNOWN = PhoneNumberType.UNKNOWN
+
 #: Regions whose numbers are parsed when a stored one has no `+` (ISO 3166 alpha-2 codes).
 DEFAULT_REGION = "BR"
 
@@ -72,11 +74,15 @@ def parse_phone(raw: str | None, region: str = DEFAULT_REGION) -> Phone:
     parsed = _parse(text, region)
     if parsed is not None and (old := _without_ninth_digit(parsed)) is not None:
         return old
-    if parsed is None or not phonenumbers.is_valid_number(parsed):
+    # A number is valid exactly when it has a type (phonenumbers' is_valid_number matches the
+    # same patterns number_type does): one match of the patterns, not two, per message.
+    kind = _UNKNOWN if parsed is None else phonenumbers.number_type(parsed)
+    if kind == _UNKNOWN:
         digits = _NOT_DIGIT.sub("", text)
         bare = _parse("+" + digits, None) if not text.startswith("+") else None
-        if bare is not None and phonenumbers.is_valid_number(bare):
-            parsed = bare
+        bare_kind = _UNKNOWN if bare is None else phonenumbers.number_type(bare)
+        if bare is not None and bare_kind != _UNKNOWN:
+            parsed, kind = bare, bare_kind
         else:
             where = (
                 f"for its country (+{parsed.country_code})"
@@ -86,8 +92,9 @@ def parse_phone(raw: str | None, region: str = DEFAULT_REGION) -> Phone:
             raise BadPhone(f"invalid phone number {mask_phone_like(text)!r}: not valid {where}")
         if (old := _without_ninth_digit(parsed)) is not None:
             return old
+    assert parsed is not None  # a number with a type was parsed
     digits = phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)[1:]
-    return Phone(digits, _KIND.get(phonenumbers.number_type(parsed), "unknown"))
+    return Phone(digits, _KIND.get(kind, "unknown"))
 
 
 def _without_ninth_digit(parsed: phonenumbers.PhoneNumber) -> Phone | None:
