@@ -419,16 +419,54 @@ UPDATE listener_instances SET sending_since = NULL WHERE instance = %(instance)s
 SELECT listener_send_answered(%(instance)s, %(min)s::numeric, %(max)s::numeric, %(ago)s::numeric)
 
 -- hold_sender --
--- Hold a number that is not connected, missing or restricted, and move the messages it holds
--- up out of the claim's way (once; a listener asks the number again, not its messages).
-SELECT began, deferred
-  FROM listener_hold_sender(%(instance)s, %(reason)s, %(until)s, %(backstop)s, %(seen_at)s,
-                            %(default_instance)s, now())
+-- Hold a number that is not connected, missing or restricted, and file the move of the
+-- messages it holds up out of the claim's way (once; a listener asks the number again, not its
+-- messages): no row when the state read is older than the number's last release (it is back).
+-- `runner`: this listener moves them (hold_sender_batch), else another one's move is under way.
+SELECT began, runner
+  FROM listener_hold_sender_v2(%(instance)s, %(reason)s, %(until)s, %(backstop)s, %(seen_at)s,
+                               now(), %(worker)s, %(lease)s)
 
--- sender_released --
--- Was the number released after a state read that said it was down (the read is stale)?
-SELECT held_reason IS NULL AND released_at > %(seen_at)s FROM listener_instances
- WHERE instance = %(instance)s
+-- hold_sender_batch --
+-- One batch of a number's hold: up to %(limit)s of its waiting messages moved aside (each a
+-- short statement that skips rows others hold); `mine`: false when the move is not ours any
+-- more (taken over, or the number released).
+SELECT moved, mine
+  FROM listener_defer_held_batch(%(instance)s, %(default_instance)s, %(worker)s, %(lease)s,
+                                 %(limit)s)
+
+-- hold_sender_end --
+-- The move is done (its last batch moved less than a batch): how many it moved in all. No row
+-- when a hold of the number was filed again meanwhile (its messages due since are moved by
+-- further batches first) or the move is not ours.
+DELETE FROM listener_sender_holds
+ WHERE instance = %(instance)s AND runner = %(worker)s AND started_moved
+RETURNING moved
+
+-- sender_holds_to_resume --
+-- Moves of a number's messages whose runner was cut off (its lease passed): those whose number
+-- is still held are taken by this listener, to move the rest; the others are dropped.
+WITH stale AS (
+    SELECT instance FROM listener_sender_holds
+     WHERE runner_until < now()
+       FOR UPDATE SKIP LOCKED
+), dropped AS (
+    DELETE FROM listener_sender_holds h
+     USING stale s
+     WHERE h.instance = s.instance
+       AND NOT EXISTS (SELECT 1 FROM listener_instances i
+                        WHERE i.instance = h.instance AND i.held_reason IS NOT NULL)
+), taken AS (
+    UPDATE listener_sender_holds h
+       SET runner = %(worker)s, runner_until = now() + %(lease)s
+      FROM stale s
+     WHERE h.instance = s.instance
+       AND EXISTS (SELECT 1 FROM listener_instances i
+                    WHERE i.instance = h.instance AND i.held_reason IS NOT NULL)
+    RETURNING h.instance
+)
+SELECT t.instance, i.held_reason
+  FROM taken t JOIN listener_instances i ON i.instance = t.instance
 
 -- sender_limited --
 -- Does the default number (EVOLUTION_INSTANCE, for campaigns that name none) have limits?

@@ -533,6 +533,90 @@ END
 $$;
 
 --
+-- Name: listener_defer_held_batch(text, text, text, interval, integer); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.listener_defer_held_batch(p_instance text, p_default text, p_runner text, p_lease interval, p_limit integer) RETURNS TABLE(moved integer, mine boolean)
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+    h listener_sender_holds;
+    reason text;
+    affected uuid[];
+    blocked uuid[];
+    alone uuid[];
+    started integer := 0;
+    unstarted integer := 0;
+BEGIN
+    SELECT * INTO h FROM listener_sender_holds x
+     WHERE x.instance = p_instance AND x.runner = p_runner FOR UPDATE;
+    IF NOT FOUND THEN
+        RETURN QUERY SELECT 0, false;
+        RETURN;
+    END IF;
+    SELECT i.held_reason INTO reason FROM listener_instances i WHERE i.instance = p_instance;
+    IF reason IS NULL THEN  -- released meanwhile (listener_release_sender drops the row too)
+        DELETE FROM listener_sender_holds x WHERE x.instance = p_instance;
+        RETURN QUERY SELECT 0, false;
+        RETURN;
+    END IF;
+    SELECT COALESCE(array_agg(a.id), '{}'),
+           COALESCE(array_agg(a.id) FILTER (WHERE a.blocked), '{}'),
+           COALESCE(array_agg(a.id) FILTER (WHERE a.blocked AND cardinality(a.pool) = 1), '{}')
+      INTO affected, blocked, alone
+      FROM (SELECT c.id, p.pool,
+                   NOT EXISTS (
+                       SELECT 1 FROM unnest(p.pool) AS n
+                        WHERE NOT EXISTS (SELECT 1 FROM sender_instances s
+                                           WHERE s.name = n AND NOT s.enabled)
+                          AND NOT EXISTS (SELECT 1 FROM listener_instances x
+                                           WHERE x.instance = n AND x.held_reason IS NOT NULL))
+                       AS blocked
+              FROM campaigns c CROSS JOIN LATERAL (SELECT listener_pool_of(c, p_default)) p(pool)
+             WHERE c.status <> 'archived' AND p_instance = ANY (p.pool)) a;
+    IF NOT h.started_moved THEN
+        UPDATE campaign_messages m
+           SET scheduled_at = h.backstop, wait_reason = reason, updated_at = now()
+         WHERE m.id = ANY (ARRAY(
+                   SELECT b.id FROM campaign_messages b JOIN campaigns c ON c.id = b.campaign_id
+                    WHERE b.campaign_id = ANY (affected) AND b.status = 'pending'
+                      -- (not `IS DISTINCT FROM`: the campaign's own due rows, see 0016)
+                      AND COALESCE(b.wait_reason, '') <> 'paused'
+                      AND b.scheduled_at <= h.at AND b.scheduled_at < h.backstop
+                      AND b.parts_sent > 0
+                      AND COALESCE(b.instance, (listener_pool_of(c, p_default))[1]) = p_instance
+                    LIMIT p_limit
+                      FOR UPDATE OF b SKIP LOCKED))
+           AND m.status = 'pending' AND m.parts_sent > 0;
+        GET DIAGNOSTICS started = ROW_COUNT;
+    END IF;
+    IF started < p_limit AND cardinality(blocked) > 0 THEN
+        UPDATE campaign_messages m
+           SET scheduled_at = h.backstop,
+               wait_reason = CASE WHEN m.campaign_id = ANY (alone) THEN reason
+                                  ELSE 'no sender' END,
+               updated_at = now()
+         WHERE m.id = ANY (ARRAY(
+                   SELECT b.id FROM campaign_messages b
+                    WHERE b.campaign_id = ANY (blocked) AND b.status = 'pending'
+                      AND COALESCE(b.wait_reason, '') <> 'paused'
+                      AND b.scheduled_at <= h.at AND b.scheduled_at < h.backstop
+                      AND b.parts_sent = 0
+                    LIMIT p_limit - started
+                      FOR UPDATE SKIP LOCKED))
+           AND m.status = 'pending' AND m.parts_sent = 0;
+        GET DIAGNOSTICS unstarted = ROW_COUNT;
+    END IF;
+    UPDATE listener_sender_holds x
+       SET moved = x.moved + started + unstarted,
+           started_moved = x.started_moved OR started < p_limit,
+           runner_until = now() + p_lease
+     WHERE x.instance = p_instance;
+    RETURN QUERY SELECT started + unstarted, true;
+END
+$$;
+
+--
 -- Name: listener_get_lead_full_context(uuid[], integer); Type: FUNCTION; Schema: public; Owner: -
 --
 
@@ -594,6 +678,44 @@ BEGIN
      WHERE instance = p_instance;
     moved := listener_defer_held(p_instance, p_backstop, p_default, p_at);
     RETURN QUERY SELECT i.held_reason IS NULL, moved;
+END
+$$;
+
+--
+-- Name: listener_hold_sender_v2(text, text, timestamp with time zone, timestamp with time zone, timestamp with time zone, timestamp with time zone, text, interval); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.listener_hold_sender_v2(p_instance text, p_reason text, p_until timestamp with time zone, p_backstop timestamp with time zone, p_seen_at timestamp with time zone, p_at timestamp with time zone, p_runner text, p_lease interval) RETURNS TABLE(began boolean, runner boolean)
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+    i listener_instances;
+    mine boolean;
+BEGIN
+    INSERT INTO listener_instances (instance) VALUES (p_instance) ON CONFLICT DO NOTHING;
+    SELECT * INTO i FROM listener_instances WHERE instance = p_instance FOR UPDATE;
+    IF i.held_reason IS NULL AND i.released_at IS NOT NULL AND i.released_at > p_seen_at THEN
+        RETURN;
+    END IF;
+    UPDATE listener_instances
+       SET held_reason = p_reason,
+           held_since = COALESCE(held_since, p_at),
+           held_until = CASE WHEN held_reason IS NULL THEN p_until
+                             ELSE greatest(held_until, p_until) END,
+           updated_at = now()
+     WHERE instance = p_instance;
+    INSERT INTO listener_sender_holds AS h (instance, at, backstop, runner, runner_until)
+    VALUES (p_instance, p_at, p_backstop, p_runner, now() + p_lease)
+    ON CONFLICT (instance) DO UPDATE
+       SET at = greatest(h.at, EXCLUDED.at),
+           backstop = greatest(h.backstop, EXCLUDED.backstop),
+           started_moved = false,
+           runner = CASE WHEN h.runner_until < now() OR h.runner = EXCLUDED.runner
+                         THEN EXCLUDED.runner ELSE h.runner END,
+           runner_until = CASE WHEN h.runner_until < now() OR h.runner = EXCLUDED.runner
+                               THEN EXCLUDED.runner_until ELSE h.runner_until END
+    RETURNING h.runner = p_runner INTO mine;
+    RETURN QUERY SELECT i.held_reason IS NULL, mine;
 END
 $$;
 
@@ -951,6 +1073,7 @@ BEGIN
        SET held_reason = NULL, held_since = NULL, held_until = NULL, released_at = p_at,
            updated_at = now()
      WHERE instance = p_instance;
+    DELETE FROM listener_sender_holds WHERE instance = p_instance;
     RETURN listener_wake_sender(p_instance, p_default,
                                 ARRAY['instance down', 'instance restricted',
                                       'unknown to Evolution', 'no sender'], p_at);
@@ -1775,6 +1898,45 @@ CREATE TABLE public.listener_migrations (
 );
 
 --
+-- Name: listener_sender_holds; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.listener_sender_holds (
+    instance text NOT NULL,
+    at timestamp with time zone NOT NULL,
+    backstop timestamp with time zone NOT NULL,
+    started_moved boolean DEFAULT false NOT NULL,
+    moved bigint DEFAULT 0 NOT NULL,
+    started_at timestamp with time zone DEFAULT now() NOT NULL,
+    runner text,
+    runner_until timestamp with time zone
+);
+
+--
+-- Name: TABLE listener_sender_holds; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON TABLE public.listener_sender_holds IS 'holds of a sender number whose waiting messages are being moved aside, in batches';
+
+--
+-- Name: COLUMN listener_sender_holds.at; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.listener_sender_holds.at IS 'messages due by then are moved';
+
+--
+-- Name: COLUMN listener_sender_holds.backstop; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.listener_sender_holds.backstop IS 'to then (a listener makes them due as soon as the number is back)';
+
+--
+-- Name: COLUMN listener_sender_holds.started_moved; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.listener_sender_holds.started_moved IS 'the messages that started through the number are moved (the first batches); the rest are the unstarted ones of campaigns none of whose numbers can send';
+
+--
 -- Name: message_parts; Type: TABLE; Schema: public; Owner: -
 --
 
@@ -2038,6 +2200,13 @@ ALTER TABLE ONLY public.listener_instances
 
 ALTER TABLE ONLY public.listener_migrations
     ADD CONSTRAINT listener_migrations_pkey PRIMARY KEY (version);
+
+--
+-- Name: listener_sender_holds listener_sender_holds_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.listener_sender_holds
+    ADD CONSTRAINT listener_sender_holds_pkey PRIMARY KEY (instance);
 
 --
 -- Name: message_parts message_parts_pkey; Type: CONSTRAINT; Schema: public; Owner: -

@@ -6,7 +6,7 @@ moments:
 
 - `check`, before any work on a message: is some number of its pool up? A number this listener
   finds down (not connected, missing, restricted) is held once, in the database, and the
-  messages that cannot go without it are moved out of the claim's way in the same statement.
+  messages that cannot go without it are moved out of the claim's way in short batches.
   For a message that still needs the LLM and a pool with choices or limits, a first reading of
   the pool says whether it can go soon at all, so no text is written for a message that waits.
 - `book`, right before the first part: the number and its slot, booked. A slot within
@@ -17,7 +17,7 @@ moments:
 - `spread`: a hold of a whole campaign (its window, its cap, its budget) found by one message
   is passed to its other due messages, instead of each being claimed and put back: moved aside
   in short batches by a task of its own (the claim passes over the campaign meanwhile), and
-  taken up again by `resume_holds` when a listener was cut off mid-move.
+  taken up again by `resume_holds` when a listener was cut off mid-move (a number's too).
 
 A single-number campaign without a gap or limits never calls the database here.
 """
@@ -452,15 +452,17 @@ class Senders:
             _log_campaign_hold(job.claim.campaign_id, wait, moved)
 
     async def resume_holds(self) -> None:
-        """A periodic job: holds of a campaign whose listener was cut off mid-move are taken
-        up, so their messages are never claimed and put back a few at a time."""
-        for campaign_id, reason, moved in await self.store.resume_holds():
+        """A periodic job: holds of a campaign or a number whose listener was cut off mid-move
+        are taken up, so their messages are never claimed and put back a few at a time."""
+        for held, reason, moved in await self.store.resume_holds():
+            what = "campaign" if isinstance(held, UUID) else "sender"
             log.info(
-                "took up the hold of campaign %s (%s) cut off mid-move: %d messages moved aside",
-                campaign_id,
+                "took up the hold of %s %s (%s) cut off mid-move: %d messages moved aside",
+                what,
+                held,
                 reason,
                 moved,
-                extra={"action": "campaign_hold_resumed", "reason": reason, "messages": moved},
+                extra={"action": f"{what}_hold_resumed", "reason": reason, "messages": moved},
             )
 
     async def aclose(self) -> None:

@@ -131,33 +131,55 @@ class SenderStore:
     async def hold_sender(
         self, instance: str, reason: str, until: datetime, backstop: datetime, seen_at: datetime
     ) -> tuple[bool, int] | None:
-        """Hold a number in the database and move its waiting messages out of the claim's way:
-        (whether this began the hold, messages moved), or None when the state read is older
-        than the number's last release (it is back; read it again)."""
-        params = {
+        """Hold a number in the database and move its waiting messages out of the claim's way,
+        in batches of `hold_batch` (as a campaign's hold: short statements that skip rows
+        others hold, the number's row locked only while the hold is marked): (whether this
+        began the hold, messages moved), or None when the state read is older than the
+        number's last release (it is back; read it again). A move cut off is left in
+        listener_sender_holds and taken up by `resume_holds`; one under way by another
+        listener moves this hold's messages too (0 moved here)."""
+        params: dict[str, Any] = {
             "instance": instance,
             "reason": reason,
             "until": until,
             "backstop": backstop,
             "seen_at": seen_at,
-            "default_instance": self.settings.evolution_instance,
+            "worker": self.worker,
+            "lease": self.settings.lease,
         }
         async with self.pool.connection() as conn:
             cur = await conn.execute(q("hold_sender"), params)
             row = await cur.fetchone()
-        assert row is not None
-        began, moved = row
-        if not began and moved == 0 and await self._released_after(instance, seen_at):
+        if row is None:
             return None
-        return bool(began), int(moved)
+        began, runner = row
+        moved = await self._move_sender(instance) if runner else 0
+        return bool(began), moved or 0
 
-    async def _released_after(self, instance: str, seen_at: datetime) -> bool:
-        async with self.pool.connection() as conn:
-            cur = await conn.execute(
-                q("sender_released"), {"instance": instance, "seen_at": seen_at}
-            )
-            row = await cur.fetchone()
-        return bool(row and row[0])
+    async def _move_sender(self, instance: str) -> int | None:
+        """Move a number's waiting messages batch by batch (each on a pool connection taken
+        for that statement only), then end the move; None when it was taken from us."""
+        params: dict[str, Any] = {
+            "instance": instance,
+            "default_instance": self.settings.evolution_instance,
+            "worker": self.worker,
+            "lease": self.settings.lease,
+            "limit": self.settings.hold_batch,
+        }
+        while True:
+            async with self.pool.connection() as conn:
+                cur = await conn.execute(q("hold_sender_batch"), params)
+                row = await cur.fetchone()
+            assert row is not None
+            moved, mine = row
+            if not mine:
+                return None
+            if moved < params["limit"]:
+                async with self.pool.connection() as conn:
+                    cur = await conn.execute(q("hold_sender_end"), params)
+                    row = await cur.fetchone()
+                if row is not None:  # else filed again meanwhile: its messages are next
+                    return int(row[0])
 
     async def sender_limited(self, instance: str) -> bool:
         """Whether `instance` has a row of limits (caps, warm-up, enabled)."""
@@ -202,15 +224,21 @@ class SenderStore:
         params["until"] = row[0]
         return await self._move_held(params)
 
-    async def resume_holds(self) -> list[tuple[UUID, str, int]]:
+    async def resume_holds(self) -> list[tuple[UUID | str, str, int]]:
         """Take up the holds whose runner was cut off mid-move and move the rest of their
-        messages: (campaign, reason, moved in all) for each."""
+        messages: (campaign, reason, moved in all) for each campaign's, (number, its hold's
+        reason, moved in all) for each number's."""
+        taker = {"worker": self.worker, "lease": self.settings.lease}
         async with self.pool.connection() as conn:
-            cur = await conn.execute(
-                q("holds_to_resume"), {"worker": self.worker, "lease": self.settings.lease}
-            )
+            cur = await conn.execute(q("holds_to_resume"), taker)
             holds = await cur.fetchall()
-        done = []
+            cur = await conn.execute(q("sender_holds_to_resume"), taker)
+            numbers = [(str(row[0]), str(row[1])) for row in await cur.fetchall()]
+        done: list[tuple[UUID | str, str, int]] = []
+        for instance, reason in numbers:
+            moved = await self._move_sender(instance)
+            if moved is not None:
+                done.append((instance, reason, moved))
         for campaign_id, reason, until in holds:
             params: dict[str, Any] = {
                 "campaign_id": campaign_id,

@@ -313,3 +313,95 @@ def test_each_batch_of_a_hold_is_a_short_range_scan_of_the_campaigns_due_rows(
         ).fetchall()
     )
     assert "idx_campaign_messages_campaign_due" in plan, plan
+
+
+async def test_a_numbers_hold_moves_its_messages_in_batches_and_is_taken_up_when_cut_off(
+    db_url: str, db: Conn
+) -> None:
+    """A number found down holds its messages in bounded batches: while a batch runs, only its
+    own rows are locked (not the number's row, not a leased message's), and a move cut off
+    mid-way is taken up by another listener once the runner's lease has passed."""
+    from psycopg_pool import AsyncConnectionPool
+
+    from listener.pacing.store import SenderStore
+    from listener.queries import q
+    from tests.daemon_harness import fast_settings
+
+    campaign = make_campaign(db, name="one number", instance="down")
+    fill(db, campaign, 3_000)
+    # One of its messages is with a listener (leased): its renewal must never wait.
+    leased = one(
+        db,
+        "UPDATE campaign_messages SET status = 'processing', locked_by = 'w9',"
+        " locked_until = now() + interval '1 minute'"
+        " WHERE id = (SELECT id FROM campaign_messages LIMIT 1) RETURNING id",
+    )
+    # A gate on the move's progress: the first batch waits there, its rows moved but not
+    # committed, until the test cuts its connection.
+    db.execute(
+        "CREATE FUNCTION test_gate() RETURNS trigger LANGUAGE plpgsql AS"
+        " $$ BEGIN PERFORM pg_advisory_xact_lock_shared(4343); RETURN NEW; END $$"
+    )
+    db.execute(
+        "CREATE TRIGGER test_gate BEFORE UPDATE ON listener_sender_holds"
+        " FOR EACH ROW EXECUTE FUNCTION test_gate()"
+    )
+    db.execute("SELECT pg_advisory_lock(4343)")
+    now = datetime.now(UTC)
+    until, backstop = now + timedelta(minutes=5), now + timedelta(hours=1)
+    first = fast_settings(worker_id="w1", hold_batch=200, lease="2s")
+    other = fast_settings(worker_id="w2", hold_batch=200, lease="2s")
+    async with AsyncConnectionPool(db_url, kwargs={"autocommit": True}, open=False) as pool:
+        holding = asyncio.create_task(
+            SenderStore(pool, first).hold_sender("down", "instance down", until, backstop, now)
+        )
+
+        def blocked() -> list[int]:
+            rows = db.execute(
+                "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
+                " AND wait_event = 'advisory' AND pid <> pg_backend_pid()"
+            ).fetchall()
+            return [r[0] for r in rows]
+
+        await await_until(lambda: len(blocked()) == 1)
+        # The number is marked held, in a transaction of its own that has ended.
+        assert one(db, "SELECT held_reason FROM listener_instances WHERE instance = 'down'") == (
+            "instance down"
+        )
+        # Only the batch's own rows are locked: every other due row can be claimed now.
+        free = one(
+            db,
+            "SELECT count(*) FROM (SELECT id FROM campaign_messages WHERE status = 'pending'"
+            " FOR UPDATE SKIP LOCKED) x",
+        )
+        assert free == 2_999 - 200
+        # Neither the number's row (a send's turn, a pick of a sender) nor the leased
+        # message's (its renewal) waits behind the batch.
+        db.execute("SET lock_timeout = '200ms'")
+        db.execute("SELECT 1 FROM listener_instances WHERE instance = 'down' FOR UPDATE")
+        renewed = db.execute(
+            q("renew_leases"), {"ids": [leased], "worker": "w9", "lease": timedelta(minutes=1)}
+        ).fetchall()
+        assert [r[0] for r in renewed] == [leased]
+        db.execute("RESET lock_timeout")
+        # The database drops the connection moving the hold: the batch is rolled back.
+        db.execute("SELECT pg_terminate_backend(%s)", (blocked()[0],))
+        with pytest.raises(psycopg.OperationalError):
+            await holding
+        db.execute("SELECT pg_advisory_unlock(4343)")
+        db.execute("DROP TRIGGER test_gate ON listener_sender_holds")
+        waiting = "SELECT count(*) FROM campaign_messages WHERE wait_reason = 'instance down'"
+        assert one(db, waiting) == 0
+        assert one(db, "SELECT runner FROM listener_sender_holds") == "w1"
+        # Another listener takes the move up once the runner's lease has passed (not before).
+        resumer = SenderStore(pool, other)
+        assert await resumer.resume_holds() == []
+        taken: list[Any] = []
+        deadline = time.monotonic() + 30
+        while not taken and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+            taken = await resumer.resume_holds()
+    assert taken == [("down", "instance down", 2_999)]
+    assert one(db, waiting) == 2_999
+    assert one(db, "SELECT count(*) FROM listener_sender_holds") == 0
+    assert one(db, "SELECT status FROM campaign_messages WHERE id = %s", leased) == "processing"

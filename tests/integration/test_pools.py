@@ -151,13 +151,50 @@ def test_a_lead_keeps_the_number_that_already_talked_with_it_in_any_campaign(db:
     assert pick(db, new, ["a", "c"], now)[0] in ("a", "c")
 
 
-def hold(db: Conn, instance: str, when: datetime, reason: str = "instance down") -> tuple[Any, ...]:
+def hold(
+    db: Conn,
+    instance: str,
+    when: datetime,
+    reason: str = "instance down",
+    *,
+    seen: datetime | None = None,
+) -> tuple[bool, int] | None:
+    """Hold the number as a listener does (pacing/store.py): the hold marked, then its
+    messages moved in batches (of two, here) until one moves less; (began, moved in all), or
+    None when the state read (`seen`) is older than the number's last release."""
     row = db.execute(
-        "SELECT began, deferred FROM listener_hold_sender(%s, %s, %s, %s, %s, NULL, %s)",
-        (instance, reason, when + timedelta(minutes=1), when + timedelta(hours=1), when, when),
+        "SELECT began, runner FROM listener_hold_sender_v2(%s, %s, %s, %s, %s, %s, 't',"
+        " interval '1 minute')",
+        (
+            instance,
+            reason,
+            when + timedelta(minutes=1),
+            when + timedelta(hours=1),
+            seen or when,
+            when,
+        ),
     ).fetchone()
-    assert row is not None
-    return tuple(row)
+    if row is None:
+        return None
+    began, runner = row
+    assert runner is True
+    moved = 0
+    while True:
+        batch = db.execute(
+            "SELECT moved, mine"
+            " FROM listener_defer_held_batch(%s, NULL, 't', interval '1 minute', 2)",
+            (instance,),
+        ).fetchone()
+        assert batch is not None and batch[1] is True
+        moved += batch[0]
+        if batch[0] < 2:
+            ended = db.execute(
+                "DELETE FROM listener_sender_holds WHERE instance = %s AND started_moved"
+                " RETURNING moved",
+                (instance,),
+            ).fetchone()
+            assert ended == (moved,)
+            return began, moved
 
 
 def limits(db: Conn, name: str, **fields: Any) -> None:
@@ -273,12 +310,8 @@ def test_a_state_read_before_the_last_release_holds_nothing(db: Conn) -> None:
     now = at("2026-11-25 10:00-03")
     hold(db, "a", now)
     db.execute("SELECT listener_release_sender('a', NULL, %s)", (now + timedelta(seconds=5),))
-    row = db.execute(
-        "SELECT began, deferred FROM listener_hold_sender('a', 'instance down', %s, %s, %s,"
-        " NULL, %s)",
-        (now + timedelta(minutes=2), now + timedelta(hours=1), now + timedelta(seconds=3), now),
-    ).fetchone()
-    assert row == (False, 0)
+    assert hold(db, "a", now, seen=now + timedelta(seconds=3)) is None
+    assert db.execute("SELECT count(*) FROM listener_sender_holds").fetchone() == (0,)
     held = db.execute("SELECT held_reason FROM listener_instances WHERE instance = 'a'").fetchone()
     assert held == (None,)
 
@@ -299,7 +332,8 @@ def test_stats_show_each_number_against_its_caps_and_its_state(
     send(db, m, "a", datetime.now(UTC))
     until = datetime.now(UTC) + timedelta(hours=6)
     db.execute(
-        "SELECT listener_hold_sender('b', 'instance restricted', %s, %s, now(), NULL, now())",
+        "SELECT listener_hold_sender_v2('b', 'instance restricted', %s, %s, now(), now(), 't',"
+        " interval '1 minute')",
         (until, until),
     )
     monkeypatch.setenv("DATABASE_URL", db_url)
@@ -337,3 +371,35 @@ def test_messages_turned_away_come_back_one_turn_apart(db: Conn) -> None:
     row = pick(db, ms[3], ["one"], later, gap=(1, 1), horizon=0.5)
     assert row[1] is True  # the number's turn (+3 s) is long past: booked at once
     assert row[2] == later
+
+
+def test_a_number_released_while_its_hold_moves_messages_ends_the_move(db: Conn) -> None:
+    campaign = make_campaign(db, instance="a")
+    enqueue(db, campaign, make_leads(db, 5))
+    now = datetime.now(UTC)
+    db.execute("UPDATE campaign_messages SET scheduled_at = %s", (now - timedelta(minutes=1),))
+    row = db.execute(
+        "SELECT began, runner FROM listener_hold_sender_v2('a', 'instance down', %s, %s, %s, %s,"
+        " 't', interval '1 minute')",
+        (now + timedelta(minutes=1), now + timedelta(hours=1), now, now),
+    ).fetchone()
+    assert row == (True, True)
+    batch = (
+        "SELECT moved, mine FROM listener_defer_held_batch('a', NULL, 't', interval '1 minute', 2)"
+    )
+    assert db.execute(batch).fetchone() == (2, True)
+    # Another listener's hold of the same number while the move runs leaves the move to it.
+    other = db.execute(
+        "SELECT began, runner FROM listener_hold_sender_v2('a', 'instance down', %s, %s, %s, %s,"
+        " 'u', interval '1 minute')",
+        (now + timedelta(minutes=1), now + timedelta(hours=1), now, now),
+    ).fetchone()
+    assert other == (False, False)
+    # The number is back: the move ends (the runner's next batch moves nothing) and the two
+    # moved are due again.
+    assert db.execute("SELECT listener_release_sender('a', NULL, now())").fetchone() == (2,)
+    assert db.execute(batch).fetchone() == (0, False)
+    assert db.execute("SELECT count(*) FROM listener_sender_holds").fetchone() == (0,)
+    assert db.execute(
+        "SELECT count(*) FROM campaign_messages WHERE wait_reason IS NULL AND scheduled_at <= now()"
+    ).fetchone() == (5,)
