@@ -46,6 +46,13 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
+        self.renewal_seconds = FastHistogram(
+            "listener_lease_renewal_seconds",
+            "Lease renewals, from the turn to the database's answer (one that waits behind"
+            " other work shows here; a renewal slower than the lease lets a lease run out)",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
         self.in_flight = Gauge("listener_in_flight", "Messages being worked on now", registry=r)
         self.provider_seconds = FastHistogram(
             "listener_provider_seconds",

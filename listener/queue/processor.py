@@ -273,9 +273,12 @@ class Processor:
     # ----------------------------------------------------------------------------------------
 
     async def renew_leases(self) -> None:
-        """Extend the lease of every message still held; mark the ones taken from us."""
+        """Extend the lease of every message still held; mark the ones taken from us. How long
+        it took is `listener_lease_renewal_seconds`."""
         if self._held:
+            began = time.monotonic()
             await self.store.renew(list(self._held.values()))
+            self.metrics.renewal_seconds.observe(time.monotonic() - began)
 
     async def drain(self, grace: float) -> None:
         """Stop claiming, let in-flight messages finish within `grace` seconds, then hand the

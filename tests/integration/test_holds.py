@@ -136,7 +136,9 @@ async def test_a_100000_message_hold_is_done_in_batches_while_a_small_campaign_s
             await psycopg.AsyncConnection.connect(db_url, autocommit=True) as sampling,
         ):
             fakes.reply_parts = 2
-            fakes.llm_delay = 0.3  # slow-ish: each message is in flight across lease renewals
+            # A slow LLM (2 s): each message is in flight across lease renewals, and the
+            # small campaign (40 messages, 5 at a time) sends all through the hold.
+            fakes.llm_delay = 2.0
             # A short lease (renewed every 1.3 s): a renewal stuck behind the hold would let
             # it run out while the small campaign's messages are with the LLM.
             settings = {**http_settings(fakes), "lease": "4s"}
@@ -153,7 +155,7 @@ async def test_a_100000_message_hold_is_done_in_batches_while_a_small_campaign_s
                     " WHERE campaign_id = %s AND wait_reason = 'window'",
                     (big,),
                     100_000,
-                    timeout=180,
+                    timeout=120,
                 )
                 held_in = time.monotonic() - began
                 await await_value(
@@ -164,14 +166,33 @@ async def test_a_100000_message_hold_is_done_in_batches_while_a_small_campaign_s
                     40,
                     timeout=120,
                 )
-                claims = daemon.metrics.registry.get_sample_value("listener_attempts_total")
+                registry = daemon.metrics.registry
+                claims = registry.get_sample_value("listener_attempts_total")
+                renewals = registry.get_sample_value("listener_lease_renewal_seconds_count")
+                renewed_within_1s = registry.get_sample_value(
+                    "listener_lease_renewal_seconds_bucket", {"le": "1.0"}
+                )
+                # The smallest bucket holding every renewal: the slowest took at most that.
+                slowest_renewal = min(
+                    (
+                        float(sample.labels["le"])
+                        for metric in registry.collect()
+                        if metric.name == "listener_lease_renewal_seconds"
+                        for sample in metric.samples
+                        if sample.name.endswith("_bucket") and sample.value >= (renewals or 0)
+                    ),
+                    default=float("inf"),
+                )
                 stop.set()
                 lapsed = await sampler
-    print(f"hold of 100,000 done in {held_in:.1f}s; load statements {load}")
-    # The hold is done within seconds, not minutes: about 5-20 s here, by load; the bound is
-    # far above that (one statement took minutes on a busy server, the old code never got
-    # there within 90 s in this test).
-    assert held_in < 120, held_in
+    print(
+        f"hold of 100,000 done in {held_in:.1f}s; load statements {load};"
+        f" {renewals:.0f} lease renewals, the slowest under {slowest_renewal}s"
+    )
+    # The hold is done within seconds, not minutes: a few seconds here, quiet or busy; the
+    # bound is far above that (one statement took minutes on a busy server, the old code
+    # never got there within 90 s in this test).
+    assert held_in < 60, held_in
     # The small campaign: one attempt per message, each part sent once.
     attempts = db.execute(
         "SELECT attempts, count(*) FROM campaign_messages WHERE campaign_id = %s GROUP BY 1",
@@ -185,8 +206,11 @@ async def test_a_100000_message_hold_is_done_in_batches_while_a_small_campaign_s
     assert one(db, "SELECT count(*) FROM listener_campaign_holds") == 0
     big_attempts = "SELECT count(*) FROM campaign_messages WHERE attempts > 0 AND campaign_id = %s"
     assert one(db, big_attempts, big) == 0
-    # Lease renewal never waited behind the bulk work: no lease ever ran out, no renewal
-    # outran its turn.
+    # Lease renewal never waited behind the bulk work: by the listener's own measure each
+    # renewal answered within a second (milliseconds here; behind a one-statement hold they
+    # waited 13 s to minutes), no lease ever ran out, no renewal outran its turn.
+    assert renewals is not None and renewals >= 5, renewals
+    assert renewed_within_1s == renewals, (renewed_within_1s, renewals)
     assert lapsed == 0
     overlaps = [
         r for r in caplog.records if getattr(r, "action", "") in ("job_overlap", "lease_lost")
