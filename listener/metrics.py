@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import logging
 import time
 from collections.abc import Callable, Iterable
@@ -74,11 +75,15 @@ class Metrics:
             registry=r,
         )
         self.backlog = Gauge("listener_backlog_due", "Pending rows already due", registry=r)
-        self.sender_held = Gauge(
-            "listener_sender_held",
-            "1 while this listener holds a sender number (its messages wait), by why; else 0",
-            ["instance", "reason"],
-            registry=r,
+        self.sender_held = SenderHeld(
+            Gauge(
+                "listener_sender_held",
+                "1 while this listener holds a sender number (its messages wait), by why; else"
+                " 0. A number no campaign of this listener named is counted under"
+                f' instance="{OTHER_INSTANCE}" (how many such numbers it holds)',
+                ["instance", "reason"],
+                registry=r,
+            )
         )
         self.batches = Counter(
             "listener_claims_total", "Claim queries that returned rows", registry=r
@@ -138,6 +143,58 @@ class Metrics:
         if child is None:
             child = self._latencies[provider] = self.provider_seconds.labels(provider=provider)
         return child
+
+
+#: The `instance` label of a number none of this listener's campaigns named (a name from
+#: outside: a webhook's), and how many names may ever be labels of their own.
+OTHER_INSTANCE = "other"
+MAX_INSTANCE_LABELS = 200
+#: How many numbers from outside are counted under OTHER_INSTANCE at most.
+MAX_OTHER_HELD = 10_000
+
+
+class SenderHeld:
+    """`listener_sender_held{instance,reason}` whose label values stay bounded whatever names
+    come from outside: a number gets a label of its own once a campaign this listener works on
+    names it (`know`; at most MAX_INSTANCE_LABELS names), and any other one held is counted
+    under OTHER_INSTANCE, the gauge then saying how many such numbers are held, by reason."""
+
+    def __init__(self, gauge: Gauge) -> None:
+        self.gauge = gauge
+        self._known: set[str] = set()
+        self._other: dict[str, str] = {}  # numbers from outside held now -> reason
+        self._held: collections.Counter[str] = collections.Counter()  # ... how many, by reason
+
+    def know(self, names: Iterable[str]) -> None:
+        """The numbers of a campaign's pool (the listener's own configuration)."""
+        for name in names:
+            if name not in self._known and len(self._known) < MAX_INSTANCE_LABELS:
+                self._known.add(name)
+
+    def set(self, name: str, value: int, reasons: Iterable[str]) -> None:
+        """The number is held (1) for its one reason, or no longer (0) for every reason."""
+        reasons = tuple(reasons)
+        if name in self._known:
+            for why in reasons:
+                self.gauge.labels(instance=name, reason=why).set(value)
+            self._count(name, None)  # (held as a stranger before a campaign named it)
+        elif value and reasons:
+            if name in self._other or len(self._other) < MAX_OTHER_HELD:
+                self._count(name, reasons[0])
+        else:
+            self._count(name, None)
+
+    def _count(self, name: str, reason: str | None) -> None:
+        """Count a number from outside as held for `reason`, or as not held (None)."""
+        before = self._other.pop(name, None)
+        if reason is not None:
+            self._other[name] = reason
+        if before == reason:
+            return
+        for why, step in ((before, -1), (reason, 1)):
+            if why is not None:
+                self._held[why] += step
+                self.gauge.labels(instance=OTHER_INSTANCE, reason=why).set(self._held[why])
 
 
 @dataclass

@@ -141,6 +141,8 @@ class Senders:
         (nothing spent)."""
         await self._default_limits(job)
         pool = self.pool(job)
+        if self.metrics is not None:  # its numbers get labels of their own on /metrics
+            self.metrics.sender_held.know(pool)
         own = job.plan.sender_instance
         names = [own] if own else pool
         up = await self._up(names)
@@ -372,10 +374,9 @@ class Senders:
 
     def _gauge(self, name: str, value: int, reason: str | None = None) -> None:
         """`listener_sender_held`: 1 under the hold's reason; 0 under every reason when back."""
-        if self.metrics is None:
-            return
-        for why in (reason,) if reason is not None else NUMBER_HOLDS:
-            self.metrics.sender_held.labels(instance=name, reason=why).set(value)
+        if self.metrics is not None:
+            reasons = (reason,) if reason is not None else NUMBER_HOLDS
+            self.metrics.sender_held.set(name, value, reasons)
 
     async def recheck(self) -> None:
         """Ask the held numbers whose recheck is due (each taken by one listener); a number
@@ -449,7 +450,14 @@ class Senders:
             )
             return
         if moved is not None and wait.reason != "budget":  # the writer says it once
-            _log_campaign_hold(job.claim.campaign_id, wait, moved)
+            log.info(
+                "campaign %s waits until %s (%s): %d more of its messages wait with it",
+                job.claim.campaign_id,
+                wait.until.isoformat(timespec="seconds"),
+                wait.reason,
+                moved,
+                extra={"action": "campaign_wait", "reason": wait.reason, "messages": moved},
+            )
 
     async def resume_holds(self) -> None:
         """A periodic job: holds of a campaign or a number whose listener was cut off mid-move
@@ -485,17 +493,6 @@ class Senders:
             now = datetime.now(UTC)
             self._told = {k: v for k, v in self._told.items() if v > now}
         self._told[key] = until
-
-
-def _log_campaign_hold(campaign_id: UUID, wait: Wait, moved: int) -> None:
-    log.info(
-        "campaign %s waits until %s (%s): %d more of its messages wait with it",
-        campaign_id,
-        wait.until.isoformat(timespec="seconds"),
-        wait.reason,
-        moved,
-        extra={"action": "campaign_wait", "reason": wait.reason, "messages": moved},
-    )
 
 
 async def _sleep_until(when: datetime | None) -> None:

@@ -368,3 +368,34 @@ async def test_an_acknowledged_poison_row_is_set_aside_and_the_rows_behind_it_ap
     assert f"  {kind}  " in shown.split("webhook events set aside")[1]
     page = (await page_client.get("/")).text
     assert "Webhook events set aside" in page and "1 in all, 1 in the last day" in page
+
+
+async def test_instance_names_from_outside_never_become_label_values_of_their_own(
+    db_url: str, db: Conn
+) -> None:
+    """Restrictions posted for numbers no campaign names are counted under instance="other"
+    on /metrics (how many such numbers are held), so posts cannot grow the label set; a number
+    a campaign names keeps its own label."""
+    async with listening(db_url) as (daemon, fakes):
+        await send_one(db, fakes, instance="ours")  # a campaign of this listener names it
+        strangers = [f"stranger-{i}" for i in range(40)]
+        for name in [*strangers, "ours"]:
+            body = webhook_body("connection.update", connection_data(name, "close", 401))
+            assert await raw_post(fakes, [bearer()], json.dumps(body).encode()) == 200
+        held = "SELECT count(*) FROM listener_instances WHERE held_reason IS NOT NULL"
+        await await_until(lambda: one(db, held) == 41, timeout=20)
+        registry = daemon.metrics.registry
+
+        def samples() -> dict[tuple[str, str], float]:
+            return {
+                (s.labels["instance"], s.labels["reason"]): s.value
+                for metric in registry.collect()
+                if metric.name == "listener_sender_held"
+                for s in metric.samples
+            }
+
+        await await_until(lambda: sum(samples().values()) == 41)
+        by_instance = {name for name, _ in samples()}
+        assert by_instance == {"ours", "other"}, by_instance
+        assert sum(v for (name, _), v in samples().items() if name == "other") == 40
+        assert b"stranger" not in generate_latest(registry)
