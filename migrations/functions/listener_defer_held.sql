@@ -1,4 +1,6 @@
--- Move the due messages that cannot go because p_instance is held to p_backstop (see above).
+-- Move the due messages that cannot go because p_instance is held to p_backstop, in one
+-- statement: called by listener_hold_sender (kept for listeners of the earlier release; the
+-- listener now moves them in batches with listener_defer_held_batch).
 CREATE OR REPLACE FUNCTION listener_defer_held(
     p_instance text, p_backstop timestamptz, p_default text, p_at timestamptz)
 RETURNS integer

@@ -4,6 +4,9 @@
 -- through it, and the unstarted ones of campaigns whose whole pool is now unavailable. A
 -- state read before the number was last released (p_seen_at) is stale and holds nothing.
 -- Returns whether this began the hold (else it was held already) and how many messages moved.
+-- Kept for listeners of the earlier release only: this one holds the number's row and every
+-- moved message for the whole move; listeners now call listener_hold_sender_v2 and move the
+-- messages in batches (listener_defer_held_batch).
 CREATE OR REPLACE FUNCTION listener_hold_sender(
     p_instance text, p_reason text, p_until timestamptz, p_backstop timestamptz,
     p_seen_at timestamptz, p_default text, p_at timestamptz)
