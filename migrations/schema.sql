@@ -710,11 +710,10 @@ BEGIN
        SET at = greatest(h.at, EXCLUDED.at),
            backstop = greatest(h.backstop, EXCLUDED.backstop),
            started_moved = false,
-           runner = CASE WHEN h.runner_until < now() OR h.runner = EXCLUDED.runner
-                         THEN EXCLUDED.runner ELSE h.runner END,
-           runner_until = CASE WHEN h.runner_until < now() OR h.runner = EXCLUDED.runner
-                               THEN EXCLUDED.runner_until ELSE h.runner_until END
-    RETURNING h.runner = p_runner INTO mine;
+           runner = CASE WHEN h.runner_until < now() THEN EXCLUDED.runner ELSE h.runner END,
+           runner_until = CASE WHEN h.runner_until < now() THEN EXCLUDED.runner_until
+                               ELSE h.runner_until END
+    RETURNING h.runner = p_runner AND h.runner_until = now() + p_lease INTO mine;
     RETURN QUERY SELECT i.held_reason IS NULL, mine;
 END
 $$;

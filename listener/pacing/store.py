@@ -136,8 +136,8 @@ class SenderStore:
         others hold, the number's row locked only while the hold is marked): (whether this
         began the hold, messages moved), or None when the state read is older than the
         number's last release (it is back; read it again). A move cut off is left in
-        listener_sender_holds and taken up by `resume_holds`; one under way by another
-        listener moves this hold's messages too (0 moved here)."""
+        listener_sender_holds and taken up by `resume_holds`; one under way (this listener's
+        own, for another message, included) moves this hold's messages too (0 moved here)."""
         params: dict[str, Any] = {
             "instance": instance,
             "reason": reason,

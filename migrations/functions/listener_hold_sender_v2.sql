@@ -1,8 +1,8 @@
 -- Hold a number (p_reason: instance down, instance restricted) until p_until, when a listener
 -- asks its state again, and file the move of its waiting messages aside to p_backstop (those
 -- due by p_at) in listener_sender_holds, for listener_defer_held_batch to do in batches. The
--- move is taken by p_runner for p_lease unless another listener's is under way (it then moves
--- these too). A state read before the number was last released (p_seen_at) is stale: nothing
+-- move is taken by p_runner for p_lease unless one is under way, this listener's own included
+-- (its runner then moves these too: a hold found by several messages at once is moved once). A state read before the number was last released (p_seen_at) is stale: nothing
 -- is held and no row is returned. Else: whether this began the hold (it was not held), and
 -- whether p_runner runs the move. (listener_hold_sender, which moved them in the same
 -- statement, is kept for listeners of an earlier release.)
@@ -33,11 +33,10 @@ BEGIN
        SET at = greatest(h.at, EXCLUDED.at),
            backstop = greatest(h.backstop, EXCLUDED.backstop),
            started_moved = false,
-           runner = CASE WHEN h.runner_until < now() OR h.runner = EXCLUDED.runner
-                         THEN EXCLUDED.runner ELSE h.runner END,
-           runner_until = CASE WHEN h.runner_until < now() OR h.runner = EXCLUDED.runner
-                               THEN EXCLUDED.runner_until ELSE h.runner_until END
-    RETURNING h.runner = p_runner INTO mine;
+           runner = CASE WHEN h.runner_until < now() THEN EXCLUDED.runner ELSE h.runner END,
+           runner_until = CASE WHEN h.runner_until < now() THEN EXCLUDED.runner_until
+                               ELSE h.runner_until END
+    RETURNING h.runner = p_runner AND h.runner_until = now() + p_lease INTO mine;
     RETURN QUERY SELECT i.held_reason IS NULL, mine;
 END
 $$;

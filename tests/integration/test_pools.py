@@ -395,6 +395,14 @@ def test_a_number_released_while_its_hold_moves_messages_ends_the_move(db: Conn)
         (now + timedelta(minutes=1), now + timedelta(hours=1), now, now),
     ).fetchone()
     assert other == (False, False)
+    # So does the same listener's (another message found the number down meanwhile): the
+    # messages are moved once, by the move under way.
+    again = db.execute(
+        "SELECT began, runner FROM listener_hold_sender_v2('a', 'instance down', %s, %s, %s, %s,"
+        " 't', interval '1 minute')",
+        (now + timedelta(minutes=1), now + timedelta(hours=1), now, now),
+    ).fetchone()
+    assert again == (False, False)
     # The number is back: the move ends (the runner's next batch moves nothing) and the two
     # moved are due again.
     assert db.execute("SELECT listener_release_sender('a', NULL, now())").fetchone() == (2,)
