@@ -12,15 +12,22 @@ CREATE OR REPLACE FUNCTION listener_defer_held_batch(
 RETURNS TABLE (moved integer, mine boolean)
 LANGUAGE plpgsql AS $$
 DECLARE
-    h listener_sender_holds;
+    -- (the hold's row as columns, not its row type: this folder also applies over a database
+    -- whose numbered files stop before the table's)
+    h_at timestamptz;
+    h_backstop timestamptz;
+    h_started_moved boolean;
     reason text;
     affected uuid[];
     blocked uuid[];
     alone uuid[];
     started integer := 0;
     unstarted integer := 0;
+    campaign uuid;
+    taken integer;
 BEGIN
-    SELECT * INTO h FROM listener_sender_holds x
+    SELECT x.at, x.backstop, x.started_moved INTO h_at, h_backstop, h_started_moved
+      FROM listener_sender_holds x
      WHERE x.instance = p_instance AND x.runner = p_runner FOR UPDATE;
     IF NOT FOUND THEN
         RETURN QUERY SELECT 0, false;
@@ -46,15 +53,15 @@ BEGIN
                        AS blocked
               FROM campaigns c CROSS JOIN LATERAL (SELECT listener_pool_of(c, p_default)) p(pool)
              WHERE c.status <> 'archived' AND p_instance = ANY (p.pool)) a;
-    IF NOT h.started_moved THEN
+    IF NOT h_started_moved THEN
         UPDATE campaign_messages m
-           SET scheduled_at = h.backstop, wait_reason = reason, updated_at = now()
+           SET scheduled_at = h_backstop, wait_reason = reason, updated_at = now()
          WHERE m.id = ANY (ARRAY(
                    SELECT b.id FROM campaign_messages b JOIN campaigns c ON c.id = b.campaign_id
                     WHERE b.campaign_id = ANY (affected) AND b.status = 'pending'
                       -- (not `IS DISTINCT FROM`: the campaign's own due rows, see 0016)
                       AND COALESCE(b.wait_reason, '') <> 'paused'
-                      AND b.scheduled_at <= h.at AND b.scheduled_at < h.backstop
+                      AND b.scheduled_at <= h_at AND b.scheduled_at < h_backstop
                       AND b.parts_sent > 0
                       AND COALESCE(b.instance, (listener_pool_of(c, p_default))[1]) = p_instance
                     LIMIT p_limit
@@ -62,23 +69,28 @@ BEGIN
            AND m.status = 'pending' AND m.parts_sent > 0;
         GET DIAGNOSTICS started = ROW_COUNT;
     END IF;
-    IF started < p_limit AND cardinality(blocked) > 0 THEN
+    -- Campaign by campaign, each a short range scan of its own due rows in order
+    -- (idx_campaign_messages_campaign_due, as a campaign's hold; over several campaigns at once
+    -- the planner walked the whole table, passing every row moved already, each batch).
+    FOREACH campaign IN ARRAY blocked LOOP
+        EXIT WHEN started + unstarted >= p_limit;
         UPDATE campaign_messages m
-           SET scheduled_at = h.backstop,
-               wait_reason = CASE WHEN m.campaign_id = ANY (alone) THEN reason
-                                  ELSE 'no sender' END,
+           SET scheduled_at = h_backstop,
+               wait_reason = CASE WHEN campaign = ANY (alone) THEN reason ELSE 'no sender' END,
                updated_at = now()
          WHERE m.id = ANY (ARRAY(
                    SELECT b.id FROM campaign_messages b
-                    WHERE b.campaign_id = ANY (blocked) AND b.status = 'pending'
+                    WHERE b.campaign_id = campaign AND b.status = 'pending'
                       AND COALESCE(b.wait_reason, '') <> 'paused'
-                      AND b.scheduled_at <= h.at AND b.scheduled_at < h.backstop
+                      AND b.scheduled_at <= h_at AND b.scheduled_at < h_backstop
                       AND b.parts_sent = 0
-                    LIMIT p_limit - started
+                    ORDER BY b.scheduled_at
+                    LIMIT p_limit - started - unstarted
                       FOR UPDATE SKIP LOCKED))
            AND m.status = 'pending' AND m.parts_sent = 0;
-        GET DIAGNOSTICS unstarted = ROW_COUNT;
-    END IF;
+        GET DIAGNOSTICS taken = ROW_COUNT;
+        unstarted := unstarted + taken;
+    END LOOP;
     UPDATE listener_sender_holds x
        SET moved = x.moved + started + unstarted,
            started_moved = x.started_moved OR started < p_limit,
