@@ -65,8 +65,7 @@ import dbwork
 import psycopg
 
 from listener.commands.common import run_async  # the loop `listener run` uses (uvloop)
-from listener.jobs import Usage
-from listener.providers.base import LLM, Reply, Sender, SentPart
+from listener.providers.base import LLM, Reply, Sender, SentPart, Usage
 
 log = logging.getLogger("compare_queues")
 

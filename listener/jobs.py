@@ -2,7 +2,7 @@
 what the attempt spent), and the writes that move it on: plain data, shared by the store
 (which runs them) and the pure decisions (which choose them).
 
-The writes and `Usage` are treated as values (never changed once made) but not declared
+The writes are treated as values (never changed once made) but not declared
 `frozen`: a frozen dataclass sets each field through `object.__setattr__`, and several of them
 are made per message on the hot path."""
 
@@ -14,29 +14,7 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
-
-@dataclass(slots=True)
-class Usage:
-    """What billed LLM calls cost (tokens, US dollars as OpenRouter reports them), summed, and
-    the model that answered the last of them (`fallback`: a fallback model, not the primary)."""
-
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    cost_usd: float = 0.0
-    calls: int = 0
-    model: str | None = None
-    fallback: bool | None = None
-
-    def __add__(self, other: Usage) -> Usage:
-        answered = other.model is not None
-        return Usage(
-            prompt_tokens=self.prompt_tokens + other.prompt_tokens,
-            completion_tokens=self.completion_tokens + other.completion_tokens,
-            cost_usd=self.cost_usd + other.cost_usd,
-            calls=self.calls + other.calls,
-            model=other.model if answered else self.model,
-            fallback=other.fallback if answered else self.fallback,
-        )
+from listener.providers.base import Usage
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,7 +12,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.aiohttp import make_aiohttp_handler
 
-from listener.jobs import Usage
+from listener.providers.base import Usage
 from listener.serving import serve_app
 from listener.tally import CounterValue, FastCounter, FastHistogram, HistogramValue
 

@@ -223,12 +223,6 @@ def jid_digits(jid: Any) -> str:
     return "".join(ch for ch in user if "0" <= ch <= "9")
 
 
-def phone_forms(digits: str) -> tuple[str, ...]:
-    """The number as WhatsApp may know it: Brazilian mobiles with and without the ninth digit
-    (`listener.phones`, which also gives the national forms a lead may be stored in)."""
-    return whatsapp_forms(digits)
-
-
 def _text(message: Any) -> str:
     if not isinstance(message, dict):
         return ""
@@ -305,7 +299,7 @@ def _reply(instance: str, item: dict[str, Any]) -> Reply | None:
         jid = key.get("remoteJidAlt") or item.get("remoteJidAlt")
     if isinstance(jid, str) and jid.endswith("@g.us"):
         return None  # a group
-    phones = phone_forms(jid_digits(jid))
+    phones = whatsapp_forms(jid_digits(jid))
     if not phones:
         return None
     at = epoch_time(item.get("messageTimestamp"))

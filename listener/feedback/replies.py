@@ -22,8 +22,8 @@ from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
 from listener.errors import ProviderError
-from listener.jobs import Usage
 from listener.metrics import Health
+from listener.providers.base import Usage
 from listener.providers.classify import Classified, ReplyClassifier
 from listener.queries import q
 from listener.settings import Settings

@@ -1,5 +1,6 @@
-"""The two provider ports. The processor only knows these Protocols; HTTP details live in
-`llm.py` (OpenRouter) and `sender.py` (Evolution API), and `sandbox.py` fakes both offline."""
+"""The two provider ports and their values (`Usage`, what billed LLM calls cost). The processor
+only knows these Protocols; HTTP details live in `llm.py` (OpenRouter) and `sender.py`
+(Evolution API), and `sandbox.py` fakes both offline."""
 
 from __future__ import annotations
 
@@ -8,7 +9,30 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol, runtime_checkable
 
-from listener.jobs import Usage
+
+@dataclass(slots=True)
+class Usage:
+    """What billed LLM calls cost (tokens, US dollars as OpenRouter reports them), summed, and
+    the model that answered the last of them (`fallback`: a fallback model, not the primary).
+    A value, never changed once made, but not `frozen`: one is made per call on the hot path."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float = 0.0
+    calls: int = 0
+    model: str | None = None
+    fallback: bool | None = None
+
+    def __add__(self, other: Usage) -> Usage:
+        answered = other.model is not None
+        return Usage(
+            prompt_tokens=self.prompt_tokens + other.prompt_tokens,
+            completion_tokens=self.completion_tokens + other.completion_tokens,
+            cost_usd=self.cost_usd + other.cost_usd,
+            calls=self.calls + other.calls,
+            model=other.model if answered else self.model,
+            fallback=other.fallback if answered else self.fallback,
+        )
 
 
 @dataclass(frozen=True, slots=True)

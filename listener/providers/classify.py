@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from listener.errors import TransientProviderError
-from listener.jobs import Usage
 from listener.kinds import KINDS
+from listener.providers.base import Usage
 from listener.providers.llm import OpenRouterLLM
 from listener.text import fold
 

@@ -24,7 +24,6 @@ from listener.errors import (
     RateLimitedError,
     TransientProviderError,
 )
-from listener.jobs import Usage
 from listener.providers._http import (
     REQUEST_ERRORS,
     Scrub,
@@ -38,7 +37,7 @@ from listener.providers._http import (
     secrets_of,
     with_quick_retry,
 )
-from listener.providers.base import Reply
+from listener.providers.base import Reply, Usage
 from listener.settings import Settings
 from listener.text import clean_text
 

@@ -11,9 +11,8 @@ from typing import Any
 from psycopg_pool import AsyncConnectionPool
 
 from listener.batch import GroupCommit
-from listener.jobs import Usage
 from listener.outbox import record_sandbox_parts
-from listener.providers.base import Reply, SentPart
+from listener.providers.base import Reply, SentPart, Usage
 from listener.providers.sandbox_feedback import SandboxFeedback
 
 

@@ -20,13 +20,12 @@ from listener.errors import (
     ProviderError,
     UncertainDeliveryError,
 )
-from listener.feedback.events import phone_forms
 from listener.flow import GateClosed, MustWait, Stop, StopBetweenParts
 from listener.jobs import Job, RecordPart, StoreParts
 from listener.metrics import Metrics
 from listener.pacing.health import phone_zones
 from listener.pacing.pool import QUIET_WAITS, Senders
-from listener.phones import mask_phone
+from listener.phones import mask_phone, whatsapp_forms
 from listener.providers.base import LeftBehindFinder, Sender, SentFinder, SentPart
 from listener.queue.calls import ProviderCalls
 from listener.queue.outcomes import MAX_UNCERTAIN_SENDS, Outcome, check_start, outcome
@@ -151,7 +150,7 @@ class Journey:
             )
         try:
             found = await self.sender.find_any_sent(
-                instance=instance, numbers=phone_forms(number), since=since
+                instance=instance, numbers=whatsapp_forms(number), since=since
             )
         except ProviderError as exc:
             raise Stop(
@@ -212,7 +211,7 @@ class Journey:
             return
         if index >= len(parts):
             return
-        numbers, text = phone_forms(number), parts[index]
+        numbers, text = whatsapp_forms(number), parts[index]
         found = await self.store.find_sent(instance, numbers, text, since)
         if found is None and isinstance(self.sender, SentFinder):
             try:

@@ -31,7 +31,8 @@ from listener.batch import GroupCommit
 from listener.db import Lane
 from listener.errors import DataRefusedError
 from listener.flow import Stop
-from listener.jobs import Finish, Job, RecordPart, StoreParts, Usage
+from listener.jobs import Finish, Job, RecordPart, StoreParts
+from listener.providers.base import Usage
 from listener.queries import q
 from listener.settings import Settings
 from listener.text import clean_text

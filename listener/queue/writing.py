@@ -15,8 +15,8 @@ from datetime import UTC, datetime
 from uuid import UUID
 
 from listener.flow import MustWait
-from listener.jobs import Job, Usage
-from listener.providers.base import LLM, Reply
+from listener.jobs import Job
+from listener.providers.base import LLM, Reply, Usage
 from listener.queue.calls import ProviderCalls
 from listener.queue.outcomes import budget_wait
 from listener.queue.sequences import STEP_INSTRUCTIONS

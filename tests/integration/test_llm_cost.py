@@ -16,7 +16,8 @@ from psycopg_pool import AsyncConnectionPool
 
 from listener.commands.stats import collect_stats, render
 from listener.errors import HoldBackError
-from listener.jobs import StoreParts, Usage
+from listener.jobs import StoreParts
+from listener.providers.base import Usage
 from listener.providers.llm import STRUCTURED_MEMORY_SECONDS, OpenRouterLLM
 from listener.queue.store import Store
 from listener.settings import Settings, load_settings

@@ -20,7 +20,6 @@ from listener.feedback.events import (
     fold,
     is_opt_out,
     parse,
-    phone_forms,
     sign_jwt,
     verify_jwt,
 )
@@ -118,13 +117,6 @@ def test_opt_out_is_the_whole_folded_text(text: str, out: bool) -> None:
 
 def test_fold_drops_case_accents_punctuation_and_emoji() -> None:
     assert fold("  NÃO, obrigado!!! 😀 ") == "nao obrigado"
-
-
-def test_brazilian_numbers_with_and_without_the_ninth_digit() -> None:
-    assert phone_forms("5511987654321") == ("5511987654321", "551187654321")
-    assert phone_forms("551187654321") == ("551187654321", "5511987654321")
-    assert phone_forms("551132654321") == ("551132654321",)  # a landline has no ninth digit
-    assert phone_forms("14155550100") == ("14155550100",)
 
 
 def test_event_times_come_from_message_timestamp_never_from_date_time() -> None:

@@ -10,7 +10,8 @@ import pytest
 
 from listener.errors import ConfigurationError
 from listener.flow import MustWait
-from listener.jobs import Job, Usage
+from listener.jobs import Job
+from listener.providers.base import Usage
 from listener.queue.outcomes import BUDGET_RECHECK, budget_wait, outcome
 from listener.queue.writing import is_fallback, json_problem
 from listener.settings import load_settings

@@ -69,6 +69,13 @@ def test_the_masked_form_follows_the_parsed_number() -> None:
     assert mask_phone(parse_phone("(11) 98765-4321").digits) == "55119*****321"
 
 
+def test_brazilian_numbers_with_and_without_the_ninth_digit() -> None:
+    assert whatsapp_forms("5511987654321") == ("5511987654321", "551187654321")
+    assert whatsapp_forms("551187654321") == ("551187654321", "5511987654321")
+    assert whatsapp_forms("551132654321") == ("551132654321",)  # a landline has no ninth digit
+    assert whatsapp_forms("14155550100") == ("14155550100",)
+
+
 def test_replies_match_leads_stored_in_national_form() -> None:
     forms = stored_forms("5511987654321", "BR")
     # WhatsApp's forms (with and without the ninth digit) come first, then the stored ones.
