@@ -177,6 +177,37 @@ async def within(awaitable: Awaitable[T], seconds: float, *, on_timeout: Callabl
     raise TimeoutError(f"no answer within {seconds:g}s")
 
 
+# A transaction Postgres rolled back to break a deadlock or a serialization conflict is run
+# again this many times before the error is raised.
+ROLLBACK_RETRIES = 3
+
+
+async def again_on_rollback(
+    work: Callable[[], Awaitable[T]],
+    *,
+    name: str,
+    retries: int = ROLLBACK_RETRIES,
+    pause: float = 0.05,
+) -> T:
+    """The result of `work`, run again when Postgres chose it as a deadlock's victim or
+    refused it for a serialization conflict: it rolled back whole, so running it again is
+    safe whenever its writes are idempotent or guarded (every write of the listener is). The
+    other side, already waiting, takes its rows first: each retry waits a little longer
+    (`pause`, then twice that, ...). Any other error, and the last retry's, is raised."""
+    for retry in range(retries):
+        try:
+            return await work()
+        except (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure) as exc:
+            log.info(
+                "%s was rolled back (%s), running it again",
+                name,
+                type(exc).__name__,
+                extra={"action": "deadlock_retry", "statement": name},
+            )
+        await asyncio.sleep(pause * (retry + 1))
+    return await work()
+
+
 class Lane:
     """A connection of its own, outside the pool, for work that must never queue behind the
     pool's (lease renewal, the rescue of expired leases): a lease renewal that waits longer
@@ -212,8 +243,8 @@ class Lane:
             try:
                 cur = await conn.execute(query, params)
                 return await cur.fetchall()
-            except psycopg.errors.DeadlockDetected:
-                raise  # the statement's own fate; the connection is fine
+            except (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure):
+                raise  # the statement's own fate (again_on_rollback); the connection is fine
             except BaseException:
                 # Lost, cancelled mid-statement or left in doubt: the next call opens a fresh
                 # one.

@@ -39,7 +39,7 @@ from prometheus_client import CollectorRegistry, Counter
 from psycopg_pool import AsyncConnectionPool
 
 from listener.batch import GroupCommit
-from listener.db import make_pool
+from listener.db import again_on_rollback, make_pool
 from listener.feedback.deadletter import SetAside, transient
 from listener.feedback.events import (
     RESTRICTING_REASONS,
@@ -64,9 +64,6 @@ from listener.text import clean_text, cut
 log = logging.getLogger(__name__)
 
 R = TypeVar("R")
-
-# An apply that lost a deadlock is run again this many times before it waits for the next turn.
-_DEADLOCK_RETRIES = 3
 
 PATH = "/webhooks/evolution"
 # The events the receiver stores (feedback.parse reads every other event as none).
@@ -537,13 +534,16 @@ class WebhookReceiver:
         """The oldest fresh rows of `kind` in one transaction; when that fails for the rows'
         sake, the same rows split until the failing ones stand alone."""
         apply = self._apply_statuses if kind == "status" else self._apply_replies
+        # A deadlock's victim (a reply's writes and a status roll-up meeting on one message, or
+        # the sender's writes) rolled back, and every apply is idempotent: it runs again.
+        name = f"webhook_apply_{kind}"
         try:
-            return await _again_on_deadlock(lambda: apply(None))
+            return await again_on_rollback(lambda: apply(None), name=name, pause=0.01)
         except Exception as exc:
             if transient(exc):
                 raise
         return await self.set_aside.isolate(
-            kind, lambda ids: _again_on_deadlock(lambda: apply(ids)), limit
+            kind, lambda ids: again_on_rollback(lambda: apply(ids), name=name, pause=0.01), limit
         )
 
     async def _apply_statuses(self, ids: list[int] | None = None) -> int:
@@ -751,15 +751,3 @@ def _decoded(raw: bytes, encoding: str) -> bytes:
     if not inflater.eof:
         raise zlib.error("truncated")
     return body
-
-
-async def _again_on_deadlock(apply: Callable[[], Awaitable[int]]) -> int:
-    """An apply chosen as a deadlock's victim (a reply's writes and a status roll-up meeting on
-    one message, or the sender's writes) is run again: it rolled back, and every write is
-    idempotent."""
-    for retry in range(_DEADLOCK_RETRIES):
-        try:
-            return await apply()
-        except psycopg.errors.DeadlockDetected:
-            await asyncio.sleep(0.01 * (retry + 1))
-    return await apply()

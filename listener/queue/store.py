@@ -28,7 +28,7 @@ from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
 from listener.batch import GroupCommit
-from listener.db import Lane
+from listener.db import Lane, again_on_rollback
 from listener.errors import DataRefusedError
 from listener.flow import Stop
 from listener.jobs import Finish, Job, RecordPart, StoreParts
@@ -40,9 +40,6 @@ from listener.text import clean_text
 log = logging.getLogger(__name__)
 
 R = TypeVar("R")
-
-# A batched write chosen as a deadlock's victim is run again this many times.
-_DEADLOCK_RETRIES = 3
 
 # A guarded write that lost its connection is tried again after these pauses (doubling up to
 # the cap) for as long as the message's lease holds.
@@ -352,24 +349,15 @@ class Store:
         """Run one batched write (on `lane` when given, else a pool connection). Each is a
         single guarded statement (state, owner, part number), so when Postgres picks it as the
         victim of a deadlock with another of our writes it is simply run again."""
-        for retry in range(_DEADLOCK_RETRIES + 1):
-            try:
-                if lane is not None:
-                    return {row[0] for row in await lane.fetchall(q(name), params)}
-                async with self.pool.connection() as conn:
-                    cur = await conn.execute(q(name), params)
-                    return {row[0] for row in await cur.fetchall()}
-            except psycopg.errors.DeadlockDetected:
-                if retry == _DEADLOCK_RETRIES:
-                    raise
-                log.info(
-                    "%s was a deadlock victim, running it again",
-                    name,
-                    extra={"action": "deadlock_retry", "statement": name},
-                )
-                # Let the other side, already waiting, take the rows and finish first.
-                await asyncio.sleep(0.05 * (retry + 1))
-        raise AssertionError("unreachable")
+
+        async def run() -> set[Hashable]:
+            if lane is not None:
+                return {row[0] for row in await lane.fetchall(q(name), params)}
+            async with self.pool.connection() as conn:
+                cur = await conn.execute(q(name), params)
+                return {row[0] for row in await cur.fetchall()}
+
+        return await again_on_rollback(run, name=name)
 
     async def _flush_store(self, items: list[StoreParts]) -> set[Hashable]:
         items = sorted(items, key=_id_order)
