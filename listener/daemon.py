@@ -10,7 +10,6 @@ import logging
 import signal
 import time
 from collections.abc import Awaitable, Callable
-from datetime import datetime
 
 import psycopg
 from aiohttp import web
@@ -21,12 +20,14 @@ from listener.db import make_pool, redact, within
 from listener.feedback.receiver import WebhookReceiver
 from listener.feedback.replies import Replies
 from listener.metrics import Health, Metrics, serve
+from listener.periodic import Periodic
 from listener.providers.base import LLM, Sender
 from listener.providers.classify import LLMClassifier, ReplyClassifier, RulesClassifier
 from listener.queries import q
 from listener.queue.processor import Processor
 from listener.queue.wakeup import NotifyListener, WakeTimer, check_timeout
 from listener.settings import Settings, format_duration
+from listener.text import cut
 from listener.web import Live, StatusPage, live_state
 
 log = logging.getLogger(__name__)
@@ -78,7 +79,7 @@ class Daemon:
         self._runner: web.AppRunner | None = None
         self.webhooks: WebhookReceiver | None = None
         self.listener: NotifyListener | None = None
-        self._jobs: list[_Periodic] = []
+        self._jobs: list[Periodic] = []
         self.replies: Replies | None = None
         self._extra_clients: list[LLM] = []
         self._database_answers = True
@@ -151,8 +152,10 @@ class Daemon:
             self._schedule_jobs(processor, timer)
             if settings.sweep_max_age.total_seconds() > 0:
                 # Before the first claim, so rows past the age limit are skipped, not sent late.
-                await self._guard(self.sweep, "sweep").run()
+                await next(job for job in self._jobs if job.name == "sweep").run_now()
             self.scheduler.start()
+            for job in self._jobs:
+                job.start()
         except BaseException:
             # A start that fails halfway must not leave the pool's or the server's tasks
             # behind: the process would hang instead of exiting with the error.
@@ -214,7 +217,7 @@ class Daemon:
         """Stop the scheduler, the metrics server, the provider clients and the pool."""
         if self.scheduler.running:
             self.scheduler.shutdown(wait=False)
-        running = [task for job in self._jobs if (task := job.cancel()) is not None]
+        running = [task for job in self._jobs for task in job.cancel()]
         if running:
             # A job stuck on a frozen database winds down within psycopg's cancel timeouts;
             # the pool's close does not wait for it longer than that either.
@@ -269,48 +272,45 @@ class Daemon:
         return LLMClassifier(llm, self.settings.classifier_model)
 
     def _schedule_jobs(self, processor: Processor, timer: WakeTimer) -> None:
-        """Every periodic job runs through `_guard`: a run still going when the next one is due
-        is left alone and that turn skipped, so APScheduler never meets an overlap."""
+        """Every periodic job runs on listener/periodic.py's runner: a run still going when
+        the next one is due is left alone and that turn skipped; a failure is said once per
+        episode and marks the health when it is the database's."""
         settings = self.settings
         lease = settings.lease.total_seconds()
-        jobs: list[tuple[str, Callable[[], Awaitable[object]], float, datetime | None]] = [
-            ("renew_leases", processor.renew_leases, max(lease / 3, 0.05), None),
-            (
-                "rescue",
-                self.rescue,
-                settings.rescue_interval.total_seconds(),
-                datetime.now().astimezone(),
-            ),
-            ("refresh", self._refresh, settings.poll_interval.total_seconds(), None),
-            ("probe", self._probe, settings.health_interval.total_seconds(), None),
-            # Held sender numbers are asked again (not their messages); see pool.py.
-            ("recheck", processor.senders.recheck, settings.instance_recheck.total_seconds(), None),
-            # Holds of a campaign cut off mid-move are taken up (after their runner's lease).
-            ("holds", processor.senders.resume_holds, max(lease / 2, 0.05), None),
-        ]
+        self._job("renew_leases", processor.renew_leases, max(lease / 3, 0.05))
+        # The rescue runs at once (rows a dead listener left), then on its interval.
+        self._job("rescue", self.rescue, settings.rescue_interval.total_seconds(), first=0)
+        self._job("refresh", self._refresh, settings.poll_interval.total_seconds())
+        # The probe says itself when the database stops and starts answering.
+        self._job("probe", self._probe, settings.health_interval.total_seconds(), quiet=True)
+        # Held sender numbers are asked again (not their messages); see pacing/pool.py.
+        self._job("recheck", processor.senders.recheck, settings.instance_recheck.total_seconds())
+        # Holds of a campaign cut off mid-move are taken up (after their runner's lease).
+        self._job("holds", processor.senders.resume_holds, max(lease / 2, 0.05))
         if settings.sweep_max_age.total_seconds() > 0:
-            jobs.append(("sweep", self.sweep, settings.sweep_interval.total_seconds(), None))
-        for name, job, seconds, first in jobs:
-            # The probe says itself when the database stops and starts answering.
-            self.scheduler.add_job(
-                self._guard(job, name, quiet=name == "probe").turn,
-                "interval",
-                seconds=seconds,
-                id=name,
-                coalesce=True,
-                **({"next_run_time": first} if first is not None else {}),
-            )
+            self._job("sweep", self.sweep, settings.sweep_interval.total_seconds())
         self._timer = timer
 
-    def _guard(
-        self, job: Callable[[], Awaitable[object]], name: str, *, quiet: bool = False
-    ) -> _Periodic:
-        """`job` as a periodic job that never overlaps itself; a database error marks the
-        health and is logged, never raised into the scheduler. `quiet`: its skipped turns are
-        debug lines only."""
-        periodic = _Periodic(name, job, self.health, quiet=quiet)
-        self._jobs.append(periodic)
-        return periodic
+    def _job(
+        self,
+        name: str,
+        work: Callable[[], Awaitable[object]],
+        every: float,
+        *,
+        first: float | None = None,
+        quiet: bool = False,
+    ) -> Periodic:
+        """`work` as a periodic job, started with the others (`quiet`: its skipped turns are
+        debug lines only)."""
+
+        def failed(exc: Exception) -> None:
+            if isinstance(exc, psycopg.Error):
+                self.health.db_ok = False
+                self.health.last_error = f"{name} failed: {cut(str(exc), 200)}"
+
+        job = Periodic(name, work, every, first=first, quiet=quiet, on_error=failed)
+        self._jobs.append(job)
+        return job
 
     async def _probe(self) -> None:
         """Ask the database a trivial question under a short timeout: a frozen database (a
@@ -386,90 +386,3 @@ async def run_daemon(settings: Settings, url: str) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, daemon.request_stop)
     await daemon.run()
-
-
-class _Periodic:
-    """A periodic job that never overlaps itself.
-
-    The scheduler calls `turn` on time, which starts a run without waiting for it. A run still
-    going at the next turn (a database that stopped answering) is left to finish and the
-    turn skipped: one warning when such an episode begins, a debug line per skipped turn,
-    one info line when the stuck run ends. (APScheduler's own `max_instances` logs a warning
-    on every skipped turn.)"""
-
-    def __init__(
-        self,
-        name: str,
-        job: Callable[[], Awaitable[object]],
-        health: Health,
-        *,
-        quiet: bool = False,
-    ) -> None:
-        self.name = name
-        self._quiet = quiet
-        self._job = job
-        self._health = health
-        self._task: asyncio.Task[None] | None = None
-        self._started = 0.0
-        self._skipped = 0
-
-    async def turn(self) -> None:
-        """The scheduler's call: start a run, unless one is still going."""
-        if self._task is not None and not self._task.done():
-            self._skip()
-            return
-        self._task = asyncio.create_task(self._scheduled(), name=f"job-{self.name}")
-
-    async def _scheduled(self) -> None:
-        # A run the scheduler started has no caller to raise into: say what went wrong.
-        try:
-            await self.run()
-        except Exception:
-            log.exception(
-                "%s failed", self.name, extra={"action": f"{self.name}_failed", "job": self.name}
-            )
-
-    def _skip(self) -> None:
-        self._skipped += 1
-        took = time.monotonic() - self._started
-        if self._skipped == 1 and not self._quiet:
-            log.warning(
-                "%s still running after %.1fs; skipping its turns until it ends",
-                self.name,
-                took,
-                extra={"action": "job_overlap", "job": self.name},
-            )
-        else:
-            log.debug(
-                "%s still running after %.1fs; turn skipped",
-                self.name,
-                took,
-                extra={"action": "job_skipped", "job": self.name},
-            )
-
-    async def run(self) -> None:
-        """One run, now (awaited: the sweep before the first claim)."""
-        self._started = time.monotonic()
-        try:
-            await self._job()
-        except psycopg.Error as exc:
-            self._health.db_ok = False
-            self._health.last_error = f"{self.name} failed: {exc}"
-            log.warning("%s failed: %s", self.name, exc, extra={"action": f"{self.name}_failed"})
-        finally:
-            if self._skipped and not self._quiet:
-                log.info(
-                    "%s ended after %.1fs (%d turns skipped); back on schedule",
-                    self.name,
-                    time.monotonic() - self._started,
-                    self._skipped,
-                    extra={"action": "job_caught_up", "job": self.name},
-                )
-            self._skipped = 0
-
-    def cancel(self) -> asyncio.Task[None] | None:
-        """Cancel a run under way (on stop); the task to wait for, if any."""
-        if self._task is None or self._task.done():
-            return None
-        self._task.cancel()
-        return self._task

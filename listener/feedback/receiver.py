@@ -55,6 +55,7 @@ from listener.feedback.events import (
     parse,
 )
 from listener.feedback.inbound import MAX_DEPTH, check_events, nesting_within
+from listener.periodic import Periodic
 from listener.phones import mask_phone, stored_forms
 from listener.queries import q
 from listener.serving import serve_app
@@ -72,8 +73,6 @@ EVENTS = ("messages.update", "messages.upsert", "send.message", "connection.upda
 MAX_BODY = 1024 * 1024
 # Content-Encodings the receiver decodes (anything else is 415).
 _ENCODINGS = frozenset({"", "identity", "gzip", "x-gzip", "deflate"})
-# A background job that failed is started again after this pause.
-RESTART_DELAY = 1.0
 # Kept statuses are matched with their parts this often (an update may outrun the record).
 EARLY_INTERVAL = 1.0
 # The inbox is applied as soon as events come in, and at least this often (rows left by a
@@ -169,10 +168,9 @@ class WebhookReceiver:
             self._flush_inbox, key=id, isolate=_about_the_data
         )
         self._applying: asyncio.Lock | None = None
-        self._arrived: asyncio.Event | None = None
-        self._said_apply = False
+        self._applier: Periodic | None = None
         self._runner: web.AppRunner | None = None
-        self._tasks: list[asyncio.Task[None]] = []
+        self._jobs: list[Periodic] = []
         self._said_malformed = False
         self._said_error = False
         self._said_db = False
@@ -231,8 +229,6 @@ class WebhookReceiver:
     async def _open(self) -> None:
         host, port = self.settings.webhook_host, self.settings.webhook_port
         self._applying = asyncio.Lock()
-        self._arrived = asyncio.Event()
-        self._arrived.set()  # what an earlier run acknowledged and left is applied at once
         self.pool = make_pool(self.url, self.settings, min_size=1, max_size=4)
         await self.pool.open(wait=False)
         # Content-Encoding is decoded here (_decoded), bounded, not by aiohttp's parser: its
@@ -240,16 +236,18 @@ class WebhookReceiver:
         self._runner = await serve_app(
             self.app(), host, port, "LISTENER_WEBHOOK", auto_decompress=False
         )
-        jobs: dict[str, Callable[[], Awaitable[None]]] = {
-            "apply_inbox": self._apply_loop,
-            "early": lambda: self._every(EARLY_INTERVAL, self.apply_early),
-            "prune_sent": lambda: self._every(PRUNE_INTERVAL, self.prune),
-            "stale_pending": lambda: self._every(STALE_INTERVAL, self.check_stale),
-        }
-        self._tasks = [
-            asyncio.create_task(self._supervised(name, job), name=name)
-            for name, job in jobs.items()
+        # The inbox is applied as soon as events come in (a wake) and on an interval (rows
+        # left by a failed turn or another listener); at once at start, for what an earlier
+        # run acknowledged and left. Its turns overlap under a heavy inflow: said in debug.
+        self._applier = Periodic("apply_inbox", self.settle, APPLY_INTERVAL, first=0, quiet=True)
+        self._jobs = [
+            self._applier,
+            Periodic("early_statuses", self.apply_early, EARLY_INTERVAL),
+            Periodic("prune_sent", self.prune, PRUNE_INTERVAL),
+            Periodic("stale_pending", self.check_stale, STALE_INTERVAL),
         ]
+        for job in self._jobs:
+            job.start()
         log.info(
             "delivery feedback: Evolution webhooks on %s:%s%s",
             host,
@@ -263,10 +261,9 @@ class WebhookReceiver:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._tasks = []
+        tasks = [task for job in self._jobs for task in job.cancel()]
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._jobs = []
         if served and self.pool is not None and self._applying is not None:
             # What was acknowledged is applied before the listener stops (else at its next
             # start: the rows stay in the inbox).
@@ -420,8 +417,8 @@ class WebhookReceiver:
             stored.append(event)
         if stored:
             await self._inbox.submit(stored)
-            if self._arrived is not None:
-                self._arrived.set()
+            if self._applier is not None:
+                self._applier.wake()
 
     async def _flush_inbox(self, requests: list[list[Event]]) -> set[Hashable]:
         items = [event for events in requests for event in events]
@@ -487,27 +484,6 @@ class WebhookReceiver:
     # ----------------------------------------------------------------------------------------
     # Applying the inbox
     # ----------------------------------------------------------------------------------------
-
-    async def _apply_loop(self) -> None:
-        arrived = self._arrived
-        assert arrived is not None
-        while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(arrived.wait(), APPLY_INTERVAL)
-            arrived.clear()
-            try:
-                await self.settle()
-            except psycopg.Error as exc:  # the rows stay in the inbox: the next turn applies them
-                if not self._said_apply:
-                    self._said_apply = True
-                    log.warning(
-                        "could not apply webhook events (kept, tried again): %s",
-                        exc,
-                        extra={"action": "webhook_apply_error"},
-                    )
-                await asyncio.sleep(APPLY_INTERVAL)
-            else:
-                self._said_apply = False
 
     async def settle(self) -> tuple[int, int]:
         """Apply the inbox until it is empty (of rows no other listener is applying); returns
@@ -694,33 +670,6 @@ class WebhookReceiver:
     async def prune(self) -> None:
         async with self._db.connection() as conn:
             await conn.execute(q("prune_sent_events"))
-
-    async def _supervised(self, name: str, job: Callable[[], Awaitable[None]]) -> None:
-        """Run a background job for the receiver's life: one that fails is logged (its
-        traceback once) and started again after a pause, never lost with its error unread."""
-        said = False
-        while True:
-            try:
-                await job()
-                return
-            except Exception as exc:
-                log.log(
-                    logging.DEBUG if said else logging.ERROR,
-                    "webhook job %s failed (started again): %s: %s",
-                    name,
-                    type(exc).__name__,
-                    cut(exc, 200),
-                    exc_info=not said,
-                    extra={"action": "webhook_job_failed", "job": name},
-                )
-                said = True
-            await asyncio.sleep(RESTART_DELAY)
-
-    async def _every(self, seconds: float, job: Callable[[], Any]) -> None:
-        while True:
-            await asyncio.sleep(seconds)
-            with contextlib.suppress(psycopg.Error):  # the next turn tries again
-                await job()
 
 
 def _about_the_data(exc: BaseException) -> bool:
