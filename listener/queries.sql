@@ -1083,7 +1083,7 @@ SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY
 SET LOCAL statement_timeout = '2s'
 
 -- ==============================================================================================
--- Delivery feedback: Evolution's webhooks (listener/feedback/receiver.py; functions in migrations/functions)
+-- Delivery feedback: Evolution's webhooks (listener/feedback/inbox.py, restrictions.py; functions in migrations/functions)
 -- ==============================================================================================
 
 -- webhook_inbox --

@@ -1,6 +1,6 @@
 """Poison set aside: an inbox row that cannot be applied never stays at the head of the line.
 
-The applier (webhooks.py) applies the inbox in batches. When a batch fails with an error that
+The applier (inbox.py) applies the inbox in batches. When a batch fails with an error that
 is not the database's state (gone, a deadlock, a timeout), `SetAside.isolate` splits it in
 halves until the failing row stands alone; the others are applied at once. A row that failed
 alone counts an attempt (`webhook_inbox.attempts`), leaves the fresh batches, and is tried

@@ -1,6 +1,7 @@
 """Pure: what an Evolution webhook says (docs/design.md, "Delivery feedback"), with no I/O. The
-receiver (webhooks.py) authenticates a request with `authorized`, turns its body into events
-with `parse`, and writes them; opt-out words and the phone forms of a reply are decided here.
+receiver (receiver.py) authenticates a request with `authorized` and turns its body into
+events with `parse`; the inbox (inbox.py) writes them. Opt-out words and the phone forms of a
+reply are decided here.
 
 Evolution posts `{"event", "instance", "data", "date_time", ...}`, `event` lowercase dotted
 (`messages.update`); older versions and by-events paths say `MESSAGES_UPDATE` or

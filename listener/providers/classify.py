@@ -4,7 +4,7 @@
 `kind` is one of the kinds; the reply is data, never instructions: it travels JSON-encoded
 inside a fence the system prompt names, and the model is told to ignore anything it asks.
 `RulesClassifier` (the sandbox's: demo and tests, no network, no cost) reads keywords.
-The opt-out words stay the free first filter before either (webhooks.py)."""
+The opt-out words stay the free first filter before either (feedback/inbox.py)."""
 
 from __future__ import annotations
 
