@@ -6,7 +6,8 @@ prune and restriction checks), with the same rules for each:
   once (the inbox applier, when events arrive).
 - A turn never overlaps the run before it: a run still going when the next turn is due is
   left to finish and that turn is skipped. One warning when such an episode begins, a debug
-  line per skipped turn, one info line when the stuck run ends (`quiet`: debug lines only). A
+  line per skipped turn, one info line when a run keeps time again (`quiet`: debug lines
+  only): runs that each outlast their turn (a frozen database) are one episode, said once. A
   wake during a run is not a skipped turn: the job turns again as soon as the run ends.
 - A run that fails does not stop the job, and is logged once per episode: the first failure a
   warning (an error with its traceback when it is not the database's or the network's), the
@@ -88,7 +89,8 @@ class Periodic:
         self._runner: asyncio.Task[None] | None = None
         self._run: asyncio.Task[None] | None = None
         self._started = 0.0
-        self._skipped = 0
+        self._skipped = 0  # turns skipped during the run under way
+        self._overlapping = False  # an overlap episode: runs outlast their turns
         self.failures = 0  # runs failed in a row (0: the last run succeeded)
 
     # ----------------------------------------------------------------------------------------
@@ -212,8 +214,7 @@ class Periodic:
                 )
             self.failures = 0
         finally:
-            if self._skipped:
-                self._caught_up()
+            self._ended()
             if self._again:
                 self._wake.set()
 
@@ -249,9 +250,9 @@ class Periodic:
     def _skip(self) -> None:
         self._skipped += 1
         took = self._clock.now() - self._started
-        if self._skipped == 1 and not self._quiet:
+        if not self._overlapping and not self._quiet:
             log.warning(
-                "%s still running after %.1fs; skipping its turns until it ends",
+                "%s still running after %.1fs; skipping its turns until it keeps time",
                 self.name,
                 took,
                 extra={"action": "job_overlap", "job": self.name},
@@ -263,14 +264,26 @@ class Periodic:
                 took,
                 extra={"action": "job_skipped", "job": self.name},
             )
+        self._overlapping = True
 
-    def _caught_up(self) -> None:
-        if not self._quiet:
-            log.info(
-                "%s ended after %.1fs (%d turns skipped); back on schedule",
+    def _ended(self) -> None:
+        """A run ended: one that outlasted its turns keeps the episode going (a frozen
+        database holds every run up); the first that kept time ends it, said once."""
+        took = self._clock.now() - self._started
+        if self._skipped:
+            log.debug(
+                "%s ended after %.1fs (%d turns skipped)",
                 self.name,
-                self._clock.now() - self._started,
+                took,
                 self._skipped,
+                extra={"action": "job_ended_late", "job": self.name},
+            )
+            self._skipped = 0
+        elif self._overlapping:
+            self._overlapping = False
+            log.log(
+                logging.DEBUG if self._quiet else logging.INFO,
+                "%s back on schedule",
+                self.name,
                 extra={"action": "job_caught_up", "job": self.name},
             )
-        self._skipped = 0

@@ -103,13 +103,46 @@ async def test_a_turn_never_overlaps_the_run_before_it(
         ]
         job.release.set()
         await settle()
-        assert actions(caplog)[-1] == "job_caught_up"
-        # Back on schedule: the next turn runs, and a new overlap is a new episode.
+        assert actions(caplog)[-1] == "job_ended_late"
+        # The next run keeps time: the episode ends, said once.
+        await clock.advance(1.0)
+        assert job.runs == 2 and actions(caplog)[-1] == "job_caught_up"
+        # A new overlap is a new episode, with its warning.
         job.release.clear()
         await clock.advance(1.0)
-        assert job.runs == 2
+        assert job.runs == 3
         await clock.advance(1.0)
         assert actions(caplog).count("job_overlap") == 2
+    finally:
+        await stopped(periodic)
+
+
+async def test_runs_that_each_outlast_their_turn_are_one_episode(
+    clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="listener.periodic")
+    job = Job()
+    periodic = Periodic("rescue", job, 1.0, clock=clock)
+    periodic.start()
+    await settle()
+    try:
+        # A frozen database: every run is held past its next turn, ends, and the next run is
+        # held again.
+        for run in range(1, 4):
+            job.release.clear()
+            await clock.advance(1.0)
+            assert job.runs == run
+            await clock.advance(1.0)  # a turn skipped
+            job.release.set()
+            await settle()
+        assert actions(caplog).count("job_overlap") == 1
+        assert actions(caplog).count("job_skipped") == 2
+        assert "job_caught_up" not in actions(caplog)
+        await clock.advance(1.0)  # a run that keeps time ends the episode
+        assert job.runs == 4 and actions(caplog)[-1] == "job_caught_up"
+        assert [r.levelno for r in caplog.records if r.levelno >= logging.WARNING] == [
+            logging.WARNING
+        ]
     finally:
         await stopped(periodic)
 
@@ -130,7 +163,7 @@ async def test_a_quiet_job_skips_its_turns_in_debug_lines_only(
         await settle()
         assert job.runs == 1
         assert all(r.levelno == logging.DEBUG for r in caplog.records)
-        assert actions(caplog) == ["job_skipped"] * 2
+        assert actions(caplog) == ["job_skipped", "job_skipped", "job_ended_late"]
     finally:
         await stopped(periodic)
 
