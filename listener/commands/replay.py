@@ -9,9 +9,11 @@ from datetime import timedelta
 from typing import Any
 from uuid import UUID
 
+import psycopg
+
 from listener.commands.oneshot import connection
 from listener.errors import ConfigurationError
-from listener.queue.store import message_statuses, requeue
+from listener.queries import q
 from listener.settings import format_duration
 
 #: Statuses a replay takes back into the queue; every other one is refused.
@@ -125,3 +127,18 @@ def report(result: ReplayResult, *, include_skipped: bool) -> Iterator[str]:
     if len(result.by_status) > 1:
         line += " (" + ", ".join(f"{s} {n}" for s, n in sorted(result.by_status.items())) + ")"
     yield line
+
+
+async def message_statuses(conn: psycopg.AsyncConnection[Any], ids: list[UUID]) -> dict[UUID, str]:
+    """The status of each message named (absent: no such message)."""
+    cur = await conn.execute(q("replay_named"), {"ids": ids})
+    return {row["id"]: row["status"] for row in await cur.fetchall()}
+
+
+async def requeue(
+    conn: psycopg.AsyncConnection[Any], params: dict[str, Any], *, dry_run: bool
+) -> dict[str, int]:
+    """Put the messages the filters select back in the queue, due now with every attempt back
+    (or, with `dry_run`, count them); returns the counts by the status they had."""
+    cur = await conn.execute(q("replay_preview" if dry_run else "replay_requeue"), params)
+    return {row["status"]: row["n"] for row in await cur.fetchall()}

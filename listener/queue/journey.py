@@ -31,7 +31,8 @@ from listener.queue.calls import ProviderCalls
 from listener.queue.outcomes import MAX_UNCERTAIN_SENDS, Outcome, check_start, outcome
 from listener.queue.sequences import StepFacts, check_step, step_context
 from listener.queue.split import UnsplittableReply, split_content
-from listener.queue.store import LeaseLost, Store, is_connection_error
+from listener.queue.store import LeaseLost, Store
+from listener.queue.writes import is_connection_error
 from listener.queue.writing import Writer
 from listener.settings import Settings
 

@@ -1,7 +1,8 @@
 """Every database operation on messages, and nothing else (Procrastinate's `manager.py`): claim
 with contexts, next due, the guarded writes of a message's journey (store parts, record a part,
-finish) batched by group commit, leases (renew, rescue, hand back), the sweep, pacing's
-bookings and the backlog. The SQL itself is named in queries.sql.
+finish) batched by group commit (the statements themselves: writes.py), leases (renew, rescue,
+hand back), the sweep and the backlog. Pacing's bookings are pacing/store.py's; `listener
+replay`'s statements are its own. The SQL itself is named in queries.sql.
 
 Every write on a claimed message is guarded by the state and owner it expects (`status =
 'processing' AND locked_by = me`), so a worker whose lease was taken over can never finish a
@@ -13,13 +14,11 @@ with backoff, for as long as the message's lease holds: the process knows what i
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
-from collections.abc import Awaitable, Callable, Hashable, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from datetime import datetime, timedelta
-from operator import attrgetter
 from typing import Any, TypeVar
 from uuid import UUID
 
@@ -28,14 +27,20 @@ from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
 from listener.batch import GroupCommit
-from listener.db import Lane, again_on_rollback
+from listener.db import Lane
 from listener.errors import DataRefusedError
 from listener.flow import Stop
 from listener.jobs import Finish, Job, RecordPart, StoreParts
 from listener.providers.base import Usage
 from listener.queries import q
+from listener.queue.writes import (
+    BatchedWrites,
+    by_id,
+    id_order,
+    is_connection_error,
+    is_data_error,
+)
 from listener.settings import Settings
-from listener.text import clean_text
 
 log = logging.getLogger(__name__)
 
@@ -47,46 +52,8 @@ _WRITE_RETRY_FIRST = 0.1
 _WRITE_RETRY_CAP = 2.0
 
 
-def is_data_error(exc: BaseException) -> bool:
-    """A write refused for what it carries (bytes Postgres cannot store, a constraint), not
-    for the connection: running it again will not help, running it alone isolates it."""
-    return isinstance(exc, psycopg.DataError | psycopg.IntegrityError | UnicodeError)
-
-
-def is_connection_error(exc: BaseException) -> bool:
-    """The write may not have reached Postgres (or its answer did not come back)."""
-    return isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError)
-
-
 class LeaseLost(Exception):
     """Our lease on a message was taken over; stop working on it without writing."""
-
-
-# A batched write's items by message id (C-level getters: no Python call per item).
-_by_id = attrgetter("id")
-# Batched writes touch their rows in id order (a UUID's order is its integer's), the order an
-# index scan of `id = ANY(...)` (renewing leases) uses too, which keeps deadlocks between them
-# rare; a plan that does not follow it is covered by running the victim again.
-_id_order = attrgetter("id.int")
-
-
-def _optional(text: str | None) -> str | None:
-    return None if text is None else clean_text(text)
-
-
-_NO_USAGE = Usage()
-
-
-def _usage_params(usages: Sequence[Usage | None]) -> dict[str, list[Any]]:
-    """The usage columns of a batched write, one entry per item (no calls: zeros, NULLs)."""
-    each = [u or _NO_USAGE for u in usages]
-    return {
-        "prompt_tokens": [u.prompt_tokens for u in each],
-        "completion_tokens": [u.completion_tokens for u in each],
-        "costs": [float(u.cost_usd) for u in each],
-        "models": [_optional(u.model) for u in each],
-        "fallbacks": [u.fallback if u.model is not None else None for u in each],
-    }
 
 
 class Store:
@@ -98,9 +65,10 @@ class Store:
         self.worker = settings.worker_id
         # One bad row (bytes Postgres refuses) fails only its own write: the batch it was in
         # runs again item by item.
-        self._store = GroupCommit(self._flush_store, key=_by_id, isolate=is_data_error)
-        self._record = GroupCommit(self._flush_record, key=_by_id, isolate=is_data_error)
-        self._finish = GroupCommit(self._flush_finish, key=_by_id, isolate=is_data_error)
+        self.writes = BatchedWrites(pool, self.worker)
+        self._store = GroupCommit(self.writes.store, key=by_id, isolate=is_data_error)
+        self._record = GroupCommit(self.writes.record, key=by_id, isolate=is_data_error)
+        self._finish = GroupCommit(self.writes.finish, key=by_id, isolate=is_data_error)
         # Lease renewal and the rescue each on a connection of their own: never queued behind
         # the pool's work (a claim, a batch of writes, a hold being moved).
         self._renewals = Lane(pool)
@@ -340,84 +308,13 @@ class Store:
             retried = True
 
     # ----------------------------------------------------------------------------------------
-    # Batched statements (group commit)
-    # ----------------------------------------------------------------------------------------
-
-    async def _returning_ids(
-        self, name: str, params: dict[str, Any], *, lane: Lane | None = None
-    ) -> set[Hashable]:
-        """Run one batched write (on `lane` when given, else a pool connection). Each is a
-        single guarded statement (state, owner, part number), so when Postgres picks it as the
-        victim of a deadlock with another of our writes it is simply run again."""
-
-        async def run() -> set[Hashable]:
-            if lane is not None:
-                return {row[0] for row in await lane.fetchall(q(name), params)}
-            async with self.pool.connection() as conn:
-                cur = await conn.execute(q(name), params)
-                return {row[0] for row in await cur.fetchall()}
-
-        return await again_on_rollback(run, name=name)
-
-    async def _flush_store(self, items: list[StoreParts]) -> set[Hashable]:
-        items = sorted(items, key=_id_order)
-        stored = await self._returning_ids(
-            "store_parts",
-            {
-                "ids": [i.id for i in items],
-                # Text and ids were cleaned where they came in (listener/text.py); a row that
-                # Postgres still refuses fails alone (GroupCommit's isolate).
-                "texts": [i.text for i in items],
-                "parts": [json.dumps(i.parts, ensure_ascii=False) for i in items],
-                "worker": self.worker,
-                **_usage_params([i.usage for i in items]),
-            },
-        )
-        if len(stored) < len(items):  # rare: a lost lease, or a store run again (see the SQL)
-            missed = [i.id for i in items if i.id not in stored]
-            stored |= await self._returning_ids(
-                "stored_parts", {"ids": missed, "worker": self.worker}
-            )
-        return stored
-
-    async def _flush_record(self, items: list[RecordPart]) -> set[Hashable]:
-        items = sorted(items, key=_id_order)
-        return await self._returning_ids(
-            "record_parts",
-            {
-                "ids": [i.id for i in items],
-                "part_nos": [i.part_no for i in items],
-                "provider_ids": [i.provider_id for i in items],
-                "finals": [i.final for i in items],
-                "instances": [i.instance for i in items],
-                "worker": self.worker,
-            },
-        )
-
-    async def _flush_finish(self, items: list[Finish]) -> set[Hashable]:
-        items = sorted(items, key=_id_order)
-        return await self._returning_ids(
-            "finish",
-            {
-                "ids": [i.id for i in items],
-                "statuses": [i.status for i in items],
-                "scheduled": [i.scheduled_at for i in items],
-                "refunds": [i.refund for i in items],
-                "errors": [_optional(i.last_error) for i in items],
-                "reasons": [i.wait_reason for i in items],
-                "worker": self.worker,
-                **_usage_params([i.usage for i in items]),
-            },
-        )
-
-    # ----------------------------------------------------------------------------------------
     # Leases
     # ----------------------------------------------------------------------------------------
 
     async def renew(self, jobs: list[Job]) -> None:
         """Extend the lease of `jobs`; mark the ones taken from us as lost."""
         lease_until = time.monotonic() + self.lease_margin()
-        kept = await self._returning_ids(
+        kept = await self.writes.returning_ids(
             "renew_leases",
             {"ids": [j.id for j in jobs], "worker": self.worker, "lease": self.settings.lease},
             lane=self._renewals,
@@ -431,10 +328,10 @@ class Store:
     async def hand_back(self, ids: list[UUID]) -> None:
         """Put messages we still hold back in the queue, due as they were, attempt refunded
         (a stop). A lost connection is tried again briefly before leaving them to their lease."""
-        items = sorted((Finish(i, "pending", None, 1, None) for i in ids), key=_id_order)
+        items = sorted((Finish(i, "pending", None, 1, None) for i in ids), key=id_order)
         for retry in range(3):
             try:
-                await self._flush_finish(items)
+                await self.writes.finish(items)
                 return
             except psycopg.Error as exc:
                 if retry == 2 or not is_connection_error(exc):
@@ -465,23 +362,3 @@ class Store:
             cur = await conn.execute(q("sweep_old"), {"max_age": max_age})
             row = await cur.fetchone()
         return int(row[0]) if row else 0
-
-
-# --------------------------------------------------------------------------------------------
-# listener replay (on the command's own connection, inside its transaction)
-# --------------------------------------------------------------------------------------------
-
-
-async def message_statuses(conn: psycopg.AsyncConnection[Any], ids: list[UUID]) -> dict[UUID, str]:
-    """The status of each message named (absent: no such message)."""
-    cur = await conn.execute(q("replay_named"), {"ids": ids})
-    return {row["id"]: row["status"] for row in await cur.fetchall()}
-
-
-async def requeue(
-    conn: psycopg.AsyncConnection[Any], params: dict[str, Any], *, dry_run: bool
-) -> dict[str, int]:
-    """Put the messages the filters select back in the queue, due now with every attempt back
-    (or, with `dry_run`, count them); returns the counts by the status they had."""
-    cur = await conn.execute(q("replay_preview" if dry_run else "replay_requeue"), params)
-    return {row["status"]: row["n"] for row in await cur.fetchall()}

@@ -20,7 +20,7 @@ from listener.phones import normalize_phone
 from listener.providers.sandbox import SandboxLLM, SandboxSender
 from listener.queries import q
 from listener.queue.processor import Processor
-from listener.queue.store import is_data_error
+from listener.queue.writes import is_data_error
 from listener.testing import Reply, http_settings, serve_fakes
 from tests.daemon_harness import fast_settings, running
 from tests.helpers import await_until, enqueue, make_campaign, make_leads, statuses
