@@ -46,10 +46,10 @@ TARGET = 5000.0
 #: The steps `--step-times` times: (class, method, label). Patched in this process only.
 STEPS = (
     ("listener.queue.processor:Processor", "claim", "claim + context (2 statements)"),
-    ("listener.queue.store:Store", "_flush_store", "store_parts flush"),
+    ("listener.queue.writes:BatchedWrites", "store", "store_parts flush"),
     ("listener.providers.sandbox:SandboxSender", "_flush", "sandbox_outbox flush"),
-    ("listener.queue.store:Store", "_flush_record", "record_parts flush"),
-    ("listener.queue.store:Store", "_flush_finish", "finish flush"),
+    ("listener.queue.writes:BatchedWrites", "record", "record_parts flush"),
+    ("listener.queue.writes:BatchedWrites", "finish", "finish flush"),
     ("listener.queue.journey:Journey", "run", "message in its slot (Journey.run)"),
 )
 

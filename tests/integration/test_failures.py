@@ -411,7 +411,7 @@ async def test_a_batched_write_chosen_as_a_deadlock_victim_runs_again(
         await other.execute(touch, (second,))  # holds the second row
         store = Store(pool, fast_settings(worker_id="w"))
         renew = asyncio.create_task(
-            store._returning_ids(
+            store.writes.returning_ids(
                 "renew_leases", {"ids": ids, "worker": "w", "lease": timedelta(minutes=5)}
             )
         )

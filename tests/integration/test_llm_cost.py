@@ -321,7 +321,7 @@ async def test_parts_stored_again_after_a_lost_answer_add_their_usage_once(
         (job,) = await store.claim(1)
         item = StoreParts(job.id, "Oi", ["Oi"], Usage(100, 20, 0.002, 2, "a/model", False))
         for _ in range(2):
-            assert await store._flush_store([item]) == {job.id}
+            assert await store.writes.store([item]) == {job.id}
     (row,) = message_rows(db)
     assert (row["prompt_tokens"], row["completion_tokens"]) == (100, 20)
     assert row["cost_usd"] == pytest.approx(0.002)
