@@ -18,10 +18,13 @@ and a message's whole time in its slot (`Processor._process`) in timers, and add
 count, mean, p50 and mean batch to the JSON: where a message's time goes. The timers cost
 some throughput themselves, so such a run is for the breakdown, not the rate (use `--tag`).
 
-`--steps-ab` runs each concurrency's repeats twice, interleaved: without a follow-up step,
-then with one (a `campaign_steps` row due a day later, so every message's last record also
-creates its next step's row, which this drain does not send): what step creation costs the
-drain, as the ratio of the two medians in one sitting.
+`--steps-ab` runs each concurrency's repeats as pairs, interleaved in one sitting: a drain
+without a follow-up step and one with (a `campaign_steps` row due a day later, so every
+message's last record also creates its next step's row, which this drain does not send), in
+ABBA order (pair 1 without first, pair 2 with first, ...) so a host getting busier or quieter
+during the sitting weighs on both sides alike. What step creation costs the drain: each pair's
+ratio (with / without, rate and the listener's CPU per message), their median and spread, the
+ratio of the two sides' medians, and the 1-minute load average before and after every run.
 
     uv run python bench/queue_throughput.py [--url DSN] [-n 20000] [--concurrency 5 50 200]
 """
@@ -120,6 +123,44 @@ def _steps_made(url: str) -> int:
     return int(row[0]) if row else 0
 
 
+def _cpu_ms(run: dict[str, Any], n: int) -> float:
+    """The listener process's CPU per message, in milliseconds."""
+    return 1000.0 * float(run["cpu"]["listener_cpu_s"]) / n
+
+
+def steps_ab(runs: list[dict[str, Any]], n: int) -> dict[str, Any]:
+    """What `--steps-ab`'s pairs of one concurrency say: the runs without and with a step,
+    paired in the order they ran (pair k: the k-th of each side), each pair's ratio with /
+    without (rate, and the listener's CPU per message), their median and range, and the
+    ratio of the two sides' medians."""
+    without = [r for r in runs if not r["steps"] and not r["log_info"]]
+    with_ = [r for r in runs if r["steps"]]
+    pairs = list(zip(without, with_, strict=True))
+    rates = [b["per_second"] / a["per_second"] for a, b in pairs]
+    cpu = [_cpu_ms(b, n) / _cpu_ms(a, n) for a, b in pairs]
+    loads = [x for r in without + with_ for x in r["load_1m"]]
+    median_with = statistics.median(r["per_second"] for r in with_)
+    median_without = statistics.median(r["per_second"] for r in without)
+    return {
+        "steps_median": median_with,
+        "steps_ratio": round(median_with / median_without, 4),
+        "pair_ratios": [round(x, 4) for x in rates],
+        "pair_ratio_median": round(statistics.median(rates), 4),
+        "pair_ratio_min": round(min(rates), 4),
+        "pair_ratio_max": round(max(rates), 4),
+        "cpu_ms_per_message": {
+            "without": round(statistics.median(_cpu_ms(r, n) for r in without), 4),
+            "with": round(statistics.median(_cpu_ms(r, n) for r in with_), 4),
+        },
+        "cpu_pair_ratios": [round(x, 4) for x in cpu],
+        "cpu_pair_ratio_median": round(statistics.median(cpu), 4),
+        "cpu_pair_ratio_min": round(min(cpu), 4),
+        "cpu_pair_ratio_max": round(max(cpu), 4),
+        "load_min": min(loads),
+        "load_max": max(loads),
+    }
+
+
 def main() -> None:
     parser = c.base_parser(__doc__)
     parser.add_argument("-n", type=int, default=20_000, help="backlog size (messages)")
@@ -152,12 +193,12 @@ def main() -> None:
     campaign = c.seed_campaign(url)
     runs: list[dict[str, Any]] = []
     print(f"queue throughput, sandbox providers, backlog of {args.n:,} messages (target 5,000/s)")
-    sides = (False, True) if args.steps_ab else (False,)
     plan: list[tuple[int, bool, bool]] = [
         (conc, False, steps)
         for conc in args.concurrency
-        for _ in range(args.repeat)
-        for steps in sides
+        for pair in range(args.repeat)
+        for steps in ((False, True) if pair % 2 == 0 else (True, False))
+        if args.steps_ab or not steps
     ]
     if args.log_info:
         plan.append((max(args.concurrency), True, False))
@@ -174,7 +215,9 @@ def main() -> None:
             handler.setStream(devnull)
         extra = {"debounce": args.debounce} if args.debounce is not None else {}
         settings = c.bench_settings(concurrency=concurrency, **extra)
+        load_before = os.getloadavg()[0]
         result = run_async(c.drain(url, settings, args.n, cpu=c.CpuMeter()))
+        load = [round(load_before, 2), round(os.getloadavg()[0], 2)]
         if handler is not None:
             logging.getLogger().handlers.clear()
             logging.getLogger().setLevel(logging.WARNING)
@@ -188,12 +231,17 @@ def main() -> None:
             f"db span {result.db_seconds:.2f}s = {result.db_per_second:,.0f}/s; "
             f"{result.claims} claims; {result.statuses})"
         )
-        print(f"      {c.cpu_line(result.cpu)}")
+        print(f"      {c.cpu_line(result.cpu)}; load average {load[0]:.2f} -> {load[1]:.2f}")
         c.require(
             result.statuses.get("sent") == args.n,
             f"not every message ended sent: {result.statuses}",
         )
-        run: dict[str, Any] = {"concurrency": concurrency, "log_info": log_info, "steps": steps}
+        run: dict[str, Any] = {
+            "concurrency": concurrency,
+            "log_info": log_info,
+            "steps": steps,
+            "load_1m": load,
+        }
         run.update(result.as_dict())
         if read_steps is not None:
             run["step_times"] = read_steps()
@@ -210,20 +258,21 @@ def main() -> None:
             for r in runs
             if r["concurrency"] == concurrency and not r["log_info"] and not r["steps"]
         ]
-        if args.steps_ab:
-            with_steps = [
-                r["per_second"] for r in runs if r["concurrency"] == concurrency and r["steps"]
-            ]
-            ratio = statistics.median(with_steps) / statistics.median(rates)
-            steps_median = statistics.median(with_steps)
-            print(
-                f"concurrency {concurrency:>4}: with steps median {steps_median:>7,.0f} msg/s"
-                f" against {statistics.median(rates):>7,.0f} without: x{ratio:.3f}"
-            )
         summary[concurrency] = {"median": statistics.median(rates), "max": max(rates)}
         if args.steps_ab:
-            summary[concurrency]["steps_median"] = statistics.median(with_steps)
-            summary[concurrency]["steps_ratio"] = round(ratio, 4)
+            summary[concurrency].update(
+                steps_ab([r for r in runs if r["concurrency"] == concurrency], args.n)
+            )
+            ab = summary[concurrency]
+            print(
+                f"concurrency {concurrency:>4}: with steps median {ab['steps_median']:>7,.0f} msg/s"
+                f" against {ab['median']:>7,.0f} without: x{ab['steps_ratio']:.3f}; pairs"
+                f" x{ab['pair_ratio_median']:.3f} median, {ab['pair_ratio_min']:.3f}-"
+                f"{ab['pair_ratio_max']:.3f} ({', '.join(f'{x:.3f}' for x in ab['pair_ratios'])});"
+                f" listener CPU per message x{ab['cpu_pair_ratio_median']:.3f} median,"
+                f" {ab['cpu_pair_ratio_min']:.3f}-{ab['cpu_pair_ratio_max']:.3f};"
+                f" load average {ab['load_min']:.2f}-{ab['load_max']:.2f}"
+            )
         verdict = "met" if summary[concurrency]["median"] >= TARGET else "missed"
         print(
             f"concurrency {concurrency:>4}: median {summary[concurrency]['median']:>7,.0f} msg/s, "
