@@ -1048,6 +1048,28 @@ SELECT m.campaign_id,
  WHERE m.status = 'sent' AND m.sent_at > now() - interval '1 day'
  GROUP BY m.campaign_id
 
+-- status_replies --
+-- The replies received in the last day per shown campaign (of the message each answers), by
+-- kind, those not classified yet, and the leads they handed off: a probe of
+-- idx_lead_replies_campaign per campaign.
+SELECT r.campaign_id,
+       count(*)::integer AS replies,
+       count(*) FILTER (WHERE r.kind = 'interested')::integer AS interested,
+       count(*) FILTER (WHERE r.kind = 'question')::integer AS question,
+       count(*) FILTER (WHERE r.kind = 'not_now')::integer AS not_now,
+       count(*) FILTER (WHERE r.kind = 'not_interested')::integer AS not_interested,
+       count(*) FILTER (WHERE r.kind = 'opt_out')::integer AS opt_out,
+       count(*) FILTER (WHERE r.kind = 'auto_reply')::integer AS auto_reply,
+       count(*) FILTER (WHERE r.kind = 'wrong_person')::integer AS wrong_person,
+       count(*) FILTER (WHERE r.kind = 'other')::integer AS other,
+       count(*) FILTER (WHERE r.kind IS NULL)::integer AS unclassified,
+       count(DISTINCT r.lead_id) FILTER (WHERE r.kind IN ('interested', 'question')
+                                          AND l.handoff_at IS NOT NULL)::integer AS handed_off
+  FROM lead_replies r
+  LEFT JOIN leads l ON l.id = r.lead_id
+ WHERE r.campaign_id = ANY (%(ids)s::uuid[]) AND r.received_at > now() - interval '1 day'
+ GROUP BY r.campaign_id
+
 -- status_budgets --
 -- Each shown campaign's budget and the running spend checked against it.
 SELECT c.id AS campaign_id, c.budget_usd::float8 AS budget_usd, c.spent_usd::float8 AS spent_usd

@@ -70,6 +70,9 @@ async def _read(cur: psycopg.AsyncCursor[dict[str, Any]], live: Live | None) -> 
         failures=await _rows(cur, "status_failures", {"limit": FAILURE_LIMIT}),
         instances=await _rows(cur, "status_instances"),
         funnel={row["campaign_id"]: row for row in await _rows(cur, "status_funnel")},
+        replies={
+            row["campaign_id"]: row for row in await _rows(cur, "status_replies", {"ids": ids})
+        },
         budgets={
             row["campaign_id"]: row for row in await _rows(cur, "status_budgets", {"ids": ids})
         },

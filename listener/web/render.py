@@ -17,6 +17,7 @@ from listener.web.live import Live
 from listener.web.snapshot import Snapshot
 from listener.web.views import (
     FUNNEL_COLUMNS,
+    REPLY_COLUMNS,
     campaign_rows,
     chart_view,
     dead_letter_view,
@@ -24,6 +25,7 @@ from listener.web.views import (
     funnel_rows,
     instance_rows,
     queue_view,
+    reply_rows,
     spend_rows,
 )
 
@@ -66,6 +68,8 @@ def render(s: Snapshot) -> str:
         holds=s.live.holds if s.live else (),
         funnel=funnel_rows(s),
         funnel_columns=FUNNEL_COLUMNS,
+        replies=reply_rows(s),
+        reply_columns=REPLY_COLUMNS,
         spend=spend_rows(s),
         failures=failure_rows(s),
         dead_letters=dead_letter_view(s),

@@ -36,6 +36,9 @@ class Snapshot:
     instances: list[dict[str, Any]]
     #: Per campaign, the messages sent in the last day: counts, and how far they got.
     funnel: dict[UUID, dict[str, Any]] = field(default_factory=dict)
+    #: Per campaign, the replies received in the last day by kind (and those unclassified,
+    #: and the leads handed off).
+    replies: dict[UUID, dict[str, Any]] = field(default_factory=dict)
     budgets: dict[UUID, dict[str, Any]] = field(default_factory=dict)
     pools: dict[UUID, list[str]] = field(default_factory=dict)
     sender_instances: list[dict[str, Any]] = field(default_factory=list)

@@ -7,6 +7,7 @@ from collections.abc import Iterable
 from datetime import datetime, timedelta
 from typing import Any
 
+from listener.kinds import KINDS
 from listener.phones import mask_phone
 from listener.web.format import ago, masked, number, span
 from listener.web.live import InstanceLive
@@ -44,6 +45,8 @@ _BAD_REASONS = (
 )
 #: The funnel's columns, in order.
 FUNNEL_COLUMNS = ("sent", "delivered", "read", "replied", "opted_out", "errors")
+#: The replies' columns, in order: each kind, those not classified yet, the leads handed off.
+REPLY_COLUMNS = (*KINDS, "unclassified", "handed_off")
 
 
 def _tone(reason: str) -> str:
@@ -153,6 +156,29 @@ def funnel_rows(s: Snapshot) -> list[dict[str, Any]]:
             for k in FUNNEL_COLUMNS
         ]
         rows.append({"name": names[cid], "cells": cells})
+    return rows
+
+
+def reply_rows(s: Snapshot) -> list[dict[str, Any]]:
+    """Per campaign shown, the replies received in the last day by kind (each a share of the
+    replies), those not classified yet, and the leads handed off to a person."""
+    rows = []
+    for c in s.campaigns:
+        row = s.replies.get(c["id"])
+        if row is None:
+            continue
+        total = max(int(row["replies"]), 1)
+        cells = [
+            {
+                "kind": k,
+                "value": int(row[k]),
+                "pct": None if k == "handed_off" else round(100 * int(row[k]) / total),
+            }
+            for k in REPLY_COLUMNS
+        ]
+        rows.append(
+            {"id": c["id"], "name": c["name"], "replies": int(row["replies"]), "cells": cells}
+        )
     return rows
 
 

@@ -20,7 +20,7 @@ from listener.phones import mask_phone
 from listener.testing import serve_fakes
 from listener.web import Snapshot, StatusPage, render
 from tests.daemon_harness import fast_settings, running
-from tests.helpers import await_until
+from tests.helpers import await_until, make_leads
 from tests.status_scene import (
     HOSTILE_NAME,
     arrange,
@@ -185,6 +185,56 @@ async def test_the_funnel_and_the_spend_against_the_budget(db_url: str, db: Conn
     assert (
         '<td class="n">$0.0075</td><td class="n"><span class="bad">$0.0050 reached</span>' in page
     )
+
+
+async def test_the_page_counts_replies_by_kind(db_url: str, db: Conn) -> None:
+    """The replies of the last day per campaign, by kind, with those being classified and the
+    leads handed off (a lead who asked twice counts once); an older reply and one answering
+    another campaign are not this campaign's."""
+    scene = arrange(db)
+    leads = make_leads(db, 6, prefix="55218")
+    replies = [
+        (leads[0], scene.hostile, "interested", "0"),
+        (leads[0], scene.hostile, "question", "0"),
+        (leads[1], scene.hostile, "question", "0"),
+        (leads[2], scene.hostile, "auto_reply", "0"),
+        (leads[3], scene.hostile, "auto_reply", "0"),
+        (leads[4], scene.hostile, None, "0"),
+        (leads[5], scene.hostile, "not_interested", "2 days"),  # older than the page's day
+        (leads[5], scene.paused, "opt_out", "0"),  # another campaign's
+    ]
+    for lead, campaign, kind, age in replies:
+        db.execute(
+            "INSERT INTO lead_replies (lead_id, campaign_id, instance, phone, text, received_at,"
+            " kind) VALUES (%s, %s, 'acme-1', '5521', 'x', now() - %s::interval, %s)",
+            (lead, campaign, age, kind),
+        )
+    db.execute("UPDATE leads SET handoff_at = now() WHERE id = ANY (%s)", (leads[:2],))
+    snapshot = await _fresh_snapshot(db_url)
+    page = render(snapshot)
+    assert 'id="replies"' in page
+    row = re.search(rf'<tr data-replies="{scene.hostile}">(.*?)</tr>', page, re.S)
+    assert row is not None
+    cells = {
+        kind: int(value.replace(",", ""))
+        for kind, value in re.findall(r'data-kind="([a-z_]+)">([\d,]+)', row.group(1))
+    }
+    assert cells == {
+        "replies": 6,
+        "interested": 1,
+        "question": 2,
+        "not_now": 0,
+        "not_interested": 0,
+        "opt_out": 0,
+        "auto_reply": 2,
+        "wrong_person": 0,
+        "other": 0,
+        "unclassified": 1,
+        "handed_off": 2,
+    }
+    assert "auto reply" in page and "handed off" in page
+    other = re.search(rf'<tr data-replies="{scene.paused}">(.*?)</tr>', page, re.S)
+    assert other is not None and 'data-kind="opt_out">1 ' in other.group(1)
 
 
 async def _fresh_snapshot(db_url: str) -> Snapshot:
