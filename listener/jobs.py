@@ -50,6 +50,8 @@ class Claim:
     campaign_fallbacks: list[str] | None = None
     campaign_budget: float | None = None
     campaign_spent: float = 0.0
+    # Not begun, and its lead had a reply still being classified: it waits for the kind.
+    reply_unclassified: bool = False
     claimed_at: float = field(default_factory=time.monotonic)
 
 
@@ -141,6 +143,7 @@ class Job:
             campaign_fallbacks=row.get("campaign_fallbacks"),
             campaign_budget=None if budget is None else float(budget),
             campaign_spent=0.0 if spent is None else float(spent),
+            reply_unclassified=bool(row.get("reply_unclassified")),
         )
         plan = Plan(
             parts=list(parts) if parts is not None else None,

@@ -70,6 +70,11 @@ WITH due AS (
                   AS sender_instance,
               CASE WHEN m.step > 1 THEN m.instance END AS step_instance,
               m.look_up_since,
+              -- A message not begun whose lead has a reply still being classified waits for
+              -- its kind, which may stop it (sequences.py): a probe of idx_lead_replies_lead.
+              (m.parts_sent = 0 AND m.uncertain_sends = 0 AND m.look_up_since IS NULL
+               AND EXISTS (SELECT 1 FROM lead_replies r
+                            WHERE r.lead_id = m.lead_id AND r.kind IS NULL)) AS reply_unclassified,
               EXISTS (SELECT 1 FROM sender_instances s
                        WHERE s.name = ANY (c.instances) OR s.name = c.instance) AS sender_limits
 ), contexts AS (
@@ -246,7 +251,7 @@ SELECT id FROM finished
 -- A follow-up step about to be written: what says whether it still goes. The sequence began
 -- when its step 1's first part went out (the chain of previous_id leads back to it); a reply
 -- since then is a person's unless it was classified as an away message (one still being
--- classified makes the step wait for its kind). The previous step was delivered when WhatsApp
+-- classified made the claim wait for its kind). The previous step was delivered when WhatsApp
 -- acknowledged its first part's delivery (or read it). The earlier steps' texts, in order,
 -- are what the LLM follows up on.
 WITH RECURSIVE chain AS (
@@ -273,9 +278,6 @@ SELECT l.id IS NOT NULL AS lead_exists,
        EXISTS (SELECT 1 FROM lead_replies r, began b
                 WHERE r.lead_id = %(lead_id)s AND r.received_at >= b.at
                   AND r.kind IS NOT NULL AND r.kind <> 'auto_reply') AS replied,
-       EXISTS (SELECT 1 FROM lead_replies r, began b
-                WHERE r.lead_id = %(lead_id)s AND r.received_at >= b.at
-                  AND r.kind IS NULL) AS unclassified,
        EXISTS (SELECT 1 FROM message_parts mp
                 WHERE mp.message_id = %(previous_id)s AND mp.part_no = 0
                   AND mp.status IN ('DELIVERY_ACK', 'READ', 'PLAYED')) AS delivered,

@@ -1374,10 +1374,8 @@ BEGIN
         UPDATE campaigns c SET spent_usd = c.spent_usd + p_cost WHERE c.id = r.campaign_id;
     END IF;
     IF p_kind = 'auto_reply' THEN
-        RETURN QUERY SELECT r.lead_id, p_kind, 0, false;
-        RETURN;
-    END IF;
-    IF p_kind = 'opt_out' THEN
+        NULL;  -- an away message stops nothing
+    ELSIF p_kind = 'opt_out' THEN
         UPDATE leads l
            SET opted_out = true,
                opted_out_at = COALESCE(l.opted_out_at, r.received_at),
@@ -1419,6 +1417,11 @@ BEGIN
         GET DIAGNOSTICS k = ROW_COUNT;
         n := n + k;
     END IF;
+    UPDATE campaign_messages m
+       SET scheduled_at = now(), wait_reason = NULL, updated_at = now()
+     WHERE m.lead_id = r.lead_id AND m.status = 'pending'
+       AND m.wait_reason = 'reply unclassified' AND m.scheduled_at > now()
+       AND NOT EXISTS (SELECT 1 FROM lead_replies x WHERE x.lead_id = r.lead_id AND x.kind IS NULL);
     RETURN QUERY SELECT r.lead_id, p_kind, n, handed;
 END
 $$;

@@ -29,7 +29,7 @@ from listener.phones import mask_phone, whatsapp_forms
 from listener.providers.base import LeftBehindFinder, Sender, SentFinder, SentPart
 from listener.queue.calls import ProviderCalls
 from listener.queue.outcomes import MAX_UNCERTAIN_SENDS, Outcome, check_start, outcome
-from listener.queue.sequences import StepFacts, check_step, step_context
+from listener.queue.sequences import StepFacts, check_reply_kind, check_step, step_context
 from listener.queue.split import UnsplittableReply, split_content
 from listener.queue.store import LeaseLost, Store
 from listener.queue.writes import is_connection_error
@@ -81,6 +81,7 @@ class Journey:
         instance = job.plan.sender_instance or self.senders.pool(job)[0]
         try:
             number = check_start(job, self.settings.default_region)
+            check_reply_kind(job.claim.reply_unclassified, datetime.now(UTC))
             if job.claim.step > 1 and job.plan.parts is None:
                 await self._check_step(job)
             instance = await self.senders.check(job)  # nothing spent while no number can send
@@ -130,7 +131,7 @@ class Journey:
         """A follow-up step not written yet: skipped when its sequence must stop (or waiting
         for a reply's kind), else the LLM is given the earlier steps."""
         facts = StepFacts.from_row(await self.store.step_facts(job))
-        check_step(facts, feedback_on=self.settings.webhooks_on, now=datetime.now(UTC))
+        check_step(facts, feedback_on=self.settings.webhooks_on)
         if job.plan.context is not None:
             job.plan.context = step_context(job.plan.context, job.claim.step, facts)
 

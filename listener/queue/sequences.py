@@ -5,8 +5,13 @@ decides, with no I/O.
 A step does not go (it is skipped, with the reason) when the lead opted out, was handed off to
 a person, replied as a person since the sequence began (in a campaign with stop_on_reply), or
 when the step before was not delivered (with delivery feedback on: no DELIVERY_ACK or READ on
-its first part by the time this step is due). A reply still being classified makes the step
-wait for its kind: an away message lets it go, a person's reply stops it.
+its first part by the time this step is due).
+
+A reply still being classified makes every message of its lead that has not begun wait for its
+kind, step 1 included and in every campaign (`check_reply_kind`): the kind may stop it (a hand-off
+or an opt-out stops the lead's messages everywhere, a person's reply those of stop_on_reply
+campaigns), and a lead who just asked a question must not get a new campaign's first message
+while the listener reads it. An away message lets them go; `reply_classified` wakes them.
 """
 
 from __future__ import annotations
@@ -17,7 +22,8 @@ from typing import Any
 
 from listener.flow import MustWait, Stop, Wait
 
-# A step whose lead has a reply not classified yet looks again after this long.
+# A message whose lead has a reply not classified yet looks again after this long (the kind,
+# once known, wakes it sooner).
 UNCLASSIFIED_RECHECK = timedelta(seconds=30)
 
 STEP_INSTRUCTIONS = (
@@ -36,7 +42,6 @@ class StepFacts:
     handed_off: bool
     stop_on_reply: bool
     replied: bool
-    unclassified: bool
     delivered: bool
     earlier_steps: list[dict[str, Any]]
 
@@ -48,15 +53,21 @@ class StepFacts:
             handed_off=bool(row["handed_off"]),
             stop_on_reply=bool(row["stop_on_reply"]),
             replied=bool(row["replied"]),
-            unclassified=bool(row["unclassified"]),
             delivered=bool(row["delivered"]),
             earlier_steps=list(row["earlier_steps"] or []),
         )
 
 
-def check_step(facts: StepFacts, *, feedback_on: bool, now: datetime) -> None:
-    """Raise Stop when the step must not go, MustWait when a reply's kind is still unknown;
-    return when it goes. A missing lead is left to the journey's own check."""
+def check_reply_kind(unclassified: bool, now: datetime) -> None:
+    """Raise MustWait when the message's lead has a reply whose kind is still unknown (the
+    claim says so only for a message that has not begun: one that has finishes)."""
+    if unclassified:
+        raise MustWait(Wait(now + UNCLASSIFIED_RECHECK, "reply unclassified"))
+
+
+def check_step(facts: StepFacts, *, feedback_on: bool) -> None:
+    """Raise Stop when the step must not go; return when it goes. A missing lead is left to
+    the journey's own check."""
     if not facts.lead_exists:
         return
     if facts.opted_out:
@@ -65,8 +76,6 @@ def check_step(facts: StepFacts, *, feedback_on: bool, now: datetime) -> None:
         raise Stop("skipped", "skipped: the lead was handed off")
     if facts.stop_on_reply and facts.replied:
         raise Stop("skipped", "skipped: the lead replied")
-    if facts.stop_on_reply and facts.unclassified:
-        raise MustWait(Wait(now + UNCLASSIFIED_RECHECK, "reply unclassified"))
     if feedback_on and not facts.delivered:
         raise Stop("skipped", "skipped: the previous step was not delivered")
 

@@ -17,7 +17,7 @@ from listener.web.snapshot import Snapshot, instance_names
 REASON_ORDER = (
     "in flight", "due", "retry", "scheduled", "paused", "window", "cap", "gap",
     "instance down", "instance restricted", "unknown to Evolution", "no sender", "budget",
-    "rate limit", "held back",
+    "rate limit", "held back", "reply unclassified",
 )  # fmt: skip
 REASON_HELP = {
     "in flight": "being worked on now",
@@ -35,6 +35,7 @@ REASON_HELP = {
     "budget": "the campaign's budget is spent",
     "rate limit": "a provider asked to slow down",
     "held back": "a provider refused (credentials, credits)",
+    "reply unclassified": "the lead's reply is being classified: its kind may stop the message",
 }
 _BAD_REASONS = (
     "instance down",

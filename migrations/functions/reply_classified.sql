@@ -8,8 +8,10 @@
 --   not_interested  its pending messages of that campaign are skipped, and like any reply it
 --                   stops the stop_on_reply campaigns';
 --   not_now, wrong_person, other: the pending messages of stop_on_reply campaigns are skipped.
--- Messages that have begun sending finish. A reply classified already is left as it is (two
--- listeners, a late answer): no row.
+-- Messages that have begun sending finish. The lead's messages that waited for the kind
+-- (wait_reason 'reply unclassified') and that it did not stop are due again at once, unless
+-- another reply of the lead is still being classified. A reply classified already is left as
+-- it is (two listeners, a late answer): no row.
 CREATE OR REPLACE FUNCTION reply_classified(
     p_reply uuid, p_kind text, p_model text, p_prompt_tokens bigint, p_completion_tokens bigint,
     p_cost numeric, p_error text)
@@ -38,10 +40,8 @@ BEGIN
         UPDATE campaigns c SET spent_usd = c.spent_usd + p_cost WHERE c.id = r.campaign_id;
     END IF;
     IF p_kind = 'auto_reply' THEN
-        RETURN QUERY SELECT r.lead_id, p_kind, 0, false;
-        RETURN;
-    END IF;
-    IF p_kind = 'opt_out' THEN
+        NULL;  -- an away message stops nothing
+    ELSIF p_kind = 'opt_out' THEN
         UPDATE leads l
            SET opted_out = true,
                opted_out_at = COALESCE(l.opted_out_at, r.received_at),
@@ -83,6 +83,11 @@ BEGIN
         GET DIAGNOSTICS k = ROW_COUNT;
         n := n + k;
     END IF;
+    UPDATE campaign_messages m
+       SET scheduled_at = now(), wait_reason = NULL, updated_at = now()
+     WHERE m.lead_id = r.lead_id AND m.status = 'pending'
+       AND m.wait_reason = 'reply unclassified' AND m.scheduled_at > now()
+       AND NOT EXISTS (SELECT 1 FROM lead_replies x WHERE x.lead_id = r.lead_id AND x.kind IS NULL);
     RETURN QUERY SELECT r.lead_id, p_kind, n, handed;
 END
 $$;

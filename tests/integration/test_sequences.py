@@ -271,3 +271,71 @@ async def test_a_sequence_goes_on_after_an_away_message_and_waits_for_a_reply_s_
     assert got[silent] == ("sent", None)
     assert got[person] == ("skipped", "skipped: the lead replied")
     assert got[unknown][0] == "pending" and waiting == ("reply unclassified", True)
+
+
+def unread_reply(db: Conn, lead: UUID) -> UUID:
+    """The lead wrote back now, a reply whose kind is not known yet (its classification not
+    due for a day: the test applies its kind itself)."""
+    row = db.execute(
+        "INSERT INTO lead_replies (lead_id, instance, phone, text, received_at, next_try_at)"
+        " VALUES (%s, 'main', '5511900000000', 'Oi', now(), now() + interval '1 day')"
+        " RETURNING id",
+        (lead,),
+    ).fetchone()
+    assert row is not None
+    return UUID(str(row[0]))
+
+
+async def test_a_reply_being_classified_holds_every_message_of_its_lead_step_1_included(
+    db_url: str, db: Conn
+) -> None:
+    """A first message too, in a campaign without stop_on_reply too, waits for the kind of its
+    lead's reply (a hand-off stops the lead everywhere); the kind wakes it: an away message
+    lets it go, a question hands the lead off and skips it. A lead with no reply is not held."""
+    stops = make_campaign(db, instance="numero-a")
+    goes_on = make_campaign(db, instance="numero-a", stop_on_reply=False)
+    away, asks, quiet = make_leads(db, 3)
+    replies = {lead: unread_reply(db, lead) for lead in (away, asks)}
+    async with serve_fakes() as fakes:
+        enqueue(db, stops, [away, asks, quiet], content="Olá!")
+        enqueue(db, goes_on, [away, asks], content="Oferta")
+        async with running(db_url, **http_settings(fakes)):
+            await await_until(
+                lambda: (
+                    db.execute(
+                        "SELECT count(*) FILTER (WHERE status = 'sent'), count(*) FILTER (WHERE"
+                        " status = 'pending' AND wait_reason = 'reply unclassified'"
+                        " AND scheduled_at > now()) FROM campaign_messages"
+                    ).fetchone()
+                    == (1, 4)
+                )
+            )
+        assert len(fakes.accepted()) == 1  # only the lead with no reply
+        db.execute(
+            "SELECT * FROM reply_classified(%s, 'auto_reply', NULL, 0, 0, 0, NULL)",
+            (replies[away],),
+        )
+        db.execute(
+            "SELECT * FROM reply_classified(%s, 'question', NULL, 0, 0, 0, NULL)",
+            (replies[asks],),
+        )
+        # The kind woke the away message's lead's messages at once (not 30 s later).
+        woken = db.execute(
+            "SELECT count(*) FROM campaign_messages WHERE lead_id = %s AND status = 'pending'"
+            " AND wait_reason IS NULL AND scheduled_at <= now()",
+            (away,),
+        ).fetchone()
+        assert woken == (2,)
+        async with running(db_url, **http_settings(fakes)):
+            await await_until(lambda: finished(db, 5))
+    got = {
+        (r[0], r[1]): (r[2], r[3])
+        for r in db.execute(
+            "SELECT lead_id, campaign_id, status, last_error FROM campaign_messages"
+        ).fetchall()
+    }
+    assert got[(away, stops)] == got[(away, goes_on)] == ("sent", None)
+    assert got[(quiet, stops)] == ("sent", None)
+    handed_off = ("skipped", "skipped: the lead was handed off")
+    assert got[(asks, stops)] == got[(asks, goes_on)] == handed_off
+    assert len(fakes.accepted()) == 3
