@@ -474,3 +474,56 @@ async def test_a_part_in_the_air_when_its_worker_died_is_looked_up_before_it_is_
     assert one(db, "SELECT status FROM campaign_messages WHERE id = %s", found)[0] == "sent"
     error = one(db, "SELECT last_error FROM campaign_messages WHERE id = %s", twice)[0]
     assert "part 1 of 2 may have been delivered" in error
+
+
+async def test_a_last_part_in_the_air_when_its_worker_died_creates_one_next_step(
+    db_url: str, db: Conn
+) -> None:
+    """A worker dies with the last part of step 1 in the air, the part whose record creates
+    step 2: for one lead it had gone out, for the other not. The next worker looks each up
+    first: the one found is recorded (not sent again), the other sent; each record creates
+    its lead's step 2 once, and step 2 goes out once."""
+    campaign = make_campaign(db)
+    db.execute(
+        "INSERT INTO campaign_steps (campaign_id, step, wait) VALUES (%s, 2, '0 seconds')",
+        (campaign,),
+    )
+    found, lost = enqueue(db, campaign, make_leads(db, 2), content="x")
+    db.execute(
+        "UPDATE campaign_messages SET status = 'processing', attempts = 1,"
+        """ parts = '["Olá, tudo bem?"]', parts_sent = 0,"""
+        " locked_by = 'ghost-1', locked_until = now() - interval '1 second'"
+    )
+    numbers = {
+        mid: normalize_phone(
+            one(
+                db,
+                "SELECT l.phone FROM campaign_messages m JOIN leads l ON l.id = m.lead_id"
+                " WHERE m.id = %s",
+                mid,
+            )[0]
+        )
+        for mid in (found, lost)
+    }
+    async with serve_fakes() as fakes:
+        async with httpx.AsyncClient() as client:  # what the dead worker got out
+            answer = await client.post(
+                f"{fakes.url}/message/sendText/main",
+                headers={"apikey": "evo-test-secret"},
+                json={"number": numbers[found], "text": "Olá, tudo bem?"},
+            )
+        assert answer.status_code == 201
+        async with running(db_url, **http_settings(fakes)):
+            await await_until(lambda: statuses(db) == {"sent": 4}, timeout=20)
+        texts = {
+            mid: [s["text"] for s in fakes.accepted() if s["number"] == number]
+            for mid, number in numbers.items()
+        }
+        assert len(fakes.find_requests) >= 2  # each was looked up first
+    assert no_repeats(fakes)
+    for mid in (found, lost):
+        assert len(texts[mid]) == 2 and texts[mid][0] == "Olá, tudo bem?", texts[mid]
+    steps = db.execute(
+        "SELECT previous_id, count(*) FROM campaign_messages WHERE step = 2 GROUP BY previous_id"
+    ).fetchall()
+    assert sorted(steps) == sorted([(found, 1), (lost, 1)])
