@@ -25,6 +25,10 @@ ABBA order (pair 1 without first, pair 2 with first, ...) so a host getting busi
 during the sitting weighs on both sides alike. What step creation costs the drain: each pair's
 ratio (with / without, rate and the listener's CPU per message), their median and spread, the
 ratio of the two sides' medians, and the 1-minute load average before and after every run.
+Beside the rate, what each side cost in CPU per message: the listener process's, and with it
+the scratch database's own backends' (`/proc/<pid>/schedstat`, the time each ran on a core):
+on a shared machine other work slows the rate of both sides by more than a step costs, but
+disturbs the CPU a message takes far less.
 
     uv run python bench/queue_throughput.py [--url DSN] [-n 20000] [--concurrency 5 50 200]
 """
@@ -34,9 +38,11 @@ from __future__ import annotations
 import logging
 import os
 import statistics
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import _common as c
@@ -123,9 +129,65 @@ def _steps_made(url: str) -> int:
     return int(row[0]) if row else 0
 
 
+class BackendCpu:
+    """CPU time of the scratch database's own Postgres backends during a drain, read from
+    `/proc/<pid>/schedstat` (the time each ran on a core, not the time it waited for one; the
+    server must run on this machine), by a thread that looks for them in pg_stat_activity
+    every 50 ms. Other databases' backends (other people's work on the server) are not
+    counted, unlike CpuMeter's Postgres figure; the server's shared processes (WAL writer,
+    checkpointer) are not either."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.seen: dict[int, float] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+
+    @staticmethod
+    def _ran(pid: int) -> float | None:
+        try:
+            return int(Path(f"/proc/{pid}/schedstat").read_text().split()[0]) / 1e9
+        except (OSError, ValueError, IndexError):
+            return None  # gone, or not on this machine
+
+    def _look(self, conn: psycopg.Connection[Any]) -> None:
+        rows = conn.execute(
+            "SELECT pid FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        ).fetchall()
+        for (pid,) in rows:
+            ran = self._ran(pid)
+            if ran is not None:
+                self.seen[pid] = max(ran, self.seen.get(pid, 0.0))
+
+    def _watch(self) -> None:
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            while not self._stop.wait(0.05):
+                self._look(conn)
+
+    def __enter__(self) -> BackendCpu:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    @property
+    def seconds(self) -> float:
+        """CPU seconds of every backend seen, from its start to its last look."""
+        return sum(self.seen.values())
+
+
 def _cpu_ms(run: dict[str, Any], n: int) -> float:
     """The listener process's CPU per message, in milliseconds."""
     return 1000.0 * float(run["cpu"]["listener_cpu_s"]) / n
+
+
+def _drain_cpu_ms(run: dict[str, Any], n: int) -> float:
+    """The drain's CPU per message, in milliseconds: the listener process and the scratch
+    database's backends."""
+    return 1000.0 * (float(run["cpu"]["listener_cpu_s"]) + float(run["backend_cpu_s"])) / n
 
 
 def steps_ab(runs: list[dict[str, Any]], n: int) -> dict[str, Any]:
@@ -138,6 +200,7 @@ def steps_ab(runs: list[dict[str, Any]], n: int) -> dict[str, Any]:
     pairs = list(zip(without, with_, strict=True))
     rates = [b["per_second"] / a["per_second"] for a, b in pairs]
     cpu = [_cpu_ms(b, n) / _cpu_ms(a, n) for a, b in pairs]
+    drain = [_drain_cpu_ms(b, n) / _drain_cpu_ms(a, n) for a, b in pairs]
     loads = [x for r in without + with_ for x in r["load_1m"]]
     median_with = statistics.median(r["per_second"] for r in with_)
     median_without = statistics.median(r["per_second"] for r in without)
@@ -156,6 +219,14 @@ def steps_ab(runs: list[dict[str, Any]], n: int) -> dict[str, Any]:
         "cpu_pair_ratio_median": round(statistics.median(cpu), 4),
         "cpu_pair_ratio_min": round(min(cpu), 4),
         "cpu_pair_ratio_max": round(max(cpu), 4),
+        "drain_cpu_ms_per_message": {
+            "without": round(statistics.median(_drain_cpu_ms(r, n) for r in without), 4),
+            "with": round(statistics.median(_drain_cpu_ms(r, n) for r in with_), 4),
+        },
+        "drain_cpu_pair_ratios": [round(x, 4) for x in drain],
+        "drain_cpu_pair_ratio_median": round(statistics.median(drain), 4),
+        "drain_cpu_pair_ratio_min": round(min(drain), 4),
+        "drain_cpu_pair_ratio_max": round(max(drain), 4),
         "load_min": min(loads),
         "load_max": max(loads),
     }
@@ -216,7 +287,8 @@ def main() -> None:
         extra = {"debounce": args.debounce} if args.debounce is not None else {}
         settings = c.bench_settings(concurrency=concurrency, **extra)
         load_before = os.getloadavg()[0]
-        result = run_async(c.drain(url, settings, args.n, cpu=c.CpuMeter()))
+        with BackendCpu(url) as backends:
+            result = run_async(c.drain(url, settings, args.n, cpu=c.CpuMeter()))
         load = [round(load_before, 2), round(os.getloadavg()[0], 2)]
         if handler is not None:
             logging.getLogger().handlers.clear()
@@ -231,7 +303,10 @@ def main() -> None:
             f"db span {result.db_seconds:.2f}s = {result.db_per_second:,.0f}/s; "
             f"{result.claims} claims; {result.statuses})"
         )
-        print(f"      {c.cpu_line(result.cpu)}; load average {load[0]:.2f} -> {load[1]:.2f}")
+        print(
+            f"      {c.cpu_line(result.cpu)}; this database's backends {backends.seconds:.2f}"
+            f" CPU s; load average {load[0]:.2f} -> {load[1]:.2f}"
+        )
         c.require(
             result.statuses.get("sent") == args.n,
             f"not every message ended sent: {result.statuses}",
@@ -241,6 +316,7 @@ def main() -> None:
             "log_info": log_info,
             "steps": steps,
             "load_1m": load,
+            "backend_cpu_s": round(backends.seconds, 3),
         }
         run.update(result.as_dict())
         if read_steps is not None:
@@ -270,7 +346,9 @@ def main() -> None:
                 f" x{ab['pair_ratio_median']:.3f} median, {ab['pair_ratio_min']:.3f}-"
                 f"{ab['pair_ratio_max']:.3f} ({', '.join(f'{x:.3f}' for x in ab['pair_ratios'])});"
                 f" listener CPU per message x{ab['cpu_pair_ratio_median']:.3f} median,"
-                f" {ab['cpu_pair_ratio_min']:.3f}-{ab['cpu_pair_ratio_max']:.3f};"
+                f" {ab['cpu_pair_ratio_min']:.3f}-{ab['cpu_pair_ratio_max']:.3f}; listener and"
+                f" backends x{ab['drain_cpu_pair_ratio_median']:.3f} median,"
+                f" {ab['drain_cpu_pair_ratio_min']:.3f}-{ab['drain_cpu_pair_ratio_max']:.3f};"
                 f" load average {ab['load_min']:.2f}-{ab['load_max']:.2f}"
             )
         verdict = "met" if summary[concurrency]["median"] >= TARGET else "missed"
