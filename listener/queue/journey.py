@@ -322,7 +322,7 @@ def _log_outcome(job: Job, result: Outcome, error: BaseException) -> None:
         )
     elif result.name == "deferred" and finish.scheduled_at is not None:
         if finish.wait_reason in QUIET_WAITS:
-            return  # logged once per episode (pool.py, the writer), not once per message
+            return  # logged once per episode (pacing/pool.py, the writer), not once per message
         log.info(
             "message waits until %s (%s)",
             finish.scheduled_at.isoformat(timespec="seconds"),

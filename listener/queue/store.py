@@ -120,7 +120,7 @@ class Store:
         return jobs
 
     async def step_facts(self, job: Job) -> dict[str, Any]:
-        """What says whether a follow-up step still goes (see sequences.py): its lead's
+        """What says whether a follow-up step still goes (see queue/sequences.py): its lead's
         opt-out, hand-off and replies since the sequence began, the previous step's delivery,
         and the earlier steps' texts."""
         params = {
