@@ -218,10 +218,20 @@ SELECT id FROM rec
 WITH finished AS (
     UPDATE campaign_messages m
        SET status = v.status,
-           scheduled_at = COALESCE(v.scheduled_at, m.scheduled_at),
+           -- A wait for a reply's kind that came while the message was being put back (the
+           -- classifier's wake finds only pending rows) is no wait: due at once.
+           scheduled_at = CASE WHEN v.wait_reason = 'reply unclassified'
+                                AND NOT EXISTS (SELECT 1 FROM lead_replies r
+                                                 WHERE r.lead_id = m.lead_id AND r.kind IS NULL)
+                               THEN now()
+                               ELSE COALESCE(v.scheduled_at, m.scheduled_at) END,
            attempts = GREATEST(m.attempts - v.refund, 0),
            last_error = COALESCE(v.last_error, m.last_error),
-           wait_reason = v.wait_reason,
+           wait_reason = CASE WHEN v.wait_reason = 'reply unclassified'
+                               AND NOT EXISTS (SELECT 1 FROM lead_replies r
+                                                WHERE r.lead_id = m.lead_id AND r.kind IS NULL)
+                              THEN NULL
+                              ELSE v.wait_reason END,
            locked_by = NULL,
            locked_until = NULL,
            prompt_tokens = m.prompt_tokens + v.prompt_tokens,

@@ -339,3 +339,44 @@ async def test_a_reply_being_classified_holds_every_message_of_its_lead_step_1_i
     handed_off = ("skipped", "skipped: the lead was handed off")
     assert got[(asks, stops)] == got[(asks, goes_on)] == handed_off
     assert len(fakes.accepted()) == 3
+
+
+async def test_a_kind_that_comes_while_the_message_is_put_back_leaves_no_wait(
+    db_url: str, db: Conn
+) -> None:
+    """The classifier's wake finds only pending rows: a kind applied after the claim saw the
+    reply unclassified, but before the message was put back to wait, must not leave it
+    waiting the whole recheck (the demo's messages once waited 30 s for it)."""
+    from datetime import UTC, datetime
+
+    from psycopg_pool import AsyncConnectionPool
+
+    from listener.jobs import Finish
+    from listener.queue.sequences import UNCLASSIFIED_RECHECK
+    from listener.queue.store import Store
+    from tests.daemon_harness import fast_settings
+
+    campaign = make_campaign(db)
+    lead, other = make_leads(db, 2)
+    reply = unread_reply(db, lead)
+    unread_reply(db, other)  # this lead's reply stays unclassified: its message keeps waiting
+    enqueue(db, campaign, [lead, other], content="Olá!")
+    async with AsyncConnectionPool(db_url, open=False, kwargs={"autocommit": True}) as pool:
+        await pool.open()
+        store = Store(pool, fast_settings(worker_id="w"))
+        jobs = await store.claim(2)
+        assert len(jobs) == 2
+        db.execute(
+            "SELECT * FROM reply_classified(%s, 'auto_reply', NULL, 0, 0, 0, NULL)", (reply,)
+        )
+        until = datetime.now(UTC) + UNCLASSIFIED_RECHECK
+        for job in jobs:
+            await store.finish(Finish(job.id, "pending", until, 1, None, "reply unclassified"), job)
+    rows = {
+        r[0]: (r[1], r[2], r[3])
+        for r in db.execute(
+            "SELECT lead_id, status, wait_reason, scheduled_at <= now() FROM campaign_messages"
+        ).fetchall()
+    }
+    assert rows[lead] == ("pending", None, True)
+    assert rows[other] == ("pending", "reply unclassified", False)
