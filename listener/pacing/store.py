@@ -157,29 +157,15 @@ class SenderStore:
         return bool(began), moved or 0
 
     async def _move_sender(self, instance: str) -> int | None:
-        """Move a number's waiting messages batch by batch (each on a pool connection taken
-        for that statement only), then end the move; None when it was taken from us."""
+        """Move a number's waiting messages, then end the move; None when it was taken from
+        us. An end that finds the number filed again meanwhile goes on with its messages."""
         params: dict[str, Any] = {
             "instance": instance,
             "default_instance": self.settings.evolution_instance,
             "worker": self.worker,
             "lease": self.settings.lease,
-            "limit": self.settings.hold_batch,
         }
-        while True:
-            async with self.pool.connection() as conn:
-                cur = await conn.execute(q("hold_sender_batch"), params)
-                row = await cur.fetchone()
-            assert row is not None
-            moved, mine = row
-            if not mine:
-                return None
-            if moved < params["limit"]:
-                async with self.pool.connection() as conn:
-                    cur = await conn.execute(q("hold_sender_end"), params)
-                    row = await cur.fetchone()
-                if row is not None:  # else filed again meanwhile: its messages are next
-                    return int(row[0])
+        return await self._move("hold_sender_batch", "hold_sender_end", params, refiled=True)
 
     async def sender_limited(self, instance: str) -> bool:
         """Whether `instance` has a row of limits (caps, warm-up, enabled)."""
@@ -253,20 +239,32 @@ class SenderStore:
         return done
 
     async def _move_held(self, params: dict[str, Any]) -> int | None:
-        """Move a hold's messages batch by batch (each on a pool connection taken for that
-        statement only), then end the hold; None when it was taken from us meanwhile."""
+        """Move a campaign hold's messages, then end the hold; None when it was taken from us
+        meanwhile (an end that finds nothing of ours means the same)."""
+        return await self._move("hold_campaign_batch", "hold_campaign_end", params, refiled=False)
+
+    async def _move(
+        self, batch: str, end: str, params: dict[str, Any], *, refiled: bool
+    ) -> int | None:
+        """The batch loop of a hold's move: `batch` moves up to `hold_batch` rows a statement
+        (each on a pool connection taken for that statement only) and says whether the move
+        is still ours; once a batch comes up short, `end` ends it and returns how many were
+        moved in all. An end that returns no row means, with `refiled`, that the hold was
+        filed again meanwhile (go on: its messages are next), else that it was taken from us."""
         params = {**params, "limit": self.settings.hold_batch}
         while True:
             async with self.pool.connection() as conn:
-                cur = await conn.execute(q("hold_campaign_batch"), params)
+                cur = await conn.execute(q(batch), params)
                 row = await cur.fetchone()
             assert row is not None
             moved, mine = row
             if not mine:
                 return None
             if moved < params["limit"]:
-                break
-        async with self.pool.connection() as conn:
-            cur = await conn.execute(q("hold_campaign_end"), params)
-            row = await cur.fetchone()
-        return None if row is None else int(row[0])
+                async with self.pool.connection() as conn:
+                    cur = await conn.execute(q(end), params)
+                    row = await cur.fetchone()
+                if row is not None:
+                    return int(row[0])
+                if not refiled:
+                    return None
