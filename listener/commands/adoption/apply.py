@@ -33,17 +33,29 @@ _HELD_STATEMENT = re.compile(
 _HELD_INDEX = re.compile(
     r"^\s*DROP\s+INDEX\s+(?:CONCURRENTLY\s+)?(?:IF\s+EXISTS\s+)?(?:public\.)?\"?(\w+)", re.I
 )
+#: An ALTER TABLE whose one action adds, drops or validates a constraint.
+_HELD_CONSTRAINT = re.compile(
+    r"^\s*ALTER\s+TABLE\s+(?:IF\s+EXISTS\s+)?(?:ONLY\s+)?(?:public\.)?\"?\w+\"?\s+"
+    r"(?:ADD|DROP|VALIDATE)\s+CONSTRAINT\s+(?:IF\s+EXISTS\s+)?\"?(\w+)",
+    re.I,
+)
+_MORE_ACTIONS = re.compile(r",\s*(?:ADD|DROP|ALTER|VALIDATE|SET|RENAME|ENABLE|DISABLE)\b", re.I)
 
 
 @dataclass(frozen=True, slots=True)
 class Held:
-    """The user's objects whose names the migration files use too."""
+    """The user's objects whose names the migration files use too. `constraints`, only in the
+    migrate that adopts: those of the adopted tables the adoption already brought to what the
+    files make (added NOT VALID then validated, the user's own of that name, or left out
+    because the user's rows do not meet them), which the numbered files must not drop and
+    add again (a validating scan under an exclusive lock, or a failure on the user's rows)."""
 
     functions: frozenset[str] = frozenset()
     indexes: frozenset[str] = frozenset()
+    constraints: frozenset[str] = frozenset()
 
     def __bool__(self) -> bool:
-        return bool(self.functions or self.indexes)
+        return bool(self.functions or self.indexes or self.constraints)
 
     def leaves_out(self, statement: str) -> str | None:
         """Why `statement` is left out (it would touch an object of the user's), or None."""
@@ -54,6 +66,9 @@ class Held:
         match = _HELD_INDEX.match(text)
         if match and match.group(1) in self.indexes:
             return f"your index {match.group(1)} stays as it is"
+        match = _HELD_CONSTRAINT.match(text)
+        if match and match.group(1) in self.constraints and not _MORE_ACTIONS.search(text):
+            return f"constraint {match.group(1)} is as the adoption left it"
         return None
 
 
@@ -71,11 +86,19 @@ async def held(conn: psycopg.AsyncConnection[Any]) -> Held:
     )
 
 
-async def _left_out(conn: psycopg.AsyncConnection[Any], step: Step) -> int:
+async def _left_out(conn: psycopg.AsyncConnection[Any], step: Step) -> str | None:
+    """Why the step is left out (its guard counts rows that would break it), or None."""
     if step.guard is None:
-        return 0
-    row = await (await conn.execute(cast(LiteralString, step.guard))).fetchone()  # type: ignore[redundant-cast]
-    return int(next(iter(row.values()))) if row else 0
+        return None
+    try:
+        # A savepoint: a row the check cannot even evaluate (a time zone Postgres does not
+        # know) fails the guard, not the adoption.
+        async with conn.transaction():
+            row = await (await conn.execute(cast(LiteralString, step.guard))).fetchone()  # type: ignore[redundant-cast]
+    except psycopg.DataError as exc:
+        return f"your rows cannot be checked against it: {' '.join(str(exc).split())}"
+    rows = int(next(iter(row.values()))) if row else 0
+    return f"{rows} of your rows do not meet it" if rows else None
 
 
 async def apply(conn: psycopg.AsyncConnection[Any], adoption: Plan) -> list[str]:
@@ -103,9 +126,9 @@ async def apply(conn: psycopg.AsyncConnection[Any], adoption: Plan) -> list[str]
 
 
 async def _run(conn: psycopg.AsyncConnection[Any], step: Step, said: list[str]) -> None:
-    rows = await _left_out(conn, step)
-    if rows:
+    why = await _left_out(conn, step)
+    if why is not None:
         if step.phase == 2:
-            said.append(f"{step.table}: left out ({rows} of your rows do not meet it): {step.sql}")
+            said.append(f"{step.table}: left out ({why}): {step.sql}")
         return
     await conn.execute(cast(LiteralString, step.sql))  # type: ignore[redundant-cast]

@@ -153,7 +153,10 @@ def _adopt_table(
     existing = {c["name"] for c in theirs.constraints}
     for constraint in ours.constraints:
         # `n`: NOT NULL, a constraint of its own since Postgres 18 (the column carries it).
-        if constraint["name"] in existing or constraint["kind"] in ("p", "n"):
+        if constraint["kind"] in ("p", "n"):
+            continue
+        if constraint["name"] in existing:
+            result.held_constraints.append(constraint["name"])
             continue
         _add_constraint(name, constraint, theirs, catalog, added, result, target_.functions)
     for index in sorted(ours.indexes.values(), key=lambda i: str(i["name"])):
@@ -200,6 +203,7 @@ def _add_constraint(
     cname, definition, cols = constraint["name"], constraint["def"], list(constraint["cols"])
     if any(re.search(rf"\b{name}\(", definition) for name in functions):
         return  # it calls a function of the migration files: the file that makes it adds it
+    result.held_constraints.append(cname)
     user_cols = [c for c in cols if c not in added]
     if constraint["kind"] == "f":
         ref = constraint["ref"]

@@ -33,3 +33,5 @@ class Plan:
     tables: list[str] = field(default_factory=list)
     held_functions: list[str] = field(default_factory=list)
     held_indexes: list[str] = field(default_factory=list)
+    # The adopted tables' constraints the numbered files leave alone in this migrate (Held).
+    held_constraints: list[str] = field(default_factory=list)
