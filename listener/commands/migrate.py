@@ -309,7 +309,7 @@ async def run_migrate(url: str, folder: Path | None = None, *, dry_run: bool = F
                     held = adopt.Held(
                         frozenset(adoption.held_functions) | held.functions,
                         frozenset(adoption.held_indexes) | held.indexes,
-                        frozenset(adoption.held_constraints),
+                        frozenset(adoption.adopted),
                     )
                     if not dry_run:
                         result.said = await adopt.apply(conn, adoption)

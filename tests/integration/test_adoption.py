@@ -239,6 +239,8 @@ def test_dry_run_prints_the_plan_and_changes_nothing(
     )
     assert "CREATE INDEX CONCURRENTLY IF NOT EXISTS idx_campaign_messages_due" in out
     assert "listener_idx_campaign_messages_campaign" in out
+    assert "listener_idx_campaign_messages_sent_at" in out
+    assert "1 row(s) with status 'cancelled', which the listener does not know" in out
     assert "left out (your function mark_old_campaign_messages_as_skipped stays as it is)" in out
     assert "(dry run: nothing was changed)" in out
     with psycopg.connect(empty_db_url) as conn:
@@ -351,8 +353,8 @@ CREATE TABLE public.test_dropped (what text);
 CREATE FUNCTION test_record_drops() RETURNS event_trigger LANGUAGE plpgsql AS $$
 BEGIN
     INSERT INTO public.test_dropped
-    SELECT object_identity FROM pg_event_trigger_dropped_objects()
-     WHERE object_type = 'table constraint';
+    SELECT object_type || ' ' || object_identity FROM pg_event_trigger_dropped_objects()
+     WHERE object_type IN ('table constraint', 'index');
 END
 $$;
 CREATE EVENT TRIGGER test_record_drops ON sql_drop EXECUTE FUNCTION test_record_drops();
@@ -362,11 +364,12 @@ CREATE EVENT TRIGGER test_record_drops ON sql_drop EXECUTE FUNCTION test_record_
 def test_the_numbered_files_leave_the_adopted_constraints_as_the_adoption_made_them(
     empty_db_url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """The adoption adds its constraints NOT VALID, then validates them, and leaves out one the
-    user's rows do not meet; the numbered files that follow must not drop and add them again
-    (a validating scan under an exclusive lock on the user's table, or a failed migrate on the
-    rows the adoption left alone). Here the user's leads have a time zone of their own, one of
-    which Postgres does not know."""
+    """The adoption adds its constraints NOT VALID, then validates them, leaves out one the
+    user's rows do not meet, and builds its indexes CONCURRENTLY; the numbered files that
+    follow must not drop and add them again (a validating scan under an exclusive lock on the
+    user's table, a failed migrate on the rows the adoption left alone, indexes built and
+    dropped on the way). Here the user's leads have a time zone of their own, one of which
+    Postgres does not know."""
     build(
         empty_db_url,
         then="ALTER TABLE leads ADD COLUMN timezone text;"
@@ -383,7 +386,8 @@ def test_the_numbered_files_leave_the_adopted_constraints_as_the_adoption_made_t
     with psycopg.connect(empty_db_url, autocommit=True) as conn:
         dropped = conn.execute(
             "SELECT what FROM test_dropped WHERE what ~ ' on public\\.(campaigns|campaign_runs"
-            "|leads|campaign_messages)$'"
+            "|leads|campaign_messages)$' OR what ~ '^index public\\.(idx|listener_idx)_(campaign"
+            "|lead)'"
         ).fetchall()
         assert dropped == []  # (the listener's own tables are its files' to change)
         conn.execute("DROP EVENT TRIGGER test_record_drops")

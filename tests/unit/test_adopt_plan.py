@@ -41,3 +41,33 @@ def test_each_statement_says_what_it_does_to_which_table() -> None:
         "drops trigger t on campaigns (to create it again)"
     )
     assert describe("UPDATE campaign_messages SET a = 1") == "update rows of campaign_messages"
+
+
+def test_the_migrate_that_adopts_leaves_the_adopted_constraints_and_indexes_alone() -> None:
+    adopted = Held(
+        indexes=frozenset({"idx_campaign_messages_sent_at"}),
+        adopted=frozenset({"leads_timezone_check", "idx_campaign_messages_sent_campaign"}),
+    )
+    assert adopted.leaves_out("ALTER TABLE leads DROP CONSTRAINT IF EXISTS leads_timezone_check")
+    assert adopted.leaves_out("ALTER TABLE public.leads\n    ADD CONSTRAINT leads_timezone_check")
+    assert adopted.leaves_out("ALTER TABLE leads VALIDATE CONSTRAINT leads_timezone_check")
+    assert adopted.leaves_out(
+        "CREATE INDEX CONCURRENTLY IF NOT EXISTS idx_campaign_messages_sent_campaign"
+        " ON campaign_messages (sent_at)"
+    ) == ("index idx_campaign_messages_sent_campaign is as the adoption left it")
+    assert adopted.leaves_out(
+        "DROP INDEX CONCURRENTLY IF EXISTS idx_campaign_messages_sent_campaign"
+    )
+    # A rename to the name of the user's index would fail: left out, now and later.
+    assert adopted.leaves_out(
+        "ALTER INDEX IF EXISTS idx_x RENAME TO idx_campaign_messages_sent_at"
+    ) == ("your index idx_campaign_messages_sent_at keeps its name")
+    # A statement doing more than that one thing runs; other names go ahead.
+    assert (
+        adopted.leaves_out(
+            "ALTER TABLE leads ADD COLUMN tz text, ADD CONSTRAINT leads_timezone_check CHECK (x)"
+        )
+        is None
+    )
+    assert adopted.leaves_out("ALTER TABLE leads ADD CONSTRAINT leads_other CHECK (x)") is None
+    assert adopted.leaves_out("CREATE INDEX idx_message_parts_first ON message_parts (x)") is None

@@ -30,11 +30,20 @@ _HELD_STATEMENT = re.compile(
     r"\s+(?:public\.)?\"?(\w+)\"?\s*\(",
     re.I | re.S,
 )
-_HELD_INDEX = re.compile(
+_DROP_INDEX = re.compile(
     r"^\s*DROP\s+INDEX\s+(?:CONCURRENTLY\s+)?(?:IF\s+EXISTS\s+)?(?:public\.)?\"?(\w+)", re.I
 )
+_CREATE_INDEX = re.compile(
+    r"^\s*CREATE\s+(?:UNIQUE\s+)?INDEX\s+(?:CONCURRENTLY\s+)?(?:IF\s+NOT\s+EXISTS\s+)?"
+    r"\"?(\w+)\"?\s+ON\s+(?:ONLY\s+)?(?:public\.)?\"?(\w+)",
+    re.I,
+)
+_RENAME_INDEX = re.compile(
+    r"^\s*ALTER\s+INDEX\s+(?:IF\s+EXISTS\s+)?(?:public\.)?\"?(\w+)\"?\s+RENAME\s+TO\s+\"?(\w+)",
+    re.I,
+)
 #: An ALTER TABLE whose one action adds, drops or validates a constraint.
-_HELD_CONSTRAINT = re.compile(
+_ON_CONSTRAINT = re.compile(
     r"^\s*ALTER\s+TABLE\s+(?:IF\s+EXISTS\s+)?(?:ONLY\s+)?(?:public\.)?\"?\w+\"?\s+"
     r"(?:ADD|DROP|VALIDATE)\s+CONSTRAINT\s+(?:IF\s+EXISTS\s+)?\"?(\w+)",
     re.I,
@@ -42,20 +51,33 @@ _HELD_CONSTRAINT = re.compile(
 _MORE_ACTIONS = re.compile(r",\s*(?:ADD|DROP|ALTER|VALIDATE|SET|RENAME|ENABLE|DISABLE)\b", re.I)
 
 
+def indexes_made_on(statements: list[str], tables: set[str]) -> set[str]:
+    """The names of the indexes `statements` create on `tables`."""
+    names = set()
+    for statement in statements:
+        match = _CREATE_INDEX.match(re.sub(r"--[^\n]*", "", statement))
+        if match and match.group(2) in tables:
+            names.add(match.group(1))
+    return names
+
+
 @dataclass(frozen=True, slots=True)
 class Held:
-    """The user's objects whose names the migration files use too. `constraints`, only in the
-    migrate that adopts: those of the adopted tables the adoption already brought to what the
-    files make (added NOT VALID then validated, the user's own of that name, or left out
-    because the user's rows do not meet them), which the numbered files must not drop and
-    add again (a validating scan under an exclusive lock, or a failure on the user's rows)."""
+    """The user's objects whose names the migration files use too (`functions`, `indexes`).
+    `adopted`, only in the migrate that adopts: the constraints and indexes of the adopted
+    tables, which the adoption already brought to what the files make (constraints added NOT
+    VALID then validated, the user's own of that name, or left out because the user's rows do
+    not meet them; indexes built CONCURRENTLY). The numbered files that follow leave them
+    alone: dropping and adding them again would scan the user's tables under an exclusive
+    lock, fail on the rows the adoption left alone, or build and drop indexes the files made
+    on the way to what they make now."""
 
     functions: frozenset[str] = frozenset()
     indexes: frozenset[str] = frozenset()
-    constraints: frozenset[str] = frozenset()
+    adopted: frozenset[str] = frozenset()
 
     def __bool__(self) -> bool:
-        return bool(self.functions or self.indexes or self.constraints)
+        return bool(self.functions or self.indexes or self.adopted)
 
     def leaves_out(self, statement: str) -> str | None:
         """Why `statement` is left out (it would touch an object of the user's), or None."""
@@ -63,11 +85,19 @@ class Held:
         match = _HELD_STATEMENT.match(text)
         if match and match.group(1) in self.functions:
             return f"your function {match.group(1)} stays as it is"
-        match = _HELD_INDEX.match(text)
+        match = _DROP_INDEX.match(text)
         if match and match.group(1) in self.indexes:
             return f"your index {match.group(1)} stays as it is"
-        match = _HELD_CONSTRAINT.match(text)
-        if match and match.group(1) in self.constraints and not _MORE_ACTIONS.search(text):
+        rename = _RENAME_INDEX.match(text)
+        if rename and rename.group(2) in self.indexes:
+            return f"your index {rename.group(2)} keeps its name"
+        names = [m.group(1) for m in (_DROP_INDEX.match(text), _CREATE_INDEX.match(text)) if m]
+        names += list(rename.groups()) if rename else []
+        touched = [name for name in names if name in self.adopted]
+        if touched:
+            return f"index {touched[0]} is as the adoption left it"
+        match = _ON_CONSTRAINT.match(text)
+        if match and match.group(1) in self.adopted and not _MORE_ACTIONS.search(text):
             return f"constraint {match.group(1)} is as the adoption left it"
         return None
 

@@ -19,6 +19,7 @@ from typing import Any
 
 import psycopg
 
+from listener.commands.adoption.apply import indexes_made_on
 from listener.commands.adoption.catalog import ROLE_BYPASSES_RLS, Catalog, Table, read, target
 from listener.commands.adoption.rows import rows_left_behind, user_checks
 from listener.commands.adoption.steps import Plan, Step
@@ -92,6 +93,8 @@ async def plan(
                 )
     for name in names:
         _adopt_table(name, ours, theirs.tables[name], theirs, result, bypass)
+        result.adopted += ours.tables[name].indexes
+    result.adopted += sorted(indexes_made_on(statements, set(names)))
     await user_checks(conn, theirs, result)
     await rows_left_behind(conn, theirs, result)
     result.steps.sort(key=lambda step: step.phase)
@@ -156,7 +159,7 @@ def _adopt_table(
         if constraint["kind"] in ("p", "n"):
             continue
         if constraint["name"] in existing:
-            result.held_constraints.append(constraint["name"])
+            result.adopted.append(constraint["name"])
             continue
         _add_constraint(name, constraint, theirs, catalog, added, result, target_.functions)
     for index in sorted(ours.indexes.values(), key=lambda i: str(i["name"])):
@@ -203,7 +206,7 @@ def _add_constraint(
     cname, definition, cols = constraint["name"], constraint["def"], list(constraint["cols"])
     if any(re.search(rf"\b{name}\(", definition) for name in functions):
         return  # it calls a function of the migration files: the file that makes it adds it
-    result.held_constraints.append(cname)
+    result.adopted.append(cname)
     user_cols = [c for c in cols if c not in added]
     if constraint["kind"] == "f":
         ref = constraint["ref"]

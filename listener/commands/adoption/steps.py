@@ -33,5 +33,6 @@ class Plan:
     tables: list[str] = field(default_factory=list)
     held_functions: list[str] = field(default_factory=list)
     held_indexes: list[str] = field(default_factory=list)
-    # The adopted tables' constraints the numbered files leave alone in this migrate (Held).
-    held_constraints: list[str] = field(default_factory=list)
+    # The adopted tables' constraints and indexes the numbered files leave alone in this
+    # migrate (Held.adopted).
+    adopted: list[str] = field(default_factory=list)
