@@ -14,6 +14,15 @@ not load the contexts runs its `lead_contexts` statement too, counted with the c
     uv run python bench/statement_cpu.py [--batches 100] [--batch 50] [--rounds 3]
 
 (`/proc/<pid>/schedstat` must exist: Linux with the server on this machine.)
+
+`--steps-ab` prices a follow-up step instead: each round drains the same backlog by hand in
+three ways, in a rotating order, on one scratch database: without a step, with a step 2 due a
+day after each send (its row created by record_parts), and with that step while the insert
+trigger is told to NOTIFY for it anyway (`SET listener.notify_horizon = '2 days'`, what the
+trigger did for every due time before the wake horizon). A connection LISTENs on the channel
+throughout, as a daemon's does, and its backend's CPU is counted with the worker's: a NOTIFY
+costs the listening backends too. Beside the CPU per message, the database's own WAL per
+message (pg_walinspect, dbwork.py): bytes, heap and btree records.
 """
 
 from __future__ import annotations
@@ -25,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import _common as c
+import dbwork
 import psycopg
 
 from listener.queries import q
@@ -68,11 +78,22 @@ def one_round(url: str, batches: int, batch: int) -> dict[str, float]:
     c.seed_leads(url, batches * batch)
     campaign = c.seed_campaign(url)
     c.seed_messages(url, campaign, batches * batch)
+    return drain(url, batches, batch)
+
+
+def drain(
+    url: str, batches: int, batch: int, *, setup: str | None = None, listen_pid: int | None = None
+) -> dict[str, float]:
+    """Drain the seeded backlog by hand on one connection (`setup` run on it first); CPU µs
+    per message by statement (with `listen_pid`, that backend's CPU too, as `listen`)."""
     spent = {"claim": 0.0, "store_parts": 0.0, "record_parts": 0.0}
     done = 0
     worker = "statement-cpu"
     separate_contexts = "get_lead_full_context" not in q("claim")
+    listen_before = backend_cpu(listen_pid) if listen_pid is not None else 0.0
     with psycopg.connect(url, autocommit=True) as conn:
+        if setup is not None:
+            conn.execute(setup)
         row = conn.execute("SELECT pg_backend_pid()").fetchone()
         assert row is not None
         pid = row[0]
@@ -98,9 +119,120 @@ def one_round(url: str, batches: int, batch: int) -> dict[str, float]:
         check is not None and check[0] == done == batches * batch,
         f"only {done} of {batches * batch} messages went through",
     )
+    if listen_pid is not None:
+        spent["listen"] = backend_cpu(listen_pid) - listen_before
     per = {k: round(v / done * 1e6, 1) for k, v in spent.items()}
     per["total"] = round(sum(per.values()), 1)
     return per
+
+
+#: --steps-ab's sides: (name, whether the campaign has a step 2, the worker's session setup).
+SIDES = (
+    ("without", False, None),
+    ("with", True, None),
+    ("with, NOTIFY", True, "SET listener.notify_horizon = '2 days'"),
+)
+
+
+def steps_round(url: str, campaign: str, batches: int, batch: int, turn: int) -> dict[str, Any]:
+    """One round of --steps-ab: each side drains a fresh backlog, in an order rotated by
+    `turn`; CPU µs, WAL and notifications per message by side."""
+    n = batches * batch
+    out: dict[str, Any] = {}
+    with psycopg.connect(url, autocommit=True) as listen:
+        listen.execute("LISTEN campaign_messages")
+        row = listen.execute("SELECT pg_backend_pid()").fetchone()
+        assert row is not None
+        order = SIDES[turn % len(SIDES) :] + SIDES[: turn % len(SIDES)]
+        for name, steps, setup in order:
+            with psycopg.connect(url, autocommit=True) as conn:
+                conn.execute("TRUNCATE campaign_messages, sandbox_outbox CASCADE")
+                conn.execute("DELETE FROM campaign_steps")
+                if steps:
+                    conn.execute(
+                        "INSERT INTO campaign_steps (campaign_id, step, wait)"
+                        " VALUES (%s, 2, '1 day')",
+                        (campaign,),
+                    )
+            c.seed_messages(url, campaign, n)
+            for _ in listen.notifies(timeout=0.2):
+                pass  # the seed's own
+            with dbwork.measured(url, n) as work:
+                cpu = drain(url, batches, batch, setup=setup, listen_pid=row[0])
+            notifies = sum(1 for _ in listen.notifies(timeout=0.2))
+            with psycopg.connect(url) as conn:
+                made = conn.execute("SELECT count(*) FROM campaign_messages WHERE step = 2")
+                made_row = made.fetchone()
+            c.require(
+                made_row is not None and made_row[0] == (n if steps else 0),
+                f"{name}: {made_row} step rows, not {n if steps else 0}",
+            )
+            out[name] = {
+                "cpu_us": cpu,
+                "notifies_per_batch": round(notifies / batches, 2),
+                **{k: work.get(k) for k in WAL_FIGURES},
+            }
+    return out
+
+
+WAL_FIGURES = (
+    "wal_bytes_without_fpi",
+    "wal_records",
+    "wal_heap_records",
+    "wal_btree_records",
+    "inserted",
+    "tuples_written",
+)
+
+
+def steps_ab(args: Any) -> None:
+    """--steps-ab: rounds of the three sides on one scratch database; medians by side, and
+    each side's total CPU per message against the side without a step."""
+    url = c.recreate_db(args.url, args.db)
+    n = args.batches * args.batch
+    c.seed_leads(url, n)
+    campaign = c.seed_campaign(url)
+    rounds = []
+    for turn in range(args.rounds):
+        rounds.append(steps_round(url, campaign, args.batches, args.batch, turn))
+        print(
+            f"  round {turn + 1}: "
+            + "; ".join(f"{k}: {v['cpu_us']['total']} µs" for k, v in rounds[-1].items())
+        )
+    sides: dict[str, Any] = {}
+    for name, _, _ in SIDES:
+        cpu = {
+            k: statistics.median(r[name]["cpu_us"][k] for r in rounds)
+            for k in rounds[0][name]["cpu_us"]
+        }
+        ratios = [r[name]["cpu_us"]["total"] / r["without"]["cpu_us"]["total"] for r in rounds]
+        sides[name] = {
+            "cpu_us": cpu,
+            "cpu_ratio_median": round(statistics.median(ratios), 4),
+            "cpu_ratio_min": round(min(ratios), 4),
+            "cpu_ratio_max": round(max(ratios), 4),
+            **{
+                k: statistics.median(r[name][k] for r in rounds if r[name][k] is not None)
+                if any(r[name][k] is not None for r in rounds)
+                else None
+                for k in (*WAL_FIGURES, "notifies_per_batch")
+            },
+        }
+        s = sides[name]
+        print(
+            f"{name:>13}: Postgres CPU per message {cpu['total']:.1f} µs (claim {cpu['claim']},"
+            f" store {cpu['store_parts']}, record {cpu['record_parts']}, LISTEN backend"
+            f" {cpu['listen']}), x{s['cpu_ratio_median']:.3f} of without"
+            f" ({s['cpu_ratio_min']:.3f}-{s['cpu_ratio_max']:.3f});"
+            f" WAL {s['wal_bytes_without_fpi']} B, {s['wal_heap_records']} heap and"
+            f" {s['wal_btree_records']} btree records;"
+            f" {s['notifies_per_batch']} NOTIFY per batch"
+        )
+    c.write_result(
+        "statement_cpu_steps_ab",
+        {"batch": args.batch, "batches": args.batches, "rounds": rounds, "sides": sides},
+        tag=args.tag,
+    )
 
 
 def main() -> None:
@@ -108,8 +240,16 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=100)
     parser.add_argument("--batch", type=int, default=50, help="messages per statement")
     parser.add_argument("--rounds", type=int, default=3, help="fresh databases; medians kept")
+    parser.add_argument(
+        "--steps-ab",
+        action="store_true",
+        help="price a follow-up step's creation instead (see the docstring)",
+    )
     args = parser.parse_args()
     c.smoke(parser, args, batches=2, batch=5, rounds=1)
+    if args.steps_ab:
+        steps_ab(args)
+        return
     runs = []
     for round_ in range(args.rounds):
         url = c.recreate_db(args.url, args.db)

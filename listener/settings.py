@@ -198,8 +198,10 @@ class Settings(BaseSettings):
         default_factory=_default_worker_id, validation_alias="LISTENER_WORKER_ID"
     )
     debounce: Duration = Field(timedelta(milliseconds=10), validation_alias="LISTENER_DEBOUNCE")
+    # At most the insert trigger's wake horizon: rows due beyond it send no NOTIFY, and this
+    # poll is what arms the wake-up timer for them (campaign_messages_notify_insert.sql).
     poll_interval: Duration = Field(
-        timedelta(seconds=30), validation_alias="LISTENER_POLL_INTERVAL"
+        timedelta(seconds=30), le=timedelta(hours=1), validation_alias="LISTENER_POLL_INTERVAL"
     )
     claim_batch: int = Field(100, ge=1, le=10000, validation_alias="LISTENER_CLAIM_BATCH")
     # A hold of a whole campaign moves its due messages aside this many per statement.

@@ -290,7 +290,9 @@ BEGIN
          WHERE m.id = n.id AND c.status = 'paused' AND n.status = 'pending';
     END IF;
     SELECT min(scheduled_at) INTO due FROM new_rows WHERE status = 'pending';
-    IF due IS NOT NULL THEN
+    IF due IS NOT NULL
+       AND due <= now() + COALESCE(NULLIF(current_setting('listener.notify_horizon', true), '')
+                                       ::interval, interval '1 hour') THEN
         PERFORM pg_notify('campaign_messages', extract(epoch FROM due)::text);
     END IF;
     -- Locks on runs are taken in id order so concurrent statements cannot deadlock.

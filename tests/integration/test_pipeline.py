@@ -150,6 +150,55 @@ async def test_each_future_row_is_woken_at_its_time_with_a_slow_poll(db_url: str
     assert late == (True,)
 
 
+def test_rows_due_beyond_the_wake_horizon_send_no_notify(db_url: str, db: Conn) -> None:
+    """The insert trigger wakes the listeners only for rows due within the wake horizon (1
+    hour): a row due later, such as a follow-up step created days ahead by a send's record,
+    is found by the listeners' poll instead (the next test)."""
+    campaign = make_campaign(db)
+    leads = make_leads(db, 3)
+    with psycopg.connect(db_url, autocommit=True) as listen:
+        listen.execute("LISTEN campaign_messages")
+
+        def payloads() -> list[str]:
+            return [n.payload for n in listen.notifies(timeout=0.5)]
+
+        enqueue(db, campaign, leads[:1], delay_seconds=2 * 3600)
+        assert payloads() == []
+        enqueue(db, campaign, leads[1:2], delay_seconds=3600 - 60)
+        assert len(payloads()) == 1
+        # The horizon is the session's (or the database's) listener.notify_horizon when set.
+        db.execute("SET listener.notify_horizon = '1 min'")
+        enqueue(db, campaign, leads[2:], delay_seconds=120)
+        db.execute("RESET listener.notify_horizon")
+        assert payloads() == []
+
+
+async def test_a_row_due_beyond_the_wake_horizon_goes_out_at_its_time(
+    db_url: str, db: Conn
+) -> None:
+    """A row inserted without a NOTIFY (due beyond the horizon, here shortened to 1 s for the
+    inserting session) is found by the poll, which arms the wake-up timer for its due time:
+    it goes out then, and not before. Without the poll's look the row would never be sent."""
+    campaign = make_campaign(db)
+    (lead,) = make_leads(db, 1)
+    async with running(db_url, poll_interval="500ms") as daemon:
+        assert daemon.listener is not None and daemon.processor is not None
+        processor = daemon.processor
+        heard = daemon.listener.notifications
+        db.execute("SET listener.notify_horizon = '1s'")
+        enqueue(db, campaign, [lead], delay_seconds=6.0)
+        db.execute("RESET listener.notify_horizon")
+        row = db.execute("SELECT scheduled_at FROM campaign_messages").fetchone()
+        assert row is not None
+        # The poll (every 0.5 s, the row due in 6 s) reads the next due time: the timer's.
+        await await_until(lambda: processor.next_due == row[0], timeout=5)
+        assert statuses(db) == {"pending": 1}
+        await await_until(lambda: statuses(db).get("sent") == 1, timeout=30)
+        assert daemon.listener.notifications == heard  # no NOTIFY woke it
+    late = db.execute("SELECT bool_and(sent_at >= scheduled_at) FROM campaign_messages").fetchone()
+    assert late == (True,)
+
+
 async def test_two_listeners_split_the_work_and_never_share_a_message(
     db_url: str, db: Conn
 ) -> None:

@@ -85,6 +85,7 @@ def test_environment_names_are_read(monkeypatch: pytest.MonkeyPatch) -> None:
         ({"LISTENER_LEASE": "0"}, "LISTENER_LEASE must be at least 1s"),
         ({"LISTENER_LEASE": "500ms"}, "LISTENER_LEASE"),
         ({"LISTENER_POLL_INTERVAL": "0s"}, "LISTENER_POLL_INTERVAL"),
+        ({"LISTENER_POLL_INTERVAL": "2h"}, "LISTENER_POLL_INTERVAL"),
         ({"LISTENER_RESCUE_INTERVAL": "0"}, "LISTENER_RESCUE_INTERVAL"),
         ({"LISTENER_SWEEP_INTERVAL": "0ms"}, "LISTENER_SWEEP_INTERVAL"),
         ({"LISTENER_HEALTH_INTERVAL": "0"}, "LISTENER_HEALTH_INTERVAL"),
