@@ -148,16 +148,19 @@ class EvolutionSender:
         self, *, instance: str, numbers: tuple[str, ...], since: datetime
     ) -> tuple[str, str] | None:
         """A row the old system left `processing`, looked up on Evolution: the id and text of
-        the newest message we sent to one of `numbers` since `since`, or None."""
+        the newest message we sent to one of `numbers` since `since`, or None. Asked by
+        `key.remoteJid` and `key.remoteJidAlt`, as `find_sent` is (a send to a number known by
+        its lid is stored under the lid), and each record found must name the number."""
         path = f"/chat/findMessages/{quote(instance, safe='')}"
         for number in numbers:
+            jid = f"{number}@s.whatsapp.net"
             body = {
-                "where": {"key": {"remoteJid": f"{number}@s.whatsapp.net", "fromMe": True}},
+                "where": {"key": {"remoteJid": jid, "remoteJidAlt": jid, "fromMe": True}},
                 "page": 1,
                 "offset": 50,
             }
             _, payload = await self._ask("POST", path, body=body, number=number)
-            found = answers.found_any(payload, since.timestamp())
+            found = answers.found_any(payload, since.timestamp(), numbers)
             if found is not None:
                 return found
         return None

@@ -43,9 +43,7 @@ def found(payload: Any, text: str, since: float, numbers: tuple[str, ...]) -> st
         key, message = record.get("key"), record.get("message")
         if not isinstance(key, dict) or not isinstance(message, dict):
             continue
-        if not {_jid_number(key.get("remoteJid")), _jid_number(key.get("remoteJidAlt"))} & set(
-            numbers
-        ):
+        if not _names(key, numbers):
             continue  # another chat (or a bare lid, which names no number)
         body = message.get("conversation")
         if not isinstance(body, str):
@@ -58,9 +56,10 @@ def found(payload: Any, text: str, since: float, numbers: tuple[str, ...]) -> st
     return None
 
 
-def found_any(payload: Any, since: float) -> tuple[str, str] | None:
-    """The id and text of the newest record of a findMessages answer sent at or after `since`
-    (epoch seconds). A record without a time does not count: it cannot be placed after it."""
+def found_any(payload: Any, since: float, numbers: tuple[str, ...]) -> tuple[str, str] | None:
+    """The id and text of the newest record of a findMessages answer to one of `numbers` (its
+    `key.remoteJid` or `key.remoteJidAlt`) sent at or after `since` (epoch seconds). A record
+    without a time does not count: it cannot be placed after it."""
     messages = payload.get("messages") if isinstance(payload, dict) else None
     records = messages.get("records") if isinstance(messages, dict) else None
     if not isinstance(records, list):
@@ -72,6 +71,8 @@ def found_any(payload: Any, since: float) -> tuple[str, str] | None:
         stamp = record.get("messageTimestamp")
         if not isinstance(key, dict) or not isinstance(key.get("id"), str):
             continue
+        if not _names(key, numbers):
+            continue  # another chat (or a bare lid, which names no number)
         if not isinstance(stamp, int | float) or float(stamp) < since - 1:
             continue
         body = message.get("conversation") if isinstance(message, dict) else None
@@ -107,6 +108,13 @@ def _jid_number(jid: Any) -> str:
     if not isinstance(jid, str) or not jid.endswith("@s.whatsapp.net"):
         return ""
     return jid.split("@", 1)[0].split(":", 1)[0]
+
+
+def _names(key: dict[str, Any], numbers: tuple[str, ...]) -> bool:
+    """Whether a record's key names one of `numbers` in `remoteJid` or `remoteJidAlt`."""
+    return bool(
+        {_jid_number(key.get("remoteJid")), _jid_number(key.get("remoteJidAlt"))} & set(numbers)
+    )
 
 
 def _connection_closed(payload: Any) -> bool:

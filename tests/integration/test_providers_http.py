@@ -1062,3 +1062,35 @@ async def test_find_sent_takes_only_a_record_that_names_the_number(
     assert await find() == "K0"
     [*_, asked] = server.seen
     assert asked.body["where"]["key"] == {"remoteJid": jid, "remoteJidAlt": jid, "fromMe": True}
+
+
+async def test_find_any_sent_asks_remote_jid_alt_and_takes_only_a_record_naming_the_number(
+    server: FakeProviders, sender: EvolutionSender
+) -> None:
+    # A row the old system left `processing`, sent to a number Evolution knows by its lid: the
+    # record is under the lid with the number in remoteJidAlt. Evolution matches remoteJid OR
+    # remoteJidAlt (an empty branch of that OR is Prisma's to read), so both are asked, and a
+    # record that names another number (or none: a bare lid) is not this lead's.
+    since = datetime.now(UTC) - timedelta(minutes=1)
+    jid = f"{NUMBER}@s.whatsapp.net"
+
+    def answer(*keys: dict[str, str]) -> Reply:
+        records = [
+            {
+                "key": {"id": f"K{i}", "fromMe": True, **key},
+                "message": {"conversation": f"Olá {i}"},
+                "messageTimestamp": int(time.time()),
+            }
+            for i, key in enumerate(keys)
+        ]
+        return Reply(200, {"messages": {"records": records}})
+
+    def find() -> Any:
+        return sender.find_any_sent(instance="inst", numbers=(NUMBER,), since=since)
+
+    server.script(answer({"remoteJid": "5511999999999@s.whatsapp.net"}, {"remoteJid": "1@lid"}))
+    assert await find() is None
+    server.script(answer({"remoteJid": "1@lid"}, {"remoteJid": "1@lid", "remoteJidAlt": jid}))
+    assert await find() == ("K1", "Olá 1")
+    [*_, asked] = server.seen
+    assert asked.body["where"]["key"] == {"remoteJid": jid, "remoteJidAlt": jid, "fromMe": True}
