@@ -678,12 +678,34 @@ async def test_the_secret_is_never_logged(
     assert "5511987650000" not in text
 
 
+async def test_a_fixed_line_that_whatsapp_refuses_says_it_is_a_fixed_line(
+    db_url: str, db: Conn
+) -> None:
+    """Evolution's 400 for a number not on WhatsApp ends the message at once; when the lead's
+    number is a fixed line (stored `11 3456-7890`, sent to 551134567890), the reason says so."""
+    async with listening(db_url) as (_, fakes):
+        jid = {"jid": "551134567890@s.whatsapp.net", "exists": False, "number": "551134567890"}
+        fakes.send_script.append(
+            Reply(400, {"status": 400, "error": "Bad Request", "response": {"message": [jid]}})
+        )
+        campaign = make_campaign(db)
+        lead = one(
+            db, "INSERT INTO leads (name, phone) VALUES ('Dora', '11 3456-7890') RETURNING id"
+        )
+        enqueue(db, campaign, [lead], content="Olá!")
+        await await_until(lambda: statuses(db).get("failed") == 1)
+        assert [s["number"] for s in fakes.sends] == ["551134567890"]
+    error = one(db, "SELECT last_error FROM campaign_messages WHERE lead_id = %s", lead)
+    assert "not on WhatsApp" in error
+    assert "(a fixed line, not a mobile: most are not on WhatsApp)" in error
+
+
 async def test_a_lead_stored_in_national_form_is_sent_to_and_matched_by_its_reply(
     db_url: str, db: Conn
 ) -> None:
     """`(11) 98765-4321` goes to 5511987654321; the reply from that JID finds the lead; a
-    number not valid in Brazil fails at once with the reason; a fixed line that WhatsApp
-    refuses says it is a fixed line."""
+    number not valid in Brazil fails at once with the reason (a fixed line that WhatsApp refuses:
+    the test above)."""
     async with listening(db_url) as (daemon, fakes):
         campaign = make_campaign(db)
         national, trunk, bad = (
