@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any, LiteralString, cast
 
 import psycopg
+from psycopg import sql
+from psycopg.conninfo import make_conninfo
 
 SEED = Path(__file__).resolve().parent / "fixtures" / "seed"
 _BLOCK = re.compile(r"^-- shape: (\w+)\n(.*?)^-- end: \1\n", re.M | re.S)
@@ -70,6 +72,35 @@ def build(url: str, *, leave_out: tuple[str, ...] = (), then: str = "") -> None:
         conn.execute(cast(LiteralString, seed_sql(leave_out=leave_out)))
         if then:
             conn.execute(cast(LiteralString, then))
+
+
+#: The role that owns the seed's tables in `build_as_owner`, as Supabase's `postgres` does: it
+#: is not a superuser. Cluster-wide like the Supabase roles: created when missing, never dropped.
+OWNER = "listener_test_owner"
+
+
+def build_as_owner(url: str) -> str:
+    """Make the whole shape in the (empty) database of `url` as `OWNER`, the owner of the public
+    schema, who may create schemas in the database and is no superuser; return its URL."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(cast(LiteralString, (SEED / "roles.sql").read_text()))
+        conn.execute(
+            "DO $$ BEGIN CREATE ROLE listener_test_owner LOGIN NOSUPERUSER PASSWORD 'owner';"
+            " EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$"
+        )
+        name = conn.info.dbname
+        conn.execute(
+            sql.SQL("GRANT CREATE ON DATABASE {} TO {}").format(
+                sql.Identifier(name), sql.Identifier(OWNER)
+            )
+        )
+        conn.execute(sql.SQL("ALTER SCHEMA public OWNER TO {}").format(sql.Identifier(OWNER)))
+    owner = make_conninfo(url, user=OWNER, password="owner")
+    with psycopg.connect(owner, autocommit=True) as conn:
+        conn.execute(cast(LiteralString, seed_sql()))
+        row = conn.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user").fetchone()
+        assert row == (False,)
+    return owner
 
 
 def catalog(url: str) -> list[str]:

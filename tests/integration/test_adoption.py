@@ -17,7 +17,7 @@ from listener.queries import q
 from listener.testing import FakeProviders, http_settings, serve_fakes
 from tests.daemon_harness import running
 from tests.helpers import await_until
-from tests.seed_shapes import LeftBehind, build, catalog, leave_rows, seed_sql
+from tests.seed_shapes import LeftBehind, build, build_as_owner, catalog, leave_rows, seed_sql
 
 Conn = psycopg.Connection[Any]
 
@@ -185,6 +185,22 @@ async def _run_left_behind(conn: Conn, url: str, rows: LeftBehind, *, seed_funct
     skipped = conn.execute(q("sweep_old"), {"max_age": "1 day"}).fetchone()
     assert skipped == (1,)
     assert _status(conn, old[0])[1].startswith("skipped by the sweep")
+
+
+async def test_the_tables_owner_adopts_and_runs_without_being_a_superuser(
+    empty_db_url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """README's role: the tables' owner (Supabase's `postgres`, no superuser) migrates, and the
+    listener connected as it sends, looks up and replays past the user's RLS policies (which
+    let that role see nothing: the owner is not held to them)."""
+    owner = build_as_owner(empty_db_url)
+    rows = leave_rows(owner)
+    monkeypatch.setenv("DATABASE_URL", owner)
+    assert await cli("migrate", "--dry-run") == 0
+    assert await cli("migrate") == 0
+    assert "adopted your tables" in capsys.readouterr().out
+    with psycopg.connect(empty_db_url, autocommit=True) as conn:
+        await _run_left_behind(conn, owner, rows, seed_functions=True)
 
 
 async def test_a_row_left_processing_is_failed_replayably_when_it_cannot_be_looked_up(
