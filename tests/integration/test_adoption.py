@@ -254,6 +254,16 @@ def test_dry_run_prints_the_plan_and_changes_nothing(
         " DEFAULT 0 NOT NULL;" in out
     )
     assert "CREATE INDEX CONCURRENTLY IF NOT EXISTS idx_campaign_messages_due" in out
+    # Constraints NOT VALID, then validated on their own; the numbered files leave them.
+    assert (
+        "ALTER TABLE public.campaign_messages ADD CONSTRAINT campaign_messages_attempts_check"
+        " CHECK ((attempts >= 0)) NOT VALID;" in out
+    )
+    assert (
+        "ALTER TABLE public.campaign_messages VALIDATE CONSTRAINT"
+        " campaign_messages_attempts_check;" in out
+    )
+    assert "0017_sequences.sql: left out (constraint leads_timezone_check: the adoption" in out
     assert "listener_idx_campaign_messages_campaign" in out
     assert "listener_idx_campaign_messages_sent_at" in out
     assert "1 row(s) with status 'cancelled', which the listener does not know" in out

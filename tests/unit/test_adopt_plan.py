@@ -54,7 +54,10 @@ def test_the_migrate_that_adopts_leaves_the_adopted_constraints_and_indexes_alon
     assert adopted.leaves_out(
         "CREATE INDEX CONCURRENTLY IF NOT EXISTS idx_campaign_messages_sent_campaign"
         " ON campaign_messages (sent_at)"
-    ) == ("index idx_campaign_messages_sent_campaign is as the adoption left it")
+    ) == (
+        "index idx_campaign_messages_sent_campaign: the adoption built the indexes of your"
+        " tables as these files end up"
+    )
     assert adopted.leaves_out(
         "DROP INDEX CONCURRENTLY IF EXISTS idx_campaign_messages_sent_campaign"
     )

@@ -95,10 +95,16 @@ class Held:
         names += list(rename.groups()) if rename else []
         touched = [name for name in names if name in self.adopted]
         if touched:
-            return f"index {touched[0]} is as the adoption left it"
+            return (
+                f"index {touched[0]}: the adoption built the indexes of your tables as these"
+                " files end up"
+            )
         match = _ON_CONSTRAINT.match(text)
         if match and match.group(1) in self.adopted and not _MORE_ACTIONS.search(text):
-            return f"constraint {match.group(1)} is as the adoption left it"
+            return (
+                f"constraint {match.group(1)}: the adoption brought the constraints of your"
+                " tables to what these files end up with"
+            )
         return None
 
 
