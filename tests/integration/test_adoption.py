@@ -425,3 +425,32 @@ def test_the_numbered_files_leave_the_adopted_constraints_as_the_adoption_made_t
             " 'campaigns_budget_check') ORDER BY 1"
         ).fetchall()
         assert checks == [("campaigns_budget_check", True), ("campaigns_timezone_check", True)]
+
+
+def test_an_index_an_interrupted_adoption_left_invalid_is_built_again(
+    empty_db_url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A migrate killed while the adoption built an index CONCURRENTLY leaves it INVALID (the
+    state set here by hand), which `CREATE INDEX ... IF NOT EXISTS` would take for built: the
+    next migrate drops it and builds it again."""
+    build(
+        empty_db_url,
+        then="CREATE INDEX idx_campaign_messages_created_at ON campaign_messages (created_at);"
+        " UPDATE pg_index SET indisvalid = false"
+        " WHERE indexrelid = 'idx_campaign_messages_created_at'::regclass;",
+    )
+    monkeypatch.setenv("DATABASE_URL", empty_db_url)
+    assert entry(["migrate", "--dry-run"]) == 0
+    assert (
+        "DROP INDEX CONCURRENTLY IF EXISTS public.idx_campaign_messages_created_at;"
+        in capsys.readouterr().out
+    )
+
+    assert entry(["migrate"]) == 0
+
+    with psycopg.connect(empty_db_url) as conn:
+        valid = conn.execute(
+            "SELECT indisvalid FROM pg_index"
+            " WHERE indexrelid = 'idx_campaign_messages_created_at'::regclass"
+        ).fetchone()
+    assert valid == (True,)

@@ -63,6 +63,7 @@ SELECT c.relname AS tbl, k.conname AS name, k.contype AS kind, pg_get_constraint
 """
 _INDEXES: LiteralString = """
 SELECT t.relname AS tbl, i.relname AS name, x.indisunique AS uniq, x.indisprimary AS pk,
+       x.indisvalid AS valid,
        pg_get_indexdef(x.indexrelid) AS def,
        ARRAY(SELECT a.attname::text FROM pg_attribute a
               WHERE a.attrelid = t.oid AND a.attnum = ANY (x.indkey)) AS cols,

@@ -261,22 +261,41 @@ def _add_constraint(
     )
 
 
+def _index_there(catalog: Catalog, name: str) -> dict[str, Any] | None:
+    table = catalog.tables.get(catalog.index_tables.get(name, ""))
+    return table.indexes.get(name) if table is not None else None
+
+
 def _add_index(table: str, index: dict[str, Any], catalog: Catalog, result: Plan) -> None:
     name = str(index["name"])
     definition = str(index["def"])
     body = definition[definition.index(" USING ") :]
-    have_table = catalog.index_tables.get(name)
-    if have_table is not None:
-        have = catalog.tables.get(have_table)
-        have_def = have.indexes[name]["def"] if have is not None else ""
-        if have_table == table and have_def[have_def.index(" USING ") :] == body:
+    have = _index_there(catalog, name)
+    if catalog.index_tables.get(name) is not None:
+        have_def = have["def"] if have is not None else ""
+        same = catalog.index_tables[name] == table and have_def[have_def.index(" USING ") :] == body
+        if same and have is not None and have["valid"]:
             return
-        result.held_indexes.append(name)
-        own = ("listener_" + name)[:63]
-        result.notes.append(
-            f"{table}: your index {name} stays as it is; the listener's is built as {own}"
+        if not same:
+            result.held_indexes.append(name)
+            own = ("listener_" + name)[:63]
+            result.notes.append(
+                f"{table}: your index {name} stays as it is; the listener's is built as {own}"
+            )
+            name = own
+            have = _index_there(catalog, name)
+    if have is not None and not have["valid"]:
+        # An adoption killed while it built the index left it INVALID, which `IF NOT EXISTS`
+        # would take for built.
+        result.steps.append(
+            Step(
+                table,
+                f"drops the invalid index {name} an interrupted migrate left, to build it again",
+                f"DROP INDEX CONCURRENTLY IF EXISTS public.{name}",
+                transaction=False,
+                phase=4,
+            )
         )
-        name = own
     unique = "UNIQUE " if index["uniq"] else ""
     result.steps.append(
         Step(
