@@ -112,8 +112,16 @@ UNREADY: dict[str, tuple[Reply, str | None]] = {
         evolution_error(500, "Cannot read properties of undefined (reading 'onWhatsApp')"),
         "close",
     ),
-    # The same, the number's check cached, with a typing delay.
+    # The same, the number's check cached: inside the send's try, Baileys' `sendMessage` off
+    # the missing client (a send without `delay`, the listener's default)...
     "never_connected_cached": (
+        evolution_error(
+            400, "TypeError: Cannot read properties of undefined (reading 'sendMessage')"
+        ),
+        "close",
+    ),
+    # ... or, with a typing `delay`, `presenceSubscribe` before it.
+    "never_connected_cached_typing": (
         evolution_error(
             400, "TypeError: Cannot read properties of undefined (reading 'presenceSubscribe')"
         ),
