@@ -88,8 +88,9 @@ class FakeState:
     webhook_url: str = ""
     webhook_secret: str = ""
     # Seconds added to each webhook's `date_time`: Evolution writes the server's local time with
-    # a `Z` appended, so under its Dockerfile's TZ=America/Sao_Paulo it is -3 hours.
-    date_time_skew: float = 0.0
+    # a `Z` appended, so under its Dockerfile's TZ=America/Sao_Paulo it is -3 hours, as a stock
+    # server posts it (0: a server whose TZ is UTC).
+    date_time_skew: float = -3 * 3600.0
     # Post `send.message` after each accepted send, as Evolution does.
     emit_sent: bool = False
     # The next sends are delivered (and `send.message` posted when emit_sent) but answered 504
