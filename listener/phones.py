@@ -6,15 +6,26 @@ Leads are often stored the way people write numbers in their own country: `(11) 
 number is parsed with `phonenumbers` in a default region (`LISTENER_DEFAULT_REGION`, `BR`):
 a national number gains its country code, a trunk `0` is dropped, and a number that is not
 valid for its region is refused with the reason.
+
+A number already stored in international digits (`5511987654321`, the commonest form) skips
+`phonenumbers.parse`, whose answer for it is known (see `_international_digits`); the rest of
+the check is the same. A parsed number is remembered (`parse_phone`'s cache), since a lead's
+number is read again for each of its messages.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import cache, lru_cache
 
 import phonenumbers
 from phonenumbers import NumberParseException, PhoneNumberType
+
+# phonenumbers compiles a pattern of its metadata on each use unless told to keep them; the
+# re module's own cache then does the work, at a lookup's cost each time (bounded: the
+# metadata's patterns are fixed).
+phonenumbers.enable_pattern_cache()
 
 _NOT_DIGIT = re.compile(r"[^0-9]")  # ASCII digits only: Evolution wants 0-9
 
@@ -65,13 +76,31 @@ def parse_phone(raw: str | None, region: str = DEFAULT_REGION) -> Phone:
     A number with `+` (or an international prefix) is read as international; any other is read
     in `region`, and, when that is not a valid number there, as international digits without
     their `+` (`5511987654321` stored bare)."""
-    if raw is None or not raw.strip():
+    if raw is None:
+        raise BadPhone("invalid phone number: the lead has none")
+    answer = _parse_phone(raw, region)
+    if isinstance(answer, str):
+        raise BadPhone(answer)
+    return answer
+
+
+@lru_cache(maxsize=4096)
+def _parse_phone(raw: str, region: str) -> Phone | str:
+    """parse_phone's answer, or BadPhone's reason (a cache keeps answers, not exceptions)."""
+    try:
+        return _read_phone(raw, region)
+    except BadPhone as exc:
+        return str(exc)
+
+
+def _read_phone(raw: str, region: str) -> Phone:
+    if not raw.strip():
         raise BadPhone("invalid phone number: the lead has none")
     text = raw.strip()
     if not text.isascii() or not any("0" <= ch <= "9" for ch in text):
         raise BadPhone(f"invalid phone number {mask_phone_like(text)!r}: not a phone number")
     region = region.upper()
-    parsed = _parse(text, region)
+    parsed = _international_digits(text, region) or _parse(text, region)
     if parsed is not None and (old := _without_ninth_digit(parsed)) is not None:
         return old
     # A number is valid exactly when it has a type (phonenumbers' is_valid_number matches the
@@ -112,6 +141,61 @@ def _without_ninth_digit(parsed: phonenumbers.PhoneNumber) -> Phone | None:
     if phonenumbers.number_type(with_nine) != PhoneNumberType.MOBILE:
         return None
     return Phone("55" + national, "mobile")
+
+
+@dataclass(frozen=True, slots=True)
+class _Digits:
+    """What `_international_digits` needs of a region's metadata (see there)."""
+
+    code: str  # the country code, `55`
+    longest: int  # the most digits a national number of the region has
+    idd: re.Pattern[str] | None  # the international prefix dialled from the region (`00..`)
+    trunk: re.Pattern[str] | None  # the national prefix as parsing reads it (`0`, `90..`)
+
+
+@cache
+def _digits_form(region: str) -> _Digits | None:
+    metadata = phonenumbers.PhoneMetadata.metadata_for_region(region)
+    if metadata is None or metadata.country_code is None:
+        return None
+    general = metadata.general_desc
+    if phonenumbers.region_code_for_country_code(metadata.country_code) != region:
+        return None  # a region that shares its code (CA with US): parse switches metadata
+    if general is None or not general.possible_length or general.possible_length_local_only:
+        return None
+    idd, trunk = metadata.international_prefix, metadata.national_prefix_for_parsing
+    return _Digits(
+        str(metadata.country_code),
+        max(general.possible_length),
+        re.compile(idd) if idd else None,
+        re.compile(trunk) if trunk else None,
+    )
+
+
+def _international_digits(text: str, region: str) -> phonenumbers.PhoneNumber | None:
+    """`phonenumbers.parse(text, region)` for text that is the region's international digits
+    without `+` (`5511987654321` in BR), without parsing; None for any other text.
+
+    Why it is the same answer, step by step through parse for such text (ASCII digits only,
+    the region's country code first, more digits than any national number of the region, no
+    international prefix at its start, no `0` and no national prefix after the code): no
+    phone-context, extension or trailing text to take off; no `+` or international prefix, so
+    the number is read from the default region; it starts with the region's code and is too
+    long to be national, so the code is taken off; the national prefix does not match the rest,
+    so nothing more is taken off; the region of the code is the region itself, so its metadata
+    stays; no leading zero. What is left is the country code and the rest as an integer.
+    tests/unit/test_phones.py compares both on every Brazilian area code and near misses."""
+    form = _digits_form(region)
+    if form is None or not (text.isascii() and text.isdigit() and text.startswith(form.code)):
+        return None
+    national = text[len(form.code) :]
+    if len(text) <= form.longest or not 2 <= len(national) <= 17 or national[0] == "0":
+        return None  # 2 to 17: the national numbers parse accepts
+    if form.idd is not None and form.idd.match(text):
+        return None
+    if form.trunk is not None and form.trunk.match(national):
+        return None
+    return phonenumbers.PhoneNumber(country_code=int(form.code), national_number=int(national))
 
 
 def _parse(text: str, region: str | None) -> phonenumbers.PhoneNumber | None:

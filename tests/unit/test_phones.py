@@ -7,6 +7,7 @@ import pytest
 from listener.errors import ConfigurationError
 from listener.phones import (
     BadPhone,
+    Phone,
     fixed_line_note,
     mask_phone,
     normalize_phone,
@@ -130,3 +131,81 @@ def test_a_number_is_valid_exactly_when_it_has_a_type() -> None:
             assert typed == phonenumbers.is_valid_number(example)
             seen += 1
     assert seen > 5000
+
+
+def _brazilian_digits() -> list[str]:
+    """International digits as leads store them, and near misses: every two-digit area code
+    (real or not) with mobiles (a ninth digit `9`, and old 8-digit ones), fixed lines (`2`-`5`
+    first), and service-like numbers; each with a digit more or less; trunk and carrier prefixes
+    after the code (`0`, `90`, `0 15`), an international prefix (`0055`, `0015`)."""
+    numbers = []
+    for area in range(10, 100):
+        for first in range(10):
+            for rest in ("87654321", "12345678", "00000000", "99999999"):
+                numbers.append(f"55{area}{first}{rest}")  # 11 national digits
+                numbers.append(f"55{area}{first}{rest[:-1]}")  # 10: fixed lines, old mobiles
+                numbers.append(f"55{area}{first}{rest[:-2]}")  # 9
+                numbers.append(f"55{area}{first}{rest}1")  # 12
+    for national in ("11987654321", "1134567890", "40040000", "8001234567", "3003123456"):
+        numbers += [
+            "55" + national,
+            "550" + national,
+            "5590" + national,
+            "55015" + national,
+            "0055" + national,
+            "0015" + national,
+            "555" + national,
+        ]
+    return numbers
+
+
+def test_international_digits_are_read_as_phonenumbers_parses_them() -> None:
+    """The common form of a stored number (international digits without `+`) skips
+    `phonenumbers.parse`: where the shortcut answers, parse gives the very same number (and does
+    not refuse it). Checked on every Brazilian area code with mobiles, fixed lines and near
+    misses, and on every region's example numbers of every type written as international
+    digits (with a digit changed, cut short, made longer) read in their own region and in BR;
+    the shortcut must answer for most of them."""
+    import phonenumbers
+
+    from listener.phones import _international_digits
+
+    cases = [(digits, "BR") for digits in _brazilian_digits()]
+    for region in sorted(phonenumbers.SUPPORTED_REGIONS):
+        for kind in range(12):
+            example = phonenumbers.example_number_for_type(region, kind)
+            if example is None:
+                continue
+            national = str(example.national_number)
+            if example.italian_leading_zero:
+                national = "0" * (example.number_of_leading_zeros or 1) + national
+            for variant in (national, national[:-1], national + "7", national[:-1] + "0"):
+                digits = f"{example.country_code}{variant}"
+                cases += [(digits, region), (digits, "BR"), (digits, "US")]
+    answered = 0
+    for digits, region in cases:
+        fast = _international_digits(digits, region)
+        if fast is None:
+            continue
+        answered += 1
+        assert fast == phonenumbers.parse(digits, region), (digits, region)
+    assert answered > len(cases) // 3, (answered, len(cases))
+    for text in ("+5511987654321", "(11) 98765-4321", "11987654321", "5511 98765-4321"):
+        assert _international_digits(text, "BR") is None  # other forms are parsed
+
+
+def test_a_number_read_again_gives_the_same_answer() -> None:
+    """parse_phone remembers its answers, refusals included: a lead's number is parsed once
+    per process, and the second reading is the first."""
+    from listener.phones import _parse_phone
+
+    first = parse_phone("(21) 98765-4320", "BR")
+    hits = _parse_phone.cache_info().hits
+    assert parse_phone("(21) 98765-4320", "BR") == first == Phone("5521987654320", "mobile")
+    reasons = []
+    for _ in range(2):
+        with pytest.raises(BadPhone, match="not valid for region BR") as info:
+            parse_phone("(11) 1234-5670", "BR")
+        reasons.append(str(info.value))
+    assert reasons[0] == reasons[1]
+    assert _parse_phone.cache_info().hits == hits + 2
