@@ -54,6 +54,7 @@ run uv run python bench/status_page.py
 run uv run --group bench python bench/compare_queues.py
 if [[ $smoke == 1 ]]; then
   run uv run python bench/queue_throughput.py --steps-ab --repeat 2
+  run uv run python bench/statement_cpu.py --steps-ab
   run uv run python bench/ab.py
   run bare uv run python bench/profile_summary.py --smoke
   run bare bash bench/instructions.sh --smoke

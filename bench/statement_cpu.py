@@ -19,9 +19,12 @@ not load the contexts runs its `lead_contexts` statement too, counted with the c
 three ways, in a rotating order, on one scratch database: without a step, with a step 2 due a
 day after each send (its row created by record_parts), and with that step while the insert
 trigger is told to NOTIFY for it anyway (`SET listener.notify_horizon = '2 days'`, what the
-trigger did for every due time before the wake horizon). A connection LISTENs on the channel
-throughout, as a daemon's does, and its backend's CPU is counted with the worker's: a NOTIFY
-costs the listening backends too. Beside the CPU per message, the database's own WAL per
+trigger did for every due time before the wake horizon), and with that step while the worker's
+connection plans every statement once (`SET plan_cache_mode = force_generic_plan`: the rows a
+step adds can tip the plan cache into planning the claim at every call; the claim's generic
+and custom plans are counted, from pg_prepared_statements). A connection LISTENs on the
+channel throughout, as a daemon's does, and its backend's CPU is counted with the worker's: a
+NOTIFY costs the listening backends too. Beside the CPU per message, the database's own WAL per
 message (pg_walinspect, dbwork.py): bytes, heap and btree records.
 """
 
@@ -113,6 +116,10 @@ def drain(
                 conn.execute(q(statement), params(statement, ids, worker)).fetchall()
                 spent[statement] += backend_cpu(pid) - before
             done += len(ids)
+        plans = conn.execute(
+            "SELECT generic_plans, custom_plans FROM pg_prepared_statements"
+            " WHERE statement LIKE 'WITH due AS%%'"
+        ).fetchone()
         sent = conn.execute("SELECT count(*) FROM campaign_messages WHERE status = 'sent'")
         check = sent.fetchone()
     c.require(
@@ -123,6 +130,8 @@ def drain(
         spent["listen"] = backend_cpu(listen_pid) - listen_before
     per = {k: round(v / done * 1e6, 1) for k, v in spent.items()}
     per["total"] = round(sum(per.values()), 1)
+    if plans is not None:
+        per["claim_generic_plans"], per["claim_custom_plans"] = plans
     return per
 
 
@@ -131,6 +140,7 @@ SIDES = (
     ("without", False, None),
     ("with", True, None),
     ("with, NOTIFY", True, "SET listener.notify_horizon = '2 days'"),
+    ("with, generic plans", True, "SET plan_cache_mode = force_generic_plan"),
 )
 
 
@@ -226,7 +236,8 @@ def steps_ab(args: Any) -> None:
             f" ({s['cpu_ratio_min']:.3f}-{s['cpu_ratio_max']:.3f});"
             f" WAL {s['wal_bytes_without_fpi']} B, {s['wal_heap_records']} heap and"
             f" {s['wal_btree_records']} btree records;"
-            f" {s['notifies_per_batch']} NOTIFY per batch"
+            f" {s['notifies_per_batch']} NOTIFY per batch; claim plans: generic"
+            f" {cpu.get('claim_generic_plans')}, custom {cpu.get('claim_custom_plans')}"
         )
     c.write_result(
         "statement_cpu_steps_ab",
