@@ -4,6 +4,9 @@ Postgres."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
+import io
 import json
 import re
 import shutil
@@ -39,18 +42,6 @@ def cli_db(db_url: str, monkeypatch: pytest.MonkeyPatch) -> str:
     """DATABASE_URL points at the test's database, for commands run through `entry`."""
     monkeypatch.setenv("DATABASE_URL", db_url)
     return db_url
-
-
-@pytest.fixture
-def data_dir() -> Iterator[Path]:
-    """A LISTENER_DATA_DIR for an embedded Postgres, removed afterwards. Outside pytest's own
-    temporary folder: the embedded server runs as another user, and a pytest session started
-    meanwhile makes that folder private to its owner again."""
-    folder = Path(tempfile.mkdtemp(prefix="listener-test-data-"))
-    try:
-        yield folder
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 def message(
@@ -690,38 +681,67 @@ def test_demo_refuses_a_database_with_queued_messages(
     assert db.execute("SELECT count(*) FROM campaigns").fetchone() == (1,)
 
 
+@dataclasses.dataclass(frozen=True)
+class FreshMachineDemo:
+    """`listener demo --leads 4 --keep` with nothing set: what it printed and left behind."""
+
+    data_dir: Path
+    code: int
+    out: str
+    err: str
+    pgdata_after: set[str]  # the names in data_dir/demo/pgdata once the command returned
+
+
+@pytest.fixture(scope="module")
+def fresh_machine_demo() -> Iterator[FreshMachineDemo]:
+    """One embedded-Postgres demo run (an initdb and a demo: the slowest command there is),
+    shared by the tests that look at different things of it. Its LISTENER_DATA_DIR is outside
+    pytest's own temporary folder: the embedded server runs as another user, and a pytest
+    session started meanwhile makes that folder private to its owner again."""
+    folder = Path(tempfile.mkdtemp(prefix="listener-test-data-"))
+    out, err = io.StringIO(), io.StringIO()
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.delenv("DATABASE_URL", raising=False)
+            patch.setenv("LISTENER_DATA_DIR", str(folder))
+            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+                code = entry(["demo", "--leads", "4", "--keep"])
+        pgdata = folder / "demo" / "pgdata"
+        yield FreshMachineDemo(
+            folder, code, out.getvalue(), err.getvalue(), {p.name for p in pgdata.iterdir()}
+        )
+    finally:
+        stop_embedded()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def test_demo_on_a_fresh_machine_uses_an_embedded_postgres_and_stops_it(
-    data_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    fresh_machine_demo: FreshMachineDemo,
 ) -> None:
-    monkeypatch.delenv("DATABASE_URL", raising=False)
-    monkeypatch.setenv("LISTENER_DATA_DIR", str(data_dir))
-
-    code = entry(["demo", "--leads", "4"])
-
-    captured = capsys.readouterr()
-    assert code == 0, captured.err
-    out = captured.out
+    demo = fresh_machine_demo
+    assert demo.code == 0, demo.err
+    assert f"starting an embedded Postgres in {demo.data_dir / 'demo'}" in demo.err
     # 4 leads (one opted out), and step 2 for the 3 step 1 reached (one of them replied SAIR).
-    assert "7 messages, done in" in out
-    assert re.search(r": [4-6] sent, [1-3] skipped, 0 failed", out), out
-    assert (data_dir / "demo" / "pgdata" / "PG_VERSION").exists()
-    assert not (data_dir / "demo" / "pgdata" / "postmaster.pid").exists()
+    assert "7 messages, done in" in demo.out
+    assert re.search(r": [4-6] sent, [1-3] skipped, 0 failed", demo.out), demo.out
+    assert "PG_VERSION" in demo.pgdata_after
+    assert "postmaster.pid" not in demo.pgdata_after
 
 
 def test_after_the_demo_the_printed_command_shows_its_data(
-    data_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    fresh_machine_demo: FreshMachineDemo,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     """A newcomer's path: `listener demo --keep`, then `listener stats` with nothing set
     (another embedded database, never migrated), then the command the demo printed."""
+    demo, data_dir = fresh_machine_demo, fresh_machine_demo.data_dir
     monkeypatch.delenv("DATABASE_URL", raising=False)
     monkeypatch.setenv("LISTENER_DATA_DIR", str(data_dir))
     try:
-        code = entry(["demo", "--leads", "4", "--keep"])
-        captured = capsys.readouterr()
-        assert code == 0, captured.err
-        out = captured.out
-        found = re.search(r"^look at them with: (.+)$", out, re.MULTILINE)
-        assert found is not None, out
+        assert demo.code == 0, demo.err
+        found = re.search(r"^look at them with: (.+)$", demo.out, re.MULTILINE)
+        assert found is not None, demo.out
         command = found.group(1)
         assert re.fullmatch(
             rf"LISTENER_DATA_DIR={re.escape(str(data_dir / 'demo'))} (uv run )?listener stats"
