@@ -1,7 +1,8 @@
 """A big hold never freezes the daemon: a campaign of 100,000 due messages outside its
 send window is moved aside in short batches while a small campaign beside it goes on sending
-(one attempt per message, no part repeated, no lease lapsing), also with the database busy; a
-hold cut off mid-move is taken up again, and its messages are not claimed meanwhile."""
+(one attempt per message, no part repeated, no lease lapsing) with the database busy, and so
+is one of 20,000 on a quiet database; a hold cut off mid-move is taken up again, and its
+messages are not claimed meanwhile."""
 
 from __future__ import annotations
 
@@ -121,12 +122,16 @@ async def await_value(
     raise AssertionError(f"{sql} did not reach {expected} within {timeout}s")
 
 
-@pytest.mark.parametrize("busy", [False, True], ids=["quiet", "busy"])
-async def test_a_100000_message_hold_is_done_in_batches_while_a_small_campaign_sends(
-    db_url: str, db: Conn, adb: AConn, busy: bool, caplog: pytest.LogCaptureFixture
+# The issue's size (a 100,000-message hold froze lease renewal) on a busy database; a smaller
+# one on a quiet database (still twenty batches: the behaviour does not depend on the size).
+@pytest.mark.parametrize(
+    ("busy", "size"), [(False, 20_000), (True, 100_000)], ids=["quiet-20000", "busy-100000"]
+)
+async def test_a_big_hold_is_done_in_batches_while_a_small_campaign_sends(
+    db_url: str, db: Conn, adb: AConn, busy: bool, size: int, caplog: pytest.LogCaptureFixture
 ) -> None:
     big = closed_window(db)
-    fill(db, big, 100_000)
+    fill(db, big, size)
     small = make_campaign(db, name="small")
     leads = make_leads(db, 40)
     caplog.set_level(logging.WARNING, logger="listener")
@@ -154,7 +159,7 @@ async def test_a_100000_message_hold_is_done_in_batches_while_a_small_campaign_s
                     "SELECT count(*) FROM campaign_messages"
                     " WHERE campaign_id = %s AND wait_reason = 'window'",
                     (big,),
-                    100_000,
+                    size,
                     timeout=120,
                 )
                 held_in = time.monotonic() - began
@@ -186,7 +191,7 @@ async def test_a_100000_message_hold_is_done_in_batches_while_a_small_campaign_s
                 stop.set()
                 lapsed = await sampler
     print(
-        f"hold of 100,000 done in {held_in:.1f}s; load statements {load};"
+        f"hold of {size:,} done in {held_in:.1f}s; load statements {load};"
         f" {renewals:.0f} lease renewals, the slowest under {slowest_renewal}s"
     )
     # The hold is done within seconds, not minutes: a few seconds here, quiet or busy; the
@@ -201,7 +206,7 @@ async def test_a_100000_message_hold_is_done_in_batches_while_a_small_campaign_s
     assert attempts == [(1, 40)]
     sent = [(s["number"], s["text"]) for s in fakes.accepted()]
     assert len(sent) == 80 and len(set(sent)) == 80
-    # No claim churn: the big campaign was claimed a claim batch or two, not 100,000 times.
+    # No claim churn: the big campaign was claimed a claim batch or two, not once per message.
     assert claims is not None and claims - 40 <= 100, claims
     assert one(db, "SELECT count(*) FROM listener_campaign_holds") == 0
     big_attempts = "SELECT count(*) FROM campaign_messages WHERE attempts > 0 AND campaign_id = %s"
