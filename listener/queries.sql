@@ -92,10 +92,13 @@ SELECT claimed.*, contexts.context
 SELECT lead_id, context FROM listener_get_lead_full_context(%(lead_ids)b::uuid[])
 
 -- next_due --
--- When the next pending row comes due, to set the wake-up timer.
+-- When the next pending row comes due after `after` (the time the last claim began), to set
+-- the wake-up timer. Not after now(): a row that came due while that claim ran was neither
+-- claimed nor is it in the future, and nothing else would wake the loop for it (the poll would).
 SELECT min(scheduled_at) AS next_due
   FROM campaign_messages
- WHERE status = 'pending' AND wait_reason IS DISTINCT FROM 'paused' AND scheduled_at > now()
+ WHERE status = 'pending' AND wait_reason IS DISTINCT FROM 'paused'
+   AND scheduled_at > %(after)s
 
 -- backlog --
 -- Pending rows already due (a gauge on /metrics); paused campaigns' rows are not due.

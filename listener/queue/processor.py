@@ -141,6 +141,7 @@ class Processor:
                 break
             limit = min(settings.claim_batch, self._high_water - self.held)
             last_claim = time.monotonic()
+            claim_began = datetime.now(UTC)
             try:
                 # A database that stops answering (a frozen connection raises nothing) must
                 # not hang the loop: a claim slower than a lease is given up. Rows it may have
@@ -170,7 +171,7 @@ class Processor:
                 self._held[job.id] = job
                 self._tasks[job.id] = asyncio.create_task(self._run(job))
             if not more:
-                await self.refresh_next_due()
+                await self.refresh_next_due(claim_began)
 
     async def _wait_for_gates(self) -> None:
         """Sleep while a provider holds the listener back; wake at once on shutdown."""
@@ -205,10 +206,12 @@ class Processor:
         )
         return jobs
 
-    async def refresh_next_due(self) -> None:
-        """Read when the next future row comes due (for the wake-up timer)."""
+    async def refresh_next_due(self, claim_began: datetime) -> None:
+        """Read when the next row comes due after the last claim began (for the wake-up timer):
+        one that came due while the claim ran gives a time already past, so the timer fires at
+        once and the next claim takes it."""
         try:
-            self.next_due = await self.store.next_due()
+            self.next_due = await self.store.next_due(claim_began)
         except psycopg.Error as exc:
             log.warning("next due lookup failed: %s", exc, extra={"action": "next_due_failed"})
             return

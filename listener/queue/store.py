@@ -135,10 +135,10 @@ class Store:
         assert row is not None  # the campaign of a claimed message exists
         return row
 
-    async def next_due(self) -> datetime | None:
-        """When the next future pending row comes due."""
+    async def next_due(self, after: datetime) -> datetime | None:
+        """When the next pending row comes due after `after` (possibly already past)."""
         async with self.pool.connection() as conn:
-            cur = await conn.execute(q("next_due"))
+            cur = await conn.execute(q("next_due"), {"after": after})
             row = await cur.fetchone()
         return row[0] if row else None
 

@@ -195,6 +195,35 @@ async def test_a_row_due_beyond_the_wake_horizon_goes_out_at_its_time(
         assert statuses(db) == {"pending": 1}
         await await_until(lambda: statuses(db).get("sent") == 1, timeout=30)
         assert daemon.listener.notifications == heard  # no NOTIFY woke it
+
+
+async def test_a_row_that_comes_due_while_a_claim_runs_is_woken_with_a_slow_poll(
+    db_url: str, db: Conn
+) -> None:
+    """A row that comes due while a claim runs is neither claimed (the claim's time is that of
+    its start) nor in the future once it returns: it must still be woken, not left for the poll
+    (here ten minutes away, so the wait below can only end through the timer). A claim of a
+    few milliseconds met this with the demo's follow-up steps, due a millisecond apart, and
+    the last one waited the 30 s poll; here the first row's claim is made slow."""
+    campaign = make_campaign(db)
+    first, second = make_leads(db, 2)
+    db.execute(
+        "CREATE FUNCTION test_slow_claim() RETURNS trigger LANGUAGE plpgsql AS"
+        " $$ BEGIN PERFORM pg_sleep(1.5); RETURN NEW; END $$"
+    )
+    db.execute(
+        "CREATE TRIGGER test_slow_claim BEFORE UPDATE ON campaign_messages FOR EACH ROW"
+        " WHEN (OLD.status = 'pending' AND NEW.status = 'processing' AND OLD.content = 'first')"
+        " EXECUTE FUNCTION test_slow_claim()"
+    )
+    async with running(db_url, poll_interval="600s", lease="30s"):
+        db.execute(
+            "INSERT INTO campaign_messages (campaign_id, lead_id, content, scheduled_at)"
+            " VALUES (%s, %s, 'first', now() + interval '1 second'),"
+            " (%s, %s, 'second', now() + interval '1.5 seconds')",
+            (campaign, first, campaign, second),
+        )
+        await await_until(lambda: statuses(db).get("sent") == 2, timeout=30)
     late = db.execute("SELECT bool_and(sent_at >= scheduled_at) FROM campaign_messages").fetchone()
     assert late == (True,)
 
