@@ -65,6 +65,7 @@ def params(statement: str, ids: list[Any], worker: str) -> dict[str, Any]:
             "models": ["sandbox"] * n,
             "fallbacks": [False] * n,
             "worker": worker,
+            "processing": "processing",
         }
     return {
         "ids": ids,
@@ -73,6 +74,7 @@ def params(statement: str, ids: list[Any], worker: str) -> dict[str, Any]:
         "finals": [True] * n,
         "instances": ["sandbox"] * n,
         "worker": worker,
+        "processing": "processing",
     }
 
 

@@ -121,6 +121,11 @@ SELECT count(*) AS due FROM campaign_messages
 -- message then ends skipped, its LLM usage kept by finish). No column
 -- it sets is in an index, and it leaves updated_at alone (the claim just set it; the record
 -- sets it again), so the update is HOT where the page has room: no index entry.
+-- %(processing)b is the text 'processing', a parameter so that the statement's generic plan
+-- (prepared after a few runs) finds each row by its primary key from the batch's ids: given
+-- the literal, it may read every row in flight from the lease index (a partial index of
+-- 'processing' rows, which it takes for one row) and compare each with the whole batch, a
+-- cost per message that grows with the batch (record_parts does the same).
 WITH stored AS (
     UPDATE campaign_messages m
        SET generated_text = v.generated_text,
@@ -135,7 +140,7 @@ WITH stored AS (
                   %(costs)b::float8[], %(models)b::text[], %(fallbacks)b::bool[])
            AS v(id, generated_text, parts, prompt_tokens, completion_tokens, cost_usd,
                 model, fallback)
-     WHERE m.id = v.id AND m.status = 'processing' AND m.locked_by = %(worker)b
+     WHERE m.id = v.id AND m.status = %(processing)b AND m.locked_by = %(worker)b
        AND m.parts IS NULL
        AND NOT EXISTS (SELECT 1 FROM leads l
                         WHERE l.id = m.lead_id
@@ -176,7 +181,8 @@ SELECT CASE WHEN l.opted_out THEN 'skipped: the lead opted out'
 -- for a message whose campaign has a next step, creates that step's row: due its wait after
 -- this send, same lead, campaign, run and number. Its previous_id is unique, so a record run
 -- again (or by another listener) never creates a second one. A part before the last changes
--- no indexed column (updated_at moves with the last), so its update is HOT.
+-- no indexed column (updated_at moves with the last), so its update is HOT. %(processing)b is
+-- 'processing' as a parameter, for the plan (see store_parts).
 WITH rec AS (
     UPDATE campaign_messages m
        SET parts_sent = v.part_no + 1,
@@ -192,7 +198,7 @@ WITH rec AS (
       FROM unnest(%(ids)b::uuid[], %(part_nos)b::int[], %(provider_ids)b::text[],
                   %(finals)b::bool[], %(instances)b::text[])
            AS v(id, part_no, provider_id, final, instance)
-     WHERE m.id = v.id AND m.status = 'processing' AND m.locked_by = %(worker)b
+     WHERE m.id = v.id AND m.status = %(processing)b AND m.locked_by = %(worker)b
        AND m.parts_sent = v.part_no
     RETURNING m.id, v.part_no, v.provider_id, v.instance, v.final, m.campaign_id, m.lead_id,
               m.run_id, m.step, m.instance AS sent_through

@@ -46,6 +46,10 @@ def _optional(text: str | None) -> str | None:
 
 _NO_USAGE = Usage()
 
+# The state of a leased row, passed as a parameter where a literal would lead a prepared
+# statement's generic plan to the lease index (queries.sql, store_parts).
+PROCESSING = "processing"
+
 
 def _usage_params(usages: Sequence[Usage | None]) -> dict[str, list[Any]]:
     """The usage columns of a batched write, one entry per item (no calls: zeros, NULLs)."""
@@ -94,6 +98,7 @@ class BatchedWrites:
                 "parts": [json.dumps(i.parts, ensure_ascii=False) for i in items],
                 "worker": self.worker,
                 **_usage_params([i.usage for i in items]),
+                "processing": PROCESSING,
             },
         )
         if len(stored) < len(items):  # rare: a lost lease, or a store run again (see the SQL)
@@ -114,6 +119,7 @@ class BatchedWrites:
                 "finals": [i.final for i in items],
                 "instances": [i.instance for i in items],
                 "worker": self.worker,
+                "processing": PROCESSING,
             },
         )
 
