@@ -252,7 +252,8 @@ $$;
 --
 
 CREATE FUNCTION public.campaign_messages_notify_delete() RETURNS trigger
-    LANGUAGE plpgsql
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO '$user', 'public'
     AS $$
 DECLARE
     r record;
@@ -277,7 +278,8 @@ $$;
 --
 
 CREATE FUNCTION public.campaign_messages_notify_insert() RETURNS trigger
-    LANGUAGE plpgsql
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO '$user', 'public'
     AS $$
 DECLARE
     due timestamptz;
@@ -315,7 +317,8 @@ $$;
 --
 
 CREATE FUNCTION public.campaign_messages_notify_update() RETURNS trigger
-    LANGUAGE plpgsql
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO '$user', 'public'
     AS $$
 DECLARE
     due timestamptz;
@@ -364,7 +367,8 @@ $$;
 --
 
 CREATE FUNCTION public.campaign_messages_truncate_parts() RETURNS trigger
-    LANGUAGE plpgsql
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO '$user', 'public'
     AS $$
 BEGIN
     TRUNCATE message_parts;
@@ -407,7 +411,8 @@ $$;
 --
 
 CREATE FUNCTION public.campaigns_mark_paused() RETURNS trigger
-    LANGUAGE plpgsql
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO '$user', 'public'
     AS $$
 BEGIN
     IF NEW.status = 'paused' THEN
@@ -449,7 +454,8 @@ $$;
 --
 
 CREATE FUNCTION public.campaigns_wake_budget() RETURNS trigger
-    LANGUAGE plpgsql
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO '$user', 'public'
     AS $$
 BEGIN
     IF NEW.budget_usd IS NULL OR NEW.spent_usd < NEW.budget_usd THEN

@@ -1,9 +1,12 @@
 -- After an UPDATE of queue rows (one call per statement): a NOTIFY with the earliest due time
 -- of the rows that became due (a retry, a replay, a resume), and the runs' counts moved by the
 -- rows whose outcome changed.
+-- SECURITY DEFINER: it acts for whoever writes the row (a back end as Supabase's
+-- authenticated, held to the user's RLS and granted none of the listener's own tables) with
+-- the rights of the tables' owner; its search_path is the one it was created with.
 CREATE OR REPLACE FUNCTION campaign_messages_notify_update()
 RETURNS trigger
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $$
 DECLARE
     due timestamptz;
     r record;

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
+from typing import Any, LiteralString, cast
 from uuid import UUID
 
 import psycopg
@@ -454,3 +454,88 @@ def test_an_index_an_interrupted_adoption_left_invalid_is_built_again(
             " WHERE indexrelid = 'idx_campaign_messages_created_at'::regclass"
         ).fetchone()
     assert valid == (True,)
+
+
+#: The tables the seed's shapes have that the listener adopts (the user's, grants and all).
+_ADOPTED = ("campaigns", "campaign_runs", "leads", "campaign_messages")
+
+
+def test_supabases_roles_reach_none_of_the_listeners_tables_and_its_triggers_act_for_them(
+    empty_db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Supabase grants every table made in public to anon and authenticated, whom PostgREST
+    serves with the project's public key: the listener's own tables (replies, webhook payloads,
+    parts, numbers) must not be theirs. The listener's triggers on the user's tables act for
+    whoever writes there (the back end as authenticated, under the user's RLS): the runs'
+    counts, the mark of a paused campaign, the parts of a deleted message."""
+    owner = "00000000-0000-0000-0000-0000000000aa"
+    build(
+        empty_db_url,
+        then='CREATE POLICY "delete messages" ON campaign_messages FOR DELETE TO authenticated'
+        " USING (true);",
+    )
+    monkeypatch.setenv("DATABASE_URL", empty_db_url)
+    assert entry(["migrate"]) == 0
+    with psycopg.connect(empty_db_url, autocommit=True) as conn:
+        reached = conn.execute(
+            "SELECT c.relname, r.rolname FROM pg_class c CROSS JOIN pg_roles r"
+            " WHERE c.relnamespace = 'public'::regnamespace AND c.relkind IN ('r', 'S', 'v')"
+            " AND r.rolname IN ('anon', 'authenticated')"
+            " AND NOT EXISTS (SELECT 1 FROM pg_depend d JOIN pg_class t ON t.oid = d.refobjid"
+            "                  WHERE d.objid = c.oid AND t.relname = ANY(%s))"
+            " AND c.relname <> ALL(%s)"
+            " AND (has_table_privilege(r.oid, c.oid, 'SELECT, INSERT, UPDATE, DELETE, TRUNCATE')"
+            "      OR c.relkind = 'S' AND has_sequence_privilege(r.oid, c.oid, 'USAGE, SELECT'))"
+            " ORDER BY 1, 2",
+            (list(_ADOPTED), list(_ADOPTED)),
+        ).fetchall()
+        assert reached == []
+        row = conn.execute(
+            "INSERT INTO campaigns (name, prompt, status, user_id) VALUES ('Nov', 'Olá', 'active',"
+            " %s) RETURNING id",
+            (owner,),
+        ).fetchone()
+        assert row is not None
+        campaign = row[0]
+        row = conn.execute(
+            "INSERT INTO campaign_runs (campaign_id) VALUES (%s) RETURNING id", (campaign,)
+        ).fetchone()
+        assert row is not None
+        run = row[0]
+        row = conn.execute(
+            "INSERT INTO leads (name, phone, user_id) VALUES ('Ana', '(11) 98765-4321', %s)"
+            " RETURNING id",
+            (owner,),
+        ).fetchone()
+        assert row is not None
+        lead = row[0]
+
+        # The back end, as Supabase's authenticated user the policies let in.
+        def as_user(statement: str, *args: Any) -> None:
+            conn.execute("SET ROLE authenticated")
+            try:
+                conn.execute(cast(LiteralString, statement), args)
+            finally:
+                conn.execute("RESET ROLE")
+
+        def one(query: str, *args: Any) -> Any:
+            row = conn.execute(cast(LiteralString, query), args).fetchone()
+            assert row is not None
+            return row[0]
+
+        as_user(
+            "INSERT INTO campaign_messages (campaign_id, lead_id, run_id, status)"
+            " VALUES (%s, %s, %s, 'pending')",
+            campaign,
+            lead,
+            run,
+        )
+        assert one("SELECT total_count FROM campaign_runs WHERE id = %s", run) == 1
+        as_user("UPDATE campaigns SET status = 'paused' WHERE id = %s", campaign)
+        assert (
+            one("SELECT wait_reason FROM campaign_messages WHERE campaign_id = %s", campaign)
+            == "paused"
+        )
+        as_user("DELETE FROM campaign_messages WHERE campaign_id = %s", campaign)
+        assert one("SELECT count(*) FROM campaign_messages WHERE campaign_id = %s", campaign) == 0
+        assert one("SELECT total_count FROM campaign_runs WHERE id = %s", run) == 0
