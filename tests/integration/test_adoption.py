@@ -332,6 +332,16 @@ REFUSED = {
         " FOR EACH ROW EXECUTE FUNCTION handle_updated_at();",
         ["campaign_messages: trigger campaign_messages_after_insert is yours"],
     ),
+    "a foreign key to another table": (
+        "CREATE TABLE projects (id uuid PRIMARY KEY);"
+        " ALTER TABLE campaign_messages DROP CONSTRAINT campaign_messages_campaign_id_fkey;"
+        " ALTER TABLE campaign_messages ADD CONSTRAINT to_projects FOREIGN KEY (campaign_id)"
+        " REFERENCES projects (id) NOT VALID;",
+        [
+            "campaign_messages.campaign_id refers to projects (your foreign key to_projects);"
+            " the listener needs it to refer to campaigns"
+        ],
+    ),
     "no status": (
         "ALTER TABLE campaign_messages DROP COLUMN status;",
         ["campaign_messages.status is missing; the listener needs it"],

@@ -210,8 +210,16 @@ def _add_constraint(
     user_cols = [c for c in cols if c not in added]
     if constraint["kind"] == "f":
         ref = constraint["ref"]
-        if any(c["kind"] == "f" and list(c["cols"]) == cols for c in theirs.constraints):
-            result.notes.append(f"{table}.{cols[0]}: your foreign key stays; {cname} not added")
+        for c in theirs.constraints:
+            if c["kind"] != "f" or list(c["cols"]) != cols:
+                continue
+            if c["ref"] != ref:
+                result.conflicts.append(
+                    f"{table}.{cols[0]} refers to {c['ref']} (your foreign key {c['name']});"
+                    f" the listener needs it to refer to {ref}"
+                )
+            else:
+                result.notes.append(f"{table}.{cols[0]}: your foreign key stays; {cname} not added")
             return
         if ref not in catalog.tables:
             result.notes.append(
