@@ -241,8 +241,9 @@ def whatsapp_forms(digits: str) -> tuple[str, ...]:
 def stored_forms(digits: str, region: str = DEFAULT_REGION) -> tuple[str, ...]:
     """The digits a lead's stored phone may have when WhatsApp knows it as `digits`: every
     WhatsApp form, and, for a number of the default region's country, its national forms too
-    (`11987654321`, with a trunk `0`: `011987654321`), since leads are stored as people write
-    them. Replies are matched on these."""
+    (`11987654321`; with a trunk `0`: `011987654321`; with a carrier selection code:
+    `01511987654321`; `55011987654321`), since leads are stored as people write them: every
+    form `parse_phone` reads as this number. Replies are matched on these."""
     forms = list(whatsapp_forms(digits))
     code = phonenumbers.country_code_for_region(region.upper())
     prefix = str(code)
@@ -253,7 +254,9 @@ def stored_forms(digits: str, region: str = DEFAULT_REGION) -> tuple[str, ...]:
             if len(national) >= 8:
                 forms.append(national)
                 if trunk:
-                    forms.append(trunk + national)
+                    # `+55 (011) ...`: the country code and the trunk prefix both written.
+                    forms.append(prefix + trunk + national)
+                forms += [dialled + national for dialled in _dialling_prefixes(region.upper())]
     return tuple(dict.fromkeys(forms))
 
 
@@ -261,6 +264,29 @@ def _trunk_prefix(region: str) -> str:
     metadata = phonenumbers.PhoneMetadata.metadata_for_region(region.upper())
     prefix = metadata.national_prefix if metadata is not None else None
     return prefix or ""
+
+
+@cache
+def _dialling_prefixes(region: str) -> tuple[str, ...]:
+    """What the region's parse drops ahead of a national number: the trunk prefix, and the
+    trunk prefix with a carrier selection code after it (Brazil's `0 15 11 ...`, `0 21 ...`),
+    found by parsing the region's example number behind each candidate, once per region."""
+    trunk = _trunk_prefix(region)
+    example = phonenumbers.example_number_for_type(region, PhoneNumberType.MOBILE)
+    if not trunk or example is None:
+        return (trunk,) if trunk else ()
+    national = phonenumbers.national_significant_number(example)
+    found = [trunk]
+    for carrier in range(100):
+        candidate = f"{trunk}{carrier:02d}"
+        parsed = _parse(candidate + national, region)
+        if (
+            parsed is not None
+            and parsed.country_code == example.country_code
+            and phonenumbers.national_significant_number(parsed) == national
+        ):
+            found.append(candidate)
+    return tuple(found)
 
 
 def mask_phone(number: str) -> str:

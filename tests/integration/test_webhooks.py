@@ -708,20 +708,32 @@ async def test_a_lead_stored_in_national_form_is_sent_to_and_matched_by_its_repl
     the test above)."""
     async with listening(db_url) as (daemon, fakes):
         campaign = make_campaign(db)
-        national, trunk, bad = (
-            UUID(str(one(db, "INSERT INTO leads (name, phone) VALUES (%s, %s) RETURNING id", *r)))
-            for r in (("Ana", "(11) 98765-4321"), ("Bia", "021 98765 4321"), ("Cid", "(11) 1234"))
+        stored = (
+            ("Ana", "(11) 98765-4321"),
+            ("Bia", "021 98765 4321"),
+            ("Cid", "(11) 1234"),
+            ("Eva", "0 15 31 98765-4321"),  # the trunk 0 and a carrier selection code
         )
-        sent = enqueue(db, campaign, [national, trunk, bad], content="Olá!")
-        await await_until(lambda: statuses(db).get("sent") == 2 and statuses(db).get("failed") == 1)
-        assert sorted(s["number"] for s in fakes.accepted()) == ["5511987654321", "5521987654321"]
+        national, trunk, bad, carrier = (
+            UUID(str(one(db, "INSERT INTO leads (name, phone) VALUES (%s, %s) RETURNING id", *r)))
+            for r in stored
+        )
+        sent = enqueue(db, campaign, [national, trunk, bad, carrier], content="Olá!")
+        await await_until(lambda: statuses(db).get("sent") == 3 and statuses(db).get("failed") == 1)
+        assert sorted(s["number"] for s in fakes.accepted()) == [
+            "5511987654321",
+            "5521987654321",
+            "5531987654321",
+        ]
         error = one(db, "SELECT last_error FROM campaign_messages WHERE lead_id = %s", bad)
         assert error.startswith("invalid phone number") and "region BR" in error
         await _reply(fakes, "5511987654321", "Quem é?")
         await _reply(fakes, "552187654321", "Oi")  # the JID without the ninth digit
+        await _reply(fakes, "5531987654321", "Olá")
         await settle(daemon)
         assert lead_row(db, national) == (False, False, True)
         assert lead_row(db, trunk) == (False, False, True)
+        assert lead_row(db, carrier) == (False, False, True)
         assert (
             one(
                 db,
@@ -729,5 +741,5 @@ async def test_a_lead_stored_in_national_form_is_sent_to_and_matched_by_its_repl
                 " WHERE id = ANY(%s) AND replied_at IS NOT NULL",
                 sent,
             )
-            == 2
+            == 3
         )

@@ -209,3 +209,28 @@ def test_a_number_read_again_gives_the_same_answer() -> None:
         reasons.append(str(info.value))
     assert reasons[0] == reasons[1]
     assert _parse_phone.cache_info().hits == hits + 2
+
+
+@pytest.mark.parametrize(
+    "stored",
+    [
+        "(11) 98765-4321",
+        "11 3456-7890",
+        "021 98765 4321",
+        "(011) 98765-4321",
+        "0xx11 98765-4321",
+        "0 15 11 98765-4321",  # a carrier selection code (15) after the trunk 0
+        "021 21 2345-6789",  # carrier 21, fixed line in Rio
+        "+55 (011) 98765-4321",  # the country code and the trunk 0 both written
+        "+55 11 98765-4321",
+        "5511987654321",
+        "11 8765-4321",  # a mobile stored before its ninth digit
+    ],
+)
+def test_a_reply_from_the_number_a_lead_was_sent_to_finds_the_lead(stored: str) -> None:
+    """The same parse serves both sides: whatever form the parse sent a message to, a reply
+    from that number (in each form WhatsApp may give it) is matched to the stored digits."""
+    sent = parse_phone(stored, "BR").digits
+    digits = "".join(ch for ch in stored if ch.isdigit())
+    for jid in whatsapp_forms(sent):
+        assert digits in stored_forms(jid, "BR"), (stored, jid)
