@@ -163,7 +163,11 @@ async def test_the_opt_out_words_classify_for_free(db_url: str, db: Conn) -> Non
 
 
 async def test_a_classifier_failure_keeps_the_reply_and_tries_again(db_url: str, db: Conn) -> None:
-    async with listening(db_url, classify_retry="50ms", quick_retries=0) as (daemon, fakes):
+    # A failed try's retry is taken at the classifier's next look (each 100 ms here): the
+    # 5 s default made this test wait 10 s for two retries.
+    async with listening(
+        db_url, classify_retry="50ms", classify_interval="100ms", quick_retries=0
+    ) as (daemon, fakes):
         fakes.classify_script.extend(
             [Reply(500, {"error": {"code": 500, "message": "down"}}), Reply(200, {"choices": []})]
         )
