@@ -224,19 +224,21 @@ SELECT id FROM rec
 -- Leave `processing` for another state: retry later (pending with a new time), failed,
 -- skipped, or handed back. `refund` gives back the attempt the claim counted. The usage of
 -- LLM calls whose reply was not stored (a failed try, a re-ask) is added as in store_parts.
+-- %(processing)b is 'processing' as a parameter, for the plan (see store_parts).
 WITH finished AS (
     UPDATE campaign_messages m
        SET status = v.status,
            -- A wait for a reply's kind that came while the message was being put back (the
-           -- classifier's wake finds only pending rows) is no wait: due at once.
-           scheduled_at = CASE WHEN v.wait_reason = 'reply unclassified'
+           -- classifier's wake finds only pending rows) is no wait: due at once. (IS NOT
+           -- DISTINCT FROM: with `=`, a NULL reason, most finishes, ran the NOT EXISTS too.)
+           scheduled_at = CASE WHEN v.wait_reason IS NOT DISTINCT FROM 'reply unclassified'
                                 AND NOT EXISTS (SELECT 1 FROM lead_replies r
                                                  WHERE r.lead_id = m.lead_id AND r.kind IS NULL)
                                THEN now()
                                ELSE COALESCE(v.scheduled_at, m.scheduled_at) END,
            attempts = GREATEST(m.attempts - v.refund, 0),
            last_error = COALESCE(v.last_error, m.last_error),
-           wait_reason = CASE WHEN v.wait_reason = 'reply unclassified'
+           wait_reason = CASE WHEN v.wait_reason IS NOT DISTINCT FROM 'reply unclassified'
                                AND NOT EXISTS (SELECT 1 FROM lead_replies r
                                                 WHERE r.lead_id = m.lead_id AND r.kind IS NULL)
                               THEN NULL
@@ -255,7 +257,7 @@ WITH finished AS (
                   %(costs)b::float8[], %(models)b::text[], %(fallbacks)b::bool[])
            AS v(id, status, scheduled_at, refund, last_error, wait_reason, prompt_tokens,
                 completion_tokens, cost_usd, model, fallback)
-     WHERE m.id = v.id AND m.status = 'processing' AND m.locked_by = %(worker)b
+     WHERE m.id = v.id AND m.status = %(processing)b AND m.locked_by = %(worker)b
     RETURNING m.id, m.campaign_id, v.cost_usd
 ), spend AS (
     UPDATE campaigns c

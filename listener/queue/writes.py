@@ -136,5 +136,6 @@ class BatchedWrites:
                 "reasons": [i.wait_reason for i in items],
                 "worker": self.worker,
                 **_usage_params([i.usage for i in items]),
+                "processing": PROCESSING,
             },
         )

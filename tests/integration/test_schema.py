@@ -332,9 +332,9 @@ TEXTS = {"worker", "processing"}  # scalar text parameters (a bare literal is of
 
 
 def test_batched_writes_find_their_rows_by_primary_key_in_a_generic_plan(db: Conn) -> None:
-    """store_parts and record_parts, prepared (psycopg prepares a statement after a few runs,
-    and Postgres then keeps a generic plan), probe the primary key once per message of the
-    batch. With the literal 'processing' the generic plan read every row in flight from the
+    """store_parts, record_parts and finish, prepared (psycopg prepares a statement after a
+    few runs, and Postgres then keeps a generic plan), probe the primary key once per message
+    of the batch. With the literal 'processing' the generic plan read every row in flight from the
     lease index, which it took for one row, and compared each with the whole batch: 2,450
     comparisons for a batch of 50, a cost per message that grew with the batch."""
     campaign = make_campaign(db)
@@ -368,11 +368,30 @@ def test_batched_writes_find_their_rows_by_primary_key_in_a_generic_plan(db: Con
         "instances": ["inst"] * n,
         **state,
     }
-    for name, params in (("store_parts", store), ("record_parts", record)):
+    finish = {
+        "ids": ids,
+        "statuses": ["failed"] * n,
+        "scheduled": [None] * n,
+        "refunds": [0] * n,
+        "errors": ["x"] * n,
+        "reasons": [None] * n,
+        "prompt_tokens": [0] * n,
+        "completion_tokens": [0] * n,
+        "costs": [0.0] * n,
+        "models": [None] * n,
+        "fallbacks": [None] * n,
+        **state,
+    }
+    for name, params in (("store_parts", store), ("record_parts", record), ("finish", finish)):
         plan = _generic_plan(db, name, params)
         assert "Index Scan using campaign_messages_pkey on campaign_messages m" in plan, plan
         assert "Rows Removed by Join Filter" not in plan, plan
         assert re.search(r"Update on campaign_messages m .*rows=60 ", plan), plan
+    # A finish without a 'reply unclassified' wait never asks lead_replies (with `=`, a NULL
+    # reason made both NOT EXISTS run for every row).
+    plan = _generic_plan(db, "finish", finish)
+    asks = [line for line in plan.splitlines() if "on lead_replies" in line]
+    assert asks and all("never executed" in line for line in asks), plan
 
 
 # --------------------------------------------------------------------------------------------
