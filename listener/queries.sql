@@ -87,6 +87,13 @@ WITH due AS (
 SELECT claimed.*, contexts.context
   FROM claimed LEFT JOIN contexts ON contexts.lead_id = claimed.lead_id
 
+-- claim_plan --
+-- Run before the claim, in its transaction: plan it once, with parameters (its plan is the same
+-- for any limit, on an empty table and behind many rows due later: the due index, EXPLAIN in
+-- docs/BENCHMARKS.md). Left to choose, the plan cache weighs the generic plan against the
+-- custom plans it made while the table was smaller, and could go on planning every claim.
+SET LOCAL plan_cache_mode = force_generic_plan
+
 -- lead_contexts --
 -- Every lead's context for a whole batch in one round trip.
 SELECT lead_id, context FROM listener_get_lead_full_context(%(lead_ids)b::uuid[])

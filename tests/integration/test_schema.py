@@ -331,6 +331,72 @@ def _generic_plan(db: Conn, name: str, params: dict[str, Any]) -> str:
 TEXTS = {"worker", "processing"}  # scalar text parameters (a bare literal is of unknown type)
 
 
+CLAIM = {"limit": 50, "worker": "w", "lease": "5 minutes"}
+
+
+def _claim_plans(db: Conn) -> tuple[str, str]:
+    """The claim's custom and generic plans (EXPLAIN, no costs), as a prepared statement."""
+    sql = (
+        q("claim").replace("%(limit)s", "$1").replace("%(worker)s", "$2").replace("%(lease)s", "$3")
+    )
+    plans = []
+    with db.transaction(force_rollback=True):
+        db.execute(f"PREPARE claim_plans(bigint, text, interval) AS {sql}")
+        for mode in ("force_custom_plan", "force_generic_plan"):
+            db.execute(f"SET LOCAL plan_cache_mode = {mode}")
+            rows = db.execute("EXPLAIN (COSTS OFF) EXECUTE claim_plans(50, 'w', '5 minutes')")
+            plans.append("\n".join(r[0] for r in rows.fetchall()))
+        db.execute("DEALLOCATE claim_plans")
+    return plans[0], plans[1]
+
+
+def test_claim_generic_plan_is_its_custom_plan(db: Conn) -> None:
+    """The claim runs with its plan kept generic (claim_plan). That plan is the one the planner
+    makes knowing the parameters: on an empty table, behind many pending rows due later (a
+    sequence's next steps, made days ahead) with a few due, and with none due; behind the rows
+    due later both read the due index, not the table."""
+    campaign = make_campaign(db)
+    db.execute("ANALYZE campaign_messages")
+    custom, generic = _claim_plans(db)
+    assert generic == custom, (custom, generic)
+    enqueue(db, campaign, make_leads(db, 3000), delay_seconds=86400)
+    enqueue(db, campaign, make_leads(db, 5))
+    db.execute("VACUUM ANALYZE campaign_messages")
+    for state in ("a few due", "none due"):
+        custom, generic = _claim_plans(db)
+        assert generic == custom, (state, custom, generic)
+        assert "Index Scan using idx_campaign_messages_due on campaign_messages m" in generic
+        assert "Seq Scan on campaign_messages" not in generic, generic
+        db.execute("DELETE FROM campaign_messages WHERE scheduled_at <= now()")
+        db.execute("VACUUM ANALYZE campaign_messages")
+
+
+async def test_the_store_claims_with_a_generic_plan(db: Conn, db_url: str) -> None:
+    """Store.claim, run often enough for psycopg to prepare it, is never planned again per
+    call: Postgres counts no custom plan of it on the connection that ran it."""
+    from psycopg_pool import AsyncConnectionPool
+
+    from listener.queue.store import Store
+    from tests.daemon_harness import fast_settings
+
+    campaign = make_campaign(db)
+    enqueue(db, campaign, make_leads(db, 20))
+    enqueue(db, campaign, make_leads(db, 200), delay_seconds=86400)
+    db.execute("VACUUM ANALYZE campaign_messages")
+    kwargs = {"autocommit": True}
+    async with AsyncConnectionPool(db_url, min_size=1, max_size=1, kwargs=kwargs) as pool:
+        store = Store(pool, fast_settings(worker_id="w"))
+        claimed = [len(await store.claim(2)) for _ in range(10)]
+        async with pool.connection() as conn:
+            cur = await conn.execute(
+                "SELECT generic_plans, custom_plans FROM pg_prepared_statements"
+                " WHERE statement LIKE 'WITH due AS%%'"
+            )
+            plans = await cur.fetchall()
+    assert claimed == [2] * 10
+    assert len(plans) == 1 and plans[0][0] >= 1 and plans[0][1] == 0, plans
+
+
 def test_batched_writes_find_their_rows_by_primary_key_in_a_generic_plan(db: Conn) -> None:
     """store_parts, record_parts and finish, prepared (psycopg prepares a statement after a
     few runs, and Postgres then keeps a generic plan), probe the primary key once per message
