@@ -16,13 +16,16 @@ not load the contexts runs its `lead_contexts` statement too, counted with the c
 (`/proc/<pid>/schedstat` must exist: Linux with the server on this machine.)
 
 `--steps-ab` prices a follow-up step instead: each round drains the same backlog by hand in
-three ways, in a rotating order, on one scratch database: without a step, with a step 2 due a
+six ways, in a rotating order, on one scratch database: without a step, with a step 2 due a
 day after each send (its row created by record_parts), and with that step while the insert
 trigger is told to NOTIFY for it anyway (`SET listener.notify_horizon = '2 days'`, what the
 trigger did for every due time before the wake horizon), and with that step while the worker's
 connection plans every statement once (`SET plan_cache_mode = force_generic_plan`: the rows a
 step adds can tip the plan cache into planning the claim at every call; the claim's generic
-and custom plans are counted, from pg_prepared_statements). A connection LISTENs on the
+and custom plans are counted, from pg_prepared_statements). The claim runs as the listener runs
+it (after `claim_plan`, which keeps its plan generic, in one pipelined transaction; in a checkout
+without it, alone); two more sides run it alone, as the code before did, the plan cache left to
+choose (`claim planned by the cache`), without and with a step. A connection LISTENs on the
 channel throughout, as a daemon's does, and its backend's CPU is counted with the worker's: a
 NOTIFY costs the listening backends too. Beside the CPU per message, the database's own WAL per
 message (pg_walinspect, dbwork.py): bytes, heap and btree records.
@@ -40,7 +43,7 @@ import _common as c
 import dbwork
 import psycopg
 
-from listener.queries import q
+from listener.queries import QUERIES, q
 
 TEXT = "Olá, Ana! Vi o trabalho da Padaria Sol em Campinas e queria conversar rapidamente."
 
@@ -86,11 +89,35 @@ def one_round(url: str, batches: int, batch: int) -> dict[str, float]:
     return drain(url, batches, batch)
 
 
+#: What the listener runs before the claim, in its transaction (None in a checkout without it).
+CLAIM_PLAN = QUERIES.get("claim_plan")
+
+
+def claim_rows(
+    conn: psycopg.Connection[Any], params: dict[str, Any], *, cached: bool = False
+) -> list[Any]:
+    """The claim's rows, run as Store.claim runs it (or alone, `cached`: the plan cache left to
+    choose its plan)."""
+    if cached or CLAIM_PLAN is None:
+        return conn.execute(q("claim"), params).fetchall()
+    with conn.pipeline(), conn.transaction():
+        conn.execute(CLAIM_PLAN)
+        cur = conn.execute(q("claim"), params)
+    return cur.fetchall()
+
+
 def drain(
-    url: str, batches: int, batch: int, *, setup: str | None = None, listen_pid: int | None = None
+    url: str,
+    batches: int,
+    batch: int,
+    *,
+    setup: str | None = None,
+    listen_pid: int | None = None,
+    cached: bool = False,
 ) -> dict[str, float]:
     """Drain the seeded backlog by hand on one connection (`setup` run on it first); CPU µs
-    per message by statement (with `listen_pid`, that backend's CPU too, as `listen`)."""
+    per message by statement (with `listen_pid`, that backend's CPU too, as `listen`). The
+    claim runs as the listener's (`cached`: alone, see claim_rows)."""
     spent = {"claim": 0.0, "store_parts": 0.0, "record_parts": 0.0}
     done = 0
     worker = "statement-cpu"
@@ -105,7 +132,7 @@ def drain(
         for _ in range(batches):
             before = backend_cpu(pid)
             claim = {"limit": batch, "worker": worker, "lease": "5 minutes"}
-            rows = conn.execute(q("claim"), claim).fetchall()
+            rows = claim_rows(conn, claim, cached=cached)
             if separate_contexts and rows:
                 lead_ids = list({r[2] for r in rows})
                 conn.execute(q("lead_contexts"), {"lead_ids": lead_ids}).fetchall()
@@ -137,12 +164,15 @@ def drain(
     return per
 
 
-#: --steps-ab's sides: (name, whether the campaign has a step 2, the worker's session setup).
+#: --steps-ab's sides: (name, whether the campaign has a step 2, the worker's session setup,
+#: whether the claim runs alone, its plan left to the plan cache).
 SIDES = (
-    ("without", False, None),
-    ("with", True, None),
-    ("with, NOTIFY", True, "SET listener.notify_horizon = '2 days'"),
-    ("with, generic plans", True, "SET plan_cache_mode = force_generic_plan"),
+    ("without", False, None, False),
+    ("with", True, None, False),
+    ("with, NOTIFY", True, "SET listener.notify_horizon = '2 days'", False),
+    ("with, generic plans", True, "SET plan_cache_mode = force_generic_plan", False),
+    ("without, claim planned by the cache", False, None, True),
+    ("with, claim planned by the cache", True, None, True),
 )
 
 
@@ -156,7 +186,7 @@ def steps_round(url: str, campaign: str, batches: int, batch: int, turn: int) ->
         row = listen.execute("SELECT pg_backend_pid()").fetchone()
         assert row is not None
         order = SIDES[turn % len(SIDES) :] + SIDES[: turn % len(SIDES)]
-        for name, steps, setup in order:
+        for name, steps, setup, cached in order:
             with psycopg.connect(url, autocommit=True) as conn:
                 conn.execute("TRUNCATE campaign_messages, sandbox_outbox CASCADE")
                 conn.execute("DELETE FROM campaign_steps")
@@ -170,7 +200,7 @@ def steps_round(url: str, campaign: str, batches: int, batch: int, turn: int) ->
             for _ in listen.notifies(timeout=0.2):
                 pass  # the seed's own
             with dbwork.measured(url, n) as work:
-                cpu = drain(url, batches, batch, setup=setup, listen_pid=row[0])
+                cpu = drain(url, batches, batch, setup=setup, listen_pid=row[0], cached=cached)
             notifies = sum(1 for _ in listen.notifies(timeout=0.2))
             with psycopg.connect(url) as conn:
                 made = conn.execute("SELECT count(*) FROM campaign_messages WHERE step = 2")
@@ -198,7 +228,7 @@ WAL_FIGURES = (
 
 
 def steps_ab(args: Any) -> None:
-    """--steps-ab: rounds of the three sides on one scratch database; medians by side, and
+    """--steps-ab: rounds of the sides on one scratch database; medians by side, and
     each side's total CPU per message against the side without a step."""
     url = c.recreate_db(args.url, args.db)
     n = args.batches * args.batch
@@ -212,7 +242,7 @@ def steps_ab(args: Any) -> None:
             + "; ".join(f"{k}: {v['cpu_us']['total']} µs" for k, v in rounds[-1].items())
         )
     sides: dict[str, Any] = {}
-    for name, _, _ in SIDES:
+    for name, *_ in SIDES:
         cpu = {
             k: statistics.median(r[name]["cpu_us"][k] for r in rounds)
             for k in rounds[0][name]["cpu_us"]
@@ -232,7 +262,7 @@ def steps_ab(args: Any) -> None:
         }
         s = sides[name]
         print(
-            f"{name:>13}: Postgres CPU per message {cpu['total']:.1f} µs (claim {cpu['claim']},"
+            f"{name:>35}: Postgres CPU per message {cpu['total']:.1f} µs (claim {cpu['claim']},"
             f" store {cpu['store_parts']}, record {cpu['record_parts']}, LISTEN backend"
             f" {cpu['listen']}), x{s['cpu_ratio_median']:.3f} of without"
             f" ({s['cpu_ratio_min']:.3f}-{s['cpu_ratio_max']:.3f});"
@@ -241,9 +271,34 @@ def steps_ab(args: Any) -> None:
             f" {s['notifies_per_batch']} NOTIFY per batch; claim plans: generic"
             f" {cpu.get('claim_generic_plans')}, custom {cpu.get('claim_custom_plans')}"
         )
+    # The claim as the listener runs it against the claim alone, round by round.
+    claim_ab = {}
+    for name in ("without", "with"):
+        cached = f"{name}, claim planned by the cache"
+        ratios = [r[name]["cpu_us"]["total"] / r[cached]["cpu_us"]["total"] for r in rounds]
+        diffs = [r[name]["cpu_us"]["claim"] - r[cached]["cpu_us"]["claim"] for r in rounds]
+        claim_ab[name] = {
+            "total_ratio_median": round(statistics.median(ratios), 4),
+            "total_ratio_min": round(min(ratios), 4),
+            "total_ratio_max": round(max(ratios), 4),
+            "claim_us_diff_median": round(statistics.median(diffs), 1),
+        }
+        a = claim_ab[name]
+        print(
+            f"{name}: claim kept generic / planned by the cache,"
+            f" total x{a['total_ratio_median']:.3f}"
+            f" ({a['total_ratio_min']:.3f}-{a['total_ratio_max']:.3f}), claim"
+            f" {a['claim_us_diff_median']:+.1f} µs a message (median of the rounds)"
+        )
     c.write_result(
         "statement_cpu_steps_ab",
-        {"batch": args.batch, "batches": args.batches, "rounds": rounds, "sides": sides},
+        {
+            "batch": args.batch,
+            "batches": args.batches,
+            "rounds": rounds,
+            "sides": sides,
+            "claim_ab": claim_ab,
+        },
         tag=args.tag,
     )
 
