@@ -23,7 +23,7 @@ trigger did for every due time before the wake horizon), and with that step whil
 connection plans every statement once (`SET plan_cache_mode = force_generic_plan`: the rows a
 step adds can tip the plan cache into planning the claim at every call; the claim's generic
 and custom plans are counted, from pg_prepared_statements). The claim runs as the listener runs
-it (after `claim_plan`, which keeps its plan generic, in one pipelined transaction; in a checkout
+it (after `claim_plan`, which keeps its plan generic, in one pipeline; in a checkout
 without it, alone); two more sides run it alone, as the code before did, the plan cache left to
 choose (`claim planned by the cache`), without and with a step. A connection LISTENs on the
 channel throughout, as a daemon's does, and its backend's CPU is counted with the worker's: a
@@ -100,7 +100,7 @@ def claim_rows(
     choose its plan)."""
     if cached or CLAIM_PLAN is None:
         return conn.execute(q("claim"), params).fetchall()
-    with conn.pipeline(), conn.transaction():
+    with conn.pipeline():
         conn.execute(CLAIM_PLAN)
         cur = conn.execute(q("claim"), params)
     return cur.fetchall()

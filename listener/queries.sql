@@ -88,11 +88,12 @@ SELECT claimed.*, contexts.context
   FROM claimed LEFT JOIN contexts ON contexts.lead_id = claimed.lead_id
 
 -- claim_plan --
--- Run before the claim, in its transaction: plan it once, with parameters (its plan is the same
--- for any limit, on an empty table and behind many rows due later: the due index, EXPLAIN in
--- docs/BENCHMARKS.md). Left to choose, the plan cache weighs the generic plan against the
--- custom plans it made while the table was smaller, and could go on planning every claim.
-SET LOCAL plan_cache_mode = force_generic_plan
+-- Sent with the claim in one pipeline (one implicit transaction, so the setting ends with it):
+-- plan the claim once, with parameters. Its plan is the same for any limit, on an empty table
+-- and behind many rows due later (the due index; EXPLAIN in docs/BENCHMARKS.md), but left to
+-- choose, the plan cache weighs it against the custom plans made while the table was smaller,
+-- and with many rows due later it went on planning every claim.
+SELECT set_config('plan_cache_mode', 'force_generic_plan', true)
 
 -- lead_contexts --
 -- Every lead's context for a whole batch in one round trip.

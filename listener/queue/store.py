@@ -108,8 +108,8 @@ class Store:
         params = {"limit": limit, "worker": self.worker, "lease": self.settings.lease}
         async with self.pool.connection() as conn:
             cur = conn.cursor(row_factory=dict_row)
-            # Its plan kept generic (claim_plan), in one round trip with the claim.
-            async with conn.pipeline(), conn.transaction():
+            # One pipeline, one implicit transaction: claim_plan's setting holds for the claim.
+            async with conn.pipeline():
                 await conn.execute(q("claim_plan"))
                 await cur.execute(q("claim"), params)
             rows = await cur.fetchall()
