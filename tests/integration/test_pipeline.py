@@ -12,6 +12,7 @@ import pytest
 from psycopg.rows import dict_row
 
 from listener.providers.sandbox import SandboxLLM, SandboxSender
+from listener.queries import q
 from listener.queue.processor import Processor
 from listener.testing import http_settings, serve_fakes
 from tests.daemon_harness import fast_settings, running
@@ -255,9 +256,12 @@ async def test_two_listeners_split_the_work_and_never_share_a_message(
 
 class CountingCursor(psycopg.AsyncCursor[Any]):
     statements: list[str] = []
+    pipelined: list[bool] = []
 
     async def execute(self, query: Any, params: Any = None, **kwargs: Any) -> Any:
         CountingCursor.statements.append(str(query))
+        status = self.connection.info.pipeline_status
+        CountingCursor.pipelined.append(status != psycopg.pq.PipelineStatus.OFF)
         return await super().execute(query, params, **kwargs)
 
 
@@ -273,7 +277,7 @@ async def test_a_batch_is_claimed_with_its_contexts_in_one_round_trip(
     async def configure(conn: psycopg.AsyncConnection[Any]) -> None:
         conn.cursor_factory = CountingCursor
 
-    CountingCursor.statements = []
+    CountingCursor.statements, CountingCursor.pipelined = [], []
     pool = AsyncConnectionPool(
         db_url, kwargs={"autocommit": True}, configure=configure, open=False, min_size=1
     )
@@ -290,7 +294,10 @@ async def test_a_batch_is_claimed_with_its_contexts_in_one_round_trip(
     )
     context_queries = [s for s in CountingCursor.statements if "get_lead_full_context" in s]
     assert len(context_queries) == 1
-    assert len(CountingCursor.statements) == 1  # the claim and the contexts together
+    # The claim and the contexts together, sent in one pipeline with the claim's plan setting:
+    # one round trip.
+    assert CountingCursor.statements == [q("claim_plan"), context_queries[0]]
+    assert CountingCursor.pipelined == [True, True]
 
 
 async def test_a_context_function_that_fails_leaves_the_batch_unclaimed(
