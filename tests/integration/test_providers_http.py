@@ -348,14 +348,21 @@ async def test_llm_402_out_of_credits_holds_back_even_with_retry_after(
 
 
 async def test_llm_read_timeout_is_transient(server: FakeProviders) -> None:
-    server.script(Reply(body=completion("too late"), delay=2))
-    client = OpenRouterLLM(make_settings(server.url, llm_timeout="50ms"))
+    # The timeout (which bounds the request's write too) is far from both the answer's delay
+    # and a loaded machine's scheduling: at 50 ms a third request was once cut off before the
+    # fake server had read it, and the count below saw 2.
+    server.script(Reply(body=completion("too late"), delay=5))
+    client = OpenRouterLLM(make_settings(server.url, llm_timeout="500ms"))
     try:
         with pytest.raises(TransientProviderError) as caught:
-            await asyncio.wait_for(generate(client), timeout=5)
+            await asyncio.wait_for(generate(client), timeout=30)
     finally:
         await client.aclose()
     assert "timed out" in str(caught.value)
+    for _ in range(100):  # the server notes a request as it reads it, on its own task
+        if len(server.seen) >= 3:
+            break
+        await asyncio.sleep(0.05)
     assert len(server.seen) == 3
 
 
@@ -604,14 +611,17 @@ async def test_sender_408_and_5xx_forever_are_transient(
 async def test_sender_read_timeout_is_uncertain_and_not_sent_again_at_once(
     server: FakeProviders,
 ) -> None:
-    server.script(Reply(201, {"key": {"id": "late"}}, delay=2))
-    client = EvolutionSender(make_settings(server.url, send_timeout="50ms"))
+    # The timeout, which bounds the request's write too, is far from a loaded machine's
+    # scheduling (as in the LLM's read-timeout test) and from the answer's delay.
+    server.script(Reply(201, {"key": {"id": "late"}}, delay=5))
+    client = EvolutionSender(make_settings(server.url, send_timeout="500ms"))
     try:
         with pytest.raises(UncertainDeliveryError) as caught:
-            await asyncio.wait_for(send(client), timeout=5)
+            await asyncio.wait_for(send(client), timeout=30)
     finally:
         await client.aclose()
     assert "may have been delivered" in str(caught.value)
+    await asyncio.sleep(0.5)  # a second request, were there one, would have arrived by now
     assert len(server.seen) == 1  # no quick retry: it may have been delivered
 
 
