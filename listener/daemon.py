@@ -102,7 +102,7 @@ class Daemon:
         )
         if settings.metrics_port:
             # First, so a port already taken ends the start with one clear line.
-            page = StatusPage(self.pool, live=self.live)
+            page = StatusPage(self.pool, live=self.live, region=settings.default_region)
             self._runner = await serve(
                 self.metrics,
                 self.health,

@@ -303,6 +303,13 @@ def mask_phone(number: str) -> str:
     return number[:head] + "*" * (size - head - tail) + number[size - tail :]
 
 
+def mask_stored(raw: str, region: str = DEFAULT_REGION) -> str:
+    """A lead's phone as stored, masked as the logs mask it: the parsed number's international
+    digits (`(11) 98765-4321` -> `55119*****321`), or, for a number that does not parse, its
+    own digits."""
+    return mask_phone(normalize_phone(raw, region) or _NOT_DIGIT.sub("", raw))
+
+
 # Something that may be a phone number in any form a provider echoes it: digits with optional
 # spaces, dashes, dots, parentheses and a leading +, as in `+55 (11) 98765-4321` or the JID
 # `551187654321@s.whatsapp.net`, or glued to a word. Masked when it holds 8 digits or more;

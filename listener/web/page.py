@@ -15,6 +15,7 @@ import psycopg
 from aiohttp import web
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
+from listener.phones import DEFAULT_REGION
 from listener.web.live import Hold, InstanceLive, Live
 from listener.web.read import read_snapshot
 from listener.web.render import STYLESHEET_PATH, render, render_unavailable
@@ -92,9 +93,11 @@ class StatusPage:
         *,
         live: Callable[[], Live | None] = lambda: None,
         timeout: float = 5.0,
+        region: str = DEFAULT_REGION,
     ) -> None:
         self._pool = pool
         self._live = live
+        self._region = region
         self._timeout = timeout
         self._css = stylesheet()
 
@@ -125,7 +128,9 @@ class StatusPage:
 
     async def snapshot(self) -> Snapshot:
         async with self._pool.connection(timeout=self._timeout) as conn:
-            return await read_snapshot(conn, self._live())
+            snapshot = await read_snapshot(conn, self._live())
+        snapshot.region = self._region
+        return snapshot
 
     @staticmethod
     def _html(body: str, *, status: int = 200) -> web.Response:

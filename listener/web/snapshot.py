@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
+from listener.phones import DEFAULT_REGION
 from listener.web.live import Live
 
 #: Campaigns shown at most (those with queued messages first).
@@ -46,6 +47,8 @@ class Snapshot:
     #: The newest webhook events set aside, each with the counts in all and in the last day.
     dead_letters: list[dict[str, Any]] = field(default_factory=list)
     live: Live | None = None
+    #: The region a stored phone without a country code is read in (LISTENER_DEFAULT_REGION).
+    region: str = DEFAULT_REGION
 
 
 def instance_names(s: Snapshot) -> set[str]:

@@ -8,7 +8,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from listener.kinds import KINDS
-from listener.phones import mask_phone
+from listener.phones import mask_stored
 from listener.web.format import ago, masked, number, span
 from listener.web.live import InstanceLive
 from listener.web.snapshot import Snapshot, instance_names
@@ -349,7 +349,7 @@ def failure_rows(s: Snapshot) -> list[dict[str, Any]]:
                 "status": row["status"],
                 "tone": "bad" if row["status"] == "failed" else "warn",
                 "campaign": row["campaign"],
-                "phone": mask_phone(row["phone"]) if row["phone"] else "lead gone",
+                "phone": mask_stored(row["phone"], s.region) if row["phone"] else "lead gone",
                 "attempts": row["attempts"],
                 "reason": masked(row["last_error"]),
             }

@@ -20,7 +20,7 @@ from listener.phones import mask_phone
 from listener.testing import serve_fakes
 from listener.web import Snapshot, StatusPage, render
 from tests.daemon_harness import fast_settings, running
-from tests.helpers import await_until, make_leads
+from tests.helpers import await_until, make_campaign, make_leads
 from tests.status_scene import (
     HOSTILE_NAME,
     arrange,
@@ -326,3 +326,31 @@ async def test_each_number_shows_what_went_through_it(
     page = (await page_client.get("/")).text
     assert re.search(r'<td class="n sends">3 / 5</td>', instance_row(page, "acme-1"))
     assert re.search(r'<td class="n sends">0 / 0</td>', instance_row(page, "acme-2"))
+
+
+async def test_a_failed_leads_phone_is_masked_as_the_number_it_was_sent_to(
+    db_url: str, db: Conn
+) -> None:
+    """The failures list masks the parsed number, as the logs do (in the listener's region),
+    not the form the back end stored; a number that does not parse shows its own digits."""
+    campaign = make_campaign(db, name="Lisboa")
+    # A Portuguese mobile in national form gains +351; a Brazilian national form is no
+    # valid number in Portugal, and shows its own digits, as does a number too short.
+    stored = {"912 345 678": "351912345678", "(21) 99876-5432": "21998765432", "12-345": "12345"}
+    for phone in stored:
+        db.execute(
+            "WITH l AS (INSERT INTO leads (name, phone) VALUES ('L', %s) RETURNING id)"
+            " INSERT INTO campaign_messages (campaign_id, lead_id, status, attempts, last_error)"
+            " SELECT %s, id, 'failed', 4, 'provider said no' FROM l",
+            (phone, campaign),
+        )
+    port = free_port()
+    settings = {"metrics_port": port, "metrics_host": "127.0.0.1", "default_region": "PT"}
+    async with (
+        running(db_url, **settings),
+        httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client,
+    ):
+        page = (await client.get("/")).text
+    for phone, digits in stored.items():
+        assert mask_phone(digits) in page, (phone, digits)
+        assert mask_phone(phone) not in page, phone
