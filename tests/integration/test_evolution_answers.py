@@ -152,6 +152,31 @@ async def test_a_number_held_as_restricted_that_evolution_then_deletes_says_so(
         await await_until(lambda: row(db, held) == ("unknown to Evolution",))
 
 
+async def test_the_messages_of_a_held_number_wait_for_its_reason_as_it_changes(
+    db_url: str, db: Conn
+) -> None:
+    # Held as restricted, its messages put aside as restricted; Evolution then answers 404 for
+    # it (deleted): the messages already aside say so too, still aside, nothing spent.
+    async with listening(db_url, instance_recheck="100ms") as (_, fakes):
+        cid = make_campaign(db, instance="t1")
+        closed = connection_data("t1", "close", 401)
+        assert await fakes.post_webhook("connection.update", closed, instance="t1") == 200
+        held = "SELECT held_reason FROM listener_instances WHERE instance = 't1'"
+        await await_until(lambda: row(db, held) == ("instance restricted",))
+        enqueue(db, cid, make_leads(db, 3), content="Olá")
+        waiting = (
+            "SELECT count(*) FILTER (WHERE status = 'pending' AND attempts = 0"
+            "                          AND scheduled_at > now() + interval '1 minute'),"
+            "       array_agg(DISTINCT wait_reason)"
+            "  FROM campaign_messages"
+        )
+        await await_until(lambda: row(db, waiting) == (3, ["instance restricted"]))
+        fakes.missing = {"t1"}
+        await await_until(lambda: row(db, held) == ("unknown to Evolution",))
+        await await_until(lambda: row(db, waiting) == (3, ["unknown to Evolution"]))
+        assert fakes.sends == []
+
+
 @pytest.mark.parametrize("found_by", ["state", "send"])
 async def test_a_404_is_unknown_to_evolution_not_instance_down(
     db_url: str, db: Conn, found_by: str
