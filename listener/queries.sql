@@ -459,9 +459,9 @@ SELECT began, runner
                                now(), %(worker)s, %(lease)s)
 
 -- hold_sender_batch --
--- One batch of a number's hold: up to %(limit)s of its waiting messages moved aside (each a
--- short statement that skips rows others hold); `mine`: false when the move is not ours any
--- more (taken over, or the number released).
+-- One batch of a number's hold: up to %(limit)s of its waiting messages moved aside, or given
+-- the number's new reason when aside already (each a short statement that skips rows others
+-- hold); `mine`: false when the move is not ours any more (taken over, or the number released).
 SELECT moved, mine
   FROM listener_defer_held_batch(%(instance)s, %(default_instance)s, %(worker)s, %(lease)s,
                                  %(limit)s)

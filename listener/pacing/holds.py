@@ -182,7 +182,8 @@ class Holds:
             if await self.health.state(name) not in _UP:
                 # Still down: the stored reason follows what is true now (a number held as
                 # restricted that Evolution now answers 404 for was deleted, and the other way
-                # round); a restriction that reads `close` stays a restriction.
+                # round), and so do its messages aside (the hold's batches relabel them); a
+                # restriction that reads `close` stays a restriction.
                 now = self.health.wait_reason(name)
                 if now != reason and UNKNOWN_TO_EVOLUTION in (now, reason):
                     self._gauge(name, 0)
