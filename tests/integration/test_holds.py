@@ -217,8 +217,13 @@ async def test_a_big_hold_is_done_in_batches_while_a_small_campaign_sends(
     assert renewals is not None and renewals >= 5, renewals
     assert renewed_within_1s == renewals, (renewed_within_1s, renewals)
     assert lapsed == 0
+    # (Only the renewal's turns: the tests' 200 ms rescue may outrun its own turn on a loaded
+    # server, which says nothing of the hold; the rescue does not wait on the hold's rows.)
     overlaps = [
-        r for r in caplog.records if getattr(r, "action", "") in ("job_overlap", "lease_lost")
+        r
+        for r in caplog.records
+        if getattr(r, "action", "") == "lease_lost"
+        or (getattr(r, "action", "") == "job_overlap" and getattr(r, "job", "") == "renew_leases")
     ]
     assert overlaps == [], [r.getMessage() for r in overlaps]
     if busy:
