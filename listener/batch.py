@@ -1,9 +1,16 @@
 """Group commit for the hot path: many messages each await their own write, but the writes
 that queue up while one is running go to Postgres together as one statement.
 
-A lone write goes at once (no timer, so an idle listener adds no latency); under load, the
-writes that arrive during a flush form the next batch. This is what lets one listener record
+A lone write goes at once (no timer, so an idle listener adds no latency: a flush begins once
+the event loop has gone round without a new write, a few microseconds); under load, the writes
+that arrive during a flush form the next batch. This is what lets one listener record
 thousands of messages a second through a handful of round trips.
+
+The few turns of the loop before a flush let a cohort gather: the messages of one claim reach
+their write after the same steps, but not all in the same turn of the loop (one waits on a
+gate, another on a number's pacing), and a flush that began with the first few split the
+cohort in two statements, commits and round trips (flushes of 30 instead of 50 at concurrency
+50; docs/BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -15,6 +22,10 @@ from typing import Generic, TypeVar
 T = TypeVar("T")
 
 FlushFn = Callable[[list[T]], Awaitable[set[Hashable]]]
+
+#: Turns of the event loop a flush waits at most for more writes to join it (no timer: each
+#: turn runs the tasks that are ready, then comes straight back).
+SETTLE_TURNS = 8
 
 
 class GroupCommit(Generic[T]):
@@ -52,6 +63,7 @@ class GroupCommit(Generic[T]):
 
     async def _drain(self) -> None:
         try:
+            await self._gather()
             while self._queue:
                 batch, self._queue = self._queue[: self._max], self._queue[self._max :]
                 try:
@@ -63,6 +75,15 @@ class GroupCommit(Generic[T]):
                     raise
         finally:
             self._running = False
+
+    async def _gather(self) -> None:
+        """Let the loop go round while writes keep arriving (at most SETTLE_TURNS turns)."""
+        seen = 0
+        for _ in range(SETTLE_TURNS):
+            if len(self._queue) == seen or len(self._queue) >= self._max:
+                return
+            seen = len(self._queue)
+            await asyncio.sleep(0)
 
     async def _run(self, batch: list[tuple[T, asyncio.Future[bool]]]) -> None:
         try:

@@ -8,7 +8,7 @@ from datetime import timedelta
 
 import pytest
 
-from listener.batch import GroupCommit
+from listener.batch import SETTLE_TURNS, GroupCommit
 from listener.errors import ConfigurationError
 from listener.phones import normalize_phone
 from listener.providers.gate import Gate
@@ -180,11 +180,35 @@ async def test_group_commit_batches_writes_that_queue_during_a_flush() -> None:
 
     writer: GroupCommit[int] = GroupCommit(flush, key=lambda i: i)
     first = asyncio.create_task(writer.submit(0))
-    await asyncio.sleep(0)  # the lone write starts its flush at once, with no timer
+    # The lone write starts its flush within a few turns of the loop, with no timer.
+    for _ in range(SETTLE_TURNS + 3):
+        await asyncio.sleep(0)
+        if calls:
+            break
+    assert calls == [[0]]
     rest = await asyncio.gather(*(writer.submit(i) for i in range(1, 10)))
     assert [await first, *rest] == [i % 2 == 0 for i in range(10)]
     # The nine writes that arrived during the first flush went together in the second.
     assert calls == [[0], list(range(1, 10))]
+
+
+async def test_group_commit_gathers_a_cohort_that_arrives_over_a_few_turns() -> None:
+    calls: list[list[int]] = []
+
+    async def flush(items: list[int]) -> set[object]:
+        calls.append(items)
+        return set(items)
+
+    async def after(turns: int, item: int) -> bool:
+        for _ in range(turns):  # steps before the write (a gate, a pacing check)
+            await asyncio.sleep(0)
+        return await writer.submit(item)
+
+    writer: GroupCommit[int] = GroupCommit(flush, key=lambda i: i)
+    # Fifty writes, arriving over four turns of the loop as a claim's messages do.
+    results = await asyncio.gather(*(after(i % 4, i) for i in range(50)))
+    assert all(results)
+    assert calls == [sorted(range(50), key=lambda i: (i % 4, i))]
 
 
 async def test_group_commit_hands_an_error_to_every_waiter() -> None:
