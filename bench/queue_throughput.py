@@ -38,7 +38,7 @@ from __future__ import annotations
 import logging
 import os
 import statistics
-import threading
+import multiprocessing
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
@@ -129,49 +129,67 @@ def _steps_made(url: str) -> int:
     return int(row[0]) if row else 0
 
 
-class BackendCpu:
-    """CPU time of the scratch database's own Postgres backends during a drain, read from
-    `/proc/<pid>/schedstat` (the time each ran on a core, not the time it waited for one; the
-    server must run on this machine), by a thread that looks for them in pg_stat_activity
-    every 50 ms. Other databases' backends (other people's work on the server) are not
-    counted, unlike CpuMeter's Postgres figure; the server's shared processes (WAL writer,
-    checkpointer) are not either."""
+def _ran(pid: int) -> float | None:
+    """Seconds a process has run on a core (schedstat's first field is in nanoseconds)."""
+    try:
+        return int(Path(f"/proc/{pid}/schedstat").read_text().split()[0]) / 1e9
+    except (OSError, ValueError, IndexError):
+        return None  # gone, or not on this machine
 
-    def __init__(self, url: str) -> None:
-        self.url = url
-        self.seen: dict[int, float] = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._watch, daemon=True)
 
-    @staticmethod
-    def _ran(pid: int) -> float | None:
-        try:
-            return int(Path(f"/proc/{pid}/schedstat").read_text().split()[0]) / 1e9
-        except (OSError, ValueError, IndexError):
-            return None  # gone, or not on this machine
+def _watch_backends(url: str, ready: Any, stop: Any, out: Any) -> None:
+    """BackendCpu's watcher, in a process of its own: every 50 ms, the scratch database's
+    backends and how long each has run; at the stop, what it saw."""
+    seen: dict[int, float] = {}
 
-    def _look(self, conn: psycopg.Connection[Any]) -> None:
+    def look(conn: psycopg.Connection[Any]) -> None:
         rows = conn.execute(
             "SELECT pid FROM pg_stat_activity"
             " WHERE datname = current_database() AND pid <> pg_backend_pid()"
         ).fetchall()
         for (pid,) in rows:
-            ran = self._ran(pid)
+            ran = _ran(pid)
             if ran is not None:
-                self.seen[pid] = max(ran, self.seen.get(pid, 0.0))
+                seen[pid] = max(ran, seen.get(pid, 0.0))
 
-    def _watch(self) -> None:
-        with psycopg.connect(self.url, autocommit=True) as conn:
-            while not self._stop.wait(0.05):
-                self._look(conn)
+    with psycopg.connect(url, autocommit=True) as conn:
+        ready.set()
+        while not stop.wait(0.05):
+            look(conn)
+        look(conn)
+    out.put(seen)
+
+
+class BackendCpu:
+    """CPU time of the scratch database's own Postgres backends during a drain, read from
+    `/proc/<pid>/schedstat` (the time each ran on a core, not the time it waited for one; the
+    server must run on this machine), by a watcher that looks for them in pg_stat_activity
+    every 50 ms. Other databases' backends (other people's work on the server) are not
+    counted, unlike CpuMeter's Postgres figure; the server's shared processes (WAL writer,
+    checkpointer) are not either. The watcher is a process of its own (its CPU is "other"):
+    as a thread of the listener's process it took the listener's CPU and its interpreter lock,
+    about 11 µs a message of the listener's CPU at concurrency 50 (docs/BENCHMARKS.md)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.seen: dict[int, float] = {}
+        spawn = multiprocessing.get_context("spawn")
+        self._ready = spawn.Event()
+        self._stop = spawn.Event()
+        self._out = spawn.Queue()
+        self._process = spawn.Process(
+            target=_watch_backends, args=(url, self._ready, self._stop, self._out), daemon=True
+        )
 
     def __enter__(self) -> BackendCpu:
-        self._thread.start()
+        self._process.start()
+        c.require(self._ready.wait(60), "the backends' watcher did not start")
         return self
 
     def __exit__(self, *_: object) -> None:
         self._stop.set()
-        self._thread.join()
+        self.seen = self._out.get(timeout=60)
+        self._process.join()
 
     @property
     def seconds(self) -> float:
