@@ -36,9 +36,9 @@ disturbs the CPU a message takes far less.
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import os
 import statistics
-import multiprocessing
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
