@@ -92,17 +92,20 @@ SELECT claimed.*, contexts.context
 -- plan the claim once, with parameters. Its plan is the same for any limit, on an empty table
 -- and behind many rows due later (the due index; EXPLAIN in docs/BENCHMARKS.md), but left to
 -- choose, the plan cache weighs it against the custom plans made while the table was smaller,
--- and with many rows due later it went on planning every claim.
-SELECT set_config('plan_cache_mode', 'force_generic_plan', true)
+-- and with many rows due later it went on planning every claim. Also the claim's own now()
+-- (the transaction's): the rows due after it are the ones the wake-up timer waits for, read
+-- on the database's clock, whatever the listener's host clock says.
+SELECT set_config('plan_cache_mode', 'force_generic_plan', true), now()
 
 -- lead_contexts --
 -- Every lead's context for a whole batch in one round trip.
 SELECT lead_id, context FROM listener_get_lead_full_context(%(lead_ids)b::uuid[])
 
 -- next_due --
--- When the next pending row comes due after `after` (the time the last claim began), to set
--- the wake-up timer. Not after now(): a row that came due while that claim ran was neither
--- claimed nor is it in the future, and nothing else would wake the loop for it (the poll would).
+-- When the next pending row comes due after `after` (the last claim's now(), on the database's
+-- clock), to set the wake-up timer. Not after now(): a row that came due while that claim ran
+-- was neither claimed nor is it in the future, and nothing else would wake the loop for it (the
+-- poll would); nor after the listener's host clock, which may run ahead of the database's.
 SELECT min(scheduled_at) AS next_due
   FROM campaign_messages
  WHERE status = 'pending' AND wait_reason IS DISTINCT FROM 'paused'

@@ -141,7 +141,6 @@ class Processor:
                 break
             limit = min(settings.claim_batch, self._high_water - self.held)
             last_claim = time.monotonic()
-            claim_began = datetime.now(UTC)
             try:
                 # A database that stops answering (a frozen connection raises nothing) must
                 # not hang the loop: a claim slower than a lease is given up. Rows it may have
@@ -170,8 +169,8 @@ class Processor:
             for job in jobs:
                 self._held[job.id] = job
                 self._tasks[job.id] = asyncio.create_task(self._run(job))
-            if not more:
-                await self.refresh_next_due(claim_began)
+            if not more and self.store.claimed_at is not None:
+                await self.refresh_next_due(self.store.claimed_at)
 
     async def _wait_for_gates(self) -> None:
         """Sleep while a provider holds the listener back; wake at once on shutdown."""
@@ -206,12 +205,12 @@ class Processor:
         )
         return jobs
 
-    async def refresh_next_due(self, claim_began: datetime) -> None:
-        """Read when the next row comes due after the last claim began (for the wake-up timer):
-        one that came due while the claim ran gives a time already past, so the timer fires at
-        once and the next claim takes it."""
+    async def refresh_next_due(self, claimed_at: datetime) -> None:
+        """Read when the next row comes due after the last claim (its time on the database's
+        clock), for the wake-up timer: one that came due while the claim's answer travelled
+        gives a time already past, so the timer fires at once and the next claim takes it."""
         try:
-            self.next_due = await self.store.next_due(claim_began)
+            self.next_due = await self.store.next_due(claimed_at)
         except psycopg.Error as exc:
             log.warning("next due lookup failed: %s", exc, extra={"action": "next_due_failed"})
             return

@@ -73,6 +73,9 @@ class Store:
         # the pool's work (a claim, a batch of writes, a hold being moved).
         self._renewals = Lane(pool)
         self._rescues = Lane(pool)
+        # The database's time of the last claim (its now()): what was due then was due to it;
+        # the wake-up timer looks for what comes due after it, on the database's clock.
+        self.claimed_at: datetime | None = None
 
     async def open_lanes(self) -> None:
         """Open the connections of lease renewal and the rescue (at start; one that cannot
@@ -110,9 +113,11 @@ class Store:
             cur = conn.cursor(row_factory=dict_row)
             # One pipeline, one implicit transaction: claim_plan's setting holds for the claim.
             async with conn.pipeline():
-                await conn.execute(q("claim_plan"))
+                plan = await conn.execute(q("claim_plan"))
                 await cur.execute(q("claim"), params)
+            clock = await plan.fetchone()
             rows = await cur.fetchall()
+        self.claimed_at = clock[1] if clock else None
         jobs = []
         for row in rows:
             job = Job.from_row(row)

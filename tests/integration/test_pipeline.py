@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import json
+from datetime import datetime, timedelta, tzinfo
 from typing import Any
 
 import psycopg
@@ -227,6 +228,35 @@ async def test_a_row_that_comes_due_while_a_claim_runs_is_woken_with_a_slow_poll
         await await_until(lambda: statuses(db).get("sent") == 2, timeout=30)
     late = db.execute("SELECT bool_and(sent_at >= scheduled_at) FROM campaign_messages").fetchone()
     assert late == (True,)
+
+
+async def test_the_wake_up_timer_reads_the_database_clock_not_the_hosts(
+    db_url: str, db: Conn, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A listener whose host clock runs a minute ahead of the database's still wakes for a row
+    due in a few seconds (on the database's clock, which set its time): the next due time is
+    looked for after the claim's own now(), not after the host's time (which would pass over
+    it and leave it for the poll, ten minutes away here). The row is inserted before the
+    listener starts and sends no NOTIFY (its wake horizon is a second for this insert), so
+    only the start's claim and its next due time can arm the timer for it."""
+
+    class AheadClock(datetime):
+        @classmethod
+        def now(cls, tz: tzinfo | None = None) -> AheadClock:
+            return super().now(tz) + timedelta(minutes=1)
+
+    monkeypatch.setattr("listener.queue.processor.datetime", AheadClock)
+    campaign = make_campaign(db)
+    (lead,) = make_leads(db, 1)
+    db.execute("SET listener.notify_horizon = '1 second'")
+    db.execute(
+        "INSERT INTO campaign_messages (campaign_id, lead_id, content, scheduled_at)"
+        " VALUES (%s, %s, 'soon', now() + interval '4 seconds')",
+        (campaign, lead),
+    )
+    async with running(db_url, poll_interval="600s", lease="30s"):
+        await await_until(lambda: statuses(db).get("sent") == 1, timeout=30)
+    assert db.execute("SELECT sent_at >= scheduled_at FROM campaign_messages").fetchone() == (True,)
 
 
 async def test_two_listeners_split_the_work_and_never_share_a_message(
