@@ -191,7 +191,9 @@ SELECT CASE WHEN l.opted_out THEN 'skipped: the lead opted out'
 -- statement files each part in message_parts (its delivery status, from the webhooks) and,
 -- for a message whose campaign has a next step, creates that step's row: due its wait after
 -- this send, same lead, campaign, run and number. Its previous_id is unique, so a record run
--- again (or by another listener) never creates a second one. A part before the last changes
+-- again (or by another listener) never creates a second one; ON CONFLICT rather than the guard
+-- alone, because a back end may put a sent message back in the queue, and its second send must
+-- be recorded (NOT EXISTS was dearer: docs/BENCHMARKS.md). A part before the last changes
 -- no indexed column (updated_at moves with the last), so its update is HOT. %(processing)b is
 -- 'processing' as a parameter, for the plan (see store_parts).
 WITH rec AS (

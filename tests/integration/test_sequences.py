@@ -112,6 +112,38 @@ async def test_the_step_is_created_once_when_its_record_runs_again(db_url: str, 
         )
 
 
+async def test_a_message_sent_again_makes_no_second_step_and_records_its_send(
+    db_url: str, db: Conn
+) -> None:
+    """A back end that puts a sent message back in the queue (sent is final for the listener,
+    not for its users) has it sent again: its record finds the step it made the first time
+    and makes none, and the send is recorded, not refused by the step's unique index."""
+    campaign = make_campaign(db)
+    add_steps(db, campaign, "1 hour")
+    [lead] = make_leads(db, 1)
+    [first] = enqueue(db, campaign, [lead], content="Olá")
+    async with running(db_url):
+        await await_until(
+            lambda: db.execute("SELECT count(*) FROM campaign_messages").fetchone() == (2,)
+        )
+        db.execute(
+            "UPDATE campaign_messages SET status = 'pending', parts = NULL, parts_sent = 0,"
+            " sent_at = NULL, scheduled_at = now() WHERE id = %s",
+            (first,),
+        )
+        await await_until(
+            lambda: (
+                db.execute(
+                    "SELECT status, parts_sent FROM campaign_messages WHERE id = %s", (first,)
+                ).fetchone()
+                == ("sent", 1)
+            )
+        )
+    got = rows(db)
+    assert [(r[1], r[2], r[3]) for r in got] == [(1, "sent", None), (2, "pending", None)]
+    assert got[1][7] == first
+
+
 async def test_a_step_is_skipped_for_a_lead_who_replied_opted_out_or_was_handed_off(
     db_url: str, db: Conn
 ) -> None:
