@@ -121,7 +121,7 @@ def drain(
     spent = {"claim": 0.0, "store_parts": 0.0, "record_parts": 0.0}
     done = 0
     worker = "statement-cpu"
-    separate_contexts = "get_lead_full_context" not in q("claim")
+    separate_contexts = "contexts" not in q("claim")
     listen_before = backend_cpu(listen_pid) if listen_pid is not None else 0.0
     with psycopg.connect(url, autocommit=True) as conn:
         if setup is not None:

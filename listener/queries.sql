@@ -12,7 +12,7 @@
 -- says who has a row and until when. Rows of paused campaigns stay pending and are passed
 -- over: those marked `paused` are not even in the index (its predicate is repeated here so the
 -- planner can use it); the NOT EXISTS catches a row inserted while its campaign was being
--- paused. listener_get_lead_full_context runs once for the batch's leads (not at all when nothing is
+-- paused. listener_lead_contexts runs once for the batch's leads (not at all when nothing is
 -- due), and a context it fails to give leaves the claim undone, not rows leased to no one.
 WITH due AS (
     SELECT m.id
@@ -81,7 +81,7 @@ WITH due AS (
     -- One row per lead whatever the function returns, so no claimed row is repeated.
     SELECT DISTINCT ON (x.lead_id) x.lead_id, x.context
       FROM (SELECT ARRAY(SELECT DISTINCT lead_id FROM claimed) AS ids) l
-     CROSS JOIN LATERAL listener_get_lead_full_context(l.ids) x
+     CROSS JOIN LATERAL listener_lead_contexts(l.ids) x
      WHERE cardinality(l.ids) > 0
 )
 SELECT claimed.*, contexts.context
@@ -99,7 +99,7 @@ SELECT set_config('plan_cache_mode', 'force_generic_plan', true), now()
 
 -- lead_contexts --
 -- Every lead's context for a whole batch in one round trip.
-SELECT lead_id, context FROM listener_get_lead_full_context(%(lead_ids)b::uuid[])
+SELECT lead_id, context FROM listener_lead_contexts(%(lead_ids)b::uuid[])
 
 -- next_due --
 -- When the next pending row comes due after `after` (the last claim's now(), on the database's

@@ -761,6 +761,42 @@ END
 $$;
 
 --
+-- Name: listener_lead_contexts(uuid[], integer); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.listener_lead_contexts(lead_ids uuid[], history_limit integer DEFAULT 5) RETURNS TABLE(lead_id uuid, context json)
+    LANGUAGE sql STABLE
+    AS $$
+    SELECT l.id,
+           json_build_object(
+               'id', l.id,
+               'city', l.city,
+               'name', l.name,
+               'notes', l.notes,
+               'phone', l.phone,
+               'company', l.company,
+               'segment', l.segment,
+               'metadata', l.metadata,
+               'opted_out', l.opted_out,
+               'recent_messages', COALESCE((
+                   SELECT json_agg(json_build_object(
+                              'text', h.text,
+                              'sent_at', h.sent_at,
+                              'campaign_id', h.campaign_id) ORDER BY h.sent_at DESC)
+                   FROM (
+                       SELECT m.campaign_id, m.sent_at, COALESCE(m.generated_text, m.content) AS text
+                       FROM campaign_messages m
+                       WHERE m.lead_id = l.id AND m.sent_at IS NOT NULL
+                       ORDER BY m.sent_at DESC
+                       LIMIT history_limit
+                   ) h
+               ), '[]'::json)
+           )
+    FROM leads l
+    WHERE l.id = ANY (lead_ids)
+$$;
+
+--
 -- Name: listener_mark_old_campaign_messages_as_skipped(interval); Type: FUNCTION; Schema: public; Owner: -
 --
 

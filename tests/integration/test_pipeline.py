@@ -322,7 +322,7 @@ async def test_a_batch_is_claimed_with_its_contexts_in_one_round_trip(
         job.plan.context is not None and job.plan.context["id"] == str(job.claim.lead_id)
         for job in jobs
     )
-    context_queries = [s for s in CountingCursor.statements if "get_lead_full_context" in s]
+    context_queries = [s for s in CountingCursor.statements if "listener_lead_contexts" in s]
     assert len(context_queries) == 1
     # The claim and the contexts together, sent in one pipeline with the claim's plan setting:
     # one round trip.
@@ -333,16 +333,16 @@ async def test_a_batch_is_claimed_with_its_contexts_in_one_round_trip(
 async def test_a_context_function_that_fails_leaves_the_batch_unclaimed(
     db_url: str, db: Conn
 ) -> None:
-    """The contexts load in the claim's statement: when listener_get_lead_full_context fails, no row
+    """The contexts load in the claim's statement: when listener_lead_contexts fails, no row
     is left leased to a worker that never got it (they stay pending, attempts untouched)."""
     from psycopg_pool import AsyncConnectionPool
 
     campaign = make_campaign(db)
     enqueue(db, campaign, make_leads(db, 3))
     db.execute(
-        "CREATE OR REPLACE FUNCTION listener_get_lead_full_context(lead_ids uuid[],"
+        "CREATE OR REPLACE FUNCTION listener_lead_contexts(lead_ids uuid[],"
         " history_limit integer DEFAULT 5)"
-        " RETURNS TABLE (lead_id uuid, context jsonb) LANGUAGE plpgsql AS "
+        " RETURNS TABLE (lead_id uuid, context json) LANGUAGE plpgsql AS "
         "$$ BEGIN RAISE EXCEPTION 'context store is down'; END $$"
     )
     pool = AsyncConnectionPool(db_url, kwargs={"autocommit": True}, open=False, min_size=1)

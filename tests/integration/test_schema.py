@@ -101,6 +101,42 @@ def test_lead_context_loads_every_lead_in_one_call(db: Conn) -> None:
     assert {"name", "phone", "company", "city", "opted_out", "recent_messages"} <= set(context)
 
 
+def test_the_claims_contexts_are_the_full_contexts_key_for_key_in_order(db: Conn) -> None:
+    """listener_lead_contexts (json, what the claim loads) gives the dict that
+    listener_get_lead_full_context (jsonb) gives, keys in the same order: the LLM's prompt is that
+    dict dumped as JSON, so a key out of order would change what it reads."""
+    campaign = make_campaign(db)
+    leads = make_leads(db, 3)
+    db.execute(
+        "UPDATE leads SET notes = 'diz \"olá\"\n', segment = 'padaria', opted_out = true,"
+        ' metadata = \'{"z": 1, "a": [1.50, null], "ç": {"b": true}}\' WHERE id = %s',
+        (leads[0],),
+    )
+    sent = enqueue(db, campaign, [leads[0]] * 7 + [leads[1]])
+    db.execute(
+        "UPDATE campaign_messages SET status = 'sent', generated_text = 'texto ' || id,"
+        " sent_at = now() - make_interval(secs => random() * 1000) WHERE id = ANY (%s)",
+        (sent[1:],),
+    )
+    db.execute("UPDATE campaign_messages SET content = 'conteúdo' WHERE id = %s", (sent[-1],))
+    ids = [*leads, uuid.uuid4()]
+    full = db.execute(
+        "SELECT lead_id, context FROM listener_get_lead_full_context(%s::uuid[])", (ids,)
+    ).fetchall()
+    claims = db.execute(
+        "SELECT lead_id, context FROM listener_lead_contexts(%s::uuid[])", (ids,)
+    ).fetchall()
+    assert len(full) == 3
+    by_lead = dict(claims)
+    for lead, context in full:
+        assert by_lead[lead] == context
+        assert list(by_lead[lead]) == list(context)
+        ours = by_lead[lead]["recent_messages"]
+        for mine, theirs in zip(ours, context["recent_messages"], strict=True):
+            assert list(mine) == list(theirs)
+    assert len(by_lead[leads[0]]["recent_messages"]) == 5
+
+
 def test_mark_old_messages_as_skipped_returns_the_count_and_keeps_rows(db: Conn) -> None:
     campaign = make_campaign(db)
     leads = make_leads(db, 3)
