@@ -8,9 +8,11 @@ a national number gains its country code, a trunk `0` is dropped, and a number t
 valid for its region is refused with the reason.
 
 A number already stored in international digits (`5511987654321`, the commonest form) skips
-`phonenumbers.parse`, whose answer for it is known (see `_international_digits`); the rest of
-the check is the same. A parsed number is remembered (`parse_phone`'s cache), since a lead's
-number is read again for each of its messages.
+`phonenumbers.parse`, whose answer for it is known (see `_international_digits`), and its type
+is one match of the region's patterns (`phone_kinds.number_kind`, what
+`phonenumbers.number_type` answers); a number the shortcut does not answer takes the whole
+check. A parsed number is remembered (`parse_phone`'s cache), since a lead's number is read
+again for each of its messages.
 """
 
 from __future__ import annotations
@@ -22,12 +24,15 @@ from functools import cache, lru_cache
 import phonenumbers
 from phonenumbers import NumberParseException, PhoneNumberType
 
+from listener.phone_kinds import number_kind
+
 # phonenumbers compiles a pattern of its metadata on each use unless told to keep them; the
 # re module's own cache then does the work, at a lookup's cost each time (bounded: the
 # metadata's patterns are fixed).
 phonenumbers.enable_pattern_cache()
 
 _NOT_DIGIT = re.compile(r"[^0-9]")  # ASCII digits only: Evolution wants 0-9
+_DIGIT = re.compile(r"[0-9]")
 
 _UNKNOWN = PhoneNumberType.UNKNOWN
 
@@ -93,23 +98,25 @@ def _parse_phone(raw: str, region: str) -> Phone | str:
         return str(exc)
 
 
-def _read_phone(raw: str, region: str) -> Phone:
-    if not raw.strip():
-        raise BadPhone("invalid phone number: the lead has none")
+def _read_phone(raw: str, region: str, *, shortcut: bool = True) -> Phone:
     text = raw.strip()
-    if not text.isascii() or not any("0" <= ch <= "9" for ch in text):
+    if not text:
+        raise BadPhone("invalid phone number: the lead has none")
+    if not text.isascii() or _DIGIT.search(text) is None:
         raise BadPhone(f"invalid phone number {mask_phone_like(text)!r}: not a phone number")
     region = region.upper()
+    if shortcut and (phone := _typed_international_digits(text, region)) is not None:
+        return phone
     parsed = _international_digits(text, region) or _parse(text, region)
     if parsed is not None and (old := _without_ninth_digit(parsed)) is not None:
         return old
     # A number is valid exactly when it has a type (phonenumbers' is_valid_number matches the
     # same patterns number_type does): one match of the patterns, not two, per message.
-    kind = _UNKNOWN if parsed is None else phonenumbers.number_type(parsed)
+    kind = _UNKNOWN if parsed is None else _number_type(parsed)
     if kind == _UNKNOWN:
         digits = _NOT_DIGIT.sub("", text)
         bare = _parse("+" + digits, None) if not text.startswith("+") else None
-        bare_kind = _UNKNOWN if bare is None else phonenumbers.number_type(bare)
+        bare_kind = _UNKNOWN if bare is None else _number_type(bare)
         if bare is not None and bare_kind != _UNKNOWN:
             parsed, kind = bare, bare_kind
         else:
@@ -124,6 +131,33 @@ def _read_phone(raw: str, region: str) -> Phone:
     assert parsed is not None  # a number with a type was parsed
     digits = phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)[1:]
     return Phone(digits, _KIND.get(kind, "unknown"))
+
+
+def _number_type(parsed: phonenumbers.PhoneNumber) -> int:
+    """`phonenumbers.number_type`, in one match of the patterns where `number_kind` answers."""
+    if not parsed.italian_leading_zero and parsed.country_code is not None:
+        kind = number_kind(parsed.country_code, str(parsed.national_number))
+        if kind is not None:
+            return kind
+    return phonenumbers.number_type(parsed)
+
+
+def _typed_international_digits(text: str, region: str) -> Phone | None:
+    """The whole answer for the commonest stored form, the region's international digits
+    (`5511987654321`), when it is a valid number that is not an old Brazilian mobile: its
+    digits are the text itself (the E.164 form of the country code and the national number
+    `_international_digits` reads, without `+`) and its type is `number_kind`'s. None for any
+    other text, or when the whole check must say (no type, a number the ninth-digit rule may
+    take): `_read_phone` goes on as if this were not here."""
+    form = _digits_form(region)
+    if form is None or (national := _international_national(text, form)) is None:
+        return None
+    if form.code == "55" and len(national) == 10 and national[2] in "6789":
+        return None  # see _without_ninth_digit
+    kind = number_kind(int(form.code), national)
+    if kind is None or kind == _UNKNOWN:
+        return None
+    return Phone(text, _KIND.get(kind, "unknown"))
 
 
 def _without_ninth_digit(parsed: phonenumbers.PhoneNumber) -> Phone | None:
@@ -186,7 +220,15 @@ def _international_digits(text: str, region: str) -> phonenumbers.PhoneNumber | 
     stays; no leading zero. What is left is the country code and the rest as an integer.
     tests/unit/test_phones.py compares both on every Brazilian area code and near misses."""
     form = _digits_form(region)
-    if form is None or not (text.isascii() and text.isdigit() and text.startswith(form.code)):
+    if form is None or (national := _international_national(text, form)) is None:
+        return None
+    return phonenumbers.PhoneNumber(country_code=int(form.code), national_number=int(national))
+
+
+def _international_national(text: str, form: _Digits) -> str | None:
+    """The national number of `text` when it is the region's international digits (see
+    `_international_digits`), else None."""
+    if not (text.isascii() and text.isdigit() and text.startswith(form.code)):
         return None
     national = text[len(form.code) :]
     if len(text) <= form.longest or not 2 <= len(national) <= 17 or national[0] == "0":
@@ -195,7 +237,7 @@ def _international_digits(text: str, region: str) -> phonenumbers.PhoneNumber | 
         return None
     if form.trunk is not None and form.trunk.match(national):
         return None
-    return phonenumbers.PhoneNumber(country_code=int(form.code), national_number=int(national))
+    return national
 
 
 def _parse(text: str, region: str | None) -> phonenumbers.PhoneNumber | None:

@@ -234,3 +234,78 @@ def test_a_reply_from_the_number_a_lead_was_sent_to_finds_the_lead(stored: str) 
     digits = "".join(ch for ch in stored if ch.isdigit())
     for jid in whatsapp_forms(sent):
         assert digits in stored_forms(jid, "BR"), (stored, jid)
+
+
+def _numbers_of_every_region() -> list[tuple[str, str]]:
+    """Every region's example numbers of every type as international digits, with a digit
+    changed, cut short and made longer, each read in its own region, in BR and in US."""
+    import phonenumbers
+
+    cases = []
+    for region in sorted(phonenumbers.SUPPORTED_REGIONS):
+        for kind in range(12):
+            example = phonenumbers.example_number_for_type(region, kind)
+            if example is None:
+                continue
+            national = str(example.national_number)
+            if example.italian_leading_zero:
+                national = "0" * (example.number_of_leading_zeros or 1) + national
+            for variant in (national, national[:-1], national + "7", national[:-1] + "0"):
+                digits = f"{example.country_code}{variant}"
+                cases += [(digits, region), (digits, "BR"), (digits, "US")]
+    return cases
+
+
+def test_a_numbers_type_is_the_type_phonenumbers_gives() -> None:
+    """`number_kind` (one match of the region's patterns) answers what `number_type` (a match
+    per type) answers: on every Brazilian area code with mobiles, fixed lines and near misses,
+    and every region's example numbers of every type, changed, cut short and made longer.
+    Where it does not answer (country codes several regions share) number_type is asked."""
+    import phonenumbers
+
+    from listener.phone_kinds import number_kind
+
+    numbers = []
+    for digits in _brazilian_digits():
+        if not digits.startswith("0"):
+            numbers.append(
+                phonenumbers.PhoneNumber(country_code=55, national_number=int(digits[2:]))
+            )
+    for digits, region in _numbers_of_every_region():
+        try:
+            numbers.append(phonenumbers.parse(digits, region))
+        except phonenumbers.NumberParseException:
+            continue
+    answered = typed = 0
+    for number in numbers:
+        if number.italian_leading_zero:
+            continue
+        kind = number_kind(number.country_code, str(number.national_number))
+        if kind is None:
+            continue
+        answered += 1
+        typed += kind != phonenumbers.PhoneNumberType.UNKNOWN
+        assert kind == phonenumbers.number_type(number), number
+    assert answered > len(numbers) * 3 // 4, (answered, len(numbers))
+    assert typed > 4000
+    assert number_kind(1, "4155552671") is None  # +1 is shared: number_type picks the region
+
+
+def test_the_shortcut_gives_the_whole_checks_answer() -> None:
+    """parse_phone's shortcut for international digits (no parse, the type in one match)
+    answers exactly what the whole check answers, refusals included, on the same numbers."""
+    from listener.phones import _read_phone, _typed_international_digits
+
+    def read(text: str, region: str, shortcut: bool) -> Phone | str:
+        try:
+            return _read_phone(text, region, shortcut=shortcut)
+        except BadPhone as exc:
+            return str(exc)
+
+    cases = [(digits, "BR") for digits in _brazilian_digits()] + _numbers_of_every_region()
+    cases += [("(11) 98765-4321", "BR"), ("+55 11 3456-7890", "BR"), ("912 345 678", "PT")]
+    taken = 0
+    for text, region in cases:
+        assert read(text, region, True) == read(text, region, False), (text, region)
+        taken += _typed_international_digits(text, region) is not None
+    assert taken > 2000, taken  # the shortcut answered (the rest went on to the whole check)
