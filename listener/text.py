@@ -1,12 +1,14 @@
 """Text that may reach Postgres from outside (an LLM reply, a provider's message id or error):
 Postgres `text` refuses NUL, and psycopg cannot encode a lone surrogate (what a JSON `\\ud800`
 escape decodes to) as UTF-8. Cleaned once, at the boundary where provider text comes in; cut to a
-length before it reaches a log line; folded before it is compared with words."""
+length before it reaches a log line; folded before it is compared with words. And a list of
+texts as JSON, written directly (a message's parts, an offline reply)."""
 
 from __future__ import annotations
 
 import re
 import unicodedata
+from json.encoder import encode_basestring
 
 # A log line or a metric label shows this much of a text from outside.
 LOG_CHARS = 80
@@ -49,3 +51,10 @@ def fold(text: str) -> str:
     decomposed = unicodedata.normalize("NFKD", text.casefold())
     plain = "".join(ch for ch in decomposed if not unicodedata.combining(ch))
     return " ".join(_NOT_WORD.sub(" ", plain).split())
+
+
+def json_texts(texts: list[str]) -> str:
+    """`json.dumps(texts, ensure_ascii=False)` for a list of strings, written directly: the
+    same text, without making an encoder per call (a message's parts, on the hot path)."""
+    # encode_basestring is what json.dumps(..., ensure_ascii=False) calls for each string.
+    return "[" + ", ".join(map(encode_basestring, texts)) + "]"

@@ -14,6 +14,7 @@ from listener.batch import GroupCommit
 from listener.outbox import record_sandbox_parts
 from listener.providers.base import Reply, SentPart, Usage
 from listener.providers.sandbox_feedback import SandboxFeedback
+from listener.text import json_texts
 
 
 class SandboxLLM:
@@ -48,7 +49,7 @@ class SandboxLLM:
         if city:
             where += f" em {city}"
         text = f"Olá, {name}! Vi o trabalho{where} e queria conversar rapidamente."
-        reply = json.dumps({"messages": [text]}, ensure_ascii=False)
+        reply = '{"messages": ' + json_texts([text]) + "}"  # json.dumps's very text
         if on_usage is not None:
             prompt = (len(system) + len(user)) // 4 + 1
             completion = len(reply) // 4 + 1

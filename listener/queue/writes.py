@@ -6,7 +6,6 @@ touched in id order; one Postgres picks as a deadlock's victim is simply run aga
 
 from __future__ import annotations
 
-import json
 from collections.abc import Hashable, Sequence
 from operator import attrgetter
 from typing import Any
@@ -18,7 +17,7 @@ from listener.db import Lane, again_on_rollback
 from listener.jobs import Finish, RecordPart, StoreParts
 from listener.providers.base import Usage
 from listener.queries import q
-from listener.text import clean_text
+from listener.text import clean_text, json_texts
 
 
 def is_data_error(exc: BaseException) -> bool:
@@ -95,7 +94,7 @@ class BatchedWrites:
                 # Text and ids were cleaned where they came in (listener/text.py); a row that
                 # Postgres still refuses fails alone (GroupCommit's isolate).
                 "texts": [i.text for i in items],
-                "parts": [json.dumps(i.parts, ensure_ascii=False) for i in items],
+                "parts": [json_texts(i.parts) for i in items],
                 "worker": self.worker,
                 **_usage_params([i.usage for i in items]),
                 "processing": PROCESSING,

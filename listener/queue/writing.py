@@ -34,6 +34,10 @@ FORMAT_INSTRUCTIONS = (
 )
 
 
+# The user message's encoder, made once (json.dumps with these arguments makes one per call).
+_USER_JSON = json.JSONEncoder(ensure_ascii=False, default=str)
+
+
 class InvalidJsonReply(UnsplittableReply):
     """The reply claims to be JSON (or was asked for as structured output) but is not the
     JSON of a list of messages: it is asked again, never sent as raw JSON text."""
@@ -181,7 +185,7 @@ class Writer:
         )
         if job.claim.step > 1:
             system += " " + STEP_INSTRUCTIONS.replace("{step}", str(job.claim.step - 1))
-        user = json.dumps({"lead": job.plan.context}, ensure_ascii=False, default=str)
+        user = _USER_JSON.encode({"lead": job.plan.context})
         model = job.claim.campaign_model or self.settings.model
         fallbacks = tuple(
             job.claim.campaign_fallbacks
