@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 from psycopg_pool import AsyncConnectionPool
 
+from listener.arrays import TextArray
 from listener.queries import q
 
 
@@ -18,9 +19,9 @@ async def record_sandbox_parts(
         await conn.execute(
             q("sandbox_send"),
             {
-                "instances": [p[0] for p in parts],
-                "numbers": [p[1] for p in parts],
-                "texts": [p[2] for p in parts],
-                "provider_ids": [p[3] for p in parts],
+                "instances": TextArray([p[0] for p in parts]),
+                "numbers": TextArray([p[1] for p in parts]),
+                "texts": TextArray([p[2] for p in parts]),
+                "provider_ids": TextArray([p[3] for p in parts]),
             },
         )

@@ -1,6 +1,7 @@
 """The batched statements of a message's writes (group commit): each batch of stored parts,
 recorded parts or outcomes is one guarded statement (state, owner, part number), its rows
-touched in id order; one Postgres picks as a deadlock's victim is simply run again.
+touched in id order; one Postgres picks as a deadlock's victim is simply run again. Their
+arrays are written in one pass each (listener/arrays.py).
 
 `Store` (store.py) queues the writes; this module runs them."""
 
@@ -13,6 +14,14 @@ from typing import Any
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
+from listener.arrays import (
+    BigintArray,
+    BoolArray,
+    Float8Array,
+    IntegerArray,
+    TextArray,
+    UuidArray,
+)
 from listener.db import Lane, again_on_rollback
 from listener.jobs import Finish, RecordPart, StoreParts
 from listener.providers.base import Usage
@@ -54,11 +63,11 @@ def _usage_params(usages: Sequence[Usage | None]) -> dict[str, list[Any]]:
     """The usage columns of a batched write, one entry per item (no calls: zeros, NULLs)."""
     each = [u or _NO_USAGE for u in usages]
     return {
-        "prompt_tokens": [u.prompt_tokens for u in each],
-        "completion_tokens": [u.completion_tokens for u in each],
-        "costs": [float(u.cost_usd) for u in each],
-        "models": [_optional(u.model) for u in each],
-        "fallbacks": [u.fallback if u.model is not None else None for u in each],
+        "prompt_tokens": BigintArray([u.prompt_tokens for u in each]),
+        "completion_tokens": BigintArray([u.completion_tokens for u in each]),
+        "costs": Float8Array([float(u.cost_usd) for u in each]),
+        "models": TextArray([_optional(u.model) for u in each]),
+        "fallbacks": BoolArray([u.fallback if u.model is not None else None for u in each]),
     }
 
 
@@ -90,11 +99,11 @@ class BatchedWrites:
         stored = await self.returning_ids(
             "store_parts",
             {
-                "ids": [i.id for i in items],
+                "ids": UuidArray([i.id for i in items]),
                 # Text and ids were cleaned where they came in (listener/text.py); a row that
                 # Postgres still refuses fails alone (GroupCommit's isolate).
-                "texts": [i.text for i in items],
-                "parts": [json_texts(i.parts) for i in items],
+                "texts": TextArray([i.text for i in items]),
+                "parts": TextArray([json_texts(i.parts) for i in items]),
                 "worker": self.worker,
                 **_usage_params([i.usage for i in items]),
                 "processing": PROCESSING,
@@ -112,11 +121,11 @@ class BatchedWrites:
         return await self.returning_ids(
             "record_parts",
             {
-                "ids": [i.id for i in items],
-                "part_nos": [i.part_no for i in items],
-                "provider_ids": [i.provider_id for i in items],
-                "finals": [i.final for i in items],
-                "instances": [i.instance for i in items],
+                "ids": UuidArray([i.id for i in items]),
+                "part_nos": IntegerArray([i.part_no for i in items]),
+                "provider_ids": TextArray([i.provider_id for i in items]),
+                "finals": BoolArray([i.final for i in items]),
+                "instances": TextArray([i.instance for i in items]),
                 "worker": self.worker,
                 "processing": PROCESSING,
             },
@@ -127,12 +136,12 @@ class BatchedWrites:
         return await self.returning_ids(
             "finish",
             {
-                "ids": [i.id for i in items],
-                "statuses": [i.status for i in items],
+                "ids": UuidArray([i.id for i in items]),
+                "statuses": TextArray([i.status for i in items]),
                 "scheduled": [i.scheduled_at for i in items],
-                "refunds": [i.refund for i in items],
-                "errors": [_optional(i.last_error) for i in items],
-                "reasons": [i.wait_reason for i in items],
+                "refunds": IntegerArray([i.refund for i in items]),
+                "errors": TextArray([_optional(i.last_error) for i in items]),
+                "reasons": TextArray([i.wait_reason for i in items]),
                 "worker": self.worker,
                 **_usage_params([i.usage for i in items]),
                 "processing": PROCESSING,
