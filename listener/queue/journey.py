@@ -81,7 +81,8 @@ class Journey:
         instance = job.plan.sender_instance or self.senders.pool(job)[0]
         try:
             number = check_start(job, self.settings.default_region)
-            check_reply_kind(job.claim.reply_unclassified, datetime.now(UTC))
+            if job.claim.reply_unclassified:
+                check_reply_kind(True, datetime.now(UTC))
             if job.claim.step > 1 and job.plan.parts is None:
                 await self._check_step(job)
             instance = await self.senders.check(job)  # nothing spent while no number can send

@@ -12,6 +12,7 @@ import json
 import logging
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
+from functools import lru_cache
 from uuid import UUID
 
 from listener.flow import MustWait
@@ -97,6 +98,19 @@ def is_fallback(answered: str, primary: str, fallbacks: Sequence[str]) -> bool:
     return any(same_model(answered, f) for f in fallbacks)
 
 
+@lru_cache(maxsize=256)
+def system_prompt(campaign_prompt: str | None, step: int, max_parts: int) -> str:
+    """The system message: the campaign's prompt, the format's instructions and, for a
+    follow-up step, the step's (made once per campaign, step and setting)."""
+    system = (campaign_prompt or "").strip()
+    system = (system + "\n\n" if system else "") + FORMAT_INSTRUCTIONS.replace(
+        "{max_parts}", str(max_parts)
+    )
+    if step > 1:
+        system += " " + STEP_INSTRUCTIONS.replace("{step}", str(step - 1))
+    return system
+
+
 class Writer:
     """Writes one message's parts with the LLM."""
 
@@ -119,7 +133,8 @@ class Writer:
         """Ask the LLM and split its reply; a reply with nothing to send is asked again, with
         the quick retries' backoff, before the message fails for it. A campaign whose spend
         reached its budget makes the message wait (MustWait, 'budget') before any call."""
-        if (wait := budget_wait(job, datetime.now(UTC))) is not None:
+        budgeted = job.claim.campaign_budget is not None  # else no clock is read
+        if budgeted and (wait := budget_wait(job, datetime.now(UTC))) is not None:
             self._log_budget(job)
             raise MustWait(wait)
         settings = self.settings
@@ -179,12 +194,7 @@ class Writer:
         )
 
     async def _generate(self, job: Job, check: Callable[[], None]) -> Reply:
-        system = (job.claim.campaign_prompt or "").strip()
-        system = (system + "\n\n" if system else "") + FORMAT_INSTRUCTIONS.replace(
-            "{max_parts}", str(self.settings.max_parts)
-        )
-        if job.claim.step > 1:
-            system += " " + STEP_INSTRUCTIONS.replace("{step}", str(job.claim.step - 1))
+        system = system_prompt(job.claim.campaign_prompt, job.claim.step, self.settings.max_parts)
         user = _USER_JSON.encode({"lead": job.plan.context})
         model = job.claim.campaign_model or self.settings.model
         fallbacks = tuple(
@@ -196,14 +206,16 @@ class Writer:
 
         def billed(usage: Usage) -> None:
             if usage.model is not None:
-                usage = Usage(
-                    usage.prompt_tokens,
-                    usage.completion_tokens,
-                    usage.cost_usd,
-                    usage.calls,
-                    usage.model,
-                    usage.model != model and is_fallback(usage.model, model, fallbacks),
-                )
+                fallback = usage.model != model and is_fallback(usage.model, model, fallbacks)
+                if usage.fallback is not fallback:
+                    usage = Usage(
+                        usage.prompt_tokens,
+                        usage.completion_tokens,
+                        usage.cost_usd,
+                        usage.calls,
+                        usage.model,
+                        fallback,
+                    )
             job.attempt.usage = job.attempt.usage + usage
             metrics.llm_usage(usage)
 
