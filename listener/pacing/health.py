@@ -82,6 +82,16 @@ class InstanceHealth:
         # `hold`: a call begun before is not trusted by later callers, nor written to the cache).
         self._reading: dict[str, asyncio.Future[str]] = {}
 
+    def fresh(self, instance: str) -> str | None:
+        """What `state` answers now without a call (a hold, or the cache within its ttl), else
+        None (ask `state`): the common case, without a coroutine per message."""
+        now = time.monotonic()
+        held = self._holds.get(instance)
+        if held is not None:
+            return held[0] if now < held[1] else None
+        cached = self._cache.get(instance)
+        return cached[0] if cached is not None and now - cached[1] < self._ttl else None
+
     async def state(self, instance: str) -> str:
         now = time.monotonic()
         held = self._holds.get(instance)

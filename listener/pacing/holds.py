@@ -79,7 +79,8 @@ class Holds:
         """The numbers among `names` whose state lets them send; each one found down is held
         in the database (once), which puts its messages aside."""
         if len(names) == 1:  # the common case, without gather's tasks
-            states = [await self.health.state(names[0])]
+            known = self.health.fresh(names[0])
+            states = [known if known is not None else await self.health.state(names[0])]
         else:
             states = await asyncio.gather(*(self.health.state(name) for name in names))
         up: list[str] = []

@@ -79,3 +79,23 @@ async def test_a_call_begun_before_forget_is_neither_waited_for_nor_cached() -> 
     first_answer.set()
     assert await early == "close"
     assert health.known()["t1"][0] == "open"
+
+
+async def test_a_fresh_state_is_what_state_answers_without_a_call() -> None:
+    """`fresh` (read per message, no coroutine) says what `state` would answer from its hold or
+    its cache, and nothing once the cache is stale or a hold has ended (then `state` asks)."""
+    check = SlowCheck(state="open")
+    check.answer.set()
+    health = InstanceHealth(check, ttl=60.0)
+    assert health.fresh("t1") is None  # never read
+    assert await health.state("t1") == "open"
+    assert health.fresh("t1") == "open"
+    health.hold("t1", "restricted: spam", 60.0)
+    assert health.fresh("t1") == await health.state("t1") == "restricted: spam"
+    health.hold("t2", "restricted: spam", -1.0)  # a hold already over
+    assert health.fresh("t2") is None
+    assert await health.state("t2") == "open"
+    stale = InstanceHealth(check, ttl=0.0)
+    assert await stale.state("t3") == "open"
+    assert stale.fresh("t3") is None
+    assert check.calls == {"t1": 1, "t2": 1, "t3": 1}
