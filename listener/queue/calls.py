@@ -45,7 +45,7 @@ class ProviderCalls:
         may no longer go on); `before` too, and a wait it returns defers the message."""
         provider = gate.name
         while True:
-            if not await gate.wait(longest=MAX_IN_PLACE_WAIT):
+            if gate.remaining > 0 and not await gate.wait(longest=MAX_IN_PLACE_WAIT):
                 raise GateClosed(gate.remaining, gate.reason)
             check()
             if before is not None and (wait := await before()) is not None:
