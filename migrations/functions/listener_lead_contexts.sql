@@ -3,8 +3,9 @@
 -- and print again as text; about 19,000 instructions a message of a sandbox drain, 2 % of the
 -- hot path's statements: docs/BENCHMARKS.md). The keys are written in the order `jsonb` gives
 -- them (shorter first, then bytewise), so the listener reads the same dict, in the same key
--- order, as from listener_get_lead_full_context (the LLM's prompt is that dict as JSON); a test
--- holds the two to the same answer. Leads that do not exist return no row.
+-- order, as from listener_get_lead_full_context, which is this answer cast to `jsonb` (the
+-- LLM's prompt is that dict as JSON; a test holds the two to the same answer). Leads that do not
+-- exist return no row.
 CREATE OR REPLACE FUNCTION listener_lead_contexts(lead_ids uuid[], history_limit integer DEFAULT 5)
 RETURNS TABLE (lead_id uuid, context json)
 LANGUAGE sql STABLE AS $$
