@@ -433,21 +433,12 @@ SELECT go, slot_at, wait_until
 -- send_wait --
 -- At its slot, right before a first part: the seconds until the previous send through the
 -- number was answered a gap ago, the number reserved from then on (`reserved`), or, while
--- another send is on its way, when to ask again. In the same statement, the lead's stop read
--- again (as lead_stop): a lead who opted out or was handed off while the message waited for
--- its turn gets none of it (the reservation is then let go with send_cancel).
-SELECT w.wait, w.reserved,
-       (SELECT CASE WHEN l.opted_out THEN 'skipped: the lead opted out'
-                    WHEN l.handoff_at >= m.created_at THEN 'skipped: the lead was handed off'
-                    END
-          FROM campaign_messages m JOIN leads l ON l.id = m.lead_id
-         WHERE m.id = %(message_id)s) AS stop
-  FROM listener_send_wait(%(instance)s, %(min)s::numeric, %(stale)s::numeric) w
-
--- send_cancel --
--- A number reserved by send_wait for a send that will not happen (its lead's stop): free
--- it for the next one without counting a send.
-UPDATE listener_instances SET sending_since = NULL WHERE instance = %(instance)s
+-- another send is on its way, when to ask again; and the lead's stop, read again after the
+-- number's row is locked (as lead_stop; see listener_send_wait_v2): a lead who opted out or was
+-- handed off while the message waited for its turn gets none of it, and nothing is reserved.
+SELECT w.wait, w.reserved, w.stop
+  FROM listener_send_wait_v2(%(instance)s, %(min)s::numeric, %(stale)s::numeric,
+                             %(message_id)s) w
 
 -- send_answered --
 -- A first part through the number was answered %(ago)s seconds ago (accepted or failed): the

@@ -1177,6 +1177,41 @@ END
 $$;
 
 --
+-- Name: listener_send_wait_v2(text, numeric, numeric, uuid); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.listener_send_wait_v2(p_instance text, p_min numeric, p_stale numeric, p_message_id uuid) RETURNS TABLE(wait numeric, reserved boolean, stop text)
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+    clock timestamptz;
+    i listener_instances;
+    start timestamptz;
+    why text;
+BEGIN
+    INSERT INTO listener_instances (instance) VALUES (p_instance) ON CONFLICT DO NOTHING;
+    SELECT * INTO i FROM listener_instances WHERE instance = p_instance FOR UPDATE;
+    SELECT CASE WHEN l.opted_out THEN 'skipped: the lead opted out'
+                WHEN l.handoff_at >= m.created_at THEN 'skipped: the lead was handed off' END
+      INTO why
+      FROM campaign_messages m JOIN leads l ON l.id = m.lead_id
+     WHERE m.id = p_message_id;
+    IF why IS NOT NULL THEN
+        RETURN QUERY SELECT 0::numeric, false, why;
+        RETURN;
+    END IF;
+    clock := clock_timestamp();
+    IF i.sending_since IS NOT NULL AND i.sending_since > clock - make_interval(secs => p_stale) THEN
+        RETURN QUERY SELECT 0.002::numeric, false, NULL::text;
+        RETURN;
+    END IF;
+    start := greatest(clock, i.last_sent_at + make_interval(secs => p_min));
+    UPDATE listener_instances SET sending_since = start WHERE instance = p_instance;
+    RETURN QUERY SELECT extract(epoch FROM start - clock), true, NULL::text;
+END
+$$;
+
+--
 -- Name: listener_sender_room(text, uuid, integer[], text, timestamp with time zone); Type: FUNCTION; Schema: public; Owner: -
 --
 

@@ -94,8 +94,8 @@ class SenderStore:
         """At its slot, right before a first part: (seconds, True) when the number is reserved
         for this send from `seconds` on (once the previous send through it was answered a gap
         ago), or (seconds, False) to ask again then (another send is on its way). Stop when
-        the message's lead opted out or was handed off meanwhile (read in the same statement;
-        the reservation is let go)."""
+        the message's lead opted out or was handed off meanwhile (read in the same call, after
+        the number's row is locked; nothing is reserved then)."""
         params = {
             "instance": instance,
             "min": gap_min,
@@ -107,9 +107,7 @@ class SenderStore:
             row = await cur.fetchone()
             assert row is not None
             wait, reserved, stop = row
-            if stop is not None:
-                if reserved:
-                    await conn.execute(q("send_cancel"), {"instance": instance})
+            if stop is not None:  # nothing was reserved
                 raise Stop("skipped", stop)
         return float(wait), bool(reserved)
 

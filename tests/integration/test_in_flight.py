@@ -201,6 +201,55 @@ async def test_a_lead_who_opts_out_while_its_message_waits_for_its_number_receiv
     )
 
 
+async def test_an_opt_out_committed_while_the_number_is_locked_is_seen_when_it_frees(
+    db_url: str, db: Conn
+) -> None:
+    """The lead opts out while the listener's check of the number waits on the number's row
+    (locked here by another transaction, as a send's bookkeeping may hold it), and the number
+    is freed after: the stop is read after that lock, so the lead receives none. Read in the
+    statement that began before the wait (its snapshot older than the opt-out), it was sent."""
+    campaign = make_campaign(db, instance="main", gap_min_seconds=0.1, gap_max_seconds=0.1)
+    lead = make_lead(db)
+    # Another send through the number is on its way: the message asks again and again.
+    db.execute(
+        "INSERT INTO listener_instances (instance, sending_since) VALUES ('main', now())"
+        " ON CONFLICT (instance) DO UPDATE SET sending_since = now()"
+    )
+    with psycopg.connect(db_url) as holder:
+        async with serve_fakes() as fakes, running(db_url, **http_settings(fakes)):
+            [message] = enqueue(db, campaign, [lead], content="Olá! Tudo bem?")
+            # Its slot booked, it asks whether the number is free (and is told to ask again).
+            asking = (
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                " AND query LIKE %s"
+            )
+            await await_until(lambda: one(db, asking, "%listener_send_wait%") == 1)
+            holder.execute("SELECT 1 FROM listener_instances WHERE instance = 'main' FOR UPDATE")
+            # Its next ask waits on the row the holder locked.
+            await await_until(
+                lambda: (
+                    one(db, asking + " AND wait_event_type = 'Lock'", "%listener_send_wait%") == 1
+                )
+            )
+            db.execute(
+                "UPDATE leads SET opted_out = true, opted_out_at = now() WHERE id = %s", (lead,)
+            )
+            holder.execute("UPDATE listener_instances SET sending_since = NULL")
+            holder.commit()
+            await await_until(
+                lambda: (
+                    one(db, "SELECT status FROM campaign_messages WHERE id = %s", message)
+                    != "processing"
+                )
+            )
+    assert fakes.sends == []
+    assert one(db, "SELECT status, last_error FROM campaign_messages") == (
+        "skipped",
+        "skipped: the lead opted out",
+    )
+    assert one(db, "SELECT sending_since FROM listener_instances") is None
+
+
 async def test_a_number_reserved_for_a_send_whose_lead_opted_out_is_let_go(
     db_url: str, db: Conn
 ) -> None:
