@@ -62,17 +62,17 @@ class GroupCommit(Generic[T]):
         return await future
 
     async def _drain(self) -> None:
+        batch: list[tuple[T, asyncio.Future[bool]]] = []
         try:
             await self._gather()
             while self._queue:
                 batch, self._queue = self._queue[: self._max], self._queue[self._max :]
-                try:
-                    await self._run(batch)
-                except BaseException:
-                    for _, future in batch + self._queue:
-                        future.cancel()
-                    self._queue = []
-                    raise
+                await self._run(batch)
+        except BaseException:  # cancelled (a shutdown): no submitter waits for nothing
+            for _, future in batch + self._queue:
+                future.cancel()
+            self._queue = []
+            raise
         finally:
             self._running = False
 

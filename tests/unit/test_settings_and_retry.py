@@ -211,6 +211,21 @@ async def test_group_commit_gathers_a_cohort_that_arrives_over_a_few_turns() -> 
     assert calls == [sorted(range(50), key=lambda i: (i % 4, i))]
 
 
+async def test_group_commit_cancelled_while_gathering_cancels_its_waiters() -> None:
+    async def flush(items: list[int]) -> set[object]:
+        raise AssertionError("no flush after a cancel")
+
+    writer: GroupCommit[int] = GroupCommit(flush, key=lambda i: i)
+    waiters = [asyncio.create_task(writer.submit(i)) for i in range(3)]
+    for _ in range(2):  # the writes are queued and the drain is gathering them
+        await asyncio.sleep(0)
+    assert writer._task is not None
+    writer._task.cancel()
+    # At once (the bound only stops a hang): every waiter is cancelled, none waits for ever.
+    results = await asyncio.wait_for(asyncio.gather(*waiters, return_exceptions=True), 10)
+    assert all(isinstance(r, asyncio.CancelledError) for r in results)
+
+
 async def test_group_commit_hands_an_error_to_every_waiter() -> None:
     async def flush(items: list[int]) -> set[object]:
         raise RuntimeError("db down")
