@@ -84,15 +84,8 @@ class InstanceHealth:
 
     def fresh(self, instance: str) -> str | None:
         """What `state` answers now without a call (a hold, or the cache within its ttl), else
-        None (ask `state`): the common case, without a coroutine per message."""
-        now = time.monotonic()
-        held = self._holds.get(instance)
-        if held is not None:
-            return held[0] if now < held[1] else None
-        cached = self._cache.get(instance)
-        return cached[0] if cached is not None and now - cached[1] < self._ttl else None
-
-    async def state(self, instance: str) -> str:
+        None (ask `state`): the common case, without a coroutine per message. A hold that has
+        ended is forgotten here, with what was cached under it."""
         now = time.monotonic()
         held = self._holds.get(instance)
         if held is not None:
@@ -101,8 +94,12 @@ class InstanceHealth:
             del self._holds[instance]
             self._cache.pop(instance, None)
         cached = self._cache.get(instance)
-        if cached is not None and now - cached[1] < self._ttl:
-            return cached[0]
+        return cached[0] if cached is not None and now - cached[1] < self._ttl else None
+
+    async def state(self, instance: str) -> str:
+        if (known := self.fresh(instance)) is not None:
+            return known
+        now = time.monotonic()
         reading = self._reading.get(instance)
         if reading is None:
             reading = asyncio.ensure_future(self._read(instance, now))
