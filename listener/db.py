@@ -9,7 +9,7 @@ import os
 import re
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, LiteralString, TypeVar
 
 import psycopg
 from psycopg.rows import dict_row
@@ -213,22 +213,31 @@ class Lane:
     pool's (lease renewal, the rescue of expired leases): a lease renewal that waits longer
     than the lease is a repeated part waiting to happen. Opened on first use with the pool's
     settings (the worker's application_name, keepalives), opened again after it was lost;
-    one statement at a time."""
+    one statement at a time. `setup` (a statement) runs once on each connection it opens."""
 
-    def __init__(self, pool: AsyncConnectionPool) -> None:
+    def __init__(self, pool: AsyncConnectionPool, *, setup: LiteralString | None = None) -> None:
         # The pool's own (make_pool gives a DSN and a dict; psycopg_pool allows callables).
         assert isinstance(pool.conninfo, str) and isinstance(pool.kwargs, dict | None)
         self._conninfo: str = pool.conninfo
         self._kwargs: dict[str, Any] = dict(pool.kwargs or {})
+        self._setup = setup
         self._conn: psycopg.AsyncConnection[Any] | None = None
         self._lock = asyncio.Lock()
 
     async def _connection(self) -> psycopg.AsyncConnection[Any]:
         conn = self._conn
         if conn is None or conn.closed:
-            conn = self._conn = await psycopg.AsyncConnection.connect(
+            self._conn = None
+            conn = await psycopg.AsyncConnection.connect(
                 self._conninfo, **{**self._kwargs, "autocommit": True}
             )
+            if self._setup is not None:
+                try:
+                    await conn.execute(self._setup)
+                except BaseException:
+                    await conn.close()
+                    raise
+            self._conn = conn
         return conn
 
     async def open(self) -> None:

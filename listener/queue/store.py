@@ -77,23 +77,33 @@ class Store:
         # the wake-up timer looks for what comes due after it, on the database's clock.
         self.claimed_at: datetime | None = None
 
+    def _lanes(self) -> list[Lane]:
+        return [self._renewals, self._rescues, *self.writes.lanes.values()]
+
     async def open_lanes(self) -> None:
-        """Open the connections of lease renewal and the rescue (at start; one that cannot
-        be opened now is opened at its first use)."""
-        for lane in (self._renewals, self._rescues):
-            try:
-                await lane.open()
-            except psycopg.Error as exc:
-                log.warning(
-                    "could not open a connection for lease renewal or the rescue yet: %s",
-                    exc,
-                    extra={"action": "lane_open_failed"},
-                )
+        """Open the connections of lease renewal, the rescue and the batched writes (at
+        start, together; one that cannot be opened now is opened at its first use)."""
+        opened = await asyncio.gather(
+            *(lane.open() for lane in self._lanes()), return_exceptions=True
+        )
+        failed = [exc for exc in opened if isinstance(exc, BaseException)]
+        for exc in failed:
+            if not isinstance(exc, psycopg.Error):
+                raise exc
+        if failed:
+            log.warning(
+                "could not open %d connections of its own (lease renewal, the rescue, a"
+                " message's writes) yet: %s",
+                len(failed),
+                failed[0],
+                extra={"action": "lane_open_failed"},
+            )
 
     async def aclose(self) -> None:
-        """Close the connections of lease renewal and the rescue (the pool is the caller's)."""
-        await self._renewals.close()
-        await self._rescues.close()
+        """Close the connections of its own (lease renewal, the rescue, the batched writes;
+        the pool is the caller's)."""
+        for lane in self._lanes():
+            await lane.close()
 
     def lease_margin(self) -> float:
         """How long a lease taken (or renewed) now surely holds: its length, less a margin

@@ -71,19 +71,39 @@ def _usage_params(usages: Sequence[Usage | None]) -> dict[str, list[Any]]:
     }
 
 
+#: Run once on each connection of the batched writes (see BatchedWrites).
+GENERIC_PLANS = "SET plan_cache_mode = force_generic_plan"
+
+
 class BatchedWrites:
-    """One statement per batch of a message's writes, for one worker."""
+    """One statement per batch of a message's writes, for one worker.
+
+    Stored parts, recorded parts and outcomes each go through a connection of their own (a
+    `Lane`: a group commit runs one batch at a time, so one connection is all it can use), on
+    which every statement keeps its generic plan. Left to choose, the plan cache planned each
+    batch again (its custom plans look cheaper: the lease index, which the statistics take for
+    nearly empty, read in full and hashed against the batch) and paid the planning, about
+    200 µs of Postgres CPU, at every batch; the generic plan finds each row by its primary key
+    from the batch's ids whatever the number of rows in flight (docs/BENCHMARKS.md). A lane
+    also spares each batch the pool's checkout."""
 
     def __init__(self, pool: AsyncConnectionPool, worker: str) -> None:
         self.pool = pool
         self.worker = worker
+        self.lanes = {
+            name: Lane(pool, setup=GENERIC_PLANS)
+            for name in ("store_parts", "record_parts", "finish")
+        }
 
     async def returning_ids(
         self, name: str, params: dict[str, Any], *, lane: Lane | None = None
     ) -> set[Hashable]:
-        """Run one batched write (on `lane` when given, else a pool connection). Each is a
+        """Run one batched write (on `lane` when given, else on its own lane if it has one,
+        else on a pool connection). Each is a
         single guarded statement (state, owner, part number), so when Postgres picks it as the
         victim of a deadlock with another of our writes it is simply run again."""
+
+        lane = lane or self.lanes.get(name)
 
         async def run() -> set[Hashable]:
             if lane is not None:

@@ -433,6 +433,53 @@ async def test_the_store_claims_with_a_generic_plan(db: Conn, db_url: str) -> No
     assert len(plans) == 1 and plans[0][0] >= 1 and plans[0][1] == 0, plans
 
 
+async def test_the_store_writes_with_generic_plans(db: Conn, db_url: str) -> None:
+    """Stored parts, recorded parts and outcomes, each run often enough for psycopg to prepare
+    it, are never planned again per batch: on the connection each runs on, Postgres counts
+    generic plans of it and no custom plan. (Left to the plan cache, every batch was planned
+    again: its custom plan, reading the lease index, looks cheaper than the generic one.)"""
+    from psycopg_pool import AsyncConnectionPool
+
+    from listener.jobs import Finish, RecordPart, StoreParts
+    from listener.queue.store import Store
+    from tests.daemon_harness import fast_settings
+
+    campaign = make_campaign(db)
+    enqueue(db, campaign, make_leads(db, 40))
+    kwargs = {"autocommit": True}
+    async with AsyncConnectionPool(db_url, min_size=1, max_size=2, kwargs=kwargs) as pool:
+        store = Store(pool, fast_settings(worker_id="w"))
+        await store.open_lanes()
+        try:
+            written: dict[str, int] = {"store_parts": 0, "record_parts": 0, "finish": 0}
+            for turn in range(10):
+                ids = [job.id for job in await store.claim(4)]
+                assert len(ids) == 4
+                writes = store.writes
+                written["store_parts"] += len(
+                    await writes.store([StoreParts(i, "Oi!", ["Oi!"]) for i in ids])
+                )
+                sent, failed = ids[:2], ids[2:]
+                written["record_parts"] += len(
+                    await writes.record([RecordPart(i, 0, f"P{turn}", True) for i in sent])
+                )
+                written["finish"] += len(
+                    await writes.finish([Finish(i, "failed", None, 0, "x") for i in failed])
+                )
+            plans = {}
+            for name, lane in store.writes.lanes.items():
+                rows = await lane.fetchall(
+                    "SELECT statement, generic_plans, custom_plans FROM pg_prepared_statements",
+                    {},
+                )
+                plans[name] = [(generic, custom) for statement, generic, custom in rows]
+        finally:
+            await store.aclose()
+    assert written == {"store_parts": 40, "record_parts": 20, "finish": 20}
+    for name, counts in plans.items():
+        assert len(counts) == 1 and counts[0][0] >= 1 and counts[0][1] == 0, (name, plans)
+
+
 def test_batched_writes_find_their_rows_by_primary_key_in_a_generic_plan(db: Conn) -> None:
     """store_parts, record_parts and finish, prepared (psycopg prepares a statement after a
     few runs, and Postgres then keeps a generic plan), probe the primary key once per message
