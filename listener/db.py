@@ -13,12 +13,19 @@ from typing import Any, LiteralString, TypeVar
 
 import psycopg
 from psycopg.rows import dict_row
+from psycopg.types.json import set_json_loads
 from psycopg_pool import AsyncConnectionPool
 
+from listener import jsoncodec
 from listener.errors import ConfigurationError, DatabaseError
 from listener.settings import Settings
 
 log = logging.getLogger(__name__)
+
+# `json` and `jsonb` values (a claimed message's lead context, above all) are read by orjson,
+# with the standard library's answer wherever orjson refuses (listener/jsoncodec.py); for every
+# connection of the process.
+set_json_loads(jsoncodec.loads)
 
 T = TypeVar("T")
 

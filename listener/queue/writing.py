@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from functools import lru_cache
 from uuid import UUID
 
+from listener import jsoncodec
 from listener.flow import MustWait
 from listener.jobs import Job
 from listener.providers.base import LLM, Reply, Usage
@@ -33,10 +34,6 @@ FORMAT_INSTRUCTIONS = (
     "WhatsApp bubble, at most {max_parts} parts, in the lead's language. Do not repeat what "
     "the lead's recent_messages already said."
 )
-
-
-# The user message's encoder, made once (json.dumps with these arguments makes one per call).
-_USER_JSON = json.JSONEncoder(ensure_ascii=False, default=str)
 
 
 class InvalidJsonReply(UnsplittableReply):
@@ -195,7 +192,7 @@ class Writer:
 
     async def _generate(self, job: Job, check: Callable[[], None]) -> Reply:
         system = system_prompt(job.claim.campaign_prompt, job.claim.step, self.settings.max_parts)
-        user = _USER_JSON.encode({"lead": job.plan.context})
+        user = jsoncodec.dumps({"lead": job.plan.context})
         model = job.claim.campaign_model or self.settings.model
         fallbacks = tuple(
             job.claim.campaign_fallbacks
