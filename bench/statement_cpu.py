@@ -1,7 +1,9 @@
 """Postgres CPU per message of the hot path's statements: claim (with its contexts), store_parts
 and record_parts, run by hand in batches on one connection.
 
-The backend's own CPU time is read from `/proc/<pid>/schedstat` around each statement (so the
+The claim runs on one connection, store_parts and record_parts on another whose statements
+keep their generic plans, as the listener runs them (listener/queue/writes.py). The
+backend's own CPU time is read from `/proc/<pid>/schedstat` around each statement (so the
 server must run on this machine), which other work on a shared machine disturbs far less than
 a rate: it is the time the backend ran, not the time it waited for a core. The figure is CPU
 microseconds per message for each statement, averaged over `--batches` batches of `--batch`
@@ -33,6 +35,7 @@ message (pg_walinspect, dbwork.py): bytes, heap and btree records.
 
 from __future__ import annotations
 
+import importlib
 import json
 import statistics
 import uuid
@@ -92,6 +95,18 @@ def one_round(url: str, batches: int, batch: int) -> dict[str, float]:
 #: What the listener runs before the claim, in its transaction (None in a checkout without it).
 CLAIM_PLAN = QUERIES.get("claim_plan")
 
+#: The session setting of the listener's batched writes' connections (None in a checkout
+#: without them).
+GENERIC_WRITES: str | None = getattr(
+    importlib.import_module("listener.queue.writes"), "GENERIC_PLANS", None
+)
+
+
+def _pid(conn: psycopg.Connection[Any]) -> int:
+    row = conn.execute("SELECT pg_backend_pid()").fetchone()
+    assert row is not None
+    return int(row[0])
+
 
 def claim_rows(
     conn: psycopg.Connection[Any], params: dict[str, Any], *, cached: bool = False
@@ -123,12 +138,21 @@ def drain(
     worker = "statement-cpu"
     separate_contexts = "contexts" not in q("claim")
     listen_before = backend_cpu(listen_pid) if listen_pid is not None else 0.0
-    with psycopg.connect(url, autocommit=True) as conn:
+    with (
+        psycopg.connect(url, autocommit=True) as conn,
+        psycopg.connect(url, autocommit=True) as writes,
+    ):
         if setup is not None:
             conn.execute(setup)
-        row = conn.execute("SELECT pg_backend_pid()").fetchone()
-        assert row is not None
-        pid = row[0]
+        # The stored and recorded parts go through a connection of their own, as the
+        # listener's do, where every statement keeps its generic plan (a checkout without
+        # those connections ran them on the claim's connection, the plan cache left to choose).
+        writer = writes if GENERIC_WRITES is not None else conn
+        if GENERIC_WRITES is not None:
+            writes.execute(GENERIC_WRITES)
+            if setup is not None:
+                writes.execute(setup)
+        pid, writer_pid = (_pid(c) for c in (conn, writer))
         for _ in range(batches):
             before = backend_cpu(pid)
             claim = {"limit": batch, "worker": worker, "lease": "5 minutes"}
@@ -141,9 +165,9 @@ def drain(
             if not ids:
                 break
             for statement in ("store_parts", "record_parts"):
-                before = backend_cpu(pid)
-                conn.execute(q(statement), params(statement, ids, worker)).fetchall()
-                spent[statement] += backend_cpu(pid) - before
+                before = backend_cpu(writer_pid)
+                writer.execute(q(statement), params(statement, ids, worker)).fetchall()
+                spent[statement] += backend_cpu(writer_pid) - before
             done += len(ids)
         plans = conn.execute(
             "SELECT generic_plans, custom_plans FROM pg_prepared_statements"
