@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, LiteralString, TypeVar
 
 import psycopg
+from psycopg.pq import TransactionStatus
 from psycopg.rows import dict_row
 from psycopg.types.json import set_json_loads
 from psycopg_pool import AsyncConnectionPool
@@ -218,9 +219,11 @@ async def again_on_rollback(
 class Lane:
     """A connection of its own, outside the pool, for work that must never queue behind the
     pool's (lease renewal, the rescue of expired leases): a lease renewal that waits longer
-    than the lease is a repeated part waiting to happen. Opened on first use with the pool's
-    settings (the worker's application_name, keepalives), opened again after it was lost;
-    one statement at a time. `setup` (a statement) runs once on each connection it opens."""
+    than the lease is a repeated part waiting to happen; or that keeps a session setting of its
+    own (`setup`, a statement run once on each connection it opens: the batched writes'
+    generic plans). Opened on first use with the pool's settings (the worker's
+    application_name, keepalives), opened again after it was lost (never for a statement
+    refused for what it carries); one statement at a time."""
 
     def __init__(self, pool: AsyncConnectionPool, *, setup: LiteralString | None = None) -> None:
         # The pool's own (make_pool gives a DSN and a dict; psycopg_pool allows callables).
@@ -261,6 +264,15 @@ class Lane:
                 return await cur.fetchall()
             except (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure):
                 raise  # the statement's own fate (again_on_rollback); the connection is fine
+            except psycopg.Error as exc:
+                # Refused for what it carries (a batched write whose bad row then runs alone,
+                # see GroupCommit): the connection is fine, and kept.
+                if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError) or (
+                    conn.broken or conn.info.transaction_status != TransactionStatus.IDLE
+                ):
+                    self._conn = None
+                    await conn.close()
+                raise
             except BaseException:
                 # Lost, cancelled mid-statement or left in doubt: the next call opens a fresh
                 # one.

@@ -78,7 +78,7 @@ class Store:
         self.claimed_at: datetime | None = None
 
     def _lanes(self) -> list[Lane]:
-        return [self._renewals, self._rescues, *self.writes.lanes.values()]
+        return [self._renewals, self._rescues, *set(self.writes.lanes.values())]
 
     async def open_lanes(self) -> None:
         """Open the connections of lease renewal, the rescue and the batched writes (at

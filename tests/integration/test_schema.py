@@ -469,10 +469,11 @@ async def test_the_store_writes_with_generic_plans(db: Conn, db_url: str) -> Non
             plans = {}
             for name, lane in store.writes.lanes.items():
                 rows = await lane.fetchall(
-                    "SELECT statement, generic_plans, custom_plans FROM pg_prepared_statements",
-                    {},
+                    "SELECT generic_plans, custom_plans FROM pg_prepared_statements"
+                    " WHERE statement LIKE %(opening)s",
+                    {"opening": q(name).split(" AS (")[0] + " AS (%"},
                 )
-                plans[name] = [(generic, custom) for statement, generic, custom in rows]
+                plans[name] = rows
         finally:
             await store.aclose()
     assert written == {"store_parts": 40, "record_parts": 20, "finish": 20}
