@@ -178,9 +178,8 @@ SELECT id FROM campaign_messages
 -- off to a person since the message was made (a hand-off skips the lead's pending messages;
 -- this catches the ones in flight then) (NULL: it may; no row: it is not ours any more).
 -- Every check of a lead's stop before a first part (store_parts, send_wait) names the same
--- conditions.
-SELECT CASE WHEN l.opted_out THEN 'skipped: the lead opted out'
-            WHEN l.handoff_at >= m.created_at THEN 'skipped: the lead was handed off' END AS stop
+-- conditions; their reasons are written once, in listener_lead_stop.
+SELECT listener_lead_stop(l.opted_out, l.handoff_at, m.created_at) AS stop
   FROM campaign_messages m
   JOIN leads l ON l.id = m.lead_id
  WHERE m.id = %(id)s AND m.status = 'processing' AND m.locked_by = %(worker)s

@@ -772,6 +772,17 @@ CREATE FUNCTION public.listener_lead_contexts(lead_ids uuid[], history_limit int
 $$;
 
 --
+-- Name: listener_lead_stop(boolean, timestamp with time zone, timestamp with time zone); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.listener_lead_stop(opted_out boolean, handoff_at timestamp with time zone, made_at timestamp with time zone) RETURNS text
+    LANGUAGE sql IMMUTABLE
+    AS $$
+    SELECT CASE WHEN opted_out THEN 'skipped: the lead opted out'
+                WHEN handoff_at >= made_at THEN 'skipped: the lead was handed off' END
+$$;
+
+--
 -- Name: listener_mark_old_campaign_messages_as_skipped(interval); Type: FUNCTION; Schema: public; Owner: -
 --
 
@@ -1191,8 +1202,7 @@ DECLARE
 BEGIN
     INSERT INTO listener_instances (instance) VALUES (p_instance) ON CONFLICT DO NOTHING;
     SELECT * INTO i FROM listener_instances WHERE instance = p_instance FOR UPDATE;
-    SELECT CASE WHEN l.opted_out THEN 'skipped: the lead opted out'
-                WHEN l.handoff_at >= m.created_at THEN 'skipped: the lead was handed off' END
+    SELECT listener_lead_stop(l.opted_out, l.handoff_at, m.created_at)
       INTO why
       FROM campaign_messages m JOIN leads l ON l.id = m.lead_id
      WHERE m.id = p_message_id;

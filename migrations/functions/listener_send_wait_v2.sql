@@ -17,8 +17,7 @@ DECLARE
 BEGIN
     INSERT INTO listener_instances (instance) VALUES (p_instance) ON CONFLICT DO NOTHING;
     SELECT * INTO i FROM listener_instances WHERE instance = p_instance FOR UPDATE;
-    SELECT CASE WHEN l.opted_out THEN 'skipped: the lead opted out'
-                WHEN l.handoff_at >= m.created_at THEN 'skipped: the lead was handed off' END
+    SELECT listener_lead_stop(l.opted_out, l.handoff_at, m.created_at)
       INTO why
       FROM campaign_messages m JOIN leads l ON l.id = m.lead_id
      WHERE m.id = p_message_id;
