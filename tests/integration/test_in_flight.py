@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
@@ -60,6 +60,13 @@ def one(db: Conn, sql: str, *args: Any) -> Any:
     return row[0] if len(row) == 1 else tuple(row)
 
 
+def out_of_processing(db: Conn, message: UUID) -> Callable[[], bool]:
+    """Whether the message has left `processing` (sent, skipped or back in the queue)."""
+    return lambda: (
+        one(db, "SELECT status FROM campaign_messages WHERE id = %s", message) != "processing"
+    )
+
+
 def make_lead(db: Conn, phone: str = PHONE) -> UUID:
     return UUID(
         str(one(db, "INSERT INTO leads (name, phone) VALUES ('Ana', %s) RETURNING id", phone))
@@ -84,12 +91,7 @@ async def test_a_lead_who_opts_out_while_the_llm_writes_receives_none_of_it(
         assert one(db, "SELECT opted_out FROM leads") is True
         assert one(db, "SELECT status FROM campaign_messages") == "processing"
         fakes.llm_release.set()
-        await await_until(
-            lambda: (
-                one(db, "SELECT status FROM campaign_messages WHERE id = %s", message)
-                != "processing"
-            )
-        )
+        await await_until(out_of_processing(db, message))
         assert fakes.sends == []
         row = one(
             db,
@@ -135,12 +137,7 @@ async def test_a_lead_handed_off_while_the_llm_writes_receives_none_of_it(
             "processing"
         )
         fakes.llm_release.set()
-        await await_until(
-            lambda: (
-                one(db, "SELECT status FROM campaign_messages WHERE id = %s", message)
-                != "processing"
-            )
-        )
+        await await_until(out_of_processing(db, message))
         assert fakes.sends == []
         row = one(
             db,
@@ -188,12 +185,7 @@ async def test_a_lead_who_opts_out_while_its_message_waits_for_its_number_receiv
         db.execute("UPDATE leads SET opted_out = true, opted_out_at = now() WHERE id = %s", (lead,))
         # The other send was answered: the number is free again.
         db.execute("UPDATE listener_instances SET sending_since = NULL WHERE instance = 'main'")
-        await await_until(
-            lambda: (
-                one(db, "SELECT status FROM campaign_messages WHERE id = %s", message)
-                != "processing"
-            )
-        )
+        await await_until(out_of_processing(db, message))
     assert fakes.sends == []
     assert one(db, "SELECT status, last_error FROM campaign_messages") == (
         "skipped",
@@ -236,12 +228,7 @@ async def test_an_opt_out_committed_while_the_number_is_locked_is_seen_when_it_f
             )
             holder.execute("UPDATE listener_instances SET sending_since = NULL")
             holder.commit()
-            await await_until(
-                lambda: (
-                    one(db, "SELECT status FROM campaign_messages WHERE id = %s", message)
-                    != "processing"
-                )
-            )
+            await await_until(out_of_processing(db, message))
     assert fakes.sends == []
     assert one(db, "SELECT status, last_error FROM campaign_messages") == (
         "skipped",
