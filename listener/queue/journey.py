@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 import psycopg
@@ -76,8 +77,10 @@ class Journey:
         # parts, never inside a send.
         self.past_grace = False
 
-    async def run(self, job: Job) -> str:
-        """Take one message to an outcome; returns the outcome's name."""
+    async def run(self, job: Job, *, last_sent: Callable[[], None] | None = None) -> str:
+        """Take one message to an outcome; returns the outcome's name. `last_sent` is called
+        once its last part is accepted, before that part is recorded: the message needs no
+        provider any more (see Processor._run)."""
         instance = job.plan.sender_instance or self.senders.pool(job)[0]
         try:
             number = check_start(job, self.settings.default_region)
@@ -101,7 +104,7 @@ class Journey:
             if resumed:
                 await self._settle_uncertain(job, instance, number, parts)
             instance = await self.senders.book(job, instance)  # the number and its slot
-            await self._send_parts(job, instance, number, parts)
+            await self._send_parts(job, instance, number, parts, last_sent)
         except LeaseLost:
             raise
         except Exception as exc:
@@ -256,7 +259,14 @@ class Journey:
             extra={"action": "uncertain_found", "message_id": str(job.id)},
         )
 
-    async def _send_parts(self, job: Job, instance: str, number: str, parts: list[str]) -> None:
+    async def _send_parts(
+        self,
+        job: Job,
+        instance: str,
+        number: str,
+        parts: list[str],
+        last_sent: Callable[[], None] | None = None,
+    ) -> None:
         delay = self.settings.part_delay.total_seconds()
         first = job.plan.parts_sent
         for index in range(first, len(parts)):
@@ -285,6 +295,8 @@ class Journey:
                 )
                 # An accepted part is recorded before any other write.
                 final = index == len(parts) - 1
+                if final and last_sent is not None and not job.claim.gap:
+                    last_sent()  # a number's gap is stamped after the record: kept till then
                 record = RecordPart(job.id, index, sent.provider_message_id, final, instance)
                 await self.store.record_part(record, job)
             finally:

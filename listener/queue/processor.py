@@ -222,19 +222,20 @@ class Processor:
     # ----------------------------------------------------------------------------------------
 
     async def _run(self, job: Job) -> None:
+        slot = _Slot(self)
         try:
-            async with self._slots:
-                if self._stopping:
-                    # Shutdown began before this message started: hand it back untouched.
-                    await self.store.finish(Finish(job.id, "pending", None, 1, None), job)
-                    return
-                self._busy += 1
-                try:
-                    name = await self.journey.run(job)
-                finally:
-                    self._busy -= 1
-                self.metrics.outcome(name).inc()
-                self.metrics.processing_seconds.observe(time.monotonic() - job.claim.claimed_at)
+            await slot.take()
+            if self._stopping:
+                # Shutdown began before this message started: hand it back untouched.
+                await self.store.finish(Finish(job.id, "pending", None, 1, None), job)
+                return
+            slot.begin()
+            try:
+                name = await self.journey.run(job, last_sent=slot.give_back)
+            finally:
+                slot.give_back()
+            self.metrics.outcome(name).inc()
+            self.metrics.processing_seconds.observe(time.monotonic() - job.claim.claimed_at)
         except LeaseLost:
             log.warning(
                 "lease lost, leaving the message to its new owner",
@@ -254,6 +255,7 @@ class Processor:
                 extra={"action": "message_error", "message_id": str(job.id)},
             )
         finally:
+            slot.give_back()
             self._held.pop(job.id, None)
             self._tasks.pop(job.id, None)
             self._room.set()
@@ -326,3 +328,35 @@ class Processor:
                 extra={"action": "handed_back", "messages": len(leftover)},
             )
         self._held.clear()
+
+
+class _Slot:
+    """A message's place among the `concurrency` in flight (and in the in-flight gauge),
+    given back once: when its last part is accepted, else when its journey ends. The record
+    of that part is our write, not a provider's work: the next message's own work overlaps it
+    instead of waiting for it (in a drain, a claim's messages record together, and the next
+    claim's were idle meanwhile). The message still counts as held until it is recorded (the
+    claim's room, lease renewal, the drain)."""
+
+    __slots__ = ("_busy", "_processor", "_taken")
+
+    def __init__(self, processor: Processor) -> None:
+        self._processor = processor
+        self._taken = False
+        self._busy = False
+
+    async def take(self) -> None:
+        await self._processor._slots.acquire()
+        self._taken = True
+
+    def begin(self) -> None:
+        self._busy = True
+        self._processor._busy += 1
+
+    def give_back(self) -> None:
+        if self._busy:
+            self._busy = False
+            self._processor._busy -= 1
+        if self._taken:
+            self._taken = False
+            self._processor._slots.release()

@@ -78,10 +78,12 @@ GENERIC_PLANS = "SET plan_cache_mode = force_generic_plan"
 class BatchedWrites:
     """One statement per batch of a message's writes, for one worker.
 
-    Stored parts, recorded parts and outcomes go through one connection of their own (a
-    `Lane`: each group commit runs one batch at a time, and in a drain the three seldom wait
-    for each other: one connection did as well as one each), on which every statement keeps
-    its generic plan. Left to choose, the plan cache planned each
+    Stored parts (and outcomes) go through one connection of their own (a `Lane`: each group
+    commit runs one batch at a time), recorded parts through another: a message's place in
+    flight is free once its last part is accepted (Processor._run), so the next claim's
+    messages store their parts while the last ones record theirs, and on one connection each
+    would wait for the other. On both every statement keeps its generic plan. Left to choose,
+    the plan cache planned each
     batch again (its custom plans look cheaper: the lease index, which the statistics take for
     nearly empty, read in full and hashed against the batch) and paid the planning, about
     200 µs of Postgres CPU, at every batch; the generic plan finds each row by its primary key
@@ -91,8 +93,8 @@ class BatchedWrites:
     def __init__(self, pool: AsyncConnectionPool, worker: str) -> None:
         self.pool = pool
         self.worker = worker
-        lane = Lane(pool, setup=GENERIC_PLANS)
-        self.lanes = {name: lane for name in ("store_parts", "record_parts", "finish")}
+        stores, records = Lane(pool, setup=GENERIC_PLANS), Lane(pool, setup=GENERIC_PLANS)
+        self.lanes = {"store_parts": stores, "record_parts": records, "finish": stores}
 
     async def returning_ids(
         self, name: str, params: dict[str, Any], *, lane: Lane | None = None
