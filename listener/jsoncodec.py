@@ -1,9 +1,9 @@
-"""JSON on the hot path: a lead's context read from Postgres (every claimed message) and the
-LLM's user message written from it, by orjson, several times faster than the standard
-library's (docs/BENCHMARKS.md). Whatever orjson refuses or reads otherwise goes through the
-standard library, with the answer it always gave: an integer beyond 64 bits (a lead's
-metadata may hold one; orjson reads it as an inexact float), `NaN` in a text, a type without
-a JSON form (written as its `str`)."""
+"""JSON on the hot path: a lead's context read from Postgres (every claimed message), the
+LLM's user message written from it and its reply read, by orjson, several times faster than
+the standard library's (docs/BENCHMARKS.md). Whatever orjson refuses or reads otherwise goes
+through the standard library, with the answer it always gave (or its very error): an integer
+beyond 64 bits (a lead's metadata may hold one; orjson reads it as an inexact float), `NaN`
+in a text, a lone surrogate, a type without a JSON form (written as its `str`)."""
 
 from __future__ import annotations
 
@@ -24,7 +24,13 @@ _LONG_RUN = b"0" * 19
 
 def loads(data: str | bytes | bytearray | memoryview) -> Any:
     """`json.loads(data)`, faster."""
-    raw = data.encode() if isinstance(data, str) else bytes(data)
+    if isinstance(data, str):
+        try:
+            raw = data.encode()
+        except UnicodeEncodeError:  # a lone surrogate in the text (from a `\ud800` escape)
+            return json.loads(data)
+    else:
+        raw = bytes(data)
     if raw.translate(_DIGITS_TO_ZERO).find(_LONG_RUN) < 0:
         try:
             return orjson.loads(raw)

@@ -322,14 +322,23 @@ CREATE FUNCTION public.campaign_messages_notify_update() RETURNS trigger
     AS $$
 DECLARE
     due timestamptz;
+    counted boolean;
     r record;
 BEGIN
-    SELECT min(n.scheduled_at) INTO due
-      FROM new_rows n JOIN old_rows o ON o.id = n.id
-     WHERE n.status = 'pending'
-       AND (o.status <> 'pending' OR o.scheduled_at <> n.scheduled_at);
+    SELECT min(n.scheduled_at) FILTER (WHERE n.status = 'pending'
+                                         AND (o.status <> 'pending'
+                                              OR o.scheduled_at <> n.scheduled_at)),
+           bool_or(n.run_id IS DISTINCT FROM o.run_id
+                   OR (n.run_id IS NOT NULL AND n.status IS DISTINCT FROM o.status
+                       AND (n.status IN ('sent', 'failed', 'skipped')
+                            OR o.status IN ('sent', 'failed', 'skipped'))))
+      INTO due, counted
+      FROM new_rows n JOIN old_rows o ON o.id = n.id;
     IF due IS NOT NULL THEN
         PERFORM pg_notify('campaign_messages', extract(epoch FROM due)::text);
+    END IF;
+    IF NOT coalesce(counted, false) THEN
+        RETURN NULL;
     END IF;
     FOR r IN
         SELECT d.run_id,

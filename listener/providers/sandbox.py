@@ -3,13 +3,13 @@ an LLM that writes from a template and a sender that records each part in `sandb
 
 from __future__ import annotations
 
-import json
 import random
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from psycopg_pool import AsyncConnectionPool
 
+from listener import jsoncodec
 from listener.batch import GroupCommit
 from listener.outbox import record_sandbox_parts
 from listener.providers.base import Reply, SentPart, Usage
@@ -39,7 +39,7 @@ class SandboxLLM:
         on_usage: Callable[[Usage], None] | None = None,
     ) -> Reply:
         try:
-            context: dict[str, Any] = json.loads(user).get("lead", {})
+            context: dict[str, Any] = jsoncodec.loads(user).get("lead", {})
         except (ValueError, AttributeError):
             context = {}
         name = (context.get("name") or "").split(" ")[0] or "tudo bem"

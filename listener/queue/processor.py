@@ -70,6 +70,7 @@ class Processor:
         self._busy = 0  # messages inside their journey (the in-flight gauge, read when scraped)
         self.metrics.in_flight.set_function(lambda: self._busy)
         self._room = asyncio.Event()
+        self._recording = 0  # held messages whose last part is accepted, being recorded
         self._stopping = False
         self._stopped = asyncio.Event()
         # Claim ahead at most one window's worth beyond the window itself: enough to keep the
@@ -95,6 +96,12 @@ class Processor:
     @property
     def held(self) -> int:
         return len(self._held)
+
+    @property
+    def _unsent(self) -> int:
+        """Held messages that may still call a provider: the claim's room counts these (one
+        whose last part is being recorded no longer holds a window's place, see _Slot)."""
+        return len(self._held) - self._recording
 
     # ----------------------------------------------------------------------------------------
     # The claim loop
@@ -133,13 +140,13 @@ class Processor:
                 if since < debounce:
                     await asyncio.sleep(debounce - since)
             self.wake.clear()
-            while self._high_water - self.held < self._claim_room and not self._stopping:
+            while self._high_water - self._unsent < self._claim_room and not self._stopping:
                 self._room.clear()
                 await self._room.wait()
             await self._wait_for_gates()
             if self._stopping:
                 break
-            limit = min(settings.claim_batch, self._high_water - self.held)
+            limit = min(settings.claim_batch, self._high_water - self._unsent)
             last_claim = time.monotonic()
             try:
                 # A database that stops answering (a frozen connection raises nothing) must
@@ -231,7 +238,7 @@ class Processor:
                 return
             slot.begin()
             try:
-                name = await self.journey.run(job, last_sent=slot.give_back)
+                name = await self.journey.run(job, last_sent=slot.sent)
             finally:
                 slot.give_back()
             self.metrics.outcome(name).inc()
@@ -255,7 +262,7 @@ class Processor:
                 extra={"action": "message_error", "message_id": str(job.id)},
             )
         finally:
-            slot.give_back()
+            slot.end()
             self._held.pop(job.id, None)
             self._tasks.pop(job.id, None)
             self._room.set()
@@ -332,18 +339,20 @@ class Processor:
 
 class _Slot:
     """A message's place among the `concurrency` in flight (and in the in-flight gauge),
-    given back once: when its last part is accepted, else when its journey ends. The record
-    of that part is our write, not a provider's work: the next message's own work overlaps it
-    instead of waiting for it (in a drain, a claim's messages record together, and the next
-    claim's were idle meanwhile). The message still counts as held until it is recorded (the
-    claim's room, lease renewal, the drain)."""
+    given back once: when its last part is accepted (`sent`), else when its journey ends.
+    Recording that part is our own write, not a provider's work: the next message's work
+    overlaps it instead of waiting for it (in a drain, a claim's messages record together,
+    and the next claim's were idle meanwhile). Such a message is still held (its lease
+    renewed, a graceful stop waits for it) until it is recorded, but no longer counts against
+    the claim's room, which bounds the messages that may still call the LLM."""
 
-    __slots__ = ("_busy", "_processor", "_taken")
+    __slots__ = ("_busy", "_processor", "_recording", "_taken")
 
     def __init__(self, processor: Processor) -> None:
         self._processor = processor
         self._taken = False
         self._busy = False
+        self._recording = False
 
     async def take(self) -> None:
         await self._processor._slots.acquire()
@@ -353,6 +362,13 @@ class _Slot:
         self._busy = True
         self._processor._busy += 1
 
+    def sent(self) -> None:
+        """The last part was accepted: the place is free, the claim may use its room."""
+        self.give_back()
+        self._recording = True
+        self._processor._recording += 1
+        self._processor._room.set()
+
     def give_back(self) -> None:
         if self._busy:
             self._busy = False
@@ -360,3 +376,10 @@ class _Slot:
         if self._taken:
             self._taken = False
             self._processor._slots.release()
+
+    def end(self) -> None:
+        """The message is done (whatever its outcome)."""
+        self.give_back()
+        if self._recording:
+            self._recording = False
+            self._processor._recording -= 1

@@ -8,7 +8,6 @@ message's next write (its parts, or the end of the attempt): no extra round trip
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -63,7 +62,7 @@ def json_messages(text: str, *, required: bool) -> tuple[list[str] | None, str |
     if not required and not candidate.startswith(("{", "[")):
         return None, None
     try:
-        data = json.loads(candidate)
+        data = jsoncodec.loads(candidate)  # a refusal is the standard library's, its text
     except ValueError as exc:
         what = "the structured reply" if required else "the reply claims JSON but"
         return None, f"{what} does not parse: {exc}"

@@ -1,6 +1,8 @@
 -- After an UPDATE of queue rows (one call per statement): a NOTIFY with the earliest due time
 -- of the rows that became due (a retry, a replay, a resume), and the runs' counts moved by the
--- rows whose outcome changed.
+-- rows whose outcome changed. One look at the rows says whether either is needed: most updates
+-- (a claim, stored parts, a part before the last) make nothing due and change no run's counts
+-- (a status that is none of the counted ones, on the same run), and stop there.
 -- SECURITY DEFINER: it acts for whoever writes the row (a back end as Supabase's
 -- authenticated, held to the user's RLS and granted none of the listener's own tables) with
 -- the rights of the tables' owner; its search_path is the one it was created with.
@@ -9,14 +11,23 @@ RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $$
 DECLARE
     due timestamptz;
+    counted boolean;
     r record;
 BEGIN
-    SELECT min(n.scheduled_at) INTO due
-      FROM new_rows n JOIN old_rows o ON o.id = n.id
-     WHERE n.status = 'pending'
-       AND (o.status <> 'pending' OR o.scheduled_at <> n.scheduled_at);
+    SELECT min(n.scheduled_at) FILTER (WHERE n.status = 'pending'
+                                         AND (o.status <> 'pending'
+                                              OR o.scheduled_at <> n.scheduled_at)),
+           bool_or(n.run_id IS DISTINCT FROM o.run_id
+                   OR (n.run_id IS NOT NULL AND n.status IS DISTINCT FROM o.status
+                       AND (n.status IN ('sent', 'failed', 'skipped')
+                            OR o.status IN ('sent', 'failed', 'skipped'))))
+      INTO due, counted
+      FROM new_rows n JOIN old_rows o ON o.id = n.id;
     IF due IS NOT NULL THEN
         PERFORM pg_notify('campaign_messages', extract(epoch FROM due)::text);
+    END IF;
+    IF NOT coalesce(counted, false) THEN
+        RETURN NULL;
     END IF;
     FOR r IN
         SELECT d.run_id,

@@ -38,13 +38,23 @@ def test_loads_gives_json_loads_answer_including_what_orjson_refuses() -> None:
         assert repr(got) == repr(want), text
         assert jsoncodec.loads(text.encode()) is not None or want is None
     assert jsoncodec.loads(memoryview(b'{"a": 1}')) == {"a": 1}
+    # A text holding a lone surrogate itself (an LLM reply's content decoded from `\ud800`)
+    # has no UTF-8 form for orjson: the standard library reads it.
+    lone = '{"messages": ["a\ud800b"]}'
+    assert jsoncodec.loads(lone) == json.loads(lone) == {"messages": ["a\ud800b"]}
 
 
 def test_loads_raises_what_json_raises_on_text_that_is_not_json() -> None:
-    for text in ("", "{", "{'a': 1}", "[1,]"):
+    # Word for word: the writer puts the error's text in a message's failure reason.
+    for text in ("", "{", "{'a': 1}", "[1,]", '{"messages": ["a", }'):
+        try:
+            json.loads(text)
+        except ValueError as exc:
+            want = str(exc)
         try:
             jsoncodec.loads(text)
-        except ValueError:
+        except ValueError as exc:
+            assert str(exc) == want, text
             continue
         raise AssertionError(f"{text!r} was read")
 
