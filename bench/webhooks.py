@@ -350,7 +350,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=50, help="LISTENER_CONCURRENCY")
     parser.add_argument("--port", type=int, default=18788, help="the receiver's port")
     args = parser.parse_args()
-    c.smoke(parser, args, rate=100, seconds=1.5, backlog=4_000, port=c.free_port())
+    c.smoke(parser, args, rate=100, seconds=1.5, backlog=30_000, port=c.free_port())
     url = c.recreate_db(args.url, args.db)
     campaign = c.seed_campaign(url)
     c.seed_leads(url, args.backlog)

@@ -74,7 +74,8 @@ class Processor:
         self._stopping = False
         self._stopped = asyncio.Event()
         # Claim ahead at most one window's worth beyond the window itself: enough to keep the
-        # slots busy while the next claim runs, never a whole backlog in memory. A claim waits
+        # slots busy while the next claim runs, never a whole backlog in memory (messages being
+        # recorded, past their sends, do not count: see _Slot). A claim waits
         # until a window's worth of room is free: claiming whatever room a few finished
         # messages left split the window into cohorts that claim, store and record apart
         # (claims and flushes of 25 at concurrency 50, not 50), twice the statements for the
