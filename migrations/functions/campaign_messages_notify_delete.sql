@@ -1,8 +1,6 @@
 -- After a DELETE of queue rows (one call per statement): the rows' parts go with them (what
 -- message_parts' foreign key did until 0018), and the runs' counts lose the rows.
--- SECURITY DEFINER: it acts for whoever writes the row (a back end as Supabase's
--- authenticated, held to the user's RLS and granted none of the listener's own tables) with
--- the rights of the tables' owner; its search_path is the one it was created with.
+-- SECURITY DEFINER: see README.md, the triggers' rights.
 CREATE OR REPLACE FUNCTION campaign_messages_notify_delete()
 RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $$

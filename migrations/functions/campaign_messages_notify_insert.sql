@@ -8,9 +8,7 @@
 -- created days ahead by the record of every sent message, would otherwise send a NOTIFY per
 -- record batch to every listener for nothing. The horizon is 1 hour, or the session's (or the
 -- database's) `listener.notify_horizon` setting.
--- SECURITY DEFINER: it acts for whoever writes the row (a back end as Supabase's
--- authenticated, held to the user's RLS and granted none of the listener's own tables) with
--- the rights of the tables' owner; its search_path is the one it was created with.
+-- SECURITY DEFINER: see README.md, the triggers' rights.
 CREATE OR REPLACE FUNCTION campaign_messages_notify_insert()
 RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $$

@@ -3,9 +3,7 @@
 -- rows whose outcome changed. One look at the rows says whether either is needed: most updates
 -- (a claim, stored parts, a part before the last) make nothing due and change no run's counts
 -- (a status that is none of the counted ones, on the same run), and stop there.
--- SECURITY DEFINER: it acts for whoever writes the row (a back end as Supabase's
--- authenticated, held to the user's RLS and granted none of the listener's own tables) with
--- the rights of the tables' owner; its search_path is the one it was created with.
+-- SECURITY DEFINER: see README.md, the triggers' rights.
 CREATE OR REPLACE FUNCTION campaign_messages_notify_update()
 RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $$

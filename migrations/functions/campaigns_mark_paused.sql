@@ -3,9 +3,7 @@
 -- inserted into it meanwhile; cleared when it leaves `paused`), so the claim's index leaves
 -- them out. On resume their due time becomes the resume time if it was earlier, so the sweep
 -- judges their age from then, and campaigns_notify_resume wakes the listeners.
--- SECURITY DEFINER: it acts for whoever writes the row (a back end as Supabase's
--- authenticated, held to the user's RLS and granted none of the listener's own tables) with
--- the rights of the tables' owner; its search_path is the one it was created with.
+-- SECURITY DEFINER: see README.md, the triggers' rights.
 CREATE OR REPLACE FUNCTION campaigns_mark_paused()
 RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $$

@@ -1,9 +1,7 @@
 -- A raised (or removed) budget, or a spend set back, wakes the messages waiting for it: they
 -- are due now, and the NOTIFY (the same one campaign_messages_notify_update sends for them,
 -- which Postgres folds into one) tells the listeners.
--- SECURITY DEFINER: it acts for whoever writes the row (a back end as Supabase's
--- authenticated, held to the user's RLS and granted none of the listener's own tables) with
--- the rights of the tables' owner; its search_path is the one it was created with.
+-- SECURITY DEFINER: see README.md, the triggers' rights.
 CREATE OR REPLACE FUNCTION campaigns_wake_budget()
 RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $$
