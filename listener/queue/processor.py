@@ -27,7 +27,7 @@ from listener.providers.base import LLM, Sender
 from listener.providers.gate import Gate
 from listener.queue.calls import ProviderCalls
 from listener.queue.journey import Journey
-from listener.queue.store import LeaseLost, Store
+from listener.queue.store import Claimed, LeaseLost, Store
 from listener.queue.writing import Writer
 from listener.settings import Settings
 
@@ -153,7 +153,7 @@ class Processor:
                 # A database that stops answering (a frozen connection raises nothing) must
                 # not hang the loop: a claim slower than a lease is given up. Rows it may have
                 # claimed meanwhile come back through their lease.
-                jobs = await within(
+                jobs, claimed_at = await within(
                     self.claim(limit), settings.lease.total_seconds(), on_timeout=self._claim_hung
                 )
                 failures = 0
@@ -177,8 +177,8 @@ class Processor:
             for job in jobs:
                 self._held[job.id] = job
                 self._tasks[job.id] = asyncio.create_task(self._run(job))
-            if not more and self.store.claimed_at is not None:
-                await self.refresh_next_due(self.store.claimed_at)
+            if not more and claimed_at is not None:
+                await self.refresh_next_due(claimed_at)
 
     async def _wait_for_gates(self) -> None:
         """Sleep while a provider holds the listener back; wake at once on shutdown."""
@@ -191,11 +191,12 @@ class Processor:
         self.health.db_ok = False
         self.health.last_error = "claim failed: the database did not answer within a lease"
 
-    async def claim(self, limit: int) -> list[Job]:
+    async def claim(self, limit: int) -> Claimed:
         """Claim up to `limit` due rows with their leads' contexts."""
-        jobs = await self.store.claim(limit)
+        claimed = await self.store.claim(limit)
+        jobs = claimed.jobs
         if not jobs:
-            return []
+            return claimed
         now = datetime.now(UTC)
         for job in jobs:
             self.metrics.pickup_seconds.observe(
@@ -211,7 +212,7 @@ class Processor:
             len(leads),
             extra={"action": "batch_claimed", "messages": len(jobs), "in_flight": self.held},
         )
-        return jobs
+        return claimed
 
     async def refresh_next_due(self, claimed_at: datetime) -> None:
         """Read when the next row comes due after the last claim (its time on the database's

@@ -19,7 +19,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from datetime import datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 from uuid import UUID
 
 import psycopg
@@ -52,6 +52,15 @@ _WRITE_RETRY_FIRST = 0.1
 _WRITE_RETRY_CAP = 2.0
 
 
+class Claimed(NamedTuple):
+    """What a claim took, and the database's time when it ran (its now()): what was due then
+    was due to it; the wake-up timer looks for what comes due after it, on the database's
+    clock."""
+
+    jobs: list[Job]
+    at: datetime | None
+
+
 class LeaseLost(Exception):
     """Our lease on a message was taken over; stop working on it without writing."""
 
@@ -73,9 +82,6 @@ class Store:
         # the pool's work (a claim, a batch of writes, a hold being moved).
         self._renewals = Lane(pool)
         self._rescues = Lane(pool)
-        # The database's time of the last claim (its now()): what was due then was due to it;
-        # the wake-up timer looks for what comes due after it, on the database's clock.
-        self.claimed_at: datetime | None = None
 
     def _lanes(self) -> list[Lane]:
         return [self._renewals, self._rescues, *set(self.writes.lanes.values())]
@@ -115,7 +121,7 @@ class Store:
     # Claiming
     # ----------------------------------------------------------------------------------------
 
-    async def claim(self, limit: int) -> list[Job]:
+    async def claim(self, limit: int) -> Claimed:
         """Claim up to `limit` due rows with their leads' contexts (one round trip)."""
         lease_until = time.monotonic() + self.lease_margin()
         params = {"limit": limit, "worker": self.worker, "lease": self.settings.lease}
@@ -127,14 +133,13 @@ class Store:
                 await cur.execute(q("claim"), params)
             clock = await plan.fetchone()
             rows = await cur.fetchall()
-        self.claimed_at = clock[1] if clock else None
         jobs = []
         for row in rows:
             job = Job.from_row(row)
             job.plan.context = row["context"]
             job.attempt.lease_until = lease_until
             jobs.append(job)
-        return jobs
+        return Claimed(jobs, clock[1] if clock else None)
 
     async def step_facts(self, job: Job) -> dict[str, Any]:
         """What says whether a follow-up step still goes (see queue/sequences.py): its lead's

@@ -318,7 +318,7 @@ async def test_parts_stored_again_after_a_lost_answer_add_their_usage_once(
     async with AsyncConnectionPool(db_url, open=False, kwargs={"autocommit": True}) as pool:
         await pool.open()
         store = Store(pool, settings)
-        (job,) = await store.claim(1)
+        (job,) = (await store.claim(1)).jobs
         item = StoreParts(job.id, "Oi", ["Oi"], Usage(100, 20, 0.002, 2, "a/model", False))
         for _ in range(2):
             assert await store.writes.store([item]) == {job.id}

@@ -314,7 +314,7 @@ async def test_a_batch_is_claimed_with_its_contexts_in_one_round_trip(
     await pool.open()
     try:
         processor = Processor(fast_settings(), pool, SandboxLLM(), SandboxSender(pool))
-        jobs = await processor.claim(50)
+        jobs = (await processor.claim(50)).jobs
     finally:
         await pool.close()
     assert len(jobs) == 50

@@ -422,7 +422,7 @@ async def test_the_store_claims_with_a_generic_plan(db: Conn, db_url: str) -> No
     kwargs = {"autocommit": True}
     async with AsyncConnectionPool(db_url, min_size=1, max_size=1, kwargs=kwargs) as pool:
         store = Store(pool, fast_settings(worker_id="w"))
-        claimed = [len(await store.claim(2)) for _ in range(10)]
+        claimed = [len((await store.claim(2)).jobs) for _ in range(10)]
         async with pool.connection() as conn:
             cur = await conn.execute(
                 "SELECT generic_plans, custom_plans FROM pg_prepared_statements"
@@ -453,7 +453,7 @@ async def test_the_store_writes_with_generic_plans(db: Conn, db_url: str) -> Non
         try:
             written: dict[str, int] = {"store_parts": 0, "record_parts": 0, "finish": 0}
             for turn in range(10):
-                ids = [job.id for job in await store.claim(4)]
+                ids = [job.id for job in (await store.claim(4)).jobs]
                 assert len(ids) == 4
                 writes = store.writes
                 written["store_parts"] += len(

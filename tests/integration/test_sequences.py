@@ -396,7 +396,7 @@ async def test_a_kind_that_comes_while_the_message_is_put_back_leaves_no_wait(
     async with AsyncConnectionPool(db_url, open=False, kwargs={"autocommit": True}) as pool:
         await pool.open()
         store = Store(pool, fast_settings(worker_id="w"))
-        jobs = await store.claim(2)
+        jobs = (await store.claim(2)).jobs
         assert len(jobs) == 2
         db.execute(
             "SELECT * FROM reply_classified(%s, 'auto_reply', NULL, 0, 0, 0, NULL)", (reply,)
