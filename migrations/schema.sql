@@ -587,8 +587,7 @@ BEGIN
         RETURN QUERY SELECT 0, false;
         RETURN;
     END IF;
-    stale := array_remove(
-        ARRAY['instance down', 'instance restricted', 'unknown to Evolution'], reason);
+    stale := array_remove(listener_number_holds(), reason);
     SELECT COALESCE(array_agg(a.id), '{}'),
            COALESCE(array_agg(a.id) FILTER (WHERE a.blocked), '{}'),
            COALESCE(array_agg(a.id) FILTER (WHERE a.blocked AND cardinality(a.pool) = 1), '{}')
@@ -815,6 +814,16 @@ BEGIN
     GET DIAGNOSTICS skipped = ROW_COUNT;
     RETURN skipped;
 END
+$$;
+
+--
+-- Name: listener_number_holds(); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.listener_number_holds() RETURNS text[]
+    LANGUAGE sql IMMUTABLE
+    AS $$
+    SELECT ARRAY['instance down', 'instance restricted', 'unknown to Evolution']
 $$;
 
 --
@@ -1147,8 +1156,7 @@ BEGIN
      WHERE instance = p_instance;
     DELETE FROM listener_sender_holds WHERE instance = p_instance;
     RETURN listener_wake_sender(p_instance, p_default,
-                                ARRAY['instance down', 'instance restricted',
-                                      'unknown to Evolution', 'no sender'], p_at);
+                                listener_number_holds() || 'no sender'::text, p_at);
 END
 $$;
 

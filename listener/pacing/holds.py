@@ -46,7 +46,8 @@ CAMPAIGN_HOLDS = frozenset({"window", "cap", "budget"})
 _UP = ("open", "unknown")
 
 UNKNOWN_TO_EVOLUTION = "unknown to Evolution"
-#: Why a number is held: not connected, restricted by WhatsApp, or unknown to Evolution (404).
+#: Why a number is held: not connected, restricted by WhatsApp, or unknown to Evolution (404);
+#: the database's `listener_number_holds()` is the same list (a test holds the two together).
 NUMBER_HOLDS = ("instance down", "instance restricted", UNKNOWN_TO_EVOLUTION)
 
 

@@ -47,9 +47,7 @@ HORIZON = 2.0
 #: per message.
 QUIET_WAITS = frozenset(
     {
-        "instance down",
-        "instance restricted",
-        "unknown to Evolution",
+        *NUMBER_HOLDS,
         "no sender",
         "sender cap",
         "gap",

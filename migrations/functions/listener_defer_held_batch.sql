@@ -47,8 +47,7 @@ BEGIN
         RETURN QUERY SELECT 0, false;
         RETURN;
     END IF;
-    stale := array_remove(
-        ARRAY['instance down', 'instance restricted', 'unknown to Evolution'], reason);
+    stale := array_remove(listener_number_holds(), reason);
     SELECT COALESCE(array_agg(a.id), '{}'),
            COALESCE(array_agg(a.id) FILTER (WHERE a.blocked), '{}'),
            COALESCE(array_agg(a.id) FILTER (WHERE a.blocked AND cardinality(a.pool) = 1), '{}')

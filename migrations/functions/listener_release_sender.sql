@@ -13,7 +13,6 @@ BEGIN
      WHERE instance = p_instance;
     DELETE FROM listener_sender_holds WHERE instance = p_instance;
     RETURN listener_wake_sender(p_instance, p_default,
-                                ARRAY['instance down', 'instance restricted',
-                                      'unknown to Evolution', 'no sender'], p_at);
+                                listener_number_holds() || 'no sender'::text, p_at);
 END
 $$;

@@ -439,3 +439,11 @@ async def test_a_numbers_hold_moves_its_messages_in_batches_and_is_taken_up_when
     assert one(db, waiting) == 2_999
     assert one(db, "SELECT count(*) FROM listener_sender_holds") == 0
     assert one(db, "SELECT status FROM campaign_messages WHERE id = %s", leased) == "processing"
+
+
+def test_the_listener_and_the_database_name_the_same_number_holds(db: Conn) -> None:
+    """The reasons a number is held, as the listener writes and reports them (its metrics,
+    its quiet waits) and as the database's functions move and wake its messages by them."""
+    from listener.pacing.holds import NUMBER_HOLDS
+
+    assert one(db, "SELECT listener_number_holds()") == list(NUMBER_HOLDS)
