@@ -239,10 +239,7 @@ class Processor:
                 await self.store.finish(Finish(job.id, "pending", None, 1, None), job)
                 return
             slot.begin()
-            try:
-                name = await self.journey.run(job, last_sent=slot.sent)
-            finally:
-                slot.give_back()
+            name = await self.journey.run(job, last_sent=slot.sent)
             self.metrics.outcome(name).inc()
             self.metrics.processing_seconds.observe(time.monotonic() - job.claim.claimed_at)
         except LeaseLost:

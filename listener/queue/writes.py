@@ -83,12 +83,11 @@ class BatchedWrites:
     flight is free once its last part is accepted (Processor._run), so the next claim's
     messages store their parts while the last ones record theirs, and on one connection each
     would wait for the other. On both every statement keeps its generic plan. Left to choose,
-    the plan cache planned each
-    batch again (its custom plans look cheaper: the lease index, which the statistics take for
-    nearly empty, read in full and hashed against the batch) and paid the planning, about
-    200 µs of Postgres CPU, at every batch; the generic plan finds each row by its primary key
-    from the batch's ids whatever the number of rows in flight (docs/BENCHMARKS.md). A lane
-    also spares each batch the pool's checkout."""
+    the plan cache planned each batch again (its custom plans look cheaper: the lease index,
+    which the statistics take for nearly empty, read in full and hashed against the batch) and
+    paid the planning, about 200 µs of Postgres CPU, at every batch; the generic plan finds
+    each row by its primary key from the batch's ids whatever the number of rows in flight
+    (docs/BENCHMARKS.md). A lane also spares each batch the pool's checkout."""
 
     def __init__(self, pool: AsyncConnectionPool, worker: str) -> None:
         self.pool = pool
@@ -100,9 +99,9 @@ class BatchedWrites:
         self, name: str, params: dict[str, Any], *, lane: Lane | None = None
     ) -> set[Hashable]:
         """Run one batched write (on `lane` when given, else on its own lane if it has one,
-        else on a pool connection). Each is a
-        single guarded statement (state, owner, part number), so when Postgres picks it as the
-        victim of a deadlock with another of our writes it is simply run again."""
+        else on a pool connection). Each is a single guarded statement (state, owner, part
+        number), so when Postgres picks it as the victim of a deadlock with another of our
+        writes it is simply run again."""
 
         lane = lane or self.lanes.get(name)
 
