@@ -4,8 +4,11 @@ Each round runs, for the old checkout and then the new one, `bench/queue_through
 per concurrency) and `bench/http_throughput.py` (one run at concurrency 50, no client-only
 ceiling), each with that checkout's own scripts, package and virtual environment (`uv run` in
 its directory). Interleaving spreads the host's slow and fast spells over both sides; the
-figure to compare is the ratio of the medians. The 1-minute load average is read before and
-after every run, since other work on the machine (tests, say) shares its cores.
+figure to compare is the ratio of the medians, beside the median and range of the rounds' own
+ratios (each round's new over old: a host whose speed drifts within a sitting moves both sides
+of a round together, so the pairs show how far one run of the comparison can be trusted). The
+1-minute load average is read before and after every run, since other work on the machine
+(tests, say) shares its cores.
 
     git worktree add /tmp/bench-old <commit> && (cd /tmp/bench-old && uv sync --frozen)
     uv run python bench/ab.py --old /tmp/bench-old --new /tmp/bench-new --rounds 3
@@ -122,8 +125,20 @@ def main() -> None:
     for key in rates["old"]:
         old = statistics.median(rates["old"][key])
         new = statistics.median(rates["new"][key])
-        summary[key] = {"old_median": old, "new_median": new, "ratio": round(new / old, 3)}
-        print(f"{key:>32}: old {old:>9,.1f}  new {new:>9,.1f}  new/old {new / old:.3f}")
+        pairs = [n / o for o, n in zip(rates["old"][key], rates["new"][key], strict=True)]
+        summary[key] = {
+            "old_median": old,
+            "new_median": new,
+            "ratio": round(new / old, 3),
+            "pair_ratio_median": round(statistics.median(pairs), 3),
+            "pair_ratio_min": round(min(pairs), 3),
+            "pair_ratio_max": round(max(pairs), 3),
+        }
+        print(
+            f"{key:>32}: old {old:>9,.1f}  new {new:>9,.1f}  new/old {new / old:.3f}"
+            f"  (rounds' ratios: median {statistics.median(pairs):.3f},"
+            f" {min(pairs):.3f}-{max(pairs):.3f})"
+        )
     c.write_result(
         "ab",
         {
