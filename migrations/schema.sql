@@ -1100,7 +1100,8 @@ CASE
     ELSE (('2000-01-01 00:00:00+00'::timestamp with time zone AT TIME ZONE send_timezone) IS NOT NULL)
 END),
     CONSTRAINT campaigns_window_check CHECK ((((send_window_start IS NULL) = (send_window_end IS NULL)) AND ((send_window_start IS NULL) OR (send_window_start <> send_window_end))))
-);
+)
+WITH (fillfactor='10');
 
 --
 -- Name: COLUMN campaigns.gap_min_seconds; Type: COMMENT; Schema: public; Owner: -

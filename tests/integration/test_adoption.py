@@ -254,6 +254,8 @@ def test_dry_run_prints_the_plan_and_changes_nothing(
         " DEFAULT 0 NOT NULL;" in out
     )
     assert "CREATE INDEX CONCURRENTLY IF NOT EXISTS idx_campaign_messages_due" in out
+    # The storage settings of the tables the listener updates often (migrations 0001, 0025).
+    assert "ALTER TABLE public.campaigns SET (fillfactor=10);" in out
     # Constraints NOT VALID, then validated on their own; the numbered files leave them.
     assert (
         "ALTER TABLE public.campaign_messages ADD CONSTRAINT campaign_messages_attempts_check"

@@ -134,8 +134,9 @@ def _adopt_table(
         result.steps.append(
             Step(
                 name,
-                "sets the storage settings of a queue table (autovacuum after 1% of its rows"
-                " changed; room on each page for updates)",
+                "sets the storage settings the listener's frequent updates of the table want"
+                " (autovacuum soon after its rows change; room on each page, so an update's"
+                " old version is pruned at once)",
                 f"ALTER TABLE public.{name} SET ({', '.join(options)})",
             )
         )

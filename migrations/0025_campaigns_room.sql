@@ -1,0 +1,14 @@
+-- listener 0025: room on each page of `campaigns`, so the versions the listener's writes leave
+-- there are pruned almost at once. Every batch of stored parts adds its LLM cost to the
+-- campaign's spend (`spent_usd`, what budgets are checked against), so an active campaign's
+-- row gets a new version several times a second; every claim reads that row for each message
+-- it takes (the paused check, the campaign's prompt and settings). A page is pruned of dead
+-- versions when a reader finds it short of free space: at the default fillfactor (100) that
+-- is under a tenth of the page, so dozens of dead versions piled up on the row's page and
+-- every claim walked them all, message by message. With fillfactor 10 a page counts as short
+-- as soon as a tenth of it is used, so the next reader prunes it and the row stays a few
+-- versions long (sandbox drain ×1.01–1.05 in three runs of 15 rounds: docs/BENCHMARKS.md).
+-- New rows are then put ten to a page's worth of room: a campaigns table is small, and only
+-- its new pages grow. A setting of the table's storage, taken under a lock that blocks no
+-- reader or writer; on a database the listener adopts it is one step of the plan.
+ALTER TABLE campaigns SET (fillfactor = 10);
