@@ -104,11 +104,14 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
         new = statistics.median(n for _, n in both)
         ratios = [n / o for o, n in both]
         low, high = bootstrap(ratios, geomean)
-        middle = statistics.median((o + n) / 2 for o, n in both)
+        means = [(o + n) / 2 for o, n in both]
+        middle = statistics.median(means)
         # Rates: fast means high; CPU per message: fast means low.
         fast_high = "CPU" not in key
-        fast = [n / o for o, n in both if ((o + n) / 2 >= middle) == fast_high]
-        slow = [n / o for o, n in both if ((o + n) / 2 >= middle) != fast_high]
+        halves: dict[bool, list[float]] = {True: [], False: []}
+        for ratio, mean in zip(ratios, means, strict=True):
+            halves[(mean >= middle) == fast_high].append(ratio)
+        fast, slow = halves[True], halves[False]
         summary[key] = {
             "rounds": len(both),
             "old_median": old,
